@@ -1,0 +1,61 @@
+"""Validation of FaceNet configs: every bad value is named with what was expected."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from facenet_jax import mining
+
+_LOSSES = ("triplet", "soft_margin", "contrastive")
+_MODELS = ("small_cnn", "resnet", "inception_resnet_v1")
+
+
+class ConfigError(ValueError):
+  """A config field with a value outside what it accepts."""
+
+
+def _require(ok: bool, field: str, value, expected: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field} = {value!r}: expected {expected}")
+
+
+def _positive_int(c, field):
+  v = c
+  for part in field.split("."):
+    v = v[part]
+  _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, field, v, "a positive integer")
+
+
+def check_config(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first invalid field."""
+  _require(c.loss in _LOSSES, "loss", c.loss, f"one of {_LOSSES}")
+  _require(c.miner in mining.MINERS, "miner", c.miner, f"one of {tuple(mining.MINERS)}")
+  _require(isinstance(c.margin, (int, float)) and c.margin >= 0, "margin", c.margin,
+           "a number >= 0 (alpha, the triplet margin)")
+  _require(c.semi_hard_fallback in mining.FALLBACKS, "semi_hard_fallback",
+           c.semi_hard_fallback, f"one of {mining.FALLBACKS}")
+  _require(not (c.miner == "batch_all" and c.loss == "soft_margin"), "loss", c.loss,
+           "'triplet' with miner='batch_all' (the soft margin has no batch-all form)")
+  for f in ("identities_per_batch", "images_per_identity", "num_steps", "log_every",
+            "eval_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
+            "model.embedding_dim", "data.eval_pairs", "data.eval_folds"):
+    _positive_int(c, f)
+  _require(c.identities_per_batch >= 2, "identities_per_batch", c.identities_per_batch,
+           ">= 2 (negatives need a second identity)")
+  _require(c.images_per_identity >= 2, "images_per_identity", c.images_per_identity,
+           ">= 2 (positives need a second image)")
+  _require(c.model.name in _MODELS, "model.name", c.model.name, f"one of {_MODELS}")
+  _require(c.model.spatial_dims in (1, 2, 3), "model.spatial_dims", c.model.spatial_dims, "1, 2 or 3")
+  _require(c.model.dtype in ("float32", "bfloat16"), "model.dtype", c.model.dtype,
+           "'float32' or 'bfloat16'")
+  _require(c.optim.name in ("adamw", "adam", "sgd"), "optim.name", c.optim.name,
+           "'adamw', 'adam' or 'sgd'")
+  _require(c.optim.schedule in ("cosine", "constant"), "optim.schedule", c.optim.schedule,
+           "'cosine' or 'constant'")
+  _require(c.optim.learning_rate > 0, "optim.learning_rate", c.optim.learning_rate, "> 0")
+  _require(c.augment.crop_pad >= 0, "augment.crop_pad", c.augment.crop_pad, ">= 0")
+  _require(c.data.eval_folds >= 2, "data.eval_folds", c.data.eval_folds, ">= 2")
+  if c.offline.enabled:
+    _require(c.loss != "contrastive", "loss", c.loss, "a triplet loss with offline.enabled")
+    for f in ("offline.pool_size", "offline.rescore_every", "offline.triplets_per_batch"):
+      _positive_int(c, f)

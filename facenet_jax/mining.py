@@ -1,0 +1,234 @@
+"""Online triplet mining on a batch's B x B distance matrix, O(B^2) memory.
+
+Every miner takes the pairwise squared distances ``dist_BxB``, integer identity
+``labels_B`` and a ``mask_B`` of real (not padding) rows, and returns ``(loss, stats)``:
+
+  stats = {num_valid, num_active, frac_active, mean_d_ap, mean_d_an}
+
+``num_valid`` counts the triplets (or pairs) the loss is taken over, ``num_active``
+those with a positive loss, and the means are over the valid ones.
+
+No miner materializes a B x B x B tensor: per-anchor negatives are sorted once
+(O(B^2 log B) time, O(B^2) memory) and every anchor-positive query is a binary search
+into its anchor's sorted row. That is what makes FaceNet's 1,800-image batches cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from facenet_jax import losses
+
+Array = jax.Array
+FALLBACKS = ("easiest", "hardest", "drop")
+
+
+def pair_masks(labels_B: Array, mask_B: Array) -> tuple[Array, Array]:
+  """(pos_BxB, neg_BxB): same identity and i != j; different identity. Padding excluded."""
+  both = mask_B[:, None] & mask_B[None, :]
+  same = labels_B[:, None] == labels_B[None, :]
+  eye = jnp.eye(labels_B.shape[0], dtype=bool)
+  return same & both & ~eye, ~same & both
+
+
+def _sorted_negatives(dist_BxB: Array, neg_BxB: Array) -> tuple[Array, Array]:
+  """Each anchor's negative distances ascending, +inf after the last; and their count."""
+  return jnp.sort(jnp.where(neg_BxB, dist_BxB, jnp.inf), axis=1), neg_BxB.sum(axis=1)
+
+
+def _stats(d_ap, d_an, valid, loss_each) -> dict[str, Array]:
+  valid_f = valid.astype(jnp.float32)
+  n = valid_f.sum()
+  denom = jnp.maximum(n, 1.0)
+  active = (valid & (loss_each > 0)).astype(jnp.float32).sum()
+  return {
+      "num_valid": n,
+      "num_active": active,
+      "frac_active": active / denom,
+      "mean_d_ap": jnp.sum(jnp.where(valid, d_ap, 0.0)) / denom,
+      "mean_d_an": jnp.sum(jnp.where(valid, d_an, 0.0)) / denom,
+  }
+
+
+def _reduce(d_ap, d_an, valid, margin, loss_name) -> tuple[Array, dict[str, Array]]:
+  """Mean of the elementwise triplet loss over the valid selected triplets."""
+  # Invalid entries may hold inf; zero them so no inf - inf reaches the gradient.
+  d_ap = jnp.where(valid, d_ap, 0.0)
+  d_an = jnp.where(valid, d_an, 0.0)
+  loss_each = jnp.where(valid, losses.TRIPLET_LOSSES[loss_name](d_ap, d_an, margin), 0.0)
+  stats = _stats(d_ap, d_an, valid, loss_each)
+  return loss_each.sum() / jnp.maximum(stats["num_valid"], 1.0), stats
+
+
+def semi_hard(dist_BxB: Array, labels_B: Array, mask_B: Array, margin: float | Array, *,
+              fallback: str = "easiest", loss: str = "triplet", key: Array | None = None):
+  """FaceNet's semi-hard triplets: every anchor-positive pair, one negative each.
+
+  For each (a, p) with the same identity the negative is the closest one farther than
+  the positive, min{d(a,n) : d(a,n) > d(a,p)}, if it lies inside the margin:
+  d(a,p) < d(a,n) < d(a,p) + alpha (Schroff et al. 2015, eq. (4)). When no such
+  negative exists, ``fallback`` picks: "easiest" the farthest negative (TF-Addons'
+  ``triplet_semihard_loss``), "hardest" the closest negative, "drop" no triplet.
+  The loss is averaged over the selected triplets.
+
+  Args:
+    dist_BxB: squared distances. labels_B: int identities. mask_B: bool, real rows.
+    margin: alpha. fallback: see above. loss: "triplet" or "soft_margin".
+  """
+  del key
+  if fallback not in FALLBACKS:
+    raise ValueError(f"semi-hard fallback must be one of {FALLBACKS}, got {fallback!r}")
+  pos, neg = pair_masks(labels_B, mask_B)
+  sorted_neg_BxB, n_neg_B = _sorted_negatives(dist_BxB, neg)
+  # first index in the anchor's sorted negatives with d(a,n) > d(a,p)
+  first_above_BxB = jax.vmap(lambda row, q: jnp.searchsorted(row, q, side="right"))(
+      sorted_neg_BxB, dist_BxB)
+  B = dist_BxB.shape[0]
+  above_BxB = jnp.take_along_axis(sorted_neg_BxB, jnp.minimum(first_above_BxB, B - 1), axis=1)
+  above_BxB = jnp.where(first_above_BxB < n_neg_B[:, None], above_BxB, jnp.inf)
+  is_semi = above_BxB < dist_BxB + margin
+  has_neg = (n_neg_B > 0)[:, None]
+  if fallback == "easiest":
+    fb_B = jnp.take_along_axis(sorted_neg_BxB, jnp.maximum(n_neg_B - 1, 0)[:, None], axis=1)[:, 0]
+  else:
+    fb_B = sorted_neg_BxB[:, 0]
+  d_an = jnp.where(is_semi, above_BxB, fb_B[:, None])
+  valid = pos & has_neg & (is_semi if fallback == "drop" else True)
+  return _reduce(dist_BxB, d_an, valid, margin, loss)
+
+
+def batch_hard(dist_BxB: Array, labels_B: Array, mask_B: Array, margin: float | Array, *,
+               loss: str = "triplet", key: Array | None = None, fallback: str | None = None):
+  """Batch-hard triplets: per anchor, its farthest positive and its closest negative.
+
+  One triplet per anchor that has at least one positive and one negative; loss averaged
+  over those anchors. Hermans, Beyer & Leibe 2017, eq. (5).
+  """
+  del key, fallback
+  pos, neg = pair_masks(labels_B, mask_B)
+  d_ap_B = jnp.max(jnp.where(pos, dist_BxB, -jnp.inf), axis=1)
+  d_an_B = jnp.min(jnp.where(neg, dist_BxB, jnp.inf), axis=1)
+  valid_B = pos.any(axis=1) & neg.any(axis=1)
+  return _reduce(d_ap_B, d_an_B, valid_B, margin, loss)
+
+
+def batch_all(dist_BxB: Array, labels_B: Array, mask_B: Array, margin: float | Array, *,
+              loss: str = "triplet", key: Array | None = None, fallback: str | None = None):
+  """Batch-all triplets: every valid (a, p, n), loss averaged over the active ones.
+
+  L = sum_{a,p,n} max(d(a,p) - d(a,n) + alpha, 0) / #{(a,p,n) : loss > 0}
+  (Hermans et al. 2017, "BA != 0"). Evaluated without the B^3 tensor: for a pair (a, p)
+  the active negatives are the k smallest of the anchor's sorted row with
+  d(a,n) < d(a,p) + alpha, and their summed loss is k (d(a,p) + alpha) - prefix_sum_k.
+  Hinge loss only (the soft margin has no such closed form).
+  """
+  del key, fallback
+  if loss != "triplet":
+    raise ValueError(f"batch_all supports loss='triplet' only, got {loss!r}")
+  pos, neg = pair_masks(labels_B, mask_B)
+  sorted_neg_BxB, n_neg_B = _sorted_negatives(dist_BxB, neg)
+  finite = jnp.isfinite(sorted_neg_BxB)
+  prefix_BxB1 = jnp.concatenate(
+      [jnp.zeros_like(sorted_neg_BxB[:, :1]),
+       jnp.cumsum(jnp.where(finite, sorted_neg_BxB, 0.0), axis=1)], axis=1)
+  thresh_BxB = jnp.where(pos, dist_BxB, 0.0) + margin
+  k_BxB = jax.vmap(lambda row, q: jnp.searchsorted(row, q, side="left"))(sorted_neg_BxB, thresh_BxB)
+  k_BxB = jnp.where(pos, k_BxB, 0)
+  summed_BxB = k_BxB * thresh_BxB - jnp.take_along_axis(prefix_BxB1, k_BxB, axis=1)
+  summed_BxB = jnp.where(pos, summed_BxB, 0.0)
+  num_active = k_BxB.sum().astype(jnp.float32)
+  pos_f = pos.astype(jnp.float32)
+  n_neg_f = n_neg_B.astype(jnp.float32)
+  num_valid = jnp.sum(pos_f * n_neg_f[:, None])
+  denom = jnp.maximum(num_valid, 1.0)
+  neg_sum_B = jnp.sum(jnp.where(neg, dist_BxB, 0.0), axis=1)
+  stats = {
+      "num_valid": num_valid,
+      "num_active": num_active,
+      "frac_active": num_active / denom,
+      "mean_d_ap": jnp.sum(pos_f * dist_BxB * n_neg_f[:, None]) / denom,
+      "mean_d_an": jnp.sum(pos_f.sum(axis=1) * neg_sum_B) / denom,
+  }
+  return summed_BxB.sum() / jnp.maximum(num_active, 1.0), stats
+
+
+def random_triplets(dist_BxB: Array, labels_B: Array, mask_B: Array, margin: float | Array, *,
+                    key: Array, loss: str = "triplet", fallback: str | None = None):
+  """Every anchor-positive pair with one negative drawn uniformly at random.
+
+  The unmined baseline: loss averaged over all (a, p) pairs that have a negative.
+  """
+  del fallback
+  pos, neg = pair_masks(labels_B, mask_B)
+  n_neg_B = neg.sum(axis=1)
+  # per row: indices of the negatives first (stable), then the rest
+  neg_first_BxB = jnp.argsort(~neg, axis=1, stable=True)
+  u_BxB = jax.random.uniform(key, dist_BxB.shape)
+  r_BxB = jnp.minimum((u_BxB * n_neg_B[:, None]).astype(jnp.int32),
+                      jnp.maximum(n_neg_B - 1, 0)[:, None])
+  n_idx_BxB = jnp.take_along_axis(neg_first_BxB, r_BxB, axis=1)
+  d_an = jnp.take_along_axis(dist_BxB, n_idx_BxB, axis=1)
+  valid = pos & (n_neg_B > 0)[:, None]
+  return _reduce(dist_BxB, d_an, valid, margin, loss)
+
+
+MINERS: dict[str, Callable] = {
+    "semi_hard": semi_hard,
+    "batch_hard": batch_hard,
+    "batch_all": batch_all,
+    "random": random_triplets,
+}
+
+
+def contrastive_pairs(dist_BxB: Array, labels_B: Array, mask_B: Array, margin: float | Array, *,
+                      key: Array | None = None, loss: str = "contrastive",
+                      fallback: str | None = None):
+  """Contrastive loss averaged over every distinct pair i < j of real rows."""
+  del key, loss, fallback
+  pos, neg = pair_masks(labels_B, mask_B)
+  upper = jnp.triu(jnp.ones_like(pos), k=1)
+  pos, neg = pos & upper, neg & upper
+  valid = pos | neg
+  loss_each = jnp.where(valid, losses.contrastive_loss(dist_BxB, pos, margin), 0.0)
+  n = valid.astype(jnp.float32).sum()
+  n_pos = jnp.maximum(pos.astype(jnp.float32).sum(), 1.0)
+  n_neg = jnp.maximum(neg.astype(jnp.float32).sum(), 1.0)
+  active = (valid & (loss_each > 0)).astype(jnp.float32).sum()
+  stats = {
+      "num_valid": n,
+      "num_active": active,
+      "frac_active": active / jnp.maximum(n, 1.0),
+      "mean_d_ap": jnp.sum(jnp.where(pos, dist_BxB, 0.0)) / n_pos,
+      "mean_d_an": jnp.sum(jnp.where(neg, dist_BxB, 0.0)) / n_neg,
+  }
+  return loss_each.sum() / jnp.maximum(n, 1.0), stats
+
+
+def batch_loss(emb_BxD: Array, labels_B: Array, mask_B: Array, *, loss: str, miner: str,
+               margin: float | Array, fallback: str = "easiest", key: Array | None = None):
+  """The training objective on one (global) batch of embeddings: ``(loss, stats)``.
+
+  ``loss`` is "triplet", "soft_margin" (with any ``miner``) or "contrastive" (all pairs;
+  ``miner`` ignored).
+  """
+  dist_BxB = losses.pairwise_sq_distances(emb_BxD)
+  if loss == "contrastive":
+    return contrastive_pairs(dist_BxB, labels_B, mask_B, margin)
+  if loss not in losses.TRIPLET_LOSSES:
+    raise ValueError(f"loss must be one of {sorted(losses.TRIPLET_LOSSES) + ['contrastive']}, got {loss!r}")
+  if miner not in MINERS:
+    raise ValueError(f"miner must be one of {sorted(MINERS)}, got {miner!r}")
+  if miner == "random" and key is None:
+    raise ValueError("the random miner needs a PRNG key")
+  return MINERS[miner](dist_BxB, labels_B, mask_B, margin, loss=loss, fallback=fallback, key=key)
+
+
+def explicit_triplet_loss(emb_a: Array, emb_p: Array, emb_n: Array, valid_T: Array,
+                          margin: float | Array, loss: str = "triplet"):
+  """Loss on given (offline-selected) triplets: rows of the three (T, D) arrays."""
+  d_ap = jnp.sum(jnp.square(emb_a - emb_p), axis=-1)
+  d_an = jnp.sum(jnp.square(emb_a - emb_n), axis=-1)
+  return _reduce(d_ap, d_an, valid_T, margin, loss)

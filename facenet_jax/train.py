@@ -1,0 +1,317 @@
+"""Triplet-embedding training: pure jitted steps and the ``train_and_evaluate`` loop.
+
+The model is split once with ``nnx.split`` into a static graphdef and array state; the
+train step is a pure function ``(state, batch) -> (state, metrics)`` that merges them
+inside ``jax.jit``. Data parallelism is ``jax.jit`` over a 1-D device mesh: parameters
+replicated, the batch sharded along its leading axis, and the loss (mining included)
+computed on the *global* batch, so 8 devices compute what 1 device computes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from facenet_jax import mining, models, offline, preprocess, verification
+from facenet_jax.config_checks import check_config
+from facenet_jax.data import sources
+from facenet_jax.sampler import PKSampler
+from infra import checkpoints, files, mesh as mesh_lib
+from infra.metric_writer import MetricWriter
+from infra.preemption import stop_requests
+from infra.progress import Progress
+
+State = dict[str, Any]
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or a gradient became NaN/Inf; the last good checkpoint is left as it was."""
+
+
+class Preempted(RuntimeError):
+  """A SIGTERM/SIGINT stopped the run after a checkpoint of the current step."""
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+  """AdamW/Adam/SGD with linear warmup and cosine (or constant) decay, optional clipping."""
+  warmup = min(int(optim.warmup_steps), max(num_steps - 1, 0))
+  if optim.schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, warmup, max(num_steps, warmup + 1))
+  else:
+    lr = optax.join_schedules([optax.linear_schedule(0.0, optim.learning_rate, warmup),
+                               optax.constant_schedule(optim.learning_rate)], [warmup])
+  if optim.name == "adamw":
+    tx = optax.adamw(lr, weight_decay=optim.weight_decay)
+  elif optim.name == "adam":
+    tx = optax.adam(lr)
+  else:
+    tx = optax.sgd(lr, momentum=0.9)
+  if optim.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
+  return tx
+
+
+def create_train_state(config: ml_collections.ConfigDict, in_channels: int):
+  """Returns ``(graphdef, tx, state)``; ``state`` is a pytree of arrays only."""
+  model = models.create_model(config.model, in_channels=in_channels, rngs=nnx.Rngs(config.seed))
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  tx = make_optimizer(config.optim, config.num_steps)
+  state = {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "model_state": model_state,
+      "opt_state": tx.init(params),
+      # first step whose loss or gradients were not finite (-1: none); such steps are
+      # not applied, so the state stays the last good one
+      "nonfinite_step": jnp.full((), -1, jnp.int32),
+  }
+  return graphdef, tx, state
+
+
+def _objective(config: ml_collections.ConfigDict) -> Callable:
+  """``(emb_BxD, batch, key) -> (loss, stats)`` for online mining or offline triplets."""
+  if config.offline.enabled:
+    def offline_loss(emb_BxD, batch, key):
+      del key
+      a, p, n = jnp.split(emb_BxD, 3)
+      return mining.explicit_triplet_loss(a, p, n, batch["mask"][: a.shape[0]],
+                                          config.margin, config.loss)
+    return offline_loss
+
+  def online_loss(emb_BxD, batch, key):
+    return mining.batch_loss(emb_BxD, batch["labels"], batch["mask"], loss=config.loss,
+                             miner=config.miner, margin=config.margin,
+                             fallback=config.semi_hard_fallback, key=key)
+  return online_loss
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict) -> Callable[[State, dict], tuple[State, dict]]:
+  """The pure train step ``(state, batch) -> (state, metrics)``.
+
+  ``batch``: ``images`` (B, *spatial, C) uint8 or float, ``labels`` (B,) int32, ``mask``
+  (B,) bool. Randomness (augmentation, random miner) comes from (seed, step).
+  """
+  objective = _objective(config)
+  aug = config.augment
+
+  def train_step(state: State, batch: dict) -> tuple[State, dict]:
+    key = jax.random.fold_in(jax.random.key(config.seed), state["step"])
+    k_aug, k_mine = jax.random.split(key)
+    x = preprocess.to_float(batch["images"])
+    x = preprocess.augment(x, k_aug, flip=aug.flip, crop_pad=aug.crop_pad)
+
+    def loss_fn(params, model_state):
+      # merged inside the differentiated function: NNX variables may only be mutated
+      # (BatchNorm statistics) at the trace level that created them
+      model = nnx.merge(graphdef, params, model_state, copy=True)
+      emb_BxD = model(x, train=True)
+      loss, stats = objective(emb_BxD, batch, k_mine)
+      _, _, model_state = nnx.split(model, nnx.Param, ...)
+      return loss, (stats, model_state)
+
+    (loss, (stats, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], state["model_state"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = {
+        "step": state["step"] + 1,
+        "params": keep(params, state["params"]),
+        "model_state": keep(model_state, state["model_state"]),
+        "opt_state": keep(opt_state, state["opt_state"]),
+        "nonfinite_step": jnp.where((state["nonfinite_step"] < 0) & ~finite,
+                                    state["step"], state["nonfinite_step"]),
+    }
+    metrics = dict(stats, loss=loss, grad_norm=grad_norm)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_embed_fn(graphdef: nnx.GraphDef) -> Callable:
+  """``(params, model_state, images) -> emb_BxD`` in inference mode (running BN stats)."""
+  def embed(params, model_state, images):
+    model = nnx.merge(graphdef, params, model_state, copy=True)
+    return model(preprocess.to_float(images), train=False)
+  return embed
+
+
+def embed_all(embed_fn: Callable, state: State, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """Embeds every row of ``images`` in fixed-size chunks (last one padded); returns numpy."""
+  n = images.shape[0]
+  out = []
+  for i in range(0, n, batch_size):
+    chunk = images[i:i + batch_size]
+    pad = batch_size - chunk.shape[0]
+    if pad:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+    out.append(np.asarray(embed_fn(state["params"], state["model_state"], chunk))[:batch_size - pad])
+  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _check_finite(state: State, where: str) -> None:
+  bad = int(jax.device_get(state["nonfinite_step"]))
+  if bad >= 0:
+    raise NonFiniteLossError(
+        f"loss or gradients became NaN/Inf at step {bad} (found at {where}); the update of "
+        f"that step was not applied and no checkpoint after it was written. Lower "
+        f"optim.learning_rate, set optim.grad_clip_norm, or check the input data.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       devices: list | None = None) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates.
+
+  Writes TensorBoard events and ``metrics.jsonl`` to ``workdir``, checkpoints to
+  ``workdir/checkpoints`` and, at the end, ``workdir/results.json``:
+  ``{config, step, metrics: {verification_accuracy, ...}, pixel_baseline, ...}``.
+  Returns the same dict.
+  """
+  t_start = time.time()
+  check_config(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = mesh_lib.make_data_mesh(devices)
+  lead = jax.process_index() == 0
+
+  train_ds, eval_ds = sources.load(config)
+  offline_mode = bool(config.offline.enabled)
+  global_batch = (3 * config.offline.triplets_per_batch if offline_mode
+                  else config.identities_per_batch * config.images_per_identity)
+  mesh_lib.check_divisible(global_batch, mesh, "global batch (identities_per_batch x "
+                           "images_per_identity, or 3 x offline.triplets_per_batch)")
+  sampler = PKSampler(train_ds.labels, config.identities_per_batch, config.images_per_identity,
+                      config.seed)
+  eval_bs = int(np.lcm(config.eval_batch_size, mesh.devices.size))
+  pair_i, pair_j, issame = verification.make_pairs(eval_ds.labels, config.data.eval_pairs,
+                                                   seed=config.seed + 1)
+  pixel = verification.summarize(verification.pixel_distances(eval_ds.images, pair_i, pair_j),
+                                 issame, config.data.eval_folds, prefix="pixel_")
+
+  graphdef, tx, state = create_train_state(config, in_channels=train_ds.images.shape[-1])
+  repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
+  state = jax.device_put(state, repl)
+  train_step = jax.jit(make_train_step(graphdef, tx, config), in_shardings=(repl, batch_sh),
+                       out_shardings=(repl, repl), donate_argnums=0)
+  embed_fn = jax.jit(make_embed_fn(graphdef), in_shardings=(repl, repl, batch_sh),
+                     out_shardings=repl)
+
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                  every=config.checkpoint_every, keep=config.keep_checkpoints)
+  restored = ckpt.restore(state)
+  start, meta = 0, {}
+  if restored is not None:
+    start, state, meta = restored
+    print(f"resumed from {ckpt.directory}/{start}", flush=True)
+  pool = np.asarray(meta.get("offline_pool", np.zeros((0, 3))), np.int64).reshape(-1, 3)
+  selected = np.asarray(meta.get("offline_selected", np.zeros((0, 3))), np.int64).reshape(-1, 3)
+
+  def evaluate(state) -> dict[str, float]:
+    emb = embed_all(embed_fn, state, eval_ds.images, eval_bs)
+    d = np.sum((emb[pair_i] - emb[pair_j]) ** 2, axis=1)
+    return verification.summarize(d, issame, config.data.eval_folds)
+
+  def rescore(state, step):
+    nonlocal pool, selected
+    pool = offline.sample_pool(train_ds.labels, config.offline.pool_size, config.seed,
+                               step // config.offline.rescore_every)
+    rows = np.unique(pool)
+    emb = np.zeros((len(train_ds), config.model.embedding_dim), np.float32)
+    emb[rows] = embed_all(embed_fn, state, train_ds.images[rows], eval_bs)
+    selected = offline.violating(pool, emb, config.margin)
+
+  def make_batch(step: int) -> dict:
+    if offline_mode:
+      if step % config.offline.rescore_every == 0 or pool.shape[0] == 0:
+        rescore(state, step)
+      trip = offline.draw(selected, pool, config.offline.triplets_per_batch, config.seed, step)
+      rows = trip.T.reshape(-1)
+      labels = train_ds.labels[rows]
+      mask = np.ones(rows.shape[0], bool)
+    else:
+      b = sampler(step)
+      rows, labels, mask = b.indices, b.labels, b.mask
+    return {"images": train_ds.images[rows], "labels": labels, "mask": mask}
+
+  def checkpoint_meta() -> dict:
+    m = {"config_variant": config.variant}
+    if offline_mode:
+      m.update(offline_pool=pool.tolist(), offline_selected=selected.tolist())
+    return m
+
+  writer = MetricWriter(workdir, enabled=lead)
+  if start == 0 and lead:
+    writer.write_scalars(0, pixel)
+  progress = Progress(config.num_steps, start)
+  pending: list[dict] = []
+  last_train: dict[str, float] = {}
+  last_eval: dict[str, float] = {}
+  print(f"training {config.model.name} on {train_ds.name}: {len(train_ds)} images of "
+        f"{train_ds.num_identities} identities, global batch {global_batch} over "
+        f"{mesh.devices.size} device(s); held-out {eval_ds.num_identities} identities, "
+        f"{issame.size} pairs; raw-pixel baseline accuracy {pixel['pixel_verification_accuracy']:.3f}",
+        flush=True)
+  with stop_requests() as stop:
+    step = start
+    while step < config.num_steps:
+      batch = make_batch(step)
+      state, metrics = train_step(state, batch)
+      pending.append(metrics)
+      step += 1
+      if step == start + 1:
+        jax.block_until_ready(metrics)
+        progress.mark_compiled(step)
+      last = step == config.num_steps
+      if step % config.log_every == 0 or last or stop:
+        _check_finite(state, f"step {step}")
+        host = jax.device_get(pending)
+        pending = []
+        last_train = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        last_train["steps_per_sec"] = progress.rate(step)
+        writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
+        progress.report(step, {k: last_train[k] for k in ("loss", "frac_active", "mean_d_ap", "mean_d_an")})
+      if step % config.eval_every == 0 or last:
+        last_eval = evaluate(state)
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
+        print(f"  eval step {step}: verification_accuracy={last_eval['verification_accuracy']:.4f} "
+              f"(+-{last_eval['verification_accuracy_std']:.4f}), "
+              f"val@far1e-3={last_eval['val_at_far_1e-3']:.4f}, auc={last_eval['roc_auc']:.4f}",
+              flush=True)
+      if step % config.checkpoint_every == 0 or last or stop:
+        _check_finite(state, f"checkpoint of step {step}")
+        ckpt.save(step, state, checkpoint_meta(), force=True)
+      writer.flush()
+      if stop and not last:
+        writer.close()
+        ckpt.close()
+        raise Preempted(f"stopped by signal {stop.signal} after checkpointing step {step}; "
+                        f"run again with the same workdir to resume")
+
+  if not last_eval:   # resumed at the last step: evaluate the restored state
+    last_eval = evaluate(state)
+  results = {
+      "config": config.to_dict(),
+      "step": int(jax.device_get(state["step"])),
+      "metrics": last_eval,
+      "train_metrics": last_train,
+      "pixel_baseline": pixel,
+      "devices": mesh.devices.size,
+      "platform": jax.devices()[0].platform,
+      "wall_seconds": time.time() - t_start,
+  }
+  if lead:
+    files.write_json_atomic(os.path.join(workdir, "results.json"), results)
+  writer.close()
+  ckpt.close()
+  return results

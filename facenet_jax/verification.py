@@ -1,0 +1,157 @@
+"""Pair verification metrics: k-fold threshold accuracy, ROC, AUC, EER, VAL@FAR.
+
+A pair is declared "same" when its distance is <= a threshold (or, for a similarity
+score, pass ``-score`` as the distance). The k-fold protocol picks the threshold that
+maximizes accuracy on the other k-1 folds and applies it to the held-out fold, so the
+threshold is never chosen on the pairs it is scored on (LFW View 2 protocol).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def make_pairs(labels: np.ndarray, num_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``num_pairs`` matched then ``num_pairs`` mismatched pairs, deterministic from ``seed``.
+
+  Returns ``(i, j, issame)`` index arrays into ``labels``; matched pairs need identities
+  with two or more images.
+  """
+  rng = np.random.default_rng(seed)
+  labels = np.asarray(labels)
+  ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+  multi = np.nonzero(counts >= 2)[0]
+  if multi.size == 0 or ids.size < 2:
+    raise ValueError("verification pairs need >= 2 identities, one with >= 2 images; "
+                     f"got {ids.size} identities, {multi.size} with >= 2 images")
+  by_id = [np.nonzero(inverse == k)[0] for k in range(ids.size)]
+  ii, jj = [], []
+  for k in rng.choice(multi, num_pairs):
+    a, b = rng.choice(by_id[k], 2, replace=False)
+    ii.append(a)
+    jj.append(b)
+  for _ in range(num_pairs):
+    ka, kb = rng.choice(ids.size, 2, replace=False)
+    ii.append(rng.choice(by_id[ka]))
+    jj.append(rng.choice(by_id[kb]))
+  issame = np.r_[np.ones(num_pairs, bool), np.zeros(num_pairs, bool)]
+  return np.asarray(ii), np.asarray(jj), issame
+
+
+def best_threshold(dist: np.ndarray, issame: np.ndarray) -> tuple[float, float]:
+  """The threshold maximizing accuracy of ``dist <= t`` on these pairs, and that accuracy.
+
+  Candidates are midpoints between consecutive sorted distances (and both ends); ties in
+  accuracy go to the smallest threshold.
+  """
+  dist = np.asarray(dist, np.float64)
+  issame = np.asarray(issame, bool)
+  order = np.argsort(dist, kind="stable")
+  d, s = dist[order], issame[order]
+  n = d.size
+  # accepting the first k pairs (k = 0..n): correct = same among them + different after
+  tp = np.r_[0, np.cumsum(s)]
+  tn_after = (~s).sum() - np.r_[0, np.cumsum(~s)]
+  acc = (tp + tn_after) / n
+  # a cut between equal distances is not realizable
+  cut_ok = np.r_[True, d[1:] > d[:-1], True]
+  acc = np.where(cut_ok, acc, -1.0)
+  k = int(np.argmax(acc))
+  if k == 0:
+    t = d[0] - 1.0
+  elif k == n:
+    t = d[-1] + 1.0
+  else:
+    t = 0.5 * (d[k - 1] + d[k])
+  return float(t), float(acc[k])
+
+
+def kfold_accuracy(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray | int = 10,
+                   seed: int = 0) -> dict[str, float | np.ndarray]:
+  """Verification accuracy with the threshold chosen on the other folds.
+
+  Args:
+    dist: (N,) pair distances (smaller = more alike).
+    issame: (N,) bool ground truth.
+    folds: (N,) fold id per pair (LFW carries its own), or a fold count for a seeded
+      random split.
+  Returns:
+    {"accuracy": mean over folds, "accuracy_std", "threshold": mean chosen threshold,
+     "fold_accuracies": (k,) array}
+  """
+  dist = np.asarray(dist, np.float64)
+  issame = np.asarray(issame, bool)
+  if dist.shape != issame.shape or dist.ndim != 1:
+    raise ValueError(f"dist and issame must be equal 1-D shapes, got {dist.shape}, {issame.shape}")
+  if not np.all(np.isfinite(dist)):
+    raise ValueError("pair distances contain NaN or Inf")
+  if np.isscalar(folds):
+    k = int(folds)
+    fold_id = np.random.default_rng(seed).permutation(dist.size) % k
+  else:
+    fold_id = np.asarray(folds)
+  accs, thresholds = [], []
+  for f in np.unique(fold_id):
+    test = fold_id == f
+    t, _ = best_threshold(dist[~test], issame[~test])
+    accs.append(np.mean((dist[test] <= t) == issame[test]))
+    thresholds.append(t)
+  accs = np.asarray(accs)
+  return {"accuracy": float(accs.mean()), "accuracy_std": float(accs.std()),
+          "threshold": float(np.mean(thresholds)), "fold_accuracies": accs}
+
+
+def roc(dist: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """ROC of ``dist <= t`` over all thresholds: (far, tar, thresholds), far ascending."""
+  dist = np.asarray(dist, np.float64)
+  issame = np.asarray(issame, bool)
+  order = np.argsort(dist, kind="stable")
+  d, s = dist[order], issame[order]
+  last = np.r_[d[1:] > d[:-1], True]          # end of each group of tied distances
+  tp = np.cumsum(s)[last]
+  fp = np.cumsum(~s)[last]
+  tar = np.r_[0.0, tp / max(s.sum(), 1)]
+  far = np.r_[0.0, fp / max((~s).sum(), 1)]
+  return far, tar, np.r_[-np.inf, d[last]]
+
+
+def roc_auc(dist: np.ndarray, issame: np.ndarray) -> float:
+  far, tar, _ = roc(dist, issame)
+  return float(np.trapezoid(tar, far))
+
+
+def eer(dist: np.ndarray, issame: np.ndarray) -> float:
+  """Equal error rate: where the false-accept rate equals the false-reject rate."""
+  far, tar, _ = roc(dist, issame)
+  frr = 1.0 - tar
+  i = int(np.argmin(np.abs(far - frr)))
+  return float(0.5 * (far[i] + frr[i]))
+
+
+def val_at_far(dist: np.ndarray, issame: np.ndarray, far_target: float = 1e-3) -> float:
+  """FaceNet's VAL(d) at the largest threshold whose FAR <= ``far_target``."""
+  far, tar, _ = roc(dist, issame)
+  ok = far <= far_target
+  return float(tar[ok].max()) if ok.any() else 0.0
+
+
+def pixel_distances(images: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+  """The raw-pixel baseline: squared L2 distance of per-image standardized, unit-norm pixels."""
+  x = images.reshape(images.shape[0], -1).astype(np.float64)
+  x = x - x.mean(axis=1, keepdims=True)
+  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  return np.sum((x[i] - x[j]) ** 2, axis=1)
+
+
+def summarize(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray | int = 10,
+              prefix: str = "") -> dict[str, float]:
+  """Flat ``{name: float}`` of the standard verification metrics for these pairs."""
+  kf = kfold_accuracy(dist, issame, folds)
+  return {
+      f"{prefix}verification_accuracy": kf["accuracy"],
+      f"{prefix}verification_accuracy_std": kf["accuracy_std"],
+      f"{prefix}threshold": kf["threshold"],
+      f"{prefix}val_at_far_1e-3": val_at_far(dist, issame, 1e-3),
+      f"{prefix}roc_auc": roc_auc(dist, issame),
+      f"{prefix}eer": eer(dist, issame),
+  }

@@ -1,0 +1,98 @@
+"""Scalar/image metrics to TensorBoard event files and to a JSON-lines log.
+
+Written on the ``tensorboard`` package's own event writer: clu's metric writers import
+TensorFlow at module import, which this codebase keeps off the training path.
+``metrics.jsonl`` (one ``{"step": s, name: value, ...}`` per line) is what scripts such as
+the sweep comparison read back without TensorBoard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from typing import Mapping
+
+import numpy as np
+
+
+class MetricWriter:
+  """Writes to ``<logdir>/events.out.tfevents.*`` and ``<logdir>/metrics.jsonl``."""
+
+  def __init__(self, logdir: str, *, enabled: bool = True):
+    self.logdir = logdir
+    self.enabled = enabled
+    self._events = None
+    self._jsonl = None
+    if enabled:
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter
+      os.makedirs(logdir, exist_ok=True)
+      self._events = EventFileWriter(logdir)
+      self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+
+  def _event(self, step: int, values) -> None:
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    self._events.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    clean = {k: float(np.asarray(v)) for k, v in scalars.items()}
+    self._event(step, [Summary.Value(tag=k, simple_value=v) for k, v in clean.items()])
+    row = {"step": int(step)}
+    row.update({k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()})
+    self._jsonl.write(json.dumps(row) + "\n")
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """``images``: name -> (H, W, 3) or (H, W) uint8 or float in [0, 1]."""
+    if not self.enabled:
+      return
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    values = []
+    for k, img in images.items():
+      img = np.asarray(img)
+      if img.dtype != np.uint8:
+        img = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+      buf = io.BytesIO()
+      Image.fromarray(img).save(buf, format="PNG")
+      values.append(Summary.Value(tag=k, image=Summary.Image(
+          encoded_image_string=buf.getvalue(), height=img.shape[0], width=img.shape[1],
+          colorspace=1 if img.ndim == 2 else img.shape[-1])))
+    self._event(step, values)
+
+  def write_text(self, step: int, texts: Mapping[str, str]) -> None:
+    if not self.enabled:
+      return
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
+    values = [Summary.Value(tag=k, metadata=meta, tensor=TensorProto(
+        dtype=7, string_val=[v.encode()], tensor_shape=TensorShapeProto(dim=[])))
+        for k, v in texts.items()]
+    self._event(step, values)
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._events.flush()
+      self._jsonl.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._events.close()
+      self._jsonl.close()
+      self.enabled = False
+
+
+def read_metrics(logdir: str) -> list[dict]:
+  """The rows of ``<logdir>/metrics.jsonl`` (empty if absent)."""
+  path = os.path.join(logdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,42 @@
+"""SIGTERM / SIGINT as a polite stop request (how clusters preempt jobs).
+
+Inside ``stop_requests()`` the first SIGTERM or SIGINT only sets a flag; the training
+or optimization loop polls it between steps, writes a checkpoint of the current step
+and returns. A second SIGINT interrupts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+
+class StopFlag:
+  def __init__(self):
+    self.signal: int | None = None
+
+  def __bool__(self) -> bool:
+    return self.signal is not None
+
+
+@contextlib.contextmanager
+def stop_requests():
+  flag = StopFlag()
+  if threading.current_thread() is not threading.main_thread():
+    yield flag   # signals can only be handled on the main thread
+    return
+
+  def handler(signum, frame):
+    if flag and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    flag.signal = signum
+    print(f"received {signal.Signals(signum).name}: checkpointing at the end of this step",
+          flush=True)
+
+  old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield flag
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)

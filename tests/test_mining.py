@@ -1,0 +1,206 @@
+"""Losses and miners against the plain NumPy references in reference.py."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference as ref
+from facenet_jax import losses, mining
+
+
+def _batch(P=6, K=4, D=8, seed=0, pad=0):
+  rng = np.random.default_rng(seed)
+  emb = rng.normal(size=(P * K, D))
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  labels = np.repeat(np.arange(P), K).astype(np.int32)
+  mask = np.ones(P * K, bool)
+  if pad:
+    mask[rng.choice(P * K, pad, replace=False)] = False
+  return emb.astype(np.float32), labels, mask
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(miner, loss, fallback):
+  # one compilation per (miner, loss, fallback); margin, key and shapes are arguments
+  return jax.jit(lambda e, l, m, margin, key: mining.MINERS[miner](
+      losses.pairwise_sq_distances(e), l, m, margin, loss=loss, fallback=fallback, key=key))
+
+
+def _run(miner, emb, labels, mask, margin, *, loss="triplet", fallback="easiest", key=None):
+  key = jax.random.key(0) if key is None else key
+  loss_, stats = _jitted(miner, loss, fallback)(jnp.asarray(emb), jnp.asarray(labels),
+                                                jnp.asarray(mask), jnp.float32(margin), key)
+  loss = loss_
+  return float(loss), {k: float(v) for k, v in stats.items()}
+
+
+def _assert_matches(got, want):
+  loss, stats = got
+  want_loss, want_stats = want
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-4, atol=1e-5)
+  for k, v in want_stats.items():
+    np.testing.assert_allclose(stats[k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_pairwise_distances_match_numpy():
+  emb, _, _ = _batch(D=16)
+  got = np.asarray(losses.pairwise_sq_distances(jnp.asarray(emb)))
+  np.testing.assert_allclose(got, ref.sq_dist(emb), atol=1e-5)
+  assert np.all(np.diag(got) == 0) and np.all(got >= 0)
+
+
+CASES = {
+    "random": _batch(),
+    "padded": _batch(seed=1, pad=5),
+    "big_margin": _batch(seed=2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("fallback", mining.FALLBACKS)
+@pytest.mark.parametrize("loss", ["triplet", "soft_margin"])
+@pytest.mark.parametrize("margin", [0.05, 0.3, 2.0])
+def test_semi_hard_matches_reference(case, fallback, loss, margin):
+  emb, labels, mask = CASES[case]
+  _assert_matches(_run("semi_hard", emb, labels, mask, margin, fallback=fallback, loss=loss),
+                  ref.semi_hard(emb, labels, mask, margin, fallback, loss))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("loss", ["triplet", "soft_margin"])
+@pytest.mark.parametrize("margin", [0.1, 0.5])
+def test_batch_hard_matches_reference(case, loss, margin):
+  emb, labels, mask = CASES[case]
+  _assert_matches(_run("batch_hard", emb, labels, mask, margin, loss=loss),
+                  ref.batch_hard(emb, labels, mask, margin, loss))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("margin", [0.05, 0.3, 1.5])
+def test_batch_all_matches_reference(case, margin):
+  emb, labels, mask = CASES[case]
+  _assert_matches(_run("batch_all", emb, labels, mask, margin),
+                  ref.batch_all(emb, labels, mask, margin))
+
+
+def test_batch_all_gradient_matches_brute_force():
+  emb, labels, mask = _batch(P=4, K=3, D=5, seed=3)
+  margin = 0.4
+
+  def brute(e):
+    d = losses.pairwise_sq_distances(e)
+    pos, neg = mining.pair_masks(jnp.asarray(labels), jnp.asarray(mask))
+    l3 = jax.nn.relu(d[:, :, None] - d[:, None, :] + margin) * (pos[:, :, None] & neg[:, None, :])
+    return l3.sum() / jnp.maximum((l3 > 0).sum(), 1)
+
+  fast = lambda e: mining.batch_all(losses.pairwise_sq_distances(e), jnp.asarray(labels),
+                                    jnp.asarray(mask), margin)[0]
+  np.testing.assert_allclose(jax.grad(fast)(jnp.asarray(emb)), jax.grad(brute)(jnp.asarray(emb)),
+                             rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("margin", [0.2, 1.0])
+def test_contrastive_matches_reference(margin):
+  emb, labels, mask = _batch(seed=4, pad=3)
+  got = jax.jit(lambda e: mining.contrastive_pairs(
+      losses.pairwise_sq_distances(e), jnp.asarray(labels), jnp.asarray(mask), margin))(emb)
+  _assert_matches((float(got[0]), {k: float(v) for k, v in got[1].items()}),
+                  ref.contrastive(emb, labels, mask, margin))
+
+
+# --- edge cases -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("miner", sorted(mining.MINERS))
+def test_one_identity_has_no_triplets(miner):
+  emb, _, mask = _batch(P=1, K=6)
+  labels = np.zeros(6, np.int32)
+  loss, stats = _run(miner, emb, labels, mask, 0.2, key=jax.random.key(0))
+  assert loss == 0.0 and stats["num_valid"] == 0 and stats["num_active"] == 0
+
+
+@pytest.mark.parametrize("miner", sorted(mining.MINERS))
+def test_singleton_identities_have_no_positives(miner):
+  emb, _, mask = _batch(P=4, K=2)
+  labels = np.arange(8, dtype=np.int32)   # every image its own identity
+  loss, stats = _run(miner, emb, labels, mask, 0.2, key=jax.random.key(0))
+  assert loss == 0.0 and stats["num_valid"] == 0
+
+
+@pytest.mark.parametrize("miner", ["semi_hard", "batch_hard", "batch_all"])
+def test_duplicate_embeddings_match_reference_and_have_finite_gradients(miner):
+  emb, labels, mask = _batch(P=3, K=3, seed=5)
+  emb[1] = emb[0]          # a duplicate positive: d(a,p) = 0
+  emb[4] = emb[0]          # a duplicate negative: d(a,n) = 0
+  want = {"semi_hard": lambda: ref.semi_hard(emb, labels, mask, 0.2),
+          "batch_hard": lambda: ref.batch_hard(emb, labels, mask, 0.2),
+          "batch_all": lambda: ref.batch_all(emb, labels, mask, 0.2)}[miner]()
+  _assert_matches(_run(miner, emb, labels, mask, 0.2), want)
+  g = jax.grad(lambda e: mining.batch_loss(e, labels, mask, loss="triplet", miner=miner,
+                                           margin=0.2)[0])(jnp.asarray(emb))
+  assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_contrastive_gradient_finite_on_duplicates():
+  emb, labels, mask = _batch(P=2, K=2, seed=6)
+  emb[2] = emb[0]   # identical embeddings of different identities: sqrt(0)
+  g = jax.grad(lambda e: mining.batch_loss(e, labels, mask, loss="contrastive", miner="semi_hard",
+                                           margin=0.5)[0])(jnp.asarray(emb))
+  assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_no_semi_hard_negative_uses_fallback():
+  # two tight identities far apart: every negative is beyond d(a,p) + margin
+  emb = np.array([[1, 0], [0.999, 0.0447], [-1, 0], [-0.999, 0.0447]], np.float32)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  labels = np.array([0, 0, 1, 1], np.int32)
+  mask = np.ones(4, bool)
+  for fb in mining.FALLBACKS:
+    got = _run("semi_hard", emb, labels, mask, 0.2, fallback=fb)
+    _assert_matches(got, ref.semi_hard(emb, labels, mask, 0.2, fb))
+  assert _run("semi_hard", emb, labels, mask, 0.2, fallback="drop")[1]["num_valid"] == 0
+  easiest = _run("semi_hard", emb, labels, mask, 0.2, fallback="easiest")
+  assert easiest[1]["num_valid"] == 4 and easiest[1]["num_active"] == 0
+
+
+def test_random_miner_picks_real_negatives():
+  emb, labels, mask = _batch(P=2, K=3, seed=7)
+  # with only one negative identity and margin 10 every triplet is active, so the loss
+  # is mean(d_ap - d_an) + 10 over the pairs, and d_an comes from the negatives
+  D = ref.sq_dist(emb)
+  results = set()
+  for s in range(5):
+    loss, stats = _run("random", emb, labels, mask, 10.0, key=jax.random.key(s))
+    assert stats["num_valid"] == 12 and stats["num_active"] == 12
+    np.testing.assert_allclose(loss, stats["mean_d_ap"] - stats["mean_d_an"] + 10.0, rtol=1e-5)
+    neg_d = D[labels[:, None] != labels[None, :]]
+    assert neg_d.min() - 1e-5 <= stats["mean_d_an"] <= neg_d.max() + 1e-5
+    results.add(round(loss, 6))
+  assert len(results) > 1   # different keys, different negatives
+
+
+def test_explicit_triplets_match_reference():
+  rng = np.random.default_rng(8)
+  a, p, n = (rng.normal(size=(10, 4)).astype(np.float32) for _ in range(3))
+  valid = np.ones(10, bool); valid[3] = False
+  loss, stats = mining.explicit_triplet_loss(a, p, n, valid, 0.5)
+  d_ap = ((a - p) ** 2).sum(1); d_an = ((a - n) ** 2).sum(1)
+  want = np.maximum(d_ap - d_an + 0.5, 0)[valid].mean()
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  assert float(stats["num_valid"]) == 9
+
+
+def test_bad_names_are_errors():
+  emb, labels, mask = _batch()
+  with pytest.raises(ValueError, match="miner"):
+    mining.batch_loss(emb, labels, mask, loss="triplet", miner="hardest", margin=0.2)
+  with pytest.raises(ValueError, match="loss"):
+    mining.batch_loss(emb, labels, mask, loss="arcface", miner="semi_hard", margin=0.2)
+  with pytest.raises(ValueError, match="fallback"):
+    mining.batch_loss(emb, labels, mask, loss="triplet", miner="semi_hard", margin=0.2,
+                      fallback="closest")
+  with pytest.raises(ValueError, match="batch_all"):
+    mining.batch_loss(emb, labels, mask, loss="soft_margin", miner="batch_all", margin=0.2)

@@ -160,6 +160,18 @@ def embed_all(embed_fn: Callable, state: State, images: np.ndarray, batch_size: 
   return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def check_dataset(ds, config: ml_collections.ConfigDict) -> None:
+  """Shapes and values the model can take: (N, *spatial, C) with finite values."""
+  rank = config.model.spatial_dims
+  if ds.images.ndim != rank + 2:
+    raise ValueError(
+        f"{ds.name}: examples have shape {ds.images.shape[1:]}, but config.model.spatial_dims="
+        f"{rank} expects {rank} spatial axes and a channel axis, e.g. {(32,) * rank + (3,)}")
+  if np.issubdtype(ds.images.dtype, np.floating) and not np.all(np.isfinite(ds.images)):
+    bad = int(np.argwhere((~np.isfinite(ds.images.reshape(len(ds), -1))).any(axis=1))[0, 0])
+    raise ValueError(f"{ds.name}: example {bad} contains NaN or Inf values")
+
+
 def _check_finite(state: State, where: str) -> None:
   bad = int(jax.device_get(state["nonfinite_step"]))
   if bad >= 0:
@@ -186,6 +198,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   lead = jax.process_index() == 0
 
   train_ds, eval_ds = sources.load(config)
+  for ds in (train_ds, eval_ds):
+    check_dataset(ds, config)
   offline_mode = bool(config.offline.enabled)
   global_batch = (3 * config.offline.triplets_per_batch if offline_mode
                   else config.identities_per_batch * config.images_per_identity)

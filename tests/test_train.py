@@ -1,0 +1,214 @@
+"""The train step on 8 devices vs 1, resume equivalence, NaN guard, config errors."""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs.facenet import get_config
+from facenet_jax import train
+from facenet_jax.config_checks import ConfigError, check_config
+from facenet_jax.data import sources
+from facenet_jax.data.dataset import IdentityDataset
+from facenet_jax.sampler import PKSampler
+from infra import checkpoints, mesh as mesh_lib
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def _tiny(**overrides):
+  c = get_config("tiny")
+  c.unlock()
+  for k, v in overrides.items():
+    target = c
+    *path, last = k.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = v
+  c.lock()
+  return c
+
+
+def _one_step(config, devices):
+  mesh = mesh_lib.make_data_mesh(devices)
+  train_ds, _ = sources.load(config)
+  graphdef, tx, state = train.create_train_state(config, in_channels=3)
+  repl, bsh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
+  step = jax.jit(train.make_train_step(graphdef, tx, config), in_shardings=(repl, bsh),
+                 out_shardings=(repl, repl))
+  b = PKSampler(train_ds.labels, config.identities_per_batch, config.images_per_identity,
+                config.seed)(0)
+  batch = {"images": train_ds.images[b.indices], "labels": b.labels, "mask": b.mask}
+  state = jax.device_put(state, repl)
+  for _ in range(2):
+    state, metrics = step(state, batch)
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("miner", ["semi_hard", "batch_all"])
+def test_step_on_8_devices_equals_1_device(miner):
+  assert jax.device_count() == 8
+  config = _tiny(miner=miner, identities_per_batch=4, images_per_identity=4)
+  s1, m1 = _one_step(config, jax.devices()[:1])
+  s8, m8 = _one_step(config, jax.devices())
+  for k in m1:
+    np.testing.assert_allclose(m8[k], m1[k], rtol=2e-5, atol=1e-6, err_msg=k)
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
+    np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-6)
+  assert m1["num_valid"] > 0
+
+
+def _final_state(workdir, config):
+  _, _, target = train.create_train_state(config, in_channels=3)
+  ck = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1)
+  step, state, _ = ck.restore(target)
+  ck.close()
+  return step, state
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, offline):
+  config = _tiny(**{"offline.enabled": offline})
+  full = train.train_and_evaluate(config, str(tmp_path / "full"))
+  # the same run, "killed" after its step-2 checkpoint: later checkpoints and results gone
+  part = tmp_path / "part"
+  train.train_and_evaluate(config, str(part))
+  for s in (4, 6):
+    shutil.rmtree(part / "checkpoints" / str(s))
+  os.remove(part / "results.json")
+  resumed = train.train_and_evaluate(config, str(part))
+  assert resumed["step"] == full["step"] == config.num_steps
+  s_full, st_full = _final_state(str(tmp_path / "full"), config)
+  s_res, st_res = _final_state(str(part), config)
+  assert s_full == s_res == config.num_steps
+  for a, b in zip(jax.tree.leaves(st_full), jax.tree.leaves(st_res)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert resumed["metrics"] == full["metrics"]
+
+
+def test_results_json_and_checkpoints(tmp_path):
+  config = _tiny()
+  r = train.train_and_evaluate(config, str(tmp_path))
+  import json
+  with open(tmp_path / "results.json") as f:
+    saved = json.load(f)
+  assert saved["step"] == config.num_steps
+  assert 0.0 <= saved["metrics"]["verification_accuracy"] <= 1.0
+  assert saved["config"]["margin"] == config.margin
+  assert "pixel_verification_accuracy" in saved["pixel_baseline"]
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [2, 4, 6]
+  assert os.path.exists(tmp_path / "metrics.jsonl")
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
+  assert r["metrics"] == saved["metrics"]
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  config = _tiny(log_every=1)
+  real_load = sources.load
+
+  def poisoned(cfg):
+    train_ds, eval_ds = real_load(cfg)
+    imgs = train_ds.images.astype(np.float32) / 127.5 - 1
+    return IdentityDataset(imgs, train_ds.labels, "poisoned"), eval_ds
+
+  # a finite dataset that the model turns into NaN at step 3: scale the params then
+  calls = {"n": 0}
+  real_step = train.make_train_step
+
+  def make_step(graphdef, tx, cfg):
+    step = real_step(graphdef, tx, cfg)
+
+    def wrapped(state, batch):
+      bad = state["step"] >= 3
+      batch = dict(batch, images=jnp.where(bad, jnp.nan, batch["images"]))
+      return step(state, batch)
+    calls["n"] += 1
+    return wrapped
+
+  monkeypatch.setattr(sources, "load", poisoned)
+  monkeypatch.setattr(train, "make_train_step", make_step)
+  with pytest.raises(train.NonFiniteLossError, match="step 3"):
+    train.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert steps == [2]
+  assert not os.path.exists(tmp_path / "results.json")
+  _, state = _final_state(str(tmp_path), config)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state))
+
+
+def test_nan_in_input_data_is_named(tmp_path, monkeypatch):
+  real_load = sources.load
+
+  def nan_data(cfg):
+    train_ds, eval_ds = real_load(cfg)
+    imgs = train_ds.images.astype(np.float32)
+    imgs[5, 0, 0, 0] = np.nan
+    return IdentityDataset(imgs, train_ds.labels, "nan-data"), eval_ds
+
+  monkeypatch.setattr(sources, "load", nan_data)
+  with pytest.raises(ValueError, match="nan-data: example 5 contains NaN"):
+    train.train_and_evaluate(_tiny(), str(tmp_path))
+
+
+def test_wrong_input_rank_is_named(tmp_path):
+  with pytest.raises(ValueError, match="spatial_dims=1"):
+    train.train_and_evaluate(_tiny(**{"model.spatial_dims": 1}), str(tmp_path))
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+  with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+    train.train_and_evaluate(_tiny(identities_per_batch=3, images_per_identity=3), str(tmp_path))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("margin", -0.1, "config.margin"),
+    ("miner", "hardest", "config.miner"),
+    ("loss", "arcface", "config.loss"),
+    ("identities_per_batch", 1, "config.identities_per_batch"),
+    ("images_per_identity", 0, "config.images_per_identity"),
+    ("model.name", "vgg", "config.model.name"),
+    ("num_steps", 2.5, "config.num_steps"),
+    ("semi_hard_fallback", "closest", "config.semi_hard_fallback"),
+])
+def test_bad_config_values_are_named(field, value, match):
+  c = get_config("tiny")
+  c.unlock()
+  target = c
+  *path, last = field.split(".")
+  for p in path:
+    target = target[p]
+  with target.ignore_type():
+    target[last] = value
+  with pytest.raises(ConfigError, match=match):
+    check_config(c)
+
+
+def test_unknown_and_mistyped_command_line_overrides_are_errors():
+  def parse(*args):
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/facenet.py"), flag_values=fv,
+                                    sys_argv=["prog", *args])
+    fv(["prog", *args])
+    return fv.config
+  assert parse("--config.margin=0.3").margin == 0.3
+  assert parse("--config=" + os.path.join(ROOT, "configs/facenet.py") + ":tiny").num_steps == 6
+  with pytest.raises(Exception, match="marign"):
+    parse("--config.marign=0.3")
+  with pytest.raises(Exception, match="margin"):
+    parse("--config.margin=abc")
+  with pytest.raises(ValueError, match="unknown facenet config variant"):
+    get_config("nope")
+
+
+def test_more_images_per_identity_than_available_is_handled():
+  # K = 8 while identities have 2..6 images: padded rows are masked, not repeated triplets
+  config = _tiny(images_per_identity=8, identities_per_batch=2)
+  train_ds, _ = sources.load(config)
+  s = PKSampler(train_ds.labels, 2, 8, seed=0)
+  b = s(0)
+  assert b.mask.sum() < 16 and s.short_identities > 0

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from facenet_jax import verification as V
+
+
+def _brute_best_threshold(d, s):
+  cands = np.r_[d.min() - 1, (np.sort(d)[1:] + np.sort(d)[:-1]) / 2, d.max() + 1]
+  accs = [np.mean((d <= t) == s) for t in cands]
+  return float(np.max(accs))
+
+
+def test_best_threshold_matches_brute_force():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    s = rng.random(60) < 0.5
+    d = rng.normal(size=60) + np.where(s, 0.0, 1.0)
+    d = np.round(d, 1)   # ties
+    t, acc = V.best_threshold(d, s)
+    assert acc == pytest.approx(_brute_best_threshold(d, s))
+    assert np.mean((d <= t) == s) == pytest.approx(acc)
+
+
+def test_kfold_never_uses_the_test_fold_threshold():
+  # fold 0 alone would prefer a threshold the other folds reject
+  d = np.array([0.1, 0.2, 0.9, 1.0] * 3 + [0.3, 0.4, 0.95, 0.98], float)
+  s = np.array([1, 1, 0, 0] * 3 + [0, 0, 1, 1], bool)
+  folds = np.repeat(np.arange(4), 4)[::-1]
+  r = V.kfold_accuracy(d, s, folds)
+  # the held-out fold 0 (last 4 pairs) is scored with t = 0.55 from the other folds: all wrong
+  assert r["fold_accuracies"][0] == pytest.approx(0.0)
+  assert r["accuracy"] == pytest.approx(0.75)
+
+
+def test_roc_auc_eer_val_against_numpy():
+  rng = np.random.default_rng(1)
+  s = rng.random(400) < 0.5
+  d = rng.normal(size=400) + np.where(s, 0.0, 1.5)
+  # AUC = P(d_same < d_diff) (Mann-Whitney)
+  ds, dd = d[s], d[~s]
+  auc = np.mean(ds[:, None] < dd[None, :])
+  assert V.roc_auc(d, s) == pytest.approx(auc, abs=1e-9)
+  far, tar, _ = V.roc(d, s)
+  assert far[0] == 0 and tar[-1] == 1 and np.all(np.diff(far) >= 0)
+  # VAL@FAR: the fraction of same pairs below the largest threshold with FAR <= target
+  target = 0.05
+  ts = np.sort(dd)
+  k = int(np.floor(target * dd.size))
+  thr = ts[k] if k < dd.size else np.inf   # accept strictly below the (k+1)-th mismatched distance
+  assert V.val_at_far(d, s, target) == pytest.approx(np.mean(ds < thr))
+  e = V.eer(d, s)
+  assert 0.1 < e < 0.35
+
+
+def test_perfect_separation():
+  d = np.r_[np.zeros(10), np.ones(10)]
+  s = np.r_[np.ones(10, bool), np.zeros(10, bool)]
+  m = V.summarize(d, s, folds=5)
+  assert m["verification_accuracy"] == 1.0 and m["roc_auc"] == 1.0 and m["eer"] == 0.0
+  assert m["val_at_far_1e-3"] == 1.0
+
+
+def test_pairs_are_balanced_and_correct():
+  labels = np.repeat(np.arange(20), 3)
+  i, j, s = V.make_pairs(labels, 50, seed=0)
+  assert s.sum() == 50 and (~s).sum() == 50
+  np.testing.assert_array_equal(labels[i] == labels[j], s)
+  assert np.all(i[s] != j[s])
+
+
+def test_bad_inputs():
+  with pytest.raises(ValueError, match="NaN"):
+    V.kfold_accuracy(np.array([0.1, np.nan]), np.array([True, False]), 2)
+  with pytest.raises(ValueError, match="identities"):
+    V.make_pairs(np.zeros(5, int), 10, 0)

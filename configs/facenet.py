@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       enabled=False, pool_size=4096, rescore_every=200, triplets_per_batch=32))
 
   # P identities x K images per global batch
-  c.identities_per_batch = 16
+  c.identities_per_batch = 8
   c.images_per_identity = 4
 
   c.data = config_dict.ConfigDict(dict(
@@ -47,18 +47,18 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.augment = config_dict.ConfigDict(dict(flip=True, crop_pad=2))
 
   c.model = config_dict.ConfigDict(dict(
-      name="small_cnn", embedding_dim=64, spatial_dims=2, widths=(32, 64, 128), depth=18,
+      name="small_cnn", embedding_dim=64, spatial_dims=2, widths=(16, 32, 64), depth=18,
       dtype="float32"))
 
   c.optim = config_dict.ConfigDict(dict(
       name="adamw", learning_rate=2e-3, warmup_steps=100, weight_decay=1e-4,
       schedule="cosine", grad_clip_norm=10.0))
 
-  c.num_steps = 1500
-  c.log_every = 50
-  c.eval_every = 500
+  c.num_steps = 1200
+  c.log_every = 100
+  c.eval_every = 400
   c.eval_batch_size = 256
-  c.checkpoint_every = 500
+  c.checkpoint_every = 400
   c.keep_checkpoints = 3
 
   if variant == "synthetic":

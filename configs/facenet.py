@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       name="adamw", learning_rate=2e-3, warmup_steps=100, weight_decay=1e-4,
       schedule="cosine", grad_clip_norm=10.0))
 
-  c.num_steps = 1200
+  c.num_steps = 800
   c.log_every = 100
   c.eval_every = 400
   c.eval_batch_size = 256

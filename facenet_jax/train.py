@@ -25,19 +25,12 @@ from facenet_jax.config_checks import check_config
 from facenet_jax.data import sources
 from facenet_jax.sampler import PKSampler
 from infra import checkpoints, files, mesh as mesh_lib
+from infra.errors import NonFiniteLossError, Preempted
 from infra.metric_writer import MetricWriter
 from infra.preemption import stop_requests
 from infra.progress import Progress
 
 State = dict[str, Any]
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss or a gradient became NaN/Inf; the last good checkpoint is left as it was."""
-
-
-class Preempted(RuntimeError):
-  """A SIGTERM/SIGINT stopped the run after a checkpoint of the current step."""
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:

@@ -1,0 +1,324 @@
+"""style_jax: costs against NumPy, images, configs, bad inputs, optimization, resume equivalence."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.style import get_config
+from conftest import SHARED
+from infra import checkpoints
+from style_jax import images, losses, optimize
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+RNG = np.random.default_rng(0)
+
+
+# ------------------------------------------------------------------- costs vs NumPy
+
+
+def _np_gram(a):
+  f = a.reshape(-1, a.shape[-1]).astype(np.float64)
+  return f.T @ f
+
+
+def test_content_costs_match_numpy():
+  a_C, a_G = RNG.normal(size=(2, 5, 7, 6)).astype(np.float32)
+  d = a_C.astype(np.float64) - a_G
+  np.testing.assert_allclose(losses.content_cost(a_C, a_G), 0.5 * np.sum(d ** 2), rtol=1e-5)
+  np.testing.assert_allclose(losses.content_cost_normalized(a_C, a_G),
+                             np.sum(d ** 2) / (4 * 5 * 7 * 6), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 6), (11, 6), (3, 4, 5, 6)])
+def test_gram_and_layer_style_cost_match_numpy(shape):
+  """Dimension-agnostic: (H, W, C) images, (L, C) sequences, (D, H, W, C) volumes."""
+  a_S, a_G = RNG.normal(size=(2,) + shape).astype(np.float32)
+  g = losses.gram_matrix(a_G)
+  assert g.shape == (6, 6)
+  np.testing.assert_allclose(g, _np_gram(a_G), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(g, np.asarray(g).T)
+  m, nc = int(np.prod(shape[:-1])), shape[-1]
+  ref = np.sum((_np_gram(a_S) - _np_gram(a_G)) ** 2) / (2.0 * m * nc) ** 2
+  np.testing.assert_allclose(losses.layer_style_cost(a_S, a_G), ref, rtol=1e-5)
+  np.testing.assert_allclose(losses.style_cost_from_gram(losses.normalized_gram(a_S), a_G), ref,
+                             rtol=1e-5)
+
+
+def test_style_cost_of_differently_sized_style_uses_per_image_means():
+  a_S = RNG.normal(size=(8, 10, 4)).astype(np.float32)
+  a_G = RNG.normal(size=(4, 5, 4)).astype(np.float32)
+  d = _np_gram(a_S) / 80 - _np_gram(a_G) / 20
+  np.testing.assert_allclose(losses.layer_style_cost(a_S, a_G), np.sum(d ** 2) / (4 * 16),
+                             rtol=1e-5)
+  tiled = np.tile(a_G, (2, 2, 1))   # the same statistics at 4x the size: zero cost
+  assert float(losses.layer_style_cost(tiled, a_G)) < 1e-10
+
+
+def test_weighted_style_sum_matches_numpy():
+  layers = {"conv1_1": (6, 8, 3), "conv2_1": (3, 4, 5), "conv3_1": (2, 2, 7)}
+  lam = {"conv1_1": 0.5, "conv2_1": 0.2, "conv3_1": 0.3}
+  acts_S = {k: RNG.normal(size=s).astype(np.float32) for k, s in layers.items()}
+  acts_G = {k: RNG.normal(size=s).astype(np.float32) for k, s in layers.items()}
+  grams = {k: losses.normalized_gram(v) for k, v in acts_S.items()}
+  ref = sum(lam[k] * np.sum((_np_gram(acts_S[k]) - _np_gram(acts_G[k])) ** 2)
+            / (2.0 * np.prod(s)) ** 2 for k, s in layers.items())
+  np.testing.assert_allclose(losses.style_cost(grams, acts_G, lam), ref, rtol=1e-5)
+
+
+def test_total_variation_matches_numpy():
+  x = RNG.normal(size=(6, 9, 3)).astype(np.float32)
+  ref = np.sum(np.diff(x, axis=0) ** 2) + np.sum(np.diff(x, axis=1) ** 2)
+  np.testing.assert_allclose(losses.total_variation(x), ref, rtol=1e-5)
+  assert float(losses.total_variation(jnp.ones((5, 5, 3)))) == 0.0
+  v = RNG.normal(size=(3, 4, 5, 2)).astype(np.float32)   # volumes: 3 spatial axes
+  np.testing.assert_allclose(losses.total_variation(v),
+                             sum(np.sum(np.diff(v, axis=a) ** 2) for a in range(3)), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------- images
+
+
+def _write(path, array, mode=None, **save_kw):
+  Image.fromarray(array, mode).save(path, **save_kw)
+  return str(path)
+
+
+def _content(h=40, w=40):
+  yy, xx = np.mgrid[:h, :w]
+  img = np.stack([xx * 255 // w, yy * 255 // h, ((xx - w / 2) ** 2 + (yy - h / 2) ** 2 < (h / 3) ** 2)
+                  * 200 + 20], -1)
+  return img.astype(np.uint8)
+
+
+def _style(h=48, w=48):
+  yy, xx = np.mgrid[:h, :w]
+  return np.stack([(np.sin(xx / 2.0) > 0) * 230, (np.sin((xx + yy) / 3.0) > 0) * 180,
+                   np.full_like(xx, 60)], -1).astype(np.uint8)
+
+
+def test_load_image_exif_grayscale_and_errors(tmp_path):
+  rgb = _content(20, 30)
+  exif = Image.Exif()
+  exif[0x0112] = 6   # orientation: rotate 90 degrees clockwise to display
+  p = _write(tmp_path / "rotated.jpg", rgb, exif=exif.tobytes())
+  assert images.load_image(p).shape == (30, 20, 3)
+  gray = images.load_image(_write(tmp_path / "gray.png", rgb[..., 0]), "config.style")
+  assert gray.shape == (20, 30, 3) and gray.dtype == np.uint8
+  np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+  g16 = images.load_image(_write(tmp_path / "g16.png", rgb[..., 0].astype(np.uint16) * 257))
+  np.testing.assert_array_equal(g16[..., 1], rgb[..., 0])
+  rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 128, np.uint8)], -1)
+  assert images.load_image(_write(tmp_path / "a.png", rgba)).shape == (20, 30, 3)
+  with pytest.raises(FileNotFoundError, match="config.content.*missing.jpg"):
+    images.load_image(str(tmp_path / "missing.jpg"), "config.content")
+  (tmp_path / "notes.txt").write_text("not an image")
+  with pytest.raises(images.ImageError, match="config.style.*notes.txt"):
+    images.load_image(str(tmp_path / "notes.txt"), "config.style")
+
+
+def test_resize_save_and_preserve_colors(tmp_path):
+  img = _content(30, 60)
+  assert images.size_for_longest(img.shape, 20) == (10, 20)
+  small = images.resize_longest(img, 20)
+  assert small.shape == (10, 20, 3) and small.dtype == np.float32
+  p = images.save_png(str(tmp_path / "o.png"), small)
+  np.testing.assert_array_equal(np.asarray(Image.open(p)), images.to_uint8(small))
+
+  out = RNG.uniform(0, 255, (10, 20, 3))
+  content = RNG.uniform(60, 200, (10, 20, 3))
+  yiq = images.rgb_to_yiq(content)
+  np.testing.assert_allclose(images.yiq_to_rgb(yiq), content, atol=1e-9)
+  kept = images.preserve_colors(out, content)
+  mask = (kept > 0.5).all(-1) & (kept < 254.5).all(-1)   # away from the clip
+  got = images.rgb_to_yiq(kept)
+  np.testing.assert_allclose(got[..., 0][mask], images.rgb_to_yiq(out)[..., 0][mask], atol=1e-3)
+  np.testing.assert_allclose(got[..., 1:][mask], yiq[..., 1:][mask], atol=1e-3)
+
+
+# ------------------------------------------------------------------------ configs
+
+
+def test_presets():
+  g = get_config()
+  assert g.variant == "gatys2015" and g.content_layers == "conv4_2"
+  assert g.style_layers == "conv1_1,conv2_1,conv3_1,conv4_1,conv5_1"
+  assert g.content_weight / g.style_weight == pytest.approx(1e-3)
+  assert g.optimizer == "lbfgs" and g.pooling == "avg"
+  assert get_config("gatys2015_1e-4").style_weight == pytest.approx(1e4)
+  c = get_config("course")
+  assert (c.content_loss, c.content_weight, c.style_weight, c.optimizer, c.learning_rate,
+          c.init) == ("normalized", 10.0, 40.0, "adam", 2.0, "content_noise")
+  o = optimize.objective_from_config(c)
+  assert dict(o.style_layers) == {f"conv{b}_1": 0.2 for b in range(1, 6)}
+  assert os.path.isabs(g.weights) and g.weights.endswith("vgg19_notop_imagenet_8bit_f16.h5")
+  with pytest.raises(ValueError, match="unknown style config preset"):
+    get_config("nope")
+  for variant in ("gatys2015", "course", "tiny"):
+    optimize.check_config(get_config(variant))
+
+
+def _tiny(tmp_path, **overrides):
+  c = get_config("tiny")
+  c.unlock()
+  c.content = _write(tmp_path / "content.png", _content())
+  c.style = _write(tmp_path / "style.png", _style())
+  for k, v in overrides.items():
+    c[k] = v
+  c.lock()
+  return c
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("style_layers", "conv1_1,conv9_1", "conv9_1"),
+    ("style_layer_weights", "0.5,0.5", "3 values|2 values"),
+    ("style_blend_weights", "1,2", "2 values"),
+    ("optimizer", "sgd", "optimizer"),
+    ("init", "zeros", "init"),
+    ("num_steps", 0, "num_steps"),
+])
+def test_config_errors_name_the_field(tmp_path, field, value, match):
+  c = _tiny(tmp_path)
+  c[field] = value
+  with pytest.raises(optimize.StyleConfigError, match=match):
+    optimize.stylize(c, str(tmp_path / "run"))
+
+
+# --------------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+  c = _tiny(tmp_path)
+  c.content = str(tmp_path / "nope.jpg")
+  with pytest.raises(FileNotFoundError, match="config.content.*nope.jpg"):
+    optimize.stylize(c, str(tmp_path / "r1"))
+  c = _tiny(tmp_path)
+  (tmp_path / "fake.jpg").write_bytes(b"\x00\x01 definitely not a jpeg")
+  c.style = f"{c.style},{tmp_path / 'fake.jpg'}"
+  with pytest.raises(images.ImageError, match="config.style.*fake.jpg"):
+    optimize.stylize(c, str(tmp_path / "r2"))
+  # an output smaller than conv5_1's 16 px (4 poolings), naming the file and the minimum
+  gatys = "conv1_1,conv2_1,conv3_1,conv4_1,conv5_1"
+  c = _tiny(tmp_path, image_size=12, style_layers=gatys)
+  with pytest.raises(images.ImageError, match=r"content.png.*12x12.*16 px.*conv5_1"):
+    optimize.stylize(c, str(tmp_path / "r3"))
+  c = _tiny(tmp_path, image_size=0, style_layers=gatys)
+  c.content = _write(tmp_path / "small.png", _content(10, 14))
+  with pytest.raises(images.ImageError, match="small.png.*16 px"):
+    optimize.stylize(c, str(tmp_path / "r4"))
+  # a wide content image: its short side falls below the minimum
+  c = _tiny(tmp_path, image_size=32, style_layers=gatys)
+  c.content = _write(tmp_path / "wide.png", _content(10, 40))
+  with pytest.raises(images.ImageError, match="wide.png.*32x8"):
+    optimize.stylize(c, str(tmp_path / "r5"))
+  c = _tiny(tmp_path, style_scale=0.25, style_layers=gatys)   # 8 px style image at conv5_1
+  with pytest.raises(images.ImageError, match="style.png.*style_scale"):
+    optimize.stylize(c, str(tmp_path / "r6"))
+  assert not any(os.path.exists(tmp_path / f"r{i}" / "results.json") for i in range(1, 7))
+
+
+# ------------------------------------------------------------------- optimization
+
+
+def test_script_lowers_the_loss_with_a_grayscale_style_blend(tmp_path):
+  """scripts/stylize.py on the tiny preset: loss terms fall; PNGs and results.json written."""
+  content = _write(tmp_path / "c.png", _content())
+  gray = _write(tmp_path / "gray.png", _style()[..., 0])
+  color = _write(tmp_path / "s.jpg", _style(40, 56))
+  work = tmp_path / "run"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "stylize.py"), "--config=configs/style.py:tiny",
+       f"--workdir={work}", f"--config.content={content}", f"--config.style={gray},{color}",
+       "--config.style_blend_weights=3,1", "--config.num_steps=6", "--config.save_every=3",
+       "--config.preserve_colors=True"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "it/s" in proc.stdout and "eta" in proc.stdout
+  r = json.loads((work / "results.json").read_text())
+  assert set(r["initial"]) == set(r["final"]) == {"content", "style", "tv", "total"}
+  assert r["final"]["total"] < 0.9 * r["initial"]["total"]
+  assert r["final"]["style"] < r["initial"]["style"]
+  assert r["step"] == 6 and r["sizes"] == [[32, 32]]
+  out = np.asarray(Image.open(work / "final.png"))
+  assert out.shape == (32, 32, 3)
+  assert (work / "iter_000003.png").exists()
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(work))
+
+
+def _final_image(workdir):
+  return np.asarray(Image.open(os.path.join(workdir, "final.png")))
+
+
+def test_lbfgs_multiscale_resume_is_bit_identical(tmp_path):
+  """A run killed after its step-2 checkpoint and restarted ends exactly as an uninterrupted one.
+
+  L-BFGS over two scales (16 then 32 px, 3 steps each): the resume crosses the scale change.
+  The second run reuses the first's compiled step (optimize.compiled_functions).
+  """
+  config = _tiny(tmp_path, optimizer="lbfgs", num_scales=2, num_steps=3, checkpoint_every=2,
+                 keep_checkpoints=10, init="noise", content_loss="sum", content_weight=1.0,
+                 style_weight=1e3, tv_weight=1e-3, content_layers="conv2_1",
+                 style_layers="conv1_1,conv2_1")
+  full = optimize.stylize(config, str(tmp_path / "full"))
+  ckpts = sorted(int(s) for s in os.listdir(tmp_path / "full" / "checkpoints") if s.isdigit())
+  assert ckpts == [2, 3, 4, 6]   # every 2, and at the end of each scale
+  assert full["final"]["total"] < full["initial"]["total"]
+  assert full["sizes"] == [[16, 16], [32, 32]]
+
+  # "killed" after step 2: only that checkpoint exists
+  part = tmp_path / "part"
+  os.makedirs(part / "checkpoints")
+  shutil.copytree(tmp_path / "full" / "checkpoints" / "2", part / "checkpoints" / "2")
+  resumed = optimize.stylize(config, str(part))
+  np.testing.assert_array_equal(_final_image(part), _final_image(tmp_path / "full"))
+  assert resumed["initial"] == full["initial"]
+  assert resumed["final"] == full["final"]
+  # the whole optimization state at the end (image, L-BFGS memory, line-search state)
+  tx = optimize.make_optimizer(config)
+  target = optimize.init_state(tx, jnp.zeros((32, 32, 3)), 6)
+  states = []
+  for d in ("full", "part"):
+    ck = checkpoints.Checkpointer(os.path.join(tmp_path, d, "checkpoints"), every=1)
+    step, state, meta = ck.restore(target)
+    ck.close()
+    assert step == 6 and meta["scale"] == 1
+    states.append(jax.device_get(state))
+  for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_shared_images_load():
+  path = os.path.join(SHARED, "data", "style_images", "style", "starry_night_vangogh.jpg")
+  if not os.path.exists(path):
+    pytest.skip(f"{path} absent (../shared is not part of a fresh clone)")
+  img = images.load_image(path, "config.style")
+  assert img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 16
+
+
+def test_style_blend_targets_are_weighted_gram_means():
+  from flax import nnx
+  from infra import vgg
+  graphdef, state = nnx.split(vgg.VGG(19, "avg", rngs=nnx.Rngs(0)))
+  obj = optimize.Objective(content_layers=("conv1_2",), style_layers=(("conv1_1", 0.5), ("conv2_1", 0.5)),
+                           content_loss="sum", alpha=1.0, beta=1.0, tv_weight=0.0)
+  features_fn = optimize.make_features_fn(graphdef)
+  cx = vgg.preprocess_caffe(_content(12, 12))
+  s1 = vgg.preprocess_caffe(_style(16, 16))
+  s2 = vgg.preprocess_caffe(_style(8, 12)[::-1])
+  one = optimize.compute_targets(features_fn, state, obj, cx, [s1], [1.0])
+  first = optimize.compute_targets(features_fn, state, obj, cx, [s1, s2], [2.0, 0.0])
+  second = optimize.compute_targets(features_fn, state, obj, cx, [s2], [1.0])
+  mix = optimize.compute_targets(features_fn, state, obj, cx, [s1, s2], [3.0, 1.0])
+  for n in ("conv1_1", "conv2_1"):
+    np.testing.assert_allclose(first["style"][n], one["style"][n], rtol=1e-6)
+    np.testing.assert_allclose(mix["style"][n], 0.75 * one["style"][n] + 0.25 * second["style"][n],
+                               rtol=1e-5)
+  assert one["content"]["conv1_2"].shape == (12, 12, 64)

@@ -212,3 +212,29 @@ def test_more_images_per_identity_than_available_is_handled():
   s = PKSampler(train_ds.labels, 2, 8, seed=0)
   b = s(0)
   assert b.mask.sum() < 16 and s.short_identities > 0
+
+
+def test_sigterm_checkpoints_current_step_and_resume_finishes(tmp_path, monkeypatch):
+  import signal
+  config = _tiny(checkpoint_every=100, num_steps=6)
+  real_call = PKSampler.__call__
+
+  def call(self, step):
+    if step == 2:   # preempted while step 3 is being prepared
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_call(self, step)
+
+  monkeypatch.setattr(PKSampler, "__call__", call)
+  with pytest.raises(train.Preempted, match="step 3"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+  monkeypatch.setattr(PKSampler, "__call__", real_call)
+  r = train.train_and_evaluate(config, str(tmp_path))
+  assert r["step"] == 6
+
+
+def test_process_slices_partition_the_global_batch():
+  rows = [mesh_lib.process_slice(24, i, 4) for i in range(4)]
+  assert [(s.start, s.stop) for s in rows] == [(0, 6), (6, 12), (12, 18), (18, 24)]
+  with pytest.raises(ValueError, match="not divisible by 5"):
+    mesh_lib.process_slice(24, 0, 5)

@@ -25,9 +25,9 @@ from facenet_jax.config_checks import check_config
 from facenet_jax.data import sources
 from facenet_jax.sampler import PKSampler
 from infra import checkpoints, files, mesh as mesh_lib
-from infra.errors import NonFiniteLossError, Preempted
+from infra.errors import NonFiniteLossError, Preempted  # noqa: F401 (re-exported)
 from infra.metric_writer import MetricWriter
-from infra.preemption import stop_requests
+from infra.preemption import exit_if_stopped, stop_requests
 from infra.progress import Progress
 
 State = dict[str, Any]
@@ -299,11 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         _check_finite(state, f"checkpoint of step {step}")
         ckpt.save(step, state, checkpoint_meta(), force=True)
       writer.flush()
-      if stop and not last:
-        writer.close()
-        ckpt.close()
-        raise Preempted(f"stopped by signal {stop.signal} after checkpointing step {step}; "
-                        f"run again with the same workdir to resume")
+      if not last:
+        exit_if_stopped(stop, step, writer, ckpt)
 
   if not last_eval:   # resumed at the last step: evaluate the restored state
     last_eval = evaluate(state)

@@ -40,3 +40,14 @@ def stop_requests():
   finally:
     for s, h in old.items():
       signal.signal(s, h)
+
+
+def exit_if_stopped(stop: StopFlag, step: int, *resources) -> None:
+  """Call right after checkpointing ``step``: on a stop request, close and raise Preempted."""
+  if not stop:
+    return
+  for r in resources:
+    r.close()
+  from infra.errors import Preempted
+  raise Preempted(f"stopped by signal {stop.signal} after checkpointing step {step}; "
+                  f"run again with the same workdir to resume")

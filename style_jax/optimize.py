@@ -34,9 +34,9 @@ import optax
 from flax import nnx
 
 from infra import checkpoints, files, vgg as vgg_lib
-from infra.errors import NonFiniteLossError, Preempted
+from infra.errors import NonFiniteLossError, Preempted  # noqa: F401 (re-exported)
 from infra.metric_writer import MetricWriter
-from infra.preemption import stop_requests
+from infra.preemption import exit_if_stopped, stop_requests
 from infra.progress import Progress
 from style_jax import images, losses
 
@@ -448,11 +448,8 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
           ckpt.save(step, state, {"initial": initial, "scale": k, "variant": config.variant},
                     force=True)
         writer.flush()
-        if stop and not last:
-          writer.close()
-          ckpt.close()
-          raise Preempted(f"stopped by signal {stop.signal} after checkpointing step {step}; "
-                          f"run again with the same workdir to resume")
+        if not last:
+          exit_if_stopped(stop, step, writer, ckpt)
       if compiled_at is not None and step > compiled_at:
         seconds["optimizing"] += time.perf_counter() - t0
         seconds.setdefault("steps_timed", 0)

@@ -140,7 +140,8 @@ def make_embed_fn(graphdef: nnx.GraphDef) -> Callable:
   return embed
 
 
-def embed_all(embed_fn: Callable, state: State, images: np.ndarray, batch_size: int) -> np.ndarray:
+def embed_all(embed_fn: Callable, state: State, images: np.ndarray, batch_size: int,
+              mesh: jax.sharding.Mesh) -> np.ndarray:
   """Embeds every row of ``images`` in fixed-size chunks (last one padded); returns numpy."""
   n = images.shape[0]
   out = []
@@ -149,7 +150,8 @@ def embed_all(embed_fn: Callable, state: State, images: np.ndarray, batch_size: 
     pad = batch_size - chunk.shape[0]
     if pad:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-    out.append(np.asarray(embed_fn(state["params"], state["model_state"], chunk))[:batch_size - pad])
+    emb = embed_fn(state["params"], state["model_state"], mesh_lib.shard_batch(chunk, mesh))
+    out.append(np.asarray(emb)[:batch_size - pad])
   return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -225,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   selected = np.asarray(meta.get("offline_selected", np.zeros((0, 3))), np.int64).reshape(-1, 3)
 
   def evaluate(state) -> dict[str, float]:
-    emb = embed_all(embed_fn, state, eval_ds.images, eval_bs)
+    emb = embed_all(embed_fn, state, eval_ds.images, eval_bs, mesh)
     d = np.sum((emb[pair_i] - emb[pair_j]) ** 2, axis=1)
     return verification.summarize(d, issame, config.data.eval_folds)
 
@@ -235,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                step // config.offline.rescore_every)
     rows = np.unique(pool)
     emb = np.zeros((len(train_ds), config.model.embedding_dim), np.float32)
-    emb[rows] = embed_all(embed_fn, state, train_ds.images[rows], eval_bs)
+    emb[rows] = embed_all(embed_fn, state, train_ds.images[rows], eval_bs, mesh)
     selected = offline.violating(pool, emb, config.margin)
 
   def make_batch(step: int) -> dict:
@@ -273,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     step = start
     while step < config.num_steps:
       batch = make_batch(step)
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh))
       pending.append(metrics)
       step += 1
       if step == start + 1:

@@ -5,10 +5,22 @@
 
 Variants: "synthetic" (default: procedural identities, no downloads, about 3 minutes on
 2 CPU cores), "tiny" (seconds; tests), "inception" (Inception-ResNet-v1 at 160x160 on
-the synthetic identities).
+the synthetic identities), and real data: "orl" (AT&T/ORL faces, 30 people train, 10
+held out), "lfw" (LFW View 2: nine folds train, ``data.test_fold`` held out), "omniglot"
+(background small1 + small2 characters; 30 held out).
+
+Real data is read from ``data.data_dir``, which the real variants point at the project's
+shared copy (``<repo>/../shared/data/...``); use your own with --config.data.data_dir=PATH
+("" downloads LFW / Omniglot). ``data.source=folder`` reads ``data_dir/<identity>/<image>``.
+Each is prepared once (tfds array_record) into ``data.tfds_dir``.
 """
 
+import os
+
 from ml_collections import config_dict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -33,12 +45,18 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.images_per_identity = 4
 
   c.data = config_dict.ConfigDict(dict(
-      source="synthetic",
-      data_dir="",
-      image_size=32,
-      channels=3,
+      source="synthetic",       # synthetic | orl | lfw | omniglot | folder
+      data_dir="",              # raw files of a real source ("": download where possible)
+      tfds_dir="~/tensorflow_datasets/facenet_jax",   # prepared tfds data (cache)
+      image_size=32,            # images are resized to image_size x image_size at load
+      center_crop=0,            # real sources: centered square (px) cut first; 0: largest
+      channels=3,               # 1 or 3 (grey is repeated, RGB turned to luma)
+      # identities: synthetic generates this many; orl / omniglot / folder split their
+      # people into this many (seeded by split_seed; 0: all the rest)
       train_identities=400,
       eval_identities=100,
+      split_seed=0,
+      test_fold=0,              # lfw: the View 2 fold held out (0..9)
       images_per_identity=(4, 16),
       eval_images_per_identity=(10, 10),
       eval_pairs=3000,          # matched and as many mismatched
@@ -89,8 +107,42 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.images_per_identity = 4
     c.eval_batch_size = 64
     c.augment.crop_pad = 8
+  elif variant == "orl":
+    # 400 grey 112x92 faces: the central 92x92 square at 64x64, one channel
+    c.data.update(source="orl", data_dir=os.path.join(SHARED_DATA, "att_faces"), image_size=64,
+                  channels=1, train_identities=30, eval_identities=10, eval_pairs=500)
+    c.augment.crop_pad = 4
+    c.identities_per_batch = 8
+    c.images_per_identity = 4
+    c.num_steps = 600
+    c.eval_every = 200
+    c.checkpoint_every = 200
+  elif variant == "lfw":
+    # 250x250 photos, face roughly in the central 128 px: that square at 64x64, RGB
+    c.data.update(source="lfw", data_dir=os.path.join(SHARED_DATA, "lfw"), image_size=64,
+                  center_crop=128, channels=3, test_fold=0)
+    c.augment.crop_pad = 4
+    c.model.widths = (32, 64, 128)
+    c.model.embedding_dim = 128
+    c.identities_per_batch = 16
+    c.images_per_identity = 4
+    c.num_steps = 2000
+    c.eval_every = 500
+    c.checkpoint_every = 500
+  elif variant == "omniglot":
+    # 105x105 binary characters at 32x32, one channel; a mirrored character can be
+    # another character, so no flips
+    c.data.update(source="omniglot", data_dir=os.path.join(SHARED_DATA, "omniglot"),
+                  image_size=32, channels=1, train_identities=0, eval_identities=30)
+    c.augment.flip = False
+    c.augment.crop_pad = 2
+    c.identities_per_batch = 16
+    c.images_per_identity = 4
+    c.num_steps = 1500
+    c.eval_every = 500
+    c.checkpoint_every = 500
   else:
     raise ValueError(f"unknown facenet config variant {variant!r}; "
-                     "expected one of synthetic, tiny, inception")
+                     "expected one of synthetic, tiny, inception, orl, lfw, omniglot")
   c.lock()
   return c

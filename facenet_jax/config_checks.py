@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from facenet_jax import mining
+from facenet_jax.data import sources
 
 _LOSSES = ("triplet", "soft_margin", "contrastive")
 _MODELS = ("small_cnn", "resnet", "inception_resnet_v1")
@@ -26,6 +27,29 @@ def _positive_int(c, field):
   _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, field, v, "a positive integer")
 
 
+def _nonneg_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_data(d: ml_collections.ConfigDict) -> None:
+  _require(d.source in sources.SOURCES, "data.source", d.source, f"one of {tuple(sources.SOURCES)}")
+  _require(d.channels in (1, 3), "data.channels", d.channels, "1 or 3")
+  _require(_nonneg_int(d.center_crop), "data.center_crop", d.center_crop,
+           "an integer >= 0 (0: the largest centered square)")
+  if d.source in ("orl", "omniglot", "folder"):
+    for f in ("train_identities", "eval_identities"):
+      _require(_nonneg_int(d[f]), f"data.{f}", d[f], "an integer >= 0 (0: all the rest)")
+    _require(d.train_identities + d.eval_identities > 0, "data.train_identities",
+             d.train_identities, "> 0 when data.eval_identities is 0 (one side must be sized)")
+  if d.source == "lfw":
+    # the upper bound is pairs.txt's fold count, checked when it is read
+    _require(_nonneg_int(d.test_fold), "data.test_fold", d.test_fold,
+             "a View 2 fold, an integer >= 0 (0..9 for the official pairs.txt)")
+  if d.source == "folder":
+    _require(bool(d.data_dir), "data.data_dir", d.data_dir, "the identity folder root "
+             "(data_dir/<identity>/<image>) with data.source='folder'")
+
+
 def check_config(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first invalid field."""
   _require(c.loss in _LOSSES, "loss", c.loss, f"one of {_LOSSES}")
@@ -38,7 +62,7 @@ def check_config(c: ml_collections.ConfigDict) -> None:
            "'triplet' with miner='batch_all' (the soft margin has no batch-all form)")
   for f in ("identities_per_batch", "images_per_identity", "num_steps", "log_every",
             "eval_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
-            "model.embedding_dim", "data.eval_pairs", "data.eval_folds"):
+            "model.embedding_dim", "data.eval_pairs", "data.eval_folds", "data.image_size"):
     _positive_int(c, f)
   _require(c.identities_per_batch >= 2, "identities_per_batch", c.identities_per_batch,
            ">= 2 (negatives need a second identity)")
@@ -55,6 +79,7 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   _require(c.optim.learning_rate > 0, "optim.learning_rate", c.optim.learning_rate, "> 0")
   _require(c.augment.crop_pad >= 0, "augment.crop_pad", c.augment.crop_pad, ">= 0")
   _require(c.data.eval_folds >= 2, "data.eval_folds", c.data.eval_folds, ">= 2")
+  _check_data(c.data)
   if c.offline.enabled:
     _require(c.loss != "contrastive", "loss", c.loss, "a triplet loss with offline.enabled")
     for f in ("offline.pool_size", "offline.rescore_every", "offline.triplets_per_batch"):

@@ -2,12 +2,22 @@
 
 Train and held-out identities are always disjoint: verification is measured on people
 the network never saw.
+
+  synthetic  procedural identities (no files)
+  orl        AT&T/ORL faces, people split by ``data.split_seed``
+  lfw        LFW: the nine View 2 folds other than ``data.test_fold`` / the test fold
+  omniglot   Omniglot background small1 + small2 characters, a seeded few held out
+  folder     ``data.data_dir/<identity>/<image>``, identities split by ``data.split_seed``
+
+The real sources live in ``real.py`` and import tfds only when called. Their evaluation
+protocols: ``real.lfw_pairs`` / ``real.lfw_view2`` and ``real.omniglot_runs``.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from facenet_jax.data import real
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.data.synthetic import SyntheticSpec, make_synthetic_identities
 
@@ -26,7 +36,8 @@ def _synthetic(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, Iden
   return train, held_out
 
 
-SOURCES = {"synthetic": _synthetic}
+SOURCES = {"synthetic": _synthetic, "orl": real.load_orl, "lfw": real.load_lfw,
+           "omniglot": real.load_omniglot, "folder": real.load_folder}
 
 
 def load(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:

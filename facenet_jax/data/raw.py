@@ -1,0 +1,227 @@
+"""The raw files of the real datasets, read without tfds or TensorFlow.
+
+Images (decoded with PIL, errors naming the file), ``root/<identity>/<image>`` folders,
+the LFW View 2 ``pairs.txt`` and the Omniglot one-shot answer keys. The tfds builders
+(``tfds_builders/``) are thin generators over these functions; everything here raises
+``DataError`` with the file (and line) that is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import re
+import zipfile
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class DataError(ValueError):
+  """Input data that cannot be used; the message names the file (and line) at fault."""
+
+
+def natural_key(s: str) -> list:
+  """Sort key that orders embedded numbers numerically: s2 < s10, 2.pgm < 10.pgm."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+# -- images -------------------------------------------------------------------------------
+
+def _to_mode(im: Image.Image, mode: str) -> Image.Image:
+  if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):   # 16/32-bit grey: to 8 bits
+    a = np.asarray(im, np.float64)
+    hi = 65535.0 if a.max() > 255 else 255.0
+    im = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+  # mode "1" (Omniglot) converts to 0/255, not 0/1
+  return im if im.mode == mode else im.convert(mode)
+
+
+def decode_image(data: bytes, where: str, mode: str = "RGB") -> Image.Image:
+  """Decodes every pixel of ``data`` (so truncated files fail here), EXIF-upright.
+
+  ``mode``: "L" (8-bit grey) or "RGB". Raises DataError naming ``where`` for bytes PIL
+  cannot decode or an image without pixels.
+  """
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      im.load()
+      im = ImageOps.exif_transpose(im)
+      im = _to_mode(im, mode)
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise DataError(f"{where}: not an image PIL can read ({type(e).__name__}: {e})") from e
+  if im.width == 0 or im.height == 0:
+    raise DataError(f"{where}: image has no pixels ({im.width}x{im.height})")
+  return im
+
+
+def encode_png(im: Image.Image) -> bytes:
+  buf = io.BytesIO()
+  im.save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def image_bytes_for_tfds(data: bytes, where: str, mode: str = "RGB") -> tuple[bytes, tuple[int, int]]:
+  """Bytes to store in a tfds Image feature, and the image's (H, W).
+
+  A JPEG already in ``mode`` and upright is kept byte for byte (no second lossy pass);
+  anything else is decoded, converted and stored as PNG, lossless, so that tfds (which
+  decodes with PIL or OpenCV on read and needs no TensorFlow when given bytes) returns
+  exactly ``mode``'s channels.
+  """
+  im = decode_image(data, where, mode)
+  with Image.open(io.BytesIO(data)) as raw:
+    keep = (raw.format == "JPEG" and raw.mode == mode
+            and raw.getexif().get(0x0112, 1) == 1)   # 0x0112: EXIF orientation
+  return (data if keep else encode_png(im)), (im.height, im.width)
+
+
+def read_file(path: str) -> bytes:
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise DataError(f"{path}: cannot read ({e})") from e
+
+
+# -- identity folders ---------------------------------------------------------------------
+
+def list_identity_folder(root: str, suffixes: tuple[str, ...] = ()) -> list[tuple[str, list[str]]]:
+  """``root/<identity>/<file>`` -> [(identity, [file, ...]), ...], both naturally sorted.
+
+  Hidden entries (".*") and files directly in ``root`` (a README) are ignored; with
+  ``suffixes``, so are files of other types inside identity folders. Raises DataError for
+  a missing root, a root without identity folders, or an identity folder without images.
+  """
+  if not os.path.isdir(root):
+    raise DataError(f"{root}: identity root folder does not exist")
+  out = []
+  for ident in sorted(os.listdir(root), key=natural_key):
+    d = os.path.join(root, ident)
+    if ident.startswith(".") or not os.path.isdir(d):
+      continue
+    names = sorted((f for f in os.listdir(d)
+                    if not f.startswith(".") and os.path.isfile(os.path.join(d, f))
+                    and (not suffixes or f.lower().endswith(suffixes))), key=natural_key)
+    if not names:
+      want = f" (no {'/'.join(suffixes)} files)" if suffixes else ""
+      raise DataError(f"{d}: identity folder holds no images{want}")
+    out.append((ident, names))
+  if not out:
+    raise DataError(f"{root}: no identity folders (expected {root}/<identity>/<image>)")
+  return out
+
+
+def folder_fingerprint(root: str) -> str:
+  """A short hash of ``root``'s path and every file's name, size and mtime: a cache key
+  that changes when the folder's contents change."""
+  h = hashlib.sha1(os.path.abspath(root).encode())
+  for ident, names in list_identity_folder(root):
+    for n in names:
+      st = os.stat(os.path.join(root, ident, n))
+      h.update(f"{ident}/{n}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+  return h.hexdigest()[:16]
+
+
+# -- LFW View 2 ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LfwPair:
+  """One line of pairs.txt: images are (name, number); ``line`` is 1-based."""
+  line: int
+  fold: int
+  issame: bool
+  name_a: str
+  num_a: int
+  name_b: str
+  num_b: int
+
+
+def lfw_image_path(name: str, num: int) -> str:
+  """Path of an LFW image relative to the images folder: NAME/NAME_NNNN.jpg."""
+  return f"{name}/{name}_{num:04d}.jpg"
+
+
+def parse_lfw_pairs(text: str, where: str) -> list[LfwPair]:
+  """Parses LFW View 2 pairs.txt: a header ``FOLDS<TAB>N``, then per fold N matched lines
+  ``name i j`` and N mismatched lines ``name1 i name2 j``. Fields may be separated by
+  tabs or spaces. Raises DataError naming ``where`` and the line."""
+  lines = text.splitlines()
+  while lines and not lines[-1].strip():
+    lines.pop()
+  head = lines[0].split() if lines else []
+  if len(head) != 2 or not all(h.isdigit() and int(h) > 0 for h in head):
+    got = lines[0] if lines else ""
+    raise DataError(f"{where}: line 1: expected the View 2 header 'FOLDS<TAB>PAIRS_PER_FOLD' "
+                    f"(e.g. '10\\t300'), got {got!r}")
+  folds, n = int(head[0]), int(head[1])
+  if len(lines) - 1 != folds * 2 * n:
+    raise DataError(f"{where}: header says {folds} folds x (2 x {n}) pairs = {folds * 2 * n} "
+                    f"lines, but {len(lines) - 1} follow it")
+  pairs = []
+  for k, raw in enumerate(lines[1:]):
+    lineno, fold, issame = k + 2, k // (2 * n), (k % (2 * n)) < n
+    f = raw.split()
+    want = 3 if issame else 4
+    nums = (f[1], f[2]) if issame and len(f) == 3 else (f[1], f[3]) if len(f) == 4 else ()
+    if len(f) != want or not all(x.isdigit() for x in nums):
+      kind = "'name i j'" if issame else "'name1 i name2 j'"
+      raise DataError(f"{where}: line {lineno}: expected a {'matched' if issame else 'mismatched'} "
+                      f"pair {kind} (fold {fold}), got {raw!r}")
+    if issame:
+      pairs.append(LfwPair(lineno, fold, True, f[0], int(f[1]), f[0], int(f[2])))
+    else:
+      pairs.append(LfwPair(lineno, fold, False, f[0], int(f[1]), f[2], int(f[3])))
+  return pairs
+
+
+def lfw_fold_of_person(pairs: list[LfwPair], where: str) -> dict[str, int]:
+  """name -> fold. View 2 folds hold disjoint people; a person in two folds is an error."""
+  fold: dict[str, int] = {}
+  for p in pairs:
+    for name in (p.name_a, p.name_b):
+      if fold.setdefault(name, p.fold) != p.fold:
+        raise DataError(f"{where}: line {p.line}: {name} is in fold {p.fold} but also in fold "
+                        f"{fold[name]}; View 2 folds must hold disjoint people")
+  return fold
+
+
+# -- Omniglot -----------------------------------------------------------------------------
+
+def open_zip(path: str) -> zipfile.ZipFile:
+  try:
+    return zipfile.ZipFile(path)
+  except (OSError, zipfile.BadZipFile) as e:
+    raise DataError(f"{path}: cannot open as a zip file ({e})") from e
+
+
+def zip_pngs(zf: zipfile.ZipFile) -> list[str]:
+  """Names of every .png member, sorted naturally; macOS metadata (__MACOSX/) skipped."""
+  names = [n for n in zf.namelist() if n.lower().endswith(".png") and "__MACOSX" not in n]
+  return sorted(names, key=natural_key)
+
+
+def parse_run_answer_key(text: str, where: str) -> dict[str, str]:
+  """Omniglot class_labels.txt: lines ``runNN/test/itemNN.png runNN/training/classNN.png``
+  -> {test file basename: training file basename}."""
+  key = {}
+  for k, raw in enumerate(text.splitlines()):
+    if not raw.strip():
+      continue
+    f = raw.split()
+    if len(f) != 2:
+      raise DataError(f"{where}: line {k + 1}: expected 'runNN/test/itemNN.png "
+                      f"runNN/training/classNN.png', got {raw!r}")
+    key[os.path.basename(f[0])] = os.path.basename(f[1])
+  if not key:
+    raise DataError(f"{where}: empty answer key")
+  return key
+
+
+def number_in(name: str, where: str) -> int:
+  """The number in a file name such as class07.png or item13.png."""
+  m = re.search(r"(\d+)", name)
+  if not m:
+    raise DataError(f"{where}: expected a numbered file name (e.g. class07.png), got {name!r}")
+  return int(m.group(1))

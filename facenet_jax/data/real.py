@@ -1,0 +1,341 @@
+"""Real datasets as (train, held-out) IdentityDatasets, through the tfds builders.
+
+Each loader prepares its builder once into ``config.data.tfds_dir`` (array_record files;
+later calls reuse them), reads it back with ``builder.as_data_source()`` (random access,
+no tf.data, no TensorFlow) and decodes, center-crops and resizes every image to
+``config.data.image_size`` with ``config.data.channels`` channels. Raw files come from
+``config.data.data_dir``; "" downloads them where a public archive exists (LFW, Omniglot).
+
+Prepared data is found by builder name, config and version, not by ``data_dir``: after
+pointing ``data_dir`` at a different copy of ORL / LFW / Omniglot, use a fresh
+``tfds_dir`` (the folder source keys its cache on the folder's contents itself).
+
+Train and held-out identities are disjoint. Labels are contiguous per dataset, 0..n-1 in
+the natural order of the identity names (ORL: s1 < s2 < s10). Rows are sorted by
+identity, then by file name, so row order is a function of the data and the config.
+
+Evaluators: ``lfw_pairs`` (the View 2 pairs of the test fold, as indices into the
+held-out dataset), ``lfw_view2`` (every View 2 image and all 6,000 pairs with their
+folds) and ``omniglot_runs`` (the 20 official one-shot runs as arrays).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+from typing import Callable, Sequence
+
+import ml_collections
+import numpy as np
+
+from facenet_jax.data import raw
+from facenet_jax.data.dataset import IdentityDataset
+from facenet_jax.data.images import Fit, fit_image
+
+_CHUNK = 256   # records decoded per read: bounds the memory of full-size images
+
+
+@dataclasses.dataclass(frozen=True)
+class VerificationPairs:
+  """Pairs of rows of one IdentityDataset: ``i``, ``j`` (P,) int64, ``issame`` (P,) bool,
+  ``fold`` (P,) int32 (the LFW View 2 fold, 0..9)."""
+  i: np.ndarray
+  j: np.ndarray
+  issame: np.ndarray
+  fold: np.ndarray
+
+  def __len__(self) -> int:
+    return int(self.i.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class OneShotRuns:
+  """R one-shot runs of N ways, images S x S x C. ``train_images`` (R, N, S, S, C) uint8:
+  one image per class; ``train_classes`` (R, N) int32: each one's class id;
+  ``test_images`` (R, T, S, S, C) uint8; ``test_classes`` (R, T) int32: the true class id
+  of each test image, one of that run's ``train_classes``. Omniglot: R = 20, N = T = 20,
+  class ids 1..20; a test image is classified correctly when its nearest training image
+  has its class."""
+  train_images: np.ndarray
+  train_classes: np.ndarray
+  test_images: np.ndarray
+  test_classes: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+  """Decoded, fitted records of one split: images (N, S, S, C) uint8 and their metadata."""
+  images: np.ndarray
+  meta: list[dict]
+
+
+def fit_of(config: ml_collections.ConfigDict) -> Fit:
+  d = config.data
+  return Fit(size=int(d.image_size), crop=int(d.center_crop), channels=int(d.channels))
+
+
+def tfds_dir(config: ml_collections.ConfigDict) -> str:
+  """Where prepared tfds data goes: ``config.data.tfds_dir`` with ~ expanded."""
+  return os.path.abspath(os.path.expanduser(config.data.tfds_dir))
+
+
+def _manual_dir(config: ml_collections.ConfigDict, required: bool) -> str | None:
+  d = config.data.data_dir
+  if not d:
+    if required:
+      raise raw.DataError(f"config.data.source = {config.data.source!r} needs config.data.data_dir "
+                          "(the folder of raw files); it is empty")
+    return None
+  d = os.path.abspath(os.path.expanduser(d))
+  if not os.path.isdir(d):
+    raise raw.DataError(f"config.data.data_dir = {config.data.data_dir!r}: no such folder")
+  return d
+
+
+def prepare(name: str, data_dir: str, manual_dir: str | None, builder_config=None):
+  """Builds (once) and returns tfds builder ``name`` (see ``tfds_builders.BUILDERS``).
+
+  ``data_dir``: where prepared data goes. ``manual_dir``: the raw files; None downloads
+  them (LFW, Omniglot only). ``builder_config``: a config name or BuilderConfig.
+  """
+  import tensorflow_datasets as tfds   # lazy: the training path never imports tfds
+
+  from facenet_jax.data import tfds_builders
+  builder = tfds_builders.BUILDERS[name](data_dir=data_dir, config=builder_config,
+                                         file_format="array_record")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def _text(x) -> str:
+  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def _read(builder, split: str, fit: Fit | None,
+          keep: Callable[[dict], bool] = lambda m: True) -> _Rows:
+  """Records of ``split`` for which ``keep(metadata)``, sorted by (identity, file name);
+  images decoded and fitted (``fit`` None: not decoded, ``images`` is (N, 0))."""
+  import tensorflow_datasets as tfds
+  has_image = "image" in builder.info.features
+  # images come back as their stored bytes and are decoded here: errors name the file,
+  # and PIL decodes in threads (it releases the GIL)
+  src = builder.as_data_source(
+      split=split, decoders={"image": tfds.decode.SkipDecoding()} if has_image else None)
+  decode = fit is not None and has_image
+  mode = "L" if decode and fit.channels == 1 else "RGB"
+
+  cfg = builder.builder_config
+  prefix = f"{builder.name}/{cfg.name + '/' if cfg else ''}{split}"
+
+  def fitted(rec_meta):
+    rec, m = rec_meta
+    where = f"{prefix}: {m['file_name']}"
+    return fit_image(raw.decode_image(rec["image"], where, mode), fit, where)
+
+  images, meta = [], []
+  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    for start in range(0, len(src), _CHUNK):
+      chunk = []
+      for rec in src.__getitems__(list(range(start, min(len(src), start + _CHUNK)))):
+        m = {k: _text(v) if isinstance(v, (bytes, str)) else np.asarray(v).item()
+             for k, v in rec.items() if k != "image"}
+        if keep(m):
+          chunk.append((rec, m))
+      meta += [m for _, m in chunk]
+      if decode:
+        images += list(pool.map(fitted, chunk))
+  # tfds stores records in hashed-key order
+  order = sorted(range(len(meta)), key=lambda k: (raw.natural_key(meta[k].get("identity", "")),
+                                                   raw.natural_key(meta[k].get("file_name", ""))))
+  if not decode:
+    arr = np.zeros((len(meta), 0), np.uint8)
+  elif images:
+    arr = np.stack([images[k] for k in order])
+  else:
+    arr = np.zeros((0, fit.size, fit.size, fit.channels), np.uint8)
+  return _Rows(arr, [meta[k] for k in order])
+
+
+def _dataset(rows: _Rows, name: str) -> IdentityDataset:
+  """Rows (sorted by identity) with contiguous labels 0..n-1 in identity order."""
+  idents = [m["identity"] for m in rows.meta]
+  index = {ident: k for k, ident in enumerate(dict.fromkeys(idents))}
+  labels = np.asarray([index[i] for i in idents], np.int32)
+  return IdentityDataset(images=rows.images, labels=labels, name=name)
+
+
+def _subset(rows: _Rows, keep: Callable[[dict], bool]) -> _Rows:
+  idx = [k for k, m in enumerate(rows.meta) if keep(m)]
+  return _Rows(rows.images[idx], [rows.meta[k] for k in idx])
+
+
+def split_identities(identities: Sequence[str], train: int, held_out: int, seed: int,
+                     what: str) -> tuple[set[str], set[str]]:
+  """Seeded disjoint identity sets of sizes ``train`` and ``held_out`` (0: all the rest)."""
+  names = sorted(set(identities), key=raw.natural_key)
+  n = len(names)
+  train = train or n - held_out
+  held_out = held_out or n - train
+  if train < 1 or held_out < 1 or train + held_out > n:
+    raise raw.DataError(
+        f"{what}: {n} identities cannot give config.data.train_identities = {train} training "
+        f"and config.data.eval_identities = {held_out} held-out identities (0: all the rest)")
+  perm = np.random.default_rng(seed).permutation(n)
+  return {names[k] for k in perm[:train]}, {names[k] for k in perm[train:train + held_out]}
+
+
+def _split_rows(rows: _Rows, config: ml_collections.ConfigDict,
+                what: str) -> tuple[IdentityDataset, IdentityDataset]:
+  d = config.data
+  tr, ho = split_identities([m["identity"] for m in rows.meta], int(d.train_identities),
+                            int(d.eval_identities), int(d.split_seed), what)
+  seed = f"split_seed={d.split_seed}"
+  return (_dataset(_subset(rows, lambda m: m["identity"] in tr), f"{what}-train({seed})"),
+          _dataset(_subset(rows, lambda m: m["identity"] in ho), f"{what}-held-out({seed})"))
+
+
+# -- ORL ----------------------------------------------------------------------------------
+
+def load_orl(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
+  """ORL faces split by person: ``train_identities`` people (seeded by ``split_seed``) for
+  training, ``eval_identities`` (0: the rest) held out."""
+  b = prepare("orl_faces", tfds_dir(config), _manual_dir(config, required=True))
+  return _split_rows(_read(b, "train", fit_of(config)), config, "orl")
+
+
+# -- image folder -------------------------------------------------------------------------
+
+def load_folder(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
+  """``config.data.data_dir/<identity>/<image>`` split by identity like ORL."""
+  from facenet_jax.data.tfds_builders.image_folder import config_for
+  root = _manual_dir(config, required=True)
+  b = prepare("image_folder", tfds_dir(config), root, config_for(root))
+  return _split_rows(_read(b, "train", fit_of(config)), config, f"folder:{os.path.basename(root)}")
+
+
+# -- LFW ----------------------------------------------------------------------------------
+
+def _lfw_builders(config: ml_collections.ConfigDict):
+  manual = _manual_dir(config, required=False)
+  images = prepare("lfw", tfds_dir(config), manual, "images")
+  pairs = prepare("lfw", tfds_dir(config), manual, "pairs")
+  return images, pairs
+
+
+def _lfw_pair_meta(pairs_builder) -> tuple[list[dict], dict[str, int]]:
+  """The pairs in file order, and each person's fold (checked disjoint)."""
+  meta = sorted(_read(pairs_builder, "view2", None).meta, key=lambda m: m["index"])
+  folds = raw.lfw_fold_of_person(
+      [raw.LfwPair(m["index"] + 2, m["fold"], m["issame"], m["name_a"], 0, m["name_b"], 0)
+       for m in meta], "lfw pairs.txt")
+  return meta, folds
+
+
+def _check_fold(config: ml_collections.ConfigDict, num_folds: int) -> int:
+  f = int(config.data.test_fold)
+  if not 0 <= f < num_folds:
+    raise raw.DataError(f"config.data.test_fold = {f}: expected 0..{num_folds - 1}")
+  return f
+
+
+def _index_pairs(rows: _Rows, pairs: list[dict]) -> VerificationPairs:
+  row = {m["file_name"]: k for k, m in enumerate(rows.meta)}
+  for p in pairs:
+    for f in (p["file_a"], p["file_b"]):
+      if f not in row:
+        raise raw.DataError(f"lfw: pair {p['index']} (pairs.txt line {p['index'] + 2}) names {f}, "
+                            "which the prepared lfw/images data does not hold; were images and "
+                            "pairs prepared from different folders?")
+  return VerificationPairs(
+      i=np.asarray([row[p["file_a"]] for p in pairs], np.int64),
+      j=np.asarray([row[p["file_b"]] for p in pairs], np.int64),
+      issame=np.asarray([p["issame"] for p in pairs], bool),
+      fold=np.asarray([p["fold"] for p in pairs], np.int32))
+
+
+def _lfw_rows(config: ml_collections.ConfigDict, fit: Fit | None):
+  images_b, pairs_b = _lfw_builders(config)
+  pairs, fold_of = _lfw_pair_meta(pairs_b)
+  num_folds = max(fold_of.values()) + 1
+  test = _check_fold(config, num_folds)
+  # people in no View 2 pair (the full LFW has ~1,500) are left out of both sides
+  rows = _read(images_b, "train", fit, keep=lambda m: m["identity"] in fold_of)
+  return rows, pairs, fold_of, test
+
+
+def load_lfw(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
+  """train: every image of the people of the nine View 2 folds other than
+  ``config.data.test_fold``; held-out: every image of the test fold's people."""
+  rows, _, fold_of, test = _lfw_rows(config, fit_of(config))
+  return (_dataset(_subset(rows, lambda m: fold_of[m["identity"]] != test), f"lfw-train(test_fold={test})"),
+          _dataset(_subset(rows, lambda m: fold_of[m["identity"]] == test), f"lfw-held-out(fold={test})"))
+
+
+def lfw_pairs(config: ml_collections.ConfigDict) -> VerificationPairs:
+  """The 600 View 2 pairs of ``config.data.test_fold`` (300 matched, then 300 mismatched,
+  in pairs.txt order) as row indices into ``load_lfw(config)[1]``. Decodes no image."""
+  rows, pairs, fold_of, test = _lfw_rows(config, None)
+  held = _subset(rows, lambda m: fold_of[m["identity"]] == test)
+  return _index_pairs(held, [p for p in pairs if p["fold"] == test])
+
+
+def lfw_view2(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, VerificationPairs]:
+  """Every image of every View 2 person (7,701 for the official file) and all pairs
+  (6,000) with their folds, as row indices into it: the official 10-fold protocol for a
+  model trained on other data (choose the threshold on nine folds, test on the tenth)."""
+  rows, pairs, _, _ = _lfw_rows(config, fit_of(config))
+  return _dataset(rows, "lfw-view2"), _index_pairs(rows, pairs)
+
+
+# -- Omniglot -----------------------------------------------------------------------------
+
+def _omniglot_background(config: ml_collections.ConfigDict) -> _Rows:
+  """small1 + small2 with the characters both hold (Greek, Latin) kept once."""
+  b = prepare("omniglot", tfds_dir(config), _manual_dir(config, required=False), "background")
+  fit = fit_of(config)
+  first = _read(b, "small1", fit)
+  second = _read(b, "small2", fit)
+  seen = {m["file_name"].split("/", 1)[1]: k for k, m in enumerate(first.meta)}
+  extra = []
+  for k, m in enumerate(second.meta):
+    key = m["file_name"].split("/", 1)[1]
+    if key not in seen:
+      extra.append(k)
+    elif not np.array_equal(first.images[seen[key]], second.images[k]):
+      raise raw.DataError(f"omniglot: {first.meta[seen[key]]['file_name']} and {m['file_name']} "
+                          "name the same drawing of the same character but differ")
+  rows = _Rows(np.concatenate([first.images, second.images[extra]]),
+               first.meta + [second.meta[k] for k in extra])
+  order = sorted(range(len(rows.meta)), key=lambda k: (raw.natural_key(rows.meta[k]["identity"]),
+                                                       raw.natural_key(rows.meta[k]["file_name"])))
+  return _Rows(rows.images[order], [rows.meta[k] for k in order])
+
+
+def load_omniglot(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
+  """Background small1 + small2 characters (identity = alphabet/character): seeded
+  ``eval_identities`` characters held out for validation, the rest (or
+  ``train_identities``) for training."""
+  return _split_rows(_omniglot_background(config), config, "omniglot")
+
+
+def omniglot_runs(config: ml_collections.ConfigDict) -> OneShotRuns:
+  """The official 20-way 1-shot runs, images fitted like the training images."""
+  b = prepare("omniglot", tfds_dir(config), _manual_dir(config, required=False), "runs")
+  rows = _read(b, "runs", fit_of(config))
+  runs = sorted({m["run"] for m in rows.meta})
+  out: dict[str, list] = {"training": [], "test": []}
+  for run in runs:
+    for role in out:
+      idx = sorted((k for k, m in enumerate(rows.meta) if m["run"] == run and m["role"] == role),
+                   key=lambda k: rows.meta[k]["item"])
+      out[role].append((rows.images[idx], np.asarray([rows.meta[k]["class_id"] for k in idx], np.int32)))
+  for role, per_run in out.items():
+    sizes = {x.shape[0] for x, _ in per_run}
+    if len(sizes) != 1:
+      raise raw.DataError(f"omniglot runs: the runs hold different numbers of {role} images {sorted(sizes)}")
+  return OneShotRuns(
+      train_images=np.stack([x for x, _ in out["training"]]),
+      train_classes=np.stack([c for _, c in out["training"]]),
+      test_images=np.stack([x for x, _ in out["test"]]),
+      test_classes=np.stack([c for _, c in out["test"]]))

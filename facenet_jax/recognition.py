@@ -1,0 +1,407 @@
+"""Face recognition against a gallery of enrolled people, and open-set metrics.
+
+A ``Gallery`` holds precomputed embeddings (never images), one or more rows per person.
+A probe is compared with every enrolled person by squared L2 distance; the distance to a
+person is the *minimum* over that person's enrolled embeddings (nearest-neighbour, so a
+second enrolment photo can only bring a matching probe closer). A probe whose nearest
+person is farther than the threshold is "not recognized" (``UNKNOWN``). Thresholds follow
+``verification``: accept when ``distance <= threshold``.
+
+Open-set evaluation (Phillips et al., "FRVT 2002"; Grother & Ngan, NIST IR 8271):
+
+  known probes   -- probes of enrolled people ("mated" searches)
+  unknown probes -- probes of people not in the gallery ("non-mated" searches)
+  rank-k accuracy (closed set) -- fraction of known probes whose true person is among the k
+                    nearest people
+  DIR(t)  detection and identification rate -- fraction of known probes whose nearest person
+          is the true one AND whose distance to it is <= t
+  FNIR(t) = 1 - DIR(t) -- known probes rejected or identified as someone else
+  FAR(t)  false accept rate, a.k.a. FPIR -- fraction of unknown probes whose nearest person
+          is within t, i.e. who are accepted as *someone*
+  unknown rejection rate = 1 - FAR(t)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import NamedTuple, Union
+
+import numpy as np
+
+Identity = Union[str, int]
+UNKNOWN = None  # the id ``identify`` returns for a probe it does not recognize
+_FORMAT_VERSION = 1
+
+
+class GalleryError(ValueError):
+  """A gallery cannot answer: empty, wrong dimension, unknown person, unreadable file."""
+
+
+def sq_l2_distances(a_NxD: np.ndarray, b_MxD: np.ndarray) -> np.ndarray:
+  """Squared L2 distances ``d[i, j] = ||a_i - b_j||^2`` as an (N, M) float64 array.
+
+  Computed as ``|a|^2 + |b|^2 - 2 a.b`` in float64 and clipped at 0 (rounding can make
+  it slightly negative), so memory is O(N M), not O(N M D).
+  """
+  a = np.asarray(a_NxD, np.float64)
+  b = np.asarray(b_MxD, np.float64)
+  d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+  return np.maximum(d, 0.0)
+
+
+def _check_emb(emb: np.ndarray, dim: int | None, what: str) -> np.ndarray:
+  """``emb`` as a finite (M, dim) float32 array; a single (dim,) vector becomes (1, dim)."""
+  emb = np.asarray(emb, np.float32)
+  if emb.ndim == 1:
+    emb = emb[None, :]
+  if emb.ndim != 2:
+    raise GalleryError(f"{what}: expected embeddings of shape (D,) or (M, D), got {emb.shape}")
+  if dim is not None and emb.shape[1] != dim:
+    raise GalleryError(f"{what}: embedding dimension mismatch: expected {dim}, got {emb.shape[1]}")
+  if not np.all(np.isfinite(emb)):
+    raise GalleryError(f"{what}: embeddings contain NaN or Inf")
+  return emb
+
+
+def _check_identity(identity) -> Identity:
+  # numpy scalars (labels read from arrays) become Python ones so equality and saving agree
+  if isinstance(identity, np.generic):
+    identity = identity.item()
+  if isinstance(identity, bool) or not isinstance(identity, (str, int)):
+    raise GalleryError(f"identities must be str or int, got {type(identity).__name__}: {identity!r}")
+  return identity
+
+
+def identity_distances(gallery_emb_NxD: np.ndarray, gallery_ids_N: Sequence,
+                       query_emb_QxD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Each query's distance to each enrolled identity: ``(identities_K, dist_QxK)``.
+
+  ``dist[q, k] = min_{n: id_n = identities_k} ||query_q - gallery_n||^2``; ``identities_K``
+  are the distinct ``gallery_ids`` in order of first appearance.
+  """
+  ids = np.asarray(gallery_ids_N)
+  if ids.shape != (np.shape(gallery_emb_NxD)[0],):
+    raise ValueError(f"need one id per gallery row: {ids.shape} ids for "
+                     f"{np.shape(gallery_emb_NxD)[0]} rows")
+  if ids.size == 0:
+    raise GalleryError("the gallery is empty: enrol at least one person before querying")
+  _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+  # renumber identities by first appearance, so results follow enrolment order
+  rank = np.argsort(np.argsort(first, kind="stable"), kind="stable")
+  code = rank[inverse]
+  identities = ids[np.sort(first)]
+  d = sq_l2_distances(query_emb_QxD, gallery_emb_NxD)
+  order = np.argsort(code, kind="stable")
+  starts = np.r_[0, np.nonzero(np.diff(code[order]))[0] + 1]
+  return identities, np.minimum.reduceat(d[:, order], starts, axis=1)
+
+
+class Gallery:
+  """Enrolled people as embedding rows ``emb_NxD`` (float32) with one identity per row.
+
+  ``len(gallery)`` is the number of people; ``num_embeddings`` the number of rows.
+  Identities are all ``str`` or all ``int`` (so they survive a save without pickling).
+  """
+
+  def __init__(self, dim: int):
+    if int(dim) <= 0:
+      raise GalleryError(f"embedding dimension must be positive, got {dim}")
+    self.dim = int(dim)
+    self._emb = np.zeros((0, self.dim), np.float32)
+    self._ids: list[Identity] = []
+
+  @property
+  def emb_NxD(self) -> np.ndarray:
+    return self._emb.copy()
+
+  @property
+  def ids(self) -> list[Identity]:
+    """The identity of each embedding row."""
+    return list(self._ids)
+
+  @property
+  def identities(self) -> list[Identity]:
+    """Enrolled people, in order of first enrolment."""
+    return list(dict.fromkeys(self._ids))
+
+  @property
+  def num_embeddings(self) -> int:
+    return len(self._ids)
+
+  def __len__(self) -> int:
+    return len(set(self._ids))
+
+  def __contains__(self, identity) -> bool:
+    return identity in set(self._ids)
+
+  def __repr__(self) -> str:
+    return f"Gallery(dim={self.dim}, people={len(self)}, embeddings={self.num_embeddings})"
+
+  def enrol(self, identity: Identity, emb: np.ndarray) -> None:
+    """Adds one (D,) or several (M, D) embeddings of ``identity`` (new or already enrolled)."""
+    identity = _check_identity(identity)
+    if self._ids and type(identity) is not type(self._ids[0]):
+      raise GalleryError(f"identity {identity!r} is {type(identity).__name__}, but this gallery's "
+                         f"identities are {type(self._ids[0]).__name__}")
+    emb = _check_emb(emb, self.dim, f"enrolling {identity!r}")
+    if emb.shape[0] == 0:
+      raise GalleryError(f"enrolling {identity!r}: no embeddings given")
+    self._emb = np.concatenate([self._emb, emb])
+    self._ids.extend([identity] * emb.shape[0])
+
+  def remove(self, identity: Identity) -> int:
+    """Removes every embedding of ``identity``; returns how many rows were removed."""
+    keep = np.array([i != identity for i in self._ids], bool)
+    if keep.all():
+      raise GalleryError(f"{identity!r} is not enrolled in the gallery")
+    self._emb = self._emb[keep]
+    self._ids = [i for i, k in zip(self._ids, keep) if k]
+    return int((~keep).sum())
+
+  def distances(self, query_emb_QxD: np.ndarray) -> tuple[list[Identity], np.ndarray]:
+    """``(identities_K, dist_QxK)``: each query's distance to each person (min over rows)."""
+    if not self._ids:
+      raise GalleryError("the gallery is empty: enrol at least one person before querying")
+    query = _check_emb(query_emb_QxD, self.dim, "query")
+    identities, dist = identity_distances(self._emb, np.asarray(self._ids), query)
+    return identities.tolist(), dist
+
+  def save(self, path: str) -> None:
+    """Writes the gallery to ``path`` as ``.npz``, atomically (temp file, then rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    ids = np.asarray(self._ids) if self._ids else np.zeros((0,), np.str_)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-gallery-", suffix=".npz")
+    try:
+      with os.fdopen(fd, "wb") as f:
+        np.savez(f, emb_NxD=self._emb, ids=ids, format_version=np.int64(_FORMAT_VERSION))
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
+
+  @classmethod
+  def load(cls, path: str, dim: int | None = None) -> "Gallery":
+    """Reads a gallery written by ``save``; ``dim``, if given, must match the file's."""
+    if not os.path.exists(path):
+      raise GalleryError(f"gallery file {path!r} does not exist")
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        emb = np.asarray(z["emb_NxD"])
+        ids = np.asarray(z["ids"])
+        version = int(z["format_version"])
+    except Exception as e:  # zip, pickle, key and shape errors all mean the same to a caller
+      raise GalleryError(f"gallery file {path!r} is not a readable gallery "
+                         f"({type(e).__name__}: {e})") from e
+    if version != _FORMAT_VERSION:
+      raise GalleryError(f"gallery file {path!r} has format version {version}, "
+                         f"expected {_FORMAT_VERSION}")
+    if emb.ndim != 2 or ids.shape != (emb.shape[0],) or ids.dtype.kind not in "iU":
+      raise GalleryError(f"gallery file {path!r} is inconsistent: embeddings {emb.shape}, "
+                         f"ids {ids.shape} of dtype {ids.dtype}")
+    if dim is not None and emb.shape[1] != dim:
+      raise GalleryError(f"gallery file {path!r} holds {emb.shape[1]}-D embeddings, "
+                         f"expected {dim}-D")
+    g = cls(emb.shape[1])
+    g._emb = _check_emb(emb, g.dim, f"gallery file {path!r}")
+    g._ids = ids.tolist()
+    return g
+
+
+def identify(gallery: Gallery, query_emb_QxD: np.ndarray,
+             threshold: float) -> tuple[list[Identity | None], np.ndarray]:
+  """The nearest enrolled person of each query, or ``UNKNOWN`` when farther than ``threshold``.
+
+  Args:
+    gallery: a non-empty gallery.
+    query_emb_QxD: (Q, D) or a single (D,) query embedding.
+    threshold: accept when ``distance <= threshold``; ``np.inf`` gives closed-set identification.
+  Returns:
+    ``(ids, distances)``: Q identities (``UNKNOWN`` for rejected queries) and the (Q,) squared
+    distance to the nearest person (reported for rejected queries too). Exact ties go to
+    the person enrolled first.
+  """
+  identities, dist = gallery.distances(query_emb_QxD)
+  best = np.argmin(dist, axis=1)
+  best_dist = dist[np.arange(dist.shape[0]), best]
+  ids = [identities[k] if d <= threshold else UNKNOWN for k, d in zip(best, best_dist)]
+  return ids, best_dist
+
+
+def verify(gallery: Gallery, emb: np.ndarray, claimed_id: Identity,
+           threshold: float) -> tuple[bool, float]:
+  """1:1 check of a claim: ``(distance <= threshold, distance)``, where distance is the min
+  squared L2 distance from the (D,) ``emb`` to ``claimed_id``'s enrolled embeddings."""
+  if claimed_id not in gallery:
+    raise GalleryError(f"claimed identity {claimed_id!r} is not enrolled in the gallery "
+                       f"({len(gallery)} people enrolled)")
+  query = _check_emb(emb, gallery.dim, "verify")
+  if query.shape[0] != 1:
+    raise GalleryError(f"verify takes one embedding, got {query.shape[0]}")
+  rows = np.array([i == claimed_id for i in gallery.ids])
+  d = float(sq_l2_distances(query, gallery.emb_NxD[rows]).min())
+  return bool(d <= threshold), d
+
+
+def _true_columns(identities_K: np.ndarray, probe_ids_Q: np.ndarray) -> np.ndarray:
+  """Column of each probe's true identity in ``identities_K``; error if not enrolled."""
+  col = {v: k for k, v in enumerate(np.asarray(identities_K).tolist())}
+  missing = sorted({p for p in np.asarray(probe_ids_Q).tolist() if p not in col}, key=str)
+  if missing:
+    raise ValueError(f"known probes must be of enrolled people; not enrolled: {missing[:10]}"
+                     f"{' ...' if len(missing) > 10 else ''}")
+  return np.array([col[p] for p in np.asarray(probe_ids_Q).tolist()], np.int64)
+
+
+def true_rank(dist_QxK: np.ndarray, identities_K: np.ndarray, probe_ids_Q: np.ndarray) -> np.ndarray:
+  """Rank (1 = nearest) of each probe's true identity among the K enrolled people.
+
+  Ties count against the probe: rank = the number of people at distance <= the true one's,
+  so a probe exactly equidistant to its own and another person is not rank 1.
+  """
+  cols = _true_columns(identities_K, probe_ids_Q)
+  d_true = dist_QxK[np.arange(dist_QxK.shape[0]), cols]
+  return (dist_QxK <= d_true[:, None]).sum(axis=1)
+
+
+def rank_k_accuracy(dist_QxK: np.ndarray, identities_K: np.ndarray, probe_ids_Q: np.ndarray,
+                    k: int = 1) -> float:
+  """Closed-set identification: fraction of probes with ``true_rank <= k``."""
+  return float(np.mean(true_rank(dist_QxK, identities_K, probe_ids_Q) <= k))
+
+
+def calibrate_threshold(impostor_distances: np.ndarray, far: float) -> float:
+  """The distance threshold accepting at most a ``far`` fraction of impostors.
+
+  With n impostor (unknown-person) distances sorted ``d_(1) <= ... <= d_(n)`` and
+  ``m = floor(far * n)`` allowed accepts, the threshold lies below ``d_(m+1)``: it is the
+  midpoint between ``d_(m+1)`` and the largest impostor distance strictly below it (the
+  convention of ``verification.best_threshold``), ``d_(1) - 1`` if there is none, and
+  ``d_(n)`` when ``m >= n``. Impostors tied at ``d_(m+1)`` are all rejected, so the realized
+  FAR is <= ``far`` and may be lower when ties straddle the cut.
+  """
+  d = np.sort(np.asarray(impostor_distances, np.float64).ravel())
+  if d.size == 0:
+    raise ValueError("calibrate_threshold needs at least one impostor distance")
+  if not np.all(np.isfinite(d)):
+    raise ValueError("impostor distances contain NaN or Inf")
+  if not 0.0 <= far <= 1.0:
+    raise ValueError(f"far must be in [0, 1], got {far}")
+  m = int(np.floor(far * d.size + 1e-9))  # 1e-9: far * n = 2.9999999 should allow 3
+  if m >= d.size:
+    return float(d[-1])
+  cut = d[m]
+  below = d[d < cut]
+  return float(0.5 * (below[-1] + cut)) if below.size else float(cut - 1.0)
+
+
+def open_set_rates(known_dist_QxK: np.ndarray, identities_K: np.ndarray, known_probe_ids_Q: np.ndarray,
+                   unknown_dist_UxK: np.ndarray, threshold: float) -> dict[str, float]:
+  """Open-set rates at ``threshold`` from probe-to-person distances (see the module doc).
+
+  Returns ``dir``, ``fnir``, ``known_rejection_rate`` (known probes farther than the threshold),
+  ``misidentification_rate`` (known probes accepted as someone else), ``far``
+  (= FPIR) and ``unknown_rejection_rate``. A rate over an empty probe set is NaN.
+  """
+  known_dist_QxK = np.asarray(known_dist_QxK, np.float64)
+  unknown_dist_UxK = np.asarray(unknown_dist_UxK, np.float64)
+  nan = float("nan")
+  out = {}
+  if known_dist_QxK.shape[0]:
+    rank1 = true_rank(known_dist_QxK, identities_K, known_probe_ids_Q) == 1
+    accepted = known_dist_QxK.min(axis=1) <= threshold
+    out["dir"] = float(np.mean(rank1 & accepted))
+    out["known_rejection_rate"] = float(np.mean(~accepted))
+    out["misidentification_rate"] = float(np.mean(accepted & ~rank1))
+    out["fnir"] = 1.0 - out["dir"]
+  else:
+    out.update(dir=nan, known_rejection_rate=nan, misidentification_rate=nan, fnir=nan)
+  if unknown_dist_UxK.shape[0]:
+    out["far"] = float(np.mean(unknown_dist_UxK.min(axis=1) <= threshold))
+    out["unknown_rejection_rate"] = 1.0 - out["far"]
+  else:
+    out.update(far=nan, unknown_rejection_rate=nan)
+  return out
+
+
+def open_set_report(gallery_emb: np.ndarray, gallery_ids: np.ndarray, known_probe_emb: np.ndarray,
+                    known_probe_ids: np.ndarray, unknown_probe_emb: np.ndarray | None,
+                    threshold: float, ranks: Sequence[int] = (1, 5)) -> dict[str, float]:
+  """Flat ``{name: float}``: closed-set ``rank{k}_accuracy`` of the known probes (for each k in
+  ``ranks`` that is <= the number of people), the ``open_set_rates`` at ``threshold``, the
+  threshold and the set sizes. Distances are squared L2, min over each person's rows.
+
+  Choose ``threshold`` without the unknown probes scored here (e.g. ``calibrate_threshold``
+  on held-out impostors), or the FAR is optimistic.
+  """
+  gallery_ids = np.asarray(gallery_ids)
+  if gallery_ids.size == 0:
+    raise GalleryError("the gallery is empty: enrol at least one person before evaluating")
+  gallery_emb = _check_emb(gallery_emb, None, "gallery")
+  dim = gallery_emb.shape[1]
+  probes = lambda e, what: (np.zeros((0, dim), np.float32) if e is None or np.size(e) == 0
+                            else _check_emb(e, dim, what))
+  known = probes(known_probe_emb, "known probes")
+  unknown = probes(unknown_probe_emb, "unknown probes")
+  if np.asarray(known_probe_ids).shape != (known.shape[0],):
+    raise ValueError(f"need one id per known probe: {np.shape(known_probe_ids)} ids for "
+                     f"{known.shape[0]} probes")
+  identities, dist_known = identity_distances(gallery_emb, gallery_ids, known)
+  _, dist_unknown = identity_distances(gallery_emb, gallery_ids, unknown)
+  out = {}
+  if known.shape[0]:
+    r = true_rank(dist_known, identities, known_probe_ids)
+    for k in ranks:
+      if k <= identities.size:
+        out[f"rank{k}_accuracy"] = float(np.mean(r <= k))
+  out.update(open_set_rates(dist_known, identities, known_probe_ids, dist_unknown, threshold))
+  out.update(threshold=float(threshold), num_identities=float(identities.size),
+             num_gallery_embeddings=float(gallery_ids.size),
+             num_known_probes=float(known.shape[0]), num_unknown_probes=float(unknown.shape[0]))
+  return out
+
+
+class OpenSetSplit(NamedTuple):
+  """Row indices into a labelled set: ``gallery`` rows to enrol, ``known`` probes of enrolled
+  people, ``unknown`` probes of people never enrolled, and ``calibration`` rows of further
+  never-enrolled people, kept apart to choose the threshold on."""
+  gallery: np.ndarray
+  known: np.ndarray
+  unknown: np.ndarray
+  calibration: np.ndarray
+
+
+def open_set_split(labels: np.ndarray, num_enrolled: int, shots: int = 1, seed: int = 0,
+                   calibration_fraction: float = 0.5) -> OpenSetSplit:
+  """Seeded open-set protocol from any labelled set.
+
+  ``num_enrolled`` people with >= ``shots + 1`` images are enrolled with ``shots`` images
+  each (one-shot: ``shots=1``); their other images are known probes. The remaining people are
+  split by person: ``calibration_fraction`` of them for threshold calibration, the rest as
+  unknown probes, so no person's images are both calibrated on and scored.
+  """
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+  eligible = np.nonzero(counts >= shots + 1)[0]
+  if num_enrolled > eligible.size or num_enrolled < 1:
+    raise ValueError(f"cannot enrol {num_enrolled} people with {shots} shot(s) and a probe each: "
+                     f"{eligible.size} of {ids.size} people have >= {shots + 1} images")
+  enrolled = rng.choice(eligible, num_enrolled, replace=False)
+  rest = rng.permutation(np.setdiff1d(np.arange(ids.size), enrolled))
+  num_cal = int(round(calibration_fraction * rest.size))
+  cal_ids, unk_ids = rest[:num_cal], rest[num_cal:]
+  gallery, known = [], []
+  for k in enrolled:
+    rows = rng.permutation(np.nonzero(inverse == k)[0])
+    gallery.append(rows[:shots])
+    known.append(rows[shots:])
+  as_idx = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+  return OpenSetSplit(gallery=as_idx(gallery), known=as_idx(known),
+                      unknown=np.nonzero(np.isin(inverse, unk_ids))[0],
+                      calibration=np.nonzero(np.isin(inverse, cal_ids))[0])

@@ -21,6 +21,7 @@ from ml_collections import config_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
+SHARED_WEIGHTS = os.path.normpath(os.path.join(REPO, "..", "shared", "weights"))
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -61,12 +62,34 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       eval_images_per_identity=(10, 10),
       eval_pairs=3000,          # matched and as many mismatched
       eval_folds=10,
+      # transfer learning: train on cached frozen-backbone activations ("vgg19:pool5",
+      # with model.name=feature_head) instead of images; "" = images
+      features="",
+      features_cache="",        # "": <tfds_dir>/features
   ))
   c.augment = config_dict.ConfigDict(dict(flip=True, crop_pad=2))
 
   c.model = config_dict.ConfigDict(dict(
       name="small_cnn", embedding_dim=64, spatial_dims=2, widths=(16, 32, 64), depth=18,
-      dtype="float32"))
+      dtype="float32",
+      # vgg16 / vgg19 (fine-tuned backbone) and data.features: ImageNet weights, layer
+      vgg_weights=os.path.join(SHARED_WEIGHTS, "vgg19_notop_imagenet_8bit_f16.h5"),
+      vgg_layer="pool5"))
+
+  # evaluation protocols run at the end of training (facenet_jax/evaluators.py), and
+  # their settings
+  c.evals = "pairs"
+  c.evaluation = config_dict.ConfigDict(dict(
+      far=1e-3,                 # VAL@FAR target (lfw_view2)
+      repeats=5,                # one_shot: seeded choices of the enrolment images
+      open_set_enrolled=0,      # one_shot open set: people enrolled (0: half)
+      open_set_far=0.01,        # one_shot open set: accepted fraction of calibration impostors
+      calibrate_on="train",     # one_shot open set: train | held_out (calibration people)
+      n_way=5, k_shot=1, n_query=5, num_episodes=200,   # episodes
+      linkage="average",        # clustering: single | average | complete
+      pair_features="abs_diff,chi2,concat",   # lfw: DeepFace heads next to the distance
+      pair_head_pairs=3000, pair_head_steps=500, pair_head_lr=0.05, pair_head_weight_decay=0.0,
+  ))
 
   c.optim = config_dict.ConfigDict(dict(
       name="adamw", learning_rate=2e-3, warmup_steps=100, weight_decay=1e-4,
@@ -117,7 +140,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.num_steps = 600
     c.eval_every = 200
     c.checkpoint_every = 200
-  elif variant == "lfw":
+    c.evals = "pairs,one_shot,clustering"
+  elif variant in ("lfw", "lfw_vgg"):
     # 250x250 photos, face roughly in the central 128 px: that square at 64x64, RGB
     c.data.update(source="lfw", data_dir=os.path.join(SHARED_DATA, "lfw"), image_size=64,
                   center_crop=128, channels=3, test_fold=0)
@@ -129,6 +153,16 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.num_steps = 2000
     c.eval_every = 500
     c.checkpoint_every = 500
+    c.evals = "lfw_view2"
+    if variant == "lfw_vgg":
+      # frozen ImageNet VGG19 (pool5 of the central 128 px at 96x96: 3x3x512) + a trained
+      # 2-layer head; the backbone runs once per image (cached), so a step is cheap
+      c.data.update(image_size=96, features="vgg19:pool5")
+      c.model.update(name="feature_head", widths=(512,), embedding_dim=128)
+      c.augment.update(flip=False, crop_pad=0)
+      c.optim.learning_rate = 1e-3
+      c.identities_per_batch = 32
+      c.num_steps = 1500
   elif variant == "omniglot":
     # 105x105 binary characters at 32x32, one channel; a mirrored character can be
     # another character, so no flips
@@ -141,8 +175,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.num_steps = 1500
     c.eval_every = 500
     c.checkpoint_every = 500
+    c.evals = "omniglot_runs,episodes"
   else:
     raise ValueError(f"unknown facenet config variant {variant!r}; "
-                     "expected one of synthetic, tiny, inception, orl, lfw, omniglot")
+                     "expected one of synthetic, tiny, inception, orl, lfw, lfw_vgg, omniglot")
   c.lock()
   return c

@@ -5,10 +5,11 @@ from __future__ import annotations
 import ml_collections
 
 from facenet_jax import mining
+from facenet_jax import models
 from facenet_jax.data import sources
 
 _LOSSES = ("triplet", "soft_margin", "contrastive")
-_MODELS = ("small_cnn", "resnet", "inception_resnet_v1")
+_MODELS = models.MODEL_NAMES
 
 
 class ConfigError(ValueError):

@@ -36,7 +36,7 @@ import ml_collections
 from flax import nnx
 from jax import lax
 
-MODEL_NAMES = ("small_cnn", "resnet", "inception_resnet_v1")
+MODEL_NAMES = ("small_cnn", "resnet", "inception_resnet_v1", "feature_head", "vgg16", "vgg19")
 RESNET_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _BN_MOMENTUM = 0.9  # flax convention; equals torch's momentum=0.1
@@ -252,6 +252,61 @@ class SmallCNN(nnx.Module):
         return self.head(x, train)
 
 
+class FeatureHead(nnx.Module):
+    """Embedding head over precomputed backbone features (transfer learning).
+
+    ``(B, *spatial, cin) float -> (B, embedding_dim)``: flatten (the spatial layout of a face
+    matters, so no global pooling) -> [linear -> ReLU] per ``hidden`` width -> linear ->
+    L2 normalise. ``in_features`` = prod(spatial) * cin of the cached features.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], embedding_dim: int, *,
+                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        dims = (in_features,) + tuple(hidden)
+        self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, kernel_init=_HE_INIT, rngs=rngs)
+                                for a, b in zip(dims[:-1], dims[1:])])
+        self.out = nnx.Linear(dims[-1], embedding_dim, dtype=dtype, kernel_init=_LECUN_INIT,
+                              rngs=rngs)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        del train
+        x = x.reshape(x.shape[0], -1).astype(self.dtype)
+        for layer in self.hidden:
+            x = nnx.relu(layer(x))
+        return l2_normalize(self.out(x).astype(jnp.float32))
+
+
+class VGGEmbedding(nnx.Module):
+    """ImageNet VGG backbone (``infra.vgg``, the codebase's one VGG) + ``FeatureHead``,
+    trained end to end (fine-tuning). For a frozen backbone, train ``feature_head`` on
+    cached features instead (``data.features``): the same network, without recomputing
+    the backbone every step.
+
+    ``(B, H, W, 1 or 3)`` in [-1, 1] (``preprocess.to_float``) -> Caffe preprocessing ->
+    activation of ``layer`` -> head -> ``(B, embedding_dim)``.
+    """
+
+    def __init__(self, depth: int, layer: str, weights: str, hidden: Sequence[int],
+                 embedding_dim: int, image_size: int, *, dtype: Any, rngs: nnx.Rngs):
+        from infra import vgg as vgg_lib
+        self.backbone = vgg_lib.load_vgg(weights, depth, "max", seed=0)
+        self.layer = layer
+        side = image_size
+        for name in vgg_lib.layer_names(depth)[:vgg_lib.layer_names(depth).index(layer) + 1]:
+            side = side // 2 if name.startswith("pool") else side
+        cout = self.backbone.features(jnp.zeros((1, image_size, image_size, 3)), (layer,))[layer].shape[-1]
+        self.head = FeatureHead(side * side * cout, hidden, embedding_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        from infra import vgg as vgg_lib
+        rgb = (x.astype(jnp.float32) + 1.0) * 127.5
+        if rgb.shape[-1] == 1:
+            rgb = jnp.repeat(rgb, 3, axis=-1)
+        feats = self.backbone.features(vgg_lib.preprocess_caffe(rgb), (self.layer,))[self.layer]
+        return self.head(feats, train)
+
+
 class ResBlock(nnx.Module):
     """ResNet residual block (He et al. 2016), any spatial rank.
 
@@ -418,7 +473,7 @@ class InceptionResnetV1(nnx.Module):
 
 
 def create_model(model_cfg: ml_collections.ConfigDict, *, in_channels: int,
-                 rngs: nnx.Rngs) -> nnx.Module:
+                 rngs: nnx.Rngs, example_shape: Sequence[int] | None = None) -> nnx.Module:
     """Builds the embedding network named by ``model_cfg.name``.
 
     Reads ``name``, ``embedding_dim``, ``spatial_dims`` (1|2|3), ``widths`` (small_cnn stages /
@@ -438,6 +493,15 @@ def create_model(model_cfg: ml_collections.ConfigDict, *, in_channels: int,
     if dtype_name not in _DTYPES:
         raise ValueError(f"model.dtype={dtype_name!r} is unsupported; use one of {list(_DTYPES)}")
     kw = dict(rank=rank, dtype=_DTYPES[dtype_name], rngs=rngs)
+    if name == "feature_head":   # over cached backbone features of shape example_shape
+        in_features = math.prod(example_shape) if example_shape else in_channels
+        return FeatureHead(in_features, tuple(model_cfg.get("widths", ())), dim,
+                           dtype=kw["dtype"], rngs=rngs)
+    if name in ("vgg16", "vgg19"):
+        return VGGEmbedding(int(name[3:]), model_cfg.vgg_layer, model_cfg.vgg_weights,
+                            tuple(model_cfg.get("widths", ())), dim,
+                            int(example_shape[0]) if example_shape else 224,
+                            dtype=kw["dtype"], rngs=rngs)
     if name == "small_cnn":
         return SmallCNN(in_channels, tuple(model_cfg.get("widths", (32, 64, 128))), dim, **kw)
     if name == "resnet":

@@ -9,6 +9,7 @@ computed on the *global* batch, so 8 devices compute what 1 device computes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any, Callable
@@ -20,7 +21,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from facenet_jax import mining, models, offline, preprocess, verification
+from facenet_jax import (evaluators, inference, mining, models, offline, preprocess, verification,
+                         vgg_features)
 from facenet_jax.config_checks import check_config
 from facenet_jax.data import sources
 from facenet_jax.sampler import PKSampler
@@ -52,9 +54,17 @@ def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
   return tx
 
 
-def create_train_state(config: ml_collections.ConfigDict, in_channels: int):
-  """Returns ``(graphdef, tx, state)``; ``state`` is a pytree of arrays only."""
-  model = models.create_model(config.model, in_channels=in_channels, rngs=nnx.Rngs(config.seed))
+def create_train_state(config: ml_collections.ConfigDict, in_channels: int | None = None, *,
+                       example_shape: tuple[int, ...] | None = None):
+  """Returns ``(graphdef, tx, state)``; ``state`` is a pytree of arrays only.
+
+  ``example_shape``: (*spatial, C) of one example (needed by feature_head / vgg models);
+  ``in_channels`` defaults to its last entry.
+  """
+  if in_channels is None:
+    in_channels = example_shape[-1]
+  model = models.create_model(config.model, in_channels=in_channels, rngs=nnx.Rngs(config.seed),
+                              example_shape=example_shape)
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   tx = make_optimizer(config.optim, config.num_steps)
   state = {
@@ -192,7 +202,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = mesh_lib.make_data_mesh(devices)
   lead = jax.process_index() == 0
 
+  if lead:   # before any step: scripts/evaluate_facenet.py rebuilds the model from it
+    inference.save_config(config, workdir)
   train_ds, eval_ds = sources.load(config)
+  raw_train_ds, raw_eval_ds = train_ds, eval_ds
+  features = vgg_features.transform_for(config)
+  if features is not None:   # frozen backbone: train the head on cached activations
+    train_ds, eval_ds = (dataclasses.replace(ds, images=features(ds.images, ds.name))
+                         for ds in (train_ds, eval_ds))
   for ds in (train_ds, eval_ds):
     check_dataset(ds, config)
   offline_mode = bool(config.offline.enabled)
@@ -208,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   pixel = verification.summarize(verification.pixel_distances(eval_ds.images, pair_i, pair_j),
                                  issame, config.data.eval_folds, prefix="pixel_")
 
-  graphdef, tx, state = create_train_state(config, in_channels=train_ds.images.shape[-1])
+  graphdef, tx, state = create_train_state(config, example_shape=train_ds.example_shape)
   repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
   state = jax.device_put(state, repl)
   train_step = jax.jit(make_train_step(graphdef, tx, config), in_shardings=(repl, batch_sh),
@@ -306,10 +323,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   if not last_eval:   # resumed at the last step: evaluate the restored state
     last_eval = evaluate(state)
+
+  def embed(images: np.ndarray) -> np.ndarray:
+    if features is not None:
+      images = features(images, "evaluation images")
+    return embed_all(embed_fn, state, images, eval_bs, mesh)
+
+  ctx = evaluators.Context(config=config, embed=embed, held_out=raw_eval_ds, train=raw_train_ds,
+                           workdir=workdir if lead else None)
+  evals = {}
+  for name in evaluators.names(config.evals):
+    evals[name] = last_eval if name == "pairs" else evaluators.EVALUATORS[name](ctx)
+    print(f"  {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in evals[name].items()), flush=True)
+  writer.write_scalars(int(jax.device_get(state["step"])),
+                       {f"final/{k}": v for k, v in evaluators.flatten(evals).items()})
   results = {
       "config": config.to_dict(),
       "step": int(jax.device_get(state["step"])),
       "metrics": last_eval,
+      "evals": evals,
       "train_metrics": last_train,
       "pixel_baseline": pixel,
       "devices": mesh.devices.size,

@@ -135,6 +135,24 @@ def val_at_far(dist: np.ndarray, issame: np.ndarray, far_target: float = 1e-3) -
   return float(tar[ok].max()) if ok.any() else 0.0
 
 
+def val_far_transfer(dist_fit: np.ndarray, issame_fit: np.ndarray, dist_test: np.ndarray,
+                     issame_test: np.ndarray, far_target: float = 1e-3) -> tuple[float, float]:
+  """VAL and FAR on test pairs at the threshold chosen on other pairs (FaceNet's protocol).
+
+  The threshold is the largest one whose FAR on the fitting pairs is <= ``far_target``;
+  returns ``(VAL, FAR)`` of ``dist_test <= threshold``: the FAR reached on the test pairs
+  is reported because it can exceed the target.
+  """
+  far, _, thresholds = roc(dist_fit, issame_fit)
+  t = float(thresholds[np.nonzero(far <= far_target)[0].max()])
+  dist_test = np.asarray(dist_test, np.float64)
+  issame_test = np.asarray(issame_test, bool)
+  accept = dist_test <= t
+  val = accept[issame_test].mean() if issame_test.any() else float("nan")
+  fa = accept[~issame_test].mean() if (~issame_test).any() else float("nan")
+  return float(val), float(fa)
+
+
 def pixel_distances(images: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
   """The raw-pixel baseline: squared L2 distance of per-image standardized, unit-norm pixels."""
   x = images.reshape(images.shape[0], -1).astype(np.float64)

@@ -1,0 +1,291 @@
+"""Evaluation protocols, looked up by name (``config.evals``, ``--eval``).
+
+Each evaluator is ``fn(ctx: Context) -> {metric: float}`` (flat) and may write PNG plots
+into ``ctx.workdir``. ``ctx.embed`` maps uint8 images to L2-normalized embeddings, so the
+protocols never see the model; thresholds are always chosen on data other than the data
+they are scored on:
+
+  pairs          random matched/mismatched pairs of held-out people, 10-fold threshold
+  lfw_view2      LFW View 2 pairs of ``data.test_fold`` (threshold from the other nine
+                 folds' pairs), distance and DeepFace pair heads in one table, ROC PNG
+  one_shot       a gallery of held-out people enrolled from one image each: closed-set
+                 rank-1/rank-5 over their other images, averaged over seeded repeats;
+                 open set: half the people enrolled, a threshold calibrated on a
+                 disjoint group of people for ``evaluation.far``, unknown-person rejection
+  omniglot_runs  the 20 official Omniglot 20-way 1-shot runs
+  episodes       random N-way K-shot episodes of held-out identities (mean, 95% CI)
+  clustering     threshold clustering of held-out embeddings: NMI and purity at the
+                 threshold chosen on training pairs (and the oracle best, labelled so)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import ml_collections
+import numpy as np
+
+from facenet_jax import clustering, episodes, pair_head, recognition, verification
+from facenet_jax.data.dataset import IdentityDataset
+
+Metrics = dict[str, float]
+
+
+@dataclasses.dataclass
+class Context:
+  """What an evaluator may use. ``embed(images uint8 (N, ...)) -> (N, D) float32``."""
+  config: ml_collections.ConfigDict
+  embed: Callable[[np.ndarray], np.ndarray]
+  held_out: IdentityDataset
+  train: IdentityDataset | None = None
+  workdir: str | None = None
+  _cache: dict = dataclasses.field(default_factory=dict)
+
+  def held_out_embeddings(self) -> np.ndarray:
+    if "held_out" not in self._cache:
+      self._cache["held_out"] = self.embed(self.held_out.images)
+    return self._cache["held_out"]
+
+  def train_embeddings(self, max_images: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and labels of (a seeded subset of) the training images."""
+    if self.train is None:
+      raise ValueError("this evaluator needs the training identities (Context.train)")
+    if "train" not in self._cache:
+      n = len(self.train)
+      rows = np.arange(n)
+      if n > max_images:
+        rows = np.sort(np.random.default_rng(0).choice(n, max_images, replace=False))
+      self._cache["train"] = (self.embed(self.train.images[rows]), self.train.labels[rows])
+    return self._cache["train"]
+
+
+def _eval_cfg(ctx: Context) -> ml_collections.ConfigDict:
+  return ctx.config.evaluation
+
+
+def plot_roc(path: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> str:
+  """ROC curves (TAR against FAR, log FAR axis) of several scorers into one PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(4.6, 3.8))
+  for name, (far, tar) in curves.items():
+    ax.plot(np.maximum(far, 1e-4), tar, label=name, lw=1.4)
+  ax.set_xscale("log")
+  ax.set_xlim(1e-3, 1.0)
+  ax.set_ylim(0.0, 1.01)
+  ax.set_xlabel("false accept rate")
+  ax.set_ylabel("true accept rate")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=7, loc="lower right")
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def eval_pairs(ctx: Context) -> Metrics:
+  c = ctx.config
+  i, j, issame = verification.make_pairs(ctx.held_out.labels, c.data.eval_pairs, seed=c.seed + 1)
+  emb = ctx.held_out_embeddings()
+  d = np.sum((emb[i] - emb[j]) ** 2, axis=1)
+  return verification.summarize(d, issame, c.data.eval_folds)
+
+
+# ----------------------------------------------------------------------------- LFW
+
+
+def eval_lfw_view2(ctx: Context) -> Metrics:
+  """The held-out fold's 600 official pairs; thresholds from the other nine folds' 5,400
+  pairs scored by the same model (they are its training people: never the test fold).
+  Pair heads are fitted on random pairs of training people (frozen embeddings)."""
+  from facenet_jax.data import real
+  c = ctx.config
+  test = int(c.data.test_fold)
+  images, pairs = real.lfw_view2(c)
+  emb = ctx.embed(images.images)
+  ea, eb = emb[pairs.i], emb[pairs.j]
+  scores = {"distance": np.sum((ea - eb) ** 2, axis=1)}
+  e = _eval_cfg(ctx)
+  if e.pair_features:
+    tr_emb, tr_labels = ctx.train_embeddings()
+    a, b, same = pair_head.training_pairs(tr_emb, tr_labels, e.pair_head_pairs, seed=c.seed)
+    for feat in [f for f in e.pair_features.split(",") if f]:
+      head, _ = pair_head.fit_pair_head(feat, a, b, same, steps=e.pair_head_steps, lr=e.pair_head_lr,
+                                        seed=c.seed, weight_decay=e.pair_head_weight_decay)
+      scores[f"head_{feat}"] = -pair_head.pair_scores(head, feat, ea, eb)   # as a distance
+  out: Metrics = {"test_fold": float(test)}
+  curves = {}
+  on_test = pairs.fold == test
+  for name, d in scores.items():
+    kf = verification.kfold_accuracy(d, pairs.issame, pairs.fold)
+    val, far = verification.val_far_transfer(d[~on_test], pairs.issame[~on_test], d[on_test],
+                                             pairs.issame[on_test], e.far)
+    out[f"{name}/accuracy"] = float(kf["fold_accuracies"][test])
+    out[f"{name}/val_at_far"] = val
+    out[f"{name}/far"] = far
+    out[f"{name}/roc_auc"] = verification.roc_auc(d[on_test], pairs.issame[on_test])
+    out[f"{name}/eer"] = verification.eer(d[on_test], pairs.issame[on_test])
+    far_c, tar_c, _ = verification.roc(d[on_test], pairs.issame[on_test])
+    curves[name] = (far_c, tar_c)
+  if ctx.workdir:
+    plot_roc(os.path.join(ctx.workdir, f"roc_lfw_fold{test}.png"), curves,
+             f"LFW View 2, fold {test} (600 pairs)")
+    np.savez(os.path.join(ctx.workdir, f"lfw_scores_fold{test}.npz"), fold=pairs.fold,
+             issame=pairs.issame, **scores)
+  return out
+
+
+# ------------------------------------------------------------------------ one-shot
+
+
+def eval_one_shot(ctx: Context) -> Metrics:
+  """Closed set: every held-out person with >= 2 images enrolled from one image, the rest
+  of their images identified (``evaluation.repeats`` seeded choices of the enrolment
+  image). Open set: ``evaluation.open_set_enrolled`` of them enrolled (0: half), the
+  others unknown; the threshold accepts a fraction ``evaluation.open_set_far`` of a
+  calibration group of other people (``evaluation.calibrate_on``)."""
+  c, e = ctx.config, _eval_cfg(ctx)
+  emb, labels = ctx.held_out_embeddings(), ctx.held_out.labels
+  people = np.unique(labels)
+  multi = people[[np.sum(labels == p) >= 2 for p in people]]
+  if multi.size < 2:
+    raise ValueError(f"one_shot: {ctx.held_out.name} has {multi.size} people with >= 2 images; "
+                     "need >= 2")
+  rank1, rank5 = [], []
+  for r in range(e.repeats):
+    split = recognition.open_set_split(labels, multi.size, shots=1, seed=c.seed + r,
+                                       calibration_fraction=0.0)
+    g = recognition.Gallery(emb.shape[1])
+    for row in split.gallery:
+      g.enrol(int(labels[row]), emb[row])
+    ids, dist = g.distances(emb[split.known])
+    rank1.append(recognition.rank_k_accuracy(dist, ids, labels[split.known], 1))
+    rank5.append(recognition.rank_k_accuracy(dist, ids, labels[split.known], min(5, len(ids))))
+  out = {"people": float(multi.size), "rank1": float(np.mean(rank1)),
+         "rank1_std": float(np.std(rank1)), "rank5": float(np.mean(rank5))}
+  # open set: the threshold is calibrated on people who are neither enrolled nor scored as
+  # unknowns: the training people (evaluation.calibrate_on="train"; more of them, but
+  # seen in training) or half of the non-enrolled held-out people ("held_out")
+  enrolled = e.open_set_enrolled or max(1, multi.size // 2)
+  on_train = e.calibrate_on == "train" and ctx.train is not None
+  opens = []
+  for r in range(e.repeats):
+    split = recognition.open_set_split(labels, enrolled, shots=1, seed=c.seed + 100 + r,
+                                       calibration_fraction=0.0 if on_train else 0.5)
+    if split.unknown.size == 0 or (split.calibration.size == 0 and not on_train):
+      break
+    g = recognition.Gallery(emb.shape[1])
+    for row in split.gallery:
+      g.enrol(int(labels[row]), emb[row])
+    _, cal_d = g.distances(ctx.train_embeddings()[0] if on_train else emb[split.calibration])
+    t = recognition.calibrate_threshold(cal_d.min(axis=1), e.open_set_far)
+    opens.append(recognition.open_set_report(emb[split.gallery], labels[split.gallery],
+                                             emb[split.known], labels[split.known],
+                                             emb[split.unknown], t, ranks=(1,)))
+  if opens:
+    for k in ("dir", "far", "unknown_rejection_rate", "threshold"):
+      out[f"open_{k}"] = float(np.mean([o[k] for o in opens]))
+    out["open_enrolled"] = float(enrolled)
+    out["open_target_far"] = float(e.open_set_far)
+  return out
+
+
+# ------------------------------------------------------------------------ omniglot
+
+
+def eval_omniglot_runs(ctx: Context) -> Metrics:
+  """20-way 1-shot: each test image goes to the nearest of the run's 20 training images."""
+  from facenet_jax.data import real
+  runs = real.omniglot_runs(ctx.config)
+  r, w = runs.train_classes.shape
+  t = runs.test_classes.shape[1]
+  sup = ctx.embed(runs.train_images.reshape((r * w,) + runs.train_images.shape[2:]))
+  qry = ctx.embed(runs.test_images.reshape((r * t,) + runs.test_images.shape[2:]))
+  sup, qry = sup.reshape(r, w, 1, -1), qry.reshape(r, t, -1)
+  accs = []
+  for k in range(r):
+    pred = episodes.classify(sup[k], qry[k])          # index into the run's classes
+    accs.append(float(np.mean(runs.train_classes[k][pred] == runs.test_classes[k])))
+  mean, ci = episodes.mean_ci95(np.asarray(accs))
+  return {"accuracy": mean, "ci95": ci, "runs": float(r), "ways": float(w),
+          "worst_run": float(min(accs)), "best_run": float(max(accs))}
+
+
+# ------------------------------------------------------------------------ episodes
+
+
+def eval_episodes(ctx: Context) -> Metrics:
+  e = _eval_cfg(ctx)
+  ep = episodes.sample_episodes(ctx.held_out.labels, e.n_way, e.k_shot, e.n_query,
+                                e.num_episodes, seed=ctx.config.seed)
+  return episodes.score_episodes(ctx.held_out_embeddings(), ep)
+
+
+# ---------------------------------------------------------------------- clustering
+
+
+def eval_clustering(ctx: Context) -> Metrics:
+  c = ctx.config
+  emb, labels = ctx.held_out_embeddings(), ctx.held_out.labels
+  out: Metrics = {}
+  if ctx.train is not None:
+    tr_emb, tr_labels = ctx.train_embeddings()
+    i, j, same = verification.make_pairs(tr_labels, min(3000, len(tr_labels)), seed=c.seed)
+    t, _ = verification.best_threshold(np.sum((tr_emb[i] - tr_emb[j]) ** 2, axis=1), same)
+    pred = clustering.cluster(emb, t, _eval_cfg(ctx).linkage)
+    out.update(threshold=t, nmi=clustering.nmi(pred, labels), purity=clustering.purity(pred, labels),
+               clusters=float(np.unique(pred).size))
+  sweep = clustering.threshold_sweep(emb, labels, linkage=_eval_cfg(ctx).linkage)
+  out.update(oracle_nmi=float(sweep["best_nmi"]), oracle_threshold=float(sweep["best_threshold"]),
+             people=float(np.unique(labels).size))
+  return out
+
+
+EVALUATORS: dict[str, Callable[[Context], Metrics]] = {
+    "pairs": eval_pairs,
+    "lfw_view2": eval_lfw_view2,
+    "one_shot": eval_one_shot,
+    "omniglot_runs": eval_omniglot_runs,
+    "episodes": eval_episodes,
+    "clustering": eval_clustering,
+}
+
+# what ``scripts/evaluate_facenet.py --eval=NAME`` runs for a dataset name
+DATASET_EVALS = {
+    "lfw": ("lfw_view2",),
+    "orl": ("one_shot", "pairs", "clustering"),
+    "omniglot": ("omniglot_runs", "episodes"),
+    "folder": ("one_shot", "pairs", "clustering"),
+    "synthetic": ("pairs", "one_shot", "episodes", "clustering"),
+}
+
+
+def names(spec: str) -> list[str]:
+  """Evaluator names of a comma-separated spec of evaluator or dataset names."""
+  out: list[str] = []
+  for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
+    if part in EVALUATORS:
+      out.append(part)
+    elif part in DATASET_EVALS:
+      out.extend(DATASET_EVALS[part])
+    else:
+      raise ValueError(f"evaluator {part!r} is unknown; expected one of {sorted(EVALUATORS)} "
+                       f"or a dataset name {sorted(DATASET_EVALS)}")
+  return list(dict.fromkeys(out))
+
+
+def run(spec: str, ctx: Context) -> dict[str, Metrics]:
+  """``{evaluator: metrics}`` for every evaluator named by ``spec``."""
+  return {n: EVALUATORS[n](ctx) for n in names(spec)}
+
+
+def flatten(results: dict[str, Metrics]) -> Metrics:
+  """``{"pairs/verification_accuracy": ..., ...}``: one flat dict for writers and JSON."""
+  return {f"{n}/{k}": float(v) for n, m in results.items() for k, v in m.items()}

@@ -1,0 +1,131 @@
+"""Frozen ImageNet-VGG features for transfer learning, computed once and cached on disk.
+
+With a frozen backbone every training step would recompute the same VGG forward pass;
+instead the features of every image are computed once (``features``) and the embedding
+head (``models.FeatureHead``) trains on them. The cache key covers the image bytes, the
+layer, the input size and the weights file, so a changed dataset or weights file is never
+served stale features.
+
+The network is ``infra.vgg`` (the one VGG of the codebase, also used by style transfer).
+Input: uint8 RGB (or grey, repeated to 3 channels) images, Caffe-preprocessed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from infra import vgg as vgg_lib
+from infra.progress import Progress
+
+
+def _row_keys(images: np.ndarray) -> np.ndarray:
+  """A content hash per image (S20 strings): the cache is keyed by pixels, not by position."""
+  flat = np.ascontiguousarray(images).reshape(images.shape[0], -1)
+  return np.asarray([hashlib.sha1(r.tobytes()).hexdigest()[:20] for r in flat], "S20")
+
+
+def _weights_tag(weights: str) -> str:
+  if weights in ("random", "download"):
+    return weights
+  st = os.stat(weights)
+  return hashlib.sha1(repr((os.path.abspath(weights), st.st_size, int(st.st_mtime))).encode()).hexdigest()[:12]
+
+
+def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", depth: int = 19,
+             batch_size: int = 32, cache_dir: str | None = None, name: str = "images") -> np.ndarray:
+  """VGG activations of ``layer`` for every image: float32 ``(N, h, w, C_layer)``.
+
+  ``images_NxHxWxC``: uint8 0..255, C = 3 (RGB) or 1 (grey: repeated). ``weights``: a Keras
+  notop HDF5 path, "download" or "random" (tests). With ``cache_dir``, features are stored
+  per image content in ``<cache_dir>/vgg<depth>_<layer>_<size>_<weights>.npz`` (written
+  atomically): a subset, a superset or a reordering of cached images costs only the new ones.
+  """
+  x = np.asarray(images_NxHxWxC)
+  if x.ndim != 4 or x.shape[-1] not in (1, 3):
+    raise ValueError(f"{name}: VGG features need (N, H, W, 1 or 3) images, got shape {x.shape}")
+  if layer not in vgg_lib.layer_names(depth):
+    raise ValueError(f"data.features layer {layer!r} is not a VGG{depth} layer; valid: "
+                     f"{vgg_lib.layer_names(depth)}")
+  need = vgg_lib.min_input_size([layer])
+  if min(x.shape[1:3]) < need:
+    raise ValueError(f"{name}: {x.shape[1]}x{x.shape[2]} px images are smaller than the {need} px "
+                     f"per side that VGG layer {layer} needs; raise data.image_size")
+  keys = _row_keys(x)
+  path = None
+  store_keys, store_feats = np.zeros(0, "S20"), None
+  if cache_dir:
+    tag = f"vgg{depth}_{layer}_{x.shape[1]}x{x.shape[2]}x{x.shape[3]}_{_weights_tag(weights)}"
+    path = os.path.join(os.path.expanduser(cache_dir), tag + ".npz")
+    if os.path.exists(path):
+      with np.load(path) as z:
+        store_keys, store_feats = z["keys"], z["features"]
+  known = dict(zip(store_keys.tolist(), range(store_keys.size)))
+  missing_rows = {}
+  for r, k in enumerate(keys.tolist()):
+    if k not in known and k not in missing_rows:
+      missing_rows[k] = r
+  if missing_rows:
+    rows = np.fromiter(missing_rows.values(), np.int64)
+    new = _compute(x[rows], weights, layer, depth, batch_size, name)
+    store_keys = np.concatenate([store_keys, keys[rows]])
+    store_feats = new if store_feats is None else np.concatenate([store_feats, new])
+    known = dict(zip(store_keys.tolist(), range(store_keys.size)))
+    if path:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      tmp = f"{path}.tmp{os.getpid()}.npz"
+      np.savez(tmp, keys=store_keys, features=store_feats)
+      os.replace(tmp, path)
+  return store_feats[np.asarray([known[k] for k in keys.tolist()], np.int64)]
+
+
+def _compute(x: np.ndarray, weights: str, layer: str, depth: int, batch_size: int,
+             name: str) -> np.ndarray:
+  model = vgg_lib.load_vgg(weights, depth, "max")
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def run(state, batch):
+    rgb = batch.astype(jnp.float32)
+    if rgb.shape[-1] == 1:
+      rgb = jnp.repeat(rgb, 3, axis=-1)
+    return nnx.merge(graphdef, state).features(vgg_lib.preprocess_caffe(rgb), (layer,))[layer]
+
+  out = []
+  progress = Progress(x.shape[0], 0, unit="img")
+  for i in range(0, x.shape[0], batch_size):
+    chunk = x[i:i + batch_size]
+    pad = batch_size - chunk.shape[0]
+    if pad:   # one compiled shape
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+    out.append(np.asarray(run(state, chunk))[:batch_size - pad])
+    done = i + batch_size - pad
+    if i == 0:
+      progress.mark_compiled(done)
+    if (i // batch_size) % 20 == 0 or done == x.shape[0]:
+      print(f"VGG{depth} {layer} features of {name}: {progress.line(done)}", flush=True)
+  return np.concatenate(out).astype(np.float32)
+
+
+def transform_for(config) -> Callable[[np.ndarray, str], np.ndarray] | None:
+  """``config.data.features`` ("" or "vgg19:pool5", "vgg16:conv5_3", ...) as an
+  ``(images, name) -> features`` function, or None for raw images."""
+  spec = str(config.data.features)
+  if not spec:
+    return None
+  net, _, layer = spec.partition(":")
+  if net not in ("vgg16", "vgg19") or not layer:
+    raise ValueError(f"config.data.features={spec!r}: expected '' or 'vgg19:<layer>' / 'vgg16:<layer>'")
+  depth = int(net[3:])
+  cache = config.data.features_cache or os.path.join(os.path.expanduser(config.data.tfds_dir), "features")
+
+  def transform(images: np.ndarray, name: str = "images") -> np.ndarray:
+    return features(images, weights=config.model.vgg_weights, layer=layer, depth=depth,
+                    cache_dir=cache, name=name)
+  return transform

@@ -1,0 +1,115 @@
+"""Train one run per value of a config field and report every metric as mean +- std.
+
+  # LFW View 2: ten models, each trained on nine folds and tested on the tenth
+  python scripts/cross_validate.py --config=configs/facenet.py:lfw_vgg --workdir=runs/lfw_vgg \
+      --field=data.test_fold --values=0,1,2,3,4,5,6,7,8,9
+  # ORL one-shot over five splits of the people
+  python scripts/cross_validate.py --config=configs/facenet.py:orl --workdir=runs/orl \
+      --field=data.split_seed --values=0,1,2,3,4
+
+Each run lives in ``<workdir>/<field>=<value>`` and resumes (or is skipped when it has
+``results.json``), so a killed cross-validation continues where it stopped. Writes
+``<workdir>/summary.json`` (per-run and mean/std of every final metric) and, for LFW runs,
+``<workdir>/roc_lfw.png`` (each scorer's ROC over the test folds' pairs, pooled).
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/facenet.py", "FaceNet config file[:variant].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs.", required=True)
+_FIELD = flags.DEFINE_string("field", "data.test_fold", "Dotted config field to vary.")
+_VALUES = flags.DEFINE_list("values", ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+                            "Values of --field, one run each.")
+
+
+def _set(config, dotted: str, raw: str):
+  *parents, leaf = dotted.split(".")
+  node = config
+  for p in parents:
+    if p not in node:
+      raise SystemExit(f"--field={dotted}: config has no field {p!r}")
+    node = node[p]
+  if leaf not in node:
+    raise SystemExit(f"--field={dotted}: config has no field {leaf!r}")
+  node[leaf] = type(node[leaf])(raw)
+
+
+def summarize(per_run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+  """``{metric: {mean, std, n}}`` over runs (a metric missing from a run is skipped)."""
+  names = sorted({k for m in per_run.values() for k in m})
+  out = {}
+  for k in names:
+    v = np.asarray([m[k] for m in per_run.values() if k in m], np.float64)
+    out[k] = {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
+  return out
+
+
+def pooled_lfw_roc(run_dirs: list[str], path: str) -> str | None:
+  from facenet_jax import evaluators, verification
+  curves: dict[str, list] = {}
+  for d in run_dirs:
+    for f in sorted(os.listdir(d)):
+      if f.startswith("lfw_scores_fold") and f.endswith(".npz"):
+        fold = int(f[len("lfw_scores_fold"):-4])
+        with np.load(os.path.join(d, f)) as z:
+          test = z["fold"] == fold
+          for name in z.files:
+            if name not in ("fold", "issame"):
+              curves.setdefault(name, []).append((z[name][test], z["issame"][test]))
+  if not curves:
+    return None
+  roc = {}
+  for name, parts in curves.items():
+    dist = np.concatenate([p[0] for p in parts])
+    same = np.concatenate([p[1] for p in parts])
+    far, tar, _ = verification.roc(dist, same)
+    roc[name] = (far, tar)
+  return evaluators.plot_roc(path, roc, f"LFW View 2, {len(run_dirs)} test folds pooled")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  from facenet_jax import evaluators, train
+  from infra.files import write_json_atomic
+  base = _CONFIG.value
+  per_run, dirs = {}, []
+  for value in _VALUES.value:
+    config = base.copy_and_resolve_references()
+    config.unlock()
+    _set(config, _FIELD.value, value)
+    config.lock()
+    wd = os.path.join(_WORKDIR.value, f"{_FIELD.value}={value}")
+    dirs.append(wd)
+    res_path = os.path.join(wd, "results.json")
+    if os.path.exists(res_path):
+      with open(res_path) as f:
+        results = json.load(f)
+      print(f"{wd}: done before, read {res_path}", flush=True)
+    else:
+      print(f"=== {_FIELD.value}={value} -> {wd}", flush=True)
+      results = train.train_and_evaluate(config, wd)
+    per_run[value] = evaluators.flatten(results["evals"])
+  summary = summarize(per_run)
+  roc = pooled_lfw_roc(dirs, os.path.join(_WORKDIR.value, "roc_lfw.png"))
+  write_json_atomic(os.path.join(_WORKDIR.value, "summary.json"),
+                    {"field": _FIELD.value, "values": _VALUES.value, "runs": per_run,
+                     "summary": summary, "roc": roc})
+  print(f"\n{len(per_run)} runs over {_FIELD.value}; mean +- std (n)")
+  print("| metric | mean | std | n |\n|---|---|---|---|")
+  for k, s in summary.items():
+    print(f"| {k} | {s['mean']:.4f} | {s['std']:.4f} | {s['n']} |")
+  if roc:
+    print(f"pooled ROC: {roc}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,73 @@
+"""Evaluate a trained FaceNet workdir with the standard protocols; print a table.
+
+  python scripts/evaluate_facenet.py --workdir=runs/orl --eval=orl
+  python scripts/evaluate_facenet.py --workdir=runs/lfw_fold3 --eval=lfw --data_dir=/data/lfw
+  python scripts/evaluate_facenet.py --workdir=runs/x --eval=one_shot,clustering
+
+``--eval`` takes evaluator names (pairs, lfw_view2, one_shot, omniglot_runs, episodes,
+clustering) or dataset names (lfw, orl, omniglot, folder: their usual protocols); default:
+the run's ``config.evals``. ``--data_dir`` (and ``--source`` for ``folder``) point the
+run's config at another copy of the data. Writes ``eval_<name>.json`` (and ROC PNGs) into
+the workdir.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from absl import app, flags, logging  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by train_facenet.py.", required=True)
+_EVAL = flags.DEFINE_string("eval", "", "Comma-separated evaluator or dataset names.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Override config.data.data_dir.")
+_SOURCE = flags.DEFINE_string("source", "", "Override config.data.source (e.g. folder).")
+
+DATASET_SOURCES = {"lfw": "lfw", "orl": "orl", "omniglot": "omniglot", "folder": "folder"}
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+  lines = ["| evaluator | metric | value |", "|---|---|---|"]
+  for name, metrics in results.items():
+    for k, v in metrics.items():
+      lines.append(f"| {name} | {k} | {v:.4f} |")
+  return "\n".join(lines)
+
+
+def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "") -> dict:
+  from facenet_jax import evaluators, inference
+  from facenet_jax.data import sources
+  from infra.files import write_json_atomic
+  config = inference.load_config(workdir)
+  config.unlock()
+  names = [p for p in spec.split(",") if p]
+  for n in names:   # a dataset name also selects its source
+    if n in DATASET_SOURCES and not source and config.data.source != DATASET_SOURCES[n]:
+      raise SystemExit(f"--eval={n} but the run was trained on data.source="
+                       f"{config.data.source!r}; pass --source={DATASET_SOURCES[n]} to evaluate "
+                       "it on that data anyway")
+  if source:
+    config.data.source = source
+  if data_dir:
+    config.data.data_dir = data_dir
+  trained = inference.load(workdir, config)
+  train_ds, held_out = sources.load(config)
+  ctx = evaluators.Context(config=config, embed=trained.embed, held_out=held_out, train=train_ds,
+                           workdir=workdir)
+  results = evaluators.run(spec or config.evals, ctx)
+  for name, metrics in results.items():
+    write_json_atomic(os.path.join(workdir, f"eval_{name}.json"),
+                      {"step": trained.step, "data": config.data.to_dict(), "metrics": metrics})
+  return {"step": trained.step, "results": results}
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  out = evaluate(_WORKDIR.value, _EVAL.value, _DATA_DIR.value, _SOURCE.value)
+  print(f"{_WORKDIR.value} (step {out['step']})")
+  print(format_table(out["results"]))
+
+
+if __name__ == "__main__":
+  app.run(main)

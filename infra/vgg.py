@@ -360,32 +360,37 @@ class VGG(nnx.Module):
         break
       params = [(getattr(self, f"block{b}_conv{c}").kernel[...],
                  getattr(self, f"block{b}_conv{c}").bias[...]) for c in range(1, len(block) + 1)]
-      fn = _make_block(tuple(names[:stop]), self.pooling)
+      # the block returns only what is asked for and its last activation: under remat,
+      # anything it returned would be stored for the backward pass, defeating the point
+      keep = tuple(n for n in names[:stop - 1] if n in want) + (names[stop - 1],)
+      fn = _make_block(tuple(names[:stop]), keep, self.pooling)
       if self.remat:
         fn = jax.checkpoint(fn)
-      acts = fn(params, h)
-      for n, a in zip(names[:stop], acts):
+      acts = dict(zip(keep, fn(params, h)))
+      for n in keep:
         if n in want:
-          out[n] = a[0] if unbatched else a
-      h = acts[-1]
+          out[n] = acts[n][0] if unbatched else acts[n]
+      h = acts[names[stop - 1]]
     return out
 
   def __call__(self, x: jax.Array, layers: Sequence[str] = ("conv4_2",)) -> dict[str, jax.Array]:
     return self.features(x, layers)
 
 
-def _make_block(names: tuple[str, ...], pooling: str):
-  """A pure block ``(params, x) -> [activation of each name]`` (for ``jax.checkpoint``)."""
+def _make_block(names: tuple[str, ...], keep: tuple[str, ...], pooling: str):
+  """A pure block ``(params, x) -> [activation of each name in keep]`` running the layers
+  ``names`` in order (for ``jax.checkpoint``)."""
   def block(params, x):
-    acts = []
+    acts, conv = {}, 0
     for n in names:
       if n.startswith("pool"):
         x = _pool(x, pooling)
       else:
-        k, b = params[len(acts)]
+        k, b = params[conv]
+        conv += 1
         x = _conv_relu(k, b, x)
-      acts.append(x)
-    return acts
+      acts[n] = x
+    return [acts[n] for n in keep]
   return block
 
 

@@ -281,7 +281,8 @@ def calibrate_threshold(impostor_distances: np.ndarray, far: float) -> float:
   With n impostor (unknown-person) distances sorted ``d_(1) <= ... <= d_(n)`` and
   ``m = floor(far * n)`` allowed accepts, the threshold lies below ``d_(m+1)``: it is the
   midpoint between ``d_(m+1)`` and the largest impostor distance strictly below it (the
-  convention of ``verification.best_threshold``), ``d_(1) - 1`` if there is none, and
+  convention of ``verification.best_threshold``), the float just below ``d_(1)`` if there is
+  none (accept everything closer than the nearest impostor, not nothing), and
   ``d_(n)`` when ``m >= n``. Impostors tied at ``d_(m+1)`` are all rejected, so the realized
   FAR is <= ``far`` and may be lower when ties straddle the cut.
   """
@@ -297,7 +298,7 @@ def calibrate_threshold(impostor_distances: np.ndarray, far: float) -> float:
     return float(d[-1])
   cut = d[m]
   below = d[d < cut]
-  return float(0.5 * (below[-1] + cut)) if below.size else float(cut - 1.0)
+  return float(0.5 * (below[-1] + cut)) if below.size else float(np.nextafter(cut, -np.inf))
 
 
 def open_set_rates(known_dist_QxK: np.ndarray, identities_K: np.ndarray, known_probe_ids_Q: np.ndarray,

@@ -40,7 +40,7 @@ def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "")
   from infra.files import write_json_atomic
   config = inference.load_config(workdir)
   config.unlock()
-  names = [p for p in spec.split(",") if p]
+  names = [p.strip() for p in spec.split(",") if p.strip()]
   for n in names:   # a dataset name also selects its source
     if n in DATASET_SOURCES and not source and config.data.source != DATASET_SOURCES[n]:
       raise SystemExit(f"--eval={n} but the run was trained on data.source="

@@ -106,7 +106,7 @@ def test_ties_count_against_rank_one():
 def test_calibrate_threshold_hand_cases():
   d = np.array([4, 1, 3, 3, 2], float)  # sorted 1 2 3 3 4
   # far -> allowed accepts m = floor(5 far) -> threshold, accepted
-  cases = {0.0: (0.0, 0), 0.2: (1.5, 1), 0.4: (2.5, 2),
+  cases = {0.0: (np.nextafter(1.0, -np.inf), 0), 0.2: (1.5, 1), 0.4: (2.5, 2),
            0.6: (2.5, 2),   # m = 3 would split the tie at 3: both 3s are rejected
            0.8: (3.5, 4), 1.0: (4.0, 5)}
   for far, (t, accepted) in cases.items():

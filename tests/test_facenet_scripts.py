@@ -1,0 +1,368 @@
+"""End to end on the "tiny" config: train -> config.json / results.json evals ->
+scripts/evaluate_facenet.py reproduces them; inference.load errors; scripts/recognize.py
+(enroll / identify / verify); cached VGG features, a feature_head run and a fine-tuned
+vgg19 embedding; scripts/cross_validate.py's summary."""
+
+import functools
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+from flax import nnx
+from PIL import Image
+
+from configs.facenet import get_config
+from facenet_jax import inference, recognition, train, vgg_features
+from facenet_jax.data import raw, sources
+from facenet_jax.data.images import Fit, fit_image
+from infra import vgg as vgg_lib
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+EVALS = ("pairs", "one_shot", "episodes", "clustering")
+
+
+def _tiny(tmp, **overrides):
+  c = get_config("tiny")
+  c.unlock()
+  c.data.tfds_dir = str(tmp / "tfds")
+  for k, v in overrides.items():
+    target = c
+    *path, last = k.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = v
+  c.lock()
+  return c
+
+
+def _load_script(name):
+  """scripts/<name>.py as a module. The scripts define absl flags at import (two of them
+  both define --workdir); the flags a script added are removed again, so loading one never
+  collides with another (nothing here goes through their absl main)."""
+  before = set(flags.FLAGS)
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for n in set(flags.FLAGS) - before:
+    delattr(flags.FLAGS, n)
+  return module
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """One tiny training run (4 steps) with every synthetic evaluator, shared by the tests."""
+  tmp = tmp_path_factory.mktemp("tiny")
+  config = _tiny(tmp, num_steps=4, checkpoint_every=4, evals=",".join(EVALS), **{
+      "evaluation.num_episodes": 40, "evaluation.repeats": 2})
+  workdir = str(tmp / "run")
+  results = train.train_and_evaluate(config, workdir)
+  return workdir, config, results
+
+
+# ------------------------------------------------------------ train + evaluate_facenet
+
+
+def test_train_writes_config_and_evals_and_evaluate_reproduces_them(run):
+  workdir, config, results = run
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)
+  assert saved["step"] == 4 and sorted(saved["evals"]) == sorted(EVALS)
+  assert list(results["evals"]) == list(EVALS)                # run in config.evals order
+  assert saved["evals"]["pairs"] == saved["metrics"]        # the training-time evaluation
+  assert {"rank1", "rank5", "open_dir", "open_unknown_rejection_rate"} <= set(saved["evals"]["one_shot"])
+  assert saved["evals"]["episodes"]["num_episodes"] == 40
+  assert {"nmi", "purity", "oracle_nmi"} <= set(saved["evals"]["clustering"])
+  for name in EVALS:
+    assert all(np.isfinite(v) for v in saved["evals"][name].values()), name
+  # config.json is the run's config, read back field for field
+  assert inference.load_config(workdir).to_dict() == config.to_dict()
+
+  evaluate_facenet = _load_script("evaluate_facenet")
+  out = evaluate_facenet.evaluate(workdir, "pairs")
+  assert out["step"] == 4 and list(out["results"]) == ["pairs"]
+  # the same checkpoint, held-out images and pairs: the same numbers, exactly
+  assert out["results"]["pairs"] == saved["evals"]["pairs"]
+  with open(os.path.join(workdir, "eval_pairs.json")) as f:
+    written = json.load(f)
+  assert written["step"] == 4 and written["metrics"] == saved["evals"]["pairs"]
+  assert written["data"]["source"] == "synthetic"
+  # the default spec is the run's config.evals: every protocol reproduces the run's numbers
+  everything = evaluate_facenet.evaluate(workdir)["results"]
+  assert everything == saved["evals"]
+  assert sorted(f for f in os.listdir(workdir) if f.startswith("eval_")) == sorted(
+      f"eval_{n}.json" for n in EVALS)
+  # a dataset name selects that dataset's data: refused for a synthetic run unless asked
+  with pytest.raises(SystemExit, match="--source=orl"):
+    evaluate_facenet.evaluate(workdir, "orl")
+
+
+def test_load_errors_name_the_workdir_and_the_bad_input(run, tmp_path):
+  workdir, config, _ = run
+  empty = tmp_path / "empty"
+  os.makedirs(empty)
+  with pytest.raises(inference.WorkdirError, match=f"{empty}/config.json not found"):
+    inference.load(str(empty))
+  text = open(os.path.join(workdir, "config.json")).read()
+  truncated = tmp_path / "truncated"
+  os.makedirs(truncated)
+  (truncated / "config.json").write_text(text[:len(text) // 2])
+  with pytest.raises(inference.WorkdirError, match=f"{truncated}/config.json: not a readable JSON"):
+    inference.load(str(truncated))
+  extra = json.loads(text)
+  extra["data"]["colour"] = "blue"
+  (truncated / "config.json").write_text(json.dumps(extra))
+  with pytest.raises(inference.WorkdirError, match="field config.data.colour is not in"):
+    inference.load_config(str(truncated))
+  # a config but no checkpoint
+  inference.save_config(config, str(truncated))
+  with pytest.raises(inference.WorkdirError, match="holds no finished checkpoint"):
+    inference.load(str(truncated))
+
+  trained = inference.load(workdir)
+  assert trained.step == 4 and trained.input_shape == (16, 16, 3)
+  _, held = sources.load(config)
+  emb = trained.embed(held.images[:5])
+  assert emb.shape == (5, 16)
+  np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+  with pytest.raises(ValueError, match=r"shape \(20, 20, 3\) given to a model trained on \(16, 16, 3\)"):
+    trained.embed(np.zeros((2, 20, 20, 3), np.uint8))
+
+
+# ------------------------------------------------------------------------ recognize
+
+
+def test_recognize_enroll_identify_verify(run, tmp_path, monkeypatch):
+  workdir, config, results = run
+  # every recognize.run restores the workdir; one restore serves the whole test
+  monkeypatch.setattr(inference, "load", functools.lru_cache()(inference.load))
+  trained = inference.load(workdir)
+  recognize = _load_script("recognize")
+  _, held = sources.load(config)
+  people = np.unique(held.labels)[:2]
+  paths = {}
+  for name, label in zip(("alice", "bob"), people):
+    for k, row in enumerate(np.nonzero(held.labels == label)[0][:2]):
+      paths[name, k] = str(tmp_path / f"{name}{k}.png")
+      Image.fromarray(held.images[row]).save(paths[name, k])
+  # a larger, non-square photo of alice: center-cropped and resized like the training data
+  big = np.asarray(Image.fromarray(held.images[np.nonzero(held.labels == people[0])[0][1]]).resize(
+      (40, 40), Image.Resampling.NEAREST))
+  big = np.concatenate([np.zeros((40, 10, 3), np.uint8), big, np.zeros((40, 10, 3), np.uint8)], 1)
+  paths["big"] = str(tmp_path / "big.png")
+  Image.fromarray(big).save(paths["big"])
+
+  gallery = str(tmp_path / "people.npz")
+  wd = [f"--workdir={workdir}", f"--gallery={gallery}"]
+  assert recognize.run(["enroll", paths["alice", 0], "--name=alice", *wd]) == {
+      "enrolled": "alice", "people": 1}
+  assert recognize.run(["enroll", paths["bob", 0], "--name=bob", *wd])["people"] == 2
+  g = recognition.Gallery.load(gallery)
+  assert g.identities == ["alice", "bob"] and g.num_embeddings == 2
+  gal = trained.embed(np.stack([held.images[np.nonzero(held.labels == p)[0][0]] for p in people]))
+  np.testing.assert_allclose(g.emb_NxD, gal, atol=1e-6)   # the PNGs are lossless
+
+  # the run's own verification threshold by default; an enrolled image is at distance 0
+  r = recognize.run(["identify", paths["alice", 0], paths["bob", 0], *wd])
+  assert r["threshold"] == results["metrics"]["threshold"]
+  assert r["ids"] == ["alice", "bob"] and max(r["distances"]) < 1e-6
+  # an impossible threshold rejects even that
+  r = recognize.run(["identify", paths["alice", 0], "--threshold=-1", *wd])
+  assert r["ids"] == [None]
+  # another image, at threshold 0: not recognized; at the loosest threshold (4 = the
+  # largest squared distance of unit vectors): the nearest person, as NumPy finds it
+  r = recognize.run(["identify", paths["alice", 1], "--threshold=0", *wd])
+  assert r["ids"] == [None] and r["distances"][0] > 0
+  r = recognize.run(["identify", paths["alice", 1], paths["bob", 1], paths["big"], "--threshold=4", *wd])
+  fitted = fit_image(Image.fromarray(big), Fit(size=16, crop=0, channels=3))
+  assert fitted.shape == (16, 16, 3)
+  probes = np.stack([held.images[np.nonzero(held.labels == people[0])[0][1]],
+                     held.images[np.nonzero(held.labels == people[1])[0][1]], fitted])
+  d = ((trained.embed(probes)[:, None] - gal[None]) ** 2).sum(-1)
+  assert r["ids"] == [("alice", "bob")[k] for k in d.argmin(1)]
+  np.testing.assert_allclose(r["distances"], d.min(1), atol=1e-5)
+
+  r = recognize.run(["verify", paths["alice", 0], paths["bob", 0], "--name=alice", "--threshold=0.5", *wd])
+  assert r["accepted"][0] is True
+  assert r["accepted"][1] == (float(((gal[1] - gal[0]) ** 2).sum()) <= 0.5)   # bob claimed as alice
+  with pytest.raises(recognition.GalleryError, match="'zoe' is not enrolled"):
+    recognize.run(["verify", paths["alice", 0], "--name=zoe", "--threshold=1", *wd])
+  with pytest.raises(SystemExit, match="verify needs --name"):
+    recognize.run(["verify", paths["alice", 0], "--threshold=1", *wd])
+
+  missing = str(tmp_path / "nobody.npz")
+  with pytest.raises(recognition.GalleryError, match=f"{missing}' does not exist"):
+    recognize.run(["identify", paths["alice", 0], f"--workdir={workdir}", f"--gallery={missing}"])
+  empty = tmp_path / "empty.npz"
+  empty.write_bytes(b"")
+  with pytest.raises(recognition.GalleryError, match=f"{empty}' is not a readable gallery"):
+    recognize.run(["identify", paths["alice", 0], f"--workdir={workdir}", f"--gallery={empty}"])
+  bad = tmp_path / "broken.png"
+  bad.write_bytes(open(paths["bob", 1], "rb").read()[:40])
+  with pytest.raises(raw.DataError, match=f"{bad}: not an image PIL can read"):
+    recognize.run(["identify", str(bad), "--threshold=1", *wd])
+  with pytest.raises(raw.DataError, match="nope.png: cannot read"):
+    recognize.run(["identify", str(tmp_path / "nope.png"), "--threshold=1", *wd])
+
+
+# ---------------------------------------------------------------------- VGG features
+
+
+@functools.lru_cache()
+def _random_vgg19():
+  return nnx.split(vgg_lib.load_vgg("random", 19, "max"))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _vgg_forward(state, rgb, layer):
+  return nnx.merge(_random_vgg19()[0], state).features(vgg_lib.preprocess_caffe(rgb), (layer,))[layer]
+
+
+def _vgg_reference(images, layer):
+  """The activation of ``layer`` of the random VGG19 for uint8 RGB (or grey) images."""
+  rgb = np.asarray(images, np.float32)
+  if rgb.shape[-1] == 1:
+    rgb = np.repeat(rgb, 3, axis=-1)
+  return np.asarray(_vgg_forward(_random_vgg19()[1], rgb, layer))
+
+
+def test_vgg_features_match_vgg_and_are_cached_by_content(tmp_path, monkeypatch):
+  images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+  cache = str(tmp_path / "features")
+  computed = []
+  real_compute = vgg_features._compute
+
+  def counting(x, *args):
+    computed.append(x.shape[0])
+    return real_compute(x, *args)
+
+  monkeypatch.setattr(vgg_features, "_compute", counting)
+  f = vgg_features.features(images, weights="random", layer="conv2_1", cache_dir=cache, batch_size=3)
+  assert f.shape == (8, 16, 16, 128) and f.dtype == np.float32 and computed == [8]
+  np.testing.assert_allclose(f, _vgg_reference(images, "conv2_1"), rtol=1e-4, atol=1e-3)
+  files = os.listdir(cache)
+  assert files == ["vgg19_conv2_1_32x32x3_random.npz"]
+
+  # a reordered subset, with a repeat: read from the cache, nothing computed
+  def fail(*args):
+    raise AssertionError("features were recomputed")
+  monkeypatch.setattr(vgg_features, "_compute", fail)
+  rows = [5, 2, 7, 2, 0]
+  np.testing.assert_array_equal(
+      vgg_features.features(images[rows], weights="random", layer="conv2_1", cache_dir=cache), f[rows])
+  # a superset computes only the new images (a repeated new image once)
+  monkeypatch.setattr(vgg_features, "_compute", counting)
+  new = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  more = np.concatenate([new[:1], images[3:6], new, new[1:]])
+  g = vgg_features.features(more, weights="random", layer="conv2_1", cache_dir=cache)
+  assert computed == [8, 2]
+  np.testing.assert_array_equal(g[1:4], f[3:6])
+  np.testing.assert_array_equal(g[0], g[4])
+  np.testing.assert_array_equal(g[5], g[6])
+  np.testing.assert_allclose(g[[0, 5]], _vgg_reference(new, "conv2_1"), rtol=1e-4, atol=1e-3)
+  with np.load(os.path.join(cache, files[0])) as z:
+    assert z["keys"].shape == (10,) and z["features"].shape == (10, 16, 16, 128)
+
+
+def test_vgg_features_grey_images_and_errors(tmp_path):
+  grey = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
+  cache = str(tmp_path / "features")
+  f = vgg_features.features(grey, weights="random", layer="pool1", cache_dir=cache)
+  assert f.shape == (3, 16, 16, 64)
+  rgb = vgg_features.features(np.repeat(grey, 3, axis=-1), weights="random", layer="pool1")
+  np.testing.assert_allclose(f, rgb, rtol=1e-6, atol=1e-5)
+  np.testing.assert_allclose(f, _vgg_reference(grey, "pool1"), rtol=1e-4, atol=1e-3)
+  assert os.listdir(cache) == ["vgg19_pool1_32x32x1_random.npz"]   # grey and RGB keyed apart
+  with pytest.raises(ValueError, match="'conv5_4' is not a VGG16 layer"):
+    vgg_features.features(grey, weights="random", layer="conv5_4", depth=16)
+  with pytest.raises(ValueError, match=r"faces: 16x16 px images are smaller than the 32 px .* pool5"):
+    vgg_features.features(grey[:, :16, :16], weights="random", layer="pool5", name="faces")
+  with pytest.raises(ValueError, match=r"faces: VGG features need \(N, H, W, 1 or 3\)"):
+    vgg_features.features(grey[..., 0], weights="random", name="faces")
+
+
+def test_feature_head_trains_on_cached_vgg_features(tmp_path, monkeypatch):
+  config = _tiny(tmp_path, num_steps=3, evals="pairs", **{
+      "data.features": "vgg19:pool1", "model.name": "feature_head", "model.vgg_weights": "random",
+      "augment.flip": False, "augment.crop_pad": 0})
+  workdir = str(tmp_path / "run")
+  r = train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  assert r["step"] == 3 and os.path.exists(os.path.join(workdir, "results.json"))
+  assert np.isfinite(r["metrics"]["verification_accuracy"]) and np.isfinite(r["train_metrics"]["loss"])
+  train_ds, held = sources.load(config)
+  cache = tmp_path / "tfds" / "features" / "vgg19_pool1_16x16x3_random.npz"
+  with np.load(cache) as z:
+    assert z["features"].shape == (len(train_ds) + len(held), 8, 8, 64)
+  # the restored run takes raw images and runs the (cached) backbone first
+  computed = []
+  real_compute = vgg_features._compute
+  monkeypatch.setattr(vgg_features, "_compute",
+                      lambda x, *a: computed.append(x.shape[0]) or real_compute(x, *a))
+  trained = inference.load(workdir)
+  assert trained.input_shape == (16, 16, 3)
+  emb = trained.embed(held.images)
+  assert emb.shape == (len(held), 16) and computed == [1]   # only load()'s zero-image shape probe
+  np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def test_vgg19_embedding_forward_and_fine_tuning_step():
+  config = get_config("tiny")
+  config.unlock()
+  config.model.update(name="vgg19", vgg_weights="random", vgg_layer="pool2")
+  config.optim.warmup_steps = 0
+  config.augment.update(flip=False, crop_pad=0)
+  config.lock()
+  graphdef, tx, state = train.create_train_state(config, example_shape=(32, 32, 3))
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+  emb = jax.jit(train.make_embed_fn(graphdef))(state["params"], state["model_state"], images)
+  assert emb.shape == (8, 16)
+  np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+  # the backbone is the seeded random VGG19 of infra.vgg; the head sees its pool2 activations
+  # of the Caffe-preprocessed uint8 images (8x8x128 at 32x32)
+  model = nnx.merge(graphdef, state["params"], state["model_state"])
+  np.testing.assert_array_equal(model.backbone.block1_conv1.kernel[...],
+                                _random_vgg19()[1]["block1_conv1"]["kernel"][...])
+  pool2 = _vgg_reference(images, "pool2")
+  assert pool2.shape == (8, 8, 8, 128)
+  np.testing.assert_allclose(emb, model.head(jnp.asarray(pool2), train=False), rtol=1e-4, atol=1e-5)
+
+  before = jax.tree.map(np.asarray, state["params"])
+  batch = {"images": images, "labels": np.repeat(np.arange(4, dtype=np.int32), 2),
+           "mask": np.ones(8, bool)}
+  # compiled without LLVM optimization: the same step, half the compile time on a busy CPU
+  step_fn = jax.jit(train.make_train_step(graphdef, tx, config)).lower(state, batch).compile(
+      {"xla_backend_optimization_level": 0})
+  new, metrics = step_fn(state, batch)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+  after = nnx.merge(graphdef, new["params"], new["model_state"]).backbone
+  old = nnx.merge(graphdef, before, state["model_state"]).backbone
+  # layers before pool2 get gradients: Adam's first step moves each weight by ~lr
+  step = np.abs(np.asarray(after.block1_conv1.kernel[...]) - np.asarray(old.block1_conv1.kernel[...]))
+  assert step.mean() > 0.1 * config.optim.learning_rate
+  step = np.abs(np.asarray(after.block2_conv2.kernel[...]) - np.asarray(old.block2_conv2.kernel[...]))
+  assert step.mean() > 0.1 * config.optim.learning_rate
+  # layers after pool2 get none: only AdamW's decay, w <- w (1 - lr wd)
+  lr, wd = config.optim.learning_rate, config.optim.weight_decay
+  w = np.asarray(old.block5_conv1.kernel[...])
+  np.testing.assert_allclose(np.asarray(after.block5_conv1.kernel[...]), w * (1 - lr * wd), rtol=1e-6)
+
+
+# --------------------------------------------------------------------- cross_validate
+
+
+def test_cross_validate_summary_against_numpy():
+  cv = _load_script("cross_validate")
+  per_run = {"0": {"a/x": 0.5, "a/y": 2.0}, "1": {"a/x": 0.75, "a/y": 4.0, "b": 1.0},
+             "2": {"a/x": 0.25, "a/y": 3.0}}
+  s = cv.summarize(per_run)
+  assert list(s) == ["a/x", "a/y", "b"]
+  for k, values in (("a/x", [0.5, 0.75, 0.25]), ("a/y", [2.0, 4.0, 3.0]), ("b", [1.0])):
+    assert s[k]["mean"] == pytest.approx(np.mean(values))
+    assert s[k]["std"] == pytest.approx(np.std(values))
+    assert s[k]["n"] == len(values)
+  assert s["b"]["std"] == 0.0

@@ -198,12 +198,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   t_start = time.time()
   check_config(config)
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_data_mesh(devices)
   lead = jax.process_index() == 0
 
-  if lead:   # before any step: scripts/evaluate_facenet.py rebuilds the model from it
-    inference.save_config(config, workdir)
   train_ds, eval_ds = sources.load(config)
   raw_train_ds, raw_eval_ds = train_ds, eval_ds
   features = vgg_features.transform_for(config)
@@ -233,6 +230,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   embed_fn = jax.jit(make_embed_fn(graphdef), in_shardings=(repl, repl, batch_sh),
                      out_shardings=repl)
 
+  # nothing is written before the data, the config and the model have been checked: a bad
+  # input leaves no partial workdir behind
+  os.makedirs(workdir, exist_ok=True)
+  if lead:   # before any step: scripts/evaluate_facenet.py rebuilds the model from it
+    inference.save_config(config, workdir)
   ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
                                   every=config.checkpoint_every, keep=config.keep_checkpoints)
   restored = ckpt.restore(state)

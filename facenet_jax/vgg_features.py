@@ -64,8 +64,13 @@ def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", 
     tag = f"vgg{depth}_{layer}_{x.shape[1]}x{x.shape[2]}x{x.shape[3]}_{_weights_tag(weights)}"
     path = os.path.join(os.path.expanduser(cache_dir), tag + ".npz")
     if os.path.exists(path):
-      with np.load(path) as z:
-        store_keys, store_feats = z["keys"], z["features"]
+      try:
+        with np.load(path, allow_pickle=False) as z:
+          store_keys, store_feats = z["keys"], z["features"]
+      except Exception as e:   # a cache, not data: a corrupt copy is recomputed and replaced
+        print(f"{path}: unreadable feature cache ({type(e).__name__}: {e}); recomputing it",
+              flush=True)
+        store_keys, store_feats = np.zeros(0, "S20"), None
   known = dict(zip(store_keys.tolist(), range(store_keys.size)))
   missing_rows = {}
   for r, k in enumerate(keys.tolist()):

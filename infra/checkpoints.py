@@ -3,12 +3,25 @@
 A checkpoint holds one pytree of arrays (``state``) and a small JSON dict (``meta``).
 Orbax writes each step into a temporary directory and renames it when complete, so a
 process killed mid-save leaves the previous checkpoints intact and no half-written step
-is ever listed.
+is ever listed. Old steps beyond ``keep`` are first *renamed* into ``.trash/`` and only
+then deleted, so a kill during the deletion cannot leave a half-deleted step listed
+either. A save that fails (disk full, permissions) removes its temporary directory and
+raises CheckpointError; the earlier steps are untouched.
+
+Fault injection (tests and ``scripts/soak.py`` only; off by default): with
+``$INFRA_CHECKPOINT_WRITE_DELAY=SECONDS`` every save prints
+``checkpoint-write-window step=N seconds=S`` and sleeps S seconds in the middle of the
+write (arrays written to the temporary directory, metadata not yet, nothing renamed),
+so that a SIGKILL can be aimed inside the write.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
@@ -33,6 +46,60 @@ def _leaf_paths(tree: Any) -> dict[str, Any]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+WRITE_DELAY_ENV = "INFRA_CHECKPOINT_WRITE_DELAY"
+TRASH = ".trash"
+
+
+def _write_delay() -> float:
+  v = os.environ.get(WRITE_DELAY_ENV, "")
+  try:
+    return float(v) if v else 0.0
+  except ValueError:
+    raise ValueError(f"${WRITE_DELAY_ENV}={v!r}: expected seconds (a number)") from None
+
+
+def _meta_handler() -> ocp.JsonCheckpointHandler:
+  """The JSON ``meta`` item's handler; under $INFRA_CHECKPOINT_WRITE_DELAY it widens the
+  write window. (Orbax maps save args to handler *classes*, so the delay wraps this
+  instance's method instead of subclassing.)"""
+  handler = ocp.JsonCheckpointHandler()
+  handler.fault_step = -1
+  inner = handler.async_save
+
+  async def async_save(directory, *args, **kwargs):
+    delay = _write_delay()
+    if delay > 0:   # the state arrays are in the temporary directory; nothing is renamed yet
+      print(f"checkpoint-write-window step={handler.fault_step} seconds={delay}", flush=True)
+      time.sleep(delay)
+    return await inner(directory, *args, **kwargs)
+
+  handler.async_save = async_save
+  return handler
+
+
+DIGEST_KEY = "state_sha256"
+
+
+def state_digest(tree: Any) -> str | None:
+  """SHA-256 over every leaf's path, dtype, shape and bytes (None if some leaf is not held
+  whole by this process, e.g. a sharded multi-host array)."""
+  h = hashlib.sha256()
+  for key, leaf in sorted(_leaf_paths(tree).items()):
+    if isinstance(leaf, jax.Array):
+      if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+      if leaf.is_fully_addressable:
+        leaf = np.asarray(leaf)
+      elif leaf.is_fully_replicated:
+        leaf = np.asarray(leaf.addressable_data(0))
+      else:
+        return None
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{key}\0{a.dtype.str}\0{a.shape}\0".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
 class Checkpointer:
   """Saves every ``every`` steps (and on request), keeps the last ``keep``.
 
@@ -42,22 +109,36 @@ class Checkpointer:
     keep: how many of the most recent checkpoints to keep.
   """
 
-  def __init__(self, directory: str | os.PathLike, *, every: int, keep: int = 3):
+  def __init__(self, directory: str | os.PathLike, *, every: int, keep: int = 3,
+               read_only: bool = False):
     self.directory = os.path.abspath(os.fspath(directory))
-    try:
-      os.makedirs(self.directory, exist_ok=True)
-    except OSError as e:
-      raise CheckpointError(f"cannot create checkpoint directory {self.directory}: {e}") from e
-    if not os.access(self.directory, os.W_OK):
-      raise CheckpointError(f"checkpoint directory {self.directory} is not writable")
+    self.read_only = bool(read_only)
+    if read_only:
+      if not os.path.isdir(self.directory):
+        raise CheckpointError(f"checkpoint directory {self.directory} does not exist")
+    else:
+      try:
+        os.makedirs(self.directory, exist_ok=True)
+      except OSError as e:
+        raise CheckpointError(f"cannot create checkpoint directory {self.directory}: "
+                              f"{e.strerror or e}") from e
+      if not _writable(self.directory):
+        raise CheckpointError(
+            f"checkpoint directory {self.directory} is not writable; the checkpoints already "
+            f"in it ({_listed_steps(self.directory)}) are untouched (to evaluate them, restore "
+            f"read-only)")
     self.every = int(every)
+    self._meta_handler = _meta_handler()
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-            enable_async_checkpointing=False),
+            max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=False, read_only=read_only,
+            todelete_subdir=None if read_only else TRASH),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+                       "meta": self._meta_handler})
+    if not read_only:
+      self._empty_trash()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -69,20 +150,55 @@ class Checkpointer:
     """Writes ``state`` at ``step`` if due (or ``force``); returns whether it saved."""
     if not force and step % self.every:
       return False
+    if self.read_only:
+      raise CheckpointError(f"{self.directory} was opened read-only; step {step} not saved")
     if step in self._manager.all_steps():
       return False
+    self._meta_handler.fault_step = int(step)
+    meta = dict(meta or {}, step=int(step))
+    digest = state_digest(state)   # restore checks it: bit rot inside array data is caught too
+    if digest is not None:
+      meta[DIGEST_KEY] = digest
     try:
       saved = self._manager.save(
           step,
           args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  meta=ocp.args.JsonSave(dict(meta or {}, step=int(step)))),
+                                  meta=ocp.args.JsonSave(meta)),
           force=True)
       self._manager.wait_until_finished()
     except Exception as e:  # disk full, permissions, ...: the older steps are untouched
+      self._remove_partial(step)
+      why = getattr(e, "strerror", None) or str(e)
       raise CheckpointError(
-          f"saving step {step} to {self.directory} failed ({type(e).__name__}: {e}); "
-          f"earlier checkpoints {self.all_steps()} are intact") from e
+          f"saving step {step} to {self.directory} failed ({type(e).__name__}: {why}); "
+          f"the partial write was removed and the earlier checkpoints {self.all_steps()} are "
+          f"intact: free space / fix permissions and run again to resume from "
+          f"{self.latest_step()}") from e
+    self._empty_trash()
     return bool(saved)
+
+  def _remove_partial(self, step: int) -> None:
+    """Deletes the temporary directory of a failed save of ``step`` (never a finished step)."""
+    for tmp in glob.glob(os.path.join(glob.escape(self.directory), f"{step}.orbax-checkpoint-tmp*")):
+      shutil.rmtree(tmp, ignore_errors=True)
+    self._manager.reload()
+
+  def _empty_trash(self) -> None:
+    shutil.rmtree(os.path.join(self.directory, TRASH), ignore_errors=True)
+
+  def verify(self, step: int) -> None:
+    """Reads every array of ``step`` back (no target structure needed); CheckpointError if not."""
+    path = os.path.join(self.directory, str(step))
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                        meta=ocp.args.JsonRestore()))
+      meta = dict(restored.meta or {})
+      if int(meta.get("step", step)) != step:
+        raise ValueError(f"meta says step {meta.get('step')}")
+    except Exception as e:
+      raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {e})") from e
+    self._check_digest(path, restored.state, meta, step)
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
     """Restores ``step`` (default latest) into the structure/shardings of ``abstract_state``.
@@ -105,7 +221,18 @@ class Checkpointer:
           f"checkpoint {path} could not be restored ({type(e).__name__}: {e}); it may be "
           f"corrupt: delete that step directory to resume from an earlier one "
           f"({[s for s in self.all_steps() if s != step]})") from e
-    return step, restored.state, dict(restored.meta or {})
+    meta = dict(restored.meta or {})
+    self._check_digest(path, restored.state, meta, step)
+    return step, restored.state, meta
+
+  def _check_digest(self, path: str, state: Any, meta: dict, step: int) -> None:
+    want = meta.pop(DIGEST_KEY, None)
+    got = state_digest(state) if want is not None else None
+    if want is not None and got is not None and got != want:
+      raise CheckpointError(
+          f"checkpoint {path} is corrupt: its arrays do not match the SHA-256 recorded when "
+          f"it was saved; delete that step directory to resume from an earlier one "
+          f"({[s for s in self.all_steps() if s != step]})")
 
   def _check_compatible(self, step: int, abstract_state: Any, path: str) -> None:
     try:
@@ -132,3 +259,20 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _listed_steps(directory: str) -> list[int]:
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def _writable(directory: str) -> bool:
+  """Whether a file can be created in ``directory`` (os.access is wrong for root and for
+  read-only mounts, so try)."""
+  probe = os.path.join(directory, f".write-probe-{os.getpid()}")
+  try:
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+    return True
+  except OSError:
+    return False

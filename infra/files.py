@@ -8,20 +8,33 @@ import tempfile
 from typing import Any
 
 
+class WriteError(OSError):
+  """A result file that could not be written (names the file; the old version is kept)."""
+
+  def __str__(self) -> str:
+    return self.strerror
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes ``obj`` as JSON to ``path`` via a temporary file and an atomic rename."""
   directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  text = json.dumps(obj, indent=2, sort_keys=True, default=_default)   # before touching disk
+  tmp = None
   try:
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, default=_default)
+      f.write(text)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
+  except BaseException as e:
+    if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError):
+      kept = "the previous version is unchanged" if os.path.exists(path) else "nothing was written"
+      raise WriteError(e.errno, f"cannot write {path}: {e.strerror or e} ({kept}); is "
+                       f"{directory} writable and the disk not full?") from e
     raise
 
 

@@ -30,7 +30,9 @@ class MetricWriter:
       from tensorboard.summary.writer.event_file_writer import EventFileWriter
       os.makedirs(logdir, exist_ok=True)
       self._events = EventFileWriter(logdir)
-      self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+      path = os.path.join(logdir, "metrics.jsonl")
+      _drop_partial_last_line(path)
+      self._jsonl = open(path, "a")
 
   def _event(self, step: int, values) -> None:
     from tensorboard.compat.proto.event_pb2 import Event
@@ -87,6 +89,32 @@ class MetricWriter:
       self._events.close()
       self._jsonl.close()
       self.enabled = False
+
+
+def _drop_partial_last_line(path: str) -> None:
+  """A process killed mid-write leaves a last line without its newline: cut it off, so the
+  rows appended by the resumed run do not follow half a JSON object."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    if size == 0:
+      return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+      return
+    keep, pos = 0, size
+    while pos > 0:   # the last newline, read backwards in blocks
+      n = min(65536, pos)
+      f.seek(pos - n)
+      block = f.read(n)
+      k = block.rfind(b"\n")
+      if k >= 0:
+        keep = pos - n + k + 1
+        break
+      pos -= n
+    f.truncate(keep)
 
 
 def read_metrics(logdir: str) -> list[dict]:

@@ -413,7 +413,11 @@ def _layer_arrays(root, layer: str, path: str) -> tuple[np.ndarray, np.ndarray]:
   if not names:
     names = []
     g.visititems(lambda n, obj: names.append(n) if hasattr(obj, "shape") else None)
-  arrays = [np.asarray(g[n]) for n in names]
+  try:
+    arrays = [np.asarray(g[n]) for n in names]
+  except (OSError, KeyError, ValueError) as e:   # truncated or corrupt data, a dangling name
+    raise WeightsError(f"{path}: layer {layer}: its weights cannot be read ({type(e).__name__}: "
+                       f"{e}); the file is truncated or corrupt") from e
   kernels = [a for a in arrays if a.ndim == 4]
   biases = [a for a in arrays if a.ndim == 1]
   if len(kernels) != 1 or len(biases) != 1:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from infra import imagefile
 
 
 class ImageError(ValueError):
@@ -20,26 +22,16 @@ def load_image(path: str, field: str = "image") -> np.ndarray:
 
   EXIF orientation is applied; grayscale (L, I;16, I), palette, CMYK and alpha images are
   converted to RGB (alpha is dropped). ``field`` (e.g. "config.style") names where the path
-  came from in the errors: FileNotFoundError for a missing file, ImageError for a file
-  PIL cannot decode.
+  came from in the errors: FileNotFoundError for a missing file (or a directory),
+  ImageError for a file PIL cannot decode, an empty one, or one above
+  ``infra.imagefile.max_pixels()`` (refused from its header, before decoding).
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{field}: image file {path!r} does not exist")
-  try:
-    with Image.open(path) as im:
-      im = ImageOps.exif_transpose(im)
-      im.load()
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-    raise ImageError(f"{field}: {path!r} is not an image PIL can read ({e})") from e
-  if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):   # 16/32-bit grayscale: to 8 bits
-    a = np.asarray(im, np.float64)
-    hi = 65535.0 if a.max() > 255 else 255.0
-    im = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-  rgb = np.asarray(im.convert("RGB"), np.uint8)
-  if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-    raise ImageError(f"{field}: {path!r} has no pixels ({rgb.shape[1]}x{rgb.shape[0]})")
-  return rgb
+    what = "is a directory, not an image file" if os.path.isdir(path) else "does not exist"
+    raise FileNotFoundError(f"{field}: image file {path!r} {what}")
+  im = imagefile.decode(path, f"{field}: {path!r}", "RGB", error=ImageError)
+  return np.asarray(im, np.uint8)
 
 
 def size_for_longest(shape: tuple[int, ...], longest: int) -> tuple[int, int]:

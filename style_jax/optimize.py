@@ -349,7 +349,6 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config)
   objective = objective_from_config(config)
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   content_path, content_rgb, style_paths, style_rgbs = _load_inputs(config)
   check_sizes(config, objective, content_path, content_rgb.shape, style_paths,
               [s.shape for s in style_rgbs])
@@ -362,6 +361,7 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            cache_dir=config.weights_cache or None, remat=config.remat,
                            seed=config.seed)
   graphdef, vgg_state = nnx.split(model)
+  os.makedirs(workdir, exist_ok=True)   # only once the inputs, config and weights are good
   features_fn, terms_fn, step_fn, tx = compiled_functions(
       graphdef, objective, (config.optimizer, float(config.learning_rate),
                             int(config.lbfgs_memory), int(config.lbfgs_linesearch_steps)))

@@ -14,8 +14,9 @@ import io
 import os
 import re
 import zipfile
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from infra import imagefile
 
 
 class DataError(ValueError):
@@ -29,31 +30,15 @@ def natural_key(s: str) -> list:
 
 # -- images -------------------------------------------------------------------------------
 
-def _to_mode(im: Image.Image, mode: str) -> Image.Image:
-  if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):   # 16/32-bit grey: to 8 bits
-    a = np.asarray(im, np.float64)
-    hi = 65535.0 if a.max() > 255 else 255.0
-    im = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-  # mode "1" (Omniglot) converts to 0/255, not 0/1
-  return im if im.mode == mode else im.convert(mode)
-
-
 def decode_image(data: bytes, where: str, mode: str = "RGB") -> Image.Image:
   """Decodes every pixel of ``data`` (so truncated files fail here), EXIF-upright.
 
   ``mode``: "L" (8-bit grey) or "RGB". Raises DataError naming ``where`` for bytes PIL
-  cannot decode or an image without pixels.
+  cannot decode, an empty file, an image without pixels, or one larger than
+  ``infra.imagefile.max_pixels()`` (checked from the header, before decoding). See
+  ``infra/imagefile.py`` for the conversions (16-bit, palette, CMYK, alpha).
   """
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      im.load()
-      im = ImageOps.exif_transpose(im)
-      im = _to_mode(im, mode)
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise DataError(f"{where}: not an image PIL can read ({type(e).__name__}: {e})") from e
-  if im.width == 0 or im.height == 0:
-    raise DataError(f"{where}: image has no pixels ({im.width}x{im.height})")
-  return im
+  return imagefile.decode(data, where, mode, error=DataError)
 
 
 def encode_png(im: Image.Image) -> bytes:
@@ -146,7 +131,8 @@ def lfw_image_path(name: str, num: int) -> str:
 def parse_lfw_pairs(text: str, where: str) -> list[LfwPair]:
   """Parses LFW View 2 pairs.txt: a header ``FOLDS<TAB>N``, then per fold N matched lines
   ``name i j`` and N mismatched lines ``name1 i name2 j``. Fields may be separated by
-  tabs or spaces. Raises DataError naming ``where`` and the line."""
+  tabs or spaces. Raises DataError naming ``where`` and the line, also for a line that
+  repeats an earlier pair (same order) or pairs an image with itself."""
   lines = text.splitlines()
   while lines and not lines[-1].strip():
     lines.pop()
@@ -159,7 +145,7 @@ def parse_lfw_pairs(text: str, where: str) -> list[LfwPair]:
   if len(lines) - 1 != folds * 2 * n:
     raise DataError(f"{where}: header says {folds} folds x (2 x {n}) pairs = {folds * 2 * n} "
                     f"lines, but {len(lines) - 1} follow it")
-  pairs = []
+  pairs, seen = [], {}
   for k, raw in enumerate(lines[1:]):
     lineno, fold, issame = k + 2, k // (2 * n), (k % (2 * n)) < n
     f = raw.split()
@@ -170,9 +156,20 @@ def parse_lfw_pairs(text: str, where: str) -> list[LfwPair]:
       raise DataError(f"{where}: line {lineno}: expected a {'matched' if issame else 'mismatched'} "
                       f"pair {kind} (fold {fold}), got {raw!r}")
     if issame:
-      pairs.append(LfwPair(lineno, fold, True, f[0], int(f[1]), f[0], int(f[2])))
+      p = LfwPair(lineno, fold, True, f[0], int(f[1]), f[0], int(f[2]))
     else:
-      pairs.append(LfwPair(lineno, fold, False, f[0], int(f[1]), f[2], int(f[3])))
+      p = LfwPair(lineno, fold, False, f[0], int(f[1]), f[2], int(f[3]))
+    a, b = (p.name_a, p.num_a), (p.name_b, p.num_b)
+    if a == b:
+      raise DataError(f"{where}: line {lineno}: pairs image {lfw_image_path(*a)} with itself")
+    # a repeated line would count twice in the accuracy; the reversed pair (b, a) is allowed
+    # (tiny fixtures need it; the official file has no repeat in either order)
+    key = (a, b)
+    if key in seen:
+      raise DataError(f"{where}: line {lineno}: duplicates the pair on line {seen[key]} "
+                      f"({lfw_image_path(*a)}, {lfw_image_path(*b)}); each pair may appear once")
+    seen[key] = lineno
+    pairs.append(p)
   return pairs
 
 

@@ -1,0 +1,512 @@
+"""A corpus of bad inputs: each case asserts a specific, readable error (naming the file,
+field or value and what was expected) or a documented correct handling, and that no
+partial output or corrupted state is left behind.
+
+Cases asserted elsewhere (not repeated here):
+  pairs.txt naming a missing image .... test_data_builders::test_lfw_pairs_naming_a_missing_image_names_line_and_path
+  pairs.txt bad header / fold overlap . test_data_builders::test_bad_pairs_files_are_named
+  unknown / mistyped --config.KEY ..... test_train::test_unknown_and_mistyped_command_line_overrides_are_errors
+  NaN in the input images ............. test_train::test_nan_in_input_data_is_named
+  K > images of an identity (masked) .. test_train::test_more_images_per_identity_than_available_is_handled
+  HDF5 missing layer / kernel shape ... test_vgg::test_loader_errors_name_the_layer
+  gallery of another embedding size ... test_recognition::test_bad_gallery_files
+  person not in the gallery ........... test_recognition::test_person_not_in_gallery_is_not_recognized_and_verify
+The cases below are new, or extend those with the no-partial-output check.
+"""
+
+import io
+import json
+import os
+import struct
+import zlib
+
+import h5py
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.facenet import get_config as facenet_config
+from configs.style import get_config as style_config
+from facenet_jax import inference, recognition as R, train
+from facenet_jax.config_checks import ConfigError, check_config
+from facenet_jax.data import images as fimages, raw, real
+from facenet_jax.data.dataset import IdentityDataset
+from facenet_jax.sampler import PKSampler
+from infra import checkpoints, files, imagefile, metric_writer, vgg
+from style_jax import images as simages, optimize
+
+RNG = np.random.default_rng(0)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _encode(a, fmt, mode=None, **kw):
+  buf = io.BytesIO()
+  (a if isinstance(a, Image.Image) else Image.fromarray(a, mode)).save(buf, format=fmt, **kw)
+  return buf.getvalue()
+
+
+def _rgb(h=24, w=20):
+  return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _png_header_only(w, h):
+  """A PNG whose header claims w x h pixels, with one empty data chunk: a few bytes on disk."""
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+  ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+          + chunk(b"IEND", b""))
+
+
+def _face_load(data, tmp_path, name, mode="RGB"):
+  """The face-data path: file bytes -> raw.decode_image (what every tfds builder uses)."""
+  path = tmp_path / name
+  path.write_bytes(data)
+  return np.asarray(raw.decode_image(raw.read_file(str(path)), str(path), mode))
+
+
+def _style_load(data, tmp_path, name):
+  path = tmp_path / name
+  path.write_bytes(data)
+  return simages.load_image(str(path), "config.style")
+
+
+LOADERS = {
+    "faces": (_face_load, raw.DataError),
+    "style": (_style_load, simages.ImageError),
+}
+
+
+def _tiny_facenet(**overrides):
+  c = facenet_config("tiny")
+  c.unlock()
+  for k, v in overrides.items():
+    target = c
+    *path, last = k.split(".")
+    for p in path:
+      target = target[p]
+    with target.ignore_type():
+      target[last] = v
+  c.lock()
+  return c
+
+
+def _leftovers(path):
+  """Everything under ``path`` (an empty list when it does not exist)."""
+  if not os.path.exists(path):
+    return []
+  return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
+
+
+# -------------------------------------------------------------- broken image files (both loaders)
+
+
+_JPEG = _encode(_rgb(), "JPEG", quality=90)
+_PNG = _encode(_rgb(), "PNG")
+_PGM = _encode(RNG.integers(0, 256, (12, 10), dtype=np.uint8), "PPM")   # mode L -> P5 (PGM)
+
+BROKEN = [
+    ("zero_byte.jpg", b"", r"zero_byte\.jpg.*empty file \(0 bytes\)"),
+    ("truncated.jpg", _JPEG[: len(_JPEG) // 2], r"truncated\.jpg.*JPEG .*corrupt or truncated"),
+    ("corrupt.jpg", _JPEG[:200] + bytes(len(_JPEG) - 200), r"corrupt\.jpg.*corrupt or truncated"),
+    ("truncated.png", _PNG[: len(_PNG) // 2], r"truncated\.png.*corrupt or truncated"),
+    ("corrupt.png", _PNG[:40] + b"\x00" * 40 + _PNG[80:], r"corrupt\.png.*corrupt or truncated"),
+    ("truncated.pgm", _PGM[: len(_PGM) // 3], r"truncated\.pgm.*corrupt or truncated"),
+    ("corrupt_header.pgm", b"P5\n10 x12\n255\n" + bytes(120), r"corrupt_header\.pgm.*not an image"),
+    ("notes.jpg", b"name,score\nann,1\n" * 20, r"notes\.jpg.*not an image file PIL can identify"),
+]
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+@pytest.mark.parametrize("name,data,match", BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_image_files_are_named(tmp_path, loader, name, data, match):
+  load, error = LOADERS[loader]
+  with pytest.raises(error, match=match):
+    load(data, tmp_path, name)
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_image_larger_than_allowed_is_refused_from_its_header(tmp_path, loader, monkeypatch):
+  load, error = LOADERS[loader]
+  # 10,000 x 8,000 px claimed by a 60-byte file: refused before any pixel is allocated
+  with pytest.raises(error, match=r"big\.png.*10000x8000 px .*larger than the 67\.1 Mpx.*"
+                                  r"IMAGE_MAX_PIXELS"):
+    load(_png_header_only(10000, 8000), tmp_path, "big.png")
+  # a decompression bomb past PIL's own limit: still this loader's error, naming the file
+  with pytest.raises(error, match=r"bomb\.png"):
+    load(_png_header_only(100000, 100000), tmp_path, "bomb.png")
+  # the limit is a setting: a real 24x20 image over a 400-pixel limit
+  monkeypatch.setenv("IMAGE_MAX_PIXELS", "400")
+  with pytest.raises(error, match=r"ok\.png.*20x24 px"):
+    load(_PNG, tmp_path, "ok.png")
+  monkeypatch.setenv("IMAGE_MAX_PIXELS", "lots")
+  with pytest.raises(ValueError, match=r"IMAGE_MAX_PIXELS='lots'"):
+    load(_PNG, tmp_path, "ok.png")
+
+
+# -------------------------------------------------- unusual but valid images: documented handling
+
+
+def test_16_bit_grey_png_and_pgm_are_scaled_to_8_bits(tmp_path):
+  a8 = RNG.integers(0, 256, (6, 5), dtype=np.uint8)
+  a16 = a8.astype(np.uint16) * 257          # 0..65535
+  png16 = _encode(Image.fromarray(a16), "PNG")
+  pgm16 = b"P5\n5 6\n65535\n" + a16.astype(">u2").tobytes()
+  for name, data in (("g16.png", png16), ("g16.pgm", pgm16)):
+    np.testing.assert_array_equal(_face_load(data, tmp_path, name, "L"), a8, err_msg=name)
+    rgb = _style_load(data, tmp_path, name)
+    assert rgb.shape == (6, 5, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 1], a8, err_msg=name)
+
+
+def test_rgba_drops_alpha_palette_and_cmyk_become_rgb(tmp_path):
+  rgb = _rgb(8, 8)
+  rgba = np.concatenate([rgb, RNG.integers(0, 256, (8, 8, 1), dtype=np.uint8)], -1)
+  np.testing.assert_array_equal(_face_load(_encode(rgba, "PNG"), tmp_path, "a.png"), rgb)
+  np.testing.assert_array_equal(_style_load(_encode(rgba, "PNG"), tmp_path, "a.png"), rgb)
+  pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+  pal.info["transparency"] = 0
+  want = np.asarray(pal.convert("RGB"))
+  np.testing.assert_array_equal(_face_load(_encode(pal, "PNG"), tmp_path, "p.png"), want)
+  np.testing.assert_array_equal(_style_load(_encode(pal, "PNG"), tmp_path, "p.png"), want)
+  cmyk = Image.fromarray(rgb).convert("CMYK")
+  want = np.asarray(Image.open(io.BytesIO(_encode(cmyk, "JPEG", quality=95))).convert("RGB"))
+  for load in (_face_load, _style_load):
+    got = load(_encode(cmyk, "JPEG", quality=95), tmp_path, "cmyk.jpg")
+    assert got.shape == (8, 8, 3)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_grey_where_rgb_is_expected_and_rgb_where_grey_is(tmp_path):
+  grey = RNG.integers(0, 256, (10, 10), dtype=np.uint8)
+  data = _encode(grey, "PNG")
+  for load in (_face_load, _style_load):
+    rgb = load(data, tmp_path, "grey.png")
+    assert rgb.shape == (10, 10, 3)
+    for c in range(3):
+      np.testing.assert_array_equal(rgb[..., c], grey)
+  fitted = fimages.fit_image(raw.decode_image(data, "grey.png", "L"), fimages.Fit(8, channels=3))
+  assert fitted.shape == (8, 8, 3) and np.all(fitted[..., 0] == fitted[..., 2])
+  colour = _rgb(10, 10)
+  luma = _face_load(_encode(colour, "PNG"), tmp_path, "c.png", "L")
+  np.testing.assert_array_equal(luma, np.asarray(Image.fromarray(colour).convert("L")))
+
+
+def test_one_pixel_image_is_resized_like_any_other(tmp_path):
+  one = np.array([[[10, 200, 30]]], np.uint8)
+  im = raw.decode_image(_encode(one, "PNG"), "one.png")
+  out = fimages.fit_image(im, fimages.Fit(16, channels=3), "one.png")
+  assert out.shape == (16, 16, 3) and np.all(out == one[0, 0])
+  assert _style_load(_encode(one, "PNG"), tmp_path, "one.png").shape == (1, 1, 3)
+
+
+def test_a_folder_given_as_an_image_is_named(tmp_path):
+  os.makedirs(tmp_path / "photo.jpg")
+  with pytest.raises(FileNotFoundError, match=r"config.content: .*photo\.jpg' is a directory"):
+    simages.load_image(str(tmp_path / "photo.jpg"), "config.content")
+  with pytest.raises(raw.DataError, match=r"photo\.jpg: cannot read"):
+    raw.read_file(str(tmp_path / "photo.jpg"))
+
+
+# ------------------------------------------------------------------ LFW pairs.txt, identity folders
+
+
+_PAIRS = "1\t2\nAnn\t1\t2\nBob\t1\t3\nAnn\t1\tBob\t1\nCid\t1\tDee\t2\n"
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", r"line 1: expected the View 2 header"),
+    ("1\t3\n" + _PAIRS.split("\n", 1)[1], r"header says 1 folds x \(2 x 3\) pairs = 6 lines, but 4"),
+    (_PAIRS.replace("Bob\t1\t3", "Ann\t1\t2"),
+     r"line 3: duplicates the pair on line 2 \(Ann/Ann_0001.jpg, Ann/Ann_0002.jpg\)"),
+    (_PAIRS.replace("Cid\t1\tDee\t2", "Ann 1 Bob 1"), r"line 5: duplicates the pair on line 4"),
+    (_PAIRS.replace("Bob\t1\t3", "Bob\t3\t3"), r"line 3: pairs image Bob/Bob_0003.jpg with itself"),
+])
+def test_bad_pairs_txt(text, match):
+  with pytest.raises(raw.DataError, match=match):
+    raw.parse_lfw_pairs(text, "lfw/pairs.txt")
+
+
+def test_empty_identity_folder_and_hidden_files(tmp_path):
+  for ident in ("ann", "bob"):
+    os.makedirs(tmp_path / ident)
+    (tmp_path / ident / "1.png").write_bytes(_PNG)
+  (tmp_path / "bob" / ".DS_Store").write_bytes(b"junk")   # hidden: ignored (documented)
+  (tmp_path / "README.txt").write_text("root files are ignored")
+  assert raw.list_identity_folder(str(tmp_path)) == [("ann", ["1.png"]), ("bob", ["1.png"])]
+  os.makedirs(tmp_path / "cid")
+  with pytest.raises(raw.DataError, match=r"cid: identity folder holds no images"):
+    raw.list_identity_folder(str(tmp_path))
+
+
+def test_a_text_file_in_an_identity_folder_fails_preparation_and_leaves_nothing(tmp_path):
+  root = tmp_path / "people"
+  for k, ident in enumerate(("ann", "bob", "cid")):
+    os.makedirs(root / ident)
+    for i in range(2):
+      (root / ident / f"{i}.png").write_bytes(_encode(_rgb(12, 12), "PNG"))
+  (root / "bob" / "notes.jpg").write_text("not a photo")
+  c = _tiny_facenet(**{"data.source": "folder", "data.data_dir": str(root),
+                       "data.tfds_dir": str(tmp_path / "tfds"), "data.train_identities": 2,
+                       "data.eval_identities": 1})
+  work = tmp_path / "run"
+  with pytest.raises(raw.DataError, match=r"people/bob/notes\.jpg: not an image PIL can read: not an image file"):
+    train.train_and_evaluate(c, str(work))
+  assert _leftovers(work) == []
+  prepared = [p for p in _leftovers(tmp_path / "tfds") if "array_record" in p or p.endswith(".json")]
+  assert prepared == [], prepared   # no half-prepared dataset that a later run would read
+
+
+# --------------------------------------------------------------------- datasets and the sampler
+
+
+def test_one_identity_has_no_negatives_and_single_images_have_no_positives():
+  with pytest.raises(ValueError, match=r"identities_per_batch \(P\) = 2 but only 1 of 1 identities"):
+    PKSampler(np.zeros(5, np.int32), 2, 2, seed=0)
+  with pytest.raises(ValueError, match=r"only 0 of 6 identities have >= 2 images"):
+    PKSampler(np.arange(6, dtype=np.int32), 2, 2, seed=0)
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    ({"data.train_identities": 1}, ValueError, r"num_identities .*must be >= 2, got 1"),
+    ({"data.images_per_identity": (1, 1)}, ValueError, r"only 0 of 24 identities have >= 2 images"),
+    ({"margin": -0.1}, ConfigError, r"config.margin = -0.1: expected a number >= 0"),
+    ({"margin": "0.2"}, ConfigError, r"config.margin = '0.2': expected a number"),
+    ({"data.channels": 2}, ConfigError, r"config.data.channels = 2: expected 1 or 3"),
+    ({"identities_per_batch": 3, "images_per_identity": 3}, ValueError,
+     r"global batch .* 9 is not divisible by the 8 devices"),
+    ({"model.spatial_dims": 3}, ValueError, r"spatial_dims=3 expects 3 spatial axes"),
+])
+def test_bad_training_inputs_leave_no_workdir(tmp_path, overrides, error, match):
+  work = tmp_path / "run"
+  with pytest.raises(error, match=match):
+    train.train_and_evaluate(_tiny_facenet(**overrides), str(work))
+  assert _leftovers(work) == []   # no config.json, no checkpoints/, no events
+
+
+def test_inf_in_float_inputs_is_named():
+  c = _tiny_facenet()
+  imgs = np.zeros((6, 16, 16, 3), np.float32)
+  imgs[4, 3, 2, 1] = np.inf
+  with pytest.raises(ValueError, match="infdata: example 4 contains NaN or Inf"):
+    train.check_dataset(IdentityDataset(imgs, np.repeat(np.arange(3, dtype=np.int32), 2), "infdata"), c)
+
+
+def test_unknown_key_and_corrupt_config_json_in_a_workdir(tmp_path):
+  saved = _tiny_facenet().to_dict()
+  saved["marign"] = 0.3
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(inference.WorkdirError, match=r"config.json: field config.marign is not in"):
+    inference.load_config(str(tmp_path))
+  (tmp_path / "config.json").write_text('{"variant": "tiny", "margin": ')
+  with pytest.raises(inference.WorkdirError, match=r"config.json: not a readable JSON config"):
+    inference.load_config(str(tmp_path))
+
+
+def test_more_images_per_identity_than_any_identity_has_is_masked():
+  labels = np.repeat(np.arange(4, dtype=np.int32), [2, 3, 2, 5])
+  b = PKSampler(labels, 2, 6, seed=1)(0)
+  for lab in np.unique(b.labels):   # all real images once, the padding masked out
+    rows = b.indices[(b.labels == lab) & b.mask]
+    assert len(set(rows.tolist())) == len(rows) == min(6, (labels == lab).sum())
+    assert set(rows.tolist()) <= set(np.nonzero(labels == lab)[0].tolist())
+
+
+# ------------------------------------------------------------------------------ style configs
+
+
+def _style_inputs(tmp_path, **overrides):
+  c = style_config("tiny")
+  c.unlock()
+  c.content = str(tmp_path / "c.png")
+  c.style = str(tmp_path / "s.png")
+  Image.fromarray(_rgb(32, 32)).save(c.content)
+  Image.fromarray(_rgb(32, 32)).save(c.style)
+  for k, v in overrides.items():
+    with c.ignore_type():
+      c[k] = v
+  c.lock()
+  return c
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    ({"style_blend_weights": "1,-1"}, optimize.StyleConfigError, r"style_blend_weights=.*values, expected 1|finite and >= 0"),
+    ({"image_size": -5}, optimize.StyleConfigError, r"config.image_size=-5: must be >= 0"),
+    ({"style": "{missing}"}, FileNotFoundError, r"config.style: image file .*nope.png' does not exist"),
+    ({"weights": "{truncated}"}, vgg.WeightsError, r"w\.h5 is not a readable HDF5 weights file"),
+])
+def test_bad_style_inputs_leave_no_workdir(tmp_path, overrides, error, match):
+  if overrides.get("style") == "{missing}":
+    overrides = {"style": str(tmp_path / "nope.png")}
+  if overrides.get("weights") == "{truncated}":
+    params = {f"block1_conv{i}": (np.zeros((3, 3, 3 if i == 1 else 64, 64), np.float32),
+                                  np.zeros(64, np.float32)) for i in (1, 2)}
+    vgg.save_keras_weights(params, str(tmp_path / "w.h5"))
+    data = (tmp_path / "w.h5").read_bytes()
+    (tmp_path / "w.h5").write_bytes(data[: len(data) // 2])
+    overrides = {"weights": str(tmp_path / "w.h5")}
+  work = tmp_path / "run"
+  with pytest.raises(error, match=match):
+    optimize.stylize(_style_inputs(tmp_path, **overrides), str(work))
+  assert _leftovers(work) == []
+
+
+# ----------------------------------------------------------------------------- VGG weights files
+
+
+def _vgg16_params(fill=0.0):
+  out = {}
+  cin = 3
+  for b, block in enumerate(vgg._CONFIGS[16], start=1):
+    for c, cout in enumerate(block, start=1):
+      out[f"block{b}_conv{c}"] = (np.full((3, 3, cin, cout), fill, np.float32),
+                                  np.zeros(cout, np.float32))
+      cin = cout
+  return out
+
+
+def test_truncated_hdf5_weights_and_nan_kernels_are_named(tmp_path):
+  path = str(tmp_path / "vgg16.h5")
+  vgg.save_keras_weights(_vgg16_params(), path)
+  data = open(path, "rb").read()
+  for frac, name in ((0.5, "half.h5"), (0.999, "tail.h5")):
+    bad = str(tmp_path / name)
+    with open(bad, "wb") as f:
+      f.write(data[: int(len(data) * frac)])
+    with pytest.raises(vgg.WeightsError, match=rf"{name}.*(not a readable HDF5|truncated or corrupt)"):
+      vgg.load_vgg(bad, depth=16)
+  params = _vgg16_params()
+  params["block2_conv1"][0][0, 0, 0, 0] = np.nan
+  vgg.save_keras_weights(params, path)
+  with pytest.raises(vgg.WeightsError, match=r"layer block2_conv1 kernel contains NaN or Inf"):
+    vgg.load_vgg(path, depth=16)
+  with h5py.File(path, "a") as f:   # a layer whose weight_names point at nothing
+    f["block1_conv1"].attrs["weight_names"] = np.array([b"gone:0", b"gone_b:0"])
+  with pytest.raises(vgg.WeightsError, match=r"layer block1_conv1: its weights cannot be read"):
+    vgg.load_vgg(path, depth=16)
+
+
+# -------------------------------------------------------------------------- checkpoint directories
+
+
+_STATE = {"params": {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.zeros(3)},
+          "step": jnp.zeros((), jnp.int32)}
+
+
+def _two_checkpoints(directory):
+  ck = checkpoints.Checkpointer(directory, every=1, keep=5)
+  ck.save(1, _STATE, {"note": "first"})
+  ck.save(2, jax_tree_plus(_STATE, 1.0), {"note": "second"})
+  return ck
+
+
+def jax_tree_plus(tree, x):
+  import jax
+  return jax.tree.map(lambda a: a + jnp.asarray(x, a.dtype), tree)
+
+
+def _flip_tail(path):
+  b = bytearray(open(path, "rb").read())
+  for i in range(len(b) // 2, len(b)):
+    b[i] ^= 0x5A
+  open(path, "wb").write(bytes(b))
+
+
+def _corrupt_arrays(d):
+  for root, _, fs in os.walk(os.path.join(d, "state")):
+    for f in fs:
+      if os.path.basename(root) == "d":
+        _flip_tail(os.path.join(root, f))
+
+
+def _corrupt_digest(d):
+  p = os.path.join(d, "meta", "metadata")
+  meta = json.load(open(p))
+  meta[checkpoints.DIGEST_KEY] = "0" * 64
+  json.dump(meta, open(p, "w"))
+
+
+CORRUPTIONS = {
+    "array data garbled": _corrupt_arrays,
+    "arrays silently changed (digest)": _corrupt_digest,
+    "meta json cut": lambda d: open(os.path.join(d, "meta", "metadata"), "w").write('{"step": '),
+    "state metadata deleted": lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
+    "step folder emptied": lambda d: [__import__("shutil").rmtree(d), os.makedirs(d)],
+}
+
+
+@pytest.mark.parametrize("how", sorted(CORRUPTIONS))
+def test_corrupt_checkpoint_is_named_and_the_earlier_one_restores(tmp_path, how):
+  d = str(tmp_path / "ckpt")
+  _two_checkpoints(d).close()
+  CORRUPTIONS[how](os.path.join(d, "2"))
+  ck = checkpoints.Checkpointer(d, every=1)
+  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint .*ckpt/2.*corrupt"):
+    ck.restore(_STATE)
+  step, state, meta = ck.restore(_STATE, step=1)   # nothing saved earlier is lost
+  assert step == 1 and meta["note"] == "first"
+  np.testing.assert_array_equal(state["params"]["w"], _STATE["params"]["w"])
+  ck.close()
+
+
+# ------------------------------------------------------------------------------------ galleries
+
+
+def test_corrupt_and_pickled_gallery_files_are_refused(tmp_path):
+  (tmp_path / "noise.npz").write_bytes(os.urandom(300))
+  with pytest.raises(R.GalleryError, match=r"noise\.npz' is not a readable gallery"):
+    R.Gallery.load(str(tmp_path / "noise.npz"))
+  # ids stored as a Python-object array: loading it would unpickle, so it is refused
+  np.savez(tmp_path / "pickled.npz", emb_NxD=np.zeros((1, 2), np.float32),
+           ids=np.array([{"name": "x"}], dtype=object), format_version=np.int64(1))
+  with pytest.raises(R.GalleryError, match=r"pickled\.npz.*(pickle|Object arrays)"):
+    R.Gallery.load(str(tmp_path / "pickled.npz"))
+  np.savez(tmp_path / "nan.npz", emb_NxD=np.full((1, 2), np.nan, np.float32),
+           ids=np.array(["ann"]), format_version=np.int64(1))
+  with pytest.raises(R.GalleryError, match=r"nan\.npz.*NaN or Inf"):
+    R.Gallery.load(str(tmp_path / "nan.npz"))
+
+
+def test_enrolling_a_name_twice_adds_embeddings_and_nan_probes_are_named():
+  g = R.Gallery(2)
+  g.enrol("ann", np.array([0.0, 0.0]))
+  g.enrol("ann", np.array([10.0, 0.0]))   # documented: a second photo, not a replacement
+  assert len(g) == 1 and g.num_embeddings == 2
+  ids, dist = R.identify(g, np.array([[9.0, 0.0]]), threshold=2.0)
+  assert ids == ["ann"] and dist[0] == pytest.approx(1.0)   # min over ann's two rows
+  with pytest.raises(R.GalleryError, match=r"query: embeddings contain NaN or Inf"):
+    R.identify(g, np.array([np.nan, 0.0]), threshold=2.0)
+  ids, _ = R.identify(g, np.array([50.0, 50.0]), threshold=2.0)
+  assert ids == [R.UNKNOWN]   # not recognized, not an error
+
+
+# ---------------------------------------------------------------------- files written by runs
+
+
+def test_metrics_jsonl_cut_mid_line_is_repaired_on_resume(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+  w = metric_writer.MetricWriter(str(tmp_path))
+  w.write_scalars(2, {"loss": 0.25})
+  w.close()
+  assert metric_writer.read_metrics(str(tmp_path)) == [{"step": 1, "loss": 0.5},
+                                                       {"step": 2, "loss": 0.25}]
+
+
+def test_results_json_that_cannot_be_written_is_named_and_the_old_one_kept(tmp_path, monkeypatch):
+  path = tmp_path / "results.json"
+  files.write_json_atomic(str(path), {"v": 1})
+
+  def full(*a, **k):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(files.os, "fsync", full)
+  with pytest.raises(files.WriteError, match=r"cannot write .*results\.json: No space left on "
+                                             r"device \(the previous version is unchanged\)"):
+    files.write_json_atomic(str(path), {"v": 2})
+  assert json.loads(path.read_text()) == {"v": 1}
+  assert sorted(os.listdir(tmp_path)) == ["results.json"]   # no temporary file left
+  with pytest.raises(TypeError, match="not JSON serializable: object"):
+    files.write_json_atomic(str(path), {"v": object()})
+  assert json.loads(path.read_text()) == {"v": 1}

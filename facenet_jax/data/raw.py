@@ -62,6 +62,22 @@ def image_bytes_for_tfds(data: bytes, where: str, mode: str = "RGB") -> tuple[by
   return (data if keep else encode_png(im)), (im.height, im.width)
 
 
+def check_download(path: str, url: str, sha256: str | None) -> str:
+  """Raises DataError unless the downloaded ``path`` (from ``url``) has SHA-256 ``sha256``;
+  None (no pinned hash) is refused too: nothing unverified is used. Returns ``path``."""
+  if sha256 is None:
+    raise DataError(f"{url}: no pinned SHA-256 for this file, so the download is not used; "
+                    f"download it yourself and point config.data.data_dir at its folder")
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  if h.hexdigest() != sha256:
+    raise DataError(f"{url}: downloaded file {path} has SHA-256 {h.hexdigest()}, expected "
+                    f"{sha256}; it was not used (delete it and retry, or download it yourself)")
+  return path
+
+
 def read_file(path: str) -> bytes:
   try:
     with open(path, "rb") as f:

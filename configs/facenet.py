@@ -7,7 +7,9 @@ Variants: "synthetic" (default: procedural identities, no downloads, about 3 min
 2 CPU cores), "tiny" (seconds; tests), "inception" (Inception-ResNet-v1 at 160x160 on
 the synthetic identities), and real data: "orl" (AT&T/ORL faces, 30 people train, 10
 held out), "lfw" (LFW View 2: nine folds train, ``data.test_fold`` held out), "omniglot"
-(background small1 + small2 characters; 30 held out).
+(background small1 + small2 characters; 30 held out). Other ranks, same networks, losses,
+miners, loop and evaluators: "ekg" (1-D: procedural heartbeat strips, identify the person)
+and "volume" (3-D: procedural blob volumes under random pose).
 
 Real data is read from ``data.data_dir``, which the real variants point at the project's
 shared copy (``<repo>/../shared/data/...``); use your own with --config.data.data_dir=PATH
@@ -176,8 +178,30 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.eval_every = 500
     c.checkpoint_every = 500
     c.evals = "omniglot_runs,episodes"
+  elif variant == "ekg":
+    # 1-D: 256-sample (2.56 s at 100 Hz) single-lead strips; image_size is the length
+    c.data.update(source="ekg", image_size=256, channels=1, train_identities=200,
+                  eval_identities=100, images_per_identity=(4, 10),
+                  eval_images_per_identity=(6, 6), eval_pairs=2000)
+    c.model.update(spatial_dims=1, widths=(16, 32, 64, 64), embedding_dim=64)
+    c.augment.update(flip=False, crop_pad=16)   # time reversal is not a heartbeat
+    c.num_steps = 1500
+    c.eval_every = 750
+    c.checkpoint_every = 750
+    c.evals = "pairs,one_shot"
+  elif variant == "volume":
+    # 3-D: 12^3 one-channel volumes (image_size is the side): 3-D convs are slow on CPU
+    c.data.update(source="volume", image_size=12, channels=1, train_identities=200,
+                  eval_identities=100, images_per_identity=(4, 10),
+                  eval_images_per_identity=(6, 6), eval_pairs=2000)
+    c.model.update(spatial_dims=3, widths=(8, 16, 32), embedding_dim=32)
+    c.augment.update(flip=False, crop_pad=1)    # a mirror image is another identity
+    c.num_steps = 400
+    c.eval_every = 200
+    c.checkpoint_every = 200
+    c.evals = "pairs,one_shot"
   else:
-    raise ValueError(f"unknown facenet config variant {variant!r}; "
-                     "expected one of synthetic, tiny, inception, orl, lfw, lfw_vgg, omniglot")
+    raise ValueError(f"unknown facenet config variant {variant!r}; expected one of synthetic, "
+                     "tiny, inception, orl, lfw, lfw_vgg, omniglot, ekg, volume")
   c.lock()
   return c

@@ -81,6 +81,12 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   _require(c.augment.crop_pad >= 0, "augment.crop_pad", c.augment.crop_pad, ">= 0")
   _require(c.data.eval_folds >= 2, "data.eval_folds", c.data.eval_folds, ">= 2")
   _check_data(c.data)
+  for source, rank in (("ekg", 1), ("volume", 3)):   # procedural 1-D / 3-D sources
+    if c.data.source == source:
+      _require(c.model.spatial_dims == rank, "model.spatial_dims", c.model.spatial_dims,
+               f"{rank} with data.source={source!r} (its examples have {rank} spatial axes)")
+  _require(not (c.data.source == "ekg" and c.data.channels != 1), "data.channels", c.data.channels,
+           "1 with data.source='ekg' (a single-lead strip)")
   if c.offline.enabled:
     _require(c.loss != "contrastive", "loss", c.loss, "a triplet loss with offline.enabled")
     for f in ("offline.pool_size", "offline.rescore_every", "offline.triplets_per_batch"):

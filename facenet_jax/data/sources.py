@@ -4,6 +4,8 @@ Train and held-out identities are always disjoint: verification is measured on p
 the network never saw.
 
   synthetic  procedural identities (no files)
+  ekg        procedural EKG strips, one person per heartbeat morphology (1-D, no files)
+  volume     procedural 3-D blob volumes under random pose (3-D, no files)
   orl        AT&T/ORL faces, people split by ``data.split_seed``
   lfw        LFW: the nine View 2 folds other than ``data.test_fold`` / the test fold
   omniglot   Omniglot background small1 + small2 characters, a seeded few held out
@@ -19,6 +21,8 @@ import ml_collections
 
 from facenet_jax.data import real
 from facenet_jax.data.dataset import IdentityDataset
+from facenet_jax.data.ekg import EKGSpec, make_ekg_identities
+from facenet_jax.data.volumes import VolumeSpec, make_volume_identities
 from facenet_jax.data.synthetic import SyntheticSpec, make_synthetic_identities
 
 
@@ -36,8 +40,27 @@ def _synthetic(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, Iden
   return train, held_out
 
 
-SOURCES = {"synthetic": _synthetic, "orl": real.load_orl, "lfw": real.load_lfw,
-           "omniglot": real.load_omniglot, "folder": real.load_folder}
+def _ekg(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
+  """``data.image_size`` samples per strip (at EKGSpec.sampling_hz), one channel."""
+  d = config.data
+  make = lambda n, per, seed: make_ekg_identities(
+      EKGSpec(num_identities=n, images_per_identity=tuple(per), length=d.image_size), seed)
+  return (make(d.train_identities, d.images_per_identity, config.seed * 2 + 1),
+          make(d.eval_identities, d.eval_images_per_identity, config.seed * 2 + 2))
+
+
+def _volume(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
+  """``data.image_size`` voxels per side, ``data.channels`` channels."""
+  d = config.data
+  make = lambda n, per, seed: make_volume_identities(
+      VolumeSpec(num_identities=n, images_per_identity=tuple(per), size=d.image_size,
+                 channels=d.channels), seed)
+  return (make(d.train_identities, d.images_per_identity, config.seed * 2 + 1),
+          make(d.eval_identities, d.eval_images_per_identity, config.seed * 2 + 2))
+
+
+SOURCES = {"synthetic": _synthetic, "ekg": _ekg, "volume": _volume, "orl": real.load_orl,
+           "lfw": real.load_lfw, "omniglot": real.load_omniglot, "folder": real.load_folder}
 
 
 def load(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:

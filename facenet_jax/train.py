@@ -273,7 +273,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return {"images": train_ds.images[rows], "labels": labels, "mask": mask}
 
   def checkpoint_meta() -> dict:
-    m = {"config_variant": config.variant}
+    # the last logged train metrics: a run resumed at its final step reports them too
+    m = {"config_variant": config.variant, "train_metrics": last_train}
     if offline_mode:
       m.update(offline_pool=pool.tolist(), offline_selected=selected.tolist())
     return m
@@ -283,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.write_scalars(0, pixel)
   progress = Progress(config.num_steps, start)
   pending: list[dict] = []
-  last_train: dict[str, float] = {}
+  last_train: dict[str, float] = dict(meta.get("train_metrics", {}))
   last_eval: dict[str, float] = {}
   print(f"training {config.model.name} on {train_ds.name}: {len(train_ds)} images of "
         f"{train_ds.num_identities} identities, global batch {global_batch} over "

@@ -50,4 +50,11 @@ def exit_if_stopped(stop: StopFlag, step: int, *resources) -> None:
     r.close()
   from infra.errors import Preempted
   raise Preempted(f"stopped by signal {stop.signal} after checkpointing step {step}; "
-                  f"run again with the same workdir to resume")
+                  f"run again with the same workdir to resume", signum=stop.signal, step=step)
+
+
+def exit_status(e: BaseException) -> int:
+  """The process exit status for a Preempted run: 128 + the signal (143 for SIGTERM, 130
+  for SIGINT), the shell's convention for "ended by a signal", so a wrapper sees that the
+  run did not finish."""
+  return 128 + int(getattr(e, "signum", None) or signal.SIGTERM)

@@ -28,7 +28,13 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)   # keep Orbax's per-save INFO lines off stdout
   from style_jax import optimize
-  r = optimize.stylize(_CONFIG.value, _WORKDIR.value)
+  from infra import preemption
+  from infra.errors import Preempted
+  try:
+    r = optimize.stylize(_CONFIG.value, _WORKDIR.value)
+  except Preempted as e:   # checkpointed: exit without a traceback, 128 + the signal
+    print(e, flush=True)
+    sys.exit(preemption.exit_status(e))
   fmt = lambda d: ", ".join(f"{k}={v:.4g}" for k, v in d.items())
   print(f"initial: {fmt(r['initial'])}\nfinal:   {fmt(r['final'])}")
   if r["seconds_per_step"]:

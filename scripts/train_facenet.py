@@ -24,7 +24,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)   # keep Orbax's per-save INFO lines off stdout
   maybe_initialize()
   from facenet_jax import train
-  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from infra import preemption
+  from infra.errors import Preempted
+  try:
+    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except Preempted as e:   # checkpointed: exit without a traceback, 128 + the signal
+    print(e, flush=True)
+    sys.exit(preemption.exit_status(e))
   m = results["metrics"]
   print(f"held-out verification accuracy {m['verification_accuracy']:.4f} "
         f"(raw-pixel baseline {results['pixel_baseline']['pixel_verification_accuracy']:.4f}); "

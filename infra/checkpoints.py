@@ -179,8 +179,22 @@ class Checkpointer:
 
   def _remove_partial(self, step: int) -> None:
     """Deletes the temporary directory of a failed save of ``step`` (never a finished step)."""
-    for tmp in glob.glob(os.path.join(glob.escape(self.directory), f"{step}.orbax-checkpoint-tmp*")):
-      shutil.rmtree(tmp, ignore_errors=True)
+    try:
+      self._manager.wait_until_finished()
+    except Exception:   # the failure being reported
+      pass
+    pattern = os.path.join(glob.escape(self.directory), f"{step}.orbax-checkpoint-tmp*")
+    # writes of the other items may still be in flight (tensorstore's own threads) and
+    # recreate files for a moment: remove until the directory stays gone
+    quiet = 0
+    for _ in range(50):
+      tmps = glob.glob(pattern)
+      for tmp in tmps:
+        shutil.rmtree(tmp, ignore_errors=True)
+      quiet = 0 if tmps else quiet + 1
+      if quiet >= 3:
+        break
+      time.sleep(0.1)
     self._manager.reload()
 
   def _empty_trash(self) -> None:

@@ -304,11 +304,12 @@ def _target(program: Program, kind: str, resume_at: int, rng: random.Random) -> 
 
 def run_soak(program: Program, workdir: str, kills: dict[str, int], *, seed: int = 0,
              write_delay: float = 1.0, timeout: float = 300.0, per_cycle: int | None = None,
-             log=print) -> Report:
+             log=print, on_cycle=None) -> Report:
   """Interrupts ``program`` ``kills[kind]`` times per kind (in as many cycles as needed).
 
   ``workdir`` gets ``reference/`` and ``faulted/`` (the last cycle's run, kept).
   ``per_cycle``: interruptions per cycle (default: checkpoints per run - 2).
+  ``on_cycle(report)``: called after every cycle (progress reports of long soaks).
   """
   t0 = time.monotonic()
   rng = random.Random(seed)
@@ -357,6 +358,8 @@ def run_soak(program: Program, workdir: str, kills: dict[str, int], *, seed: int
         else:
           rep.resumes_ok += 1
           lost = prev_last - resume_at
+          log(f"{program.name} cycle {rep.cycles}: resumed from {resume_at} after the {prev_kind} "
+              f"interruption at step {prev_last}: {lost} step(s) lost")
           rep.steps_lost[prev_kind] = max(rep.steps_lost[prev_kind], lost)
           rep.max_steps_lost = max(rep.max_steps_lost, lost)
           if prev_kind in ("sigterm", "sigint") and lost != 0:
@@ -394,6 +397,11 @@ def run_soak(program: Program, workdir: str, kills: dict[str, int], *, seed: int
       rep.failures.append(f"cycle {rep.cycles}: differs from the reference: {diff}")
     else:
       rep.cycles_identical += 1
+    log(f"{program.name} cycle {rep.cycles}: finished, {'identical to' if not diff else 'DIFFERS from'} "
+        f"the reference; kills so far {rep.kills}")
+    rep.seconds = time.monotonic() - t0
+    if on_cycle is not None:
+      on_cycle(rep)
   rep.seconds = time.monotonic() - t0
   return rep
 

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -50,15 +51,23 @@ def main(argv: list[str] | None = None) -> int:
   report = {"commit": commit, "worktree_modified": bool(dirty), "seed": args.seed,
             "kills_requested": {k: args.kills for k in kinds}, "programs": {}}
   names = args.programs.split(",")
+  report["complete"] = False
+  lock = threading.Lock()
+
+  def progress(rep):   # report.json after every cycle: a long soak stopped early still counts
+    with lock:
+      report["programs"][rep.program] = fault_inject.report_dict(rep)
+      write_json_atomic(os.path.join(args.out, "report.json"), report)
 
   def soak(name):   # the programs run side by side (each run is one process on its own core)
     return fault_inject.run_soak(programs[name](), os.path.join(args.out, name),
                                  {k: args.kills for k in kinds}, seed=args.seed,
                                  write_delay=args.write_delay,
-                                 log=lambda msg: print(msg, flush=True))
+                                 log=lambda msg: print(msg, flush=True), on_cycle=progress)
   with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
     reps = dict(zip(names, pool.map(soak, names)))
   ok = True
+  report["complete"] = True
   for name, rep in reps.items():
     report["programs"][name] = fault_inject.report_dict(rep)
     ok &= rep.ok

@@ -72,6 +72,22 @@ def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return (config.data.image_size,) * config.model.spatial_dims + (config.data.channels,)
 
 
+def restore(workdir: str, config: ml_collections.ConfigDict,
+            model_shape: tuple[int, ...]) -> tuple[int, object, dict]:
+  """``(step, graphdef, state)`` of the latest checkpoint of ``workdir``; ``state`` as
+  ``train.create_train_state`` builds it (``params``, ``model_state``, ...), so
+  ``nnx.merge(graphdef, state["params"], state["model_state"])`` is the trained model."""
+  from facenet_jax import train
+  graphdef, _, state = train.create_train_state(config, example_shape=model_shape)
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1)
+  restored = ckpt.restore(state)
+  ckpt.close()
+  if restored is None:
+    raise WorkdirError(f"{workdir}/checkpoints holds no finished checkpoint")
+  step, state, _ = restored
+  return int(step), graphdef, state
+
+
 def load(workdir: str, config: ml_collections.ConfigDict | None = None, *,
          batch_size: int | None = None) -> Trained:
   """Restores the latest checkpoint of ``workdir``; ``embed`` takes images as the data
@@ -84,13 +100,7 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None, *,
   model_shape = shape
   if features is not None:
     model_shape = features(np.zeros((1,) + shape, np.uint8), "shape probe").shape[1:]
-  graphdef, _, state = train.create_train_state(config, example_shape=model_shape)
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1)
-  restored = ckpt.restore(state)
-  ckpt.close()
-  if restored is None:
-    raise WorkdirError(f"{workdir}/checkpoints holds no finished checkpoint")
-  step, state, _ = restored
+  step, graphdef, state = restore(workdir, config, model_shape)
   mesh = mesh_lib.make_data_mesh()
   repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
   state = jax.device_put(state, repl)

@@ -245,11 +245,60 @@ class SmallCNN(nnx.Module):
         self.head = EmbeddingHead(c, embedding_dim, last_bn=False, dtype=dtype, rngs=rngs)
         self.dtype = dtype
 
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    POOL = 2   # each stage ends with a POOL-wide, stride-POOL VALID max-pool
+
+    def _stages(self, x: jax.Array, train: bool):
+        """Yields ``(name, activation)`` in forward order: ``conv{s}_{c}`` (post-ReLU) and
+        ``pool{s}``, stages s and convs c counted from 1 (the names ``infra.vgg`` uses)."""
         x = x.astype(self.dtype)
         for i in range(0, len(self.layers), 2):
-            x = _max_pool(_run(self.layers[i:i + 2], x, train), 2, 2)
+            for c in (0, 1):
+                x = self.layers[i + c](x, train)
+                yield f"conv{i // 2 + 1}_{c + 1}", x
+            x = _max_pool(x, self.POOL, self.POOL)
+            yield f"pool{i // 2 + 1}", x
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for _, x in self._stages(x, train):
+            pass
         return self.head(x, train)
+
+    def layer_names(self) -> list[str]:
+        return [n for n, *_ in self.layer_geometry()]
+
+    def features(self, x: jax.Array, layers: Sequence[str], train: bool = False
+                 ) -> dict[str, jax.Array]:
+        """``{name: (B, *spatial', C)}`` for the named layers (see :meth:`layer_names`);
+        the forward pass stops after the deepest one."""
+        want, names = set(layers), self.layer_names()
+        if want - set(names):
+            raise ValueError(f"unknown small_cnn layer(s) {sorted(want - set(names))}; "
+                             f"expected names among {names}")
+        out = {}
+        for name, x in self._stages(x, train):
+            if name in want:
+                out[name] = x
+            if len(out) == len(want):
+                break
+        return out
+
+    def layer_geometry(self) -> list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """``(name, kernel, stride, low padding)`` per layer in forward order (per spatial
+        axis), read from the convs (``SAME`` at stride 1 pads (k - 1) // 2) and the pools."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            conv = layer.conv
+            k = tuple(conv.kernel_size)
+            s = _tuple(conv.strides if conv.strides is not None else 1, len(k))
+            if conv.padding != "SAME" or any(v != 1 for v in s):
+                raise ValueError(f"small_cnn conv {i}: geometry expects SAME stride-1 convs, "
+                                 f"got padding={conv.padding!r} stride={s}")
+            out.append((f"conv{i // 2 + 1}_{i % 2 + 1}", k, s, tuple((v - 1) // 2 for v in k)))
+            if i % 2:
+                rank = len(k)
+                out.append((f"pool{i // 2 + 1}", (self.POOL,) * rank, (self.POOL,) * rank,
+                            (0,) * rank))
+        return out
 
 
 class FeatureHead(nnx.Module):

@@ -66,6 +66,12 @@ def layer_names(depth: int = 19) -> tuple[str, ...]:
   return tuple(names)
 
 
+def layer_geometry(depth: int = 19) -> list[tuple[str, int, int, int]]:
+  """``(name, kernel, stride, low padding)`` of every feature in forward order (square, so
+  one int per axis): 3x3 stride-1 "same" convs pad 1, 2x2 stride-2 "valid" pools pad 0."""
+  return [(n, 2, 2, 0) if n.startswith("pool") else (n, 3, 1, 1) for n in layer_names(depth)]
+
+
 def keras_name(name: str) -> str:
   """``conv3_2`` -> ``block3_conv2``; ``pool3`` -> ``block3_pool``."""
   m = _NAME_RE.match(name)

@@ -36,6 +36,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.loss = "triplet"            # triplet | soft_margin | contrastive
   c.miner = "semi_hard"         # semi_hard | batch_hard | batch_all | random
   c.margin = 0.2                # alpha
+  # K > 0 margins: train K models (one per alpha, same batches) in one vmapped program,
+  # each into <workdir>/margin=<alpha>/ as if it were its own run (facenet_jax/multi_margin.py)
+  c.margins = ()
   c.semi_hard_fallback = "easiest"  # easiest | hardest | drop
 
   # offline hard-triplet selection: re-score a candidate pool every `rescore_every`
@@ -205,3 +208,35 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
                      "tiny, inception, orl, lfw, lfw_vgg, omniglot, ekg, volume")
   c.lock()
   return c
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+MARGINS = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def sweep(name: str = "margin") -> list[dict]:
+  """A ready-made sweep for ``scripts/sweep.py --sweep=NAME``: a list of points, each a dict
+  of dotted overrides applied to the chosen variant (plus any --config.x=y given).
+
+    margin          alpha in MARGINS, one run per value
+    margin_vmapped  the same alphas as one point: K models in one vmapped program
+                    (config.margins), written as one run directory per alpha
+    embedding_dim   64, 128, 256, 512
+    miner           semi_hard, batch_hard, batch_all, random
+    batch_shape     P identities x K images = 16x2, 8x4, 4x8 (32 images per batch each)
+    seed            seeds 0, 1, 2
+  """
+  from infra.overrides import product, zipped
+  sweeps = {
+      "margin": lambda: product({"margin": MARGINS}),
+      "margin_vmapped": lambda: [{"margins": MARGINS}],
+      "embedding_dim": lambda: product({"model.embedding_dim": (64, 128, 256, 512)}),
+      "miner": lambda: product({"miner": ("semi_hard", "batch_hard", "batch_all", "random")}),
+      "batch_shape": lambda: zipped({"identities_per_batch": (16, 8, 4),
+                                     "images_per_identity": (2, 4, 8)}),
+      "seed": lambda: product({"seed": (0, 1, 2)}),
+  }
+  if name not in sweeps:
+    raise ValueError(f"unknown sweep {name!r}; expected one of {sorted(sweeps)}")
+  return sweeps[name]()

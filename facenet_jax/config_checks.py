@@ -57,6 +57,12 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   _require(c.miner in mining.MINERS, "miner", c.miner, f"one of {tuple(mining.MINERS)}")
   _require(isinstance(c.margin, (int, float)) and c.margin >= 0, "margin", c.margin,
            "a number >= 0 (alpha, the triplet margin)")
+  margins = tuple(c.margins)
+  _require(all(isinstance(m, (int, float)) and not isinstance(m, bool) and m >= 0 for m in margins)
+           and len(set(margins)) == len(margins), "margins", c.margins,
+           "distinct numbers >= 0 (one model per alpha), or () for one run at config.margin")
+  _require(not (margins and c.offline.enabled), "margins", c.margins,
+           "() with offline.enabled (offline selection uses one model's embeddings)")
   _require(c.semi_hard_fallback in mining.FALLBACKS, "semi_hard_fallback",
            c.semi_hard_fallback, f"one of {mining.FALLBACKS}")
   _require(not (c.miner == "batch_all" and c.loss == "soft_margin"), "loss", c.loss,

@@ -44,6 +44,9 @@ _BN_MOMENTUM = 0.9  # flax convention; equals torch's momentum=0.1
 # Its custom_vjp does not support forward-mode AD (jax.jvp / jacfwd); set False before
 # create_model if you need that.
 FAST_CPU_CONV_GRAD = True
+# When set (facenet_jax.multi_margin sets it while it builds its vmapped model), every conv
+# _conv creates uses this implementation instead; None: the choice above.
+CONV_IMPL = None
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -175,7 +178,7 @@ def _conv(cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int] | in
           padding: str = "SAME", use_bias: bool, dtype: Any, rngs: nnx.Rngs) -> nnx.Conv:
     """nnx.Conv with He init; on the CPU backend it uses :func:`cpu_conv_general_dilated`."""
     fast = FAST_CPU_CONV_GRAD and jax.default_backend() == "cpu"
-    impl = cpu_conv_general_dilated if fast else lax.conv_general_dilated
+    impl = CONV_IMPL or (cpu_conv_general_dilated if fast else lax.conv_general_dilated)
     return nnx.Conv(cin, cout, kernel, stride, padding=padding, use_bias=use_bias, dtype=dtype,
                     kernel_init=_HE_INIT, conv_general_dilated=impl, rngs=rngs)
 

@@ -80,33 +80,37 @@ def create_train_state(config: ml_collections.ConfigDict, in_channels: int | Non
 
 
 def _objective(config: ml_collections.ConfigDict) -> Callable:
-  """``(emb_BxD, batch, key) -> (loss, stats)`` for online mining or offline triplets."""
+  """``(emb_BxD, batch, key, margin) -> (loss, stats)`` for online mining or offline triplets."""
   if config.offline.enabled:
-    def offline_loss(emb_BxD, batch, key):
+    def offline_loss(emb_BxD, batch, key, margin):
       del key
       a, p, n = jnp.split(emb_BxD, 3)
       return mining.explicit_triplet_loss(a, p, n, batch["mask"][: a.shape[0]],
-                                          config.margin, config.loss)
+                                          margin, config.loss)
     return offline_loss
 
-  def online_loss(emb_BxD, batch, key):
+  def online_loss(emb_BxD, batch, key, margin):
     return mining.batch_loss(emb_BxD, batch["labels"], batch["mask"], loss=config.loss,
-                             miner=config.miner, margin=config.margin,
+                             miner=config.miner, margin=margin,
                              fallback=config.semi_hard_fallback, key=key)
   return online_loss
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict) -> Callable[[State, dict], tuple[State, dict]]:
-  """The pure train step ``(state, batch) -> (state, metrics)``.
+                    config: ml_collections.ConfigDict) -> Callable[..., tuple[State, dict]]:
+  """The pure train step ``(state, batch, margin=config.margin) -> (state, metrics)``.
 
   ``batch``: ``images`` (B, *spatial, C) uint8 or float, ``labels`` (B,) int32, ``mask``
-  (B,) bool. Randomness (augmentation, random miner) comes from (seed, step).
+  (B,) bool. ``margin``: alpha, a float or a traced scalar, so ``jax.vmap(step, in_axes=(0,
+  None, 0))`` trains K models with K margins on the same batch (facenet_jax/multi_margin.py).
+  Randomness (augmentation, random miner) comes from (seed, step).
   """
   objective = _objective(config)
   aug = config.augment
 
-  def train_step(state: State, batch: dict) -> tuple[State, dict]:
+  def train_step(state: State, batch: dict, margin: float | jax.Array | None = None
+                 ) -> tuple[State, dict]:
+    margin = config.margin if margin is None else margin
     key = jax.random.fold_in(jax.random.key(config.seed), state["step"])
     k_aug, k_mine = jax.random.split(key)
     x = preprocess.to_float(batch["images"])
@@ -117,7 +121,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       # (BatchNorm statistics) at the trace level that created them
       model = nnx.merge(graphdef, params, model_state, copy=True)
       emb_BxD = model(x, train=True)
-      loss, stats = objective(emb_BxD, batch, k_mine)
+      loss, stats = objective(emb_BxD, batch, k_mine, margin)
       _, _, model_state = nnx.split(model, nnx.Param, ...)
       return loss, (stats, model_state)
 
@@ -177,8 +181,93 @@ def check_dataset(ds, config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"{ds.name}: example {bad} contains NaN or Inf values")
 
 
+@dataclasses.dataclass
+class RunData:
+  """What a run reads: its datasets (``raw_*`` before a feature transform), the P x K batch
+  sampler, the held-out verification pairs and their raw-pixel baseline metrics."""
+  train_ds: Any
+  eval_ds: Any
+  raw_train_ds: Any
+  raw_eval_ds: Any
+  features: Callable | None
+  global_batch: int
+  sampler: PKSampler
+  eval_bs: int
+  pair_i: np.ndarray
+  pair_j: np.ndarray
+  issame: np.ndarray
+  pixel: dict[str, float]
+
+
+def prepare_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunData:
+  """Loads and checks the datasets of ``config`` and builds its sampler and held-out pairs."""
+  train_ds, eval_ds = sources.load(config)
+  raw_train_ds, raw_eval_ds = train_ds, eval_ds
+  features = vgg_features.transform_for(config)
+  if features is not None:   # frozen backbone: train the head on cached activations
+    train_ds, eval_ds = (dataclasses.replace(ds, images=features(ds.images, ds.name))
+                         for ds in (train_ds, eval_ds))
+  for ds in (train_ds, eval_ds):
+    check_dataset(ds, config)
+  global_batch = (3 * config.offline.triplets_per_batch if config.offline.enabled
+                  else config.identities_per_batch * config.images_per_identity)
+  mesh_lib.check_divisible(global_batch, mesh, "global batch (identities_per_batch x "
+                           "images_per_identity, or 3 x offline.triplets_per_batch)")
+  sampler = PKSampler(train_ds.labels, config.identities_per_batch, config.images_per_identity,
+                      config.seed)
+  eval_bs = int(np.lcm(config.eval_batch_size, mesh.devices.size))
+  pair_i, pair_j, issame = verification.make_pairs(eval_ds.labels, config.data.eval_pairs,
+                                                   seed=config.seed + 1)
+  pixel = verification.summarize(verification.pixel_distances(eval_ds.images, pair_i, pair_j),
+                                 issame, config.data.eval_folds, prefix="pixel_")
+  return RunData(train_ds, eval_ds, raw_train_ds, raw_eval_ds, features, global_batch, sampler,
+                 eval_bs, pair_i, pair_j, issame, pixel)
+
+
+def pair_metrics(embed_fn: Callable, state: State, data: RunData, mesh: jax.sharding.Mesh,
+                 config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Verification metrics of ``state`` on the held-out pairs (squared L2 distances)."""
+  emb = embed_all(embed_fn, state, data.eval_ds.images, data.eval_bs, mesh)
+  d = np.sum((emb[data.pair_i] - emb[data.pair_j]) ** 2, axis=1)
+  return verification.summarize(d, data.issame, config.data.eval_folds)
+
+
+def run_evaluators(config: ml_collections.ConfigDict, workdir: str | None, state: State,
+                   embed_fn: Callable, data: RunData, mesh: jax.sharding.Mesh,
+                   pairs: dict[str, float]) -> dict[str, dict[str, float]]:
+  """The end-of-training protocols of ``config.evals`` (``pairs``: the metrics given)."""
+  def embed(images: np.ndarray) -> np.ndarray:
+    if data.features is not None:
+      images = data.features(images, "evaluation images")
+    return embed_all(embed_fn, state, images, data.eval_bs, mesh)
+
+  ctx = evaluators.Context(config=config, embed=embed, held_out=data.raw_eval_ds,
+                           train=data.raw_train_ds, workdir=workdir)
+  evals = {}
+  for name in evaluators.names(config.evals):
+    evals[name] = pairs if name == "pairs" else evaluators.EVALUATORS[name](ctx)
+    print(f"  {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in evals[name].items()), flush=True)
+  return evals
+
+
+def make_results(config: ml_collections.ConfigDict, step: int, pairs: dict, evals: dict,
+                 last_train: dict, data: RunData, mesh: jax.sharding.Mesh, t_start: float) -> dict:
+  """The ``results.json`` dict of a finished run (``pairs``: its held-out pair metrics)."""
+  return {
+      "config": config.to_dict(),
+      "step": int(step),
+      "metrics": pairs,
+      "evals": evals,
+      "train_metrics": last_train,
+      "pixel_baseline": data.pixel,
+      "devices": mesh.devices.size,
+      "platform": jax.devices()[0].platform,
+      "wall_seconds": time.time() - t_start,
+  }
+
+
 def _check_finite(state: State, where: str) -> None:
-  bad = int(jax.device_get(state["nonfinite_step"]))
+  bad = int(np.max(jax.device_get(state["nonfinite_step"])))
   if bad >= 0:
     raise NonFiniteLossError(
         f"loss or gradients became NaN/Inf at step {bad} (found at {where}); the update of "
@@ -197,30 +286,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   t_start = time.time()
   check_config(config)
+  if tuple(config.margins):   # K margins, one vmapped program, one run directory each
+    from facenet_jax import multi_margin
+    return multi_margin.train_and_evaluate(config, workdir, devices=devices)
   workdir = os.path.abspath(workdir)
   mesh = mesh_lib.make_data_mesh(devices)
   lead = jax.process_index() == 0
 
-  train_ds, eval_ds = sources.load(config)
-  raw_train_ds, raw_eval_ds = train_ds, eval_ds
-  features = vgg_features.transform_for(config)
-  if features is not None:   # frozen backbone: train the head on cached activations
-    train_ds, eval_ds = (dataclasses.replace(ds, images=features(ds.images, ds.name))
-                         for ds in (train_ds, eval_ds))
-  for ds in (train_ds, eval_ds):
-    check_dataset(ds, config)
+  data = prepare_data(config, mesh)
+  train_ds, eval_ds, sampler, eval_bs = data.train_ds, data.eval_ds, data.sampler, data.eval_bs
+  global_batch, issame, pixel = data.global_batch, data.issame, data.pixel
   offline_mode = bool(config.offline.enabled)
-  global_batch = (3 * config.offline.triplets_per_batch if offline_mode
-                  else config.identities_per_batch * config.images_per_identity)
-  mesh_lib.check_divisible(global_batch, mesh, "global batch (identities_per_batch x "
-                           "images_per_identity, or 3 x offline.triplets_per_batch)")
-  sampler = PKSampler(train_ds.labels, config.identities_per_batch, config.images_per_identity,
-                      config.seed)
-  eval_bs = int(np.lcm(config.eval_batch_size, mesh.devices.size))
-  pair_i, pair_j, issame = verification.make_pairs(eval_ds.labels, config.data.eval_pairs,
-                                                   seed=config.seed + 1)
-  pixel = verification.summarize(verification.pixel_distances(eval_ds.images, pair_i, pair_j),
-                                 issame, config.data.eval_folds, prefix="pixel_")
 
   graphdef, tx, state = create_train_state(config, example_shape=train_ds.example_shape)
   repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
@@ -246,9 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   selected = np.asarray(meta.get("offline_selected", np.zeros((0, 3))), np.int64).reshape(-1, 3)
 
   def evaluate(state) -> dict[str, float]:
-    emb = embed_all(embed_fn, state, eval_ds.images, eval_bs, mesh)
-    d = np.sum((emb[pair_i] - emb[pair_j]) ** 2, axis=1)
-    return verification.summarize(d, issame, config.data.eval_folds)
+    return pair_metrics(embed_fn, state, data, mesh, config)
 
   def rescore(state, step):
     nonlocal pool, selected
@@ -327,30 +401,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if not last_eval:   # resumed at the last step: evaluate the restored state
     last_eval = evaluate(state)
 
-  def embed(images: np.ndarray) -> np.ndarray:
-    if features is not None:
-      images = features(images, "evaluation images")
-    return embed_all(embed_fn, state, images, eval_bs, mesh)
-
-  ctx = evaluators.Context(config=config, embed=embed, held_out=raw_eval_ds, train=raw_train_ds,
-                           workdir=workdir if lead else None)
-  evals = {}
-  for name in evaluators.names(config.evals):
-    evals[name] = last_eval if name == "pairs" else evaluators.EVALUATORS[name](ctx)
-    print(f"  {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in evals[name].items()), flush=True)
-  writer.write_scalars(int(jax.device_get(state["step"])),
-                       {f"final/{k}": v for k, v in evaluators.flatten(evals).items()})
-  results = {
-      "config": config.to_dict(),
-      "step": int(jax.device_get(state["step"])),
-      "metrics": last_eval,
-      "evals": evals,
-      "train_metrics": last_train,
-      "pixel_baseline": pixel,
-      "devices": mesh.devices.size,
-      "platform": jax.devices()[0].platform,
-      "wall_seconds": time.time() - t_start,
-  }
+  evals = run_evaluators(config, workdir if lead else None, state, embed_fn, data, mesh,
+                         last_eval)
+  final_step = int(jax.device_get(state["step"]))
+  writer.write_scalars(final_step, {f"final/{k}": v for k, v in evaluators.flatten(evals).items()})
+  results = make_results(config, final_step, last_eval, evals, last_train, data, mesh, t_start)
   if lead:
     files.write_json_atomic(os.path.join(workdir, "results.json"), results)
   writer.close()

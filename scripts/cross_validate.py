@@ -30,18 +30,6 @@ _VALUES = flags.DEFINE_list("values", ["0", "1", "2", "3", "4", "5", "6", "7", "
                             "Values of --field, one run each.")
 
 
-def _set(config, dotted: str, raw: str):
-  *parents, leaf = dotted.split(".")
-  node = config
-  for p in parents:
-    if p not in node:
-      raise SystemExit(f"--field={dotted}: config has no field {p!r}")
-    node = node[p]
-  if leaf not in node:
-    raise SystemExit(f"--field={dotted}: config has no field {leaf!r}")
-  node[leaf] = type(node[leaf])(raw)
-
-
 def summarize(per_run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
   """``{metric: {mean, std, n}}`` over runs (a metric missing from a run is skipped)."""
   names = sorted({k for m in per_run.values() for k in m})
@@ -80,13 +68,14 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   from facenet_jax import evaluators, train
   from infra.files import write_json_atomic
+  from infra.overrides import OverrideError, with_overrides
   base = _CONFIG.value
   per_run, dirs = {}, []
   for value in _VALUES.value:
-    config = base.copy_and_resolve_references()
-    config.unlock()
-    _set(config, _FIELD.value, value)
-    config.lock()
+    try:
+      config = with_overrides(base, {_FIELD.value: value})
+    except OverrideError as e:
+      raise SystemExit(f"--field={_FIELD.value}: {e}") from e
     wd = os.path.join(_WORKDIR.value, f"{_FIELD.value}={value}")
     dirs.append(wd)
     res_path = os.path.join(wd, "results.json")

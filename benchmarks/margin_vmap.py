@@ -1,0 +1,127 @@
+"""K margins in one vmapped program vs K sequential runs of the same steps, side by side.
+
+  .venv/bin/python benchmarks/margin_vmap.py                 # K = 4, small network, CPU
+  .venv/bin/python benchmarks/margin_vmap.py --variant=orl   # 64x64 grey faces (needs ../shared)
+  .venv/bin/python benchmarks/margin_vmap.py --quick
+
+Both sides train the default config's small ConvNet (``configs/facenet.py``, semi-hard
+mining, AdamW, batch P = 8 x K = 4) on the same sampler batches, already on the device:
+
+* vmapped: ``facenet_jax.multi_margin.make_multi_step`` (the train step vmapped over K
+  stacked states and the margin vector), one call per step for all K models;
+* sequential: K single-margin ``train.make_train_step`` programs, one after another, each
+  doing the same steps (what K separate runs compute).
+
+Timing: after compiling and ``--warmup`` steps, ``--rounds`` alternating rounds of
+``--steps`` steps each (vmapped, then sequential, so load changes hit both); the ratio is
+the median over rounds of sequential / vmapped wall time. Target (CPU, small network):
+vmapped at least 1.5x faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+TARGET = 1.5
+MARGINS = (0.05, 0.1, 0.2, 0.5, 1.0, 0.3, 0.7, 0.02)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--variant", default="synthetic")
+  ap.add_argument("--k", type=int, default=4)
+  ap.add_argument("--steps", type=int, default=20)
+  ap.add_argument("--rounds", type=int, default=5)
+  ap.add_argument("--warmup", type=int, default=3)
+  ap.add_argument("--quick", action="store_true")
+  args = ap.parse_args()
+  if args.quick:
+    args.steps, args.rounds, args.warmup = 4, 2, 1
+
+  from configs.facenet import get_config
+  from facenet_jax import multi_margin, train
+  from infra import mesh as mesh_lib, overrides
+
+  margins = MARGINS[:args.k]
+  config = get_config(args.variant)
+  mesh = mesh_lib.make_data_mesh()
+  data = train.prepare_data(config, mesh)
+  graphdef, tx, state = train.create_train_state(config, example_shape=data.train_ds.example_shape)
+  n = args.warmup + args.steps
+  batches = []
+  for s in range(n):
+    b = data.sampler(s)
+    batches.append(jax.device_put({"images": data.train_ds.images[b.indices], "labels": b.labels,
+                                   "mask": b.mask}))
+  graphdef_v, _, _ = multi_margin.create_train_state(config, data.train_ds.example_shape)
+  multi = jax.jit(multi_margin.make_multi_step(graphdef_v, tx, config, np.asarray(margins, np.float32)),
+                  donate_argnums=0)
+  singles = [jax.jit(train.make_train_step(graphdef, tx, overrides.with_overrides(config, {"margin": m})),
+                     donate_argnums=0) for m in margins]
+  copy = lambda t: jax.tree.map(lambda x: x.copy(), t)
+
+  def run_vmapped(steps):
+    s = multi_margin.stack([state] * len(margins))
+    for b in steps:
+      s, m = multi(s, b)
+    jax.block_until_ready(s)
+
+  def run_sequential(steps):
+    for f in singles:
+      s = copy(state)
+      for b in steps:
+        s, m = f(s, b)
+      jax.block_until_ready(s)
+
+  t = time.perf_counter()
+  run_vmapped(batches[:1])
+  c_v = time.perf_counter() - t
+  t = time.perf_counter()
+  run_sequential(batches[:1])
+  c_s = time.perf_counter() - t
+  run_vmapped(batches[:args.warmup])
+  run_sequential(batches[:args.warmup])
+  timed = batches[args.warmup:]
+  tv, ts = [], []
+  for _ in range(args.rounds):
+    t = time.perf_counter()
+    run_vmapped(timed)
+    tv.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    run_sequential(timed)
+    ts.append(time.perf_counter() - t)
+  ratios = [s / v for s, v in zip(ts, tv)]
+  ratio = float(np.median(ratios))
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+  except OSError:
+    commit = "?"
+  dev = jax.devices()[0]
+  print(f"# K={len(margins)} margins {margins}; config {args.variant} ({config.model.name} "
+        f"{tuple(config.model.widths)}, {config.model.embedding_dim}-d, batch "
+        f"{config.identities_per_batch}x{config.images_per_identity} of {data.train_ds.example_shape}, "
+        f"miner {config.miner}); {args.steps} timed steps x {args.rounds} alternating rounds after "
+        f"{args.warmup} warm-up; {dev.platform} ({getattr(dev, 'device_kind', '')}), "
+        f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; jax {jax.__version__}; "
+        f"{platform.processor() or platform.machine()}; commit {commit}")
+  print("| | per step, all K models (median, ms) | compile (s) |")
+  print("|---|---|---|")
+  print(f"| vmapped, one program | {1e3 * np.median(tv) / args.steps:.1f} | {c_v:.1f} |")
+  print(f"| {len(margins)} sequential runs | {1e3 * np.median(ts) / args.steps:.1f} | {c_s:.1f} |")
+  print(f"\nratio sequential / vmapped per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+        f"median {ratio:.2f}x (target >= {TARGET}x on CPU: {'PASS' if ratio >= TARGET else 'FAIL'})")
+
+
+if __name__ == "__main__":
+  main()

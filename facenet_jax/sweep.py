@@ -1,0 +1,135 @@
+"""Sweeps: many runs of one config, one directory per point, and their index ``sweep.json``.
+
+A sweep is a list of points, each a dict of dotted config overrides (``{"margin": 0.2,
+"seed": 1}``; build grids with ``infra.overrides.product / zipped / chain / cross``). Point
+``p`` of a sweep rooted at ``ROOT`` trains into ``ROOT/<point_name(p)>/`` with
+``train.train_and_evaluate``, so it resumes from its checkpoints and is done once its
+``results.json`` exists. ``ROOT/sweep.json``:
+
+  {"kind", "config", ..., "points": [{"name", "overrides", "workdir", "status", "step",
+                                      "metrics", "error"?}, ...]}
+
+``status`` is ``done`` (results.json), ``partial`` (checkpoints up to ``step``),
+``pending`` or ``failed`` (with the error). A point directory that is itself a sweep (a
+vmapped ``margins`` run writes its own sweep.json) is expanded by :func:`collect_runs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+
+from infra import files, overrides
+
+INDEX = "sweep.json"
+RESULTS = "results.json"
+
+
+def named_points(points: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+  """``[(point_name, overrides)]``; two points with the same name are an error."""
+  out, seen = [], {}
+  for p in points:
+    name = overrides.point_name(p)
+    if name in seen:
+      raise ValueError(f"sweep points {seen[name]} and {dict(p)} share the directory name {name!r}")
+    seen[name] = dict(p)
+    out.append((name, dict(p)))
+  return out
+
+
+def _checkpoint_steps(workdir: str) -> list[int]:
+  d = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(d):
+    return []
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+
+
+def point_status(workdir: str) -> dict[str, Any]:
+  """``{status, step, metrics}`` of one point directory (metrics: flat final metrics)."""
+  res = os.path.join(workdir, RESULTS)
+  if os.path.exists(res):
+    r = files.read_json(res)
+    if "evals" in r:
+      from facenet_jax import evaluators
+      metrics = evaluators.flatten(r["evals"])
+    else:   # a vmapped margins run: its members' pair metrics
+      metrics = {f"{n}/{k}": v for n, m in r.get("members", {}).items() for k, v in m.items()}
+    return {"status": "done", "step": r.get("step"), "metrics": metrics}
+  steps = _checkpoint_steps(workdir)
+  if steps:
+    return {"status": "partial", "step": steps[-1], "metrics": {}}
+  return {"status": "pending", "step": None, "metrics": {}}
+
+
+def write_index(root: str, points: Sequence[Mapping[str, Any]], *, header: Mapping | None = None,
+                errors: Mapping[str, str] | None = None) -> dict:
+  """Scans every point's directory and writes ``root/sweep.json`` (atomically); returns it."""
+  entries = []
+  for name, ov in named_points(points):
+    e = {"name": name, "overrides": ov, "workdir": name, **point_status(os.path.join(root, name))}
+    if errors and name in errors and e["status"] != "done":
+      e.update(status="failed", error=errors[name])
+    entries.append(e)
+  index = dict(header or {}, points=entries)
+  files.write_json_atomic(os.path.join(root, INDEX), index)
+  return index
+
+
+def read_index(root: str) -> dict:
+  path = os.path.join(root, INDEX)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {root!r} a sweep root written by "
+                            "scripts/sweep.py or a config.margins run?")
+  return files.read_json(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One finished or unfinished run of a sweep (nested sweeps flattened)."""
+  name: str
+  overrides: dict[str, Any]
+  workdir: str
+  status: str
+
+
+def collect_runs(root: str) -> list[Run]:
+  """Every run under ``root``'s sweep.json, expanding points that are sweeps themselves
+  (their overrides merged: ``{"miner": "batch_hard"}`` + ``{"margin": 0.2}``)."""
+  out = []
+  for p in read_index(root)["points"]:
+    wd = os.path.join(root, p["workdir"])
+    if os.path.exists(os.path.join(wd, INDEX)):
+      for r in collect_runs(wd):
+        merged = {k: v for k, v in p["overrides"].items() if k != "margins"}
+        merged.update(r.overrides)
+        out.append(dataclasses.replace(r, name=f"{p['name']}/{r.name}", overrides=merged))
+    else:
+      out.append(Run(p["name"], dict(p["overrides"]), wd, point_status(wd)["status"]))
+  return out
+
+
+def swept_fields(points: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The override keys whose value is not the same in every point (in first-seen order)."""
+  keys = list(dict.fromkeys(k for p in points for k in p))
+  missing = object()
+  return [k for k in keys
+          if len({repr(p.get(k, missing)) for p in points}) > 1]
+
+
+def run_point(config: ml_collections.ConfigDict, point: Mapping[str, Any], root: str) -> str:
+  """Trains one point into ``root/<name>`` unless its results.json exists; returns the
+  status before (``done`` means skipped)."""
+  from facenet_jax import train
+  name = overrides.point_name(point)
+  wd = os.path.join(root, name)
+  before = point_status(wd)
+  if before["status"] == "done":
+    print(f"{name}: done before (step {before['step']}), skipped", flush=True)
+    return "done"
+  what = f"resuming from step {before['step']}" if before["status"] == "partial" else "starting"
+  print(f"=== {name}: {what} -> {wd}", flush=True)
+  train.train_and_evaluate(overrides.with_overrides(config, point), wd)
+  return before["status"]

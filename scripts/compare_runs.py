@@ -1,0 +1,240 @@
+"""Compare the runs of a sweep: one table (markdown + JSON) and PNGs against the swept field.
+
+  python scripts/compare_runs.py runs/orl_margin                 # the field that varies
+  python scripts/compare_runs.py runs/sweeps/miner --field=miner --out=docs/miner
+
+ROOT is a sweep root (``scripts/sweep.py``) or a ``config.margins`` run; both hold a
+``sweep.json``. For every finished run it reads ``results.json`` and ``metrics.jsonl`` and,
+with ``--histograms``, restores the run (``inference.load``) to recompute its held-out
+matched / mismatched pair distances (the same pairs as its evaluation). Writes to ``--out``
+(default ROOT):
+
+  compare.md, compare.json     one row per run: the swept fields, verification accuracy
+                               (10-fold, +- std), VAL@FAR=1e-3, AUC, EER, the last logged
+                               fraction of active triplets and mean d(a,p), d(a,n)
+  compare_metrics.png          accuracy and VAL@FAR=1e-3 against the field
+  compare_training.png         fraction of active triplets, mean d(a,p) and d(a,n) per logged
+                               step, one line per value
+  compare_distances.png        histograms of matched and mismatched pair distances per value
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from absl import app, flags, logging  # noqa: E402
+import numpy as np  # noqa: E402
+
+_FIELD = flags.DEFINE_string("field", "", "The swept field on the x axis ('': the first that varies).")
+_OUT = flags.DEFINE_string("out", "", "Output directory ('': ROOT).")
+_HIST = flags.DEFINE_bool("histograms", True, "Restore each run to plot its pair distances.")
+_TITLE = flags.DEFINE_string("title", "", "Figure title prefix (e.g. 'ORL, 300 steps').")
+
+PAIR_KEYS = ("verification_accuracy", "verification_accuracy_std", "val_at_far_1e-3", "roc_auc", "eer")
+TRAIN_KEYS = ("frac_active", "mean_d_ap", "mean_d_an")
+
+
+def _sort_key(v):
+  return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+
+
+def rows_for(root: str, field: str = "") -> tuple[str, list[str], list[dict]]:
+  """``(field, other_fields, rows)``: one row per finished run, sorted by ``field``."""
+  from facenet_jax import sweep
+  from infra import files
+  from infra.metric_writer import read_metrics
+  runs = sweep.collect_runs(root)
+  fields = sweep.swept_fields([r.overrides for r in runs])
+  if not fields and runs:
+    fields = list(runs[0].overrides)
+  if field and field not in fields:
+    raise SystemExit(f"--field={field}: the swept fields of {root} are {fields}")
+  field = field or (fields[0] if fields else "")
+  others = [f for f in fields if f != field]
+  rows = []
+  for r in runs:
+    row = {"name": r.name, "workdir": r.workdir, "status": r.status,
+           "value": r.overrides.get(field), "others": {f: r.overrides.get(f) for f in others}}
+    if r.status == "done":
+      res = files.read_json(os.path.join(r.workdir, "results.json"))
+      row.update(step=res["step"], wall_seconds=res.get("wall_seconds"),
+                 **{k: res["metrics"].get(k) for k in PAIR_KEYS})
+      log = [m for m in read_metrics(r.workdir) if "train/frac_active" in m]
+      row["curve"] = {"step": [m["step"] for m in log],
+                      **{k: [m[f"train/{k}"] for m in log] for k in TRAIN_KEYS}}
+      row.update({f"final_{k}": (row["curve"][k][-1] if log else None) for k in TRAIN_KEYS})
+    rows.append(row)
+  rows.sort(key=lambda row: (tuple(_sort_key(v) for v in row["others"].values()), _sort_key(row["value"])))
+  return field, others, rows
+
+
+def pair_distances(workdir: str) -> tuple[np.ndarray, np.ndarray]:
+  """The run's held-out pair distances and ``issame``, as its evaluation computed them."""
+  from facenet_jax import inference, verification
+  from facenet_jax.data import sources
+  trained = inference.load(workdir)
+  _, held_out = sources.load(trained.config)
+  i, j, issame = verification.make_pairs(held_out.labels, trained.config.data.eval_pairs,
+                                         seed=trained.config.seed + 1)
+  emb = trained.embed(held_out.images)
+  return np.sum((emb[i] - emb[j]) ** 2, axis=1), issame
+
+
+def _fmt(v, spec=".4f") -> str:
+  if v is None or (isinstance(v, float) and math.isnan(v)):
+    return "-"
+  return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def markdown(field: str, others: list[str], rows: list[dict]) -> str:
+  head = [field, *others, "status", "step", "verification acc.", "VAL@FAR=1e-3", "AUC", "EER",
+          "active triplets (last log)", "d(a,p)", "d(a,n)"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    acc = (f"{r['verification_accuracy']:.4f} +- {r['verification_accuracy_std']:.4f}"
+           if r.get("verification_accuracy") is not None else "-")
+    cells = [_fmt(r["value"], "g"), *(_fmt(r["others"][o], "g") for o in others), r["status"],
+             _fmt(r.get("step"), "d"), acc, _fmt(r.get("val_at_far_1e-3")), _fmt(r.get("roc_auc")),
+             _fmt(r.get("eer")), _fmt(r.get("final_frac_active"), ".3f"),
+             _fmt(r.get("final_mean_d_ap"), ".3f"), _fmt(r.get("final_mean_d_an"), ".3f")]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _label(field: str, r: dict) -> str:
+  parts = [f"{field}={_fmt(r['value'], 'g')}"] + [f"{k}={_fmt(v, 'g')}" for k, v in r["others"].items()]
+  return ", ".join(parts)
+
+
+def plot_metrics(path: str, field: str, rows: list[dict], title: str) -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  done = [r for r in rows if r["status"] == "done"]
+  groups: dict[str, list[dict]] = {}
+  for r in done:
+    groups.setdefault(", ".join(f"{k}={_fmt(v, 'g')}" for k, v in r["others"].items()), []).append(r)
+  numeric = all(isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool) for r in done)
+  cats = list(dict.fromkeys(_fmt(r["value"], "g") for r in done))
+  fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2))
+  for name, g in groups.items():
+    x = [r["value"] for r in g] if numeric else [cats.index(_fmt(r["value"], "g")) for r in g]
+    axes[0].errorbar(x, [r["verification_accuracy"] for r in g],
+                     yerr=[r["verification_accuracy_std"] for r in g], marker="o", capsize=3,
+                     label=name or None)
+    axes[1].plot(x, [r["val_at_far_1e-3"] for r in g], marker="o", label=name or None)
+  for ax, ylabel in zip(axes, ("verification accuracy (10-fold)", "VAL @ FAR = 1e-3")):
+    ax.set_xlabel(field)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if numeric and done and min(r["value"] for r in done) > 0 and \
+        max(r["value"] for r in done) / min(r["value"] for r in done) >= 8:
+      ax.set_xscale("log")
+      vals = sorted({r["value"] for r in done})
+      ax.set_xticks(vals)
+      ax.set_xticklabels([_fmt(v, "g") for v in vals])
+    if not numeric:
+      ax.set_xticks(range(len(cats)))
+      ax.set_xticklabels(cats, rotation=20)
+  if len(groups) > 1:
+    axes[0].legend(fontsize=7)
+  fig.suptitle(f"{title}held-out verification against {field}", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def plot_training(path: str, field: str, rows: list[dict], title: str) -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.2))
+  done = [r for r in rows if r["status"] == "done" and r["curve"]["step"]]
+  colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(done), 1)))
+  for r, c in zip(done, colors):
+    cv = r["curve"]
+    axes[0].plot(cv["step"], cv["frac_active"], color=c, label=_label(field, r))
+    axes[1].plot(cv["step"], cv["mean_d_ap"], color=c)
+    axes[2].plot(cv["step"], cv["mean_d_an"], color=c)
+  for ax, t in zip(axes, ("fraction of active triplets", "mean d(a, p)", "mean d(a, n)")):
+    ax.set_xlabel("step")
+    ax.set_title(t, fontsize=9)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=6)
+  fig.suptitle(f"{title}training statistics of the mined triplets (per log interval)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def plot_distances(path: str, field: str, rows: list[dict], dists: dict[str, tuple], title: str) -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  done = [r for r in rows if r["name"] in dists]
+  n = len(done)
+  cols = min(n, 5)
+  nrows = max(1, math.ceil(n / cols))
+  fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.2 * nrows), squeeze=False)
+  bins = np.linspace(0.0, 4.0, 41)   # squared distances of unit vectors lie in [0, 4]
+  for ax, r in zip(axes.flat, done):
+    d, same = dists[r["name"]]
+    ax.hist(d[same], bins=bins, alpha=0.6, density=True, label="matched")
+    ax.hist(d[~same], bins=bins, alpha=0.6, density=True, label="mismatched")
+    ax.set_title(_label(field, r), fontsize=8)
+    ax.set_yticks([])
+  for ax in list(axes.flat)[n:]:
+    ax.axis("off")
+  axes.flat[0].legend(fontsize=7)
+  fig.supxlabel("squared L2 distance of held-out pairs", fontsize=9)
+  fig.suptitle(f"{title}matched vs mismatched pair distances", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+def compare(root: str, *, field: str = "", out: str = "", histograms: bool = True,
+            title: str = "") -> dict:
+  """Writes the table and figures of the sweep at ``root``; returns the JSON summary."""
+  from infra.files import write_json_atomic
+  out = out or root
+  os.makedirs(out, exist_ok=True)
+  field, others, rows = rows_for(root, field)
+  title = f"{title}: " if title else ""
+  figures = {}
+  if any(r["status"] == "done" for r in rows):
+    figures["metrics"] = plot_metrics(os.path.join(out, "compare_metrics.png"), field, rows, title)
+    figures["training"] = plot_training(os.path.join(out, "compare_training.png"), field, rows, title)
+    if histograms:
+      dists = {r["name"]: pair_distances(r["workdir"]) for r in rows if r["status"] == "done"}
+      figures["distances"] = plot_distances(os.path.join(out, "compare_distances.png"), field,
+                                            rows, dists, title)
+  table = markdown(field, others, rows)
+  with open(os.path.join(out, "compare.md"), "w") as f:
+    f.write(table)
+  summary = {"root": os.path.abspath(root), "field": field, "other_fields": others,
+             "runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows],
+             "figures": figures}
+  write_json_atomic(os.path.join(out, "compare.json"), summary)
+  return summary
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("usage: compare_runs.py ROOT [--field=F] [--out=DIR]")
+  logging.set_verbosity(logging.WARNING)
+  s = compare(argv[1], field=_FIELD.value, out=_OUT.value, histograms=_HIST.value, title=_TITLE.value)
+  print(open(os.path.join(_OUT.value or argv[1], "compare.md")).read())
+  for name, p in s["figures"].items():
+    print(f"{name}: {p}")
+
+
+if __name__ == "__main__":
+  app.run(main)

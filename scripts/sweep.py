@@ -1,0 +1,133 @@
+"""Run every point of a sweep defined in a config module, one directory per point.
+
+  # all points, one after another (skips finished points, resumes half-finished ones)
+  python scripts/sweep.py --config=configs/facenet.py:orl --sweep=margin --workdir=runs/orl_margin \
+      --config.num_steps=300
+  # one command per point, for any scheduler; or a SLURM array-job script
+  python scripts/sweep.py --config=configs/facenet.py:orl --sweep=margin --workdir=ROOT --dry_run
+  python scripts/sweep.py --config=configs/facenet.py:orl --sweep=margin --workdir=ROOT --emit=slurm
+  # what one of those commands runs: point 3 only
+  python scripts/sweep.py --config=configs/facenet.py:orl --sweep=margin --workdir=ROOT --index=3
+
+The config module's ``sweep(name)`` returns the points (dicts of dotted overrides, see
+``configs/facenet.py``); ``--config.x=y`` flags apply to every point. Point ``p`` trains into
+``ROOT/<name of p>/`` (e.g. ``ROOT/margin=0.2``); ``ROOT/sweep.json`` lists every point with
+its status (done / partial / pending / failed) and final metrics, rewritten after each
+point. Under ``srun`` with several tasks, or with ``JAX_COORDINATOR_ADDRESS`` set, each
+point runs multi-host through ``jax.distributed`` (infra/distributed.py); only process 0
+writes files.
+"""
+
+import importlib.util
+import os
+import shlex
+import sys
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, REPO)
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from infra.distributed import maybe_initialize  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/facenet.py", "Config file[:variant].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root: one directory per point, sweep.json.",
+                               required=True)
+_SWEEP = flags.DEFINE_string("sweep", "margin", "Name passed to the config module's sweep().")
+_INDEX = flags.DEFINE_integer("index", -1, "Run only this point (0-based; -1: all).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one command per point and exit.")
+_EMIT = flags.DEFINE_enum("emit", "", ["", "slurm"], "Write ROOT/sweep.slurm (an array job) and exit.")
+_SLURM = flags.DEFINE_list("slurm_options", [], "Extra #SBATCH options, e.g. --gres=gpu:1,--time=4:00:00.")
+
+
+def load_points(config_arg: str, name: str) -> list[dict]:
+  """The points of ``sweep(name)`` in the config module of ``config_arg`` (``path[:variant]``)."""
+  path = config_arg.split(":", 1)[0]
+  spec = importlib.util.spec_from_file_location("_sweep_config_module", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "sweep"):
+    raise SystemExit(f"--config={config_arg}: {path} defines no sweep(name) function")
+  try:
+    return list(module.sweep(name))
+  except ValueError as e:
+    raise SystemExit(f"--sweep={name}: {e}") from e
+
+
+def point_command(config_arg: str, base: dict, index: int) -> str:
+  """The shell command that runs point ``index`` of this sweep (with the same overrides)."""
+  from infra.overrides import to_flags
+  args = [sys.executable, os.path.join("scripts", "sweep.py"), f"--config={config_arg}",
+          f"--sweep={_SWEEP.value}", f"--workdir={os.path.abspath(_WORKDIR.value)}",
+          f"--index={index}", *to_flags(base)]
+  return " ".join(shlex.quote(a) for a in args)
+
+
+def slurm_script(config_arg: str, base: dict, n: int) -> str:
+  """An array job: task ``$SLURM_ARRAY_TASK_ID`` runs that point."""
+  root = os.path.abspath(_WORKDIR.value)
+  cmd = point_command(config_arg, base, 0).replace("--index=0", "--index=$SLURM_ARRAY_TASK_ID")
+  lines = ["#!/bin/bash", f"#SBATCH --job-name=sweep-{_SWEEP.value}", f"#SBATCH --array=0-{n - 1}",
+           f"#SBATCH --output={root}/slurm-%A_%a.out"]
+  lines += [f"#SBATCH {o}" for o in _SLURM.value]
+  lines += [f"cd {shlex.quote(os.path.abspath(REPO))}", f"srun {cmd}", ""]
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
+  base = config_flags.get_override_values(flags.FLAGS["config"])
+  points = load_points(config_arg, _SWEEP.value)
+  from facenet_jax import sweep
+  named = sweep.named_points(points)
+  root = _WORKDIR.value
+  if _DRY_RUN.value:
+    for i in range(len(named)):
+      print(point_command(config_arg, base, i))
+    return
+  if _EMIT.value == "slurm":
+    path = os.path.join(root, "sweep.slurm")
+    os.makedirs(root, exist_ok=True)
+    with open(path, "w") as f:
+      f.write(slurm_script(config_arg, base, len(named)))
+    print(f"wrote {path}: sbatch {path}  ({len(named)} array tasks)")
+    return
+
+  maybe_initialize()
+  import jax
+  from facenet_jax.train import NonFiniteLossError
+  lead = jax.process_index() == 0
+  header = {"kind": "sweep", "config_file": config_arg, "sweep": _SWEEP.value,
+            "base_overrides": base}
+  if not 0 <= _INDEX.value < len(named) and _INDEX.value != -1:
+    raise SystemExit(f"--index={_INDEX.value}: this sweep has points 0..{len(named) - 1}")
+  todo = range(len(named)) if _INDEX.value < 0 else [_INDEX.value]
+  errors: dict[str, str] = {}
+  if lead:
+    sweep.write_index(root, points, header=header)
+  for i in todo:
+    name, point = named[i]
+    try:
+      sweep.run_point(_CONFIG.value, point, root)
+    except (NonFiniteLossError, ValueError) as e:   # this point's fault: record it, go on
+      errors[name] = f"{type(e).__name__}: {e}"
+      print(f"{name}: FAILED: {errors[name]}", flush=True)
+    if lead:
+      sweep.write_index(root, points, header=header, errors=errors)
+  index = sweep.write_index(root, points, header=header, errors=errors) if lead else None
+  if index:
+    print(f"\n{os.path.join(root, sweep.INDEX)}:")
+    print("| point | status | step | verification accuracy |\n|---|---|---|---|")
+    for p in index["points"]:
+      acc = [v for k, v in p["metrics"].items() if k.endswith("verification_accuracy")]
+      acc_s = ", ".join(f"{a:.4f}" for a in acc) if acc else "-"
+      print(f"| {p['name']} | {p['status']} | {p['step']} | {acc_s} |")
+  if errors:
+    raise SystemExit(f"{len(errors)} point(s) failed: {sorted(errors)}")
+
+
+if __name__ == "__main__":
+  app.run(main)

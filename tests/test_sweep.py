@@ -1,0 +1,258 @@
+"""Sweeps: overrides, config sweeps, sweep.py (run / skip / resume / dry run / SLURM),
+vmapped margins equal to separate runs, compare_runs.py, test-time robustness."""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import facenet as facenet_configs
+from facenet_jax import multi_margin, robustness, sweep, train
+from facenet_jax.config_checks import ConfigError, check_config
+from infra import checkpoints, files, mesh as mesh_lib, overrides
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+MARGINS = (0.05, 0.2, 0.5)
+
+
+def _script(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def _tiny(**kw):
+  return overrides.with_overrides(facenet_configs.get_config("tiny"),
+                                  dict({"num_steps": 4, "eval_every": 4}, **kw))
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def test_overrides_parse_strings_as_the_field_type_and_name_bad_fields():
+  c = facenet_configs.get_config("tiny")
+  out = overrides.with_overrides(c, {"margin": "0.3", "augment.flip": "False", "model.widths": "4,8",
+                                     "num_steps": 3, "margins": "0.1,0.2", "optim.learning_rate": 1})
+  assert out.margin == 0.3 and out.augment.flip is False and out.model.widths == (4, 8)
+  assert out.margins == (0.1, 0.2) and out.num_steps == 3 and out.optim.learning_rate == 1.0
+  assert c.margin == 0.2   # the original is unchanged
+  with pytest.raises(overrides.OverrideError, match="optim.nope"):
+    overrides.with_overrides(c, {"optim.nope": 1})
+  with pytest.raises(overrides.OverrideError, match="bogus"):
+    overrides.with_overrides(c, {"bogus.margin": 1})
+  with pytest.raises(overrides.OverrideError, match="augment.flip"):
+    overrides.with_overrides(c, {"augment.flip": "maybe"})
+
+
+def test_grids_and_point_names():
+  g = overrides.product({"margin": (0.1, 0.2), "seed": (0, 1)})
+  assert g == [{"margin": 0.1, "seed": 0}, {"margin": 0.1, "seed": 1},
+               {"margin": 0.2, "seed": 0}, {"margin": 0.2, "seed": 1}]
+  z = overrides.zipped({"identities_per_batch": (16, 8), "images_per_identity": (2, 4)})
+  assert z == [{"identities_per_batch": 16, "images_per_identity": 2},
+               {"identities_per_batch": 8, "images_per_identity": 4}]
+  with pytest.raises(overrides.OverrideError, match="equal lengths"):
+    overrides.zipped({"a": (1, 2), "b": (1,)})
+  assert len(overrides.cross(z, [{"seed": 0}, {"seed": 1}])) == 4
+  assert overrides.point_name({"margin": 0.2, "seed": 1}) == "margin=0.2,seed=1"
+  assert overrides.point_name({"margins": (0.05, 1.0)}) == "margins=0.05-1"
+  assert overrides.point_name({"data.data_dir": "/a b"}) == "data.data_dir=_a_b"
+  with pytest.raises(ValueError, match="share the directory name"):
+    sweep.named_points([{"margin": 0.2}, {"margin": 0.20}])
+  assert sweep.swept_fields([{"margin": 0.1, "seed": 0}, {"margin": 0.2, "seed": 0}]) == ["margin"]
+
+
+@pytest.mark.parametrize("name", ["margin", "margin_vmapped", "embedding_dim", "miner",
+                                  "batch_shape", "seed"])
+def test_config_sweeps_give_valid_configs(name):
+  points = facenet_configs.sweep(name)
+  assert len(sweep.named_points(points)) == len(points) >= 1
+  for variant in ("synthetic", "orl"):
+    for p in points:
+      check_config(overrides.with_overrides(facenet_configs.get_config(variant), p))
+  with pytest.raises(ValueError, match="unknown sweep"):
+    facenet_configs.sweep("nope")
+
+
+def test_margins_config_errors_name_the_field():
+  for bad in ((0.1, 0.1), (-0.1,), ("a",)):
+    with pytest.raises(ConfigError, match="config.margins"):
+      check_config(_tiny(margins=bad))
+  with pytest.raises(ConfigError, match="config.margins"):
+    check_config(_tiny(margins=(0.1, 0.2), **{"offline.enabled": True}))
+
+
+# ----------------------------------------------------------------------------- vmapped step
+
+
+def test_vmapped_step_equals_separate_steps():
+  """The multi-margin step is the single-run step under vmap: K = 3 models after 3 steps
+  equal three single-margin models trained on the same batches."""
+  config = _tiny(miner="semi_hard")
+  mesh = mesh_lib.make_data_mesh()
+  data = train.prepare_data(config, mesh)
+  graphdef, tx, state = train.create_train_state(config, example_shape=data.train_ds.example_shape)
+  graphdef_v, _, state_v = multi_margin.create_train_state(config, data.train_ds.example_shape)
+  for a, b in zip(jax.tree.leaves(state_v), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(a, b)
+  multi = jax.jit(multi_margin.make_multi_step(graphdef_v, tx, config, np.asarray(MARGINS, np.float32)))
+  singles = [jax.jit(train.make_train_step(graphdef, tx, overrides.with_overrides(config, {"margin": m})))
+             for m in MARGINS]
+  state_K = multi_margin.stack([state] * 3)
+  states = [state] * 3
+  for step in range(3):
+    b = data.sampler(step)
+    batch = {"images": data.train_ds.images[b.indices], "labels": b.labels, "mask": b.mask}
+    state_K, metrics_K = multi(state_K, batch)
+    for k in range(3):
+      states[k], metrics = singles[k](states[k], batch)
+      for key in metrics:
+        np.testing.assert_allclose(metrics_K[key][k], metrics[key], rtol=1e-4, atol=1e-5, err_msg=key)
+  for k in range(3):
+    for a, b in zip(jax.tree.leaves(multi_margin.unstack(state_K, k)), jax.tree.leaves(states[k])):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # the margins really differ in what they mine
+  assert not np.allclose(metrics_K["frac_active"][0], metrics_K["frac_active"][2])
+
+
+# ----------------------------------------------------------------------------- sweep runs
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+  """A 3-point margin sweep of separate runs and the same margins as one vmapped run."""
+  root = str(tmp_path_factory.mktemp("sweep"))
+  base = _tiny()
+  points = [{"margin": m} for m in MARGINS]
+  for p in points:
+    assert sweep.run_point(base, p, root) == "pending"
+  sweep.write_index(root, points, header={"kind": "sweep"})
+  vm = os.path.join(str(tmp_path_factory.mktemp("vmapped")), "vm")
+  out = train.train_and_evaluate(overrides.with_overrides(base, {"margins": MARGINS}), vm)
+  return root, vm, points, out
+
+
+def _final_params(workdir, config):
+  _, _, target = train.create_train_state(config, in_channels=3)
+  ck = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1)
+  step, state, _ = ck.restore(target)
+  ck.close()
+  return step, state
+
+
+def test_vmapped_run_equals_separate_runs(swept):
+  root, vm, points, out = swept
+  assert sorted(out["members"]) == [f"margin={m:g}" for m in MARGINS]
+  for m in MARGINS:
+    name = f"margin={m:g}"
+    sep = files.read_json(os.path.join(root, name, "results.json"))
+    mem = files.read_json(os.path.join(vm, name, "results.json"))
+    # each member is written as its own run: its config is the single run's config
+    assert mem["config"] == sep["config"] and mem["config"]["margin"] == m
+    step_s, s = _final_params(os.path.join(root, name), _tiny())
+    step_v, v = _final_params(os.path.join(vm, name), _tiny())
+    assert step_s == step_v == 4
+    for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(v)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(mem["metrics"]["roc_auc"], sep["metrics"]["roc_auc"], atol=2e-3)
+  idx = sweep.read_index(vm)
+  assert [p["status"] for p in idx["points"]] == ["done"] * 3
+  assert [p["overrides"] for p in idx["points"]] == points
+
+
+def test_sweep_skips_done_points_and_resumes_partial_ones(swept):
+  root, _, points, _ = swept
+  idx = sweep.read_index(root)
+  assert [p["status"] for p in idx["points"]] == ["done"] * 3
+  assert all("pairs/verification_accuracy" in p["metrics"] for p in idx["points"])
+  assert sweep.run_point(_tiny(), points[0], root) == "done"
+  # half-finished: results and the last checkpoint gone
+  wd = os.path.join(root, "margin=0.05")
+  os.remove(os.path.join(wd, "results.json"))
+  ck = os.path.join(wd, "checkpoints")
+  last = max(int(n) for n in os.listdir(ck) if n.isdigit())
+  shutil.rmtree(os.path.join(ck, str(last)))
+  assert sweep.point_status(wd)["status"] == "partial"
+  assert sweep.run_point(_tiny(), points[0], root) == "partial"
+  assert sweep.point_status(wd)["status"] == "done"
+
+
+def test_sweep_script_dry_run_and_slurm(tmp_path):
+  root = str(tmp_path / "s")
+  cmd = [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--config=configs/facenet.py:tiny",
+         "--sweep=miner", f"--workdir={root}", "--config.num_steps=3", "--config.model.widths=(4, 8)"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  lines = subprocess.run(cmd + ["--dry_run"], cwd=ROOT, env=env, check=True, capture_output=True,
+                         text=True).stdout.strip().splitlines()
+  assert len(lines) == 4
+  assert all(f"--index={i}" in line and "--config.num_steps=3" in line and
+             "'--config.model.widths=(4, 8)'" in line for i, line in enumerate(lines))
+  subprocess.run(cmd + ["--emit=slurm", "--slurm_options=--gres=gpu:1,--time=1:00:00"], cwd=ROOT,
+                 env=env, check=True, capture_output=True)
+  script = open(os.path.join(root, "sweep.slurm")).read()
+  assert "#SBATCH --array=0-3" in script and "#SBATCH --gres=gpu:1" in script
+  assert "--index=$SLURM_ARRAY_TASK_ID" in script and script.startswith("#!/bin/bash")
+  with pytest.raises(SystemExit, match="unknown sweep"):
+    _script("sweep").load_points(os.path.join(ROOT, "configs", "facenet.py") + ":tiny", "nope")
+
+
+# ----------------------------------------------------------------------------- compare_runs
+
+
+def test_compare_runs_table_json_and_figures(swept, tmp_path):
+  root, vm, _, _ = swept
+  cr = _script("compare_runs")
+  s = cr.compare(vm, out=str(tmp_path / "vm"), histograms=True, title="tiny")
+  assert s["field"] == "margin" and [r["value"] for r in s["runs"]] == list(MARGINS)
+  for r in s["runs"]:
+    res = files.read_json(os.path.join(r["workdir"], "results.json"))
+    assert r["verification_accuracy"] == res["metrics"]["verification_accuracy"]
+    assert 0 <= r["final_frac_active"] <= 1 and r["final_mean_d_an"] > 0
+  for p in s["figures"].values():
+    assert os.path.getsize(p) < 300_000
+  assert set(s["figures"]) == {"metrics", "training", "distances"}
+  table = open(tmp_path / "vm" / "compare.md").read()
+  assert table.count("\n") == 2 + len(MARGINS) and "| 0.05 | done | 4 |" in table
+  # a sweep root whose point is itself a vmapped run is expanded; any field can be compared
+  outer = str(tmp_path / "outer")
+  os.makedirs(outer)
+  os.symlink(vm, os.path.join(outer, "margins=x"))
+  sweep.write_index(outer, [{"margins": "x"}])
+  s2 = cr.compare(outer, histograms=False)
+  assert s2["field"] == "margin" and len(s2["runs"]) == 3
+  with pytest.raises(SystemExit, match="swept fields"):
+    cr.compare(root, field="seed", histograms=False)
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+def test_degrade():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+  g = x[..., :1]
+  for imgs in (x, g):
+    assert robustness.degrade(imgs).tolist() == imgs.tolist()
+    for kw in ({"resolution": 4}, {"jpeg_quality": 10}, {"resolution": 8, "jpeg_quality": 50}):
+      y = robustness.degrade(imgs, **kw)
+      assert y.shape == imgs.shape and y.dtype == np.uint8 and not np.array_equal(y, imgs)
+  smooth = np.repeat(np.repeat(rng.integers(0, 256, (1, 4, 4, 1), dtype=np.uint8), 4, 1), 4, 2)
+  err = lambda q: np.abs(robustness.degrade(smooth, jpeg_quality=q).astype(int) - smooth).mean()
+  assert err(95) < err(5)
+  with pytest.raises(ValueError, match="jpeg_quality"):
+    robustness.degrade(x, jpeg_quality=101)
+
+
+def test_robustness_evaluate_matches_training_evaluation(swept):
+  root, _, _, _ = swept
+  wd = os.path.join(root, "margin=0.2")
+  rows = robustness.evaluate(wd, resolutions=[4], jpeg_qualities=[10])
+  assert [r["kind"] for r in rows] == ["original", "resolution", "jpeg_quality"]
+  res = files.read_json(os.path.join(wd, "results.json"))
+  np.testing.assert_allclose(rows[0]["roc_auc"], res["metrics"]["roc_auc"], atol=1e-6)

@@ -44,7 +44,7 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "VGG input side (px); a wo
 _TILES = flags.DEFINE_integer("tiles", 1, "Cut each (square) image into tiles x tiles inputs.")
 _MAX_IMAGES = flags.DEFINE_integer("max_images", 0, "Use a seeded subset of this many files (0: all).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
-_PATCH_PX = flags.DEFINE_integer("patch_px", 64, "Side of each drawn patch (px).")
+_PATCH_PX = flags.DEFINE_integer("patch_px", 48, "Side of each drawn patch (px).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the file subset and of the drawn units.")
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff")
@@ -72,6 +72,7 @@ class Net:
       self.size, self.crop, self.channels = image_size, 0, 3
       prep = lambda x: vgg.preprocess_caffe(x)
       self.describe = f"ImageNet VGG{depth} ({os.path.basename(weights)})"
+      self.short = f"VGG{depth}"
     else:
       from facenet_jax import inference, models, preprocess
       config = inference.load_config(model_flag)
@@ -89,6 +90,7 @@ class Net:
       self.size, self.crop, self.channels = d.image_size, d.center_crop, d.channels
       prep = preprocess.to_float
       self.describe = f"small_cnn face network {model_flag} (step {step}, {d.source})"
+      self.short = f"face small_cnn ({d.source})"
     names = [g[0] for g in geometry]
     rfs = units.receptive_fields([g[1:] for g in geometry], rank=2)
     self.rf = dict(zip(names, rfs))
@@ -166,7 +168,8 @@ def draw_layer(path: str, title: str, rows: list[tuple[int, list[np.ndarray], li
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   n, k = len(rows), max(len(r[1]) for r in rows)
-  fig, axes = plt.subplots(n, k, figsize=(0.75 * k + 0.6, 0.75 * n + 0.5), squeeze=False)
+  cell = 0.55   # inches: ~50 px per patch at 90 dpi
+  fig, axes = plt.subplots(n, k, figsize=(cell * k + 0.4, cell * n + 0.3), squeeze=False)
   for r, (unit, patches, acts) in enumerate(rows):
     for c in range(k):
       ax = axes[r, c]
@@ -178,7 +181,8 @@ def draw_layer(path: str, title: str, rows: list[tuple[int, list[np.ndarray], li
         ax.imshow(patches[c], interpolation="nearest")
     axes[r, 0].set_ylabel(f"{unit}", rotation=0, ha="right", va="center", fontsize=7)
   fig.suptitle(title, fontsize=7)
-  fig.subplots_adjust(left=0.07, right=0.995, top=1 - 0.35 / (0.75 * n + 0.5), bottom=0.005,
+  fig.subplots_adjust(left=0.4 / (cell * k + 0.4), right=0.995, top=1 - 0.25 / (cell * n + 0.3),
+                      bottom=0.005,
                       wspace=0.04, hspace=0.04)
   fig.savefig(path, dpi=90)
   plt.close(fig)
@@ -229,8 +233,8 @@ def main(argv):
         patches.append(_resize(units.crop_box(img, *t["box"], fill=128), _PATCH_PX.value))
       rows.append((c, patches, [t["activation"] for t in entries[c]["top"]]))
     size = "x".join(str(v) for v in rf.size)
-    title = (f"{net.describe}: {name}, receptive field {size} px (stride {rf.jump[0]}); rows: "
-             f"units, columns: top {_K.value} of {len(examples)} inputs")
+    title = (f"{net.short} {name}: receptive field {size} px, stride {rf.jump[0]}; "
+             f"per unit (row) its top {_K.value} of {len(examples)} inputs")
     png = os.path.join(_OUT.value, f"units_{name}.png")
     if rows:
       draw_layer(png, title, rows)

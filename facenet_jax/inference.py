@@ -79,7 +79,11 @@ def restore(workdir: str, config: ml_collections.ConfigDict,
   ``nnx.merge(graphdef, state["params"], state["model_state"])`` is the trained model."""
   from facenet_jax import train
   graphdef, _, state = train.create_train_state(config, example_shape=model_shape)
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1)
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise WorkdirError(f"{workdir}/checkpoints holds no finished checkpoint (no such folder)")
+  # read-only: a finished run on storage this process cannot write to is still usable
+  ckpt = checkpoints.Checkpointer(directory, every=1, read_only=True)
   restored = ckpt.restore(state)
   ckpt.close()
   if restored is None:

@@ -184,7 +184,10 @@ c = get_config("tiny"); c.unlock(); c.num_steps = 8; c.lock()
 try:
   train.train_and_evaluate(c, {work!r})
 except Exception as e:
-  print(type(e).__name__ + ": " + str(e)); sys.exit(3)
+  print(type(e).__name__ + ": " + str(e))
+from facenet_jax import inference   # a finished run on read-only storage is still usable
+print("loaded step", inference.load({work!r}).step)
+sys.exit(3)
 """
   env = dict(os.environ, JAX_PLATFORMS="cpu", HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path))
   os.chmod(tmp_path, 0o755)
@@ -197,6 +200,7 @@ except Exception as e:
   assert p.returncode == 3, p.stdout + p.stderr
   assert ("WriteError: cannot write " + os.path.join(work, "config.json") + ": Permission denied "
           "(the previous version is unchanged)") in p.stdout, p.stdout
+  assert "loaded step 6" in p.stdout, p.stdout
   assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == ["2", "4", "6"]
   for s, st in before.items():   # nothing saved was lost or changed
     step, state, _ = _restore(work, _tiny(), s)

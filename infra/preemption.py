@@ -8,7 +8,9 @@ and returns. A second SIGINT interrupts at once.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 
 
@@ -31,8 +33,14 @@ def stop_requests():
     if flag and signum == signal.SIGINT:
       raise KeyboardInterrupt
     flag.signal = signum
-    print(f"received {signal.Signals(signum).name}: checkpointing at the end of this step",
-          flush=True)
+    # not print(): the signal may arrive while the main thread is inside a write to the same
+    # buffered stream, and a second write from the handler raises "reentrant call" and
+    # kills the run before it checkpoints. os.write is a plain system call.
+    msg = f"received {signal.Signals(signum).name}: checkpointing at the end of this step\n"
+    try:
+      os.write(sys.stderr.fileno(), msg.encode())
+    except (OSError, ValueError, AttributeError):
+      pass
 
   old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
   try:

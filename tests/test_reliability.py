@@ -231,3 +231,33 @@ def test_run_resumed_at_its_last_step_writes_the_same_results(trained, tmp_path)
   again = train.train_and_evaluate(_tiny(), work)
   assert again["train_metrics"]   # carried by the checkpoint
   assert _without_timing(again) == _without_timing(results)
+
+
+def test_stop_signal_during_a_print_does_not_kill_the_run(monkeypatch):
+  """A SIGTERM that lands while the loop is writing a progress line: the handler must not
+  write to the same buffered stream (Python raises "reentrant call" and the run dies
+  without its checkpoint; found by the sigterm/sigint soak)."""
+  import io
+
+  from infra import preemption
+
+  class Raw(io.RawIOBase):
+    sent = False
+
+    def writable(self):
+      return True
+
+    def write(self, b):
+      if not Raw.sent:   # the signal arrives in the middle of this write
+        Raw.sent = True
+        os.kill(os.getpid(), signal.SIGTERM)
+      return len(b)
+
+  stream = io.TextIOWrapper(io.BufferedWriter(Raw()), line_buffering=True)
+  monkeypatch.setattr(sys, "stdout", stream)
+  with preemption.stop_requests() as stop:
+    print("step 7/24  loss=0.1", flush=True)
+    assert stop and stop.signal == signal.SIGTERM
+    from infra.errors import Preempted
+    with pytest.raises(Preempted, match="signal 15 after checkpointing step 7"):
+      preemption.exit_if_stopped(stop, 7)

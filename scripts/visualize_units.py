@@ -169,7 +169,7 @@ def draw_layer(path: str, title: str, rows: list[tuple[int, list[np.ndarray], li
   import matplotlib.pyplot as plt
   n, k = len(rows), max(len(r[1]) for r in rows)
   cell = 0.55   # inches: ~50 px per patch at 90 dpi
-  fig, axes = plt.subplots(n, k, figsize=(cell * k + 0.4, cell * n + 0.3), squeeze=False)
+  fig, axes = plt.subplots(n, k, figsize=(cell * k + 0.4, cell * n + 0.35), squeeze=False)
   for r, (unit, patches, acts) in enumerate(rows):
     for c in range(k):
       ax = axes[r, c]
@@ -181,7 +181,7 @@ def draw_layer(path: str, title: str, rows: list[tuple[int, list[np.ndarray], li
         ax.imshow(patches[c], interpolation="nearest")
     axes[r, 0].set_ylabel(f"{unit}", rotation=0, ha="right", va="center", fontsize=7)
   fig.suptitle(title, fontsize=7)
-  fig.subplots_adjust(left=0.4 / (cell * k + 0.4), right=0.995, top=1 - 0.25 / (cell * n + 0.3),
+  fig.subplots_adjust(left=0.4 / (cell * k + 0.4), right=0.995, top=1 - 0.32 / (cell * n + 0.35),
                       bottom=0.005,
                       wspace=0.04, hspace=0.04)
   fig.savefig(path, dpi=90)
@@ -233,8 +233,8 @@ def main(argv):
         patches.append(_resize(units.crop_box(img, *t["box"], fill=128), _PATCH_PX.value))
       rows.append((c, patches, [t["activation"] for t in entries[c]["top"]]))
     size = "x".join(str(v) for v in rf.size)
-    title = (f"{net.short} {name}: receptive field {size} px, stride {rf.jump[0]}; "
-             f"per unit (row) its top {_K.value} of {len(examples)} inputs")
+    title = (f"{net.short} {name}: receptive field {size} px, stride {rf.jump[0]}\n"
+             f"per unit (row): its top {_K.value} of {len(examples)} inputs")
     png = os.path.join(_OUT.value, f"units_{name}.png")
     if rows:
       draw_layer(png, title, rows)

@@ -256,3 +256,19 @@ def test_robustness_evaluate_matches_training_evaluation(swept):
   assert [r["kind"] for r in rows] == ["original", "resolution", "jpeg_quality"]
   res = files.read_json(os.path.join(wd, "results.json"))
   np.testing.assert_allclose(rows[0]["roc_auc"], res["metrics"]["roc_auc"], atol=1e-6)
+
+
+def test_vmapped_run_resumes_from_the_latest_step_every_member_has(tmp_path):
+  state = {"w": np.arange(3, dtype=np.float32)}
+  cks = [checkpoints.Checkpointer(str(tmp_path / n), every=1) for n in ("a", "b")]
+  cks[0].save(2, state)
+  cks[0].save(4, {"w": state["w"] + 1})
+  cks[1].save(2, {"w": state["w"] * 2})
+  step, members = multi_margin._restore(cks, state)
+  assert step == 2
+  np.testing.assert_array_equal(members[0]["w"], state["w"])
+  np.testing.assert_array_equal(members[1]["w"], state["w"] * 2)
+  assert multi_margin._restore([cks[0], checkpoints.Checkpointer(str(tmp_path / "c"), every=1)],
+                               state) is None
+  for c in cks:
+    c.close()

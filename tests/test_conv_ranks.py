@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -122,7 +123,10 @@ def test_texture_1d_script_lowers_the_gram_loss(tmp_path):
   r = subprocess.run([sys.executable, os.path.join(root, "scripts", "texture_1d.py"),
                       f"--out={tmp_path}", "--length=128", "--widths=4,8", "--steps=5",
                       "--layers=conv1_1,conv2_1"], capture_output=True, text=True, timeout=300,
-                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                     env=dict(os.environ, JAX_PLATFORMS="cpu",
+                               # the tests' persistent compilation cache (conftest.py)
+                               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+                               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5"))
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.load(open(tmp_path / "results.json"))
   assert res["gram_loss_final"] < 0.5 * res["gram_loss_start"]

@@ -154,7 +154,10 @@ def test_visualize_units_script_writes_pngs_and_index(tmp_path):
                       f"--out={out}", "--layers=conv2_1,conv1_2", "--image_size=16", "--tiles=2",
                       "--k=3", "--units=2", "--batch_size=8"],
                      capture_output=True, text=True, timeout=300,
-                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                     env=dict(os.environ, JAX_PLATFORMS="cpu",
+                               # the tests' persistent compilation cache (conftest.py)
+                               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+                               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5"))
   assert r.returncode == 0, r.stderr[-3000:]
   index = json.load(open(out / "units.json"))
   assert index["inputs"] == 20 and list(index["layers"]) == ["conv1_2", "conv2_1"]

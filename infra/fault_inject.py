@@ -291,6 +291,14 @@ _EXPECTED_STATUS = {"step": -signal.SIGKILL, "checkpoint": -signal.SIGKILL,
                     "sigterm": 128 + signal.SIGTERM, "sigint": 128 + signal.SIGINT}
 
 
+def _room_for(program: Program, kind: str, resume_at: int) -> bool:
+  """Whether the steps left after ``resume_at`` can hold an interruption of ``kind`` (a stop
+  request during the last step is not acted on: the run just finishes)."""
+  n = program.num_steps
+  return resume_at + 1 <= (n - 1 if kind == "step" else n - 3 if kind in ("sigterm", "sigint")
+                           else n)
+
+
 def _target(program: Program, kind: str, resume_at: int, rng: random.Random) -> int:
   """A step past the resume point, near it (so that one cycle holds several interruptions)."""
   every, n = program.checkpoint_every, program.num_steps
@@ -343,6 +351,9 @@ def run_soak(program: Program, workdir: str, kills: dict[str, int], *, seed: int
     this, plan = plan[:per_cycle], plan[per_cycle:]
     resume_at, pending = 0, None   # pending: (kind, last step) of the previous interruption
     for i, kind in enumerate(this + [None]):
+      if kind is not None and not _room_for(program, kind, resume_at):
+        plan = this[i:] + plan   # too close to the end for this kind: a later cycle
+        kind = None
       run = _Run(program, faulted, _env(write_delay if kind == "checkpoint" else 0.0))
       interrupted, window = False, 0
       if kind is not None:

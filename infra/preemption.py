@@ -51,8 +51,17 @@ def stop_requests():
 
 
 def exit_if_stopped(stop: StopFlag, step: int, *resources) -> None:
-  """Call right after checkpointing ``step``: on a stop request, close and raise Preempted."""
+  """Call right after checkpointing ``step``: on a stop request, close and raise Preempted.
+
+  A signal can land after the loop decided not to checkpoint this step and before this
+  call; exiting then would lose the step. So the stop is honoured only once every
+  Checkpointer among ``resources`` holds ``step``; otherwise it waits one more step (the
+  loop's ``or stop`` checkpoints that one).
+  """
   if not stop:
+    return
+  from infra.checkpoints import Checkpointer
+  if any(isinstance(r, Checkpointer) and r.latest_step() != step for r in resources):
     return
   for r in resources:
     r.close()

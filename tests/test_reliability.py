@@ -261,3 +261,24 @@ def test_stop_signal_during_a_print_does_not_kill_the_run(monkeypatch):
     from infra.errors import Preempted
     with pytest.raises(Preempted, match="signal 15 after checkpointing step 7"):
       preemption.exit_if_stopped(stop, 7)
+
+
+def test_stop_landing_after_the_checkpoint_decision_waits_one_step(tmp_path, monkeypatch):
+  """A SIGTERM between the loop's 'checkpoint this step?' test and its exit check used to
+  exit 'after checkpointing step 4' with no checkpoint of step 4 (found by the soak): the
+  exit now waits until the checkpoint of the step it reports exists."""
+  from infra import metric_writer
+  calls = {"n": 0}
+  real_flush = metric_writer.MetricWriter.flush
+
+  def flush(self):   # the gap between the checkpoint block and exit_if_stopped
+    calls["n"] += 1
+    if calls["n"] == 4:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_flush(self)
+  monkeypatch.setattr(metric_writer.MetricWriter, "flush", flush)
+  config = _tiny(checkpoint_every=100, log_every=1, num_steps=6)
+  with pytest.raises(train.Preempted, match="after checkpointing step 5") as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert e.value.step == 5
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]

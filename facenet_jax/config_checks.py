@@ -46,6 +46,8 @@ def _check_data(d: ml_collections.ConfigDict) -> None:
     # the upper bound is pairs.txt's fold count, checked when it is read
     _require(_nonneg_int(d.test_fold), "data.test_fold", d.test_fold,
              "a View 2 fold, an integer >= 0 (0..9 for the official pairs.txt)")
+    _require(_nonneg_int(d.calibration_folds), "data.calibration_folds", d.calibration_folds,
+             "an integer >= 0 (View 2 folds held out of training to choose thresholds)")
   if d.source == "folder":
     _require(bool(d.data_dir), "data.data_dir", d.data_dir, "the identity folder root "
              "(data_dir/<identity>/<image>) with data.source='folder'")

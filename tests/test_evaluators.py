@@ -316,3 +316,41 @@ def test_omniglot_runs_oracle_and_constant_embeddings(tmp_path):
   out = evaluators.eval_omniglot_runs(evaluators.Context(c, const, dummy))
   assert out["accuracy"] == pytest.approx(1 / 3) and out["ci95"] == 0.0
   assert out["worst_run"] == out["best_run"] == pytest.approx(1 / 3)
+
+
+def test_lfw_calibration_folds_are_the_folds_after_the_test_fold(tmp_path):
+  from facenet_jax.data import raw, real
+  c = _config(tmp_path, source="lfw", data_dir="unused", test_fold=8)
+  c.unlock()
+  for k, want in ((0, ()), (1, (9,)), (2, (9, 0)), (8, (9, 0, 1, 2, 3, 4, 5, 6))):
+    c.data.calibration_folds = k
+    assert real.lfw_calibration_folds(c, 10) == want
+  c.data.calibration_folds = 9     # nothing left to train on
+  with pytest.raises(raw.DataError, match=r"calibration_folds = 9: expected 0\.\.8"):
+    real.lfw_calibration_folds(c, 10)
+
+
+def test_lfw_view2_thresholds_from_a_calibration_fold_unseen_in_training(tmp_path, monkeypatch):
+  """Three folds; test fold 2, calibration fold 0: training holds only fold 1's people, and
+  the oracle's thresholds come from fold 0's pairs."""
+  import test_data_builders
+  people = {"Ann": 3, "Bob": 1, "Cid": 2, "Dee": 1, "Eve": 1, "Fay": 2, "Gus": 1}
+  monkeypatch.setattr(test_data_builders, "_LFW_PEOPLE", people)
+  pairs = ("3\t1\nAnn\t1\t2\nAnn\t1\tBob\t1\nCid\t1\t2\nCid\t1\tDee\t1\n"
+           "Fay\t1\t2\nFay\t1\tGus\t1\n")
+  lfw = _write_lfw(tmp_path / "lfw", pairs)
+  c = _config(tmp_path, source="lfw", data_dir=str(lfw), image_size=16, center_crop=32, test_fold=2)
+  c.unlock()
+  c.data.calibration_folds = 1
+  c.evaluation.update(dict(pair_features=""))
+  c.lock()
+  from facenet_jax.data import sources
+  train, held = sources.load(c)
+  assert len(train) == 3 and train.num_identities == 2       # Cid (2) + Dee (1): fold 1 only
+  assert len(held) == 3 and held.num_identities == 2         # Fay (2) + Gus (1)
+  files = [((lfw / "images" / name / f"{name}_{i:04d}.jpg").read_bytes(), k)
+           for k, (name, n) in enumerate(people.items()) for i in range(1, n + 1)]
+  embed = _lookup_embed(_fitted_lookup(files, c), 8)
+  out = evaluators.eval_lfw_view2(evaluators.Context(c, embed, held, train, None))
+  assert out["calibration_folds"] == 1.0
+  assert out["distance/accuracy"] == 1.0 and out["distance/far"] == 0.0

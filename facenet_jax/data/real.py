@@ -264,11 +264,23 @@ def _lfw_rows(config: ml_collections.ConfigDict, fit: Fit | None):
   return rows, pairs, fold_of, test
 
 
+def lfw_calibration_folds(config: ml_collections.ConfigDict, num_folds: int) -> tuple[int, ...]:
+  """The ``data.calibration_folds`` View 2 folds after the test fold (cyclically): held
+  out of training, their pairs choose the verification thresholds."""
+  test, k = _check_fold(config, num_folds), int(config.data.calibration_folds)
+  if not 0 <= k <= num_folds - 2:
+    raise raw.DataError(f"config.data.calibration_folds = {k}: expected 0..{num_folds - 2} "
+                        f"(pairs.txt has {num_folds} folds; one is the test fold, one must train)")
+  return tuple((test + 1 + i) % num_folds for i in range(k))
+
+
 def load_lfw(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
-  """train: every image of the people of the nine View 2 folds other than
-  ``config.data.test_fold``; held-out: every image of the test fold's people."""
+  """train: every image of the people of the View 2 folds other than
+  ``config.data.test_fold`` and the calibration folds (``lfw_calibration_folds``);
+  held-out: every image of the test fold's people."""
   rows, _, fold_of, test = _lfw_rows(config, fit_of(config))
-  return (_dataset(_subset(rows, lambda m: fold_of[m["identity"]] != test), f"lfw-train(test_fold={test})"),
+  out = set(lfw_calibration_folds(config, max(fold_of.values()) + 1)) | {test}
+  return (_dataset(_subset(rows, lambda m: fold_of[m["identity"]] not in out), f"lfw-train(test_fold={test})"),
           _dataset(_subset(rows, lambda m: fold_of[m["identity"]] == test), f"lfw-held-out(fold={test})"))
 
 

@@ -18,22 +18,14 @@ import pytest
 from configs.facenet import get_config as facenet_config
 from configs.style import get_config as style_config
 from infra import checkpoints, fault_inject
+from infra.overrides import with_overrides
 from facenet_jax import train
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def _tiny(**overrides):
-  c = facenet_config("tiny")
-  c.unlock()
-  for k, v in overrides.items():
-    target = c
-    *path, last = k.split(".")
-    for p in path:
-      target = target[p]
-    target[last] = v
-  c.lock()
-  return c
+  return with_overrides(facenet_config("tiny"), overrides)
 
 
 def _restore(workdir, config, step=None):

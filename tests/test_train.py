@@ -17,21 +17,13 @@ from facenet_jax.data import sources
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.sampler import PKSampler
 from infra import checkpoints, mesh as mesh_lib
+from infra.overrides import with_overrides
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def _tiny(**overrides):
-  c = get_config("tiny")
-  c.unlock()
-  for k, v in overrides.items():
-    target = c
-    *path, last = k.split(".")
-    for p in path:
-      target = target[p]
-    target[last] = v
-  c.lock()
-  return c
+  return with_overrides(get_config("tiny"), overrides)
 
 
 def _one_step(config, devices):

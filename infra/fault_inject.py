@@ -190,7 +190,9 @@ def listed_steps_ok(workdir: str) -> tuple[list[int], list[str]]:
   return steps, bad
 
 
-def final_arrays(workdir: str, step: int) -> list[np.ndarray]:
+def final_state(workdir: str, step: int):
+  """The saved state pytree of checkpoint ``step`` of ``workdir``, as numpy arrays, read
+  without a target (so any program's checkpoint can be compared)."""
   _quiet_absl()
   import jax
   import orbax.checkpoint as ocp
@@ -200,14 +202,20 @@ def final_arrays(workdir: str, step: int) -> list[np.ndarray]:
   state = ck._manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())).state
   ck.close()
-  return [np.asarray(x) for x in jax.tree.leaves(state)]
+  return jax.tree.map(np.asarray, state)
 
 
-def _without_timing(x):
+def final_arrays(workdir: str, step: int) -> list[np.ndarray]:
+  import jax
+  return jax.tree.leaves(final_state(workdir, step))
+
+
+def without_timing(x):
+  """``x`` (parsed results.json) without its TIMING fields, at any depth."""
   if isinstance(x, dict):
-    return {k: _without_timing(v) for k, v in x.items() if k not in TIMING}
+    return {k: without_timing(v) for k, v in x.items() if k not in TIMING}
   if isinstance(x, list):
-    return [_without_timing(v) for v in x]
+    return [without_timing(v) for v in x]
   return x
 
 
@@ -220,7 +228,7 @@ def differences(program: Program, ref: str, got: str) -> list[str]:
   for k, (x, y) in enumerate(zip(a, b)):
     if x.shape != y.shape or x.dtype != y.dtype or not np.array_equal(x, y):
       out.append(f"final checkpoint array {k} differs")
-  ra, rb = (_without_timing(json.load(open(os.path.join(d, "results.json")))) for d in (ref, got))
+  ra, rb = (without_timing(json.load(open(os.path.join(d, "results.json")))) for d in (ref, got))
   for r in (ra, rb):   # paths name the workdir
     r.pop("output", None)
   if ra != rb:

@@ -36,10 +36,6 @@ def _restore(workdir, config, step=None):
   return out
 
 
-def _without_timing(r):
-  return fault_inject._without_timing(r)
-
-
 # ----------------------------------------------------------------------- fault injection
 
 
@@ -222,7 +218,7 @@ def test_run_resumed_at_its_last_step_writes_the_same_results(trained, tmp_path)
   os.remove(os.path.join(work, "results.json"))   # killed after the last checkpoint
   again = train.train_and_evaluate(_tiny(), work)
   assert again["train_metrics"]   # carried by the checkpoint
-  assert _without_timing(again) == _without_timing(results)
+  assert fault_inject.without_timing(again) == fault_inject.without_timing(results)
 
 
 def test_stop_signal_during_a_print_does_not_kill_the_run(monkeypatch):

@@ -15,7 +15,7 @@ from configs.facenet import get_config as facenet_config
 from configs.style import get_config as style_config
 from facenet_jax import train
 from facenet_jax.data import raw
-from infra import checkpoints
+from infra import fault_inject
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SCANNED = ("facenet_jax", "infra", "style_jax", "scripts", "configs", "benchmarks", "tests")
@@ -90,27 +90,6 @@ def test_downloads_are_checked_before_use(tmp_path):
 
 # ---------------------------------------------------------------------------- determinism
 
-# fields of results.json that measure time, the only ones allowed to differ between runs
-TIMING = {"wall_seconds", "steps_per_sec", "seconds_per_step", "it_per_sec"}
-
-
-def _without_timing(x):
-  if isinstance(x, dict):
-    return {k: _without_timing(v) for k, v in x.items() if k not in TIMING}
-  if isinstance(x, list):
-    return [_without_timing(v) for v in x]
-  return x
-
-
-def _raw_checkpoint(workdir, step):
-  ck = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, read_only=True)
-  import orbax.checkpoint as ocp
-  state = ck._manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())).state
-  ck.close()
-  return jax.tree.map(np.asarray, state)
-
-
 def _twice(run, workdir):
   """Runs ``run(workdir)`` twice in the same path (the first result moved aside), so that
   paths recorded in results.json agree; returns both workdirs."""
@@ -123,8 +102,8 @@ def _twice(run, workdir):
 
 def _assert_same_run(a, b, step):
   ra, rb = (json.load(open(os.path.join(d, "results.json"))) for d in (a, b))
-  assert _without_timing(ra) == _without_timing(rb)
-  sa, sb = _raw_checkpoint(a, step), _raw_checkpoint(b, step)
+  assert fault_inject.without_timing(ra) == fault_inject.without_timing(rb)
+  sa, sb = fault_inject.final_state(a, step), fault_inject.final_state(b, step)
   assert jax.tree.structure(sa) == jax.tree.structure(sb)
   for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
     np.testing.assert_array_equal(x, y)

@@ -77,7 +77,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       features="",
       features_cache="",        # "": <tfds_dir>/features
   ))
-  c.augment = config_dict.ConfigDict(dict(flip=True, crop_pad=2))
+  # training augmentation (facenet_jax/preprocess.py): flip, pad-and-crop translation, zoom
+  # by up to 1+scale, rotation by up to `rotate` degrees (2-D), contrast and brightness jitter
+  c.augment = config_dict.ConfigDict(dict(flip=True, crop_pad=2, scale=0.0, rotate=0.0,
+                                          brightness=0.0, contrast=0.0))
 
   c.model = config_dict.ConfigDict(dict(
       name="small_cnn", embedding_dim=64, spatial_dims=2, widths=(16, 32, 64), depth=18,

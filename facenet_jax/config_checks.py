@@ -87,6 +87,11 @@ def check_config(c: ml_collections.ConfigDict) -> None:
            "'cosine' or 'constant'")
   _require(c.optim.learning_rate > 0, "optim.learning_rate", c.optim.learning_rate, "> 0")
   _require(c.augment.crop_pad >= 0, "augment.crop_pad", c.augment.crop_pad, ">= 0")
+  for f in ("scale", "rotate", "brightness"):
+    _require(c.augment[f] >= 0, f"augment.{f}", c.augment[f], ">= 0")
+  _require(0 <= c.augment.contrast < 1, "augment.contrast", c.augment.contrast, "in [0, 1)")
+  _require(c.augment.rotate == 0 or c.model.spatial_dims == 2, "augment.rotate",
+           c.augment.rotate, f"0 with model.spatial_dims={c.model.spatial_dims} (rotation is 2-D)")
   _require(c.data.eval_folds >= 2, "data.eval_folds", c.data.eval_folds, ">= 2")
   _check_data(c.data)
   for source, rank in (("ekg", 1), ("volume", 3)):   # procedural 1-D / 3-D sources

@@ -151,6 +151,15 @@ def _conv_bwd(strides, pads, res, g):
 _conv_shift_dw.defvjp(_conv_fwd, _conv_bwd)
 
 
+def is_plain_conv(lhs, *, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                  feature_group_count=1, precision=None, **kwargs) -> bool:
+    """An undilated, ungrouped channels-last conv (what nnx.Conv emits by default)."""
+    return (all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+            and feature_group_count == 1 and precision is None
+            and all(v is None for v in kwargs.values())
+            and dimension_numbers in (None, _channels_last_dn(lhs.ndim)))
+
+
 def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None,
                              rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                              precision=None, **kwargs):
@@ -160,11 +169,9 @@ def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=
     shapes (e.g. 32x32 maps with >= 32 channels), which dominated small_cnn train steps. Same
     forward values and input gradient; anything but a plain channels-last conv goes to ``lax``.
     """
-    plain = (all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-             and feature_group_count == 1 and precision is None
-             and all(v is None for v in kwargs.values())
-             and dimension_numbers in (None, _channels_last_dn(lhs.ndim)))
-    if not plain:
+    if not is_plain_conv(lhs, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                         dimension_numbers=dimension_numbers,
+                         feature_group_count=feature_group_count, precision=precision, **kwargs):
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,

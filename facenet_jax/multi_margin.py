@@ -23,7 +23,7 @@ latest step that every member has checkpointed.
 from __future__ import annotations
 
 import contextlib
-import itertools
+import functools
 import os
 import time
 from typing import Any
@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from facenet_jax import evaluators, inference, sweep, train
+from facenet_jax import evaluators, inference, models, sweep, train
 from facenet_jax.config_checks import check_config
 from infra import checkpoints, files, mesh as mesh_lib, overrides
 from infra.metric_writer import MetricWriter
@@ -62,45 +62,64 @@ def unstack(tree: Any, k: int) -> Any:
   return jax.tree.map(lambda x: x[k], tree)
 
 
-def patch_matmul_conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
-                      dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """``lax.conv_general_dilated`` for channels-last convs as one matmul of im2col patches.
+def _per_member(f):
+  """``f`` whose ``vmap`` runs ``f`` once per member and stacks the results.
 
-  y[b, o] = sum_{t, c} x_pad[b, o * s + t, c] w[t, c, :]: the kernel's T taps' (strided)
-  shifted views of the padded input are concatenated along channels, (B, *out, T * Cin),
-  and multiplied by the kernel reshaped to (T * Cin, Cout). Under ``vmap`` over K models
-  (kernel and input both batched) this is one batched matmul, where ``lax.conv`` becomes a
-  K-group convolution, which XLA:CPU runs far slower than K separate convolutions. Same
-  values up to float summation order; anything but a plain conv goes to ``lax``.
+  Arguments that are not batched (the shared input images of the first layer) are shared by
+  all members. Used for the convolutions: ``vmap`` of a conv whose kernel is batched becomes
+  one K-group convolution, which XLA:CPU runs about 2x slower than K separate ones.
   """
-  from facenet_jax import models
-  plain = (all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-           and feature_group_count == 1 and precision is None
-           and all(v is None for v in kwargs.values())
-           and dimension_numbers in (None, models._channels_last_dn(lhs.ndim)))
-  if not plain:
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        precision=precision, **kwargs)
-  kernel, (cin, cout) = rhs.shape[:-2], rhs.shape[-2:]
+  g = jax.custom_batching.custom_vmap(f)
+
+  @g.def_vmap
+  def rule(axis_size, in_batched, *args):
+    outs = [f(*(a[k] if b else a for a, b in zip(args, in_batched))) for k in range(axis_size)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    return stacked, jax.tree.map(lambda _: True, stacked)
+
+  return g
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _member_conv(x, w, strides, pads):
+  return models._lax_conv(x, w, strides, pads)
+
+
+def _member_conv_fwd(x, w, strides, pads):
+  y = _per_member(lambda x_, w_: models._lax_conv(x_, w_, strides, pads))(x, w)
+  return y, (x, w)
+
+
+def _member_conv_bwd(strides, pads, res, g):
+  return _per_member(lambda x_, w_, g_: models._conv_bwd(strides, pads, (x_, w_), g_))(*res, g)
+
+
+_member_conv.defvjp(_member_conv_fwd, _member_conv_bwd)
+
+
+def member_conv(lhs, rhs, window_strides, padding, **kwargs):
+  """``lax.conv_general_dilated`` for nnx.Conv whose ``vmap`` over K models stays K convolutions.
+
+  Forward and gradients are those of ``models.cpu_conv_general_dilated`` (the conv a single
+  CPU run uses: XLA's conv and input gradient, per-tap matmul kernel gradient), each run once
+  per member under ``vmap`` instead of as a K-group convolution; anything but a plain
+  channels-last conv goes to ``models.cpu_conv_general_dilated``.
+  """
+  if not models.is_plain_conv(lhs, **kwargs):
+    return models.cpu_conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
   if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:-1], kernel, window_strides, padding)
-  xp = jnp.pad(lhs, [(0, 0), *padding, (0, 0)])
-  out = [(n - k) // s + 1 for n, k, s in zip(xp.shape[1:-1], kernel, window_strides)]
-  taps = [lax.slice(xp, (0, *off, 0),
-                    (xp.shape[0], *(o + (m - 1) * s + 1 for o, m, s in zip(off, out, window_strides)), cin),
-                    (1, *window_strides, 1))
-          for off in itertools.product(*(range(k) for k in kernel))]
-  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
-  return lax.dot_general(patches, rhs.reshape(-1, cout), (((lhs.ndim - 1,), (0,)), ((), ())))
+    padding = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:-2], window_strides, padding)
+  return _member_conv(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)))
 
 
 @contextlib.contextmanager
 def vmappable_convs():
-  """Models created inside use :func:`patch_matmul_conv` (same parameters, same values)."""
-  from facenet_jax import models
-  old, models.CONV_IMPL = models.CONV_IMPL, patch_matmul_conv
+  """Models created inside use :func:`member_conv` on the CPU backend (same parameters, same
+  values); on accelerators XLA's K-group convolution is kept."""
+  if jax.default_backend() != "cpu":
+    yield
+    return
+  old, models.CONV_IMPL = models.CONV_IMPL, member_conv
   try:
     yield
   finally:

@@ -114,7 +114,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     key = jax.random.fold_in(jax.random.key(config.seed), state["step"])
     k_aug, k_mine = jax.random.split(key)
     x = preprocess.to_float(batch["images"])
-    x = preprocess.augment(x, k_aug, flip=aug.flip, crop_pad=aug.crop_pad)
+    x = preprocess.augment(x, k_aug, flip=aug.flip, crop_pad=aug.crop_pad, scale=aug.scale,
+                           rotate=aug.rotate, brightness=aug.brightness, contrast=aug.contrast)
 
     def loss_fn(params, model_state):
       # merged inside the differentiated function: NNX variables may only be mutated

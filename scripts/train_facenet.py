@@ -31,10 +31,15 @@ def main(argv):
   except Preempted as e:   # checkpointed: exit without a traceback, 128 + the signal
     print(e, flush=True)
     sys.exit(preemption.exit_status(e))
+  out = os.path.join(_WORKDIR.value, "results.json")
+  if "members" in results:   # config.margins: K models, one vmapped program
+    accs = ", ".join(f"{name}: {m['verification_accuracy']:.4f}" for name, m in results["members"].items())
+    print(f"held-out verification accuracy {accs}; results in {out}")
+    return
   m = results["metrics"]
   print(f"held-out verification accuracy {m['verification_accuracy']:.4f} "
         f"(raw-pixel baseline {results['pixel_baseline']['pixel_verification_accuracy']:.4f}); "
-        f"results in {os.path.join(_WORKDIR.value, 'results.json')}")
+        f"results in {out}")
 
 
 if __name__ == "__main__":

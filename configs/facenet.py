@@ -241,6 +241,7 @@ def sweep(name: str = "margin") -> list[dict]:
     miner           semi_hard, batch_hard, batch_all, random
     batch_shape     P identities x K images = 16x2, 8x4, 4x8 (32 images per batch each)
     seed            seeds 0, 1, 2
+    margin_seeds    margin_vmapped repeated for seeds 0, 1, 2 (compare_runs.py --average=seed)
   """
   from infra.overrides import product, zipped
   sweeps = {
@@ -251,6 +252,7 @@ def sweep(name: str = "margin") -> list[dict]:
       "batch_shape": lambda: zipped({"identities_per_batch": (16, 8, 4),
                                      "images_per_identity": (2, 4, 8)}),
       "seed": lambda: product({"seed": (0, 1, 2)}),
+      "margin_seeds": lambda: product({"margins": [MARGINS], "seed": (0, 1, 2)}),
   }
   if name not in sweeps:
     raise ValueError(f"unknown sweep {name!r}; expected one of {sorted(sweeps)}")

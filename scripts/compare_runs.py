@@ -16,6 +16,11 @@ matched / mismatched pair distances (the same pairs as its evaluation). Writes t
   compare_training.png         fraction of active triplets, mean d(a,p) and d(a,n) per logged
                                step, one line per value
   compare_distances.png        histograms of matched and mismatched pair distances per value
+
+With ``--average=seed`` (a swept field whose values are repeats), runs that differ only in
+that field are also averaged: a second table (mean +- standard deviation over the repeats,
+and their count) in compare.md / compare.json (``averaged``), and compare_metrics.png plots
+those means with the spread over repeats as error bars.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ _FIELD = flags.DEFINE_string("field", "", "The swept field on the x axis ('': th
 _OUT = flags.DEFINE_string("out", "", "Output directory ('': ROOT).")
 _HIST = flags.DEFINE_bool("histograms", True, "Restore each run to plot its pair distances.")
 _TITLE = flags.DEFINE_string("title", "", "Figure title prefix (e.g. 'ORL, 300 steps').")
+_AVERAGE = flags.DEFINE_string("average", "", "A swept field whose values are repeats (e.g. seed): "
+                               "also report mean +- std over it.")
 
 PAIR_KEYS = ("verification_accuracy", "verification_accuracy_std", "val_at_far_1e-3", "roc_auc", "eer")
 TRAIN_KEYS = ("frac_active", "mean_d_ap", "mean_d_an")
@@ -105,16 +112,71 @@ def markdown(field: str, others: list[str], rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+AVERAGED_KEYS = ("verification_accuracy", "val_at_far_1e-3", "roc_auc", "eer", "final_frac_active",
+                 "final_mean_d_ap", "final_mean_d_an")
+
+
+def average_rows(field: str, others: list[str], rows: list[dict], over: str) -> list[dict]:
+  """Rows of finished runs that differ only in ``over`` merged: ``{value, others, n,
+  <key>_mean, <key>_std}`` (std over the repeats, ddof=0) for each key of AVERAGED_KEYS."""
+  if over not in others:
+    raise SystemExit(f"--average={over}: not a swept field besides {field!r} (those are {others})")
+  groups: dict[tuple, list[dict]] = {}
+  for r in rows:
+    if r["status"] == "done":
+      rest = {k: v for k, v in r["others"].items() if k != over}
+      groups.setdefault((repr(r["value"]), repr(rest)), []).append(r)
+  out = []
+  for g in groups.values():
+    row = {"value": g[0]["value"], "others": {k: v for k, v in g[0]["others"].items() if k != over},
+           "n": len(g), over: [r["others"][over] for r in g]}
+    for k in AVERAGED_KEYS:
+      vals = [r[k] for r in g if r.get(k) is not None]
+      row[f"{k}_mean"] = float(np.mean(vals)) if vals else None
+      row[f"{k}_std"] = float(np.std(vals)) if vals else None
+    out.append(row)
+  out.sort(key=lambda r: (tuple(_sort_key(v) for v in r["others"].values()), _sort_key(r["value"])))
+  return out
+
+
+def averaged_markdown(field: str, over: str, avg: list[dict]) -> str:
+  rest = list(avg[0]["others"]) if avg else []
+  head = [field, *rest, f"{over}s", "verification acc.", "VAL@FAR=1e-3", "AUC", "EER",
+          "active triplets (last log)", "d(a,p)", "d(a,n)"]
+  lines = [f"mean +- std over {over}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in avg:
+    cell = lambda k, spec=".4f": (f"{r[k + '_mean']:{spec}} +- {r[k + '_std']:{spec}}"
+                                  if r[k + "_mean"] is not None else "-")
+    lines.append("| " + " | ".join([
+        _fmt(r["value"], "g"), *(_fmt(r["others"][o], "g") for o in rest), str(r["n"]),
+        cell("verification_accuracy"), cell("val_at_far_1e-3", ".3f"), cell("roc_auc"),
+        cell("eer", ".3f"), cell("final_frac_active", ".3f"), cell("final_mean_d_ap", ".3f"),
+        cell("final_mean_d_an", ".3f")]) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def _label(field: str, r: dict) -> str:
   parts = [f"{field}={_fmt(r['value'], 'g')}"] + [f"{k}={_fmt(v, 'g')}" for k, v in r["others"].items()]
   return ", ".join(parts)
 
 
-def plot_metrics(path: str, field: str, rows: list[dict], title: str) -> str:
+def plot_metrics(path: str, field: str, rows: list[dict], title: str,
+                 averaged: tuple[str, list[dict]] | None = None) -> str:
+  """Accuracy (+- its 10-fold std) and VAL against ``field``, one line per other-field group;
+  with ``averaged = (over, rows)``: their means, error bars the std over the repeats."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  done = [r for r in rows if r["status"] == "done"]
+  if averaged:
+    over, done = averaged
+    acc = lambda r: r["verification_accuracy_mean"]
+    acc_err = lambda r: r["verification_accuracy_std"]
+    val, val_err = lambda r: r["val_at_far_1e-3_mean"], lambda r: r["val_at_far_1e-3_std"]
+    suffix = f" (mean +- std over {len(done[0][over]) if done else 0} {over}s)"
+  else:
+    done = [r for r in rows if r["status"] == "done"]
+    acc, acc_err = lambda r: r["verification_accuracy"], lambda r: r["verification_accuracy_std"]
+    val, val_err, suffix = lambda r: r["val_at_far_1e-3"], None, ""
   groups: dict[str, list[dict]] = {}
   for r in done:
     groups.setdefault(", ".join(f"{k}={_fmt(v, 'g')}" for k, v in r["others"].items()), []).append(r)
@@ -123,10 +185,10 @@ def plot_metrics(path: str, field: str, rows: list[dict], title: str) -> str:
   fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2))
   for name, g in groups.items():
     x = [r["value"] for r in g] if numeric else [cats.index(_fmt(r["value"], "g")) for r in g]
-    axes[0].errorbar(x, [r["verification_accuracy"] for r in g],
-                     yerr=[r["verification_accuracy_std"] for r in g], marker="o", capsize=3,
+    axes[0].errorbar(x, [acc(r) for r in g], yerr=[acc_err(r) for r in g], marker="o", capsize=3,
                      label=name or None)
-    axes[1].plot(x, [r["val_at_far_1e-3"] for r in g], marker="o", label=name or None)
+    axes[1].errorbar(x, [val(r) for r in g], yerr=[val_err(r) for r in g] if val_err else None,
+                     marker="o", capsize=3, label=name or None)
   for ax, ylabel in zip(axes, ("verification accuracy (10-fold)", "VAL @ FAR = 1e-3")):
     ax.set_xlabel(field)
     ax.set_ylabel(ylabel)
@@ -142,7 +204,7 @@ def plot_metrics(path: str, field: str, rows: list[dict], title: str) -> str:
       ax.set_xticklabels(cats, rotation=20)
   if len(groups) > 1:
     axes[0].legend(fontsize=7)
-  fig.suptitle(f"{title}held-out verification against {field}", fontsize=10)
+  fig.suptitle(f"{title}held-out verification against {field}{suffix}", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -201,27 +263,33 @@ def plot_distances(path: str, field: str, rows: list[dict], dists: dict[str, tup
 
 
 def compare(root: str, *, field: str = "", out: str = "", histograms: bool = True,
-            title: str = "") -> dict:
+            title: str = "", average: str = "") -> dict:
   """Writes the table and figures of the sweep at ``root``; returns the JSON summary."""
   from infra.files import write_json_atomic
   out = out or root
   os.makedirs(out, exist_ok=True)
   field, others, rows = rows_for(root, field)
+  avg = average_rows(field, others, rows, average) if average else None
   title = f"{title}: " if title else ""
   figures = {}
   if any(r["status"] == "done" for r in rows):
-    figures["metrics"] = plot_metrics(os.path.join(out, "compare_metrics.png"), field, rows, title)
+    figures["metrics"] = plot_metrics(os.path.join(out, "compare_metrics.png"), field, rows, title,
+                                      (average, avg) if avg else None)
     figures["training"] = plot_training(os.path.join(out, "compare_training.png"), field, rows, title)
     if histograms:
       dists = {r["name"]: pair_distances(r["workdir"]) for r in rows if r["status"] == "done"}
       figures["distances"] = plot_distances(os.path.join(out, "compare_distances.png"), field,
                                             rows, dists, title)
   table = markdown(field, others, rows)
+  if avg is not None:
+    table += "\n" + averaged_markdown(field, average, avg)
   with open(os.path.join(out, "compare.md"), "w") as f:
     f.write(table)
   summary = {"root": os.path.abspath(root), "field": field, "other_fields": others,
              "runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows],
              "figures": figures}
+  if avg is not None:
+    summary["averaged"] = {"over": average, "rows": avg}
   write_json_atomic(os.path.join(out, "compare.json"), summary)
   return summary
 
@@ -230,7 +298,8 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: compare_runs.py ROOT [--field=F] [--out=DIR]")
   logging.set_verbosity(logging.WARNING)
-  s = compare(argv[1], field=_FIELD.value, out=_OUT.value, histograms=_HIST.value, title=_TITLE.value)
+  s = compare(argv[1], field=_FIELD.value, out=_OUT.value, histograms=_HIST.value, title=_TITLE.value,
+              average=_AVERAGE.value)
   print(open(os.path.join(_OUT.value or argv[1], "compare.md")).read())
   for name, p in s["figures"].items():
     print(f"{name}: {p}")

@@ -202,6 +202,16 @@ def test_sweep_script_dry_run_and_slurm(tmp_path):
     _script("sweep").load_points(os.path.join(ROOT, "configs", "facenet.py") + ":tiny", "nope")
 
 
+def test_train_script_reports_every_margin_of_a_k_margin_run(tmp_path):
+  cmd = [sys.executable, os.path.join(ROOT, "scripts", "train_facenet.py"), "--config=configs/facenet.py:tiny",
+         f"--workdir={tmp_path / 'k'}", "--config.num_steps=2", "--config.margins=0.1,0.3",
+         "--config.model.widths=(4, 8)", "--config.evals=pairs"]
+  out = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), check=True,
+                       capture_output=True, text=True).stdout
+  last = out.strip().splitlines()[-1]
+  assert last.startswith("held-out verification accuracy margin=0.1: ") and "margin=0.3: " in last
+
+
 # ----------------------------------------------------------------------------- compare_runs
 
 
@@ -228,6 +238,44 @@ def test_compare_runs_table_json_and_figures(swept, tmp_path):
   assert s2["field"] == "margin" and len(s2["runs"]) == 3
   with pytest.raises(SystemExit, match="swept fields"):
     cr.compare(root, field="seed", histograms=False)
+
+
+def test_compare_runs_average_over_seeds_matches_numpy(swept, tmp_path):
+  cr = _script("compare_runs")
+  rng = np.random.default_rng(0)
+  rows = []
+  for seed in (0, 1, 2):
+    for m in (0.1, 0.2):
+      for miner in ("semi_hard", "batch_all"):
+        rows.append({"status": "done", "value": m, "others": {"seed": seed, "miner": miner},
+                     **{k: float(rng.uniform()) for k in cr.AVERAGED_KEYS}})
+  rows.append({"status": "failed", "value": 0.1, "others": {"seed": 3, "miner": "semi_hard"}})
+  avg = cr.average_rows("margin", ["seed", "miner"], rows, "seed")
+  assert len(avg) == 4 and all(r["n"] == 3 and r["seed"] == [0, 1, 2] for r in avg)
+  for r in avg:
+    same = [x for x in rows if x["status"] == "done" and x["value"] == r["value"]
+            and x["others"]["miner"] == r["others"]["miner"]]
+    for k in cr.AVERAGED_KEYS:
+      np.testing.assert_allclose(r[f"{k}_mean"], np.mean([x[k] for x in same]))
+      np.testing.assert_allclose(r[f"{k}_std"], np.std([x[k] for x in same]))
+  with pytest.raises(SystemExit, match="--average=seed"):
+    cr.average_rows("margin", ["miner"], rows, "seed")
+  # end to end: two "seeds" of the vmapped run (the same run twice: std 0)
+  _, vm, _, _ = swept
+  outer = str(tmp_path / "seeds")
+  os.makedirs(outer)
+  points = [{"margins": "x", "seed": 0}, {"margins": "x", "seed": 1}]
+  for p in points:
+    os.symlink(vm, os.path.join(outer, overrides.point_name(p)))
+  sweep.write_index(outer, points)
+  s = cr.compare(outer, field="margin", histograms=False, average="seed", out=str(tmp_path / "o"))
+  got = s["averaged"]["rows"]
+  assert s["averaged"]["over"] == "seed" and [r["value"] for r in got] == list(MARGINS)
+  single = {r["value"]: r for r in s["runs"]}
+  for r in got:
+    assert r["n"] == 2 and r["verification_accuracy_std"] == 0.0
+    assert r["verification_accuracy_mean"] == pytest.approx(single[r["value"]]["verification_accuracy"])
+  assert "mean +- std over seed" in open(tmp_path / "o" / "compare.md").read()
 
 
 # ----------------------------------------------------------------------------- robustness

@@ -38,8 +38,6 @@ from facenet_jax import evaluators, inference, models, sweep, train
 from facenet_jax.config_checks import check_config
 from infra import checkpoints, files, mesh as mesh_lib, overrides
 from infra.metric_writer import MetricWriter
-from infra.preemption import exit_if_stopped, stop_requests
-from infra.progress import Progress
 
 
 def member_overrides(margin: float) -> dict[str, Any]:
@@ -198,64 +196,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if start == 0:
     for w in writers:
       w.write_scalars(0, data.pixel)
-  progress = Progress(config.num_steps, start)
-  pending: list[dict] = []
   last_train: list[dict[str, float]] = [{} for _ in margins]
   last_eval: list[dict[str, float]] = [{} for _ in margins]
 
-  def evaluate(k: int) -> dict[str, float]:
-    return train.pair_metrics(embed_fn, unstack(state, k), data, mesh, configs[k])
+  def evaluate(state_K, k: int) -> dict[str, float]:
+    return train.pair_metrics(embed_fn, unstack(state_K, k), data, mesh, configs[k])
 
-  def save(step: int) -> None:
-    train._check_finite(state, f"checkpoint of step {step}")
+  def make_batch(step: int, state_K) -> dict:
+    b = data.sampler(step)
+    return {"images": data.train_ds.images[b.indices], "labels": b.labels, "mask": b.mask}
+
+  def on_log(step: int, host: list[dict], progress) -> None:
+    rate = progress.rate(step)
+    for k in range(K):
+      last_train[k] = {key: float(np.mean([m[key][k] for m in host])) for key in host[0]}
+      last_train[k]["steps_per_sec"] = rate
+      writers[k].write_scalars(step, {f"train/{n}": v for n, v in last_train[k].items()})
+    progress.report(step, {f"active@{overrides.format_value(m)}": t["frac_active"]
+                           for m, t in zip(margins, last_train)})
+
+  def on_eval(step: int, state_K) -> None:
+    for k in range(K):
+      last_eval[k] = evaluate(state_K, k)
+      writers[k].write_scalars(step, {f"eval/{n}": v for n, v in last_eval[k].items()})
+    print(f"  eval step {step}: verification_accuracy " + ", ".join(
+        f"{n}: {e['verification_accuracy']:.4f}" for n, e in zip(names, last_eval)), flush=True)
+
+  def on_checkpoint(step: int, state_K) -> None:
+    train._check_finite(state_K, f"checkpoint of step {step}")
     for k, c in enumerate(ckpts):
-      c.save(step, unstack(state, k), {"config_variant": config.variant}, force=True)
+      c.save(step, unstack(state_K, k), {"config_variant": config.variant}, force=True)
 
   print(f"training {K} x {config.model.name} (margins {', '.join(map(overrides.format_value, margins))}) "
         f"on {data.train_ds.name}: {len(data.train_ds)} images, global batch {data.global_batch} over "
         f"{mesh.devices.size} device(s); held-out {data.issame.size} pairs; raw-pixel baseline "
         f"accuracy {data.pixel['pixel_verification_accuracy']:.3f}", flush=True)
-  with stop_requests() as stop:
-    step = start
-    while step < config.num_steps:
-      b = data.sampler(step)
-      batch = {"images": data.train_ds.images[b.indices], "labels": b.labels, "mask": b.mask}
-      state, metrics = multi_step(state, mesh_lib.shard_batch(batch, mesh))
-      pending.append(metrics)
-      step += 1
-      if step == start + 1:
-        jax.block_until_ready(metrics)
-        progress.mark_compiled(step)
-      last = step == config.num_steps
-      if step % config.log_every == 0 or last or stop:
-        train._check_finite(state, f"step {step}")
-        host = jax.device_get(pending)
-        pending = []
-        rate = progress.rate(step)
-        for k in range(K):
-          last_train[k] = {key: float(np.mean([m[key][k] for m in host])) for key in host[0]}
-          last_train[k]["steps_per_sec"] = rate
-          writers[k].write_scalars(step, {f"train/{n}": v for n, v in last_train[k].items()})
-        progress.report(step, {f"active@{overrides.format_value(m)}": t["frac_active"]
-                               for m, t in zip(margins, last_train)})
-      if step % config.eval_every == 0 or last:
-        for k in range(K):
-          last_eval[k] = evaluate(k)
-          writers[k].write_scalars(step, {f"eval/{n}": v for n, v in last_eval[k].items()})
-        print(f"  eval step {step}: verification_accuracy " + ", ".join(
-            f"{n}: {e['verification_accuracy']:.4f}" for n, e in zip(names, last_eval)), flush=True)
-      if step % config.checkpoint_every == 0 or last or stop:
-        save(step)
-      for w in writers:
-        w.flush()
-      if not last:
-        exit_if_stopped(stop, step, *writers, *ckpts)
+  state = train.run_loop(config, state, start, step_fn=multi_step, make_batch=make_batch, mesh=mesh,
+                         on_log=on_log, on_eval=on_eval, on_checkpoint=on_checkpoint,
+                         writers=writers, closeables=ckpts)
 
   final_step = int(np.max(jax.device_get(state["step"])))
   out = {"margins": list(margins), "members": {}, "step": final_step}
   for k, (c, d, w) in enumerate(zip(configs, dirs, writers)):
     if not last_eval[k]:   # resumed at the last step: evaluate the restored state
-      last_eval[k] = evaluate(k)
+      last_eval[k] = evaluate(state, k)
     print(f"margin {margins[k]:g}:", flush=True)
     evals = train.run_evaluators(c, d if lead else None, unstack(state, k), embed_fn, data, mesh,
                                  last_eval[k])

@@ -276,6 +276,48 @@ def _check_finite(state: State, where: str) -> None:
         f"optim.learning_rate, set optim.grad_clip_norm, or check the input data.")
 
 
+def run_loop(config: ml_collections.ConfigDict, state: State, start: int, *,
+             step_fn: Callable, make_batch: Callable[[int, State], dict], mesh: jax.sharding.Mesh,
+             on_log: Callable[[int, list[dict], Progress], None],
+             on_eval: Callable[[int, State], None], on_checkpoint: Callable[[int, State], None],
+             writers: list, closeables: list) -> State:
+  """Steps ``start .. config.num_steps`` of ``state = step_fn(state, batch)``; returns the state.
+
+  The one training loop (a single run here, K margins in facenet_jax/multi_margin.py): the
+  batch of step s is ``make_batch(s, state)``; every ``log_every`` steps (and at the last, or
+  when a stop signal arrived) the state is checked finite and ``on_log(step, host_metrics,
+  progress)`` gets the steps' metrics since the last log; every ``eval_every`` steps and at
+  the last ``on_eval(step, state)``; every ``checkpoint_every`` steps, at the last and on a
+  stop ``on_checkpoint(step, state)``; then ``writers`` are flushed and a stop request exits
+  (``Preempted``) after closing ``writers`` and ``closeables``.
+  """
+  progress = Progress(config.num_steps, start)
+  pending: list[dict] = []
+  with stop_requests() as stop:
+    step = start
+    while step < config.num_steps:
+      state, metrics = step_fn(state, mesh_lib.shard_batch(make_batch(step, state), mesh))
+      pending.append(metrics)
+      step += 1
+      if step == start + 1:
+        jax.block_until_ready(metrics)
+        progress.mark_compiled(step)
+      last = step == config.num_steps
+      if step % config.log_every == 0 or last or stop:
+        _check_finite(state, f"step {step}")
+        host, pending = jax.device_get(pending), []
+        on_log(step, host, progress)
+      if step % config.eval_every == 0 or last:
+        on_eval(step, state)
+      if step % config.checkpoint_every == 0 or last or stop:
+        on_checkpoint(step, state)
+      for w in writers:
+        w.flush()
+      if not last:
+        exit_if_stopped(stop, step, *writers, *closeables)
+  return state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices: list | None = None) -> dict:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates.
@@ -334,7 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     emb[rows] = embed_all(embed_fn, state, train_ds.images[rows], eval_bs, mesh)
     selected = offline.violating(pool, emb, config.margin)
 
-  def make_batch(step: int) -> dict:
+  def make_batch(step: int, state: State) -> dict:
     if offline_mode:
       if step % config.offline.rescore_every == 0 or pool.shape[0] == 0:
         rescore(state, step)
@@ -357,47 +399,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer = MetricWriter(workdir, enabled=lead)
   if start == 0 and lead:
     writer.write_scalars(0, pixel)
-  progress = Progress(config.num_steps, start)
-  pending: list[dict] = []
   last_train: dict[str, float] = dict(meta.get("train_metrics", {}))
   last_eval: dict[str, float] = {}
+
+  def on_log(step: int, host: list[dict], progress: Progress) -> None:
+    nonlocal last_train
+    last_train = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    last_train["steps_per_sec"] = progress.rate(step)
+    writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
+    progress.report(step, {k: last_train[k] for k in ("loss", "frac_active", "mean_d_ap", "mean_d_an")})
+
+  def on_eval(step: int, state: State) -> None:
+    nonlocal last_eval
+    last_eval = evaluate(state)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
+    print(f"  eval step {step}: verification_accuracy={last_eval['verification_accuracy']:.4f} "
+          f"(+-{last_eval['verification_accuracy_std']:.4f}), "
+          f"val@far1e-3={last_eval['val_at_far_1e-3']:.4f}, auc={last_eval['roc_auc']:.4f}",
+          flush=True)
+
+  def on_checkpoint(step: int, state: State) -> None:
+    _check_finite(state, f"checkpoint of step {step}")
+    ckpt.save(step, state, checkpoint_meta(), force=True)
+
   print(f"training {config.model.name} on {train_ds.name}: {len(train_ds)} images of "
         f"{train_ds.num_identities} identities, global batch {global_batch} over "
         f"{mesh.devices.size} device(s); held-out {eval_ds.num_identities} identities, "
         f"{issame.size} pairs; raw-pixel baseline accuracy {pixel['pixel_verification_accuracy']:.3f}",
         flush=True)
-  with stop_requests() as stop:
-    step = start
-    while step < config.num_steps:
-      batch = make_batch(step)
-      state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh))
-      pending.append(metrics)
-      step += 1
-      if step == start + 1:
-        jax.block_until_ready(metrics)
-        progress.mark_compiled(step)
-      last = step == config.num_steps
-      if step % config.log_every == 0 or last or stop:
-        _check_finite(state, f"step {step}")
-        host = jax.device_get(pending)
-        pending = []
-        last_train = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-        last_train["steps_per_sec"] = progress.rate(step)
-        writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
-        progress.report(step, {k: last_train[k] for k in ("loss", "frac_active", "mean_d_ap", "mean_d_an")})
-      if step % config.eval_every == 0 or last:
-        last_eval = evaluate(state)
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
-        print(f"  eval step {step}: verification_accuracy={last_eval['verification_accuracy']:.4f} "
-              f"(+-{last_eval['verification_accuracy_std']:.4f}), "
-              f"val@far1e-3={last_eval['val_at_far_1e-3']:.4f}, auc={last_eval['roc_auc']:.4f}",
-              flush=True)
-      if step % config.checkpoint_every == 0 or last or stop:
-        _check_finite(state, f"checkpoint of step {step}")
-        ckpt.save(step, state, checkpoint_meta(), force=True)
-      writer.flush()
-      if not last:
-        exit_if_stopped(stop, step, writer, ckpt)
+  state = run_loop(config, state, start, step_fn=train_step, make_batch=make_batch, mesh=mesh,
+                   on_log=on_log, on_eval=on_eval, on_checkpoint=on_checkpoint,
+                   writers=[writer], closeables=[ckpt])
 
   if not last_eval:   # resumed at the last step: evaluate the restored state
     last_eval = evaluate(state)

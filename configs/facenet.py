@@ -94,6 +94,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.evals = "pairs"
   c.evaluation = config_dict.ConfigDict(dict(
       far=1e-3,                 # VAL@FAR target (lfw_view2)
+      flip_tta=False,           # embed image + mirror image, normalized sum (every evaluator)
       repeats=5,                # one_shot: seeded choices of the enrolment images
       open_set_enrolled=0,      # one_shot open set: people enrolled (0: half)
       open_set_far=0.01,        # one_shot open set: accepted fraction of calibration impostors

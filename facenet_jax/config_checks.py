@@ -87,6 +87,9 @@ def check_config(c: ml_collections.ConfigDict) -> None:
            "'cosine' or 'constant'")
   _require(c.optim.learning_rate > 0, "optim.learning_rate", c.optim.learning_rate, "> 0")
   _require(c.augment.crop_pad >= 0, "augment.crop_pad", c.augment.crop_pad, ">= 0")
+  _require(not (c.evaluation.flip_tta and c.data.features), "evaluation.flip_tta",
+           c.evaluation.flip_tta, f"False with data.features={c.data.features!r} (cached "
+           "backbone features have no image to mirror)")
   for f in ("scale", "rotate", "brightness"):
     _require(c.augment[f] >= 0, f"augment.{f}", c.augment[f], ">= 0")
   _require(0 <= c.augment.contrast < 1, "augment.contrast", c.augment.contrast, "in [0, 1)")

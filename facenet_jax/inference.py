@@ -108,7 +108,8 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None, *,
   mesh = mesh_lib.make_data_mesh()
   repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
   state = jax.device_put(state, repl)
-  fn = jax.jit(train.make_embed_fn(graphdef), in_shardings=(repl, repl, batch_sh),
+  fn = jax.jit(train.make_embed_fn(graphdef, config.evaluation.flip_tta),
+               in_shardings=(repl, repl, batch_sh),
                out_shardings=repl)
   bs = int(np.lcm(batch_size or config.eval_batch_size, mesh.devices.size))
 

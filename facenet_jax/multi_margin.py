@@ -173,7 +173,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   multi_step = jax.jit(make_multi_step(graphdef, tx, config, margins_K),
                        in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
                        donate_argnums=0)
-  embed_fn = jax.jit(train.make_embed_fn(graphdef), in_shardings=(repl, repl, batch_sh),
+  embed_fn = jax.jit(train.make_embed_fn(graphdef, config.evaluation.flip_tta),
+                     in_shardings=(repl, repl, batch_sh),
                      out_shardings=repl)
   # as in train.train_and_evaluate: nothing is written before data, config and model are checked
   for c, d in zip(configs, dirs):

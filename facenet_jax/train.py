@@ -147,11 +147,19 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   return train_step
 
 
-def make_embed_fn(graphdef: nnx.GraphDef) -> Callable:
-  """``(params, model_state, images) -> emb_BxD`` in inference mode (running BN stats)."""
+def make_embed_fn(graphdef: nnx.GraphDef, flip_tta: bool = False) -> Callable:
+  """``(params, model_state, images) -> emb_BxD`` in inference mode (running BN stats).
+
+  ``flip_tta``: emb = normalize(f(x) + f(flip(x))), flip along the last spatial axis (the
+  mirror image), so an image and its mirror get the same embedding (config.evaluation.flip_tta).
+  """
   def embed(params, model_state, images):
     model = nnx.merge(graphdef, params, model_state, copy=True)
-    return model(preprocess.to_float(images), train=False)
+    x = preprocess.to_float(images)
+    emb = model(x, train=False)
+    if flip_tta:
+      emb = models.l2_normalize(emb + model(jnp.flip(x, axis=x.ndim - 2), train=False))
+    return emb
   return embed
 
 
@@ -346,7 +354,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = jax.device_put(state, repl)
   train_step = jax.jit(make_train_step(graphdef, tx, config), in_shardings=(repl, batch_sh),
                        out_shardings=(repl, repl), donate_argnums=0)
-  embed_fn = jax.jit(make_embed_fn(graphdef), in_shardings=(repl, repl, batch_sh),
+  embed_fn = jax.jit(make_embed_fn(graphdef, config.evaluation.flip_tta),
+                     in_shardings=(repl, repl, batch_sh),
                      out_shardings=repl)
 
   # nothing is written before the data, the config and the model have been checked: a bad

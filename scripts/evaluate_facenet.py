@@ -7,8 +7,10 @@
 ``--eval`` takes evaluator names (pairs, lfw_view2, one_shot, omniglot_runs, episodes,
 clustering) or dataset names (lfw, orl, omniglot, folder: their usual protocols); default:
 the run's ``config.evals``. ``--data_dir`` (and ``--source`` for ``folder``) point the
-run's config at another copy of the data. Writes ``eval_<name>.json`` (and ROC PNGs) into
-the workdir.
+run's config at another copy of the data. ``--set=evaluation.FIELD=VALUE`` (repeatable)
+changes an evaluation setting, e.g. ``--set=evaluation.flip_tta=True`` (embed each image
+with its mirror image). Writes ``eval_<name>.json`` (``eval_<name>@<settings>.json`` with
+``--set``, so the run's own evaluation is not overwritten) and ROC PNGs into the workdir.
 """
 
 import os
@@ -22,6 +24,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by train_face
 _EVAL = flags.DEFINE_string("eval", "", "Comma-separated evaluator or dataset names.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Override config.data.data_dir.")
 _SOURCE = flags.DEFINE_string("source", "", "Override config.data.source (e.g. folder).")
+_SET = flags.DEFINE_multi_string("set", [], "evaluation.FIELD=VALUE: an evaluation setting to change.")
 
 DATASET_SOURCES = {"lfw": "lfw", "orl": "orl", "omniglot": "omniglot", "folder": "folder"}
 
@@ -34,11 +37,21 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
-def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "") -> dict:
+def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "",
+             settings: dict[str, str] | None = None) -> dict:
   from facenet_jax import evaluators, inference
+  from facenet_jax.config_checks import check_config
   from facenet_jax.data import sources
+  from infra import overrides
   from infra.files import write_json_atomic
   config = inference.load_config(workdir)
+  settings = dict(settings or {})
+  for k in settings:
+    if not k.startswith("evaluation."):
+      raise SystemExit(f"--set={k}=...: only evaluation.* settings can change after training")
+  suffix = f"@{overrides.point_name(settings)}" if settings else ""
+  config = overrides.with_overrides(config, settings)
+  check_config(config)
   config.unlock()
   names = [p.strip() for p in spec.split(",") if p.strip()]
   for n in names:   # a dataset name also selects its source
@@ -56,15 +69,22 @@ def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "")
                            workdir=workdir)
   results = evaluators.run(spec or config.evals, ctx)
   for name, metrics in results.items():
-    write_json_atomic(os.path.join(workdir, f"eval_{name}.json"),
-                      {"step": trained.step, "data": config.data.to_dict(), "metrics": metrics})
+    write_json_atomic(os.path.join(workdir, f"eval_{name}{suffix}.json"),
+                      {"step": trained.step, "data": config.data.to_dict(),
+                       "evaluation": config.evaluation.to_dict(), "metrics": metrics})
   return {"step": trained.step, "results": results}
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  out = evaluate(_WORKDIR.value, _EVAL.value, _DATA_DIR.value, _SOURCE.value)
+  settings = {}
+  for kv in _SET.value:
+    if "=" not in kv:
+      raise app.UsageError(f"--set={kv}: expected evaluation.FIELD=VALUE")
+    k, v = kv.split("=", 1)
+    settings[k] = v
+  out = evaluate(_WORKDIR.value, _EVAL.value, _DATA_DIR.value, _SOURCE.value, settings)
   print(f"{_WORKDIR.value} (step {out['step']})")
   print(format_table(out["results"]))
 

@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +19,10 @@ from PIL import Image
 
 from configs.facenet import get_config
 from facenet_jax import inference, recognition, train, vgg_features
+from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.data import raw, sources
 from facenet_jax.data.images import Fit, fit_image
-from infra import vgg as vgg_lib
+from infra import overrides, vgg as vgg_lib
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 EVALS = ("pairs", "one_shot", "episodes", "clustering")
@@ -99,6 +101,32 @@ def test_train_writes_config_and_evals_and_evaluate_reproduces_them(run):
   # a dataset name selects that dataset's data: refused for a synthetic run unless asked
   with pytest.raises(SystemExit, match="--source=orl"):
     evaluate_facenet.evaluate(workdir, "orl")
+
+
+def test_flip_tta_embeds_an_image_and_its_mirror_alike(run, tmp_path):
+  workdir, config, _ = run
+  wd = str(tmp_path / "copy")
+  shutil.copytree(workdir, wd)
+  images = np.asarray(sources.load(config)[1].images[:6])
+  mirrored = images[:, :, ::-1]
+  plain = inference.load(wd)
+  tta = inference.load(wd, overrides.with_overrides(plain.config, {"evaluation.flip_tta": True}))
+  e, m, t, tm = plain.embed(images), plain.embed(mirrored), tta.embed(images), tta.embed(mirrored)
+  ref = (e + m) / np.linalg.norm(e + m, axis=1, keepdims=True)
+  np.testing.assert_allclose(t, ref, atol=1e-5)
+  np.testing.assert_allclose(tm, t, atol=1e-5)
+  assert not np.allclose(e, m, atol=1e-3)   # the plain embedding is not mirror invariant
+  evaluate_facenet = _load_script("evaluate_facenet")
+  before = open(os.path.join(wd, "eval_pairs.json")).read()
+  out = evaluate_facenet.evaluate(wd, "pairs", settings={"evaluation.flip_tta": "True"})
+  written = json.load(open(os.path.join(wd, "eval_pairs@evaluation.flip_tta=True.json")))
+  assert written["evaluation"]["flip_tta"] is True and written["metrics"] == out["results"]["pairs"]
+  assert open(os.path.join(wd, "eval_pairs.json")).read() == before   # the run's own is kept
+  with pytest.raises(SystemExit, match="only evaluation"):
+    evaluate_facenet.evaluate(wd, "pairs", settings={"model.embedding_dim": "8"})
+  bad = overrides.with_overrides(get_config("orl_vgg"), {"evaluation.flip_tta": True})
+  with pytest.raises(ConfigError, match="evaluation.flip_tta"):
+    check_config(bad)
 
 
 def test_load_errors_name_the_workdir_and_the_bad_input(run, tmp_path):

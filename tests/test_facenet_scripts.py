@@ -4,7 +4,6 @@ scripts/evaluate_facenet.py reproduces them; inference.load errors; scripts/reco
 vgg19 embedding; scripts/cross_validate.py's summary."""
 
 import functools
-import importlib.util
 import json
 import os
 import shutil
@@ -13,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
 from flax import nnx
 from PIL import Image
 
 from configs.facenet import get_config
+from conftest import load_script
 from facenet_jax import inference, recognition, train, vgg_features
 from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.data import raw, sources
@@ -40,19 +39,6 @@ def _tiny(tmp, **overrides):
     target[last] = v
   c.lock()
   return c
-
-
-def _load_script(name):
-  """scripts/<name>.py as a module. The scripts define absl flags at import (two of them
-  both define --workdir); the flags a script added are removed again, so loading one never
-  collides with another (nothing here goes through their absl main)."""
-  before = set(flags.FLAGS)
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  for n in set(flags.FLAGS) - before:
-    delattr(flags.FLAGS, n)
-  return module
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +70,7 @@ def test_train_writes_config_and_evals_and_evaluate_reproduces_them(run):
   # config.json is the run's config, read back field for field
   assert inference.load_config(workdir).to_dict() == config.to_dict()
 
-  evaluate_facenet = _load_script("evaluate_facenet")
+  evaluate_facenet = load_script("evaluate_facenet")
   out = evaluate_facenet.evaluate(workdir, "pairs")
   assert out["step"] == 4 and list(out["results"]) == ["pairs"]
   # the same checkpoint, held-out images and pairs: the same numbers, exactly
@@ -116,7 +102,7 @@ def test_flip_tta_embeds_an_image_and_its_mirror_alike(run, tmp_path):
   np.testing.assert_allclose(t, ref, atol=1e-5)
   np.testing.assert_allclose(tm, t, atol=1e-5)
   assert not np.allclose(e, m, atol=1e-3)   # the plain embedding is not mirror invariant
-  evaluate_facenet = _load_script("evaluate_facenet")
+  evaluate_facenet = load_script("evaluate_facenet")
   before = open(os.path.join(wd, "eval_pairs.json")).read()
   out = evaluate_facenet.evaluate(wd, "pairs", settings={"evaluation.flip_tta": "True"})
   written = json.load(open(os.path.join(wd, "eval_pairs@evaluation.flip_tta=True.json")))
@@ -169,7 +155,7 @@ def test_recognize_enroll_identify_verify(run, tmp_path, monkeypatch):
   # every recognize.run restores the workdir; one restore serves the whole test
   monkeypatch.setattr(inference, "load", functools.lru_cache()(inference.load))
   trained = inference.load(workdir)
-  recognize = _load_script("recognize")
+  recognize = load_script("recognize")
   _, held = sources.load(config)
   people = np.unique(held.labels)[:2]
   paths = {}
@@ -384,7 +370,7 @@ def test_vgg19_embedding_forward_and_fine_tuning_step():
 
 
 def test_cross_validate_summary_against_numpy():
-  cv = _load_script("cross_validate")
+  cv = load_script("cross_validate")
   per_run = {"0": {"a/x": 0.5, "a/y": 2.0}, "1": {"a/x": 0.75, "a/y": 4.0, "b": 1.0},
              "2": {"a/x": 0.25, "a/y": 3.0}}
   s = cv.summarize(per_run)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from configs.style import get_config
-from conftest import SHARED
+from conftest import SHARED, load_script
 from infra import checkpoints
 from style_jax import images, losses, optimize
 
@@ -327,19 +327,11 @@ def test_style_blend_targets_are_weighted_gram_means():
 # ------------------------------------------------------------------- Gatys grids
 
 
-def _load_script(name):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_reproduce_gatys_writes_grids_and_lowers_every_panel(tmp_path):
   """scripts/reproduce_gatys.py at 32 px, random VGG, shallow layers, 3 L-BFGS iterations: one
   batched run per figure; the three PNG grids and results.json are written; every panel's loss
   went down."""
-  gatys = _load_script("reproduce_gatys")
+  gatys = load_script("reproduce_gatys")
   content = _write(tmp_path / "c.png", _content(24, 32))
   style = _write(tmp_path / "s.png", _style(32, 32))
   out = tmp_path / "grids"

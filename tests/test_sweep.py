@@ -1,7 +1,6 @@
 """Sweeps: overrides, config sweeps, sweep.py (run / skip / resume / dry run / SLURM),
 vmapped margins equal to separate runs, compare_runs.py, test-time robustness."""
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -12,19 +11,13 @@ import numpy as np
 import pytest
 
 from configs import facenet as facenet_configs
+from conftest import load_script
 from facenet_jax import multi_margin, robustness, sweep, train
 from facenet_jax.config_checks import ConfigError, check_config
 from infra import checkpoints, files, mesh as mesh_lib, overrides
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 MARGINS = (0.05, 0.2, 0.5)
-
-
-def _script(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 def _tiny(**kw):
@@ -199,7 +192,7 @@ def test_sweep_script_dry_run_and_slurm(tmp_path):
   assert "#SBATCH --array=0-3" in script and "#SBATCH --gres=gpu:1" in script
   assert "--index=$SLURM_ARRAY_TASK_ID" in script and script.startswith("#!/bin/bash")
   with pytest.raises(SystemExit, match="unknown sweep"):
-    _script("sweep").load_points(os.path.join(ROOT, "configs", "facenet.py") + ":tiny", "nope")
+    load_script("sweep").load_points(os.path.join(ROOT, "configs", "facenet.py") + ":tiny", "nope")
 
 
 def test_train_script_reports_every_margin_of_a_k_margin_run(tmp_path):
@@ -217,7 +210,7 @@ def test_train_script_reports_every_margin_of_a_k_margin_run(tmp_path):
 
 def test_compare_runs_table_json_and_figures(swept, tmp_path):
   root, vm, _, _ = swept
-  cr = _script("compare_runs")
+  cr = load_script("compare_runs")
   s = cr.compare(vm, out=str(tmp_path / "vm"), histograms=True, title="tiny")
   assert s["field"] == "margin" and [r["value"] for r in s["runs"]] == list(MARGINS)
   for r in s["runs"]:
@@ -241,7 +234,7 @@ def test_compare_runs_table_json_and_figures(swept, tmp_path):
 
 
 def test_compare_runs_average_over_seeds_matches_numpy(swept, tmp_path):
-  cr = _script("compare_runs")
+  cr = load_script("compare_runs")
   rng = np.random.default_rng(0)
   rows = []
   for seed in (0, 1, 2):

@@ -203,10 +203,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def evaluate(state_K, k: int) -> dict[str, float]:
     return train.pair_metrics(embed_fn, unstack(state_K, k), data, mesh, configs[k])
 
-  def make_batch(step: int, state_K) -> dict:
-    b = data.sampler(step)
-    return {"images": data.train_ds.images[b.indices], "labels": b.labels, "mask": b.mask}
-
   def on_log(step: int, host: list[dict], progress) -> None:
     rate = progress.rate(step)
     for k in range(K):
@@ -232,7 +228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f"on {data.train_ds.name}: {len(data.train_ds)} images, global batch {data.global_batch} over "
         f"{mesh.devices.size} device(s); held-out {data.issame.size} pairs; raw-pixel baseline "
         f"accuracy {data.pixel['pixel_verification_accuracy']:.3f}", flush=True)
-  state = train.run_loop(config, state, start, step_fn=multi_step, make_batch=make_batch, mesh=mesh,
+  state = train.run_loop(config, state, start, step_fn=multi_step,
+                         make_batch=lambda step, _: data.batch(step), mesh=mesh,
                          on_log=on_log, on_eval=on_eval, on_checkpoint=on_checkpoint,
                          writers=writers, closeables=ckpts)
 

@@ -207,6 +207,11 @@ class RunData:
   issame: np.ndarray
   pixel: dict[str, float]
 
+  def batch(self, step: int) -> dict:
+    """The P x K training batch of ``step``: ``{images, labels, mask}`` (host arrays)."""
+    b = self.sampler(step)
+    return {"images": self.train_ds.images[b.indices], "labels": b.labels, "mask": b.mask}
+
 
 def prepare_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunData:
   """Loads and checks the datasets of ``config`` and builds its sampler and held-out pairs."""
@@ -345,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   lead = jax.process_index() == 0
 
   data = prepare_data(config, mesh)
-  train_ds, eval_ds, sampler, eval_bs = data.train_ds, data.eval_ds, data.sampler, data.eval_bs
+  train_ds, eval_ds, eval_bs = data.train_ds, data.eval_ds, data.eval_bs
   global_batch, issame, pixel = data.global_batch, data.issame, data.pixel
   offline_mode = bool(config.offline.enabled)
 
@@ -391,12 +396,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         rescore(state, step)
       trip = offline.draw(selected, pool, config.offline.triplets_per_batch, config.seed, step)
       rows = trip.T.reshape(-1)
-      labels = train_ds.labels[rows]
-      mask = np.ones(rows.shape[0], bool)
-    else:
-      b = sampler(step)
-      rows, labels, mask = b.indices, b.labels, b.mask
-    return {"images": train_ds.images[rows], "labels": labels, "mask": mask}
+      return {"images": train_ds.images[rows], "labels": train_ds.labels[rows],
+              "mask": np.ones(rows.shape[0], bool)}
+    return data.batch(step)
 
   def checkpoint_meta() -> dict:
     # the last logged train metrics: a run resumed at its final step reports them too

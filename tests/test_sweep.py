@@ -100,8 +100,7 @@ def test_vmapped_step_equals_separate_steps():
   state_K = multi_margin.stack([state] * 3)
   states = [state] * 3
   for step in range(3):
-    b = data.sampler(step)
-    batch = {"images": data.train_ds.images[b.indices], "labels": b.labels, "mask": b.mask}
+    batch = data.batch(step)
     state_K, metrics_K = multi(state_K, batch)
     for k in range(3):
       states[k], metrics = singles[k](states[k], batch)

@@ -75,6 +75,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       # transfer learning: train on cached frozen-backbone activations ("vgg19:pool5",
       # with model.name=feature_head) instead of images; "" = images
       features="",
+      # "" keeps the activation map; "mean" / "max" pool it over positions to one
+      # L2-normalized vector, after raising it to features_power (0.5 with "mean": SPoC)
+      features_pool="",
+      features_power=1.0,
       features_cache="",        # "": <tfds_dir>/features
   ))
   # training augmentation (facenet_jax/preprocess.py): flip, pad-and-crop translation, zoom
@@ -87,7 +91,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       dtype="float32",
       # vgg16 / vgg19 (fine-tuned backbone) and data.features: ImageNet weights, layer
       vgg_weights=os.path.join(SHARED_WEIGHTS, "vgg19_notop_imagenet_8bit_f16.h5"),
-      vgg_layer="pool5"))
+      vgg_layer="pool5",
+      # feature_head: "random", or "pca_whiten" (a linear head, widths=(), set to PCA
+      # whitening of the training features before any step; models.fit_pca_whitening),
+      # whose eigenvalues (scaled to mean 1) are shrunk by whiten_eps
+      head_init="random", whiten_eps=1.0))
 
   # evaluation protocols run at the end of training (facenet_jax/evaluators.py), and
   # their settings
@@ -156,12 +164,16 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.checkpoint_every = 200
     c.evals = "pairs,one_shot,clustering"
     if variant == "orl_vgg":
-      # frozen ImageNet VGG19 (pool5 of the 92 px square at 96x96: 3x3x512, grey repeated to
-      # RGB) + a trained 2-layer head on cached features, as lfw_vgg
-      c.data.update(image_size=96, features="vgg19:pool5")
-      c.model.update(name="feature_head", widths=(512,), embedding_dim=128)
+      # frozen ImageNet VGG19: SPoC of conv4_4 (square root, mean over the 12x12 positions
+      # of the 92 px square at 96x96, L2-normalized; grey repeated to RGB), a linear head
+      # set to PCA whitening of the training people's descriptors, then triplet-trained
+      c.data.update(image_size=96, features="vgg19:conv4_4", features_pool="mean",
+                    features_power=0.5)
+      c.model.update(name="feature_head", widths=(), embedding_dim=256, head_init="pca_whiten",
+                     whiten_eps=1.0)
       c.augment.update(flip=False, crop_pad=0)
       c.optim.learning_rate = 1e-3
+      c.num_steps = 300
   elif variant in ("lfw", "lfw_vgg"):
     # 250x250 photos, face roughly in the central 128 px: that square at 64x64, RGB
     c.data.update(source="lfw", data_dir=os.path.join(SHARED_DATA, "lfw"), image_size=64,

@@ -48,6 +48,10 @@ def _check_data(d: ml_collections.ConfigDict) -> None:
              "a View 2 fold, an integer >= 0 (0..9 for the official pairs.txt)")
     _require(_nonneg_int(d.calibration_folds), "data.calibration_folds", d.calibration_folds,
              "an integer >= 0 (View 2 folds held out of training to choose thresholds)")
+  _require(d.features_pool in ("", "mean", "max"), "data.features_pool", d.features_pool,
+           "'' (keep the activation map), 'mean' or 'max'")
+  _require(isinstance(d.features_power, (int, float)) and d.features_power > 0,
+           "data.features_power", d.features_power, "a number > 0 (0.5: square root)")
   if d.source == "folder":
     _require(bool(d.data_dir), "data.data_dir", d.data_dir, "the identity folder root "
              "(data_dir/<identity>/<image>) with data.source='folder'")
@@ -78,6 +82,14 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   _require(c.images_per_identity >= 2, "images_per_identity", c.images_per_identity,
            ">= 2 (positives need a second image)")
   _require(c.model.name in _MODELS, "model.name", c.model.name, f"one of {_MODELS}")
+  _require(c.model.head_init in models.HEAD_INITS, "model.head_init", c.model.head_init,
+           f"one of {models.HEAD_INITS}")
+  if c.model.head_init == "pca_whiten":
+    _require(c.model.name == "feature_head" and c.data.features, "model.head_init",
+             c.model.head_init, "'random' unless model.name='feature_head' over data.features")
+    _require(tuple(c.model.widths) == (), "model.widths", c.model.widths,
+             "() with model.head_init='pca_whiten' (PCA whitening is one linear map)")
+    _require(c.model.whiten_eps >= 0, "model.whiten_eps", c.model.whiten_eps, ">= 0")
   _require(c.model.spatial_dims in (1, 2, 3), "model.spatial_dims", c.model.spatial_dims, "1, 2 or 3")
   _require(c.model.dtype in ("float32", "bfloat16"), "model.dtype", c.model.dtype,
            "'float32' or 'bfloat16'")

@@ -336,6 +336,47 @@ class FeatureHead(nnx.Module):
         return l2_normalize(self.out(x).astype(jnp.float32))
 
 
+HEAD_INITS = ("random", "pca_whiten")
+
+
+def fit_pca_whitening(head: FeatureHead, x_NxF, eps: float = 1.0) -> None:
+    """Sets a linear ``FeatureHead`` (no hidden layers) to PCA whitening of ``x_NxF``, in place.
+
+    With mean ``mu`` and the top ``D = embedding_dim`` principal directions ``V_FxD`` of
+    ``x`` (eigenvalues ``lam_D``, scaled to mean 1), the head computes
+    ``emb = l2n((x - mu) @ V diag(1 / sqrt(lam + eps)))``: kernel ``V / sqrt(lam + eps)``,
+    bias ``-mu @ kernel``. ``eps`` shrinks the whitening (0: full whitening, which
+    amplifies the noise of the smallest components; large: plain PCA projection).
+    Unsupervised: labels are not used. Reference: Jegou & Chum, "Negative evidences and
+    co-occurrences in image retrieval", ECCV 2012 (PCA whitening of pooled descriptors);
+    Babenko & Lempitsky, ICCV 2015 (SPoC). Raises ValueError for a head with hidden layers
+    or fewer than ``D + 1`` rows.
+    """
+    import numpy as np
+    if len(head.hidden):
+        raise ValueError(f"model.head_init='pca_whiten' needs a linear head: model.widths=() "
+                         f"(got {len(head.hidden)} hidden layer(s))")
+    x = np.asarray(x_NxF, np.float64).reshape(len(x_NxF), -1)
+    f_in, dim = head.out.kernel.shape
+    if x.shape[1] != f_in:
+        raise ValueError(f"pca_whiten: features have {x.shape[1]} values per example, the head "
+                         f"takes {f_in}")
+    if x.shape[0] <= dim:
+        raise ValueError(f"model.head_init='pca_whiten': {x.shape[0]} training examples give at "
+                         f"most {x.shape[0] - 1} principal directions; model.embedding_dim={dim} "
+                         "must be smaller")
+    if not eps >= 0:
+        raise ValueError(f"model.whiten_eps={eps!r}: expected a number >= 0")
+    mu = x.mean(axis=0)
+    _, sv, vt = np.linalg.svd(x - mu, full_matrices=False)
+    lam = sv[:dim] ** 2 / x.shape[0]
+    lam = lam / lam.mean()
+    # a component of zero variance would divide by zero at eps = 0
+    kernel = vt[:dim].T / np.sqrt(np.maximum(lam + eps, 1e-12))
+    head.out.kernel.value = jnp.asarray(kernel, head.out.kernel.value.dtype)
+    head.out.bias.value = jnp.asarray(-mu @ kernel, head.out.bias.value.dtype)
+
+
 class VGGEmbedding(nnx.Module):
     """ImageNet VGG backbone (``infra.vgg``, the codebase's one VGG) + ``FeatureHead``,
     trained end to end (fine-tuning). For a frozen backbone, train ``feature_head`` on

@@ -124,11 +124,13 @@ def vmappable_convs():
     models.CONV_IMPL = old
 
 
-def create_train_state(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]):
+def create_train_state(config: ml_collections.ConfigDict, example_shape: tuple[int, ...],
+                       fit_examples: np.ndarray | None = None):
   """``train.create_train_state`` with :func:`vmappable_convs`: ``(graphdef, tx, state)`` of
   one model (the same initial arrays as a single run's), to be stacked K times."""
   with vmappable_convs():
-    return train.create_train_state(config, example_shape=example_shape)
+    return train.create_train_state(config, example_shape=example_shape,
+                                    fit_examples=fit_examples)
 
 
 def make_multi_step(graphdef, tx, config: ml_collections.ConfigDict, margins_K: jax.Array):
@@ -167,7 +169,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = mesh_lib.make_data_mesh(devices)
   lead = jax.process_index() == 0
   data = train.prepare_data(config, mesh)
-  graphdef, tx, state1 = create_train_state(config, data.train_ds.example_shape)
+  graphdef, tx, state1 = create_train_state(config, data.train_ds.example_shape,
+                                            data.train_ds.images)
   repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
   margins_K = jnp.asarray(margins, jnp.float32)
   multi_step = jax.jit(make_multi_step(graphdef, tx, config, margins_K),

@@ -55,16 +55,21 @@ def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
 
 
 def create_train_state(config: ml_collections.ConfigDict, in_channels: int | None = None, *,
-                       example_shape: tuple[int, ...] | None = None):
+                       example_shape: tuple[int, ...] | None = None,
+                       fit_examples: np.ndarray | None = None):
   """Returns ``(graphdef, tx, state)``; ``state`` is a pytree of arrays only.
 
   ``example_shape``: (*spatial, C) of one example (needed by feature_head / vgg models);
-  ``in_channels`` defaults to its last entry.
+  ``in_channels`` defaults to its last entry. ``fit_examples``: the training examples a
+  data-dependent initialization (``model.head_init='pca_whiten'``) is fitted on; without
+  them the head starts random, which is right only when a checkpoint is restored over it.
   """
   if in_channels is None:
     in_channels = example_shape[-1]
   model = models.create_model(config.model, in_channels=in_channels, rngs=nnx.Rngs(config.seed),
                               example_shape=example_shape)
+  if config.model.head_init == "pca_whiten" and fit_examples is not None:
+    models.fit_pca_whitening(model, fit_examples, float(config.model.whiten_eps))
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   tx = make_optimizer(config.optim, config.num_steps)
   state = {
@@ -354,7 +359,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   global_batch, issame, pixel = data.global_batch, data.issame, data.pixel
   offline_mode = bool(config.offline.enabled)
 
-  graphdef, tx, state = create_train_state(config, example_shape=train_ds.example_shape)
+  graphdef, tx, state = create_train_state(config, example_shape=train_ds.example_shape,
+                                           fit_examples=train_ds.images)
   repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
   state = jax.device_put(state, repl)
   train_step = jax.jit(make_train_step(graphdef, tx, config), in_shardings=(repl, batch_sh),

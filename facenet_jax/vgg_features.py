@@ -8,6 +8,12 @@ served stale features.
 
 The network is ``infra.vgg`` (the one VGG of the codebase, also used by style transfer).
 Input: uint8 RGB (or grey, repeated to 3 channels) images, Caffe-preprocessed.
+
+Pooled descriptors (``pool="mean"``, ``power=0.5``) are SPoC (Babenko & Lempitsky, "Aggregating
+Deep Convolutional Features for Image Retrieval", ICCV 2015): the activation map, raised
+elementwise to ``power`` (0.5: the square root that damps a few dominant channels), averaged
+(or maxed) over positions and L2-normalized: one C-vector per image (a 1x1 map), with the PCA-whitening
+head (``models.fit_pca_whitening``) fitted on it.
 """
 
 from __future__ import annotations
@@ -38,15 +44,37 @@ def _weights_tag(weights: str) -> str:
   return hashlib.sha1(repr((os.path.abspath(weights), st.st_size, int(st.st_mtime))).encode()).hexdigest()[:12]
 
 
+POOLS = ("", "mean", "max")
+
+
+def pool_descriptor(act_BxHxWxC: jax.Array, pool: str, power: float) -> jax.Array:
+  """``act ** power`` (post-ReLU, so >= 0), then ``pool`` over positions and L2-normalized:
+  ``(B, 1, 1, C)`` (a one-position map, so the head and the data checks see the layout of
+  any feature map); with ``pool=""`` the (powered) map itself, ``(B, H, W, C)``."""
+  x = act_BxHxWxC if power == 1.0 else jnp.maximum(act_BxHxWxC, 0.0) ** power
+  if not pool:
+    return x
+  x = x.mean(axis=(1, 2), keepdims=True) if pool == "mean" else x.max(axis=(1, 2), keepdims=True)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", depth: int = 19,
-             batch_size: int = 32, cache_dir: str | None = None, name: str = "images") -> np.ndarray:
-  """VGG activations of ``layer`` for every image: float32 ``(N, h, w, C_layer)``.
+             pool: str = "", power: float = 1.0, batch_size: int = 32,
+             cache_dir: str | None = None, name: str = "images") -> np.ndarray:
+  """VGG activations of ``layer`` for every image: float32 ``(N, h, w, C_layer)``, or with
+  ``pool`` ("mean" | "max") the pooled, L2-normalized descriptor ``(N, 1, 1, C_layer)``
+  (``pool_descriptor``; ``power`` is applied first).
 
   ``images_NxHxWxC``: uint8 0..255, C = 3 (RGB) or 1 (grey: repeated). ``weights``: a Keras
   notop HDF5 path, "download" or "random" (tests). With ``cache_dir``, features are stored
-  per image content in ``<cache_dir>/vgg<depth>_<layer>_<size>_<weights>.npz`` (written
-  atomically): a subset, a superset or a reordering of cached images costs only the new ones.
+  per image content in ``<cache_dir>/vgg<depth>_<layer>[_<pool>p<power>]_<size>_<weights>.npz``
+  (written atomically): a subset, a superset or a reordering of cached images costs only
+  the new ones.
   """
+  if pool not in POOLS:
+    raise ValueError(f"data.features_pool={pool!r}: expected one of {POOLS} ('' keeps the map)")
+  if not power > 0:
+    raise ValueError(f"data.features_power={power!r}: expected a number > 0 (0.5: square root)")
   x = np.asarray(images_NxHxWxC)
   if x.ndim != 4 or x.shape[-1] not in (1, 3):
     raise ValueError(f"{name}: VGG features need (N, H, W, 1 or 3) images, got shape {x.shape}")
@@ -61,7 +89,8 @@ def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", 
   path = None
   store_keys, store_feats = np.zeros(0, "S20"), None
   if cache_dir:
-    tag = f"vgg{depth}_{layer}_{x.shape[1]}x{x.shape[2]}x{x.shape[3]}_{_weights_tag(weights)}"
+    what = layer + (f"_{pool}p{power:g}" if pool else (f"_p{power:g}" if power != 1.0 else ""))
+    tag = f"vgg{depth}_{what}_{x.shape[1]}x{x.shape[2]}x{x.shape[3]}_{_weights_tag(weights)}"
     path = os.path.join(os.path.expanduser(cache_dir), tag + ".npz")
     if os.path.exists(path):
       try:
@@ -78,7 +107,7 @@ def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", 
       missing_rows[k] = r
   if missing_rows:
     rows = np.fromiter(missing_rows.values(), np.int64)
-    new = _compute(x[rows], weights, layer, depth, batch_size, name)
+    new = _compute(x[rows], weights, layer, depth, pool, power, batch_size, name)
     store_keys = np.concatenate([store_keys, keys[rows]])
     store_feats = new if store_feats is None else np.concatenate([store_feats, new])
     known = dict(zip(store_keys.tolist(), range(store_keys.size)))
@@ -90,8 +119,8 @@ def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", 
   return store_feats[np.asarray([known[k] for k in keys.tolist()], np.int64)]
 
 
-def _compute(x: np.ndarray, weights: str, layer: str, depth: int, batch_size: int,
-             name: str) -> np.ndarray:
+def _compute(x: np.ndarray, weights: str, layer: str, depth: int, pool: str, power: float,
+             batch_size: int, name: str) -> np.ndarray:
   model = vgg_lib.load_vgg(weights, depth, "max")
   graphdef, state = nnx.split(model)
 
@@ -100,7 +129,8 @@ def _compute(x: np.ndarray, weights: str, layer: str, depth: int, batch_size: in
     rgb = batch.astype(jnp.float32)
     if rgb.shape[-1] == 1:
       rgb = jnp.repeat(rgb, 3, axis=-1)
-    return nnx.merge(graphdef, state).features(vgg_lib.preprocess_caffe(rgb), (layer,))[layer]
+    act = nnx.merge(graphdef, state).features(vgg_lib.preprocess_caffe(rgb), (layer,))[layer]
+    return pool_descriptor(act, pool, power)
 
   out = []
   progress = Progress(x.shape[0], 0, unit="img")
@@ -119,8 +149,9 @@ def _compute(x: np.ndarray, weights: str, layer: str, depth: int, batch_size: in
 
 
 def transform_for(config) -> Callable[[np.ndarray, str], np.ndarray] | None:
-  """``config.data.features`` ("" or "vgg19:pool5", "vgg16:conv5_3", ...) as an
-  ``(images, name) -> features`` function, or None for raw images."""
+  """``config.data.features`` ("" or "vgg19:pool5", "vgg16:conv5_3", ...), pooled by
+  ``data.features_pool`` / ``data.features_power``, as an ``(images, name) -> features``
+  function, or None for raw images."""
   spec = str(config.data.features)
   if not spec:
     return None
@@ -132,5 +163,6 @@ def transform_for(config) -> Callable[[np.ndarray, str], np.ndarray] | None:
 
   def transform(images: np.ndarray, name: str = "images") -> np.ndarray:
     return features(images, weights=config.model.vgg_weights, layer=layer, depth=depth,
+                    pool=str(config.data.features_pool), power=float(config.data.features_power),
                     cache_dir=cache, name=name)
   return transform

@@ -380,3 +380,96 @@ def test_cross_validate_summary_against_numpy():
     assert s[k]["std"] == pytest.approx(np.std(values))
     assert s[k]["n"] == len(values)
   assert s["b"]["std"] == 0.0
+
+
+# ------------------------------------------------------------- SPoC + PCA whitening
+
+
+def test_pooled_vgg_descriptor_matches_numpy_and_is_cached_apart(tmp_path):
+  images = np.random.default_rng(3).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+  cache = str(tmp_path / "features")
+  act = _vgg_reference(images, "conv2_1")                      # (5, 16, 16, 128), >= 0
+  for pool, power in (("mean", 0.5), ("max", 1.0)):
+    f = vgg_features.features(images, weights="random", layer="conv2_1", pool=pool, power=power,
+                              cache_dir=cache)
+    x = act ** power
+    ref = x.mean(axis=(1, 2)) if pool == "mean" else x.max(axis=(1, 2))
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    assert f.shape == (5, 1, 1, 128)
+    np.testing.assert_allclose(f[:, 0, 0], ref, rtol=1e-4, atol=1e-5)
+  assert sorted(os.listdir(cache)) == ["vgg19_conv2_1_maxp1_32x32x3_random.npz",
+                                       "vgg19_conv2_1_meanp0.5_32x32x3_random.npz"]
+  with pytest.raises(ValueError, match="data.features_pool='sum'"):
+    vgg_features.features(images, weights="random", layer="conv2_1", pool="sum")
+  with pytest.raises(ValueError, match="data.features_power=0"):
+    vgg_features.features(images, weights="random", layer="conv2_1", pool="mean", power=0)
+
+
+def _linear_head(in_features, dim, widths=()):
+  from facenet_jax import models
+  return models.FeatureHead(in_features, widths, dim, rngs=nnx.Rngs(0))
+
+
+def test_pca_whitening_head_matches_numpy_reference():
+  from facenet_jax import models
+  rng = np.random.default_rng(4)
+  # correlated features with very different variances per direction
+  x = rng.normal(size=(200, 12)) @ (rng.normal(size=(12, 12)) * np.geomspace(10, 0.1, 12)) + 3.0
+  for eps in (0.0, 1.0):
+    head = _linear_head(12, 5)
+    models.fit_pca_whitening(head, x, eps)
+    # reference: eigen-decomposition of the covariance (not the SVD the code uses)
+    mu = x.mean(0)
+    lam, vec = np.linalg.eigh(np.cov(x.T, bias=True))
+    lam, vec = lam[::-1][:5], vec[:, ::-1][:, :5]
+    z_ref = (x - mu) @ vec / np.sqrt(lam / lam.mean() + eps)
+    z = np.asarray(head.out(jnp.asarray(x, jnp.float32)))
+    # eigenvectors are defined up to sign
+    z_ref = z_ref * np.sign(np.sum(z * z_ref, axis=0))
+    np.testing.assert_allclose(z, z_ref, rtol=1e-3, atol=1e-3)
+    if eps == 0.0:   # full whitening: the training projections are decorrelated, equal variance
+      cov = np.cov(z.T, bias=True)
+      np.testing.assert_allclose(cov / cov[0, 0], np.eye(5), atol=1e-3)
+    emb = np.asarray(head(jnp.asarray(x, jnp.float32), train=False))
+    np.testing.assert_allclose(emb, z_ref / np.linalg.norm(z_ref, axis=1, keepdims=True),
+                               rtol=1e-3, atol=1e-3)
+  with pytest.raises(ValueError, match=r"needs a linear head: model.widths=\(\)"):
+    models.fit_pca_whitening(_linear_head(12, 5, (8,)), x)
+  with pytest.raises(ValueError, match="6 training examples give at most 5 principal directions; "
+                                       "model.embedding_dim=8"):
+    models.fit_pca_whitening(_linear_head(12, 8), x[:6])
+  with pytest.raises(ValueError, match="features have 12 values per example, the head takes 10"):
+    models.fit_pca_whitening(_linear_head(10, 5), x)
+
+
+def test_pca_whitened_spoc_run_restores_and_checks_its_config(tmp_path):
+  overrides = {"data.features": "vgg19:conv2_1", "data.features_pool": "mean",
+               "data.features_power": 0.5, "model.name": "feature_head", "model.widths": (),
+               "model.head_init": "pca_whiten", "model.vgg_weights": "random",
+               "augment.flip": False, "augment.crop_pad": 0}
+  config = _tiny(tmp_path, num_steps=2, evals="pairs", **overrides)
+  workdir = str(tmp_path / "run")
+  # 2 steps at a negligible learning rate: the trained head is still the whitening it started as
+  config.unlock()
+  config.optim.learning_rate = 1e-9
+  config.lock()
+  r = train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  train_ds, held = sources.load(config)
+  trained = inference.load(workdir)
+  emb = trained.embed(held.images)
+  from facenet_jax import models
+  head = _linear_head(128, 16)
+  feats = vgg_features.features(train_ds.images, weights="random", layer="conv2_1", pool="mean",
+                                power=0.5)
+  models.fit_pca_whitening(head, feats, 1.0)
+  ref = np.asarray(head(jnp.asarray(vgg_features.features(
+      held.images, weights="random", layer="conv2_1", pool="mean", power=0.5)), train=False))
+  np.testing.assert_allclose(np.abs(np.sum(emb * ref, axis=1)), 1.0, atol=1e-3)
+  assert np.isfinite(r["metrics"]["verification_accuracy"])
+  for field, value, msg in (("model.widths", (8,), r"model.widths.*\(\) with model.head_init"),
+                            ("model.name", "small_cnn", "model.head_init.*'random' unless"),
+                            ("data.features_pool", "sum", "data.features_pool")):
+    bad = _tiny(tmp_path, num_steps=2, evals="pairs", **{**overrides, field: value})
+    with pytest.raises(ValueError, match=msg):
+      train.train_and_evaluate(bad, str(tmp_path / "bad"), devices=jax.devices()[:1])
+  assert not os.path.exists(tmp_path / "bad")

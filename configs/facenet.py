@@ -80,6 +80,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       # L2-normalized vector, after raising it to features_power (0.5 with "mean": SPoC)
       features_pool="",
       features_power=1.0,
+      # pooled descriptors: the sum of the image's and its mirror's, then normalized
+      features_flip=False,
       features_cache="",        # "": <tfds_dir>/features
   ))
   # training augmentation (facenet_jax/preprocess.py): flip, pad-and-crop translation, zoom

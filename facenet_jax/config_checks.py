@@ -52,6 +52,8 @@ def _check_data(d: ml_collections.ConfigDict) -> None:
            "'' (keep the activation map), 'mean' or 'max'")
   _require(isinstance(d.features_power, (int, float)) and d.features_power > 0,
            "data.features_power", d.features_power, "a number > 0 (0.5: square root)")
+  _require(not (d.features_flip and not d.features_pool), "data.features_flip", d.features_flip,
+           "False unless data.features_pool is 'mean' or 'max'")
   if d.source == "folder":
     _require(bool(d.data_dir), "data.data_dir", d.data_dir, "the identity folder root "
              "(data_dir/<identity>/<image>) with data.source='folder'")

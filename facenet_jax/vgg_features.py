@@ -47,23 +47,32 @@ def _weights_tag(weights: str) -> str:
 POOLS = ("", "mean", "max")
 
 
-def pool_descriptor(act_BxHxWxC: jax.Array, pool: str, power: float) -> jax.Array:
+def pool_descriptor(act_BxHxWxC: jax.Array, pool: str, power: float,
+                    mirror_act_BxHxWxC: jax.Array | None = None) -> jax.Array:
   """``act ** power`` (post-ReLU, so >= 0), then ``pool`` over positions and L2-normalized:
   ``(B, 1, 1, C)`` (a one-position map, so the head and the data checks see the layout of
-  any feature map); with ``pool=""`` the (powered) map itself, ``(B, H, W, C)``."""
-  x = act_BxHxWxC if power == 1.0 else jnp.maximum(act_BxHxWxC, 0.0) ** power
+  any feature map); with ``pool=""`` the (powered) map itself, ``(B, H, W, C)``. With
+  ``mirror_act`` (the activations of the mirrored images) the two pooled vectors are
+  summed before the normalization: a descriptor the same for an image and its mirror."""
+  def pooled(a):
+    x = a if power == 1.0 else jnp.maximum(a, 0.0) ** power
+    if not pool:
+      return x
+    return x.mean(axis=(1, 2), keepdims=True) if pool == "mean" else x.max(axis=(1, 2), keepdims=True)
+  x = pooled(act_BxHxWxC)
   if not pool:
     return x
-  x = x.mean(axis=(1, 2), keepdims=True) if pool == "mean" else x.max(axis=(1, 2), keepdims=True)
+  if mirror_act_BxHxWxC is not None:
+    x = x + pooled(mirror_act_BxHxWxC)
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", depth: int = 19,
-             pool: str = "", power: float = 1.0, batch_size: int = 32,
+             pool: str = "", power: float = 1.0, flip: bool = False, batch_size: int = 32,
              cache_dir: str | None = None, name: str = "images") -> np.ndarray:
   """VGG activations of ``layer`` for every image: float32 ``(N, h, w, C_layer)``, or with
   ``pool`` ("mean" | "max") the pooled, L2-normalized descriptor ``(N, 1, 1, C_layer)``
-  (``pool_descriptor``; ``power`` is applied first).
+  (``pool_descriptor``; ``power`` is applied first; ``flip``: of the image and its mirror).
 
   ``images_NxHxWxC``: uint8 0..255, C = 3 (RGB) or 1 (grey: repeated). ``weights``: a Keras
   notop HDF5 path, "download" or "random" (tests). With ``cache_dir``, features are stored
@@ -73,6 +82,9 @@ def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", 
   """
   if pool not in POOLS:
     raise ValueError(f"data.features_pool={pool!r}: expected one of {POOLS} ('' keeps the map)")
+  if flip and not pool:
+    raise ValueError("data.features_flip=True needs data.features_pool='mean' or 'max' (a "
+                     "mirrored activation map is not aligned with the original)")
   if not power > 0:
     raise ValueError(f"data.features_power={power!r}: expected a number > 0 (0.5: square root)")
   x = np.asarray(images_NxHxWxC)
@@ -90,6 +102,7 @@ def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", 
   store_keys, store_feats = np.zeros(0, "S20"), None
   if cache_dir:
     what = layer + (f"_{pool}p{power:g}" if pool else (f"_p{power:g}" if power != 1.0 else ""))
+    what += "_flip" if flip else ""
     tag = f"vgg{depth}_{what}_{x.shape[1]}x{x.shape[2]}x{x.shape[3]}_{_weights_tag(weights)}"
     path = os.path.join(os.path.expanduser(cache_dir), tag + ".npz")
     if os.path.exists(path):
@@ -107,7 +120,7 @@ def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", 
       missing_rows[k] = r
   if missing_rows:
     rows = np.fromiter(missing_rows.values(), np.int64)
-    new = _compute(x[rows], weights, layer, depth, pool, power, batch_size, name)
+    new = _compute(x[rows], weights, layer, depth, pool, power, flip, batch_size, name)
     store_keys = np.concatenate([store_keys, keys[rows]])
     store_feats = new if store_feats is None else np.concatenate([store_feats, new])
     known = dict(zip(store_keys.tolist(), range(store_keys.size)))
@@ -120,7 +133,7 @@ def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", 
 
 
 def _compute(x: np.ndarray, weights: str, layer: str, depth: int, pool: str, power: float,
-             batch_size: int, name: str) -> np.ndarray:
+             flip: bool, batch_size: int, name: str) -> np.ndarray:
   model = vgg_lib.load_vgg(weights, depth, "max")
   graphdef, state = nnx.split(model)
 
@@ -129,8 +142,10 @@ def _compute(x: np.ndarray, weights: str, layer: str, depth: int, pool: str, pow
     rgb = batch.astype(jnp.float32)
     if rgb.shape[-1] == 1:
       rgb = jnp.repeat(rgb, 3, axis=-1)
-    act = nnx.merge(graphdef, state).features(vgg_lib.preprocess_caffe(rgb), (layer,))[layer]
-    return pool_descriptor(act, pool, power)
+    net = nnx.merge(graphdef, state)
+    act = net.features(vgg_lib.preprocess_caffe(rgb), (layer,))[layer]
+    mirror = net.features(vgg_lib.preprocess_caffe(rgb[:, :, ::-1]), (layer,))[layer] if flip else None
+    return pool_descriptor(act, pool, power, mirror)
 
   out = []
   progress = Progress(x.shape[0], 0, unit="img")
@@ -164,5 +179,6 @@ def transform_for(config) -> Callable[[np.ndarray, str], np.ndarray] | None:
   def transform(images: np.ndarray, name: str = "images") -> np.ndarray:
     return features(images, weights=config.model.vgg_weights, layer=layer, depth=depth,
                     pool=str(config.data.features_pool), power=float(config.data.features_power),
+                    flip=bool(config.data.features_flip),
                     cache_dir=cache, name=name)
   return transform

@@ -33,7 +33,7 @@ from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.data import images as fimages, raw, real
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.sampler import PKSampler
-from infra import checkpoints, files, imagefile, metric_writer, vgg
+from infra import checkpoints, files, imagefile, metric_writer, overrides, vgg
 from style_jax import images as simages, optimize
 
 RNG = np.random.default_rng(0)
@@ -293,6 +293,26 @@ def test_inf_in_float_inputs_is_named():
   imgs[4, 3, 2, 1] = np.inf
   with pytest.raises(ValueError, match="infdata: example 4 contains NaN or Inf"):
     train.check_dataset(IdentityDataset(imgs, np.repeat(np.arange(3, dtype=np.int32), 2), "infdata"), c)
+
+
+@pytest.mark.parametrize("variant", ["synthetic", "tiny", "inception", "orl", "orl_vgg", "lfw",
+                                     "lfw_vgg", "omniglot", "ekg", "volume"])
+def test_every_facenet_variant_passes_its_own_checks(variant):
+  check_config(facenet_config(variant))
+
+
+def test_feature_pooling_fields_are_checked():
+  c = facenet_config("lfw_vgg")
+  for field, value, match in (("data.features_pool", "sum", "data.features_pool"),
+                              ("data.features_power", 0.0, "data.features_power"),
+                              ("model.whiten_eps", -1.0, "model.whiten_eps"),
+                              ("model.head_init", "xavier", "model.head_init")):
+    with pytest.raises(ConfigError, match=match):
+      check_config(overrides.with_overrides(c, {field: value}))
+  bad = overrides.with_overrides(c, {"data.features_pool": "", "data.features_flip": True,
+                                     "model.head_init": "random"})
+  with pytest.raises(ConfigError, match="data.features_flip"):
+    check_config(bad)
 
 
 def test_unknown_key_and_corrupt_config_json_in_a_workdir(tmp_path):

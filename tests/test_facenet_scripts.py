@@ -397,8 +397,21 @@ def test_pooled_vgg_descriptor_matches_numpy_and_is_cached_apart(tmp_path):
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     assert f.shape == (5, 1, 1, 128)
     np.testing.assert_allclose(f[:, 0, 0], ref, rtol=1e-4, atol=1e-5)
+  # with the mirror: sum of both pooled vectors, then normalized; a mirrored image gets the same
+  f = vgg_features.features(images, weights="random", layer="conv2_1", pool="mean", power=0.5,
+                            flip=True, cache_dir=cache)
+  ref = (np.sqrt(act).mean(axis=(1, 2))
+         + np.sqrt(_vgg_reference(images[:, :, ::-1], "conv2_1")).mean(axis=(1, 2)))
+  np.testing.assert_allclose(f[:, 0, 0], ref / np.linalg.norm(ref, axis=1, keepdims=True),
+                             rtol=1e-4, atol=1e-5)
+  g = vgg_features.features(np.ascontiguousarray(images[:, :, ::-1]), weights="random",
+                            layer="conv2_1", pool="mean", power=0.5, flip=True)
+  np.testing.assert_allclose(g, f, rtol=1e-4, atol=1e-5)
   assert sorted(os.listdir(cache)) == ["vgg19_conv2_1_maxp1_32x32x3_random.npz",
-                                       "vgg19_conv2_1_meanp0.5_32x32x3_random.npz"]
+                                       "vgg19_conv2_1_meanp0.5_32x32x3_random.npz",
+                                       "vgg19_conv2_1_meanp0.5_flip_32x32x3_random.npz"]
+  with pytest.raises(ValueError, match="data.features_flip=True needs data.features_pool"):
+    vgg_features.features(images, weights="random", layer="conv2_1", flip=True)
   with pytest.raises(ValueError, match="data.features_pool='sum'"):
     vgg_features.features(images, weights="random", layer="conv2_1", pool="sum")
   with pytest.raises(ValueError, match="data.features_power=0"):

@@ -168,10 +168,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.evals = "pairs,one_shot,clustering"
     if variant == "orl_vgg":
       # frozen ImageNet VGG19: SPoC of conv4_4 (square root, mean over the 12x12 positions
-      # of the 92 px square at 96x96, L2-normalized; grey repeated to RGB), a linear head
-      # set to PCA whitening of the training people's descriptors, then triplet-trained
+      # of the 92 px square at 96x96, plus its mirror's, L2-normalized; grey repeated to
+      # RGB), a linear head set to PCA whitening of the training people's descriptors,
+      # then triplet-trained
       c.data.update(image_size=96, features="vgg19:conv4_4", features_pool="mean",
-                    features_power=0.5)
+                    features_power=0.5, features_flip=True)
       c.model.update(name="feature_head", widths=(), embedding_dim=256, head_init="pca_whiten",
                      whiten_eps=1.0)
       c.augment.update(flip=False, crop_pad=0)
@@ -192,11 +193,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.evals = "lfw_view2"
     if variant == "lfw_vgg":
       # frozen ImageNet VGG19: SPoC of conv4_4 (square root, mean over the 14x14 positions
-      # of the central 128 px at 112x112, L2-normalized), a linear head set to PCA whitening
-      # of the training folds' descriptors, then triplet-trained; the backbone runs once
-      # per image (cached), so a step is cheap
+      # of the central 128 px at 112x112, plus its mirror's, L2-normalized), a linear head
+      # set to PCA whitening of the training folds' descriptors, then triplet-trained; the
+      # backbone runs once per image (cached), so a step is cheap
       c.data.update(image_size=112, features="vgg19:conv4_4", features_pool="mean",
-                    features_power=0.5)
+                    features_power=0.5, features_flip=True)
       c.model.update(name="feature_head", widths=(), embedding_dim=512, head_init="pca_whiten",
                      whiten_eps=1.0)
       c.augment.update(flip=False, crop_pad=0)

@@ -6,6 +6,7 @@ import ml_collections
 
 from facenet_jax import mining
 from facenet_jax import models
+from facenet_jax import vgg_features
 from facenet_jax.data import sources
 
 _LOSSES = ("triplet", "soft_margin", "contrastive")
@@ -48,8 +49,8 @@ def _check_data(d: ml_collections.ConfigDict) -> None:
              "a View 2 fold, an integer >= 0 (0..9 for the official pairs.txt)")
     _require(_nonneg_int(d.calibration_folds), "data.calibration_folds", d.calibration_folds,
              "an integer >= 0 (View 2 folds held out of training to choose thresholds)")
-  _require(d.features_pool in ("", "mean", "max"), "data.features_pool", d.features_pool,
-           "'' (keep the activation map), 'mean' or 'max'")
+  _require(d.features_pool in vgg_features.POOLS, "data.features_pool", d.features_pool,
+           f"one of {vgg_features.POOLS} ('' keeps the activation map)")
   _require(isinstance(d.features_power, (int, float)) and d.features_power > 0,
            "data.features_power", d.features_power, "a number > 0 (0.5: square root)")
   _require(not (d.features_flip and not d.features_pool), "data.features_flip", d.features_flip,

@@ -33,6 +33,7 @@ import flax.linen as linen
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax import lax
 
@@ -352,7 +353,6 @@ def fit_pca_whitening(head: FeatureHead, x_NxF, eps: float = 1.0) -> None:
     Babenko & Lempitsky, ICCV 2015 (SPoC). Raises ValueError for a head with hidden layers
     or fewer than ``D + 1`` rows.
     """
-    import numpy as np
     if len(head.hidden):
         raise ValueError(f"model.head_init='pca_whiten' needs a linear head: model.widths=() "
                          f"(got {len(head.hidden)} hidden layer(s))")

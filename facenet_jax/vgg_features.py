@@ -54,16 +54,14 @@ def pool_descriptor(act_BxHxWxC: jax.Array, pool: str, power: float,
   any feature map); with ``pool=""`` the (powered) map itself, ``(B, H, W, C)``. With
   ``mirror_act`` (the activations of the mirrored images) the two pooled vectors are
   summed before the normalization: a descriptor the same for an image and its mirror."""
-  def pooled(a):
-    x = a if power == 1.0 else jnp.maximum(a, 0.0) ** power
-    if not pool:
-      return x
-    return x.mean(axis=(1, 2), keepdims=True) if pool == "mean" else x.max(axis=(1, 2), keepdims=True)
-  x = pooled(act_BxHxWxC)
+  def powered(a):
+    return a if power == 1.0 else jnp.maximum(a, 0.0) ** power
   if not pool:
-    return x
+    return powered(act_BxHxWxC)
+  reduce = jnp.mean if pool == "mean" else jnp.max
+  x = reduce(powered(act_BxHxWxC), axis=(1, 2), keepdims=True)
   if mirror_act_BxHxWxC is not None:
-    x = x + pooled(mirror_act_BxHxWxC)
+    x = x + reduce(powered(mirror_act_BxHxWxC), axis=(1, 2), keepdims=True)
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
@@ -76,7 +74,7 @@ def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", 
 
   ``images_NxHxWxC``: uint8 0..255, C = 3 (RGB) or 1 (grey: repeated). ``weights``: a Keras
   notop HDF5 path, "download" or "random" (tests). With ``cache_dir``, features are stored
-  per image content in ``<cache_dir>/vgg<depth>_<layer>[_<pool>p<power>]_<size>_<weights>.npz``
+  per image content in ``<cache_dir>/vgg<depth>_<layer>[_<pool>p<power>][_flip]_<size>_<weights>.npz``
   (written atomically): a subset, a superset or a reordering of cached images costs only
   the new ones.
   """
@@ -165,8 +163,8 @@ def _compute(x: np.ndarray, weights: str, layer: str, depth: int, pool: str, pow
 
 def transform_for(config) -> Callable[[np.ndarray, str], np.ndarray] | None:
   """``config.data.features`` ("" or "vgg19:pool5", "vgg16:conv5_3", ...), pooled by
-  ``data.features_pool`` / ``data.features_power``, as an ``(images, name) -> features``
-  function, or None for raw images."""
+  ``data.features_pool`` / ``data.features_power`` / ``data.features_flip``, as an
+  ``(images, name) -> features`` function, or None for raw images."""
   spec = str(config.data.features)
   if not spec:
     return None

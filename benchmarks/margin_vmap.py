@@ -35,13 +35,10 @@ import argparse
 import os
 import platform
 import subprocess
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 TARGET = 1.5
 MARGINS = (0.05, 0.1, 0.2, 0.5, 1.0, 0.3, 0.7, 0.02)

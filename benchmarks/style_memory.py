@@ -9,17 +9,13 @@ change the peak. See benchmarks/RESULTS.md, "Why rematerialization does not lowe
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from infra import vgg as vgg_lib  # noqa: E402
-from style_jax import losses  # noqa: E402
+from infra import vgg as vgg_lib
+from style_jax import losses
 
 LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1")
 

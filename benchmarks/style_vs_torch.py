@@ -48,7 +48,6 @@ import time
 import numpy as np
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
 DEFAULT_WEIGHTS = os.path.join(SHARED, "weights", "vgg19_notop_imagenet_8bit_f16.h5")
 DEFAULT_CONTENT = os.path.join(SHARED, "data", "style_images", "content", "tubingen.jpg")

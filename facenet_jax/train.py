@@ -26,10 +26,9 @@ from facenet_jax import (evaluators, inference, mining, models, offline, preproc
 from facenet_jax.config_checks import check_config
 from facenet_jax.data import sources
 from facenet_jax.sampler import PKSampler
-from infra import checkpoints, files, mesh as mesh_lib
+from infra import checkpoints, files, loop, mesh as mesh_lib
 from infra.errors import NonFiniteLossError, Preempted  # noqa: F401 (re-exported)
 from infra.metric_writer import MetricWriter
-from infra.preemption import exit_if_stopped, stop_requests
 from infra.progress import Progress
 
 State = dict[str, Any]
@@ -296,44 +295,12 @@ def _check_finite(state: State, where: str) -> None:
 
 def run_loop(config: ml_collections.ConfigDict, state: State, start: int, *,
              step_fn: Callable, make_batch: Callable[[int, State], dict], mesh: jax.sharding.Mesh,
-             on_log: Callable[[int, list[dict], Progress], None],
-             on_eval: Callable[[int, State], None], on_checkpoint: Callable[[int, State], None],
-             writers: list, closeables: list) -> State:
-  """Steps ``start .. config.num_steps`` of ``state = step_fn(state, batch)``; returns the state.
-
-  The one training loop (a single run here, K margins in facenet_jax/multi_margin.py): the
-  batch of step s is ``make_batch(s, state)``; every ``log_every`` steps (and at the last, or
-  when a stop signal arrived) the state is checked finite and ``on_log(step, host_metrics,
-  progress)`` gets the steps' metrics since the last log; every ``eval_every`` steps and at
-  the last ``on_eval(step, state)``; every ``checkpoint_every`` steps, at the last and on a
-  stop ``on_checkpoint(step, state)``; then ``writers`` are flushed and a stop request exits
-  (``Preempted``) after closing ``writers`` and ``closeables``.
-  """
-  progress = Progress(config.num_steps, start)
-  pending: list[dict] = []
-  with stop_requests() as stop:
-    step = start
-    while step < config.num_steps:
-      state, metrics = step_fn(state, mesh_lib.shard_batch(make_batch(step, state), mesh))
-      pending.append(metrics)
-      step += 1
-      if step == start + 1:
-        jax.block_until_ready(metrics)
-        progress.mark_compiled(step)
-      last = step == config.num_steps
-      if step % config.log_every == 0 or last or stop:
-        _check_finite(state, f"step {step}")
-        host, pending = jax.device_get(pending), []
-        on_log(step, host, progress)
-      if step % config.eval_every == 0 or last:
-        on_eval(step, state)
-      if step % config.checkpoint_every == 0 or last or stop:
-        on_checkpoint(step, state)
-      for w in writers:
-        w.flush()
-      if not last:
-        exit_if_stopped(stop, step, *writers, *closeables)
-  return state
+             **callbacks) -> State:
+  """``infra.loop.run_loop`` over ``config``'s steps and periods, each host batch sharded."""
+  periods = loop.Periods(config.log_every, config.eval_every, config.checkpoint_every)
+  return loop.run_loop(state, start, config.num_steps, periods, step_fn=step_fn,
+                       make_batch=lambda s, st: mesh_lib.shard_batch(make_batch(s, st), mesh),
+                       check=_check_finite, **callbacks)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,

@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from absl import app, flags, logging  # noqa: E402
-import numpy as np  # noqa: E402
+from absl import app, flags, logging
+import numpy as np
 
 _FIELD = flags.DEFINE_string("field", "", "The swept field on the x axis ('': the first that varies).")
 _OUT = flags.DEFINE_string("out", "", "Output directory ('': ROOT).")

@@ -15,13 +15,10 @@ Each run lives in ``<workdir>/<field>=<value>`` and resumes (or is skipped when 
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-import numpy as np  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
+import numpy as np
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/facenet.py", "FaceNet config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs.", required=True)

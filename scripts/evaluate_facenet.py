@@ -14,11 +14,8 @@ with its mirror image). Writes ``eval_<name>.json`` (``eval_<name>@<settings>.js
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by train_facenet.py.", required=True)
 _EVAL = flags.DEFINE_string("eval", "", "Comma-separated evaluator or dataset names.")

@@ -11,13 +11,10 @@ signals as traces, 2-D images as images, 3-D volumes as their three central slic
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-import numpy as np  # noqa: E402
+from absl import app, flags
+from ml_collections import config_flags
+import numpy as np
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/facenet.py", "FaceNet config file[:variant].")
 _OUT = flags.DEFINE_string("out", None, "PNG path.", required=True)

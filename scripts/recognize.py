@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def load_images(paths: list[str], config) -> np.ndarray:

@@ -8,11 +8,8 @@ facenet_jax/robustness.py for the degradations.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (config.json + checkpoints).", required=True)
 _RES = flags.DEFINE_list("resolutions", ["8", "12", "16", "24", "32"], "Test-time sizes r (r x r, upscaled back).")

@@ -19,10 +19,8 @@ import subprocess
 import sys
 import threading
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from infra import fault_inject  # noqa: E402
-from infra.files import write_json_atomic  # noqa: E402
+from infra import fault_inject
+from infra.files import write_json_atomic
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,8 @@ file once (needs internet); the default is the shared 8-bit VGG19 beside the rep
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/style.py", "Style config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (images, checkpoints, results.json).",

@@ -24,12 +24,11 @@ import shlex
 import sys
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, REPO)
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from infra.distributed import maybe_initialize  # noqa: E402
+from infra.distributed import maybe_initialize
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/facenet.py", "Config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root: one directory per point, sweep.json.",

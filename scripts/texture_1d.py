@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from absl import app, flags  # noqa: E402
-import numpy as np  # noqa: E402
+from absl import app, flags
+import numpy as np
 
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
 _LENGTH = flags.DEFINE_integer("length", 1024, "Samples of the example strip (100 Hz).")

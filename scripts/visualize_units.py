@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from absl import app, flags  # noqa: E402
-import numpy as np  # noqa: E402
+from absl import app, flags
+import numpy as np
 
 _MODEL = flags.DEFINE_string("model", "vgg19", "vgg16 | vgg19 | a train_facenet.py WORKDIR (small_cnn).")
 _WEIGHTS = flags.DEFINE_string("weights", None, "VGG: the Keras notop HDF5 weights file.")

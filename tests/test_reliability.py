@@ -165,7 +165,6 @@ def test_unwritable_workdir_is_a_clear_error_and_its_checkpoints_stay_restorable
     prefix = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]
   code = f"""
 import os, sys
-sys.path.insert(0, {ROOT!r})
 from configs.facenet import get_config
 from facenet_jax import train
 c = get_config("tiny"); c.unlock(); c.num_steps = 8; c.lock()

@@ -1,0 +1,73 @@
+"""The one step loop of both wings: steps, logs, evaluations, checkpoints, preemption.
+
+FaceNet training (facenet_jax/train.py) and style transfer (style_jax/optimize.py) both run
+``state = step_fn(state, make_batch(step, state))`` from ``start`` to ``num_steps`` through
+:func:`run_loop`; what differs (the step, the batch, what is logged, what a checkpoint holds)
+comes in as arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+
+from infra.preemption import exit_if_stopped, stop_requests
+from infra.progress import Progress
+
+
+@dataclasses.dataclass(frozen=True)
+class Periods:
+  """How often the loop logs, evaluates and checkpoints (in steps; the last step does all)."""
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+
+
+def run_loop(state: Any, start: int, num_steps: int, periods: Periods, *,
+             step_fn: Callable[[Any, Any], tuple[Any, Any]],
+             make_batch: Callable[[int, Any], Any],
+             on_log: Callable[[int, list, Progress], None],
+             on_checkpoint: Callable[[int, Any], None],
+             on_eval: Callable[[int, Any], None] | None = None,
+             check: Callable[[Any, str], None] | None = None,
+             writers: tuple | list = (), closeables: tuple | list = (),
+             unit: str = "steps") -> Any:
+  """Steps ``start .. num_steps`` of ``state, metrics = step_fn(state, batch)``; returns the state.
+
+  The batch of step s is ``make_batch(s, state)`` (already placed on devices). Every
+  ``log_every`` steps (and at the last step, or when a stop signal arrived) ``check(state,
+  where)`` runs (it raises on a non-finite state) and ``on_log(step, host_metrics, progress)``
+  gets the steps' metrics since the last log, fetched to the host in one transfer; every
+  ``eval_every`` steps and at the last ``on_eval(step, state)``; every ``checkpoint_every``
+  steps, at the last and on a stop ``on_checkpoint(step, state)``. Then ``writers`` are
+  flushed, and a stop request (SIGTERM / SIGINT) raises ``Preempted`` after closing
+  ``writers`` and ``closeables`` once the step is checkpointed.
+  """
+  progress = Progress(num_steps, start, unit=unit)
+  pending: list = []
+  with stop_requests() as stop:
+    step = start
+    while step < num_steps:
+      state, metrics = step_fn(state, make_batch(step, state))
+      pending.append(metrics)
+      step += 1
+      if step == start + 1:
+        jax.block_until_ready(metrics)
+        progress.mark_compiled(step)
+      last = step == num_steps
+      if step % periods.log_every == 0 or last or stop:
+        if check is not None:
+          check(state, f"step {step}")
+        host, pending = jax.device_get(pending), []
+        on_log(step, host, progress)
+      if on_eval is not None and (step % periods.eval_every == 0 or last):
+        on_eval(step, state)
+      if step % periods.checkpoint_every == 0 or last or stop:
+        on_checkpoint(step, state)
+      for w in writers:
+        w.flush()
+      if not last:
+        exit_if_stopped(stop, step, *writers, *closeables)
+  return state

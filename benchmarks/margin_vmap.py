@@ -7,9 +7,9 @@
 Both sides train the default config's small ConvNet (``configs/facenet.py``, semi-hard
 mining, AdamW, batch P = 8 x K = 4) on the same sampler batches, already on the device:
 
-* vmapped: ``facenet_jax.multi_margin.make_multi_step`` (the train step vmapped over K
+* vmapped: ``facenet_jax.steps.make_member_step`` (the train step vmapped over K
   stacked states and the margin vector), one call per step for all K models;
-* sequential: K single-margin ``train.make_train_step`` programs, one after another, each
+* sequential: K single-margin ``steps.make_train_step`` programs, one after another, each
   doing the same steps (what K separate runs compute).
 
 Timing: after compiling and ``--warmup`` steps, ``--rounds`` alternating rounds of
@@ -32,6 +32,7 @@ would be a choice of run length.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import subprocess
@@ -59,25 +60,24 @@ def main() -> None:
     args.steps, args.rounds, args.warmup, args.run_steps = 4, 2, 1, 20
 
   from configs.facenet import get_config
-  from facenet_jax import multi_margin, train
+  from facenet_jax import steps, train
   from infra import mesh as mesh_lib, overrides
 
   margins = MARGINS[:args.k]
   config = get_config(args.variant)
   mesh = mesh_lib.make_data_mesh()
   data = train.prepare_data(config, mesh)
-  graphdef, tx, state = train.create_train_state(config, example_shape=data.train_ds.example_shape)
+  graphdef, tx, state = steps.create_train_state(config, example_shape=data.train_ds.example_shape)
   n = args.warmup + args.steps
   batches = [jax.device_put(data.batch(s)) for s in range(n)]
-  graphdef_v, _, _ = multi_margin.create_train_state(config, data.train_ds.example_shape)
-  multi = jax.jit(multi_margin.make_multi_step(graphdef_v, tx, config, np.asarray(margins, np.float32)),
+  train_step = steps.make_train_step(graphdef, tx, config)
+  multi = jax.jit(steps.make_member_step(train_step, np.asarray(margins, np.float32)),
                   donate_argnums=0)
-  singles = [jax.jit(train.make_train_step(graphdef, tx, overrides.with_overrides(config, {"margin": m})),
-                     donate_argnums=0) for m in margins]
+  singles = [jax.jit(functools.partial(train_step, margin=m), donate_argnums=0) for m in margins]
   copy = lambda t: jax.tree.map(lambda x: x.copy(), t)
 
   def run_vmapped(steps):
-    s = multi_margin.stack([state] * len(margins))
+    s = steps.stack([state] * len(margins))
     for b in steps:
       s, m = multi(s, b)
     jax.block_until_ready(s)

@@ -15,13 +15,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from infra import vgg as vgg_lib
+from plain_convs import plain_convs
 from style_jax import losses
 
 LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1")
 
 
 def temp_mib(size: int, winograd: bool, remat: bool) -> float:
-  vgg_lib.CPU_WINOGRAD = winograd
   graphdef, state = nnx.split(vgg_lib.VGG(19, "avg", remat=remat, rngs=nnx.Rngs(0)))
 
   def loss(x):
@@ -29,7 +29,8 @@ def temp_mib(size: int, winograd: bool, remat: bool) -> float:
     style = sum(jnp.sum(losses.gram_matrix(f[n]) ** 2) for n in LAYERS if n != "conv4_2")
     return style + jnp.sum(f["conv4_2"] ** 2)
 
-  compiled = jax.jit(jax.grad(loss)).lower(jnp.zeros((size, size, 3))).compile()
+  with plain_convs(not winograd):
+    compiled = jax.jit(jax.grad(loss)).lower(jnp.zeros((size, size, 3))).compile()
   return compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 

@@ -23,7 +23,8 @@ images:
    rounds so that both see the same machine load; median over ``--steps`` iterations after
    ``--warmup``. Ours is ``style_jax.optimize``'s jitted Adam step (``compiled_functions``);
    its compile time is reported separately. "ours, lax conv" is the same step with
-   ``infra.vgg.CPU_WINOGRAD = False`` (plain ``lax.conv_general_dilated`` everywhere): the
+   the CPU kernels of ``infra.convolution`` swapped for plain
+   ``lax.conv_general_dilated`` while tracing (benchmarks/plain_convs.py): the
    state before the Winograd convolutions were added.
 3. Memory at ``--memory_size``: each variant in its own subprocess; peak RSS above a
    baseline taken after initialization (model, targets and, for ours, compilation done; the
@@ -171,6 +172,7 @@ class Ours:
     import jax
     from flax import nnx
     from infra import vgg as vgg_lib
+    from plain_convs import plain_convs
     from style_jax import optimize
     self.jax, self.optimize = jax, optimize
     model = vgg_lib.load_vgg(weights, 19, "avg", remat=remat)
@@ -178,7 +180,8 @@ class Ours:
     self.objective = objective
     self.tx = optimize.make_optimizer(_adam_config(lr))
     self.winograd = winograd
-    with _winograd(winograd):
+    self.plain_convs = plain_convs
+    with plain_convs(not winograd):
       features_fn = optimize.make_features_fn(self.graphdef)
       self.targets = optimize.compute_targets(features_fn, self.vgg_state, objective,
                                               content_x, [style_x], [1.0])
@@ -194,7 +197,7 @@ class Ours:
     self.state = self.optimize.init_state(self.tx, x0, 0)
     step = jax.jit(self.optimize.make_adam_step(self.loss_terms, self.tx))
     t = time.perf_counter()
-    with _winograd(self.winograd):
+    with self.plain_convs(not self.winograd):
       self.compiled = step.lower(self.vgg_state, self.targets, self.state).compile()
     return time.perf_counter() - t
 
@@ -204,31 +207,16 @@ class Ours:
     return float(value)
 
   def value_and_grad(self, x):
-    with _winograd(self.winograd):
+    with self.plain_convs(not self.winograd):
       terms, grad = self._value_and_grad(self.vgg_state, self.targets, x)
     return {k: float(terms[k]) for k in ("content", "style", "total")}, np.asarray(grad)
 
   def forward_fn(self):
     jax = self.jax
-    with _winograd(self.winograd):
+    with self.plain_convs(not self.winograd):
       f = jax.jit(lambda s, t, x: self.loss_terms(s, t, x)["total"]).lower(
           self.vgg_state, self.targets, self.state["image"]).compile()
     return lambda: float(f(self.vgg_state, self.targets, self.state["image"]))
-
-
-class _winograd:
-  """Context manager: ``infra.vgg.CPU_WINOGRAD`` set to ``on`` while tracing/compiling."""
-
-  def __init__(self, on: bool):
-    from infra import vgg as vgg_lib
-    self.vgg, self.on = vgg_lib, on
-
-  def __enter__(self):
-    self.saved = self.vgg.CPU_WINOGRAD
-    self.vgg.CPU_WINOGRAD = self.on
-
-  def __exit__(self, *exc):
-    self.vgg.CPU_WINOGRAD = self.saved
 
 
 def _adam_config(lr: float):
@@ -396,7 +384,7 @@ def conv_layer_table(args, size: int) -> list[str]:
   import jax
   import jax.numpy as jnp
   import torch
-  from infra import vgg as vgg_lib
+  from infra import convolution
   shapes = [(size, 3, 64), (size, 64, 64), (size // 2, 64, 128), (size // 2, 128, 128),
             (size // 4, 128, 256), (size // 4, 256, 256), (size // 8, 256, 512),
             (size // 8, 512, 512), (size // 16, 512, 512)]
@@ -412,7 +400,7 @@ def conv_layer_table(args, size: int) -> list[str]:
     tk = torch.from_numpy(k.transpose(3, 2, 0, 1).copy())
     tdy = torch.from_numpy(dy.transpose(0, 3, 1, 2).copy())
     fns = {}
-    for name, conv in (("lax", vgg_lib._lax_conv3x3), ("wg", vgg_lib.winograd_conv3x3)):
+    for name, conv in (("lax", convolution.lax_conv3x3), ("wg", convolution.winograd_conv3x3)):
       f = jax.jit(conv)
       g = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(lambda x: conv(x, k), x)[1](dy)[0])
       fns[name] = lambda f=f: f(jx, jk).block_until_ready()

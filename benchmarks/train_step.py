@@ -85,12 +85,13 @@ def run_ours(batch: dict, n_warmup: int, n_steps: int) -> dict:
   """Compiles and times our train step; returns times, compile time, XLA FLOPs, loss."""
   import jax
   from configs.facenet import get_config
-  from facenet_jax import train
+  from facenet_jax import steps
 
   config = get_config("inception")
   res = {"matmul_gflops": matmul_peak_gflops()}
-  graphdef, tx, state = train.create_train_state(config, in_channels=batch["images"].shape[-1])
-  step = jax.jit(train.make_train_step(graphdef, tx, config), donate_argnums=0)
+  graphdef, tx, state = steps.create_train_state(config, in_channels=batch["images"].shape[-1])
+  train_step = steps.make_train_step(graphdef, tx, config)
+  step = jax.jit(lambda s, b: train_step(s, b, config.margin), donate_argnums=0)
   batch = jax.device_put(batch)
   t = time.perf_counter()
   compiled = step.lower(state, batch).compile()

@@ -1,16 +1,21 @@
-"""Validation of FaceNet configs: every bad value is named with what was expected."""
+"""Validation of FaceNet configs: every bad value is named with what was expected.
+
+The allowed values of a field come from the module that implements them (``losses.LOSSES``,
+``mining.MINERS``, ``models.DTYPES``, ``clustering.LINKAGES``, ...), so a new option is
+added in one place.
+"""
 
 from __future__ import annotations
 
 import ml_collections
 
-from facenet_jax import mining
-from facenet_jax import models
-from facenet_jax import vgg_features
+from facenet_jax import clustering, evaluators, losses, mining, models, pair_head, vgg_features
 from facenet_jax.data import sources
 
-_LOSSES = ("triplet", "soft_margin", "contrastive")
-_MODELS = models.MODEL_NAMES
+# config.optim.name / .schedule: the optimizers and learning-rate schedules that
+# train.make_optimizer builds
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "constant")
 
 
 class ConfigError(ValueError):
@@ -18,26 +23,154 @@ class ConfigError(ValueError):
 
 
 def _require(ok: bool, field: str, value, expected: str) -> None:
+  """Raises ConfigError ``config.<field> = <value>: expected <expected>`` unless ``ok``."""
   if not ok:
     raise ConfigError(f"config.{field} = {value!r}: expected {expected}")
 
 
 def _positive_int(c, field):
+  """Requires the field at dotted path ``field`` of ``c`` to be an integer > 0."""
   v = c
   for part in field.split("."):
     v = v[part]
-  _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, field, v, "a positive integer")
+  _require(_pos_int(v), field, v, "a positive integer")
+
+
+def _pos_int(v) -> bool:
+  """Whether ``v`` is an integer > 0 (not a bool)."""
+  return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def _nonneg_int(v) -> bool:
+  """Whether ``v`` is an integer >= 0 (not a bool)."""
   return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _number(v) -> bool:
+  """Whether ``v`` is an int or float (not a bool)."""
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _one_of(value, allowed, field: str) -> None:
+  """Requires ``value`` to be one of ``allowed`` (a tuple, or a dict's keys)."""
+  _require(value in allowed, field, value, f"one of {tuple(allowed)}")
+
+
+def _check_objective(c: ml_collections.ConfigDict) -> None:
+  """Loss, miner, margin(s) and their combinations."""
+  _one_of(c.loss, losses.LOSSES, "loss")
+  _one_of(c.miner, mining.MINERS, "miner")
+  _require(isinstance(c.margin, (int, float)) and c.margin >= 0, "margin", c.margin,
+           "a number >= 0 (alpha, the triplet margin)")
+  margins = tuple(c.margins)
+  _require(all(_number(m) and m >= 0 for m in margins) and len(set(margins)) == len(margins),
+           "margins", c.margins,
+           "distinct numbers >= 0 (one model per alpha), or () for one run at config.margin")
+  _require(not (margins and c.offline.enabled), "margins", c.margins,
+           "() with offline.enabled (offline selection uses one model's embeddings)")
+  _one_of(c.semi_hard_fallback, mining.FALLBACKS, "semi_hard_fallback")
+  _require(not (c.miner == "batch_all" and c.loss == "soft_margin"), "loss", c.loss,
+           "'triplet' with miner='batch_all' (the soft margin has no batch-all form)")
+
+
+def _check_sizes(c: ml_collections.ConfigDict) -> None:
+  """Batch shape, step counts and evaluation sizes: positive integers."""
+  for f in ("identities_per_batch", "images_per_identity", "num_steps", "log_every",
+            "eval_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
+            "model.embedding_dim", "data.eval_pairs", "data.eval_folds", "data.image_size"):
+    _positive_int(c, f)
+  _require(c.identities_per_batch >= 2, "identities_per_batch", c.identities_per_batch,
+           ">= 2 (negatives need a second identity)")
+  _require(c.images_per_identity >= 2, "images_per_identity", c.images_per_identity,
+           ">= 2 (positives need a second image)")
+
+
+def _check_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> None:
+  """``config.model`` (``d``: ``config.data``, for the cached features a head reads)."""
+  _one_of(m.name, models.MODEL_NAMES, "model.name")
+  _one_of(m.head_init, models.HEAD_INITS, "model.head_init")
+  if m.head_init == "pca_whiten":
+    _require(m.name == "feature_head" and d.features, "model.head_init", m.head_init,
+             "'random' unless model.name='feature_head' over data.features")
+    _require(tuple(m.widths) == (), "model.widths", m.widths,
+             "() with model.head_init='pca_whiten' (PCA whitening is one linear map)")
+    _require(m.whiten_eps >= 0, "model.whiten_eps", m.whiten_eps, ">= 0")
+  _one_of(m.spatial_dims, models.SPATIAL_DIMS, "model.spatial_dims")
+  _one_of(m.dtype, models.DTYPES, "model.dtype")
+
+
+def _check_optim(o: ml_collections.ConfigDict) -> None:
+  """``config.optim``."""
+  _one_of(o.name, OPTIMIZERS, "optim.name")
+  _one_of(o.schedule, SCHEDULES, "optim.schedule")
+  _require(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
+
+
+def _check_augment(a: ml_collections.ConfigDict, spatial_dims: int) -> None:
+  """``config.augment``: non-negative strengths; rotation only of 2-D examples."""
+  _require(a.crop_pad >= 0, "augment.crop_pad", a.crop_pad, ">= 0")
+  for f in ("scale", "rotate", "brightness"):
+    _require(a[f] >= 0, f"augment.{f}", a[f], ">= 0")
+  _require(0 <= a.contrast < 1, "augment.contrast", a.contrast, "in [0, 1)")
+  _require(a.rotate == 0 or spatial_dims == 2, "augment.rotate", a.rotate,
+           f"0 with model.spatial_dims={spatial_dims} (rotation is 2-D)")
+
+
+def _check_lfw_view2(e: ml_collections.ConfigDict) -> None:
+  """``config.evaluation.lfw_view2``: the VAL@FAR target and the pair heads."""
+  _require(_number(e.far) and 0 < e.far < 1, "evaluation.lfw_view2.far", e.far,
+           "a number in (0, 1) (the VAL@FAR target)")
+  names = [f for f in e.pair_features.split(",") if f]
+  _require(all(f in pair_head.FEATURES for f in names), "evaluation.lfw_view2.pair_features",
+           e.pair_features, f"comma-separated names from {tuple(pair_head.FEATURES)}, or '' "
+           "(the distance only)")
+  for f in ("pair_head_pairs", "pair_head_steps"):
+    _require(_pos_int(e[f]), f"evaluation.lfw_view2.{f}", e[f], "a positive integer")
+  _require(_number(e.pair_head_lr) and e.pair_head_lr > 0, "evaluation.lfw_view2.pair_head_lr",
+           e.pair_head_lr, "a number > 0")
+  _require(_number(e.pair_head_weight_decay) and e.pair_head_weight_decay >= 0,
+           "evaluation.lfw_view2.pair_head_weight_decay", e.pair_head_weight_decay, "a number >= 0")
+
+
+def _check_one_shot(e: ml_collections.ConfigDict) -> None:
+  """``config.evaluation.one_shot``: repeats and the open-set settings."""
+  _require(_pos_int(e.repeats), "evaluation.one_shot.repeats", e.repeats,
+           "a positive integer (seeded choices of the enrolment images)")
+  _require(_nonneg_int(e.open_set_enrolled), "evaluation.one_shot.open_set_enrolled",
+           e.open_set_enrolled, "an integer >= 0 (people enrolled; 0: half)")
+  _require(_number(e.open_set_far) and 0 <= e.open_set_far <= 1,
+           "evaluation.one_shot.open_set_far", e.open_set_far,
+           "a number in [0, 1] (accepted fraction of calibration impostors)")
+  _one_of(e.calibrate_on, evaluators.CALIBRATE_ON, "evaluation.one_shot.calibrate_on")
+
+
+def _check_episodes(e: ml_collections.ConfigDict) -> None:
+  """``config.evaluation.episodes``: N-way (N >= 2) K-shot, queries, episode count."""
+  _require(_pos_int(e.n_way) and e.n_way >= 2, "evaluation.episodes.n_way", e.n_way,
+           "an integer >= 2 (one way is no choice)")
+  for f in ("k_shot", "n_query", "num_episodes"):
+    _require(_pos_int(e[f]), f"evaluation.episodes.{f}", e[f], "a positive integer")
+
+
+def _check_evaluation(e: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> None:
+  """``config.evaluation``: flip_tta, then every evaluator's settings (checked whether or
+  not ``config.evals`` names it: ``evaluate_facenet.py --eval`` may run it later)."""
+  _require(not (e.flip_tta and d.features), "evaluation.flip_tta", e.flip_tta,
+           f"False with data.features={d.features!r} (cached backbone features have no image "
+           "to mirror)")
+  _check_lfw_view2(e.lfw_view2)
+  _check_one_shot(e.one_shot)
+  _check_episodes(e.episodes)
+  _one_of(e.clustering.linkage, clustering.LINKAGES, "evaluation.clustering.linkage")
+
+
 def _check_data(d: ml_collections.ConfigDict) -> None:
-  _require(d.source in sources.SOURCES, "data.source", d.source, f"one of {tuple(sources.SOURCES)}")
+  """``config.data``: the source and its split, crops, cached-feature pooling."""
+  _one_of(d.source, sources.SOURCES, "data.source")
   _require(d.channels in (1, 3), "data.channels", d.channels, "1 or 3")
   _require(_nonneg_int(d.center_crop), "data.center_crop", d.center_crop,
            "an integer >= 0 (0: the largest centered square)")
+  _require(d.eval_folds >= 2, "data.eval_folds", d.eval_folds, ">= 2")
   if d.source in ("orl", "omniglot", "folder"):
     for f in ("train_identities", "eval_identities"):
       _require(_nonneg_int(d[f]), f"data.{f}", d[f], "an integer >= 0 (0: all the rest)")
@@ -60,64 +193,26 @@ def _check_data(d: ml_collections.ConfigDict) -> None:
              "(data_dir/<identity>/<image>) with data.source='folder'")
 
 
-def check_config(c: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first invalid field."""
-  _require(c.loss in _LOSSES, "loss", c.loss, f"one of {_LOSSES}")
-  _require(c.miner in mining.MINERS, "miner", c.miner, f"one of {tuple(mining.MINERS)}")
-  _require(isinstance(c.margin, (int, float)) and c.margin >= 0, "margin", c.margin,
-           "a number >= 0 (alpha, the triplet margin)")
-  margins = tuple(c.margins)
-  _require(all(isinstance(m, (int, float)) and not isinstance(m, bool) and m >= 0 for m in margins)
-           and len(set(margins)) == len(margins), "margins", c.margins,
-           "distinct numbers >= 0 (one model per alpha), or () for one run at config.margin")
-  _require(not (margins and c.offline.enabled), "margins", c.margins,
-           "() with offline.enabled (offline selection uses one model's embeddings)")
-  _require(c.semi_hard_fallback in mining.FALLBACKS, "semi_hard_fallback",
-           c.semi_hard_fallback, f"one of {mining.FALLBACKS}")
-  _require(not (c.miner == "batch_all" and c.loss == "soft_margin"), "loss", c.loss,
-           "'triplet' with miner='batch_all' (the soft margin has no batch-all form)")
-  for f in ("identities_per_batch", "images_per_identity", "num_steps", "log_every",
-            "eval_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
-            "model.embedding_dim", "data.eval_pairs", "data.eval_folds", "data.image_size"):
-    _positive_int(c, f)
-  _require(c.identities_per_batch >= 2, "identities_per_batch", c.identities_per_batch,
-           ">= 2 (negatives need a second identity)")
-  _require(c.images_per_identity >= 2, "images_per_identity", c.images_per_identity,
-           ">= 2 (positives need a second image)")
-  _require(c.model.name in _MODELS, "model.name", c.model.name, f"one of {_MODELS}")
-  _require(c.model.head_init in models.HEAD_INITS, "model.head_init", c.model.head_init,
-           f"one of {models.HEAD_INITS}")
-  if c.model.head_init == "pca_whiten":
-    _require(c.model.name == "feature_head" and c.data.features, "model.head_init",
-             c.model.head_init, "'random' unless model.name='feature_head' over data.features")
-    _require(tuple(c.model.widths) == (), "model.widths", c.model.widths,
-             "() with model.head_init='pca_whiten' (PCA whitening is one linear map)")
-    _require(c.model.whiten_eps >= 0, "model.whiten_eps", c.model.whiten_eps, ">= 0")
-  _require(c.model.spatial_dims in (1, 2, 3), "model.spatial_dims", c.model.spatial_dims, "1, 2 or 3")
-  _require(c.model.dtype in ("float32", "bfloat16"), "model.dtype", c.model.dtype,
-           "'float32' or 'bfloat16'")
-  _require(c.optim.name in ("adamw", "adam", "sgd"), "optim.name", c.optim.name,
-           "'adamw', 'adam' or 'sgd'")
-  _require(c.optim.schedule in ("cosine", "constant"), "optim.schedule", c.optim.schedule,
-           "'cosine' or 'constant'")
-  _require(c.optim.learning_rate > 0, "optim.learning_rate", c.optim.learning_rate, "> 0")
-  _require(c.augment.crop_pad >= 0, "augment.crop_pad", c.augment.crop_pad, ">= 0")
-  _require(not (c.evaluation.flip_tta and c.data.features), "evaluation.flip_tta",
-           c.evaluation.flip_tta, f"False with data.features={c.data.features!r} (cached "
-           "backbone features have no image to mirror)")
-  for f in ("scale", "rotate", "brightness"):
-    _require(c.augment[f] >= 0, f"augment.{f}", c.augment[f], ">= 0")
-  _require(0 <= c.augment.contrast < 1, "augment.contrast", c.augment.contrast, "in [0, 1)")
-  _require(c.augment.rotate == 0 or c.model.spatial_dims == 2, "augment.rotate",
-           c.augment.rotate, f"0 with model.spatial_dims={c.model.spatial_dims} (rotation is 2-D)")
-  _require(c.data.eval_folds >= 2, "data.eval_folds", c.data.eval_folds, ">= 2")
-  _check_data(c.data)
-  for source, rank in (("ekg", 1), ("volume", 3)):   # procedural 1-D / 3-D sources
+def _check_source_rank(c: ml_collections.ConfigDict) -> None:
+  """The procedural 1-D / 3-D sources need a model of their rank (and ekg one channel)."""
+  for source, rank in (("ekg", 1), ("volume", 3)):
     if c.data.source == source:
       _require(c.model.spatial_dims == rank, "model.spatial_dims", c.model.spatial_dims,
                f"{rank} with data.source={source!r} (its examples have {rank} spatial axes)")
   _require(not (c.data.source == "ekg" and c.data.channels != 1), "data.channels", c.data.channels,
            "1 with data.source='ekg' (a single-lead strip)")
+
+
+def check_config(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first invalid field."""
+  _check_objective(c)
+  _check_sizes(c)
+  _check_model(c.model, c.data)
+  _check_optim(c.optim)
+  _check_augment(c.augment, c.model.spatial_dims)
+  _check_evaluation(c.evaluation, c.data)
+  _check_data(c.data)
+  _check_source_rank(c)
   if c.offline.enabled:
     _require(c.loss != "contrastive", "loss", c.loss, "a triplet loss with offline.enabled")
     for f in ("offline.pool_size", "offline.rescore_every", "offline.triplets_per_batch"):

@@ -12,11 +12,15 @@ they are scored on:
   one_shot       a gallery of held-out people enrolled from one image each: closed-set
                  rank-1/rank-5 over their other images, averaged over seeded repeats;
                  open set: half the people enrolled, a threshold calibrated on a
-                 disjoint group of people for ``evaluation.far``, unknown-person rejection
+                 disjoint group of people for ``evaluation.one_shot.open_set_far``,
+                 unknown-person rejection
   omniglot_runs  the 20 official Omniglot 20-way 1-shot runs
   episodes       random N-way K-shot episodes of held-out identities (mean, 95% CI)
   clustering     threshold clustering of held-out embeddings: NMI and purity at the
                  threshold chosen on training pairs (and the oracle best, labelled so)
+
+An evaluator's settings are ``config.evaluation.<its name>`` (``evaluation.one_shot.repeats``);
+``evaluation.flip_tta`` (embed an image with its mirror image) applies to every one.
 """
 
 from __future__ import annotations
@@ -62,8 +66,8 @@ class Context:
     return self._cache["train"]
 
 
-def _eval_cfg(ctx: Context) -> ml_collections.ConfigDict:
-  return ctx.config.evaluation
+# one_shot's evaluation.one_shot.calibrate_on: whom the open-set threshold is calibrated on
+CALIBRATE_ON = ("train", "held_out")
 
 
 def plot_roc(path: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> str:
@@ -107,7 +111,8 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
   the pairs of ``data.calibration_folds`` folds whose people the model never saw, or with
   0 from the other nine folds' 5,400 pairs (the official protocol; for a model trained
   on those people their distances are optimistic). Never from the test fold. Pair heads
-  are fitted on random pairs of training people (frozen embeddings)."""
+  are fitted on random pairs of training people (frozen embeddings). Settings:
+  ``config.evaluation.lfw_view2`` (``far``, ``pair_features``, ``pair_head_*``)."""
   from facenet_jax.data import real
   c = ctx.config
   test = int(c.data.test_fold)
@@ -115,7 +120,7 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
   emb = ctx.embed(images.images)
   ea, eb = emb[pairs.i], emb[pairs.j]
   scores = {"distance": np.sum((ea - eb) ** 2, axis=1)}
-  e = _eval_cfg(ctx)
+  e = c.evaluation.lfw_view2
   if e.pair_features:
     tr_emb, tr_labels = ctx.train_embeddings()
     a, b, same = pair_head.training_pairs(tr_emb, tr_labels, e.pair_head_pairs, seed=c.seed)
@@ -152,11 +157,11 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
 
 def eval_one_shot(ctx: Context) -> Metrics:
   """Closed set: every held-out person with >= 2 images enrolled from one image, the rest
-  of their images identified (``evaluation.repeats`` seeded choices of the enrolment
-  image). Open set: ``evaluation.open_set_enrolled`` of them enrolled (0: half), the
-  others unknown; the threshold accepts a fraction ``evaluation.open_set_far`` of a
-  calibration group of other people (``evaluation.calibrate_on``)."""
-  c, e = ctx.config, _eval_cfg(ctx)
+  of their images identified (``repeats`` seeded choices of the enrolment
+  image). Open set: ``open_set_enrolled`` of them enrolled (0: half), the others unknown;
+  the threshold accepts a fraction ``open_set_far`` of a calibration group of other people
+  (``calibrate_on``). Settings: ``config.evaluation.one_shot``."""
+  c, e = ctx.config, ctx.config.evaluation.one_shot
   emb, labels = ctx.held_out_embeddings(), ctx.held_out.labels
   people = np.unique(labels)
   multi = people[[np.sum(labels == p) >= 2 for p in people]]
@@ -176,7 +181,7 @@ def eval_one_shot(ctx: Context) -> Metrics:
   out = {"people": float(multi.size), "rank1": float(np.mean(rank1)),
          "rank1_std": float(np.std(rank1)), "rank5": float(np.mean(rank5))}
   # open set: the threshold is calibrated on people who are neither enrolled nor scored as
-  # unknowns: the training people (evaluation.calibrate_on="train"; more of them, but
+  # unknowns: the training people (calibrate_on="train"; more of them, but
   # seen in training) or half of the non-enrolled held-out people ("held_out")
   enrolled = e.open_set_enrolled or max(1, multi.size // 2)
   on_train = e.calibrate_on == "train" and ctx.train is not None
@@ -227,7 +232,8 @@ def eval_omniglot_runs(ctx: Context) -> Metrics:
 
 
 def eval_episodes(ctx: Context) -> Metrics:
-  e = _eval_cfg(ctx)
+  """Seeded N-way K-shot episodes (``config.evaluation.episodes``) of held-out people."""
+  e = ctx.config.evaluation.episodes
   ep = episodes.sample_episodes(ctx.held_out.labels, e.n_way, e.k_shot, e.n_query,
                                 e.num_episodes, seed=ctx.config.seed)
   return episodes.score_episodes(ctx.held_out_embeddings(), ep)
@@ -237,17 +243,20 @@ def eval_episodes(ctx: Context) -> Metrics:
 
 
 def eval_clustering(ctx: Context) -> Metrics:
+  """NMI and purity of held-out people clustered (``config.evaluation.clustering.linkage``)
+  at the threshold best on training pairs, and the oracle threshold's NMI."""
   c = ctx.config
+  linkage = c.evaluation.clustering.linkage
   emb, labels = ctx.held_out_embeddings(), ctx.held_out.labels
   out: Metrics = {}
   if ctx.train is not None:
     tr_emb, tr_labels = ctx.train_embeddings()
     i, j, same = verification.make_pairs(tr_labels, min(3000, len(tr_labels)), seed=c.seed)
     t, _ = verification.best_threshold(np.sum((tr_emb[i] - tr_emb[j]) ** 2, axis=1), same)
-    pred = clustering.cluster(emb, t, _eval_cfg(ctx).linkage)
+    pred = clustering.cluster(emb, t, linkage)
     out.update(threshold=t, nmi=clustering.nmi(pred, labels), purity=clustering.purity(pred, labels),
                clusters=float(np.unique(pred).size))
-  sweep = clustering.threshold_sweep(emb, labels, linkage=_eval_cfg(ctx).linkage)
+  sweep = clustering.threshold_sweep(emb, labels, linkage=linkage)
   out.update(oracle_nmi=float(sweep["best_nmi"]), oracle_threshold=float(sweep["best_threshold"]),
              people=float(np.unique(labels).size))
   return out

@@ -69,3 +69,6 @@ TRIPLET_LOSSES = {
     "triplet": triplet_margin_loss,
     "soft_margin": soft_margin_triplet_loss,
 }
+
+# config.loss: a triplet loss (over the miner's triplets) or the pair loss (all pairs)
+LOSSES = (*TRIPLET_LOSSES, "contrastive")

@@ -24,7 +24,6 @@ dropout, so the forward pass needs no RNG.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -35,19 +34,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax import lax
+
+from infra import convolution, vgg as vgg_lib
 
 MODEL_NAMES = ("small_cnn", "resnet", "inception_resnet_v1", "feature_head", "vgg16", "vgg19")
 RESNET_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+SPATIAL_DIMS = (1, 2, 3)   # signals, images, volumes
+# model.dtype -> the compute dtype (params stay float32)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _BN_MOMENTUM = 0.9  # flax convention; equals torch's momentum=0.1
-# On the CPU backend, convs use cpu_conv_general_dilated (custom VJP, ~1.5x faster train steps).
-# Its custom_vjp does not support forward-mode AD (jax.jvp / jacfwd); set False before
-# create_model if you need that.
-FAST_CPU_CONV_GRAD = True
-# When set (facenet_jax.multi_margin sets it while it builds its vmapped model), every conv
-# _conv creates uses this implementation instead; None: the choice above.
-CONV_IMPL = None
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -109,86 +104,13 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + eps)
 
 
-def _channels_last_dn(ndim: int) -> lax.ConvDimensionNumbers:
-  """nnx.Conv's layout: x (B, *S, C), kernel (*K, Cin, Cout)."""
-  spatial = tuple(range(1, ndim - 1))
-  return lax.ConvDimensionNumbers((0, ndim - 1) + spatial, (ndim - 1, ndim - 2)
-                                  + tuple(range(ndim - 2)), (0, ndim - 1) + spatial)
-
-
-def _lax_conv(x, w, strides, pads):
-  return lax.conv_general_dilated(x, w, strides, pads,
-                                  dimension_numbers=_channels_last_dn(x.ndim))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_shift_dw(x, w, strides, pads):
-  return _lax_conv(x, w, strides, pads)
-
-
-def _conv_fwd(x, w, strides, pads):
-  return _lax_conv(x, w, strides, pads), (x, w)
-
-
-def _conv_bwd(strides, pads, res, g):
-  """Input grad: XLA's transposed conv. Kernel grad: for each kernel offset, one matmul of the
-  shifted (strided) input slice with g over all batch*spatial positions."""
-  x, w = res
-  dx = jax.vjp(lambda x_: _lax_conv(x_, w, strides, pads), x)[1](g)[0]
-  xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
-  g2 = g.reshape(-1, g.shape[-1])
-
-  def shifted(off):  # the input pixels that meet kernel tap `off`, one row per output pixel
-    limit = [o + (n - 1) * s + 1 for o, n, s in zip(off, g.shape[1:-1], strides)]
-    return lax.slice(xp, (0, *off, 0), (xp.shape[0], *limit, xp.shape[-1]),
-                     (1, *strides, 1)).reshape(-1, x.shape[-1])
-
-  dw = [lax.dot_general(shifted(off), g2, (((0,), (0,)), ((), ())),
-                        preferred_element_type=jnp.float32)
-        for off in itertools.product(*(range(k) for k in w.shape[:-2]))]
-  return dx, jnp.stack(dw).reshape(w.shape).astype(w.dtype)
-
-
-_conv_shift_dw.defvjp(_conv_fwd, _conv_bwd)
-
-
-def is_plain_conv(lhs, *, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-                  feature_group_count=1, precision=None, **kwargs) -> bool:
-  """An undilated, ungrouped channels-last conv (what nnx.Conv emits by default)."""
-  return (all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-          and feature_group_count == 1 and precision is None
-          and all(v is None for v in kwargs.values())
-          and dimension_numbers in (None, _channels_last_dn(lhs.ndim)))
-
-
-def cpu_conv_general_dilated(lhs, rhs, window_strides, padding, *, lhs_dilation=None,
-                             rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                             precision=None, **kwargs):
-  """Drop-in ``lax.conv_general_dilated`` for nnx.Conv with a faster kernel gradient on CPU.
-
-  XLA:CPU's native weight-gradient convolution is 3-7x slower than per-offset matmuls for many
-  shapes (e.g. 32x32 maps with >= 32 channels), which dominated small_cnn train steps. Same
-  forward values and input gradient; anything but a plain channels-last conv goes to ``lax``.
-  """
-  if not is_plain_conv(lhs, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                       dimension_numbers=dimension_numbers,
-                       feature_group_count=feature_group_count, precision=precision, **kwargs):
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision, **kwargs)
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:-2], window_strides, padding)
-  return _conv_shift_dw(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)))
-
-
 def _conv(cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int] | int = 1, *,
           padding: str = "SAME", use_bias: bool, dtype: Any, rngs: nnx.Rngs) -> nnx.Conv:
-  """nnx.Conv with He init; on the CPU backend it uses :func:`cpu_conv_general_dilated`."""
-  fast = FAST_CPU_CONV_GRAD and jax.default_backend() == "cpu"
-  impl = CONV_IMPL or (cpu_conv_general_dilated if fast else lax.conv_general_dilated)
+  """nnx.Conv with He init and the platform's convolution (``infra.convolution``: plain
+  ``lax`` on accelerators, the CPU kernels in programs compiled for CPU)."""
   return nnx.Conv(cin, cout, kernel, stride, padding=padding, use_bias=use_bias, dtype=dtype,
-                  kernel_init=_HE_INIT, conv_general_dilated=impl, rngs=rngs)
+                  kernel_init=_HE_INIT, conv_general_dilated=convolution.conv_general_dilated,
+                  rngs=rngs)
 
 
 def _run(layers: Sequence[Any], x: jax.Array, train: bool) -> jax.Array:
@@ -389,7 +311,6 @@ class VGGEmbedding(nnx.Module):
 
   def __init__(self, depth: int, layer: str, weights: str, hidden: Sequence[int],
                embedding_dim: int, image_size: int, *, dtype: Any, rngs: nnx.Rngs):
-    from infra import vgg as vgg_lib
     self.backbone = vgg_lib.load_vgg(weights, depth, "max", seed=0)
     self.layer = layer
     side = image_size
@@ -399,7 +320,6 @@ class VGGEmbedding(nnx.Module):
     self.head = FeatureHead(side * side * cout, hidden, embedding_dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    from infra import vgg as vgg_lib
     rgb = (x.astype(jnp.float32) + 1.0) * 127.5
     if rgb.shape[-1] == 1:
       rgb = jnp.repeat(rgb, 3, axis=-1)
@@ -588,11 +508,11 @@ def create_model(model_cfg: ml_collections.ConfigDict, *, in_channels: int,
   dtype_name = model_cfg.get("dtype", "float32")
   if name not in MODEL_NAMES:
     raise ValueError(f"model.name={name!r} is unknown; valid names: {', '.join(MODEL_NAMES)}")
-  if rank not in (1, 2, 3):
-    raise ValueError(f"model.spatial_dims={rank!r} is unsupported; use 1, 2 or 3")
-  if dtype_name not in _DTYPES:
-    raise ValueError(f"model.dtype={dtype_name!r} is unsupported; use one of {list(_DTYPES)}")
-  kw = dict(rank=rank, dtype=_DTYPES[dtype_name], rngs=rngs)
+  if rank not in SPATIAL_DIMS:
+    raise ValueError(f"model.spatial_dims={rank!r} is unsupported; use one of {SPATIAL_DIMS}")
+  if dtype_name not in DTYPES:
+    raise ValueError(f"model.dtype={dtype_name!r} is unsupported; use one of {list(DTYPES)}")
+  kw = dict(rank=rank, dtype=DTYPES[dtype_name], rngs=rngs)
   if name == "feature_head":   # over cached backbone features of shape example_shape
     in_features = math.prod(example_shape) if example_shape else in_channels
     return FeatureHead(in_features, tuple(model_cfg.get("widths", ())), dim,

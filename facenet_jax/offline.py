@@ -55,3 +55,42 @@ def draw(selected_Sx3: np.ndarray, pool_Tx3: np.ndarray, count: int, seed: int,
   source = selected_Sx3 if selected_Sx3.shape[0] else pool_Tx3
   rng = np.random.default_rng([seed, 2_000_003, step])
   return source[rng.choice(source.shape[0], count, replace=source.shape[0] < count)]
+
+
+class OfflineBatches:
+  """The training batches of offline selection: the re-scored pool, the triplets still
+  violating the margin, and the batch of each step (anchors, then positives, then negatives).
+
+  ``embed_rows(state, rows) -> (len(rows), D)`` embeds training rows with the current model.
+  The pool and the selection are saved with every checkpoint (:meth:`meta`) and restored from
+  it, so a resumed run feeds the same batches.
+  """
+
+  def __init__(self, offline, labels: np.ndarray, images: np.ndarray, margin: float, seed: int,
+               meta: dict):
+    self.cfg, self.labels, self.images = offline, labels, images
+    self.margin, self.seed = margin, seed
+    self.pool = np.asarray(meta.get("offline_pool", np.zeros((0, 3))), np.int64).reshape(-1, 3)
+    self.selected = np.asarray(meta.get("offline_selected", np.zeros((0, 3))),
+                               np.int64).reshape(-1, 3)
+
+  def rescore(self, step: int, embed_rows, state) -> None:
+    self.pool = sample_pool(self.labels, self.cfg.pool_size, self.seed,
+                            step // self.cfg.rescore_every)
+    rows = np.unique(self.pool)
+    emb = embed_rows(state, rows)
+    full = np.zeros((len(self.labels), emb.shape[1]), np.float32)
+    full[rows] = emb
+    self.selected = violating(self.pool, full, self.margin)
+
+  def batch(self, step: int, embed_rows, state) -> dict:
+    """``{images, labels, mask}`` of ``step`` (re-scoring first when it is due)."""
+    if step % self.cfg.rescore_every == 0 or self.pool.shape[0] == 0:
+      self.rescore(step, embed_rows, state)
+    trip = draw(self.selected, self.pool, self.cfg.triplets_per_batch, self.seed, step)
+    rows = trip.T.reshape(-1)
+    return {"images": self.images[rows], "labels": self.labels[rows],
+            "mask": np.ones(rows.shape[0], bool)}
+
+  def meta(self) -> dict:
+    return {"offline_pool": self.pool.tolist(), "offline_selected": self.selected.tolist()}

@@ -3,7 +3,7 @@
 A sweep is a list of points, each a dict of dotted config overrides (``{"margin": 0.2,
 "seed": 1}``; build grids with ``infra.overrides.product / zipped / chain / cross``). Point
 ``p`` of a sweep rooted at ``ROOT`` trains into ``ROOT/<point_name(p)>/`` with
-``train.train_and_evaluate``, so it resumes from its checkpoints and is done once its
+``train.train_and_evaluate`` (``train.run_sweep_point``), so it resumes from its checkpoints and is done once its
 ``results.json`` exists. ``ROOT/sweep.json``:
 
   {"kind", "config", ..., "points": [{"name", "overrides", "workdir", "status", "step",
@@ -20,8 +20,7 @@ import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
-import ml_collections
-
+from facenet_jax import evaluators
 from infra import files, overrides
 
 INDEX = "sweep.json"
@@ -53,7 +52,6 @@ def point_status(workdir: str) -> dict[str, Any]:
   if os.path.exists(res):
     r = files.read_json(res)
     if "evals" in r:
-      from facenet_jax import evaluators
       metrics = evaluators.flatten(r["evals"])
     else:   # a vmapped margins run: its members' pair metrics
       metrics = {f"{n}/{k}": v for n, m in r.get("members", {}).items() for k, v in m.items()}
@@ -117,19 +115,3 @@ def swept_fields(points: Sequence[Mapping[str, Any]]) -> list[str]:
   missing = object()
   return [k for k in keys
           if len({repr(p.get(k, missing)) for p in points}) > 1]
-
-
-def run_point(config: ml_collections.ConfigDict, point: Mapping[str, Any], root: str) -> str:
-  """Trains one point into ``root/<name>`` unless its results.json exists; returns the
-  status before (``done`` means skipped)."""
-  from facenet_jax import train
-  name = overrides.point_name(point)
-  wd = os.path.join(root, name)
-  before = point_status(wd)
-  if before["status"] == "done":
-    print(f"{name}: done before (step {before['step']}), skipped", flush=True)
-    return "done"
-  what = f"resuming from step {before['step']}" if before["status"] == "partial" else "starting"
-  print(f"=== {name}: {what} -> {wd}", flush=True)
-  train.train_and_evaluate(overrides.with_overrides(config, point), wd)
-  return before["status"]

@@ -1,10 +1,16 @@
-"""Triplet-embedding training: pure jitted steps and the ``train_and_evaluate`` loop.
+"""The FaceNet training driver: data, state, the loop, evaluation, results.
 
-The model is split once with ``nnx.split`` into a static graphdef and array state; the
-train step is a pure function ``(state, batch) -> (state, metrics)`` that merges them
-inside ``jax.jit``. Data parallelism is ``jax.jit`` over a 1-D device mesh: parameters
-replicated, the batch sharded along its leading axis, and the loss (mining included)
-computed on the *global* batch, so 8 devices compute what 1 device computes.
+``train_and_evaluate(config, workdir)`` trains one model per margin on the margin axis:
+``config.margins = ()`` is one run at ``config.margin`` written into ``workdir``; K margins
+train K models in one vmapped program (``steps.make_member_step``), model k written into
+``workdir/margin=<alpha_k>/`` exactly as a single run writes its workdir, so
+``inference.load``, scripts/evaluate_facenet.py and scripts/compare_runs.py read each as a
+run. Every model starts from the same initial parameters (``config.seed``), sees the same
+batches with the same augmentation and mines its own triplets with its own margin, so model k
+ends where the single run with ``margin = alpha_k`` ends (tested).
+
+Data flows one way: config -> :func:`prepare_data` -> ``steps`` (pure, jitted) ->
+``infra.loop.run_loop`` -> metrics, checkpoints -> :func:`run_evaluators` -> ``results.json``.
 """
 
 from __future__ import annotations
@@ -12,174 +18,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax import nnx
 
-from facenet_jax import (evaluators, inference, mining, models, offline, preprocess, verification,
-                         vgg_features)
+from facenet_jax import evaluators, offline, steps, sweep, verification, vgg_features
+from facenet_jax import workdir as workdir_lib
 from facenet_jax.config_checks import check_config
 from facenet_jax.data import sources
 from facenet_jax.sampler import PKSampler
-from infra import checkpoints, files, loop, mesh as mesh_lib
-from infra.errors import NonFiniteLossError, Preempted  # noqa: F401 (re-exported)
+from infra import checkpoints, loop, mesh as mesh_lib, overrides
 from infra.metric_writer import MetricWriter
 from infra.progress import Progress
 
-State = dict[str, Any]
-
-
-def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-  """AdamW/Adam/SGD with linear warmup and cosine (or constant) decay, optional clipping."""
-  warmup = min(int(optim.warmup_steps), max(num_steps - 1, 0))
-  if optim.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, warmup, max(num_steps, warmup + 1))
-  else:
-    lr = optax.join_schedules([optax.linear_schedule(0.0, optim.learning_rate, warmup),
-                               optax.constant_schedule(optim.learning_rate)], [warmup])
-  if optim.name == "adamw":
-    tx = optax.adamw(lr, weight_decay=optim.weight_decay)
-  elif optim.name == "adam":
-    tx = optax.adam(lr)
-  else:
-    tx = optax.sgd(lr, momentum=0.9)
-  if optim.grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
-  return tx
-
-
-def create_train_state(config: ml_collections.ConfigDict, in_channels: int | None = None, *,
-                       example_shape: tuple[int, ...] | None = None,
-                       fit_examples: np.ndarray | None = None):
-  """Returns ``(graphdef, tx, state)``; ``state`` is a pytree of arrays only.
-
-  ``example_shape``: (*spatial, C) of one example (needed by feature_head / vgg models);
-  ``in_channels`` defaults to its last entry. ``fit_examples``: the training examples a
-  data-dependent initialization (``model.head_init='pca_whiten'``) is fitted on; without
-  them the head starts random, which is right only when a checkpoint is restored over it.
-  """
-  if in_channels is None:
-    in_channels = example_shape[-1]
-  model = models.create_model(config.model, in_channels=in_channels, rngs=nnx.Rngs(config.seed),
-                              example_shape=example_shape)
-  if config.model.head_init == "pca_whiten" and fit_examples is not None:
-    models.fit_pca_whitening(model, fit_examples, float(config.model.whiten_eps))
-  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-  tx = make_optimizer(config.optim, config.num_steps)
-  state = {
-      "step": jnp.zeros((), jnp.int32),
-      "params": params,
-      "model_state": model_state,
-      "opt_state": tx.init(params),
-      # first step whose loss or gradients were not finite (-1: none); such steps are
-      # not applied, so the state stays the last good one
-      "nonfinite_step": jnp.full((), -1, jnp.int32),
-  }
-  return graphdef, tx, state
-
-
-def _objective(config: ml_collections.ConfigDict) -> Callable:
-  """``(emb_BxD, batch, key, margin) -> (loss, stats)`` for online mining or offline triplets."""
-  if config.offline.enabled:
-    def offline_loss(emb_BxD, batch, key, margin):
-      del key
-      a, p, n = jnp.split(emb_BxD, 3)
-      return mining.explicit_triplet_loss(a, p, n, batch["mask"][: a.shape[0]],
-                                          margin, config.loss)
-    return offline_loss
-
-  def online_loss(emb_BxD, batch, key, margin):
-    return mining.batch_loss(emb_BxD, batch["labels"], batch["mask"], loss=config.loss,
-                             miner=config.miner, margin=margin,
-                             fallback=config.semi_hard_fallback, key=key)
-  return online_loss
-
-
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict) -> Callable[..., tuple[State, dict]]:
-  """The pure train step ``(state, batch, margin=config.margin) -> (state, metrics)``.
-
-  ``batch``: ``images`` (B, *spatial, C) uint8 or float, ``labels`` (B,) int32, ``mask``
-  (B,) bool. ``margin``: alpha, a float or a traced scalar, so ``jax.vmap(step, in_axes=(0,
-  None, 0))`` trains K models with K margins on the same batch (facenet_jax/multi_margin.py).
-  Randomness (augmentation, random miner) comes from (seed, step).
-  """
-  objective = _objective(config)
-  aug = config.augment
-
-  def train_step(state: State, batch: dict, margin: float | jax.Array | None = None
-                 ) -> tuple[State, dict]:
-    margin = config.margin if margin is None else margin
-    key = jax.random.fold_in(jax.random.key(config.seed), state["step"])
-    k_aug, k_mine = jax.random.split(key)
-    x = preprocess.to_float(batch["images"])
-    x = preprocess.augment(x, k_aug, flip=aug.flip, crop_pad=aug.crop_pad, scale=aug.scale,
-                           rotate=aug.rotate, brightness=aug.brightness, contrast=aug.contrast)
-
-    def loss_fn(params, model_state):
-      # merged inside the differentiated function: NNX variables may only be mutated
-      # (BatchNorm statistics) at the trace level that created them
-      model = nnx.merge(graphdef, params, model_state, copy=True)
-      emb_BxD = model(x, train=True)
-      loss, stats = objective(emb_BxD, batch, k_mine, margin)
-      _, _, model_state = nnx.split(model, nnx.Param, ...)
-      return loss, (stats, model_state)
-
-    (loss, (stats, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], state["model_state"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = {
-        "step": state["step"] + 1,
-        "params": keep(params, state["params"]),
-        "model_state": keep(model_state, state["model_state"]),
-        "opt_state": keep(opt_state, state["opt_state"]),
-        "nonfinite_step": jnp.where((state["nonfinite_step"] < 0) & ~finite,
-                                    state["step"], state["nonfinite_step"]),
-    }
-    metrics = dict(stats, loss=loss, grad_norm=grad_norm)
-    return new_state, metrics
-
-  return train_step
-
-
-def make_embed_fn(graphdef: nnx.GraphDef, flip_tta: bool = False) -> Callable:
-  """``(params, model_state, images) -> emb_BxD`` in inference mode (running BN stats).
-
-  ``flip_tta``: emb = normalize(f(x) + f(flip(x))), flip along the last spatial axis (the
-  mirror image), so an image and its mirror get the same embedding (config.evaluation.flip_tta).
-  """
-  def embed(params, model_state, images):
-    model = nnx.merge(graphdef, params, model_state, copy=True)
-    x = preprocess.to_float(images)
-    emb = model(x, train=False)
-    if flip_tta:
-      emb = models.l2_normalize(emb + model(jnp.flip(x, axis=x.ndim - 2), train=False))
-    return emb
-  return embed
-
-
-def embed_all(embed_fn: Callable, state: State, images: np.ndarray, batch_size: int,
-              mesh: jax.sharding.Mesh) -> np.ndarray:
-  """Embeds every row of ``images`` in fixed-size chunks (last one padded); returns numpy."""
-  n = images.shape[0]
-  out = []
-  for i in range(0, n, batch_size):
-    chunk = images[i:i + batch_size]
-    pad = batch_size - chunk.shape[0]
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-    emb = embed_fn(state["params"], state["model_state"], mesh_lib.shard_batch(chunk, mesh))
-    out.append(np.asarray(emb)[:batch_size - pad])
-  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+State = steps.State
 
 
 def check_dataset(ds, config: ml_collections.ConfigDict) -> None:
@@ -245,7 +100,7 @@ def prepare_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
 def pair_metrics(embed_fn: Callable, state: State, data: RunData, mesh: jax.sharding.Mesh,
                  config: ml_collections.ConfigDict) -> dict[str, float]:
   """Verification metrics of ``state`` on the held-out pairs (squared L2 distances)."""
-  emb = embed_all(embed_fn, state, data.eval_ds.images, data.eval_bs, mesh)
+  emb = steps.embed_all(embed_fn, state, data.eval_ds.images, data.eval_bs, mesh)
   d = np.sum((emb[data.pair_i] - emb[data.pair_j]) ** 2, axis=1)
   return verification.summarize(d, data.issame, config.data.eval_folds)
 
@@ -257,7 +112,7 @@ def run_evaluators(config: ml_collections.ConfigDict, workdir: str | None, state
   def embed(images: np.ndarray) -> np.ndarray:
     if data.features is not None:
       images = data.features(images, "evaluation images")
-    return embed_all(embed_fn, state, images, data.eval_bs, mesh)
+    return steps.embed_all(embed_fn, state, images, data.eval_bs, mesh)
 
   ctx = evaluators.Context(config=config, embed=embed, held_out=data.raw_eval_ds,
                            train=data.raw_train_ds, workdir=workdir)
@@ -284,147 +139,253 @@ def make_results(config: ml_collections.ConfigDict, step: int, pairs: dict, eval
   }
 
 
-def _check_finite(state: State, where: str) -> None:
-  bad = int(np.max(jax.device_get(state["nonfinite_step"])))
-  if bad >= 0:
-    raise NonFiniteLossError(
-        f"loss or gradients became NaN/Inf at step {bad} (found at {where}); the update of "
-        f"that step was not applied and no checkpoint after it was written. Lower "
-        f"optim.learning_rate, set optim.grad_clip_norm, or check the input data.")
+# ------------------------------------------------------------------------ the margin axis
+
+def member_name(margin: float) -> str:
+  """``margin=0.2``: a K-margin run's directory of one member (and its sweep point name)."""
+  return overrides.point_name({"margin": float(margin)})
 
 
-def run_loop(config: ml_collections.ConfigDict, state: State, start: int, *,
-             step_fn: Callable, make_batch: Callable[[int, State], dict], mesh: jax.sharding.Mesh,
-             **callbacks) -> State:
-  """``infra.loop.run_loop`` over ``config``'s steps and periods, each host batch sharded."""
-  periods = loop.Periods(config.log_every, config.eval_every, config.checkpoint_every)
-  return loop.run_loop(state, start, config.num_steps, periods, step_fn=step_fn,
-                       make_batch=lambda s, st: mesh_lib.shard_batch(make_batch(s, st), mesh),
-                       check=_check_finite, **callbacks)
+@dataclasses.dataclass
+class Member:
+  """One model of the margin axis: its config (``margin = alpha``, ``margins = ()``), its run
+  directory, metric writer and checkpoints, and its last logged train / eval metrics."""
+  margin: float
+  config: ml_collections.ConfigDict
+  workdir: str
+  writer: MetricWriter
+  ckpt: checkpoints.Checkpointer
+  last_train: dict = dataclasses.field(default_factory=dict)
+  last_eval: dict = dataclasses.field(default_factory=dict)
+
+
+def member_configs(config: ml_collections.ConfigDict, workdir: str
+                   ) -> list[tuple[float, ml_collections.ConfigDict, str]]:
+  """``[(alpha, config, directory)]``: the run itself, or one per ``config.margins`` entry."""
+  if not tuple(config.margins):
+    return [(float(config.margin), config, workdir)]
+  return [(float(m), overrides.with_overrides(config, {"margin": float(m), "margins": ()}),
+           os.path.join(workdir, member_name(m))) for m in config.margins]
+
+
+def open_members(config: ml_collections.ConfigDict, workdir: str, lead: bool) -> list[Member]:
+  """Creates the run directories, writes each ``config.json`` (before any step:
+  scripts/evaluate_facenet.py rebuilds the model from it) and opens writers and checkpoints."""
+  members = []
+  for alpha, c, d in member_configs(config, workdir):
+    os.makedirs(d, exist_ok=True)
+    if lead:
+      workdir_lib.save_config(c, d)
+    members.append(Member(alpha, c, d, MetricWriter(d, enabled=lead),
+                          workdir_lib.checkpointer(d, config)))
+  if lead and tuple(config.margins):   # the K-margin run's own config, beside its members
+    workdir_lib.save_config(config, workdir)
+  return members
+
+
+def restore_members(ckpts: list[checkpoints.Checkpointer], abstract: Any
+                    ) -> tuple[int, list[Any], list[dict]] | None:
+  """``(step, [state_k], [meta_k])`` at the latest step every member has checkpointed, or
+  None (a killed K-margin run resumes from there)."""
+  common = set.intersection(*(set(c.all_steps()) for c in ckpts))
+  if not common:
+    return None
+  step = max(common)
+  restored = [c.restore(abstract, step=step) for c in ckpts]
+  return step, [r[1] for r in restored], [r[2] for r in restored]
+
+
+def jit_train_step(graphdef, tx, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                   ) -> Callable:
+  """The jitted step of the margin axis: ``(state, batch) -> (state, metrics)`` of one model
+  at ``config.margin``, or of K stacked models at ``config.margins``."""
+  step = steps.make_train_step(graphdef, tx, config)
+  if tuple(config.margins):
+    fn = steps.make_member_step(step, jnp.asarray(tuple(config.margins), jnp.float32))
+  else:
+    fn = lambda state, batch: step(state, batch, config.margin)
+  repl = mesh_lib.replicated(mesh)
+  return jax.jit(fn, in_shardings=(repl, mesh_lib.batch_sharded(mesh)),
+                 out_shardings=(repl, repl), donate_argnums=0)
+
+
+class MemberLoop:
+  """The loop callbacks of the margin axis: logs, evaluations and checkpoints of every member
+  (``stacked``: the state has a leading member axis; else it is the one run's state)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, members: list[Member], stacked: bool,
+               evaluate: Callable[[State, ml_collections.ConfigDict], dict],
+               extra_meta: Callable[[], dict]):
+    self.config, self.members, self.stacked = config, members, stacked
+    self.evaluate, self.extra_meta = evaluate, extra_meta
+
+  def state_of(self, state: State, k: int) -> State:
+    return steps.unstack(state, k) if self.stacked else state
+
+  def on_log(self, step: int, host: list[dict], progress: Progress) -> None:
+    rate = progress.rate(step)
+    for k, m in enumerate(self.members):
+      m.last_train = {key: float(np.mean([h[key][k] if self.stacked else h[key] for h in host]))
+                      for key in host[0]}
+      m.last_train["steps_per_sec"] = rate
+      m.writer.write_scalars(step, {f"train/{n}": v for n, v in m.last_train.items()})
+    if self.stacked:
+      progress.report(step, {f"active@{overrides.format_value(m.margin)}": m.last_train["frac_active"]
+                             for m in self.members})
+    else:
+      t = self.members[0].last_train
+      progress.report(step, {k: t[k] for k in ("loss", "frac_active", "mean_d_ap", "mean_d_an")})
+
+  def on_eval(self, step: int, state: State) -> None:
+    for k, m in enumerate(self.members):
+      m.last_eval = self.evaluate(self.state_of(state, k), m.config)
+      m.writer.write_scalars(step, {f"eval/{n}": v for n, v in m.last_eval.items()})
+    if self.stacked:
+      print(f"  eval step {step}: verification_accuracy " + ", ".join(
+          f"{member_name(m.margin)}: {m.last_eval['verification_accuracy']:.4f}"
+          for m in self.members), flush=True)
+    else:
+      e = self.members[0].last_eval
+      print(f"  eval step {step}: verification_accuracy={e['verification_accuracy']:.4f} "
+            f"(+-{e['verification_accuracy_std']:.4f}), val@far1e-3={e['val_at_far_1e-3']:.4f}, "
+            f"auc={e['roc_auc']:.4f}", flush=True)
+
+  def on_checkpoint(self, step: int, state: State) -> None:
+    steps.check_finite(state, f"checkpoint of step {step}")
+    for k, m in enumerate(self.members):
+      # the last logged train metrics: a run resumed at its final step reports them too
+      meta = {"config_variant": self.config.variant, "train_metrics": m.last_train,
+              **self.extra_meta()}
+      m.ckpt.save(step, self.state_of(state, k), meta, force=True)
+
+
+def resume(members: list[Member], state1: State, mesh: jax.sharding.Mesh, stacked: bool
+           ) -> tuple[int, State, dict]:
+  """``(start, state, meta)``: the latest step every member checkpointed (0 and ``state1`` for
+  each when none), the state replicated over ``mesh`` (stacked for K members) and the first
+  member's checkpoint meta."""
+  restored = restore_members([m.ckpt for m in members], state1)
+  start, states, metas = 0, [state1] * len(members), [{}] * len(members)
+  if restored is not None:
+    start, states, metas = restored
+    print(f"resumed {len(members)} margins from step {start}" if stacked else
+          f"resumed from {members[0].ckpt.directory}/{start}", flush=True)
+  for m, meta in zip(members, metas):
+    m.last_train = dict(meta.get("train_metrics", {}))
+  state = steps.stack(states) if stacked else states[0]
+  return start, jax.device_put(state, mesh_lib.replicated(mesh)), metas[0]
+
+
+def finish(config: ml_collections.ConfigDict, workdir: str, state: State, cb: MemberLoop,
+           embed_fn: Callable, data: RunData, mesh: jax.sharding.Mesh, t_start: float) -> dict:
+  """Runs the evaluators of every member, writes each ``results.json`` (and a K-margin run's
+  own ``results.json`` and ``sweep.json``); returns the one run's results, or
+  ``{margins, members: {name: metrics}, step, wall_seconds}`` for K margins."""
+  lead = jax.process_index() == 0
+  final_step = int(np.max(jax.device_get(state["step"])))
+  summary = {"margins": [m.margin for m in cb.members], "members": {}, "step": final_step}
+  for k, m in enumerate(cb.members):
+    member_state = cb.state_of(state, k)
+    if not m.last_eval:   # resumed at the last step: evaluate the restored state
+      m.last_eval = cb.evaluate(member_state, m.config)
+    if cb.stacked:
+      print(f"margin {m.margin:g}:", flush=True)
+    evals = run_evaluators(m.config, m.workdir if lead else None, member_state, embed_fn, data,
+                           mesh, m.last_eval)
+    m.writer.write_scalars(final_step, {f"final/{n}": v for n, v in evaluators.flatten(evals).items()})
+    results = make_results(m.config, final_step, m.last_eval, evals, m.last_train, data, mesh,
+                           t_start)
+    if cb.stacked:
+      results["trained_with"] = {"margins": summary["margins"], "workdir": workdir}
+    if lead:
+      workdir_lib.write_results(m.workdir, results)
+    summary["members"][member_name(m.margin)] = results["metrics"]
+    m.writer.close()
+    m.ckpt.close()
+  if not cb.stacked:
+    return results
+  summary["wall_seconds"] = time.time() - t_start
+  if lead:
+    workdir_lib.write_results(workdir, summary)
+    sweep.write_index(workdir, [{"margin": m} for m in summary["margins"]],
+                      header={"kind": "vmapped margins", "config": config.to_dict()})
+  return summary
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices: list | None = None) -> dict:
-  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates.
+  """Trains every model of ``config``'s margin axis in ``workdir`` (resuming from its latest
+  checkpoints) and evaluates (see the module doc).
 
-  Writes TensorBoard events and ``metrics.jsonl`` to ``workdir``, checkpoints to
-  ``workdir/checkpoints`` and, at the end, ``workdir/results.json``:
-  ``{config, step, metrics: {verification_accuracy, ...}, pixel_baseline, ...}``.
-  Returns the same dict.
+  Writes TensorBoard events and ``metrics.jsonl``, checkpoints under ``checkpoints/`` and, at
+  the end, ``results.json`` (``{config, step, metrics: {verification_accuracy, ...}, evals,
+  pixel_baseline, ...}``) into each run directory. Returns the one run's results dict, or a
+  K-margin run's summary.
   """
   t_start = time.time()
   check_config(config)
-  if tuple(config.margins):   # K margins, one vmapped program, one run directory each
-    from facenet_jax import multi_margin
-    return multi_margin.train_and_evaluate(config, workdir, devices=devices)
   workdir = os.path.abspath(workdir)
   mesh = mesh_lib.make_data_mesh(devices)
   lead = jax.process_index() == 0
-
+  stacked = bool(tuple(config.margins))
   data = prepare_data(config, mesh)
-  train_ds, eval_ds, eval_bs = data.train_ds, data.eval_ds, data.eval_bs
-  global_batch, issame, pixel = data.global_batch, data.issame, data.pixel
-  offline_mode = bool(config.offline.enabled)
-
-  graphdef, tx, state = create_train_state(config, example_shape=train_ds.example_shape,
-                                           fit_examples=train_ds.images)
-  repl, batch_sh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
-  state = jax.device_put(state, repl)
-  train_step = jax.jit(make_train_step(graphdef, tx, config), in_shardings=(repl, batch_sh),
-                       out_shardings=(repl, repl), donate_argnums=0)
-  embed_fn = jax.jit(make_embed_fn(graphdef, config.evaluation.flip_tta),
-                     in_shardings=(repl, repl, batch_sh),
-                     out_shardings=repl)
+  graphdef, tx, state = steps.create_train_state(config, example_shape=data.train_ds.example_shape,
+                                                 fit_examples=data.train_ds.images)
+  step_fn = jit_train_step(graphdef, tx, config, mesh)
+  embed_fn = steps.jit_embed_fn(graphdef, config.evaluation.flip_tta, mesh)
 
   # nothing is written before the data, the config and the model have been checked: a bad
   # input leaves no partial workdir behind
-  os.makedirs(workdir, exist_ok=True)
-  if lead:   # before any step: scripts/evaluate_facenet.py rebuilds the model from it
-    inference.save_config(config, workdir)
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                  every=config.checkpoint_every, keep=config.keep_checkpoints)
-  restored = ckpt.restore(state)
-  start, meta = 0, {}
-  if restored is not None:
-    start, state, meta = restored
-    print(f"resumed from {ckpt.directory}/{start}", flush=True)
-  pool = np.asarray(meta.get("offline_pool", np.zeros((0, 3))), np.int64).reshape(-1, 3)
-  selected = np.asarray(meta.get("offline_selected", np.zeros((0, 3))), np.int64).reshape(-1, 3)
+  members = open_members(config, workdir, lead)
+  start, state, meta = resume(members, state, mesh, stacked)
+  make_batch = lambda step, _: data.batch(step)
+  extra_meta = dict
+  if config.offline.enabled:   # one model (check_config): its embeddings pick the triplets
+    batches = offline.OfflineBatches(config.offline, data.train_ds.labels, data.train_ds.images,
+                                     config.margin, config.seed, meta)
+    embed_rows = lambda st, rows: steps.embed_all(embed_fn, st, data.train_ds.images[rows],
+                                                  data.eval_bs, mesh)
+    make_batch = lambda step, st: batches.batch(step, embed_rows, st)
+    extra_meta = batches.meta
+  if start == 0:
+    for m in members:
+      m.writer.write_scalars(0, data.pixel)
+  evaluate = lambda st, c: pair_metrics(embed_fn, st, data, mesh, c)
+  cb = MemberLoop(config, members, stacked, evaluate, extra_meta)
+  print(describe(config, data, mesh), flush=True)
+  periods = loop.Periods(config.log_every, config.eval_every, config.checkpoint_every)
+  state = loop.run_loop(
+      state, start, config.num_steps, periods, step_fn=step_fn,
+      make_batch=lambda s, st: mesh_lib.shard_batch(make_batch(s, st), mesh),
+      check=steps.check_finite, on_log=cb.on_log, on_eval=cb.on_eval,
+      on_checkpoint=cb.on_checkpoint, writers=[m.writer for m in members],
+      closeables=[m.ckpt for m in members])
+  return finish(config, workdir, state, cb, embed_fn, data, mesh, t_start)
 
-  def evaluate(state) -> dict[str, float]:
-    return pair_metrics(embed_fn, state, data, mesh, config)
 
-  def rescore(state, step):
-    nonlocal pool, selected
-    pool = offline.sample_pool(train_ds.labels, config.offline.pool_size, config.seed,
-                               step // config.offline.rescore_every)
-    rows = np.unique(pool)
-    emb = np.zeros((len(train_ds), config.model.embedding_dim), np.float32)
-    emb[rows] = embed_all(embed_fn, state, train_ds.images[rows], eval_bs, mesh)
-    selected = offline.violating(pool, emb, config.margin)
+def describe(config: ml_collections.ConfigDict, data: RunData, mesh: jax.sharding.Mesh) -> str:
+  """The line a run prints before its first step."""
+  what = config.model.name
+  if tuple(config.margins):
+    what = (f"{len(config.margins)} x {what} (margins "
+            f"{', '.join(map(overrides.format_value, config.margins))})")
+  return (f"training {what} on {data.train_ds.name}: {len(data.train_ds)} images of "
+          f"{data.train_ds.num_identities} identities, global batch {data.global_batch} over "
+          f"{mesh.devices.size} device(s); held-out {data.eval_ds.num_identities} identities, "
+          f"{data.issame.size} pairs; raw-pixel baseline accuracy "
+          f"{data.pixel['pixel_verification_accuracy']:.3f}")
 
-  def make_batch(step: int, state: State) -> dict:
-    if offline_mode:
-      if step % config.offline.rescore_every == 0 or pool.shape[0] == 0:
-        rescore(state, step)
-      trip = offline.draw(selected, pool, config.offline.triplets_per_batch, config.seed, step)
-      rows = trip.T.reshape(-1)
-      return {"images": train_ds.images[rows], "labels": train_ds.labels[rows],
-              "mask": np.ones(rows.shape[0], bool)}
-    return data.batch(step)
 
-  def checkpoint_meta() -> dict:
-    # the last logged train metrics: a run resumed at its final step reports them too
-    m = {"config_variant": config.variant, "train_metrics": last_train}
-    if offline_mode:
-      m.update(offline_pool=pool.tolist(), offline_selected=selected.tolist())
-    return m
-
-  writer = MetricWriter(workdir, enabled=lead)
-  if start == 0 and lead:
-    writer.write_scalars(0, pixel)
-  last_train: dict[str, float] = dict(meta.get("train_metrics", {}))
-  last_eval: dict[str, float] = {}
-
-  def on_log(step: int, host: list[dict], progress: Progress) -> None:
-    nonlocal last_train
-    last_train = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-    last_train["steps_per_sec"] = progress.rate(step)
-    writer.write_scalars(step, {f"train/{k}": v for k, v in last_train.items()})
-    progress.report(step, {k: last_train[k] for k in ("loss", "frac_active", "mean_d_ap", "mean_d_an")})
-
-  def on_eval(step: int, state: State) -> None:
-    nonlocal last_eval
-    last_eval = evaluate(state)
-    writer.write_scalars(step, {f"eval/{k}": v for k, v in last_eval.items()})
-    print(f"  eval step {step}: verification_accuracy={last_eval['verification_accuracy']:.4f} "
-          f"(+-{last_eval['verification_accuracy_std']:.4f}), "
-          f"val@far1e-3={last_eval['val_at_far_1e-3']:.4f}, auc={last_eval['roc_auc']:.4f}",
-          flush=True)
-
-  def on_checkpoint(step: int, state: State) -> None:
-    _check_finite(state, f"checkpoint of step {step}")
-    ckpt.save(step, state, checkpoint_meta(), force=True)
-
-  print(f"training {config.model.name} on {train_ds.name}: {len(train_ds)} images of "
-        f"{train_ds.num_identities} identities, global batch {global_batch} over "
-        f"{mesh.devices.size} device(s); held-out {eval_ds.num_identities} identities, "
-        f"{issame.size} pairs; raw-pixel baseline accuracy {pixel['pixel_verification_accuracy']:.3f}",
-        flush=True)
-  state = run_loop(config, state, start, step_fn=train_step, make_batch=make_batch, mesh=mesh,
-                   on_log=on_log, on_eval=on_eval, on_checkpoint=on_checkpoint,
-                   writers=[writer], closeables=[ckpt])
-
-  if not last_eval:   # resumed at the last step: evaluate the restored state
-    last_eval = evaluate(state)
-
-  evals = run_evaluators(config, workdir if lead else None, state, embed_fn, data, mesh,
-                         last_eval)
-  final_step = int(jax.device_get(state["step"]))
-  writer.write_scalars(final_step, {f"final/{k}": v for k, v in evaluators.flatten(evals).items()})
-  results = make_results(config, final_step, last_eval, evals, last_train, data, mesh, t_start)
-  if lead:
-    files.write_json_atomic(os.path.join(workdir, "results.json"), results)
-  writer.close()
-  ckpt.close()
-  return results
+def run_sweep_point(config: ml_collections.ConfigDict, point: Mapping[str, Any], root: str) -> str:
+  """Trains one sweep point into ``root/<name>`` unless its results.json exists; returns the
+  status before (``done`` means skipped)."""
+  name = overrides.point_name(point)
+  wd = os.path.join(root, name)
+  before = sweep.point_status(wd)
+  if before["status"] == "done":
+    print(f"{name}: done before (step {before['step']}), skipped", flush=True)
+    return "done"
+  what = f"resuming from step {before['step']}" if before["status"] == "partial" else "starting"
+  print(f"=== {name}: {what} -> {wd}", flush=True)
+  train_and_evaluate(overrides.with_overrides(config, point), wd)
+  return before["status"]

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from infra import convolution
+
 # channels of each conv, block by block
 _CONFIGS = {
     16: ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)),
@@ -145,144 +147,9 @@ class _Conv3x3(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32))
 
 
-# Faster 3x3 convolutions on XLA:CPU, for float32 inputs with >= WINOGRAD_MIN_CHANNELS input
-# channels (the thin first layers gain nothing):
-# * XLA:CPU has no Winograd convolution: with >= WINOGRAD_MIN_POSITIONS output positions
-#   (N H W), winograd_conv3x3 (F(2x2, 3x3): 2.25x fewer multiplies) computes the forward
-#   pass and the input gradient; on fewer positions its transforms cost what it saves.
-# * XLA's input gradient of a convolution transposes the kernel (a slow strided copy: ~20 ms
-#   for a 512x512 one, on every call); on small inputs that copy dominates, so the input
-#   gradient there is nine shifted matmuls that read the kernel as it is (_conv3x3_tap_grad).
-# On a 2-core CPU this makes a VGG19 style-transfer step (forward + input gradient) ~1.4x
-# faster at 256-512 px (benchmarks/RESULTS.md). Both have a custom VJP: no forward-mode AD
-# (jax.jvp / jacfwd) through them; set CPU_WINOGRAD = False before tracing to use
-# lax.conv_general_dilated everywhere.
-CPU_WINOGRAD = True
-WINOGRAD_MIN_CHANNELS = 128
-WINOGRAD_MIN_POSITIONS = 512
-
-
-def _lax_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-# F(2x2, 3x3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks"):
-# Y = A^T [(G g G^T) * (B^T d B)] A per 4x4 input tile d (stride 2) -> 2x2 output tile.
-_WG_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-_WG_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
-_WG_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
-
-
-def _wg_lin(mat, xs):
-  """[sum_j mat[i][j] xs[j] for each row i], skipping zero coefficients (all are 0, +-1, +-1/2)."""
-  out = []
-  for row in mat:
-    acc = None
-    for c, v in zip(row, xs):
-      if c:
-        t = v if c == 1 else -v if c == -1 else v * c
-        acc = t if acc is None else acc + t
-    out.append(acc)
-  return out
-
-
-def _wg_kernel(k: jax.Array) -> jax.Array:
-  """(3, 3, Cin, Cout) -> G k G^T as (16, Cin, Cout)."""
-  rows = jnp.stack(_wg_lin(_WG_G, [k[i] for i in range(3)]))        # (4, 3, Cin, Cout)
-  cols = _wg_lin(_WG_G, [rows[:, j] for j in range(3)])              # 4 x (4, Cin, Cout)
-  return jnp.stack(cols, 1).reshape(16, *k.shape[2:])
-
-
-def _wg_input(x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
-  """(N, H, W, C) -> B^T d B of every 4x4 tile (stride 2, "SAME" zero padding): (16, T, C)."""
-  n, h, w, c = x.shape
-  th, tw = -(-h // 2), -(-w // 2)
-  xp = jnp.pad(x, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - w), (0, 0)))
-  xr = xp.reshape(n, th + 1, 2, tw + 1, 2, c)   # tile row i = block i // 2, offset i % 2
-  rows = jnp.stack(_wg_lin(_WG_BT, [xr[:, i // 2:i // 2 + th, i % 2] for i in range(4)]))
-  cols = _wg_lin(_WG_BT, [rows[:, :, :, j // 2:j // 2 + tw, j % 2] for j in range(4)])
-  return jnp.stack(cols, 1).reshape(16, n * th * tw, c), (n, h, w, th, tw)
-
-
-def _wg_output(m: jax.Array, dims: tuple[int, ...]) -> jax.Array:
-  """(16, T, Cout) -> A^T m A assembled into (N, H, W, Cout)."""
-  n, h, w, th, tw = dims
-  m = m.reshape(4, 4, n, th, tw, m.shape[-1])
-  t = _wg_lin(_WG_AT, [m[i] for i in range(4)])
-  y = jnp.stack([jnp.stack(_wg_lin(_WG_AT, [r[j] for j in range(4)]), -2) for r in t], 2)
-  return y.reshape(n, 2 * th, 2 * tw, -1)[:, :h, :w]
-
-
-@jax.custom_vjp
-def winograd_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """3x3 stride-1 "SAME" convolution (NHWC x HWIO -> NHWC) by Winograd F(2x2, 3x3).
-
-  Same values as ``lax.conv_general_dilated`` up to float32 rounding (~2e-6 relative), any
-  H, W. The input gradient is the same algorithm applied to the output gradient with the
-  flipped kernel (a "full" correlation is a "same" one for 3x3 stride 1); the kernel
-  gradient uses lax's.
-  """
-  v, dims = _wg_input(x)
-  m = jax.lax.dot_general(v, _wg_kernel(kernel), (((2,), (1,)), ((0,), (0,))))
-  return _wg_output(m, dims)
-
-
-def _winograd_fwd(x, kernel):
-  return winograd_conv3x3(x, kernel), (x, kernel)
-
-
-def _winograd_bwd(res, dy):
-  x, kernel = res
-  v, dims = _wg_input(dy)
-  u = _wg_kernel(kernel[::-1, ::-1])   # contracted over Cout: no transposed copy
-  dx = _wg_output(jax.lax.dot_general(v, u, (((2,), (2,)), ((0,), (0,)))), dims)
-  dk = jax.vjp(lambda k: _lax_conv3x3(x, k), kernel)[1](dy)[0]   # dropped by XLA if unused
-  return dx, dk
-
-
-winograd_conv3x3.defvjp(_winograd_fwd, _winograd_bwd)
-
-
-@jax.custom_vjp
-def _conv3x3_tap_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """``_lax_conv3x3`` whose input gradient is sum_ij shift_ij(dy) kernel[2-i, 2-j]^T."""
-  return _lax_conv3x3(x, kernel)
-
-
-def _tap_grad_fwd(x, kernel):
-  return _lax_conv3x3(x, kernel), (x, kernel)
-
-
-def _tap_grad_bwd(res, dy):
-  x, kernel = res
-  n, h, w, _ = dy.shape
-  dp = jnp.pad(dy, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  dx = None
-  for i in range(3):
-    for j in range(3):   # contracts dy's channels with the kernel's last (Cout) axis
-      t = jax.lax.dot_general(dp[:, i:i + h, j:j + w], kernel[2 - i, 2 - j], (((3,), (1,)), ((), ())))
-      dx = t if dx is None else dx + t
-  dk = jax.vjp(lambda k: _lax_conv3x3(x, k), kernel)[1](dy)[0]   # dropped by XLA if unused
-  return dx, dk
-
-
-_conv3x3_tap_grad.defvjp(_tap_grad_fwd, _tap_grad_bwd)
-
-
-def _conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """3x3 stride-1 "SAME" convolution, NHWC x HWIO -> NHWC (see CPU_WINOGRAD)."""
-  if (CPU_WINOGRAD and x.dtype == jnp.float32 and kernel.shape[2] >= WINOGRAD_MIN_CHANNELS
-      and jax.default_backend() == "cpu"):
-    if np.prod(x.shape[:-1]) >= WINOGRAD_MIN_POSITIONS:
-      return winograd_conv3x3(x, kernel)
-    return _conv3x3_tap_grad(x, kernel)
-  return _lax_conv3x3(x, kernel)
-
-
 def _conv_relu(kernel: jax.Array, bias: jax.Array, x: jax.Array) -> jax.Array:
   """relu(conv(x, kernel) + bias); x (N, H, W, Cin), kernel (3, 3, Cin, Cout) -> (N, H, W, Cout)."""
-  y = _conv3x3(x, kernel.astype(x.dtype))
+  y = convolution.conv3x3(x, kernel.astype(x.dtype))
   return jax.nn.relu(y + bias.astype(x.dtype))
 
 

@@ -7,21 +7,26 @@
 ``--eval`` takes evaluator names (pairs, lfw_view2, one_shot, omniglot_runs, episodes,
 clustering) or dataset names (lfw, orl, omniglot, folder: their usual protocols); default:
 the run's ``config.evals``. ``--data_dir`` (and ``--source`` for ``folder``) point the
-run's config at another copy of the data. ``--set=evaluation.FIELD=VALUE`` (repeatable)
-changes an evaluation setting, e.g. ``--set=evaluation.flip_tta=True`` (embed each image
-with its mirror image). Writes ``eval_<name>.json`` (``eval_<name>@<settings>.json`` with
-``--set``, so the run's own evaluation is not overwritten) and ROC PNGs into the workdir.
+run's config at another copy of the data. ``--set=evaluation.[EVALUATOR.]FIELD=VALUE``
+(repeatable) changes an evaluation setting, e.g. ``--set=evaluation.flip_tta=True`` (embed
+each image with its mirror image, for every evaluator) or
+``--set=evaluation.one_shot.repeats=20`` (one evaluator's setting). Writes
+``eval_<name>.json`` (``eval_<name>@<settings>.json`` with ``--set``, so the run's own
+evaluation is not overwritten) and ROC PNGs into the workdir.
 """
 
 import os
 
 from absl import app, flags, logging
 
+from configs import facenet as facenet_configs
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by train_facenet.py.", required=True)
 _EVAL = flags.DEFINE_string("eval", "", "Comma-separated evaluator or dataset names.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Override config.data.data_dir.")
 _SOURCE = flags.DEFINE_string("source", "", "Override config.data.source (e.g. folder).")
-_SET = flags.DEFINE_multi_string("set", [], "evaluation.FIELD=VALUE: an evaluation setting to change.")
+_SET = flags.DEFINE_multi_string("set", [], "evaluation.[EVALUATOR.]FIELD=VALUE: an evaluation "
+                                  "setting to change.")
 
 DATASET_SOURCES = {"lfw": "lfw", "orl": "orl", "omniglot": "omniglot", "folder": "folder"}
 
@@ -34,18 +39,29 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
+def check_settings(settings: dict[str, str]) -> None:
+  """SystemExit for a ``--set`` key outside ``evaluation.*``, or one spelled in the older flat
+  layout (``evaluation.repeats``: the new spelling is named)."""
+  for k in settings:
+    if not k.startswith("evaluation."):
+      raise SystemExit(f"--set={k}=...: only evaluation.* settings can change after training")
+    field = k[len("evaluation."):]
+    if field in facenet_configs.FLAT_EVALUATION_FIELDS:
+      evaluator = facenet_configs.FLAT_EVALUATION_FIELDS[field]
+      raise SystemExit(f"--set={k}=...: evaluator settings are under the evaluator's name: "
+                       f"--set=evaluation.{evaluator}.{field}=...")
+
+
 def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "",
              settings: dict[str, str] | None = None) -> dict:
-  from facenet_jax import evaluators, inference
+  from facenet_jax import evaluators, inference, workdir as workdir_lib
   from facenet_jax.config_checks import check_config
   from facenet_jax.data import sources
   from infra import overrides
   from infra.files import write_json_atomic
-  config = inference.load_config(workdir)
+  config = workdir_lib.load_config(workdir)
   settings = dict(settings or {})
-  for k in settings:
-    if not k.startswith("evaluation."):
-      raise SystemExit(f"--set={k}=...: only evaluation.* settings can change after training")
+  check_settings(settings)
   suffix = f"@{overrides.point_name(settings)}" if settings else ""
   config = overrides.with_overrides(config, settings)
   check_config(config)
@@ -78,7 +94,7 @@ def main(argv):
   settings = {}
   for kv in _SET.value:
     if "=" not in kv:
-      raise app.UsageError(f"--set={kv}: expected evaluation.FIELD=VALUE")
+      raise app.UsageError(f"--set={kv}: expected evaluation.[EVALUATOR.]FIELD=VALUE")
     k, v = kv.split("=", 1)
     settings[k] = v
   out = evaluate(_WORKDIR.value, _EVAL.value, _DATA_DIR.value, _SOURCE.value, settings)

@@ -1,4 +1,4 @@
-"""Run every point of a sweep defined in a config module, one directory per point.
+"""Run every point of a sweep of ``configs/sweeps.py``, one directory per point.
 
   # all points, one after another (skips finished points, resumes half-finished ones)
   python scripts/sweep.py --config=configs/facenet.py:orl --sweep=margin --workdir=runs/orl_margin \
@@ -9,8 +9,8 @@
   # what one of those commands runs: point 3 only
   python scripts/sweep.py --config=configs/facenet.py:orl --sweep=margin --workdir=ROOT --index=3
 
-The config module's ``sweep(name)`` returns the points (dicts of dotted overrides, see
-``configs/facenet.py``); ``--config.x=y`` flags apply to every point. Point ``p`` trains into
+``configs/sweeps.py``'s ``sweep(name)`` returns the points (dicts of dotted overrides) applied
+to the ``--config`` variant; ``--config.x=y`` flags apply to every point. Point ``p`` trains into
 ``ROOT/<name of p>/`` (e.g. ``ROOT/margin=0.2``); ``ROOT/sweep.json`` lists every point with
 its status (done / partial / pending / failed) and final metrics, rewritten after each
 point. Under ``srun`` with several tasks, or with ``JAX_COORDINATOR_ADDRESS`` set, each
@@ -18,7 +18,6 @@ point runs multi-host through ``jax.distributed`` (infra/distributed.py); only p
 writes files.
 """
 
-import importlib.util
 import os
 import shlex
 import sys
@@ -28,28 +27,23 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from configs import sweeps as config_sweeps
 from infra.distributed import maybe_initialize
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/facenet.py", "Config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root: one directory per point, sweep.json.",
                                required=True)
-_SWEEP = flags.DEFINE_string("sweep", "margin", "Name passed to the config module's sweep().")
+_SWEEP = flags.DEFINE_string("sweep", "margin", "A sweep of configs/sweeps.py (SWEEPS).")
 _INDEX = flags.DEFINE_integer("index", -1, "Run only this point (0-based; -1: all).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one command per point and exit.")
 _EMIT = flags.DEFINE_enum("emit", "", ["", "slurm"], "Write ROOT/sweep.slurm (an array job) and exit.")
 _SLURM = flags.DEFINE_list("slurm_options", [], "Extra #SBATCH options, e.g. --gres=gpu:1,--time=4:00:00.")
 
 
-def load_points(config_arg: str, name: str) -> list[dict]:
-  """The points of ``sweep(name)`` in the config module of ``config_arg`` (``path[:variant]``)."""
-  path = config_arg.split(":", 1)[0]
-  spec = importlib.util.spec_from_file_location("_sweep_config_module", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "sweep"):
-    raise SystemExit(f"--config={config_arg}: {path} defines no sweep(name) function")
+def load_points(name: str) -> list[dict]:
+  """The points of ``configs/sweeps.py``'s ``sweep(name)``; SystemExit for an unknown name."""
   try:
-    return list(module.sweep(name))
+    return list(config_sweeps.sweep(name))
   except ValueError as e:
     raise SystemExit(f"--sweep={name}: {e}") from e
 
@@ -79,7 +73,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
   base = config_flags.get_override_values(flags.FLAGS["config"])
-  points = load_points(config_arg, _SWEEP.value)
+  points = load_points(_SWEEP.value)
   from facenet_jax import sweep
   named = sweep.named_points(points)
   root = _WORKDIR.value
@@ -97,7 +91,8 @@ def main(argv):
 
   maybe_initialize()
   import jax
-  from facenet_jax.train import NonFiniteLossError
+  from facenet_jax import train
+  from infra.errors import NonFiniteLossError
   lead = jax.process_index() == 0
   header = {"kind": "sweep", "config_file": config_arg, "sweep": _SWEEP.value,
             "base_overrides": base}
@@ -110,7 +105,7 @@ def main(argv):
   for i in todo:
     name, point = named[i]
     try:
-      sweep.run_point(_CONFIG.value, point, root)
+      train.run_sweep_point(_CONFIG.value, point, root)
     except (NonFiniteLossError, ValueError) as e:   # this point's fault: record it, go on
       errors[name] = f"{type(e).__name__}: {e}"
       print(f"{name}: FAILED: {errors[name]}", flush=True)

@@ -71,15 +71,15 @@ class Net:
       self.describe = f"ImageNet VGG{depth} ({os.path.basename(weights)})"
       self.short = f"VGG{depth}"
     else:
-      from facenet_jax import inference, models, preprocess
-      config = inference.load_config(model_flag)
+      from facenet_jax import models, preprocess, workdir as workdir_lib
+      config = workdir_lib.load_config(model_flag)
       if config.model.name != "small_cnn" or config.model.spatial_dims != 2:
         raise app.UsageError(f"{model_flag}: model.name={config.model.name!r}, spatial_dims="
                              f"{config.model.spatial_dims}; the visualizer reads the geometry of "
                              "2-D small_cnn models (other nets: extend layer_geometry)")
       if tiles != 1:
         raise app.UsageError("--tiles must be 1 for a face network (it sees whole faces)")
-      step, graphdef, state = inference.restore(model_flag, config, inference.input_shape(config))
+      step, graphdef, state = workdir_lib.restore(model_flag, config, workdir_lib.input_shape(config))
       self.model = nnx.merge(graphdef, state["params"], state["model_state"])
       geometry = self.model.layer_geometry()
       self.default_layers = [n for n, *_ in geometry if n.endswith("_2")]

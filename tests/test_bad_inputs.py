@@ -28,7 +28,7 @@ from PIL import Image
 
 from configs.facenet import get_config as facenet_config
 from configs.style import get_config as style_config
-from facenet_jax import inference, recognition as R, train
+from facenet_jax import inference, recognition as R, train, workdir as workdir_lib
 from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.data import images as fimages, raw, real
 from facenet_jax.data.dataset import IdentityDataset
@@ -319,11 +319,11 @@ def test_unknown_key_and_corrupt_config_json_in_a_workdir(tmp_path):
   saved = _tiny_facenet().to_dict()
   saved["marign"] = 0.3
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  with pytest.raises(inference.WorkdirError, match=r"config.json: field config.marign is not in"):
-    inference.load_config(str(tmp_path))
+  with pytest.raises(workdir_lib.WorkdirError, match=r"config.json: field config.marign is not in"):
+    workdir_lib.load_config(str(tmp_path))
   (tmp_path / "config.json").write_text('{"variant": "tiny", "margin": ')
-  with pytest.raises(inference.WorkdirError, match=r"config.json: not a readable JSON config"):
-    inference.load_config(str(tmp_path))
+  with pytest.raises(workdir_lib.WorkdirError, match=r"config.json: not a readable JSON config"):
+    workdir_lib.load_config(str(tmp_path))
 
 
 def test_more_images_per_identity_than_any_identity_has_is_masked():

@@ -17,7 +17,7 @@ from PIL import Image
 
 from configs.facenet import get_config
 from conftest import load_script
-from facenet_jax import inference, recognition, train, vgg_features
+from facenet_jax import inference, recognition, steps, train, vgg_features, workdir as workdir_lib
 from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.data import raw, sources
 from facenet_jax.data.images import Fit, fit_image
@@ -46,7 +46,7 @@ def run(tmp_path_factory):
   """One tiny training run (4 steps) with every synthetic evaluator, shared by the tests."""
   tmp = tmp_path_factory.mktemp("tiny")
   config = _tiny(tmp, num_steps=4, checkpoint_every=4, evals=",".join(EVALS), **{
-      "evaluation.num_episodes": 40, "evaluation.repeats": 2})
+      "evaluation.episodes.num_episodes": 40, "evaluation.one_shot.repeats": 2})
   workdir = str(tmp / "run")
   results = train.train_and_evaluate(config, workdir)
   return workdir, config, results
@@ -68,7 +68,7 @@ def test_train_writes_config_and_evals_and_evaluate_reproduces_them(run):
   for name in EVALS:
     assert all(np.isfinite(v) for v in saved["evals"][name].values()), name
   # config.json is the run's config, read back field for field
-  assert inference.load_config(workdir).to_dict() == config.to_dict()
+  assert workdir_lib.load_config(workdir).to_dict() == config.to_dict()
 
   evaluate_facenet = load_script("evaluate_facenet")
   out = evaluate_facenet.evaluate(workdir, "pairs")
@@ -110,6 +110,8 @@ def test_flip_tta_embeds_an_image_and_its_mirror_alike(run, tmp_path):
   assert open(os.path.join(wd, "eval_pairs.json")).read() == before   # the run's own is kept
   with pytest.raises(SystemExit, match="only evaluation"):
     evaluate_facenet.evaluate(wd, "pairs", settings={"model.embedding_dim": "8"})
+  with pytest.raises(SystemExit, match=r"--set=evaluation\.one_shot\.repeats=\.\.\."):
+    evaluate_facenet.evaluate(wd, "one_shot", settings={"evaluation.repeats": "2"})   # old layout
   bad = overrides.with_overrides(get_config("orl_vgg"), {"evaluation.flip_tta": True})
   with pytest.raises(ConfigError, match="evaluation.flip_tta"):
     check_config(bad)
@@ -119,22 +121,22 @@ def test_load_errors_name_the_workdir_and_the_bad_input(run, tmp_path):
   workdir, config, _ = run
   empty = tmp_path / "empty"
   os.makedirs(empty)
-  with pytest.raises(inference.WorkdirError, match=f"{empty}/config.json not found"):
+  with pytest.raises(workdir_lib.WorkdirError, match=f"{empty}/config.json not found"):
     inference.load(str(empty))
   text = open(os.path.join(workdir, "config.json")).read()
   truncated = tmp_path / "truncated"
   os.makedirs(truncated)
   (truncated / "config.json").write_text(text[:len(text) // 2])
-  with pytest.raises(inference.WorkdirError, match=f"{truncated}/config.json: not a readable JSON"):
+  with pytest.raises(workdir_lib.WorkdirError, match=f"{truncated}/config.json: not a readable JSON"):
     inference.load(str(truncated))
   extra = json.loads(text)
   extra["data"]["colour"] = "blue"
   (truncated / "config.json").write_text(json.dumps(extra))
-  with pytest.raises(inference.WorkdirError, match="field config.data.colour is not in"):
-    inference.load_config(str(truncated))
+  with pytest.raises(workdir_lib.WorkdirError, match="field config.data.colour is not in"):
+    workdir_lib.load_config(str(truncated))
   # a config but no checkpoint
-  inference.save_config(config, str(truncated))
-  with pytest.raises(inference.WorkdirError, match="holds no finished checkpoint"):
+  workdir_lib.save_config(config, str(truncated))
+  with pytest.raises(workdir_lib.WorkdirError, match="holds no finished checkpoint"):
     inference.load(str(truncated))
 
   trained = inference.load(workdir)
@@ -330,10 +332,10 @@ def test_vgg19_embedding_forward_and_fine_tuning_step():
   config.optim.warmup_steps = 0
   config.augment.update(flip=False, crop_pad=0)
   config.lock()
-  graphdef, tx, state = train.create_train_state(config, example_shape=(32, 32, 3))
+  graphdef, tx, state = steps.create_train_state(config, example_shape=(32, 32, 3))
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-  emb = jax.jit(train.make_embed_fn(graphdef))(state["params"], state["model_state"], images)
+  emb = jax.jit(steps.make_embed_fn(graphdef))(state["params"], state["model_state"], images)
   assert emb.shape == (8, 16)
   np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
   # the backbone is the seeded random VGG19 of infra.vgg; the head sees its pool2 activations
@@ -349,7 +351,8 @@ def test_vgg19_embedding_forward_and_fine_tuning_step():
   batch = {"images": images, "labels": np.repeat(np.arange(4, dtype=np.int32), 2),
            "mask": np.ones(8, bool)}
   # compiled without LLVM optimization: the same step, half the compile time on a busy CPU
-  step_fn = jax.jit(train.make_train_step(graphdef, tx, config)).lower(state, batch).compile(
+  train_step = steps.make_train_step(graphdef, tx, config)
+  step_fn = jax.jit(lambda s, b: train_step(s, b, config.margin)).lower(state, batch).compile(
       {"xla_backend_optimization_level": 0})
   new, metrics = step_fn(state, batch)
   assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0

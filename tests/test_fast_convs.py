@@ -1,21 +1,21 @@
-"""The CPU fast paths of infra/vgg.py's 3x3 convolutions equal lax's, values and gradients."""
+"""The CPU kernels of infra/convolution.py equal lax's, values and gradients."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infra import vgg
+from infra import convolution
 
 
 def _lax(x, k):
   return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@pytest.mark.parametrize("fn_name", ["winograd_conv3x3", "_conv3x3_tap_grad"])
+@pytest.mark.parametrize("fn_name", ["winograd_conv3x3", "tap_grad_conv3x3", "cpu_conv3x3"])
 @pytest.mark.parametrize("hw", [(8, 8), (7, 10)])   # odd sizes exercise the tile padding
 def test_fast_conv3x3_matches_lax(fn_name, hw):
-  fn = getattr(vgg, fn_name)
+  fn = getattr(convolution, fn_name)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, *hw, 5)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(3, 3, 5, 6)), jnp.float32)

@@ -11,6 +11,7 @@ from flax import nnx
 from jax import lax
 
 from facenet_jax import models
+from infra import convolution
 
 
 def _cfg(**overrides) -> ml_collections.ConfigDict:
@@ -146,7 +147,7 @@ def test_conv3d_valid_geometry():
 ])
 def test_cpu_conv_matches_lax_values_and_gradients(shape, kernel, strides, padding):
     x, w = _randn(*shape), _randn(*kernel, shape[-1], 5, seed=1)
-    dn = models._channels_last_dn(len(shape))
+    dn = convolution.channels_last_dn(len(shape))
 
     def value_and_grads(conv):
         def loss(x, w):
@@ -154,7 +155,7 @@ def test_cpu_conv_matches_lax_values_and_gradients(shape, kernel, strides, paddi
         return jax.value_and_grad(loss, argnums=(0, 1))(x, w)
 
     ref, got = jax.jit(lambda: (value_and_grads(lax.conv_general_dilated),
-                                value_and_grads(models.cpu_conv_general_dilated)))()
+                                value_and_grads(convolution.cpu_conv_general_dilated)))()
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 

@@ -2,6 +2,7 @@
 vmapped margins equal to separate runs, compare_runs.py, test-time robustness."""
 
 import os
+import functools
 import shutil
 import subprocess
 import sys
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 
 from configs import facenet as facenet_configs
+from configs import sweeps as config_sweeps
 from conftest import load_script
-from facenet_jax import multi_margin, robustness, sweep, train
+from facenet_jax import robustness, steps, sweep, train
 from facenet_jax.config_checks import ConfigError, check_config
 from infra import checkpoints, files, mesh as mesh_lib, overrides
 
@@ -64,13 +66,13 @@ def test_grids_and_point_names():
 @pytest.mark.parametrize("name", ["margin", "margin_vmapped", "embedding_dim", "miner",
                                   "batch_shape", "seed"])
 def test_config_sweeps_give_valid_configs(name):
-  points = facenet_configs.sweep(name)
+  points = config_sweeps.sweep(name)
   assert len(sweep.named_points(points)) == len(points) >= 1
   for variant in ("synthetic", "orl"):
     for p in points:
       check_config(overrides.with_overrides(facenet_configs.get_config(variant), p))
   with pytest.raises(ValueError, match="unknown sweep"):
-    facenet_configs.sweep("nope")
+    config_sweeps.sweep("nope")
 
 
 def test_margins_config_errors_name_the_field():
@@ -90,14 +92,11 @@ def test_vmapped_step_equals_separate_steps():
   config = _tiny(miner="semi_hard")
   mesh = mesh_lib.make_data_mesh()
   data = train.prepare_data(config, mesh)
-  graphdef, tx, state = train.create_train_state(config, example_shape=data.train_ds.example_shape)
-  graphdef_v, _, state_v = multi_margin.create_train_state(config, data.train_ds.example_shape)
-  for a, b in zip(jax.tree.leaves(state_v), jax.tree.leaves(state)):
-    np.testing.assert_array_equal(a, b)
-  multi = jax.jit(multi_margin.make_multi_step(graphdef_v, tx, config, np.asarray(MARGINS, np.float32)))
-  singles = [jax.jit(train.make_train_step(graphdef, tx, overrides.with_overrides(config, {"margin": m})))
-             for m in MARGINS]
-  state_K = multi_margin.stack([state] * 3)
+  graphdef, tx, state = steps.create_train_state(config, example_shape=data.train_ds.example_shape)
+  train_step = steps.make_train_step(graphdef, tx, config)
+  multi = jax.jit(steps.make_member_step(train_step, np.asarray(MARGINS, np.float32)))
+  singles = [jax.jit(functools.partial(train_step, margin=m)) for m in MARGINS]
+  state_K = steps.stack([state] * 3)
   states = [state] * 3
   for step in range(3):
     batch = data.batch(step)
@@ -107,7 +106,7 @@ def test_vmapped_step_equals_separate_steps():
       for key in metrics:
         np.testing.assert_allclose(metrics_K[key][k], metrics[key], rtol=1e-4, atol=1e-5, err_msg=key)
   for k in range(3):
-    for a, b in zip(jax.tree.leaves(multi_margin.unstack(state_K, k)), jax.tree.leaves(states[k])):
+    for a, b in zip(jax.tree.leaves(steps.unstack(state_K, k)), jax.tree.leaves(states[k])):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   # the margins really differ in what they mine
   assert not np.allclose(metrics_K["frac_active"][0], metrics_K["frac_active"][2])
@@ -123,7 +122,7 @@ def swept(tmp_path_factory):
   base = _tiny()
   points = [{"margin": m} for m in MARGINS]
   for p in points:
-    assert sweep.run_point(base, p, root) == "pending"
+    assert train.run_sweep_point(base, p, root) == "pending"
   sweep.write_index(root, points, header={"kind": "sweep"})
   vm = os.path.join(str(tmp_path_factory.mktemp("vmapped")), "vm")
   out = train.train_and_evaluate(overrides.with_overrides(base, {"margins": MARGINS}), vm)
@@ -131,7 +130,7 @@ def swept(tmp_path_factory):
 
 
 def _final_params(workdir, config):
-  _, _, target = train.create_train_state(config, in_channels=3)
+  _, _, target = steps.create_train_state(config, in_channels=3)
   ck = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1)
   step, state, _ = ck.restore(target)
   ck.close()
@@ -163,7 +162,7 @@ def test_sweep_skips_done_points_and_resumes_partial_ones(swept):
   idx = sweep.read_index(root)
   assert [p["status"] for p in idx["points"]] == ["done"] * 3
   assert all("pairs/verification_accuracy" in p["metrics"] for p in idx["points"])
-  assert sweep.run_point(_tiny(), points[0], root) == "done"
+  assert train.run_sweep_point(_tiny(), points[0], root) == "done"
   # half-finished: results and the last checkpoint gone
   wd = os.path.join(root, "margin=0.05")
   os.remove(os.path.join(wd, "results.json"))
@@ -171,7 +170,7 @@ def test_sweep_skips_done_points_and_resumes_partial_ones(swept):
   last = max(int(n) for n in os.listdir(ck) if n.isdigit())
   shutil.rmtree(os.path.join(ck, str(last)))
   assert sweep.point_status(wd)["status"] == "partial"
-  assert sweep.run_point(_tiny(), points[0], root) == "partial"
+  assert train.run_sweep_point(_tiny(), points[0], root) == "partial"
   assert sweep.point_status(wd)["status"] == "done"
 
 
@@ -191,7 +190,7 @@ def test_sweep_script_dry_run_and_slurm(tmp_path):
   assert "#SBATCH --array=0-3" in script and "#SBATCH --gres=gpu:1" in script
   assert "--index=$SLURM_ARRAY_TASK_ID" in script and script.startswith("#!/bin/bash")
   with pytest.raises(SystemExit, match="unknown sweep"):
-    load_script("sweep").load_points(os.path.join(ROOT, "configs", "facenet.py") + ":tiny", "nope")
+    load_script("sweep").load_points("nope")
 
 
 def test_train_script_reports_every_margin_of_a_k_margin_run(tmp_path):
@@ -304,11 +303,11 @@ def test_vmapped_run_resumes_from_the_latest_step_every_member_has(tmp_path):
   cks[0].save(2, state)
   cks[0].save(4, {"w": state["w"] + 1})
   cks[1].save(2, {"w": state["w"] * 2})
-  step, members = multi_margin._restore(cks, state)
+  step, members, _ = train.restore_members(cks, state)
   assert step == 2
   np.testing.assert_array_equal(members[0]["w"], state["w"])
   np.testing.assert_array_equal(members[1]["w"], state["w"] * 2)
-  assert multi_margin._restore([cks[0], checkpoints.Checkpointer(str(tmp_path / "c"), every=1)],
+  assert train.restore_members([cks[0], checkpoints.Checkpointer(str(tmp_path / "c"), every=1)],
                                state) is None
   for c in cks:
     c.close()

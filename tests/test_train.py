@@ -11,12 +11,13 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs.facenet import get_config
-from facenet_jax import train
+from facenet_jax import steps, train
 from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.data import sources
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.sampler import PKSampler
 from infra import checkpoints, mesh as mesh_lib
+from infra.errors import NonFiniteLossError, Preempted
 from infra.overrides import with_overrides
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -29,9 +30,10 @@ def _tiny(**overrides):
 def _one_step(config, devices):
   mesh = mesh_lib.make_data_mesh(devices)
   train_ds, _ = sources.load(config)
-  graphdef, tx, state = train.create_train_state(config, in_channels=3)
+  graphdef, tx, state = steps.create_train_state(config, in_channels=3)
   repl, bsh = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
-  step = jax.jit(train.make_train_step(graphdef, tx, config), in_shardings=(repl, bsh),
+  train_step = steps.make_train_step(graphdef, tx, config)
+  step = jax.jit(lambda s, b: train_step(s, b, config.margin), in_shardings=(repl, bsh),
                  out_shardings=(repl, repl))
   b = PKSampler(train_ds.labels, config.identities_per_batch, config.images_per_identity,
                 config.seed)(0)
@@ -56,7 +58,7 @@ def test_step_on_8_devices_equals_1_device(miner):
 
 
 def _final_state(workdir, config):
-  _, _, target = train.create_train_state(config, in_channels=3)
+  _, _, target = steps.create_train_state(config, in_channels=3)
   ck = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1)
   step, state, _ = ck.restore(target)
   ck.close()
@@ -110,24 +112,24 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
 
   # a finite dataset that the model turns into NaN at step 3: scale the params then
   calls = {"n": 0}
-  real_step = train.make_train_step
+  real_step = steps.make_train_step
 
   def make_step(graphdef, tx, cfg):
     step = real_step(graphdef, tx, cfg)
 
-    def wrapped(state, batch):
+    def wrapped(state, batch, margin):
       bad = state["step"] >= 3
       batch = dict(batch, images=jnp.where(bad, jnp.nan, batch["images"]))
-      return step(state, batch)
+      return step(state, batch, margin)
     calls["n"] += 1
     return wrapped
 
   monkeypatch.setattr(sources, "load", poisoned)
-  monkeypatch.setattr(train, "make_train_step", make_step)
-  with pytest.raises(train.NonFiniteLossError, match="step 3"):
+  monkeypatch.setattr(steps, "make_train_step", make_step)
+  with pytest.raises(NonFiniteLossError, match="step 3"):
     train.train_and_evaluate(config, str(tmp_path))
-  steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
-  assert steps == [2]
+  saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert saved == [2]
   assert not os.path.exists(tmp_path / "results.json")
   _, state = _final_state(str(tmp_path), config)
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state))
@@ -217,7 +219,7 @@ def test_sigterm_checkpoints_current_step_and_resume_finishes(tmp_path, monkeypa
     return real_call(self, step)
 
   monkeypatch.setattr(PKSampler, "__call__", call)
-  with pytest.raises(train.Preempted, match="step 3"):
+  with pytest.raises(Preempted, match="step 3"):
     train.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
   monkeypatch.setattr(PKSampler, "__call__", real_call)

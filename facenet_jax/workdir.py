@@ -1,0 +1,94 @@
+"""The run directory contract, shared by the training driver and everything that reads a run.
+
+A FaceNet workdir holds ``config.json`` (written before the first step, so a run can be
+rebuilt from it), Orbax checkpoints under ``checkpoints/``, ``metrics.jsonl`` and TensorBoard
+events, and at the end ``results.json``. A K-margin run's workdir holds one such directory
+per margin (``margin=<alpha>/``) plus its own ``config.json``, ``results.json`` and
+``sweep.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from configs import facenet as facenet_configs
+from facenet_jax import steps
+from infra import checkpoints, files
+
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+CHECKPOINTS = "checkpoints"
+
+
+class WorkdirError(FileNotFoundError):
+  """A workdir without a usable config or checkpoint (names the path)."""
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  files.write_json_atomic(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+
+
+def write_results(workdir: str, results: dict) -> None:
+  files.write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+
+
+def checkpointer(workdir: str, config: ml_collections.ConfigDict) -> checkpoints.Checkpointer:
+  """The run's checkpoint manager: every ``checkpoint_every`` steps, the last
+  ``keep_checkpoints`` kept."""
+  return checkpoints.Checkpointer(os.path.join(workdir, CHECKPOINTS),
+                                  every=config.checkpoint_every, keep=config.keep_checkpoints)
+
+
+def _merge(dst: ml_collections.ConfigDict, src: dict, prefix: str, path: str) -> None:
+  for k, v in src.items():
+    if k not in dst:
+      raise WorkdirError(f"{path}: field {prefix}{k} is not in configs/facenet.py")
+    if isinstance(dst[k], ml_collections.ConfigDict):
+      _merge(dst[k], v, f"{prefix}{k}.", path)
+    else:
+      dst[k] = tuple(v) if isinstance(dst[k], tuple) else v
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config, with fields added to ``configs/facenet.py`` since it was written
+  taking their defaults (so old runs stay loadable)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise WorkdirError(f"{path} not found: is {workdir!r} a workdir written by "
+                       "scripts/train_facenet.py?")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f"{path}: not a readable JSON config ({e})") from e
+  config = facenet_configs.get_config(saved.get("variant"))
+  config.unlock()
+  _merge(config, saved, "config.", path)
+  return config
+
+
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """(*spatial, C) of the images the data sources produce for ``config``."""
+  return (config.data.image_size,) * config.model.spatial_dims + (config.data.channels,)
+
+
+def restore(workdir: str, config: ml_collections.ConfigDict,
+            model_shape: tuple[int, ...]) -> tuple[int, object, dict]:
+  """``(step, graphdef, state)`` of the latest checkpoint of ``workdir``; ``state`` as
+  ``steps.create_train_state`` builds it (``params``, ``model_state``, ...), so
+  ``nnx.merge(graphdef, state["params"], state["model_state"])`` is the trained model."""
+  graphdef, _, state = steps.create_train_state(config, example_shape=model_shape)
+  directory = os.path.join(workdir, CHECKPOINTS)
+  if not os.path.isdir(directory):
+    raise WorkdirError(f"{workdir}/checkpoints holds no finished checkpoint (no such folder)")
+  # read-only: a finished run on storage this process cannot write to is still usable
+  ckpt = checkpoints.Checkpointer(directory, every=1, read_only=True)
+  restored = ckpt.restore(state)
+  ckpt.close()
+  if restored is None:
+    raise WorkdirError(f"{workdir}/checkpoints holds no finished checkpoint")
+  step, state, _ = restored
+  return int(step), graphdef, state

@@ -17,9 +17,17 @@ Real data is read from ``data.data_dir``, which the real variants point at the p
 shared copy (``<repo>/../shared/data/...``); use your own with --config.data.data_dir=PATH
 ("" downloads LFW / Omniglot). ``data.source=folder`` reads ``data_dir/<identity>/<image>``.
 Each is prepared once (tfds array_record) into ``data.tfds_dir``.
+
+Layout: ``default_config`` holds every field with its default; each data family's
+overrides are one small function below it, looked up by variant name in ``VARIANTS``.
+Evaluator settings live under the evaluator's name (``config.evaluation.one_shot.repeats``);
+``upgrade`` turns a config saved in the older flat layout into this one. Ready-made sweeps
+are in ``configs/sweeps.py``.
 """
 
+import copy
 import os
+from typing import Callable
 
 from ml_collections import config_dict
 
@@ -27,9 +35,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
 SHARED_WEIGHTS = os.path.normpath(os.path.join(REPO, "..", "shared", "weights"))
 
+# ----------------------------------------------------------------------------- defaults
 
-def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-  variant = arg or "synthetic"
+
+def default_config(variant: str = "synthetic") -> config_dict.ConfigDict:
+  """Every field with its default (the "synthetic" variant), unlocked, named ``variant``."""
   c = config_dict.ConfigDict()
   c.variant = variant
   c.seed = 0
@@ -52,8 +62,35 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.identities_per_batch = 8
   c.images_per_identity = 4
 
-  c.data = config_dict.ConfigDict(dict(
-      source="synthetic",       # synthetic | orl | lfw | omniglot | folder
+  c.data = _data_defaults()
+  # training augmentation (facenet_jax/preprocess.py): flip, pad-and-crop translation, zoom
+  # by up to 1+scale, rotation by up to `rotate` degrees (2-D), contrast and brightness jitter
+  c.augment = config_dict.ConfigDict(dict(flip=True, crop_pad=2, scale=0.0, rotate=0.0,
+                                          brightness=0.0, contrast=0.0))
+  c.model = _model_defaults()
+
+  # evaluation protocols run at the end of training (facenet_jax/evaluators.py), and
+  # their settings
+  c.evals = "pairs"
+  c.evaluation = _evaluation_defaults()
+
+  c.optim = config_dict.ConfigDict(dict(
+      name="adamw", learning_rate=2e-3, warmup_steps=100, weight_decay=1e-4,
+      schedule="cosine", grad_clip_norm=10.0))   # adamw | adam | sgd; cosine | constant
+
+  c.num_steps = 800
+  c.log_every = 100
+  c.eval_every = 400
+  c.eval_batch_size = 256
+  c.checkpoint_every = 400
+  c.keep_checkpoints = 3
+  return c
+
+
+def _data_defaults() -> config_dict.ConfigDict:
+  """``config.data``: where the examples come from, their size, and the identity split."""
+  return config_dict.ConfigDict(dict(
+      source="synthetic",       # synthetic | orl | lfw | omniglot | folder | ekg | volume
       data_dir="",              # raw files of a real source ("": download where possible)
       tfds_dir="~/tensorflow_datasets/facenet_jax",   # prepared tfds data (cache)
       image_size=32,            # images are resized to image_size x image_size at load
@@ -84,12 +121,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       features_flip=False,
       features_cache="",        # "": <tfds_dir>/features
   ))
-  # training augmentation (facenet_jax/preprocess.py): flip, pad-and-crop translation, zoom
-  # by up to 1+scale, rotation by up to `rotate` degrees (2-D), contrast and brightness jitter
-  c.augment = config_dict.ConfigDict(dict(flip=True, crop_pad=2, scale=0.0, rotate=0.0,
-                                          brightness=0.0, contrast=0.0))
 
-  c.model = config_dict.ConfigDict(dict(
+
+def _model_defaults() -> config_dict.ConfigDict:
+  """``config.model``: the embedding network (facenet_jax/models.py create_model)."""
+  return config_dict.ConfigDict(dict(
       name="small_cnn", embedding_dim=64, spatial_dims=2, widths=(16, 32, 64), depth=18,
       dtype="float32",
       # vgg16 / vgg19 (fine-tuned backbone) and data.features: ImageNet weights, layer
@@ -100,181 +136,221 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       # whose eigenvalues (scaled to mean 1) are shrunk by whiten_eps
       head_init="random", whiten_eps=1.0))
 
-  # evaluation protocols run at the end of training (facenet_jax/evaluators.py), and
-  # their settings
-  c.evals = "pairs"
-  c.evaluation = config_dict.ConfigDict(dict(
-      far=1e-3,                 # VAL@FAR target (lfw_view2)
+
+def _evaluation_defaults() -> config_dict.ConfigDict:
+  """``config.evaluation``: ``flip_tta`` for every evaluator, then one sub-dict of settings
+  per evaluator that has any, under its name in ``facenet_jax/evaluators.py``."""
+  return config_dict.ConfigDict(dict(
       flip_tta=False,           # embed image + mirror image, normalized sum (every evaluator)
-      repeats=5,                # one_shot: seeded choices of the enrolment images
-      open_set_enrolled=0,      # one_shot open set: people enrolled (0: half)
-      open_set_far=0.01,        # one_shot open set: accepted fraction of calibration impostors
-      calibrate_on="train",     # one_shot open set: train | held_out (calibration people)
-      n_way=5, k_shot=1, n_query=5, num_episodes=200,   # episodes
-      linkage="average",        # clustering: single | average | complete
-      pair_features="abs_diff,chi2,concat",   # lfw: DeepFace heads next to the distance
-      pair_head_pairs=3000, pair_head_steps=500, pair_head_lr=0.05, pair_head_weight_decay=0.0,
+      lfw_view2=dict(
+          far=1e-3,             # VAL@FAR target
+          pair_features="abs_diff,chi2,concat",   # DeepFace pair heads next to the distance
+          pair_head_pairs=3000, pair_head_steps=500, pair_head_lr=0.05,
+          pair_head_weight_decay=0.0),
+      one_shot=dict(
+          repeats=5,            # seeded choices of the enrolment images
+          open_set_enrolled=0,  # open set: people enrolled (0: half)
+          open_set_far=0.01,    # open set: accepted fraction of calibration impostors
+          calibrate_on="train"),  # open set: train | held_out (calibration people)
+      episodes=dict(n_way=5, k_shot=1, n_query=5, num_episodes=200),
+      clustering=dict(linkage="average"),   # single | average | complete
   ))
 
-  c.optim = config_dict.ConfigDict(dict(
-      name="adamw", learning_rate=2e-3, warmup_steps=100, weight_decay=1e-4,
-      schedule="cosine", grad_clip_norm=10.0))
 
-  c.num_steps = 800
-  c.log_every = 100
-  c.eval_every = 400
-  c.eval_batch_size = 256
-  c.checkpoint_every = 400
-  c.keep_checkpoints = 3
+# ------------------------------------------------------------------- variant overrides
 
-  if variant == "synthetic":
-    pass
-  elif variant == "tiny":
-    c.data.train_identities = 24
-    c.data.eval_identities = 12
-    c.data.images_per_identity = (2, 6)
-    c.data.eval_pairs = 200
-    c.data.image_size = 16
-    c.model.widths = (8, 16)
-    c.model.embedding_dim = 16
-    c.identities_per_batch = 4
-    c.images_per_identity = 4
-    c.num_steps = 6
-    c.log_every = 2
-    c.eval_every = 6
-    c.checkpoint_every = 2
-    c.eval_batch_size = 64
-    c.offline.pool_size = 64
-    c.offline.rescore_every = 3
-    c.offline.triplets_per_batch = 8
-  elif variant == "inception":
-    c.data.image_size = 160
-    c.model.name = "inception_resnet_v1"
-    c.model.embedding_dim = 128
-    c.identities_per_batch = 8
-    c.images_per_identity = 4
-    c.eval_batch_size = 64
-    c.augment.crop_pad = 8
-  elif variant in ("orl", "orl_vgg"):
-    # 400 grey 112x92 faces: the central 92x92 square at 64x64, one channel
-    c.data.update(source="orl", data_dir=os.path.join(SHARED_DATA, "att_faces"), image_size=64,
-                  channels=1, train_identities=30, eval_identities=10, eval_pairs=500)
-    c.augment.crop_pad = 4
-    c.identities_per_batch = 8
-    c.images_per_identity = 4
-    c.num_steps = 600
-    c.eval_every = 200
-    c.checkpoint_every = 200
-    c.evals = "pairs,one_shot,clustering"
-    if variant == "orl_vgg":
-      # frozen ImageNet VGG19: SPoC of conv4_4 (square root, mean over the 12x12 positions
-      # of the 92 px square at 96x96, plus its mirror's, L2-normalized; grey repeated to
-      # RGB), a linear head set to PCA whitening of the training people's descriptors,
-      # then triplet-trained
-      c.data.update(image_size=96, features="vgg19:conv4_4", features_pool="mean",
-                    features_power=0.5, features_flip=True)
-      c.model.update(name="feature_head", widths=(), embedding_dim=256, head_init="pca_whiten",
-                     whiten_eps=1.0)
-      c.augment.update(flip=False, crop_pad=0)
-      c.optim.learning_rate = 1e-3
-      c.num_steps = 300
-  elif variant in ("lfw", "lfw_vgg"):
-    # 250x250 photos, face roughly in the central 128 px: that square at 64x64, RGB
-    c.data.update(source="lfw", data_dir=os.path.join(SHARED_DATA, "lfw"), image_size=64,
-                  center_crop=128, channels=3, test_fold=0, calibration_folds=1)
-    c.augment.crop_pad = 4
-    c.model.widths = (32, 64, 128)
-    c.model.embedding_dim = 128
-    c.identities_per_batch = 16
-    c.images_per_identity = 4
-    c.num_steps = 2000
-    c.eval_every = 500
-    c.checkpoint_every = 500
-    c.evals = "lfw_view2"
-    if variant == "lfw_vgg":
-      # frozen ImageNet VGG19: SPoC of conv4_4 (square root, mean over the 14x14 positions
-      # of the central 128 px at 112x112, plus its mirror's, L2-normalized), a linear head
-      # set to PCA whitening of the training folds' descriptors, then triplet-trained; the
-      # backbone runs once per image (cached), so a step is cheap
-      c.data.update(image_size=112, features="vgg19:conv4_4", features_pool="mean",
-                    features_power=0.5, features_flip=True)
-      c.model.update(name="feature_head", widths=(), embedding_dim=512, head_init="pca_whiten",
-                     whiten_eps=1.0)
-      c.augment.update(flip=False, crop_pad=0)
-      c.optim.learning_rate = 1e-3
-      c.identities_per_batch = 32
-      c.num_steps = 1000
-  elif variant == "omniglot":
-    # 105x105 binary characters at 32x32, one channel; a mirrored character can be
-    # another character, so no flips
-    c.data.update(source="omniglot", data_dir=os.path.join(SHARED_DATA, "omniglot"),
-                  image_size=32, channels=1, train_identities=0, eval_identities=30)
-    c.augment.flip = False
-    c.augment.crop_pad = 2
-    c.identities_per_batch = 16
-    c.images_per_identity = 4
-    c.num_steps = 1500
-    c.eval_every = 500
-    c.checkpoint_every = 500
-    c.evals = "omniglot_runs,episodes"
-  elif variant == "ekg":
-    # 1-D: 256-sample (2.56 s at 100 Hz) single-lead strips; image_size is the length
-    c.data.update(source="ekg", image_size=256, channels=1, train_identities=200,
-                  eval_identities=100, images_per_identity=(4, 10),
-                  eval_images_per_identity=(6, 6), eval_pairs=2000)
-    c.model.update(spatial_dims=1, widths=(16, 32, 64, 64), embedding_dim=64)
-    c.augment.update(flip=False, crop_pad=16)   # time reversal is not a heartbeat
-    c.num_steps = 1500
-    c.eval_every = 750
-    c.checkpoint_every = 750
-    c.evals = "pairs,one_shot"
-  elif variant == "volume":
-    # 3-D: 12^3 one-channel volumes (image_size is the side): 3-D convs are slow on CPU
-    c.data.update(source="volume", image_size=12, channels=1, train_identities=200,
-                  eval_identities=100, images_per_identity=(4, 10),
-                  eval_images_per_identity=(6, 6), eval_pairs=2000)
-    c.model.update(spatial_dims=3, widths=(8, 16, 32), embedding_dim=32)
-    c.augment.update(flip=False, crop_pad=1)    # a mirror image is another identity
-    c.num_steps = 400
-    c.eval_every = 200
-    c.checkpoint_every = 200
-    c.evals = "pairs,one_shot"
-  else:
-    raise ValueError(f"unknown facenet config variant {variant!r}; expected one of synthetic, "
-                     "tiny, inception, orl, orl_vgg, lfw, lfw_vgg, omniglot, ekg, volume")
+
+def _synthetic(c: config_dict.ConfigDict) -> None:
+  """The defaults as they are."""
+  del c
+
+
+def _tiny(c: config_dict.ConfigDict) -> None:
+  """Seconds on a CPU: few, small identities and a handful of steps (tests)."""
+  c.data.train_identities = 24
+  c.data.eval_identities = 12
+  c.data.images_per_identity = (2, 6)
+  c.data.eval_pairs = 200
+  c.data.image_size = 16
+  c.model.widths = (8, 16)
+  c.model.embedding_dim = 16
+  c.identities_per_batch = 4
+  c.images_per_identity = 4
+  c.num_steps = 6
+  c.log_every = 2
+  c.eval_every = 6
+  c.checkpoint_every = 2
+  c.eval_batch_size = 64
+  c.offline.pool_size = 64
+  c.offline.rescore_every = 3
+  c.offline.triplets_per_batch = 8
+
+
+def _inception(c: config_dict.ConfigDict) -> None:
+  """Inception-ResNet-v1 at 160x160 on the synthetic identities."""
+  c.data.image_size = 160
+  c.model.name = "inception_resnet_v1"
+  c.model.embedding_dim = 128
+  c.identities_per_batch = 8
+  c.images_per_identity = 4
+  c.eval_batch_size = 64
+  c.augment.crop_pad = 8
+
+
+def _spoc_head(c: config_dict.ConfigDict, image_size: int, embedding_dim: int) -> None:
+  """Frozen ImageNet VGG19: SPoC of conv4_4 (square root, mean over positions, plus the
+  mirror image's, L2-normalized) at ``image_size``, and a linear head set to PCA whitening
+  of the training people's descriptors, then triplet-trained."""
+  c.data.update(image_size=image_size, features="vgg19:conv4_4", features_pool="mean",
+                features_power=0.5, features_flip=True)
+  c.model.update(name="feature_head", widths=(), embedding_dim=embedding_dim,
+                 head_init="pca_whiten", whiten_eps=1.0)
+  c.augment.update(flip=False, crop_pad=0)   # the descriptors are cached, one per image
+  c.optim.learning_rate = 1e-3
+
+
+def _orl(c: config_dict.ConfigDict) -> None:
+  """AT&T/ORL: 400 grey 112x92 faces, the central 92x92 square at 64x64, one channel."""
+  c.data.update(source="orl", data_dir=os.path.join(SHARED_DATA, "att_faces"), image_size=64,
+                channels=1, train_identities=30, eval_identities=10, eval_pairs=500)
+  c.augment.crop_pad = 4
+  c.identities_per_batch = 8
+  c.images_per_identity = 4
+  c.num_steps = 600
+  c.eval_every = 200
+  c.checkpoint_every = 200
+  c.evals = "pairs,one_shot,clustering"
+
+
+def _orl_vgg(c: config_dict.ConfigDict) -> None:
+  """ORL on SPoC descriptors: the 92 px square at 96x96 (12x12 conv4_4 positions; grey
+  repeated to RGB), a 256-d head."""
+  _orl(c)
+  _spoc_head(c, image_size=96, embedding_dim=256)
+  c.num_steps = 300
+
+
+def _lfw(c: config_dict.ConfigDict) -> None:
+  """LFW View 2: 250x250 photos, face roughly in the central 128 px; that square at 64x64."""
+  c.data.update(source="lfw", data_dir=os.path.join(SHARED_DATA, "lfw"), image_size=64,
+                center_crop=128, channels=3, test_fold=0, calibration_folds=1)
+  c.augment.crop_pad = 4
+  c.model.widths = (32, 64, 128)
+  c.model.embedding_dim = 128
+  c.identities_per_batch = 16
+  c.images_per_identity = 4
+  c.num_steps = 2000
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.evals = "lfw_view2"
+
+
+def _lfw_vgg(c: config_dict.ConfigDict) -> None:
+  """LFW on SPoC descriptors: the central 128 px at 112x112 (14x14 conv4_4 positions), a
+  512-d head; the backbone runs once per image (cached), so a step is cheap."""
+  _lfw(c)
+  _spoc_head(c, image_size=112, embedding_dim=512)
+  c.identities_per_batch = 32
+  c.num_steps = 1000
+
+
+def _omniglot(c: config_dict.ConfigDict) -> None:
+  """Omniglot: 105x105 binary characters at 32x32, one channel; a mirrored character can
+  be another character, so no flips."""
+  c.data.update(source="omniglot", data_dir=os.path.join(SHARED_DATA, "omniglot"),
+                image_size=32, channels=1, train_identities=0, eval_identities=30)
+  c.augment.flip = False
+  c.augment.crop_pad = 2
+  c.identities_per_batch = 16
+  c.images_per_identity = 4
+  c.num_steps = 1500
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.evals = "omniglot_runs,episodes"
+
+
+def _procedural(c: config_dict.ConfigDict, source: str, image_size: int) -> None:
+  """A procedural one-channel source of another rank (ekg, volume): 200 people train,
+  100 held out, 4-10 examples each (6 held out), 2,000 evaluation pairs."""
+  c.data.update(source=source, image_size=image_size, channels=1, train_identities=200,
+                eval_identities=100, images_per_identity=(4, 10),
+                eval_images_per_identity=(6, 6), eval_pairs=2000)
+  c.evals = "pairs,one_shot"
+
+
+def _ekg(c: config_dict.ConfigDict) -> None:
+  """1-D: 256-sample (2.56 s at 100 Hz) single-lead strips; image_size is the length."""
+  _procedural(c, "ekg", image_size=256)
+  c.model.update(spatial_dims=1, widths=(16, 32, 64, 64), embedding_dim=64)
+  c.augment.update(flip=False, crop_pad=16)   # time reversal is not a heartbeat
+  c.num_steps = 1500
+  c.eval_every = 750
+  c.checkpoint_every = 750
+
+
+def _volume(c: config_dict.ConfigDict) -> None:
+  """3-D: 12^3 one-channel volumes (image_size is the side): 3-D convs are slow on CPU."""
+  _procedural(c, "volume", image_size=12)
+  c.model.update(spatial_dims=3, widths=(8, 16, 32), embedding_dim=32)
+  c.augment.update(flip=False, crop_pad=1)    # a mirror image is another identity
+  c.num_steps = 400
+  c.eval_every = 200
+  c.checkpoint_every = 200
+
+
+# variant name -> its overrides of the defaults, in the order the docs list them
+VARIANTS: dict[str, Callable[[config_dict.ConfigDict], None]] = {
+    "synthetic": _synthetic,
+    "tiny": _tiny,
+    "inception": _inception,
+    "orl": _orl,
+    "orl_vgg": _orl_vgg,
+    "lfw": _lfw,
+    "lfw_vgg": _lfw_vgg,
+    "omniglot": _omniglot,
+    "ekg": _ekg,
+    "volume": _volume,
+}
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  """The locked config of variant ``arg`` ("synthetic" when empty): the defaults with that
+  variant's overrides (``--config=configs/facenet.py:VARIANT`` passes ``arg``)."""
+  variant = arg or "synthetic"
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown facenet config variant {variant!r}; expected one of "
+                     f"{', '.join(VARIANTS)}")
+  c = default_config(variant)
+  VARIANTS[variant](c)
   c.lock()
   return c
 
 
-# ----------------------------------------------------------------------------- sweeps
+# ------------------------------------------------------------------ saved-config layout
 
-MARGINS = (0.05, 0.1, 0.2, 0.5, 1.0)
+# evaluation settings of the older flat layout (config.evaluation.<field>) -> the
+# evaluator whose sub-dict holds them now (config.evaluation.<evaluator>.<field>)
+FLAT_EVALUATION_FIELDS = {
+    "far": "lfw_view2", "pair_features": "lfw_view2", "pair_head_pairs": "lfw_view2",
+    "pair_head_steps": "lfw_view2", "pair_head_lr": "lfw_view2",
+    "pair_head_weight_decay": "lfw_view2",
+    "repeats": "one_shot", "open_set_enrolled": "one_shot", "open_set_far": "one_shot",
+    "calibrate_on": "one_shot",
+    "n_way": "episodes", "k_shot": "episodes", "n_query": "episodes", "num_episodes": "episodes",
+    "linkage": "clustering",
+}
 
 
-def sweep(name: str = "margin") -> list[dict]:
-  """A ready-made sweep for ``scripts/sweep.py --sweep=NAME``: a list of points, each a dict
-  of dotted overrides applied to the chosen variant (plus any --config.x=y given).
-
-    margin          alpha in MARGINS, one run per value
-    margin_vmapped  the same alphas as one point: K models in one vmapped program
-                    (config.margins), written as one run directory per alpha
-    embedding_dim   64, 128, 256, 512
-    miner           semi_hard, batch_hard, batch_all, random
-    batch_shape     P identities x K images = 16x2, 8x4, 4x8 (32 images per batch each)
-    seed            seeds 0, 1, 2
-    margin_seeds    margin_vmapped repeated for seeds 0, 1, 2 (compare_runs.py --average=seed)
-  """
-  from infra.overrides import product, zipped
-  sweeps = {
-      "margin": lambda: product({"margin": MARGINS}),
-      "margin_vmapped": lambda: [{"margins": MARGINS}],
-      "embedding_dim": lambda: product({"model.embedding_dim": (64, 128, 256, 512)}),
-      "miner": lambda: product({"miner": ("semi_hard", "batch_hard", "batch_all", "random")}),
-      "batch_shape": lambda: zipped({"identities_per_batch": (16, 8, 4),
-                                     "images_per_identity": (2, 4, 8)}),
-      "seed": lambda: product({"seed": (0, 1, 2)}),
-      "margin_seeds": lambda: product({"margins": [MARGINS], "seed": (0, 1, 2)}),
-  }
-  if name not in sweeps:
-    raise ValueError(f"unknown sweep {name!r}; expected one of {sorted(sweeps)}")
-  return sweeps[name]()
+def upgrade(saved: dict) -> dict:
+  """A copy of ``saved`` (a config dict as a run's ``config.json`` holds it) in the current
+  layout: flat ``evaluation`` settings of older runs moved under their evaluator's name
+  (``evaluation.repeats`` -> ``evaluation.one_shot.repeats``). A dict already in the
+  current layout comes back equal to ``saved``; ``saved`` itself is never changed."""
+  out = copy.deepcopy(saved)
+  evaluation = out.get("evaluation")
+  if not isinstance(evaluation, dict):
+    return out
+  for field, evaluator in FLAT_EVALUATION_FIELDS.items():
+    if field in evaluation:
+      evaluation.setdefault(evaluator, {})[field] = evaluation.pop(field)
+  return out

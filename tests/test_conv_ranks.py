@@ -86,7 +86,7 @@ def _shrunk(variant: str, **data):
   c.model.update(widths=(4, 8), embedding_dim=8)
   c.update(identities_per_batch=4, images_per_identity=2, num_steps=2, log_every=1, eval_every=2,
            checkpoint_every=2, eval_batch_size=16)
-  c.evaluation.repeats = 1
+  c.evaluation.one_shot.repeats = 1
   return c
 
 

@@ -119,12 +119,13 @@ def _random_embed(images):
   return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
-def _eval_config(**evaluation):
+def _eval_config(**one_shot):
   c = get_config("tiny")
   c.unlock()
   c.data.eval_pairs = 60
-  c.evaluation.update(dict(repeats=3, n_way=5, k_shot=1, n_query=3, num_episodes=200))
-  c.evaluation.update(evaluation)
+  c.evaluation.one_shot.repeats = 3
+  c.evaluation.one_shot.update(one_shot)
+  c.evaluation.episodes.update(dict(n_way=5, k_shot=1, n_query=3, num_episodes=200))
   c.lock()
   return c
 
@@ -261,7 +262,7 @@ def test_lfw_view2_oracle_on_the_test_fold(tmp_path):
   lfw = _write_lfw(tmp_path / "lfw")
   c = _config(tmp_path, source="lfw", data_dir=str(lfw), image_size=16, center_crop=32, test_fold=1)
   c.unlock()
-  c.evaluation.update(dict(pair_features="abs_diff", pair_head_steps=10, pair_head_pairs=8))
+  c.evaluation.lfw_view2.update(dict(pair_features="abs_diff", pair_head_steps=10, pair_head_pairs=8))
   c.lock()
   files = [((lfw / "images" / name / f"{name}_{i:04d}.jpg").read_bytes(), k)
            for k, (name, n) in enumerate(_LFW_PEOPLE.items()) for i in range(1, n + 1)]
@@ -342,7 +343,7 @@ def test_lfw_view2_thresholds_from_a_calibration_fold_unseen_in_training(tmp_pat
   c = _config(tmp_path, source="lfw", data_dir=str(lfw), image_size=16, center_crop=32, test_fold=2)
   c.unlock()
   c.data.calibration_folds = 1
-  c.evaluation.update(dict(pair_features=""))
+  c.evaluation.lfw_view2.pair_features = ""
   c.lock()
   from facenet_jax.data import sources
   train, held = sources.load(c)

@@ -1,0 +1,195 @@
+"""configs/facenet.py (variants by name, the evaluation layout, upgrade of old saved
+configs), configs/sweeps.py, and check_config's allowed values and evaluator settings."""
+
+import copy
+import json
+import os
+
+import pytest
+from absl import flags
+from flax import nnx
+from ml_collections import config_dict, config_flags
+
+from configs import facenet, sweeps
+from facenet_jax import clustering, evaluators, losses, mining, models
+from facenet_jax.config_checks import OPTIMIZERS, SCHEDULES, ConfigError, check_config
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+VARIANTS = ("synthetic", "tiny", "inception", "orl", "orl_vgg", "lfw", "lfw_vgg", "omniglot",
+            "ekg", "volume")
+
+# config.evaluation as configs/facenet.py wrote it before the settings were grouped by
+# evaluator (the layout of older runs' config.json)
+FLAT_EVALUATION = dict(
+    far=1e-3, flip_tta=False, repeats=5, open_set_enrolled=0, open_set_far=0.01,
+    calibrate_on="train", n_way=5, k_shot=1, n_query=5, num_episodes=200, linkage="average",
+    pair_features="abs_diff,chi2,concat", pair_head_pairs=3000, pair_head_steps=500,
+    pair_head_lr=0.05, pair_head_weight_decay=0.0)
+
+
+def _saved(config: config_dict.ConfigDict) -> dict:
+  """``config`` as a run's config.json holds it (tuples become lists)."""
+  return json.loads(json.dumps(config.to_dict()))
+
+
+def _dict(variant: str | None) -> dict:
+  """``get_config(variant).to_dict()``."""
+  return facenet.get_config(variant).to_dict()
+
+
+def _with(config: config_dict.ConfigDict, dotted: str, value) -> config_dict.ConfigDict:
+  """A copy of ``config`` with the field at ``dotted`` set to ``value`` of any type."""
+  out = copy.deepcopy(config)
+  out.unlock()
+  *parents, leaf = dotted.split(".")
+  node = out
+  for p in parents:
+    node = node[p]
+  with node.ignore_type():
+    node[leaf] = value
+  return out
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def test_variants_by_name_and_the_default():
+  assert tuple(facenet.VARIANTS) == VARIANTS
+  assert _dict(None) == _dict("") == _dict("synthetic")
+  assert facenet.default_config().to_dict() == _dict("synthetic")
+  for v in VARIANTS:
+    c = facenet.get_config(v)
+    assert c.variant == v and c.is_locked
+  with pytest.raises(ValueError) as e:
+    facenet.get_config("orl-vgg")
+  assert "\n" not in str(e.value) and all(v in str(e.value) for v in VARIANTS)
+
+
+def test_vgg_variants_are_their_family_plus_the_spoc_head():
+  for family, vgg in (("orl", "orl_vgg"), ("lfw", "lfw_vgg")):
+    a, b = facenet.get_config(family), facenet.get_config(vgg)
+    assert (b.data.source, b.data.data_dir, b.evals) == (a.data.source, a.data.data_dir, a.evals)
+    assert b.model.name == "feature_head" and b.model.head_init == "pca_whiten"
+    assert b.data.features == "vgg19:conv4_4" and b.data.features_flip
+
+
+def test_command_line_variant_and_nested_evaluation_overrides():
+  fv = flags.FlagValues()
+  args = ["prog", f"--config={os.path.join(ROOT, 'configs', 'facenet.py')}:orl_vgg",
+          "--config.margin=0.3", "--config.evaluation.one_shot.repeats=7"]
+  config_flags.DEFINE_config_file("config", None, flag_values=fv, sys_argv=args)
+  fv(args)
+  assert fv.config.variant == "orl_vgg" and fv.config.margin == 0.3
+  assert fv.config.evaluation.one_shot.repeats == 7
+
+
+def test_evaluation_settings_are_grouped_under_evaluator_names():
+  e = facenet.get_config().evaluation
+  groups = [k for k, v in e.items() if isinstance(v, config_dict.ConfigDict)]
+  assert set(groups) <= set(evaluators.EVALUATORS)
+  assert [k for k in e if k not in groups] == ["flip_tta"]
+  assert set(facenet.FLAT_EVALUATION_FIELDS.values()) == set(groups)
+  for field, evaluator in facenet.FLAT_EVALUATION_FIELDS.items():
+    assert field in e[evaluator]
+
+
+# ----------------------------------------------------------------------------- upgrade
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_upgrade_maps_the_flat_layout_to_the_nested_one(variant):
+  new = _saved(facenet.get_config(variant))
+  old = copy.deepcopy(new)
+  old["evaluation"] = dict(FLAT_EVALUATION)
+  frozen = copy.deepcopy(old)
+  assert facenet.upgrade(old) == new
+  assert old == frozen                       # the argument is not changed
+  assert facenet.upgrade(new) == new         # the current layout passes through
+
+
+def test_upgrade_of_a_partial_old_config_moves_what_it_has():
+  old = {"variant": "tiny", "evaluation": {"flip_tta": True, "repeats": 2, "linkage": "single"}}
+  assert facenet.upgrade(old) == {"variant": "tiny", "evaluation": {
+      "flip_tta": True, "one_shot": {"repeats": 2}, "clustering": {"linkage": "single"}}}
+  assert facenet.upgrade({"variant": "tiny"}) == {"variant": "tiny"}
+
+
+def test_an_upgraded_old_config_builds_and_passes_the_checks():
+  old = _saved(facenet.get_config("orl"))
+  old["evaluation"] = dict(FLAT_EVALUATION, repeats=3)
+  c = config_dict.ConfigDict(facenet.upgrade(old))
+  assert c.evaluation.one_shot.repeats == 3
+  check_config(c)
+
+
+# ------------------------------------------------------------------------------ sweeps
+
+
+def test_sweeps_live_apart_from_the_variants():
+  assert not hasattr(facenet, "sweep") and not hasattr(facenet, "MARGINS")
+  assert [p["margin"] for p in sweeps.sweep("margin")] == list(sweeps.MARGINS)
+  assert sweeps.sweep("margin_vmapped") == [{"margins": sweeps.MARGINS}]
+  assert len(sweeps.sweep("margin_seeds")) == 3
+  with pytest.raises(ValueError, match="unknown sweep 'nope'; expected one of"):
+    sweeps.sweep("nope")
+
+
+# ---------------------------------------------------------------------- allowed values
+
+
+@pytest.mark.parametrize("field,allowed", [
+    ("loss", losses.LOSSES), ("miner", tuple(mining.MINERS)),
+    ("semi_hard_fallback", mining.FALLBACKS), ("model.dtype", tuple(models.DTYPES)),
+    ("optim.name", OPTIMIZERS), ("optim.schedule", SCHEDULES),
+    ("evaluation.clustering.linkage", clustering.LINKAGES),
+    ("evaluation.one_shot.calibrate_on", evaluators.CALIBRATE_ON),
+])
+def test_each_allowed_value_passes_and_the_error_lists_them(field, allowed):
+  tiny = facenet.get_config("tiny")
+  for value in allowed:
+    check_config(_with(tiny, field, value))
+  with pytest.raises(ConfigError, match=rf"config\.{field} = 'nope': expected one of") as e:
+    check_config(_with(tiny, field, "nope"))
+  assert str(tuple(allowed)) in str(e.value)
+
+
+def test_create_model_takes_its_allowed_values_from_the_same_constants():
+  rngs = nnx.Rngs(0)
+  for bad, match in (({"dtype": "float16"}, str(list(models.DTYPES))),
+                     ({"spatial_dims": 4}, str(models.SPATIAL_DIMS)),
+                     ({"name": "vgg"}, ", ".join(models.MODEL_NAMES))):
+    cfg = config_dict.ConfigDict({"name": "small_cnn", "embedding_dim": 8, **bad})
+    with pytest.raises(ValueError) as e:
+      models.create_model(cfg, in_channels=1, rngs=rngs)
+    assert match in str(e.value)
+
+
+# ------------------------------------------------------------------ evaluator settings
+
+
+@pytest.mark.parametrize("field,value", [
+    ("evaluation.lfw_view2.far", 0.0), ("evaluation.lfw_view2.far", 1.0),
+    ("evaluation.lfw_view2.pair_features", "abs_diff,cosine"),
+    ("evaluation.lfw_view2.pair_head_pairs", 0), ("evaluation.lfw_view2.pair_head_steps", 2.5),
+    ("evaluation.lfw_view2.pair_head_lr", 0.0),
+    ("evaluation.lfw_view2.pair_head_weight_decay", -1e-4),
+    ("evaluation.one_shot.repeats", 0), ("evaluation.one_shot.repeats", True),
+    ("evaluation.one_shot.open_set_enrolled", -1), ("evaluation.one_shot.open_set_far", 1.5),
+    ("evaluation.one_shot.calibrate_on", "test"),
+    ("evaluation.episodes.n_way", 1), ("evaluation.episodes.k_shot", 0),
+    ("evaluation.episodes.n_query", -2), ("evaluation.episodes.num_episodes", 0),
+    ("evaluation.clustering.linkage", "ward"),
+])
+def test_bad_evaluator_settings_are_named_in_one_line(field, value):
+  with pytest.raises(ConfigError, match=rf"^config\.{field} = {value!r}: expected ") as e:
+    check_config(_with(facenet.get_config("tiny"), field, value))
+  assert "\n" not in str(e.value)
+
+
+def test_good_evaluator_settings_pass():
+  tiny = facenet.get_config("tiny")
+  for field, value in (("evaluation.lfw_view2.pair_features", ""),
+                       ("evaluation.lfw_view2.pair_features", "chi2"),
+                       ("evaluation.one_shot.open_set_far", 0.0),
+                       ("evaluation.episodes.n_way", 2), ("evaluation.one_shot.repeats", 1)):
+    check_config(_with(tiny, field, value))

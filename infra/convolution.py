@@ -276,3 +276,15 @@ def cpu_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
       return winograd_conv3x3(x, kernel)
     return tap_grad_conv3x3(x, kernel)
   return lax_conv3x3(x, kernel)
+
+
+# ------------------------------------------------------------------------------- checks
+
+def exported_op_counts(fn: Callable, args: tuple, platform: str,
+                       ops: tuple[str, ...] = ("convolution", "dot_general")) -> dict[str, int]:
+  """``{op: count}`` of the StableHLO ops in ``fn(*args)`` exported with ``jax.export`` for
+  ``platform`` ("cpu", "cuda", "rocm", "tpu"): what a program compiled there would run. Works
+  from any host: lowering for another platform needs no such device."""
+  # a new function object each time: jit's trace cache is keyed by the function
+  text = jax.export.export(jax.jit(lambda *a: fn(*a)), platforms=[platform])(*args).mlir_module()
+  return {op: text.count(f"stablehlo.{op} ") + text.count(f"stablehlo.{op}(") for op in ops}

@@ -64,6 +64,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       saved = json.load(f)
   except (OSError, ValueError) as e:
     raise WorkdirError(f"{path}: not a readable JSON config ({e})") from e
+  saved = facenet_configs.upgrade(saved)   # older runs' layout -> today's field names
   config = facenet_configs.get_config(saved.get("variant"))
   config.unlock()
   _merge(config, saved, "config.", path)

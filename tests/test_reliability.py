@@ -15,9 +15,10 @@ import jax
 import numpy as np
 import pytest
 
+import fault_inject
 from configs.facenet import get_config as facenet_config
 from configs.style import get_config as style_config
-from infra import checkpoints, fault_inject
+from infra import checkpoints
 from infra.overrides import with_overrides
 from facenet_jax import train
 

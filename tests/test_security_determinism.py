@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import fault_inject
 from configs.facenet import get_config as facenet_config
 from configs.style import get_config as style_config
 from facenet_jax import train
 from facenet_jax.data import raw
-from infra import fault_inject
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SCANNED = ("facenet_jax", "infra", "style_jax", "scripts", "configs", "benchmarks", "tests")

@@ -1,12 +1,15 @@
 """Fault-injection soak: kill training and style runs at random moments, restart them until
-they finish, and check that they end bit-identical to uninterrupted runs (infra/fault_inject.py).
+they finish, and check that they end bit-identical to uninterrupted runs (tests/fault_inject.py).
 
-  .venv/bin/python scripts/soak.py --kills=50                 # 50 of each kind, both programs
-  .venv/bin/python scripts/soak.py --kills=3 --programs=train --kinds=step,checkpoint
+  .venv/bin/python tests/soak.py --kills=50                 # 50 of each kind, both programs
+  .venv/bin/python tests/soak.py --kills=3 --programs=train --kinds=step,checkpoint
 
 Kinds: ``step`` (SIGKILL during a step), ``checkpoint`` (SIGKILL inside a checkpoint write,
 widened by $INFRA_CHECKPOINT_WRITE_DELAY), ``sigterm`` / ``sigint`` (preemption: checkpoint
 and exit). Writes ``<out>/report.json``; exits 1 if any check failed.
+
+It lives beside fault_inject.py in tests/ (run as a file, its folder is on the path) and is
+not a test itself: pytest collects only ``test_*.py``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ import subprocess
 import sys
 import threading
 
-from infra import fault_inject
+import fault_inject
 from infra.files import write_json_atomic
 
+PROGRAMS = ("train", "style")
 
-def main(argv: list[str] | None = None) -> int:
+
+def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], list[str]]:
+  """The flags, the kinds of interruption and the programs (both checked)."""
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--kills", type=int, default=50, help="interruptions of each kind per program")
   p.add_argument("--kinds", default="step,checkpoint,sigterm,sigint")
@@ -37,28 +43,51 @@ def main(argv: list[str] | None = None) -> int:
   bad = sorted(set(kinds) - set(fault_inject.KINDS))
   if bad:
     p.error(f"--kinds: unknown {bad}; expected some of {fault_inject.KINDS}")
-  programs = {"train": lambda: fault_inject.facenet_program(),
-              "style": lambda: fault_inject.style_program(os.path.join(args.out, "style_inputs"))}
-  unknown = sorted(set(args.programs.split(",")) - set(programs))
+  names = args.programs.split(",")
+  unknown = sorted(set(names) - set(PROGRAMS))
   if unknown:
-    p.error(f"--programs: unknown {unknown}; expected some of {sorted(programs)}")
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=fault_inject.ROOT,
-                          capture_output=True, text=True).stdout.strip()
-  dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                         cwd=fault_inject.ROOT, capture_output=True, text=True).stdout.strip()
+    p.error(f"--programs: unknown {unknown}; expected some of {sorted(PROGRAMS)}")
+  return args, kinds, names
+
+
+def _program(name: str, out: str) -> fault_inject.Program:
+  """The program ``name`` (one of PROGRAMS); the style inputs are written under ``out``."""
+  if name == "train":
+    return fault_inject.facenet_program()
+  return fault_inject.style_program(os.path.join(out, "style_inputs"))
+
+
+def _git(*argv: str) -> str:
+  """The output of a git command in the repository (its state goes into the report)."""
+  return subprocess.run(["git", *argv], cwd=fault_inject.ROOT, capture_output=True,
+                        text=True).stdout.strip()
+
+
+def _summary(name: str, rep: fault_inject.Report) -> str:
+  """One line of what the soak of ``name`` found."""
+  return (f"{name}: kills {rep.kills}, resumes ok {rep.resumes_ok} (failed {rep.resumes_failed}), "
+          f"most steps lost {rep.max_steps_lost} (by kind {rep.steps_lost}), corrupt checkpoints "
+          f"{rep.corrupt_checkpoints}, cycles identical {rep.cycles_identical}/{rep.cycles}, "
+          f"{rep.seconds:.0f} s{'' if rep.ok else ', FAILED: ' + json.dumps(rep.failures[:3])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+  args, kinds, names = _parse_args(argv)
+  commit = _git("rev-parse", "--short", "HEAD")
+  dirty = _git("status", "--porcelain", "--untracked-files=no")
   report = {"commit": commit, "worktree_modified": bool(dirty), "seed": args.seed,
             "kills_requested": {k: args.kills for k in kinds}, "programs": {}}
-  names = args.programs.split(",")
   report["complete"] = False
+  path = os.path.join(args.out, "report.json")
   lock = threading.Lock()
 
   def progress(rep):   # report.json after every cycle: a long soak stopped early still counts
     with lock:
       report["programs"][rep.program] = fault_inject.report_dict(rep)
-      write_json_atomic(os.path.join(args.out, "report.json"), report)
+      write_json_atomic(path, report)
 
   def soak(name):   # the programs run side by side (each run is one process on its own core)
-    return fault_inject.run_soak(programs[name](), os.path.join(args.out, name),
+    return fault_inject.run_soak(_program(name, args.out), os.path.join(args.out, name),
                                  {k: args.kills for k in kinds}, seed=args.seed,
                                  write_delay=args.write_delay,
                                  log=lambda msg: print(msg, flush=True), on_cycle=progress)
@@ -69,13 +98,9 @@ def main(argv: list[str] | None = None) -> int:
   for name, rep in reps.items():
     report["programs"][name] = fault_inject.report_dict(rep)
     ok &= rep.ok
-    write_json_atomic(os.path.join(args.out, "report.json"), report)
-    print(f"{name}: kills {rep.kills}, resumes ok {rep.resumes_ok} (failed {rep.resumes_failed}), "
-          f"most steps lost {rep.max_steps_lost} (by kind {rep.steps_lost}), corrupt checkpoints "
-          f"{rep.corrupt_checkpoints}, cycles identical {rep.cycles_identical}/{rep.cycles}, "
-          f"{rep.seconds:.0f} s{'' if rep.ok else ', FAILED: ' + json.dumps(rep.failures[:3])}",
-          flush=True)
-  print(f"report: {os.path.join(args.out, 'report.json')} (commit {commit})")
+    write_json_atomic(path, report)
+    print(_summary(name, rep), flush=True)
+  print(f"report: {path} (commit {commit})")
   return 0 if ok else 1
 
 

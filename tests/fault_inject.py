@@ -25,9 +25,13 @@ run reported minus that step. At the end of a cycle the final checkpoint's array
 parameters and optimizer state, or the image and L-BFGS/Adam state), ``results.json``
 (minus timing fields) and, for style, ``final.png`` must equal the reference's bit for bit.
 
-``run_soak`` returns and ``scripts/soak.py`` prints/writes the report: interruptions of each
+``run_soak`` returns and ``tests/soak.py`` prints/writes the report: interruptions of each
 kind, resumes that succeeded, the most steps lost to one interruption, checkpoints found
 corrupt, and whether every cycle ended identical to the reference.
+
+Test support, not a test (pytest collects only ``test_*.py``): the tests import it as
+``import fault_inject`` (``tests/`` is on their path, as for ``reference``) and so does
+``tests/soak.py``, run from this folder.
 """
 
 from __future__ import annotations
@@ -44,10 +48,17 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging as absl_logging
+from PIL import Image
 
+from infra import checkpoints
+
+# the repository root: this file lies one folder below it (tests/)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("step", "checkpoint", "sigterm", "sigint")
 TIMING = {"wall_seconds", "steps_per_sec", "seconds_per_step", "it_per_sec"}
@@ -81,7 +92,6 @@ def facenet_program(num_steps: int = 24, checkpoint_every: int = 3) -> Program:
 
 def write_style_inputs(directory: str) -> tuple[str, str]:
   """A seeded 32x32 content and 40x32 style PNG (the tiny style preset's inputs)."""
-  from PIL import Image
   os.makedirs(directory, exist_ok=True)
   rng = np.random.default_rng(0)
   paths = []
@@ -156,6 +166,8 @@ class _Run:
 
 
 def _env(delay: float = 0.0) -> dict[str, str]:
+  """The environment of a run: CPU, unbuffered output, a shared compilation cache, and the
+  checkpoint write held open ``delay`` seconds (0: not at all)."""
   env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
   env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, "runs", ".fault_inject_jax_cache"))
   env.pop("INFRA_CHECKPOINT_WRITE_DELAY", None)
@@ -167,15 +179,14 @@ def _env(delay: float = 0.0) -> dict[str, str]:
 # ------------------------------------------------------------------------------ checks
 
 
-def _quiet_absl():
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.ERROR)   # Orbax's read-only notices
+def _quiet_absl() -> None:
+  """Silences Orbax's notices about read-only managers (one per checkpoint read)."""
+  absl_logging.set_verbosity(absl_logging.ERROR)
 
 
 def listed_steps_ok(workdir: str) -> tuple[list[int], list[str]]:
   """(steps the checkpoint directory lists, one message per corrupt one)."""
   _quiet_absl()
-  from infra import checkpoints
   d = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(d):
     return [], []
@@ -190,23 +201,22 @@ def listed_steps_ok(workdir: str) -> tuple[list[int], list[str]]:
   return steps, bad
 
 
-def final_state(workdir: str, step: int):
+def final_state(workdir: str, step: int) -> Any:
   """The saved state pytree of checkpoint ``step`` of ``workdir``, as numpy arrays, read
   without a target (so any program's checkpoint can be compared)."""
   _quiet_absl()
-  import jax
-  import orbax.checkpoint as ocp
-
-  from infra import checkpoints
-  ck = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, read_only=True)
-  state = ck._manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())).state
-  ck.close()
+  # a plain read-only Orbax manager: Checkpointer.restore needs the target structure
+  manager = ocp.CheckpointManager(
+      os.path.join(workdir, "checkpoints"),
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_handlers={"state": ocp.StandardCheckpointHandler()})
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+  manager.close()
   return jax.tree.map(np.asarray, state)
 
 
 def final_arrays(workdir: str, step: int) -> list[np.ndarray]:
-  import jax
+  """The leaves of ``final_state`` in pytree order."""
   return jax.tree.leaves(final_state(workdir, step))
 
 
@@ -244,6 +254,7 @@ def differences(program: Program, ref: str, got: str) -> list[str]:
 
 @dataclasses.dataclass
 class Report:
+  """What one program's soak found (see the module docstring); ``ok``: nothing failed."""
   program: str
   kills: dict[str, int] = dataclasses.field(default_factory=lambda: {k: 0 for k in KINDS})
   resumes_ok: int = 0
@@ -318,9 +329,129 @@ def _target(program: Program, kind: str, resume_at: int, rng: random.Random) -> 
   return rng.randint(lo, max(lo, min(hi, lo + 2 * every)))
 
 
+@dataclasses.dataclass
+class _Soak:
+  """What the cycles of one soak share: the program, its report, the random source (one
+  stream for the whole soak, so a seed fixes every target), timings and the log."""
+  program: Program
+  rep: Report
+  rng: random.Random
+  step_seconds: float
+  write_delay: float
+  timeout: float
+  log: Callable[[str], None]
+
+
+def _reference_run(program: Program, ref: str, timeout: float) -> float:
+  """Runs ``program`` once without faults into ``ref``; returns its median seconds per step
+  (the reference run also measures a step's duration)."""
+  shutil.rmtree(ref, ignore_errors=True)
+  first = _Run(program, ref, _env())
+  stamps: list[float] = []
+  while True:
+    got = first.next_line(timeout)
+    if got is None or got[1] is None:
+      break
+    if _STEP.match(got[1]):
+      stamps.append(got[0])
+  status = first.proc.wait(timeout=timeout)
+  if status != 0:
+    raise RuntimeError(f"{program.name}: reference run failed ({status}):\n"
+                       + "\n".join(first.log[-40:]))
+  return float(np.median(np.diff(stamps))) if len(stamps) > 2 else 0.1
+
+
+def _check_resume(s: _Soak, run: _Run, resume_at: int, prev_kind: str, prev_last: int) -> None:
+  """Counts whether ``run`` resumed from checkpoint ``resume_at`` after a ``prev_kind``
+  interruption at step ``prev_last``, and the steps that interruption lost."""
+  rep, cycle = s.rep, s.rep.cycles
+  if (run.resumed_from or 0) != resume_at:
+    rep.resumes_failed += 1
+    rep.failures.append(f"cycle {cycle}: after a {prev_kind} interruption the run "
+                        f"resumed from {run.resumed_from}, not from checkpoint {resume_at}")
+    return
+  rep.resumes_ok += 1
+  lost = prev_last - resume_at
+  s.log(f"{s.program.name} cycle {cycle}: resumed from {resume_at} after the {prev_kind} "
+        f"interruption at step {prev_last}: {lost} step(s) lost")
+  rep.steps_lost[prev_kind] = max(rep.steps_lost[prev_kind], lost)
+  rep.max_steps_lost = max(rep.max_steps_lost, lost)
+  if prev_kind in ("sigterm", "sigint") and lost != 0:   # a polite stop must lose nothing
+    rep.failures.append(f"cycle {cycle}: {prev_kind} at step {prev_last} lost {lost} step(s)")
+
+
+def _record_interruption(s: _Soak, run: _Run, kind: str, status: int, window: int,
+                         target: int, faulted: str) -> tuple[int, int]:
+  """Counts an interruption of ``kind``, checks the exit status and reads back every listed
+  checkpoint. Returns (the step the next run must resume from, the last step reached)."""
+  rep = s.rep
+  rep.kills[kind] += 1
+  last = max(run.last_step, window)
+  if status != _EXPECTED_STATUS[kind]:
+    rep.failures.append(f"cycle {rep.cycles}: {kind} interruption at step {last}: exit "
+                        f"status {status}, expected {_EXPECTED_STATUS[kind]}:\n"
+                        + "\n".join(run.log[-20:]))
+  steps, bad = listed_steps_ok(faulted)
+  rep.corrupt_checkpoints += len(bad)
+  rep.failures += [f"cycle {rep.cycles}: {b}" for b in bad]
+  s.log(f"{s.program.name} cycle {rep.cycles}: {kind} at step {last} (aimed at {target}); "
+        f"checkpoints now {steps}")
+  return (max(steps) if steps else 0), last
+
+
+def _run_cycle(s: _Soak, faulted: str, this: list[str]) -> list[str]:
+  """One cycle in a fresh ``faulted`` workdir: a run interrupted by each kind of ``this`` in
+  turn, each restarted, then one left to finish. Returns the kinds not used, for a later
+  cycle (too close to the end for their kind, or the run finished first)."""
+  rep = s.rep
+  shutil.rmtree(faulted, ignore_errors=True)
+  resume_at, pending = 0, None   # pending: (kind, last step) of the previous interruption
+  for i, kind in enumerate(this + [None]):
+    left: list[str] = []
+    if kind is not None and not _room_for(s.program, kind, resume_at):
+      left, kind = this[i:], None
+    run = _Run(s.program, faulted, _env(s.write_delay if kind == "checkpoint" else 0.0))
+    interrupted, window, target = False, 0, 0
+    if kind is not None:
+      target = _target(s.program, kind, resume_at, s.rng)
+      interrupted, window = _interrupt(run, kind, target, s.rng, s.timeout, s.step_seconds)
+    status = run.drain(s.timeout)
+    if pending is not None:   # did this run resume where the interruption left it?
+      _check_resume(s, run, resume_at, *pending)
+    if kind is None or not interrupted:
+      if kind is not None:   # it finished first: try the rest in a later cycle
+        rep.missed += 1
+        left = this[i:]
+      if status != 0:
+        rep.failures.append(f"cycle {rep.cycles}: run ended with status {status}:\n"
+                            + "\n".join(run.log[-30:]))
+      return left
+    resume_at, last = _record_interruption(s, run, kind, status, window, target, faulted)
+    pending = (kind, last)
+  raise AssertionError("unreachable: the last entry (None) always ends the cycle")
+
+
+def _compare_cycle(s: _Soak, ref: str, faulted: str) -> bool:
+  """Compares a cycle's finished run with the reference (a failure unless bit-identical).
+  False: the run left no results.json (nothing to compare)."""
+  rep = s.rep
+  if not os.path.exists(os.path.join(faulted, "results.json")):
+    rep.failures.append(f"cycle {rep.cycles}: no results.json")
+    return False
+  diff = differences(s.program, ref, faulted)
+  if diff:
+    rep.failures.append(f"cycle {rep.cycles}: differs from the reference: {diff}")
+  else:
+    rep.cycles_identical += 1
+  s.log(f"{s.program.name} cycle {rep.cycles}: finished, "
+        f"{'identical to' if not diff else 'DIFFERS from'} the reference; kills so far {rep.kills}")
+  return True
+
+
 def run_soak(program: Program, workdir: str, kills: dict[str, int], *, seed: int = 0,
              write_delay: float = 1.0, timeout: float = 300.0, per_cycle: int | None = None,
-             log=print, on_cycle=None) -> Report:
+             log: Callable[[str], None] = print,
+             on_cycle: Callable[[Report], None] | None = None) -> Report:
   """Interrupts ``program`` ``kills[kind]`` times per kind (in as many cycles as needed).
 
   ``workdir`` gets ``reference/`` and ``faulted/`` (the last cycle's run, kept).
@@ -332,92 +463,20 @@ def run_soak(program: Program, workdir: str, kills: dict[str, int], *, seed: int
   rep = Report(program.name)
   os.makedirs(workdir, exist_ok=True)
   ref = os.path.join(workdir, "reference")
-  shutil.rmtree(ref, ignore_errors=True)
-  first = _Run(program, ref, _env())
-  stamps: list[float] = []
-  while True:   # the reference run also measures a step's duration
-    got = first.next_line(timeout)
-    if got is None or got[1] is None:
-      break
-    if _STEP.match(got[1]):
-      stamps.append(got[0])
-  status = first.proc.wait(timeout=timeout)
-  if status != 0:
-    raise RuntimeError(f"{program.name}: reference run failed ({status}):\n"
-                       + "\n".join(first.log[-40:]))
-  step_seconds = float(np.median(np.diff(stamps))) if len(stamps) > 2 else 0.1
+  step_seconds = _reference_run(program, ref, timeout)
   log(f"{program.name}: reference run done ({program.num_steps} steps, "
       f"{step_seconds * 1e3:.0f} ms per step)")
-
+  s = _Soak(program, rep, rng, step_seconds, write_delay, timeout, log)
   plan = [k for k in KINDS for _ in range(kills.get(k, 0))]
   rng.shuffle(plan)
   per_cycle = per_cycle or max(1, program.num_steps // program.checkpoint_every - 2)
   faulted = os.path.join(workdir, "faulted")
   while plan and not rep.failures:
     rep.cycles += 1
-    shutil.rmtree(faulted, ignore_errors=True)
     this, plan = plan[:per_cycle], plan[per_cycle:]
-    resume_at, pending = 0, None   # pending: (kind, last step) of the previous interruption
-    for i, kind in enumerate(this + [None]):
-      if kind is not None and not _room_for(program, kind, resume_at):
-        plan = this[i:] + plan   # too close to the end for this kind: a later cycle
-        kind = None
-      run = _Run(program, faulted, _env(write_delay if kind == "checkpoint" else 0.0))
-      interrupted, window = False, 0
-      if kind is not None:
-        target = _target(program, kind, resume_at, rng)
-        interrupted, window = _interrupt(run, kind, target, rng, timeout, step_seconds)
-      status = run.drain(timeout)
-      if pending is not None:   # did this run resume where the interruption left it?
-        prev_kind, prev_last = pending
-        if (run.resumed_from or 0) != resume_at:
-          rep.resumes_failed += 1
-          rep.failures.append(f"cycle {rep.cycles}: after a {prev_kind} interruption the run "
-                              f"resumed from {run.resumed_from}, not from checkpoint {resume_at}")
-        else:
-          rep.resumes_ok += 1
-          lost = prev_last - resume_at
-          log(f"{program.name} cycle {rep.cycles}: resumed from {resume_at} after the {prev_kind} "
-              f"interruption at step {prev_last}: {lost} step(s) lost")
-          rep.steps_lost[prev_kind] = max(rep.steps_lost[prev_kind], lost)
-          rep.max_steps_lost = max(rep.max_steps_lost, lost)
-          if prev_kind in ("sigterm", "sigint") and lost != 0:
-            rep.failures.append(f"cycle {rep.cycles}: {prev_kind} at step {prev_last} lost "
-                                f"{lost} step(s)")
-        pending = None
-      if kind is None or not interrupted:
-        if kind is not None:   # it finished first: try the rest in a later cycle
-          rep.missed += 1
-          plan = this[i:] + plan
-        if status != 0:
-          rep.failures.append(f"cycle {rep.cycles}: run ended with status {status}:\n"
-                              + "\n".join(run.log[-30:]))
-        break
-      rep.kills[kind] += 1
-      last = max(run.last_step, window)
-      if status != _EXPECTED_STATUS[kind]:
-        rep.failures.append(f"cycle {rep.cycles}: {kind} interruption at step {last}: exit "
-                            f"status {status}, expected {_EXPECTED_STATUS[kind]}:\n"
-                            + "\n".join(run.log[-20:]))
-      steps, bad = listed_steps_ok(faulted)
-      rep.corrupt_checkpoints += len(bad)
-      rep.failures += [f"cycle {rep.cycles}: {b}" for b in bad]
-      resume_at = max(steps) if steps else 0
-      pending = (kind, last)
-      log(f"{program.name} cycle {rep.cycles}: {kind} at step {last} (aimed at {target}); "
-          f"checkpoints now {steps}")
-    if rep.failures:
+    plan = _run_cycle(s, faulted, this) + plan
+    if rep.failures or not _compare_cycle(s, ref, faulted):
       break
-    if not os.path.exists(os.path.join(faulted, "results.json")):
-      rep.failures.append(f"cycle {rep.cycles}: no results.json")
-      break
-    diff = differences(program, ref, faulted)
-    if diff:
-      rep.failures.append(f"cycle {rep.cycles}: differs from the reference: {diff}")
-    else:
-      rep.cycles_identical += 1
-    log(f"{program.name} cycle {rep.cycles}: finished, {'identical to' if not diff else 'DIFFERS from'} "
-        f"the reference; kills so far {rep.kills}")
     rep.seconds = time.monotonic() - t0
     if on_cycle is not None:
       on_cycle(rep)
@@ -426,6 +485,7 @@ def run_soak(program: Program, workdir: str, kills: dict[str, int], *, seed: int
 
 
 def report_dict(rep: Report) -> dict[str, Any]:
+  """``rep`` as JSON-ready data, with ``ok``."""
   d = dataclasses.asdict(rep)
   d["ok"] = rep.ok
   return d

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from facenet_jax import clustering, evaluators, losses, mining, models, pair_head, vgg_features
+from facenet_jax import clustering, evaluators, losses, mining, models, pair_head, steps, vgg_features
 from facenet_jax.data import sources
 
 # config.optim.name / .schedule: the optimizers and learning-rate schedules that
 # train.make_optimizer builds
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "constant")
 
 
 class ConfigError(ValueError):
@@ -101,8 +99,8 @@ def _check_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> 
 
 def _check_optim(o: ml_collections.ConfigDict) -> None:
   """``config.optim``."""
-  _one_of(o.name, OPTIMIZERS, "optim.name")
-  _one_of(o.schedule, SCHEDULES, "optim.schedule")
+  _one_of(o.name, steps.OPTIMIZERS, "optim.name")
+  _one_of(o.schedule, steps.SCHEDULES, "optim.schedule")
   _require(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
 
 

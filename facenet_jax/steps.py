@@ -27,11 +27,16 @@ from infra import mesh as mesh_lib
 from infra.errors import NonFiniteLossError
 
 State = dict[str, Any]
+OPTIMIZERS = ("adamw", "adam", "sgd")   # optim.name
+SCHEDULES = ("cosine", "constant")      # optim.schedule
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
   """AdamW/Adam/SGD with linear warmup and cosine (or constant) decay, optional clipping."""
   warmup = min(int(optim.warmup_steps), max(num_steps - 1, 0))
+  if optim.schedule not in SCHEDULES or optim.name not in OPTIMIZERS:
+    raise ValueError(f"optim.name={optim.name!r} / optim.schedule={optim.schedule!r}: expected one "
+                     f"of {OPTIMIZERS} / {SCHEDULES}")
   if optim.schedule == "cosine":
     lr = optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, warmup, max(num_steps, warmup + 1))
   else:

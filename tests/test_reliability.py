@@ -19,8 +19,9 @@ import fault_inject
 from configs.facenet import get_config as facenet_config
 from configs.style import get_config as style_config
 from infra import checkpoints
+from infra.errors import Preempted
 from infra.overrides import with_overrides
-from facenet_jax import train
+from facenet_jax import steps, train
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -30,7 +31,7 @@ def _tiny(**overrides):
 
 
 def _restore(workdir, config, step=None):
-  _, _, target = train.create_train_state(config, in_channels=3)
+  _, _, target = steps.create_train_state(config, in_channels=3)
   ck = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, read_only=True)
   out = ck.restore(target, step)
   ck.close()
@@ -266,7 +267,7 @@ def test_stop_landing_after_the_checkpoint_decision_waits_one_step(tmp_path, mon
     return real_flush(self)
   monkeypatch.setattr(metric_writer.MetricWriter, "flush", flush)
   config = _tiny(checkpoint_every=100, log_every=1, num_steps=6)
-  with pytest.raises(train.Preempted, match="after checkpointing step 5") as e:
+  with pytest.raises(Preempted, match="after checkpointing step 5") as e:
     train.train_and_evaluate(config, str(tmp_path))
   assert e.value.step == 5
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]

@@ -8,7 +8,7 @@ then deleted, so a kill during the deletion cannot leave a half-deleted step lis
 either. A save that fails (disk full, permissions) removes its temporary directory and
 raises CheckpointError; the earlier steps are untouched.
 
-Fault injection (tests and ``scripts/soak.py`` only; off by default): with
+Fault injection (tests and ``tests/soak.py`` only; off by default): with
 ``$INFRA_CHECKPOINT_WRITE_DELAY=SECONDS`` every save prints
 ``checkpoint-write-window step=N seconds=S`` and sleeps S seconds in the middle of the
 write (arrays written to the temporary directory, metadata not yet, nothing renamed),

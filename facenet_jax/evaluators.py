@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from facenet_jax import clustering, episodes, pair_head, recognition, verification
+from facenet_jax.data import real
 from facenet_jax.data.dataset import IdentityDataset
 
 Metrics = dict[str, float]
@@ -113,7 +114,6 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
   on those people their distances are optimistic). Never from the test fold. Pair heads
   are fitted on random pairs of training people (frozen embeddings). Settings:
   ``config.evaluation.lfw_view2`` (``far``, ``pair_features``, ``pair_head_*``)."""
-  from facenet_jax.data import real
   c = ctx.config
   test = int(c.data.test_fold)
   images, pairs = real.lfw_view2(c)
@@ -212,7 +212,6 @@ def eval_one_shot(ctx: Context) -> Metrics:
 
 def eval_omniglot_runs(ctx: Context) -> Metrics:
   """20-way 1-shot: each test image goes to the nearest of the run's 20 training images."""
-  from facenet_jax.data import real
   runs = real.omniglot_runs(ctx.config)
   r, w = runs.train_classes.shape
   t = runs.test_classes.shape[1]

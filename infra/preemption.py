@@ -13,6 +13,9 @@ import signal
 import sys
 import threading
 
+from infra.checkpoints import Checkpointer
+from infra.errors import Preempted
+
 
 class StopFlag:
   def __init__(self):
@@ -60,12 +63,10 @@ def exit_if_stopped(stop: StopFlag, step: int, *resources) -> None:
   """
   if not stop:
     return
-  from infra.checkpoints import Checkpointer
   if any(isinstance(r, Checkpointer) and r.latest_step() != step for r in resources):
     return
   for r in resources:
     r.close()
-  from infra.errors import Preempted
   raise Preempted(f"stopped by signal {stop.signal} after checkpointing step {step}; "
                   f"run again with the same workdir to resume", signum=stop.signal, step=step)
 

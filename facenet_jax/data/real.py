@@ -101,7 +101,7 @@ def prepare(name: str, data_dir: str, manual_dir: str | None, builder_config=Non
   """
   import tensorflow_datasets as tfds   # lazy: the training path never imports tfds
 
-  from facenet_jax.data import tfds_builders
+  from facenet_jax.data import tfds_builders   # lazy, as tfds above
   builder = tfds_builders.BUILDERS[name](data_dir=data_dir, config=builder_config,
                                          file_format="array_record")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -208,7 +208,7 @@ def load_orl(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, Identi
 
 def load_folder(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
   """``config.data.data_dir/<identity>/<image>`` split by identity like ORL."""
-  from facenet_jax.data.tfds_builders.image_folder import config_for
+  from facenet_jax.data.tfds_builders.image_folder import config_for   # lazy: imports tfds
   root = _manual_dir(config, required=True)
   b = prepare("image_folder", tfds_dir(config), root, config_for(root))
   return _split_rows(_read(b, "train", fit_of(config)), config, f"folder:{os.path.basename(root)}")

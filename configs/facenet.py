@@ -59,8 +59,7 @@ def default_config(variant: str = "synthetic") -> config_dict.ConfigDict:
       enabled=False, pool_size=4096, rescore_every=200, triplets_per_batch=32))
 
   # P identities x K images per global batch
-  c.identities_per_batch = 8
-  c.images_per_identity = 4
+  c.update(identities_per_batch=8, images_per_identity=4)
 
   c.data = _data_defaults()
   # training augmentation (facenet_jax/preprocess.py): flip, pad-and-crop translation, zoom
@@ -174,8 +173,7 @@ def _tiny(c: config_dict.ConfigDict) -> None:
   c.data.image_size = 16
   c.model.widths = (8, 16)
   c.model.embedding_dim = 16
-  c.identities_per_batch = 4
-  c.images_per_identity = 4
+  c.update(identities_per_batch=4, images_per_identity=4)
   c.num_steps = 6
   c.log_every = 2
   c.eval_every = 6
@@ -191,8 +189,7 @@ def _inception(c: config_dict.ConfigDict) -> None:
   c.data.image_size = 160
   c.model.name = "inception_resnet_v1"
   c.model.embedding_dim = 128
-  c.identities_per_batch = 8
-  c.images_per_identity = 4
+  c.update(identities_per_batch=8, images_per_identity=4)
   c.eval_batch_size = 64
   c.augment.crop_pad = 8
 
@@ -214,11 +211,8 @@ def _orl(c: config_dict.ConfigDict) -> None:
   c.data.update(source="orl", data_dir=os.path.join(SHARED_DATA, "att_faces"), image_size=64,
                 channels=1, train_identities=30, eval_identities=10, eval_pairs=500)
   c.augment.crop_pad = 4
-  c.identities_per_batch = 8
-  c.images_per_identity = 4
-  c.num_steps = 600
-  c.eval_every = 200
-  c.checkpoint_every = 200
+  c.update(identities_per_batch=8, images_per_identity=4)
+  c.update(num_steps=600, eval_every=200, checkpoint_every=200)
   c.evals = "pairs,one_shot,clustering"
 
 
@@ -237,11 +231,8 @@ def _lfw(c: config_dict.ConfigDict) -> None:
   c.augment.crop_pad = 4
   c.model.widths = (32, 64, 128)
   c.model.embedding_dim = 128
-  c.identities_per_batch = 16
-  c.images_per_identity = 4
-  c.num_steps = 2000
-  c.eval_every = 500
-  c.checkpoint_every = 500
+  c.update(identities_per_batch=16, images_per_identity=4)
+  c.update(num_steps=2000, eval_every=500, checkpoint_every=500)
   c.evals = "lfw_view2"
 
 
@@ -261,11 +252,8 @@ def _omniglot(c: config_dict.ConfigDict) -> None:
                 image_size=32, channels=1, train_identities=0, eval_identities=30)
   c.augment.flip = False
   c.augment.crop_pad = 2
-  c.identities_per_batch = 16
-  c.images_per_identity = 4
-  c.num_steps = 1500
-  c.eval_every = 500
-  c.checkpoint_every = 500
+  c.update(identities_per_batch=16, images_per_identity=4)
+  c.update(num_steps=1500, eval_every=500, checkpoint_every=500)
   c.evals = "omniglot_runs,episodes"
 
 
@@ -283,9 +271,7 @@ def _ekg(c: config_dict.ConfigDict) -> None:
   _procedural(c, "ekg", image_size=256)
   c.model.update(spatial_dims=1, widths=(16, 32, 64, 64), embedding_dim=64)
   c.augment.update(flip=False, crop_pad=16)   # time reversal is not a heartbeat
-  c.num_steps = 1500
-  c.eval_every = 750
-  c.checkpoint_every = 750
+  c.update(num_steps=1500, eval_every=750, checkpoint_every=750)
 
 
 def _volume(c: config_dict.ConfigDict) -> None:
@@ -293,9 +279,7 @@ def _volume(c: config_dict.ConfigDict) -> None:
   _procedural(c, "volume", image_size=12)
   c.model.update(spatial_dims=3, widths=(8, 16, 32), embedding_dim=32)
   c.augment.update(flip=False, crop_pad=1)    # a mirror image is another identity
-  c.num_steps = 400
-  c.eval_every = 200
-  c.checkpoint_every = 200
+  c.update(num_steps=400, eval_every=200, checkpoint_every=200)
 
 
 # variant name -> its overrides of the defaults, in the order the docs list them

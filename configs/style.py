@@ -23,6 +23,7 @@ Paths: ``content``/``style`` default to the project's shared example images and
 """
 
 import os
+from typing import Callable
 
 from ml_collections import config_dict
 
@@ -33,8 +34,8 @@ _STYLE = os.path.join(SHARED, "data", "style_images", "style")
 _GATYS_STYLE_LAYERS = "conv1_1,conv2_1,conv3_1,conv4_1,conv5_1"
 
 
-def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-  variant = arg or "gatys2015"
+def base_config(variant: str) -> config_dict.ConfigDict:
+  """Every field, at its gatys2015 value; ``variant`` names the preset that builds on it."""
   c = config_dict.ConfigDict()
   c.variant = variant
   c.seed = 0
@@ -65,7 +66,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.tv_weight = 0.0
 
   # optimization of the pixels (Caffe-preprocessed, clipped to the image of RGB 0..255)
-  c.optimizer = "lbfgs"        # lbfgs (optax.lbfgs with zoom line search) | adam
+  c.optimizer = "lbfgs"        # lbfgs (style_jax.lbfgs: optax.lbfgs with zoom line search) | adam
   c.learning_rate = 2.0        # adam
   c.lbfgs_memory = 10
   c.lbfgs_linesearch_steps = 20
@@ -81,40 +82,62 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.checkpoint_every = 50
   c.keep_checkpoints = 2
   c.output = "final.png"       # in the workdir
+  return c
 
-  if variant == "gatys2015":
-    pass
-  elif variant == "gatys2015_1e-4":
-    c.style_weight = 1e4
-  elif variant == "course":
-    c.content_loss = "normalized"
-    c.style_layer_weights = "0.2,0.2,0.2,0.2,0.2"
-    c.content_weight = 10.0
-    c.style_weight = 40.0
-    c.optimizer = "adam"
-    c.learning_rate = 2.0
-    c.init = "content_noise"
-    c.num_steps = 200
-    c.image_size = 300
-    c.log_every = 20
-    c.save_every = 20
-  elif variant == "tiny":
-    c.image_size = 32
-    c.weights = "random"
-    c.optimizer = "adam"
-    c.learning_rate = 2.0
-    c.init = "content_noise"
-    c.content_loss = "normalized"
-    c.content_weight = 10.0
-    c.style_weight = 40.0
-    c.content_layers = "conv2_2"
-    c.style_layers = "conv1_1,conv2_1,conv3_1"
-    c.num_steps = 4
-    c.log_every = 1
-    c.save_every = 2
-    c.checkpoint_every = 2
-  else:
+
+def gatys2015(c: config_dict.ConfigDict) -> None:
+  """Gatys, Ecker & Bethge 2015: the base config as it is (alpha/beta = 1e-3)."""
+
+
+def gatys2015_1e4(c: config_dict.ConfigDict) -> None:
+  """Gatys 2015 with alpha/beta = 1e-4: more style."""
+  c.style_weight = 1e4
+
+
+def course(c: config_dict.ConfigDict) -> None:
+  """deeplearning.ai's CNN course (week 4): normalized content cost, Adam from content + noise."""
+  c.content_loss = "normalized"
+  c.style_layer_weights = "0.2,0.2,0.2,0.2,0.2"
+  c.content_weight = 10.0
+  c.style_weight = 40.0
+  c.optimizer = "adam"
+  c.learning_rate = 2.0
+  c.init = "content_noise"
+  c.num_steps = 200
+  c.image_size = 300
+  c.log_every = 20
+  c.save_every = 20
+
+
+def tiny(c: config_dict.ConfigDict) -> None:
+  """Tests: 32 px, random VGG cut after conv3_1, 4 Adam steps, a log every step."""
+  c.image_size = 32
+  c.weights = "random"
+  c.optimizer = "adam"
+  c.learning_rate = 2.0
+  c.init = "content_noise"
+  c.content_loss = "normalized"
+  c.content_weight = 10.0
+  c.style_weight = 40.0
+  c.content_layers = "conv2_2"
+  c.style_layers = "conv1_1,conv2_1,conv3_1"
+  c.num_steps = 4
+  c.log_every = 1
+  c.save_every = 2
+  c.checkpoint_every = 2
+
+
+PRESETS: dict[str, Callable[[config_dict.ConfigDict], None]] = {
+    "gatys2015": gatys2015, "gatys2015_1e-4": gatys2015_1e4, "course": course, "tiny": tiny}
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  """The preset ``arg`` (default gatys2015): ``base_config`` with that preset's overrides."""
+  variant = arg or "gatys2015"
+  if variant not in PRESETS:
     raise ValueError(f"unknown style config preset {variant!r}; expected one of "
-                     "gatys2015, gatys2015_1e-4, course, tiny")
+                     f"{', '.join(PRESETS)}")
+  c = base_config(variant)
+  PRESETS[variant](c)
   c.lock()
   return c

@@ -8,12 +8,13 @@ comes in as arguments.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable
 
 import jax
 
-from infra.preemption import exit_if_stopped, stop_requests
+from infra.preemption import StopFlag, exit_if_stopped, stop_requests
 from infra.progress import Progress
 
 
@@ -33,7 +34,8 @@ def run_loop(state: Any, start: int, num_steps: int, periods: Periods, *,
              on_eval: Callable[[int, Any], None] | None = None,
              check: Callable[[Any, str], None] | None = None,
              writers: tuple | list = (), closeables: tuple | list = (),
-             unit: str = "steps") -> Any:
+             unit: str = "steps", progress: Progress | None = None,
+             stop: StopFlag | None = None) -> Any:
   """Steps ``start .. num_steps`` of ``state, metrics = step_fn(state, batch)``; returns the state.
 
   The batch of step s is ``make_batch(s, state)`` (already placed on devices). Every
@@ -44,10 +46,18 @@ def run_loop(state: Any, start: int, num_steps: int, periods: Periods, *,
   steps, at the last and on a stop ``on_checkpoint(step, state)``. Then ``writers`` are
   flushed, and a stop request (SIGTERM / SIGINT) raises ``Preempted`` after closing
   ``writers`` and ``closeables`` once the step is checkpointed.
+
+  A caller that runs several loops in a row (style transfer: one per scale) passes them one
+  ``progress`` (a Progress over all the loops: the lines count to the end of the run, not of
+  this loop; default: one over ``start .. num_steps`` in ``unit``) and the ``stop`` flag of
+  its own ``stop_requests()`` (default: the loop's own): a signal that lands in the last step
+  of one loop, or between two, then still stops the run, through the caller's own
+  ``exit_if_stopped`` after this loop returns.
   """
-  progress = Progress(num_steps, start, unit=unit)
+  if progress is None:
+    progress = Progress(num_steps, start, unit=unit)
   pending: list = []
-  with stop_requests() as stop:
+  with (contextlib.nullcontext(stop) if stop is not None else stop_requests()) as stop:
     step = start
     while step < num_steps:
       state, metrics = step_fn(state, make_batch(step, state))

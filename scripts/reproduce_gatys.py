@@ -20,9 +20,10 @@ with average pooling, as in the paper. Each figure is one batch: the generated i
 grid share their targets (one content image, one style image) and differ only in per-image
 weights (the layer weights, alpha and beta), so all panels are optimized together: one VGG
 pass over the batch (N = panels), per-image costs, and one L-BFGS per panel
-(``optax.scale_by_lbfgs`` directions with per-image memory, a weak-Wolfe line search with
-per-image step sizes). Pixels are not clipped while optimizing (the paper does not constrain
-them); the PNGs are clipped to 0..255. All panels start from the same seeded white noise.
+(``style_jax.lbfgs.batched``: the L-BFGS direction of ``stylize`` with per-image memory,
+a weak-Wolfe line search with per-image step sizes). Pixels are not clipped while
+optimizing (the paper does not constrain them); the PNGs are clipped to 0..255. All panels
+start from the same seeded white noise.
 """
 
 from __future__ import annotations
@@ -31,8 +32,15 @@ import argparse
 import json
 import os
 import time
+from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+from infra import vgg as vgg_lib
+from style_jax import images, lbfgs, losses, optimize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.normpath(os.path.join(REPO, "..", "shared"))
@@ -83,105 +91,28 @@ def panels(args) -> dict[str, dict]:
   return figs
 
 
-def make_batched_lbfgs(graphdef, content_layers, style_layers, memory: int, max_linesearch: int,
-                       c1: float = 1e-4, c2: float = 0.9, first_step: float = 10.0):
-  """Jitted ``init(vgg_state, targets, w, x) -> state`` and ``step(vgg_state, targets, w,
-  state) -> (state, value before the step)``: one L-BFGS iteration for every image of a batch;
-  ``state["x"]`` holds the images and ``state["f"]`` their losses.
-
-  Per image, ``total = alpha sum_l c_l J_content^l + beta sum_l s_l J_style^l`` with the weights
-  ``w`` (a dict of (B, ...) arrays); the VGG runs on the whole batch at once. The
-  direction is ``optax.scale_by_lbfgs`` (per-image memory, vmapped); the step size comes from
-  a weak-Wolfe line search (x4 expansion / bisection) run for the whole batch: a ``lax.while_loop`` whose
-  condition is "some image has not found its step yet", so that the loop itself is not vmapped
-  (JAX batches the VGG weights of custom-VJP convolutions inside a vmapped while loop with a
-  per-image condition, which would make every convolution a grouped one).
-  """
-  import jax
-  import jax.numpy as jnp
-  import optax
-  from flax import nnx
-  from style_jax import losses
-
+def make_panel_loss(graphdef, content_layers, style_layers) -> Callable:
+  """``loss(x, vgg_state, targets, w) -> (B,)``: per image of a batch x (B, H, W, 3),
+  ``alpha sum_l c_l J_content^l + beta sum_l s_l J_style^l`` with the weights ``w`` (a dict
+  of (B, ...) arrays). One VGG pass with N = B (not a vmap, so that infra.vgg sees the whole
+  batch when it picks its convolution algorithm)."""
   layers = tuple(dict.fromkeys(tuple(content_layers) + tuple(style_layers)))
-  lbfgs = optax.scale_by_lbfgs(memory_size=memory)
-
   content_cost = jax.vmap(losses.content_cost, in_axes=(None, 0))
   style_cost = jax.vmap(losses.style_cost_from_gram, in_axes=(None, 0))
 
-  def loss(vgg_state, targets, w, x):
-    """Per-image totals (B,) of a batch x (B, H, W, 3): one VGG pass with N = B (not a vmap,
-    so that infra.vgg sees the whole batch when it picks its convolution algorithm)."""
+  def loss(x, vgg_state, targets, w):
     feats = nnx.merge(graphdef, vgg_state).features(x, layers)
     content = sum(w["c"][:, i] * content_cost(targets["content"][n], feats[n])
                   for i, n in enumerate(content_layers))
     style = sum(w["s"][:, i] * style_cost(targets["style"][n], feats[n])
                 for i, n in enumerate(style_layers))
     return w["alpha"] * content + w["beta"] * style
-
-  def value_and_grad(vgg_state, targets, w, x):
-    """Per-image values and gradients (the images' losses are independent: d sum / d x_i)."""
-    (_, values), grad = jax.value_and_grad(
-        lambda x: (lambda v: (jnp.sum(v), v))(loss(vgg_state, targets, w, x)), has_aux=True)(x)
-    return values, grad
-
-  per_image = lambda a: a.reshape(a.shape[0], -1).sum(1)
-  col = lambda v: v.reshape((-1, 1, 1, 1))
-
-  def init(vgg_state, targets, w, x):
-    f, g = value_and_grad(vgg_state, targets, w, x)
-    return {"x": x, "f": f, "g": g, "lbfgs": jax.vmap(lbfgs.init)(x),
-            "evals": jnp.ones((), jnp.int32)}
-
-  def step(vgg_state, targets, w, state):
-    x, f, g = state["x"], state["f"], state["g"]
-    u, lstate = jax.vmap(lbfgs.update)(g, state["lbfgs"], x)
-    # first iteration (no curvature pairs yet): steepest descent scaled to move the pixel that
-    # moves most by first_step (0..255 units), instead of optax's unit-norm first step
-    gmax = jnp.max(jnp.abs(g).reshape(g.shape[0], -1), axis=1)
-    d = jnp.where(state["lbfgs"].count[0] == 0, -g * col(first_step / (gmax + 1e-30)), -u)
-    slope = per_image(g * d)
-    descent = (slope < 0) & jnp.isfinite(slope)
-    d = jnp.where(col(descent), d, -g / col(jnp.sqrt(per_image(g * g)) + 1e-30))
-    slope = jnp.where(descent, slope, -jnp.sqrt(per_image(g * g)))
-
-    def cond(c):
-      return (c["i"] < max_linesearch) & jnp.any(~c["done"])
-
-    def body(c):
-      # weak Wolfe bisection (Lewis & Overton 2013), per image: Armijo fails -> hi = t;
-      # Armijo holds but the slope is still steep -> keep the point, lo = t; else done
-      t = c["t"]
-      xt = x + col(t) * d
-      ft, gt = value_and_grad(vgg_state, targets, w, xt)
-      active = ~c["done"]
-      armijo = active & jnp.isfinite(ft) & (ft <= f + c1 * t * slope)
-      flat = per_image(gt * d) >= c2 * slope
-      keep = armijo & (ft <= c["f"])   # best acceptable point so far
-      hi = jnp.where(active & ~armijo, t, c["hi"])
-      lo = jnp.where(armijo, t, c["lo"])
-      t_next = jnp.where(jnp.isinf(hi), 4.0 * t, 0.5 * (lo + hi))
-      return {"x": jnp.where(col(keep), xt, c["x"]), "f": jnp.where(keep, ft, c["f"]),
-              "g": jnp.where(col(keep), gt, c["g"]), "done": c["done"] | (armijo & flat),
-              "t": jnp.where(c["done"] | (armijo & flat), t, t_next), "lo": lo, "hi": hi,
-              "i": c["i"] + 1}
-
-    c = jax.lax.while_loop(cond, body, {
-        "x": x, "f": f, "g": g, "done": jnp.zeros(f.shape, bool), "t": jnp.ones_like(f),
-        "lo": jnp.zeros_like(f), "hi": jnp.full_like(f, jnp.inf), "i": jnp.zeros((), jnp.int32)})
-    # an image without an acceptable step stays put (its next memory pair is zero: ignored)
-    return ({"x": c["x"], "f": c["f"], "g": c["g"], "lbfgs": lstate,
-             "evals": state["evals"] + c["i"]}, f)
-
-  return jax.jit(init), jax.jit(step)
+  return loss
 
 
 def run_figure(name: str, fig: dict, args, model_state, content_x, style_x, log) -> dict:
-  import jax
-  import jax.numpy as jnp
-  from infra import vgg as vgg_lib
-  from style_jax import losses, optimize
-
+  """Optimizes the panels of ``fig`` together from the same seeded noise; returns their RGB
+  images, initial and final losses, evaluations and timings."""
   graphdef, vgg_state = model_state
   content_layers = fig["content_layers"]
   style_layers = fig["style_layers"]   # () for content only: a shorter VGG
@@ -192,21 +123,22 @@ def run_figure(name: str, fig: dict, args, model_state, content_x, style_x, log)
                        (feats_fn(vgg_state, style_x, style_layers) if style_layers else {}).items()}}
   w = {k: jnp.asarray(fig[k]) for k in ("c", "s", "alpha", "beta")}
   b = len(fig["alpha"])
-  init, step = make_batched_lbfgs(graphdef, content_layers, style_layers, args.lbfgs_memory,
-                                  args.linesearch_steps)
+  init, step = lbfgs.batched(make_panel_loss(graphdef, content_layers, style_layers),
+                            args.lbfgs_memory, args.linesearch_steps)
+  init, step = jax.jit(init), jax.jit(step)
   lo, hi = vgg_lib.caffe_bounds()
   noise = np.random.default_rng(args.seed).uniform(-args.noise_scale, args.noise_scale,
                                                    content_x.shape).astype(np.float32)
   x = jnp.asarray(np.broadcast_to(np.clip(noise, lo, hi), (b,) + content_x.shape))
   t0 = time.perf_counter()
-  state = init(vgg_state, targets, w, x)
+  state = init(x, vgg_state, targets, w)
   initial = np.asarray(state["f"])
-  state, value = step(vgg_state, targets, w, state)
+  state, value = step(state, vgg_state, targets, w)
   jax.block_until_ready(state)
   t_first = time.perf_counter() - t0
   t1 = time.perf_counter()
   for it in range(2, args.num_steps + 1):
-    state, value = step(vgg_state, targets, w, state)
+    state, value = step(state, vgg_state, targets, w)
     if it % args.log_every == 0 or it == args.num_steps:
       v = np.asarray(state["f"])
       r = np.asarray(state["f"]) / initial
@@ -270,7 +202,6 @@ def save_grid(path: str, fig: dict, rgb: np.ndarray, content_rgb, style_rgb, arg
 
 
 def _fit(img, hw):
-  from style_jax import images
   return images.resize(np.asarray(img, np.float32), hw)
 
 
@@ -299,10 +230,6 @@ def main(argv=None):
   p.add_argument("--panel_inches", type=float, default=1.6)
   p.add_argument("--dpi", type=int, default=100)
   args = p.parse_args(argv)
-
-  from flax import nnx
-  from infra import vgg as vgg_lib
-  from style_jax import images
 
   os.makedirs(args.out, exist_ok=True)
   log = lambda s: print(s, flush=True)

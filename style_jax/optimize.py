@@ -6,13 +6,15 @@ pure functions ``(vgg_state, targets, state) -> (state, loss)`` with ``state = {
 the ImageNet mean) clipped after every update to the image of RGB 0..255.
 
   Adam:   g = dL/dx;  x <- clip(x + adam(g))
-  L-BFGS: optax.lbfgs with its zoom line search (gradients computed by the line search are
-          reused through ``optax.value_and_grad_from_state``); x <- clip(x + update). When
-          the clip moved a pixel, the cached value/gradient belong to the unclipped point, so
-          they are invalidated and recomputed at the next step (projected L-BFGS heuristic).
+  L-BFGS: ``style_jax.lbfgs.projected_step`` (optax.lbfgs with its zoom line search, whose
+          gradients are reused through ``optax.value_and_grad_from_state``); x <- clip(x +
+          update). When the clip moved a pixel, the cached value/gradient belong to the
+          unclipped point, so they are invalidated and recomputed at the next step (projected
+          L-BFGS heuristic). scripts/reproduce_gatys.py uses the same module's batched form.
 
-``stylize(config, workdir)`` runs the coarse-to-fine schedule, checkpoints
-(image, optimizer state, step) with Orbax every ``checkpoint_every`` steps and on
+``stylize(config, workdir)`` runs the coarse-to-fine schedule, each scale through
+``infra.loop.run_loop`` (the training loop's driver), checkpoints (image, optimizer state,
+step) with Orbax every ``checkpoint_every`` steps, at the end of each scale and on
 SIGTERM/SIGINT, resumes from ``workdir`` (bit-identical to an uninterrupted run on CPU),
 and writes ``final.png``, intermediate PNGs, TensorBoard scalars and ``results.json``.
 """
@@ -33,12 +35,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from infra import checkpoints, files, vgg as vgg_lib
+from infra import checkpoints, files, loop, vgg as vgg_lib
 from infra.errors import NonFiniteLossError, Preempted  # noqa: F401 (re-exported)
 from infra.metric_writer import MetricWriter
-from infra.preemption import exit_if_stopped, stop_requests
+from infra.preemption import StopFlag, exit_if_stopped, stop_requests
 from infra.progress import Progress
-from style_jax import images, losses
+from style_jax import images, lbfgs, losses
 
 State = dict[str, Any]
 TERMS = ("content", "style", "tv", "total")
@@ -179,12 +181,10 @@ def make_loss_terms(graphdef: nnx.GraphDef, objective: Objective) -> Callable:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam at ``learning_rate``, or the L-BFGS of ``style_jax.lbfgs`` (= ``optax.lbfgs``)."""
   if config.optimizer == "adam":
     return optax.adam(config.learning_rate)
-  return optax.lbfgs(
-      memory_size=config.lbfgs_memory,
-      linesearch=optax.scale_by_zoom_linesearch(
-          max_linesearch_steps=config.lbfgs_linesearch_steps, initial_guess_strategy="one"))
+  return lbfgs.transform(config.lbfgs_memory, config.lbfgs_linesearch_steps)
 
 
 def _strong(tree):
@@ -215,23 +215,14 @@ def make_adam_step(loss_terms: Callable, tx: optax.GradientTransformation) -> Ca
 def make_lbfgs_step(loss_terms: Callable, tx: optax.GradientTransformation) -> Callable:
   """Pure ``(vgg_state, targets, state) -> (state, loss at the old image)``: L-BFGS + clip.
 
-  One step = one L-BFGS direction and its zoom line search (several loss evaluations).
+  One step = one L-BFGS direction and its zoom line search (several loss evaluations):
+  ``style_jax.lbfgs.projected_step`` on the pixels, projected onto the image of RGB 0..255.
   """
-  lo, hi = vgg_lib.caffe_bounds()
+  total = lambda x, vgg_state, targets: loss_terms(vgg_state, targets, x)["total"]
+  pixels_step = lbfgs.projected_step(total, tx, vgg_lib.caffe_bounds())
 
   def step(vgg_state, targets, state):
-    f = lambda x: loss_terms(vgg_state, targets, x)["total"]
-    x = state["image"]
-    value, grad = optax.value_and_grad_from_state(f)(x, state=state["opt_state"])
-    updates, opt_state = tx.update(grad, state["opt_state"], x, value=value, grad=grad,
-                                   value_fn=f)
-    moved = optax.apply_updates(x, updates)
-    image = jnp.clip(moved, lo, hi)
-    # the line search cached f and grad at `moved`; after a clip they are stale: mark
-    # them invalid so that value_and_grad_from_state recomputes them at `image`
-    cached = optax.tree.get(opt_state, "value")
-    stale = jnp.any(image != moved)
-    opt_state = optax.tree.set(opt_state, value=jnp.where(stale, jnp.inf, cached))
+    image, opt_state, value = pixels_step(state["image"], state["opt_state"], vgg_state, targets)
     return {"step": state["step"] + 1, "image": image, "opt_state": opt_state}, value
   return step
 
@@ -323,12 +314,224 @@ def to_rgb(x: jax.Array) -> np.ndarray:
 # ---------------------------------------------------------------------------- loop
 
 
-def _load_inputs(config):
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """A run's checked images: paths, RGB arrays, blend weights and the scales' (H, W)."""
+  content_path: str
+  content_rgb: np.ndarray
+  style_paths: list[str]
+  style_rgbs: list[np.ndarray]
+  blend: list[float]
+  sizes: list[tuple[int, int]]
+
+
+def load_inputs(config: ml_collections.ConfigDict, objective: Objective) -> Inputs:
+  """Reads the content and style images and checks that every scale can use them."""
   content_path = os.path.abspath(os.path.expanduser(config.content))
   content = images.load_image(content_path, "config.content")
   style_paths = [os.path.abspath(os.path.expanduser(p)) for p in _split(config.style)]
   styles = [images.load_image(p, "config.style") for p in style_paths]
-  return content_path, content, style_paths, styles
+  check_sizes(config, objective, content_path, content.shape, style_paths,
+              [s.shape for s in styles])
+  blend = _floats(config.style_blend_weights, "config.style_blend_weights", len(styles))
+  return Inputs(content_path, content, style_paths, styles, blend,
+                scale_sizes(config, content.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """The VGG's weights and the jitted functions of (network, objective, optimizer)."""
+  vgg_state: Any
+  features_fn: Callable
+  terms_fn: Callable
+  step_fn: Callable
+  tx: optax.GradientTransformation
+
+
+def load_network(config: ml_collections.ConfigDict, objective: Objective) -> Network:
+  """The VGG of ``config`` (weights checked) and its compiled functions (cached per process)."""
+  model = vgg_lib.load_vgg(config.weights, config.depth, config.pooling,
+                           cache_dir=config.weights_cache or None, remat=config.remat,
+                           seed=config.seed)
+  graphdef, vgg_state = nnx.split(model)
+  features_fn, terms_fn, step_fn, tx = compiled_functions(
+      graphdef, objective, (config.optimizer, float(config.learning_rate),
+                            int(config.lbfgs_memory), int(config.lbfgs_linesearch_steps)))
+  return Network(vgg_state, features_fn, terms_fn, step_fn, tx)
+
+
+def scale_targets(config: ml_collections.ConfigDict, objective: Objective, inputs: Inputs,
+                  net: Network, k: int) -> tuple[jax.Array, dict]:
+  """Scale k's preprocessed content image and its targets (content activations, style Grams)."""
+  hw = inputs.sizes[k]
+  cx = vgg_lib.preprocess_caffe(images.resize(inputs.content_rgb, hw))
+  sxs = [vgg_lib.preprocess_caffe(images.resize(s, style_size(config, s.shape, hw)))
+         for s in inputs.style_rgbs]
+  return cx, compute_targets(net.features_fn, net.vgg_state, objective, cx, sxs, inputs.blend)
+
+
+class StyleRun:
+  """One ``stylize`` run in its workdir: the scales' loops and everything they write.
+
+  Steps count over all scales: scale k runs steps k n + 1 .. (k + 1) n (n = num_steps), so
+  a checkpoint at step t in (k n, (k + 1) n] holds an image of scale k, and every scale ends
+  with a checkpoint and a log line.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, objective: Objective, workdir: str,
+               inputs: Inputs, net: Network):
+    self.config, self.objective, self.workdir = config, objective, workdir
+    self.inputs, self.net = inputs, net
+    self.total_steps = config.num_steps * len(inputs.sizes)
+    self.ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                         every=config.checkpoint_every,
+                                         keep=config.keep_checkpoints)
+    self.writer = MetricWriter(workdir)
+    self.initial: dict[str, float] | None = None   # loss terms at step 0, on the first scale
+    self.scale = 0
+    self.targets: dict = {}
+    self.logged: dict[str, float] = {}   # loss terms at the image of the step being logged
+    self.linesearch_steps: int | None = None   # L-BFGS: evaluations of that step's search
+    self.seconds, self.steps_timed = 0.0, 0   # after each scale's first (compiling) step
+
+  def host_terms(self, x: jax.Array) -> dict[str, float]:
+    """The loss terms of image x against the current scale's targets, as floats."""
+    terms = self.net.terms_fn(self.net.vgg_state, self.targets, x)
+    return {k: float(v) for k, v in jax.device_get(terms).items()}
+
+  def rgb(self, x: jax.Array) -> np.ndarray:
+    """The image to save: RGB 0..255, with the content's colours if preserve_colors."""
+    rgb = to_rgb(x)
+    if self.config.preserve_colors:
+      rgb = images.preserve_colors(rgb, self.inputs.content_rgb)
+    return rgb
+
+  def restore(self) -> tuple[State | None, int]:
+    """The latest checkpoint's state and step, or (None, 0); sets ``initial`` and ``scale``."""
+    start = self.ckpt.latest_step() or 0
+    if start > self.total_steps:
+      raise StyleConfigError(f"{self.ckpt.directory} holds step {start}, beyond this config's "
+                             f"{self.total_steps} steps (num_steps x num_scales): use a new "
+                             f"workdir")
+    if not start:
+      return None, 0
+    self.scale = (start - 1) // self.config.num_steps
+    target = init_state(self.net.tx, jnp.zeros(self.inputs.sizes[self.scale] + (3,),
+                                               jnp.float32), start)
+    _, state, meta = self.ckpt.restore(target)
+    self.initial = meta.get("initial")
+    print(f"resumed from {self.ckpt.directory}/{start}", flush=True)
+    return _strong(state), start
+
+  def optimize(self, state: State | None, step: int) -> State:
+    """Runs the scales from the one ``step`` lies in to the last; returns the final state.
+
+    A scale starts from the restored state, else from ``initial_image`` (the first scale)
+    or from the previous scale's result upsampled.
+    """
+    first = self.scale
+    progress = Progress(self.total_steps, step, unit="it")
+    with stop_requests() as stop:
+      for k in range(first, len(self.inputs.sizes)):
+        self.scale = k
+        content_x, self.targets = scale_targets(self.config, self.objective, self.inputs,
+                                                self.net, k)
+        if state is None:
+          state = init_state(self.net.tx, initial_image(self.config, content_x), step)
+        elif k > first:
+          state = init_state(self.net.tx, upsample(state["image"], self.inputs.sizes[k]), step)
+        if self.initial is None:
+          self.initial = self.host_terms(state["image"])
+          self.writer.write_scalars(0, {f"loss/{t}": v for t, v in self.initial.items()})
+        state = self.run_scale(state, step, (k + 1) * self.config.num_steps, progress, stop)
+        step = (k + 1) * self.config.num_steps
+    return state
+
+  def run_scale(self, state: State, start: int, end: int, progress: Progress,
+                stop: StopFlag) -> State:
+    """Steps ``start .. end`` of the current scale through ``infra.loop.run_loop``."""
+    c = self.config
+    # run_loop's periodic evaluation of a style run: its intermediate image (save_image)
+    periods = loop.Periods(c.log_every, c.save_every or 1, c.checkpoint_every)
+    step_fn = lambda state, targets: self.net.step_fn(self.net.vgg_state, targets, state)
+    state = loop.run_loop(
+        state, start, end, periods, step_fn=step_fn, make_batch=lambda s, st: self.targets,
+        on_log=self.on_log, on_checkpoint=self.on_checkpoint, check=self.measure,
+        on_eval=self.save_image if c.save_every else None, writers=[self.writer],
+        closeables=[self.ckpt], progress=progress, stop=stop)
+    timed = end - (start + 1)   # the progress' rate leaves out the scale's compiling step
+    if timed > 0:   # timed / rate: the seconds since that first step ended
+      self.seconds += timed / progress.rate(end)
+      self.steps_timed += timed
+    if end > start and end != self.total_steps:   # run_loop leaves its last step to us
+      exit_if_stopped(stop, end, self.writer, self.ckpt)
+    return state
+
+  def measure(self, state: State, where: str) -> None:
+    """The loss terms at the new image, kept for ``on_log``; NonFiniteLossError if one is not
+    finite (run_loop's check, before every log)."""
+    self.logged = self.host_terms(state["image"])
+    if not all(math.isfinite(v) for v in self.logged.values()):
+      raise self.non_finite(where)
+    if self.config.optimizer == "lbfgs":
+      info = optax.tree.get(state["opt_state"], "info")
+      self.linesearch_steps = int(info.num_linesearch_steps)
+
+  def non_finite(self, where: str) -> NonFiniteLossError:
+    """The error for a NaN/Inf loss found at ``where``, naming the last good checkpoint."""
+    return NonFiniteLossError(
+        f"loss became NaN/Inf by {where} ({self.logged}); no checkpoint after step "
+        f"{self.ckpt.latest_step()} was written. Lower learning_rate or the loss weights.")
+
+  def on_log(self, step: int, losses_before: list, progress: Progress) -> None:
+    """NaN guard on the last step's loss, then TensorBoard scalars and a progress line."""
+    if not np.isfinite(float(losses_before[-1])):
+      raise self.non_finite(f"step {step}")
+    values = {t: self.logged[t] for t in TERMS}
+    extra = {"it_per_sec": progress.rate(step), "scale": self.scale}
+    ls = {}
+    if self.linesearch_steps is not None:
+      extra["linesearch_steps"] = ls["ls"] = self.linesearch_steps
+    self.writer.write_scalars(step, {f"loss/{t}": v for t, v in values.items()} | extra)
+    progress.report(step, values | ls)
+
+  def save_image(self, step: int, state: State) -> None:
+    """``iter_NNNNNN.png`` and a TensorBoard image every ``save_every`` steps but the last."""
+    if step % self.config.save_every or step == self.total_steps:
+      return
+    rgb = self.rgb(state["image"])
+    images.save_png(os.path.join(self.workdir, f"iter_{step:06d}.png"), rgb)
+    self.writer.write_images(step, {"generated": images.to_uint8(rgb)})
+
+  def on_checkpoint(self, step: int, state: State) -> None:
+    """Saves ``state`` with the initial loss terms and the scale (forced: run_loop decides)."""
+    self.ckpt.save(step, state, {"initial": self.initial, "scale": self.scale,
+                                 "variant": self.config.variant}, force=True)
+
+  def finish(self, state: State, t_start: float) -> dict:
+    """Saves the output PNG and ``results.json``, closes the writers; returns the results."""
+    final_x = state["image"]
+    final = self.host_terms(final_x)
+    rgb = self.rgb(final_x)
+    out_path = images.save_png(os.path.join(self.workdir, self.config.output), rgb)
+    self.writer.write_images(self.total_steps, {"generated": images.to_uint8(rgb)})
+    results = {
+        "config": self.config.to_dict(),
+        "step": int(jax.device_get(state["step"])),
+        "sizes": [list(s) for s in self.inputs.sizes],
+        "initial": self.initial,
+        "final": final,
+        "output": out_path,
+        "content": self.inputs.content_path,
+        "style": self.inputs.style_paths,
+        "seconds_per_step": self.seconds / self.steps_timed if self.steps_timed else None,
+        "platform": jax.devices()[0].platform,
+        "wall_seconds": time.time() - t_start,
+    }
+    files.write_json_atomic(os.path.join(self.workdir, "results.json"), results)
+    self.writer.close()
+    self.ckpt.close()
+    return results
 
 
 def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -349,134 +552,14 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config)
   objective = objective_from_config(config)
   workdir = os.path.abspath(workdir)
-  content_path, content_rgb, style_paths, style_rgbs = _load_inputs(config)
-  check_sizes(config, objective, content_path, content_rgb.shape, style_paths,
-              [s.shape for s in style_rgbs])
-  blend = _floats(config.style_blend_weights, "config.style_blend_weights", len(style_rgbs))
-  sizes = scale_sizes(config, content_rgb.shape)
-  n = config.num_steps
-  total_steps = n * len(sizes)
-
-  model = vgg_lib.load_vgg(config.weights, config.depth, config.pooling,
-                           cache_dir=config.weights_cache or None, remat=config.remat,
-                           seed=config.seed)
-  graphdef, vgg_state = nnx.split(model)
+  inputs = load_inputs(config, objective)
+  net = load_network(config, objective)
   os.makedirs(workdir, exist_ok=True)   # only once the inputs, config and weights are good
-  features_fn, terms_fn, step_fn, tx = compiled_functions(
-      graphdef, objective, (config.optimizer, float(config.learning_rate),
-                            int(config.lbfgs_memory), int(config.lbfgs_linesearch_steps)))
-
-  def scale_inputs(k: int):
-    hw = sizes[k]
-    cx = vgg_lib.preprocess_caffe(images.resize(content_rgb, hw))
-    sxs = [vgg_lib.preprocess_caffe(images.resize(s, style_size(config, s.shape, hw)))
-           for s in style_rgbs]
-    return cx, compute_targets(features_fn, vgg_state, objective, cx, sxs, blend)
-
-  def host_terms(targets, x) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(terms_fn(vgg_state, targets, x)).items()}
-
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                  every=config.checkpoint_every, keep=config.keep_checkpoints)
-  writer = MetricWriter(workdir)
-  start = ckpt.latest_step() or 0
-  if start > total_steps:
-    raise StyleConfigError(f"{ckpt.directory} holds step {start}, beyond this config's "
-                           f"{total_steps} steps (num_steps x num_scales): use a new workdir")
-  meta: dict = {}
-  state, state_scale = None, -1
-  # a checkpoint at step t in (k n, (k+1) n] holds an image of scale k
-  k = max(0, (start - 1) // n) if start else 0
-  if start:
-    target = init_state(tx, jnp.zeros(sizes[k] + (3,), jnp.float32), start)
-    _, state, meta = ckpt.restore(target)
-    state, state_scale = _strong(state), k
-    print(f"resumed from {ckpt.directory}/{start}", flush=True)
-  initial = meta.get("initial")
-  print(f"stylizing {os.path.basename(content_path)} with "
-        f"{', '.join(os.path.basename(p) for p in style_paths)}: scales "
-        f"{[f'{w}x{h}' for h, w in sizes]}, {config.optimizer}, {n} steps per scale, "
-        f"VGG{config.depth} ({config.pooling} pooling) from {config.weights}", flush=True)
-
-  progress = Progress(total_steps, start, unit="it")
-  step = start
-  seconds = {"optimizing": 0.0}
-  with stop_requests() as stop:
-    for k in range(k, len(sizes)):
-      end = (k + 1) * n
-      content_x, targets = scale_inputs(k)
-      if state_scale != k:
-        if state is None:
-          x0 = initial_image(config, content_x)
-        else:   # finished scale k - 1: its result, upsampled, starts scale k
-          x0 = upsample(state["image"], sizes[k])
-        state, state_scale = init_state(tx, x0, step), k
-      if initial is None:
-        initial = host_terms(targets, state["image"])
-        writer.write_scalars(0, {f"loss/{t}": v for t, v in initial.items()})
-      compiled_at = None
-      t0 = time.perf_counter()
-      while step < end:
-        state, value = step_fn(vgg_state, targets, state)
-        step += 1
-        if compiled_at is None:
-          jax.block_until_ready(value)
-          compiled_at = step
-          t0 = time.perf_counter()
-          progress.mark_compiled(step)
-        last = step == total_steps
-        if step % config.log_every == 0 or step == end or stop:
-          values = host_terms(targets, state["image"])
-          if not all(math.isfinite(v) for v in values.values()) or not np.isfinite(float(value)):
-            raise NonFiniteLossError(
-                f"loss became NaN/Inf by step {step} ({values}); no checkpoint after step "
-                f"{ckpt.latest_step()} was written. Lower learning_rate or the loss weights.")
-          extra = {"it_per_sec": progress.rate(step), "scale": k}
-          if config.optimizer == "lbfgs":   # loss evaluations of the last line search
-            info = optax.tree.get(state["opt_state"], "info")
-            extra["linesearch_steps"] = int(info.num_linesearch_steps)
-          writer.write_scalars(step, {f"loss/{t}": values[t] for t in TERMS} | extra)
-          progress.report(step, {t: values[t] for t in TERMS}
-                          | ({"ls": extra["linesearch_steps"]} if "linesearch_steps" in extra else {}))
-        if config.save_every and (step % config.save_every == 0) and not last:
-          rgb = to_rgb(state["image"])
-          if config.preserve_colors:
-            rgb = images.preserve_colors(rgb, content_rgb)
-          images.save_png(os.path.join(workdir, f"iter_{step:06d}.png"), rgb)
-          writer.write_images(step, {"generated": images.to_uint8(rgb)})
-        if step % config.checkpoint_every == 0 or step == end or stop:
-          ckpt.save(step, state, {"initial": initial, "scale": k, "variant": config.variant},
-                    force=True)
-        writer.flush()
-        if not last:
-          exit_if_stopped(stop, step, writer, ckpt)
-      if compiled_at is not None and step > compiled_at:
-        seconds["optimizing"] += time.perf_counter() - t0
-        seconds.setdefault("steps_timed", 0)
-        seconds["steps_timed"] += step - compiled_at
-
-  final_x = state["image"]
-  final = host_terms(targets, final_x)
-  rgb = to_rgb(final_x)
-  if config.preserve_colors:
-    rgb = images.preserve_colors(rgb, content_rgb)
-  out_path = images.save_png(os.path.join(workdir, config.output), rgb)
-  writer.write_images(step, {"generated": images.to_uint8(rgb)})
-  timed = seconds.get("steps_timed", 0)
-  results = {
-      "config": config.to_dict(),
-      "step": int(jax.device_get(state["step"])),
-      "sizes": [list(s) for s in sizes],
-      "initial": initial,
-      "final": final,
-      "output": out_path,
-      "content": content_path,
-      "style": style_paths,
-      "seconds_per_step": seconds["optimizing"] / timed if timed else None,
-      "platform": jax.devices()[0].platform,
-      "wall_seconds": time.time() - t_start,
-  }
-  files.write_json_atomic(os.path.join(workdir, "results.json"), results)
-  writer.close()
-  ckpt.close()
-  return results
+  run = StyleRun(config, objective, workdir, inputs, net)
+  state, start = run.restore()
+  print(f"stylizing {os.path.basename(inputs.content_path)} with "
+        f"{', '.join(os.path.basename(p) for p in inputs.style_paths)}: scales "
+        f"{[f'{w}x{h}' for h, w in inputs.sizes]}, {config.optimizer}, {config.num_steps} "
+        f"steps per scale, VGG{config.depth} ({config.pooling} pooling) from {config.weights}",
+        flush=True)
+  return run.finish(run.optimize(state, start), t_start)

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -293,6 +294,63 @@ def test_lbfgs_multiscale_resume_is_bit_identical(tmp_path):
     states.append(jax.device_get(state))
   for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
     np.testing.assert_array_equal(a, b)
+
+
+def test_stop_in_the_last_step_of_a_scale_stops_the_run(tmp_path, monkeypatch, capsys):
+  """SIGTERM during scale 0's last step: that step's checkpoint is the last one and the run
+  raises Preempted before scale 1 (each scale is its own infra.loop.run_loop, under one stop
+  flag); resumed, it ends as an uninterrupted run. Progress lines count over both scales."""
+  config = _tiny(tmp_path, optimizer="lbfgs", num_scales=2, num_steps=3, checkpoint_every=100,
+                 save_every=0)
+  full = optimize.stylize(config, str(tmp_path / "full"))
+  assert "step 3/6" in capsys.readouterr().out
+  real = optimize.compiled_functions
+  calls = {"n": 0}
+
+  def stopping(*args):
+    features, terms, step_fn, tx = real(*args)
+
+    def step(*a):
+      calls["n"] += 1
+      if calls["n"] == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step_fn(*a)
+    return features, terms, step, tx
+  monkeypatch.setattr(optimize, "compiled_functions", stopping)
+  with pytest.raises(optimize.Preempted, match="after checkpointing step 3") as e:
+    optimize.stylize(config, str(tmp_path / "part"))
+  assert e.value.signum == signal.SIGTERM and calls["n"] == 3
+  assert os.listdir(tmp_path / "part" / "checkpoints") == ["3"]
+  monkeypatch.undo()
+  resumed = optimize.stylize(config, str(tmp_path / "part"))
+  assert resumed["final"] == full["final"] and resumed["initial"] == full["initial"]
+  np.testing.assert_array_equal(_final_image(tmp_path / "part"), _final_image(tmp_path / "full"))
+
+
+@pytest.mark.parametrize("bad", ["image", "loss"])
+def test_nonfinite_loss_stops_before_its_checkpoint(tmp_path, monkeypatch, bad):
+  """A NaN image (loss terms at the new image) or a NaN loss returned by the step (at the old
+  one) at step 3 raises NonFiniteLossError at that step's log; step 2's checkpoint is the last."""
+  config = _tiny(tmp_path, num_steps=4, checkpoint_every=2, save_every=0)
+  real = optimize.compiled_functions
+
+  def poisoned(*args):
+    features, terms, step_fn, tx = real(*args)
+
+    def step(*a):
+      state, value = step_fn(*a)
+      if int(state["step"]) == 3:
+        if bad == "image":
+          state = dict(state, image=state["image"] * jnp.nan)
+        else:
+          value = value * jnp.nan
+      return state, value
+    return features, terms, step, tx
+  monkeypatch.setattr(optimize, "compiled_functions", poisoned)
+  with pytest.raises(optimize.NonFiniteLossError,
+                     match=r"NaN/Inf by step 3 .*no checkpoint after step 2 was written"):
+    optimize.stylize(config, str(tmp_path / "run"))
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2"]
 
 
 def test_shared_images_load():

@@ -47,13 +47,12 @@ def main(argv):
   import jax
   import jax.numpy as jnp
   import ml_collections
-  import optax
   from flax import nnx
 
   from facenet_jax import models
   from facenet_jax.data.ekg import EKGSpec, make_ekg_identities
   from infra import files
-  from style_jax import losses, optimize
+  from style_jax import lbfgs, losses
 
   t0 = time.time()
   example = make_ekg_identities(EKGSpec(num_identities=2, images_per_identity=(1, 1),
@@ -74,14 +73,8 @@ def main(argv):
   def loss(x_L1):
     return losses.style_cost(grams_S, {n: a[0] for n, a in feats(state, x_L1).items()}, weights)
 
-  tx = optimize.make_optimizer(ml_collections.ConfigDict(dict(
-      optimizer="lbfgs", lbfgs_memory=20, lbfgs_linesearch_steps=20)))
-
-  @jax.jit
-  def step(x, opt_state):
-    value, grad = optax.value_and_grad_from_state(loss)(x, state=opt_state)
-    updates, opt_state = tx.update(grad, opt_state, x, value=value, grad=grad, value_fn=loss)
-    return optax.apply_updates(x, updates), opt_state, value
+  tx = lbfgs.transform(memory=20, linesearch_steps=20)
+  step = jax.jit(lbfgs.projected_step(loss, tx))   # no bounds: a signal is not a pixel range
 
   rng = np.random.default_rng(_SEED.value)
   start = (example.mean() + example.std() * rng.standard_normal(example.shape)).astype(np.float32)

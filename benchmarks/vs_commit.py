@@ -28,6 +28,8 @@ import sys
 
 import numpy as np
 
+from configs.style import get_config as style_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STYLE_SNIPPET = r"""
@@ -38,8 +40,9 @@ from configs.style import get_config
 from infra import vgg as vgg_lib
 from infra.overrides import with_overrides
 from style_jax import optimize
-size, steps = int(sys.argv[1]), int(sys.argv[2])
-config = with_overrides(get_config("gatys2015"), {"optimizer": "adam", "learning_rate": 2.0})
+size, steps, weights = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+config = with_overrides(get_config("gatys2015"), {"optimizer": "adam", "learning_rate": 2.0,
+                                                  "weights": weights})
 objective = optimize.objective_from_config(config)
 graphdef, vgg_state = nnx.split(vgg_lib.load_vgg(config.weights, 19, "avg"))
 rng = np.random.default_rng(0)
@@ -89,13 +92,18 @@ def main():
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--style_size", type=int, default=256)
   p.add_argument("--style_steps", type=int, default=5)
+  p.add_argument("--weights", default=style_config().weights, help="VGG19 Keras HDF5 weights")
+  p.add_argument("--jobs", default="train_step,style_adam", help="which programs to time")
   args = p.parse_args()
   trees = {"base": worktree(args.base), "this": ROOT}
   jobs = {
       "train_step": ["benchmarks/train_step.py", "--worker", "ours", "--p", str(args.p), "--k",
                      str(args.k), "--size", str(args.size), "--steps", str(args.steps)],
-      "style_adam": ["-c", STYLE_SNIPPET, str(args.style_size), str(args.style_steps)],
+      # the weights by absolute path: the base checkout is not beside ../shared
+      "style_adam": ["-c", STYLE_SNIPPET, str(args.style_size), str(args.style_steps),
+                     os.path.abspath(args.weights)],
   }
+  jobs = {j: jobs[j] for j in args.jobs.split(",")}
   head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                         text=True).stdout.strip()
   print(f"# base {args.base} vs this tree (HEAD {head} + working tree), {platform.processor() or platform.machine()}, "

@@ -12,7 +12,8 @@ from ml_collections import config_dict, config_flags
 
 from configs import facenet, sweeps
 from facenet_jax import clustering, evaluators, losses, mining, models
-from facenet_jax.config_checks import OPTIMIZERS, SCHEDULES, ConfigError, check_config
+from facenet_jax.config_checks import ConfigError, check_config
+from facenet_jax.steps import OPTIMIZERS, SCHEDULES
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 VARIANTS = ("synthetic", "tiny", "inception", "orl", "orl_vgg", "lfw", "lfw_vgg", "omniglot",

@@ -18,7 +18,7 @@ from flax import nnx
 from PIL import Image
 
 from facenet_jax import models
-from infra import units, vgg
+from infra import convolution, units, vgg
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -34,7 +34,7 @@ def _forward(x, net, upto):
   for kind, k, s, lo, hi in net[:upto]:
     if kind == "conv":
       w = jnp.ones((k,) * rank + (1, 1), x.dtype)
-      dn = models._channels_last_dn(x.ndim)
+      dn = convolution.channels_last_dn(x.ndim)
       x = jax.lax.conv_general_dilated(x, w, (s,) * rank, [(lo, hi)] * rank, dimension_numbers=dn)
     else:
       x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1,) + (k,) * rank + (1,),

@@ -49,7 +49,7 @@ def default_config(variant: str = "synthetic") -> config_dict.ConfigDict:
   c.miner = "semi_hard"         # semi_hard | batch_hard | batch_all | random
   c.margin = 0.2                # alpha
   # K > 0 margins: train K models (one per alpha, same batches) in one vmapped program,
-  # each into <workdir>/margin=<alpha>/ as if it were its own run (facenet_jax/multi_margin.py)
+  # each into <workdir>/margin=<alpha>/ as if it were its own run (facenet_jax/train.py)
   c.margins = ()
   c.semi_hard_fallback = "easiest"  # easiest | hardest | drop
 
@@ -60,6 +60,12 @@ def default_config(variant: str = "synthetic") -> config_dict.ConfigDict:
 
   # P identities x K images per global batch
   c.update(identities_per_batch=8, images_per_identity=4)
+  # > 0: embed the global batch in chunks of this many images (rows j, j + n, j + 2n, ... of
+  # the batch, n = batch / batch_chunk) whose activations are recomputed in the backward
+  # pass: memory grows with the chunk, not the batch; the gradient is the whole batch's,
+  # exact for a model whose BatchNorm normalizes each chunk with that chunk's statistics
+  # (running statistics: one update per step, the mean over chunks). 0: off
+  c.batch_chunk = 0
 
   c.data = _data_defaults()
   # training augmentation (facenet_jax/preprocess.py): flip, pad-and-crop translation, zoom

@@ -81,6 +81,9 @@ def _check_sizes(c: ml_collections.ConfigDict) -> None:
            ">= 2 (negatives need a second identity)")
   _require(c.images_per_identity >= 2, "images_per_identity", c.images_per_identity,
            ">= 2 (positives need a second image)")
+  _require(isinstance(c.batch_chunk, int) and not isinstance(c.batch_chunk, bool)
+           and c.batch_chunk >= 0, "batch_chunk", c.batch_chunk,
+           "an integer >= 0 (images per chunk of the global batch; 0: no chunking)")
 
 
 def _check_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> None:

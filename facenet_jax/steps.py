@@ -38,7 +38,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
     raise ValueError(f"optim.name={optim.name!r} / optim.schedule={optim.schedule!r}: expected one "
                      f"of {OPTIMIZERS} / {SCHEDULES}")
   if optim.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, warmup, max(num_steps, warmup + 1))
+    lr = optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, warmup, max(num_steps, warmup + 1) + 1)
   else:
     lr = optax.join_schedules([optax.linear_schedule(0.0, optim.learning_rate, warmup),
                                optax.constant_schedule(optim.learning_rate)], [warmup])
@@ -101,16 +101,56 @@ def make_objective(config: ml_collections.ConfigDict) -> Callable:
   return online_loss
 
 
+def make_train_embed(graphdef: nnx.GraphDef, batch_chunk: int = 0) -> Callable:
+  """``(params, model_state, x_B...) -> (emb_BxD, model_state)``: the model in train mode.
+
+  ``batch_chunk`` = c > 0 (the gradient cache of Gao et al. 2021, "Scaling Deep Contrastive
+  Learning Batch Size under Memory Limited Setup"): the B rows are embedded as n = B / c
+  chunks, chunk j = rows j, j + n, j + 2n, ... (so a batch sharded over devices keeps each
+  chunk's rows on their own devices, and the chunks do not depend on the device count), one
+  chunk at a time by ``lax.map`` over a ``jax.checkpoint``-ed forward: its activations are
+  recomputed in the backward pass instead of stored, so memory grows with c, not B. The
+  embeddings, and the gradient of any loss of all B of them, are those of this model with
+  each chunk's BatchNorm using that chunk's batch statistics; every chunk starts from the
+  same running statistics and the new ones are the mean of the chunks' updates (one EMA
+  update per step with the mean of the chunk statistics).
+  """
+  def embed(params, model_state, x):
+    # merged inside the differentiated function: NNX variables may only be mutated
+    # (BatchNorm statistics) at the trace level that created them
+    model = nnx.merge(graphdef, params, model_state, copy=True)
+    emb_BxD = model(x, train=True)
+    _, _, model_state = nnx.split(model, nnx.Param, ...)
+    return emb_BxD, model_state
+
+  if not batch_chunk:
+    return embed
+
+  def chunked(params, model_state, x):
+    b = x.shape[0]
+    if b % batch_chunk:
+      raise ValueError(f"batch_chunk={batch_chunk} does not divide the global batch of {b}")
+    n = b // batch_chunk
+    xs = jnp.swapaxes(x.reshape(batch_chunk, n, *x.shape[1:]), 0, 1)   # chunk j = x[j::n]
+    body = jax.checkpoint(lambda xc: embed(params, model_state, xc))
+    emb_n, states_n = jax.lax.map(body, xs)
+    emb_BxD = jnp.swapaxes(emb_n, 0, 1).reshape(b, -1)
+    mean = lambda s: jnp.mean(s, 0).astype(s.dtype) if jnp.issubdtype(s.dtype, jnp.floating) else s[-1]
+    return emb_BxD, jax.tree.map(mean, states_n)
+  return chunked
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict) -> Callable[..., tuple[State, dict]]:
   """The pure train step ``(state, batch, margin) -> (state, metrics)``.
 
   ``batch``: ``images`` (B, *spatial, C) uint8 or float, ``labels`` (B,) int32, ``mask``
   (B,) bool. ``margin``: alpha, a float or a traced scalar (:func:`make_member_step` vmaps
-  it). Randomness (augmentation, random miner) comes from (seed, step). A step whose loss or
+  it). ``config.batch_chunk``: the embedding of :func:`make_train_embed`. Randomness (augmentation, random miner) comes from (seed, step). A step whose loss or
   gradient norm is not finite is not applied; ``nonfinite_step`` records the first one.
   """
   objective = make_objective(config)
+  embed = make_train_embed(graphdef, config.batch_chunk)
   aug = config.augment
 
   def train_step(state: State, batch: dict, margin: float | jax.Array) -> tuple[State, dict]:
@@ -121,12 +161,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                            rotate=aug.rotate, brightness=aug.brightness, contrast=aug.contrast)
 
     def loss_fn(params, model_state):
-      # merged inside the differentiated function: NNX variables may only be mutated
-      # (BatchNorm statistics) at the trace level that created them
-      model = nnx.merge(graphdef, params, model_state, copy=True)
-      emb_BxD = model(x, train=True)
+      emb_BxD, model_state = embed(params, model_state, x)
       loss, stats = objective(emb_BxD, batch, k_mine, margin)
-      _, _, model_state = nnx.split(model, nnx.Param, ...)
       return loss, (stats, model_state)
 
     (loss, (stats, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -72,6 +72,35 @@ class RunData:
     return {"images": self.train_ds.images[b.indices], "labels": b.labels, "mask": b.mask}
 
 
+def global_batch_size(config: ml_collections.ConfigDict) -> int:
+  """Images per step: P x K, or 3 x offline.triplets_per_batch (anchors, positives, negatives)."""
+  return (3 * config.offline.triplets_per_batch if config.offline.enabled
+          else config.identities_per_batch * config.images_per_identity)
+
+
+def check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+  """The global batch size, checked against the devices and ``batch_chunk`` (before any data
+  is read)."""
+  global_batch = global_batch_size(config)
+  mesh_lib.check_divisible(global_batch, mesh, "global batch (identities_per_batch x "
+                           "images_per_identity, or 3 x offline.triplets_per_batch)")
+  check_chunking(config, global_batch, mesh)
+  return global_batch
+
+
+def check_chunking(config: ml_collections.ConfigDict, global_batch: int,
+                   mesh: jax.sharding.Mesh) -> None:
+  """``config.batch_chunk`` must divide the global batch, and the device count must divide it
+  (each chunk's rows are spread evenly over the devices: steps.make_train_embed)."""
+  c, n = config.batch_chunk, mesh.devices.size
+  if c and global_batch % c:
+    raise ValueError(f"config.batch_chunk={c} does not divide the global batch of {global_batch} "
+                     "(identities_per_batch x images_per_identity, or 3 x offline.triplets_per_batch)")
+  if c and c % n:
+    raise ValueError(f"config.batch_chunk={c} is not a multiple of the {n} devices the batch is "
+                     "split over (each device holds the same share of every chunk)")
+
+
 def prepare_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunData:
   """Loads and checks the datasets of ``config`` and builds its sampler and held-out pairs."""
   train_ds, eval_ds = sources.load(config)
@@ -82,10 +111,7 @@ def prepare_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
                          for ds in (train_ds, eval_ds))
   for ds in (train_ds, eval_ds):
     check_dataset(ds, config)
-  global_batch = (3 * config.offline.triplets_per_batch if config.offline.enabled
-                  else config.identities_per_batch * config.images_per_identity)
-  mesh_lib.check_divisible(global_batch, mesh, "global batch (identities_per_batch x "
-                           "images_per_identity, or 3 x offline.triplets_per_batch)")
+  global_batch = check_batch(config, mesh)
   sampler = PKSampler(train_ds.labels, config.identities_per_batch, config.images_per_identity,
                       config.seed)
   eval_bs = int(np.lcm(config.eval_batch_size, mesh.devices.size))
@@ -328,6 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = mesh_lib.make_data_mesh(devices)
   lead = jax.process_index() == 0
   stacked = bool(tuple(config.margins))
+  check_batch(config, mesh)
   data = prepare_data(config, mesh)
   graphdef, tx, state = steps.create_train_state(config, example_shape=data.train_ds.example_shape,
                                                  fit_examples=data.train_ds.images)

@@ -38,7 +38,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
     raise ValueError(f"optim.name={optim.name!r} / optim.schedule={optim.schedule!r}: expected one "
                      f"of {OPTIMIZERS} / {SCHEDULES}")
   if optim.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, warmup, max(num_steps, warmup + 1) + 1)
+    lr = optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, warmup, max(num_steps, warmup + 1))
   else:
     lr = optax.join_schedules([optax.linear_schedule(0.0, optim.learning_rate, warmup),
                                optax.constant_schedule(optim.learning_rate)], [warmup])

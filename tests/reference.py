@@ -40,25 +40,36 @@ def _result(trips, losses_):
       mean_d_ap=float(np.mean([t[0] for t in trips])), mean_d_an=float(np.mean([t[1] for t in trips])))
 
 
-def semi_hard(emb, labels, mask, margin, fallback="easiest", loss="triplet"):
+def semi_hard_triplets(emb, labels, mask, margin, fallback="easiest"):
+  """The (a, p, n) index triplets FaceNet's semi-hard rule selects, in (a, p) order.
+
+  n: the closest negative with d(a,p) < d(a,n) < d(a,p) + margin; when there is none,
+  ``fallback`` picks the farthest ("easiest") or closest ("hardest") negative, or no
+  triplet ("drop"). Anchors without a negative give none.
+  """
   D = sq_dist(emb)
-  trips, ls = [], []
+  out = []
   for a, p in _pairs(labels, mask):
     negs = _negs(labels, mask, a)
     if not negs:
       continue
-    semi = [D[a, n] for n in negs if D[a, p] < D[a, n] < D[a, p] + margin]
+    semi = [n for n in negs if D[a, p] < D[a, n] < D[a, p] + margin]
     if semi:
-      d_an = min(semi)
+      n = min(semi, key=lambda n: D[a, n])
     elif fallback == "drop":
       continue
     elif fallback == "easiest":
-      d_an = max(D[a, n] for n in negs)
+      n = max(negs, key=lambda n: D[a, n])
     else:
-      d_an = min(D[a, n] for n in negs)
-    trips.append((D[a, p], d_an))
-    ls.append(LOSS[loss](D[a, p], d_an, margin))
-  return _result(trips, ls)
+      n = min(negs, key=lambda n: D[a, n])
+    out.append((a, p, n))
+  return out
+
+
+def semi_hard(emb, labels, mask, margin, fallback="easiest", loss="triplet"):
+  D = sq_dist(emb)
+  trips = [(D[a, p], D[a, n]) for a, p, n in semi_hard_triplets(emb, labels, mask, margin, fallback)]
+  return _result(trips, [LOSS[loss](d_ap, d_an, margin) for d_ap, d_an in trips])
 
 
 def batch_hard(emb, labels, mask, margin, loss="triplet"):

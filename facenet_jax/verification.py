@@ -101,18 +101,23 @@ def kfold_accuracy(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray | int
           "threshold": float(np.mean(thresholds)), "fold_accuracies": accs}
 
 
-def roc(dist: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """ROC of ``dist <= t`` over all thresholds: (far, tar, thresholds), far ascending."""
+def _roc_counts(dist: np.ndarray, issame: np.ndarray):
+  """Integer ROC counts of ``dist <= t``: ``(fp, tp, n_neg, n_pos, thresholds)``, one entry
+  per distinct distance after a leading t = -inf (nothing accepted)."""
   dist = np.asarray(dist, np.float64)
   issame = np.asarray(issame, bool)
   order = np.argsort(dist, kind="stable")
   d, s = dist[order], issame[order]
   last = np.r_[d[1:] > d[:-1], True]          # end of each group of tied distances
-  tp = np.cumsum(s)[last]
-  fp = np.cumsum(~s)[last]
-  tar = np.r_[0.0, tp / max(s.sum(), 1)]
-  far = np.r_[0.0, fp / max((~s).sum(), 1)]
-  return far, tar, np.r_[-np.inf, d[last]]
+  tp = np.r_[0, np.cumsum(s)[last]]
+  fp = np.r_[0, np.cumsum(~s)[last]]
+  return fp, tp, int((~s).sum()), int(s.sum()), np.r_[-np.inf, d[last]]
+
+
+def roc(dist: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """ROC of ``dist <= t`` over all thresholds: (far, tar, thresholds), far ascending."""
+  fp, tp, n_neg, n_pos, thresholds = _roc_counts(dist, issame)
+  return fp / max(n_neg, 1), tp / max(n_pos, 1), thresholds
 
 
 def roc_auc(dist: np.ndarray, issame: np.ndarray) -> float:
@@ -121,11 +126,19 @@ def roc_auc(dist: np.ndarray, issame: np.ndarray) -> float:
 
 
 def eer(dist: np.ndarray, issame: np.ndarray) -> float:
-  """Equal error rate: where the false-accept rate equals the false-reject rate."""
-  far, tar, _ = roc(dist, issame)
-  frr = 1.0 - tar
-  i = int(np.argmin(np.abs(far - frr)))
-  return float(0.5 * (far[i] + frr[i]))
+  """Equal error rate: where the false-accept rate equals the false-reject rate.
+
+  (FAR + FRR) / 2 at the threshold whose |FAR - FRR| is smallest. When two thresholds are
+  equally close (the crossing lies exactly halfway between their operating points), the
+  mean of their two values: where the straight line between them crosses FAR = FRR. The
+  gaps are compared as integers, so such ties are found exactly, not left to rounding.
+  """
+  fp, tp, n_neg, n_pos, _ = _roc_counts(dist, issame)
+  n_neg, n_pos = max(n_neg, 1), max(n_pos, 1)
+  fn = n_pos - tp
+  gap = np.abs(fp * n_pos - fn * n_neg)        # n_pos n_neg |FAR - FRR|, exact
+  best = np.flatnonzero(gap == gap.min())      # one point, or two on either side of the crossing
+  return float(np.mean(0.5 * (fp[best] / n_neg + fn[best] / n_pos)))
 
 
 def val_at_far(dist: np.ndarray, issame: np.ndarray, far_target: float = 1e-3) -> float:

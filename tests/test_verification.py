@@ -1,3 +1,5 @@
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,24 @@ def _brute_best_threshold(d, s):
   cands = np.r_[d.min() - 1, (np.sort(d)[1:] + np.sort(d)[:-1]) / 2, d.max() + 1]
   accs = [np.mean((d <= t) == s) for t in cands]
   return float(np.max(accs))
+
+
+def _brute_auc(d, s):
+  """P(a random same pair is closer than a random different pair), ties counting 1/2."""
+  ds, dd = d[s], d[~s]
+  return float(np.mean((ds[:, None] < dd[None, :]) + 0.5 * (ds[:, None] == dd[None, :])))
+
+
+def _brute_eer(d, s):
+  """Every threshold t (-inf and each distance) with FAR(t) = P(different pair <= t) and
+  FRR(t) = P(same pair > t) as exact fractions; (FAR + FRR) / 2 where |FAR - FRR| is
+  smallest, averaged over the (at most two) thresholds that tie for it."""
+  ds, dd = d[s], d[~s]
+  pts = [(Fraction(int(np.sum(dd <= t)), dd.size), Fraction(int(np.sum(ds > t)), ds.size))
+         for t in np.r_[-np.inf, np.unique(d)]]
+  best = min(abs(far - frr) for far, frr in pts)
+  vals = [(far + frr) / 2 for far, frr in pts if abs(far - frr) == best]
+  return float(sum(vals) / len(vals))
 
 
 def test_best_threshold_matches_brute_force():
@@ -36,10 +56,9 @@ def test_roc_auc_eer_val_against_numpy():
   rng = np.random.default_rng(1)
   s = rng.random(400) < 0.5
   d = rng.normal(size=400) + np.where(s, 0.0, 1.5)
-  # AUC = P(d_same < d_diff) (Mann-Whitney)
+  # AUC = P(d_same < d_diff) (Mann-Whitney); no ties in continuous draws
   ds, dd = d[s], d[~s]
-  auc = np.mean(ds[:, None] < dd[None, :])
-  assert V.roc_auc(d, s) == pytest.approx(auc, abs=1e-9)
+  assert V.roc_auc(d, s) == pytest.approx(_brute_auc(d, s), abs=1e-12)
   far, tar, _ = V.roc(d, s)
   assert far[0] == 0 and tar[-1] == 1 and np.all(np.diff(far) >= 0)
   # VAL@FAR: the fraction of same pairs below the largest threshold with FAR <= target
@@ -48,8 +67,38 @@ def test_roc_auc_eer_val_against_numpy():
   k = int(np.floor(target * dd.size))
   thr = ts[k] if k < dd.size else np.inf   # accept strictly below the (k+1)-th mismatched distance
   assert V.val_at_far(d, s, target) == pytest.approx(np.mean(ds < thr))
-  e = V.eer(d, s)
-  assert 0.1 < e < 0.35
+  assert V.eer(d, s) == pytest.approx(_brute_eer(d, s), abs=1e-12)
+
+
+def test_auc_and_eer_with_tied_distances_match_brute_force():
+  # few distinct distances: same and different pairs tie at most thresholds
+  checked_ties = 0
+  for seed in range(300):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    s = rng.random(n) < rng.uniform(0.2, 0.8)
+    if s.all() or not s.any():
+      continue
+    d = rng.integers(0, 5, n).astype(float) + np.where(s, 0.0, rng.integers(0, 2))
+    checked_ties += bool(np.intersect1d(d[s], d[~s]).size)
+    assert V.roc_auc(d, s) == pytest.approx(_brute_auc(d, s), abs=1e-12), seed
+    assert V.eer(d, s) == pytest.approx(_brute_eer(d, s), abs=1e-12), seed
+  assert checked_ties > 200
+
+
+def test_eer_tie_halfway_between_two_thresholds():
+  # same pairs at 0, 2, 2; different at 1, 3, 3. t = 1: FAR 1/3, FRR 2/3; t = 2: FAR 1/3,
+  # FRR 0. Both are 1/3 from FAR = FRR, and the line between them (FAR = 1/3) crosses it
+  # at 1/3. In floats 1/3 - (1 - 1/3) is a hair beyond -1/3, so picking by rounding gave
+  # the t = 2 point alone: 1/6.
+  d = np.array([0.0, 2.0, 2.0, 1.0, 3.0, 3.0])
+  s = np.array([1, 1, 1, 0, 0, 0], bool)
+  assert V.eer(d, s) == pytest.approx(1 / 3, abs=1e-15)
+  # AUC: same 0 beats all 3; each same 2 beats the two 3s and ties nothing: (3 + 2 + 2) / 9
+  assert V.roc_auc(d, s) == pytest.approx(7 / 9, abs=1e-15)
+  # a tie across the classes counts 1/2: same 1 vs different 1
+  assert V.roc_auc(np.array([1.0, 1.0]), np.array([1, 0], bool)) == 0.5
+  assert V.eer(np.array([1.0, 1.0]), np.array([1, 0], bool)) == 0.5
 
 
 def test_perfect_separation():

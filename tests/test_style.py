@@ -382,6 +382,61 @@ def test_style_blend_targets_are_weighted_gram_means():
   assert one["content"]["conv1_2"].shape == (12, 12, 64)
 
 
+@pytest.mark.parametrize("content_loss,alpha", [("sum", 1e-2), ("normalized", 300.0)])
+def test_loss_terms_equal_numpy_costs_of_the_vgg_features(content_loss, alpha):
+  """make_loss_terms reports content, style, tv and total = alpha content + beta style +
+  tv_weight tv, each equal to a float64 NumPy cost of the random VGG's own features.
+
+  alpha, beta and tv_weight differ and are chosen so that each weighted term is a third or so
+  of the total: swapping two weights, dropping a term, a wrong lambda_l or a content cost
+  summed over one layer only all move the total by far more than the tolerance.
+  """
+  from flax import nnx
+  from infra import vgg
+  beta, tv_weight = 8.0, 0.03
+  content_layers, lam = ("conv1_2", "conv2_2"), {"conv1_1": 0.7, "conv2_1": 0.3}
+  graphdef, state = nnx.split(vgg.VGG(19, "avg", rngs=nnx.Rngs(0)))
+  obj = optimize.Objective(content_layers=content_layers, style_layers=tuple(lam.items()),
+                           content_loss=content_loss, alpha=alpha, beta=beta, tv_weight=tv_weight)
+  rng = np.random.default_rng(3)
+  cx, sx, gx = (np.asarray(vgg.preprocess_caffe(rng.uniform(0, 255, (16, 16, 3))))
+                for _ in range(3))
+  features_fn = optimize.make_features_fn(graphdef)
+  layers = content_layers + tuple(lam)
+  f = {name: {n: np.asarray(a, np.float64) for n, a in features_fn(state, x, layers).items()}
+       for name, x in (("C", cx), ("S", sx), ("G", gx))}
+
+  # Gatys eq. 1 (or the course's 1/(4 nH nW nC)), eq. 3-5, and the squared TV, in float64
+  def content_np(a_C, a_G):
+    sq = np.sum((a_C - a_G) ** 2)
+    return 0.5 * sq if content_loss == "sum" else sq / (4.0 * a_G.size)
+
+  def style_np(a_S, a_G):   # same size: 1/(2 M N)^2 sum (G(S) - G(G))^2
+    m, nc = a_G.size // a_G.shape[-1], a_G.shape[-1]
+    return np.sum((_np_gram(a_S) - _np_gram(a_G)) ** 2) / (2.0 * m * nc) ** 2
+
+  x = gx.astype(np.float64)
+  want = {"content": sum(content_np(f["C"][n], f["G"][n]) for n in content_layers),
+          "style": sum(w * style_np(f["S"][n], f["G"][n]) for n, w in lam.items()),
+          "tv": np.sum(np.diff(x, axis=0) ** 2) + np.sum(np.diff(x, axis=1) ** 2)}
+  weighted = {"content": alpha * want["content"], "style": beta * want["style"],
+              "tv": tv_weight * want["tv"]}
+  want["total"] = sum(weighted.values())
+  assert all(0.2 < v / want["total"] < 0.5 for v in weighted.values()), weighted
+
+  # targets built here from the features (not by compute_targets), which must agree
+  targets = {"content": {n: f["C"][n].astype(np.float32) for n in content_layers},
+             "style": {n: (_np_gram(f["S"][n]) / (f["S"][n].size // f["S"][n].shape[-1]))
+                       .astype(np.float32) for n in lam}}   # G(S) / M_S
+  built = optimize.compute_targets(features_fn, state, obj, cx, [sx], [1.0])
+  for n in lam:
+    np.testing.assert_allclose(built["style"][n], targets["style"][n], rtol=1e-5, atol=1e-3)
+  terms = jax.jit(optimize.make_loss_terms(graphdef, obj))(state, targets, gx)
+  assert set(terms) == set(optimize.TERMS)
+  for k in optimize.TERMS:
+    np.testing.assert_allclose(float(terms[k]), want[k], rtol=2e-5, err_msg=k)
+
+
 # ------------------------------------------------------------------- Gatys grids
 
 

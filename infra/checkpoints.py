@@ -8,6 +8,13 @@ then deleted, so a kill during the deletion cannot leave a half-deleted step lis
 either. A save that fails (disk full, permissions) removes its temporary directory and
 raises CheckpointError; the earlier steps are untouched.
 
+Every checkpoint's meta records ``state_sha256``, the SHA-256 of its arrays (``state_digest``),
+and restore/verify recompute it, so changed array bytes, arrays copied in from another step,
+or a meta entry that lost the digest are all CheckpointErrors. The one legitimate exception
+is a state whose arrays no process holds whole (sharded across hosts): its meta records
+``UNVERIFIED`` instead, and restoring it (or restoring any checkpoint into arrays this process
+does not hold whole) warns with ``UnverifiedCheckpointWarning``; it is never skipped silently.
+
 Fault injection (tests and ``tests/soak.py`` only; off by default): with
 ``$INFRA_CHECKPOINT_WRITE_DELAY=SECONDS`` every save prints
 ``checkpoint-write-window step=N seconds=S`` and sleeps S seconds in the middle of the
@@ -20,8 +27,10 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import shutil
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -31,6 +40,10 @@ import orbax.checkpoint as ocp
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be written or restored, with the path and the reason."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+  """A checkpoint restored without checking its arrays against a SHA-256 (see module doc)."""
 
 
 def _key_name(k) -> str:
@@ -78,6 +91,10 @@ def _meta_handler() -> ocp.JsonCheckpointHandler:
 
 
 DIGEST_KEY = "state_sha256"
+# recorded in place of a digest when state_digest cannot compute one at save time; a meta
+# without DIGEST_KEY at all is an error, so deleting the key cannot turn verification off
+UNVERIFIED = "unverified: arrays sharded across processes when saved"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def state_digest(tree: Any) -> str | None:
@@ -157,8 +174,7 @@ class Checkpointer:
     self._meta_handler.fault_step = int(step)
     meta = dict(meta or {}, step=int(step))
     digest = state_digest(state)   # restore checks it: bit rot inside array data is caught too
-    if digest is not None:
-      meta[DIGEST_KEY] = digest
+    meta[DIGEST_KEY] = UNVERIFIED if digest is None else digest
     try:
       saved = self._manager.save(
           step,
@@ -208,10 +224,9 @@ class Checkpointer:
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                         meta=ocp.args.JsonRestore()))
       meta = dict(restored.meta or {})
-      if int(meta.get("step", step)) != step:
-        raise ValueError(f"meta says step {meta.get('step')}")
     except Exception as e:
       raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {e})") from e
+    self._check_step(path, meta, step)
     self._check_digest(path, restored.state, meta, step)
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
@@ -233,20 +248,52 @@ class Checkpointer:
     except Exception as e:
       raise CheckpointError(
           f"checkpoint {path} could not be restored ({type(e).__name__}: {e}); it may be "
-          f"corrupt: delete that step directory to resume from an earlier one "
-          f"({[s for s in self.all_steps() if s != step]})") from e
+          f"corrupt: {self._earlier(step)}") from e
     meta = dict(restored.meta or {})
+    self._check_step(path, meta, step)
     self._check_digest(path, restored.state, meta, step)
     return step, restored.state, meta
 
+  def _earlier(self, step: int) -> str:
+    """The advice every corrupt-checkpoint error ends with."""
+    return (f"delete that step directory to resume from an earlier one "
+            f"({[s for s in self.all_steps() if s != step]})")
+
+  def _check_step(self, path: str, meta: dict, step: int) -> None:
+    """A step folder whose meta names another step holds that step's files (copied over)."""
+    said = meta.get("step")
+    if type(said) is not int or said != step:   # bool is an int subclass; JSON true is no step
+      raise CheckpointError(
+          f"checkpoint {path} is corrupt: its meta (meta/metadata) says step {said!r}, expected "
+          f"{step} (files copied in from another step?); {self._earlier(step)}")
+
   def _check_digest(self, path: str, state: Any, meta: dict, step: int) -> None:
-    want = meta.pop(DIGEST_KEY, None)
-    got = state_digest(state) if want is not None else None
-    if want is not None and got is not None and got != want:
+    """Compares ``state`` with the SHA-256 in ``meta`` (removed from ``meta``); a missing or
+    malformed digest is an error, a recorded UNVERIFIED one a warning (see module doc)."""
+    if DIGEST_KEY not in meta:
+      raise CheckpointError(
+          f"checkpoint {path} is corrupt: its meta (meta/metadata) has no {DIGEST_KEY}, the "
+          f"SHA-256 every save records, so its arrays cannot be verified (was the file edited?): "
+          f"put the recorded digest back, or {self._earlier(step)}")
+    want = meta.pop(DIGEST_KEY)
+    if want == UNVERIFIED:
+      warnings.warn(f"checkpoint {path}: restored unverified (no SHA-256: its arrays were "
+                    f"sharded across processes when saved)", UnverifiedCheckpointWarning,
+                    stacklevel=3)
+      return
+    if not isinstance(want, str) or not _HEX64.fullmatch(want):
+      raise CheckpointError(
+          f"checkpoint {path} is corrupt: its meta (meta/metadata) has {DIGEST_KEY} = "
+          f"{str(want)[:80]!r}, expected 64 hex digits or {UNVERIFIED!r}; {self._earlier(step)}")
+    got = state_digest(state)
+    if got is None:
+      warnings.warn(f"checkpoint {path}: restored unverified (this process does not hold its "
+                    f"arrays whole, so their SHA-256 cannot be recomputed here)",
+                    UnverifiedCheckpointWarning, stacklevel=3)
+    elif got != want:
       raise CheckpointError(
           f"checkpoint {path} is corrupt: its arrays do not match the SHA-256 recorded when "
-          f"it was saved; delete that step directory to resume from an earlier one "
-          f"({[s for s in self.all_steps() if s != step]})")
+          f"it was saved; {self._earlier(step)}")
 
   def _check_compatible(self, step: int, abstract_state: Any, path: str) -> None:
     try:

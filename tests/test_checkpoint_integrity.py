@@ -1,0 +1,158 @@
+"""The SHA-256 every checkpoint records over its arrays (infra/checkpoints.py): it cannot be
+switched off by editing the meta, and arrays or whole step folders copied between steps are
+caught. Checkpoints here are tiny pytrees in tmp_path."""
+
+import json
+import os
+import shutil
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from infra import checkpoints
+
+_STATE = {"params": {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.zeros(3)},
+          "step": jnp.zeros((), jnp.int32)}
+
+
+def _state_at(step: int) -> dict:
+  """A state whose every array differs from step to step."""
+  return jax.tree.map(lambda a: a + jnp.asarray(step, a.dtype), _STATE)
+
+
+def _save_steps(directory, steps=(2, 4)) -> None:
+  ck = checkpoints.Checkpointer(directory, every=1, keep=5)
+  for s in steps:
+    ck.save(s, _state_at(s), {"note": f"step {s}"})
+  ck.close()
+
+
+def _meta_path(directory, step: int) -> str:
+  """Where Orbax keeps the JSON ``meta`` item of a step: <step>/meta/metadata."""
+  return os.path.join(directory, str(step), "meta", "metadata")
+
+
+def _edit_meta(directory, step: int, edit) -> None:
+  p = _meta_path(directory, step)
+  with open(p) as f:
+    meta = json.load(f)
+  edit(meta)
+  with open(p, "w") as f:
+    json.dump(meta, f)
+
+
+def _restore(directory, step: int):
+  ck = checkpoints.Checkpointer(directory, every=1)
+  try:
+    return ck.restore(_STATE, step=step)
+  finally:
+    ck.close()
+
+
+def _verify(directory, step: int) -> None:
+  ck = checkpoints.Checkpointer(directory, every=1)
+  try:
+    ck.verify(step)
+  finally:
+    ck.close()
+
+
+def _assert_refused(directory, step: int, match: str) -> None:
+  """Both restore and verify refuse ``step``; the other step still restores intact."""
+  for read in (_restore, _verify):
+    with pytest.raises(checkpoints.CheckpointError, match=match):
+      read(directory, step)
+  other = 4 if step == 2 else 2
+  got, state, meta = _restore(directory, other)
+  assert got == other and meta["note"] == f"step {other}"
+  np.testing.assert_array_equal(state["params"]["w"], _state_at(other)["params"]["w"])
+
+
+def test_every_save_records_a_digest_that_restore_checks_and_removes(tmp_path):
+  d = str(tmp_path / "ck")
+  _save_steps(d)
+  with open(_meta_path(d, 2)) as f:
+    recorded = json.load(f)[checkpoints.DIGEST_KEY]
+  assert recorded == checkpoints.state_digest(_state_at(2)) and len(recorded) == 64
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", checkpoints.UnverifiedCheckpointWarning)
+    step, state, meta = _restore(d, 2)
+    _verify(d, 2)
+  assert step == 2 and checkpoints.DIGEST_KEY not in meta and meta["step"] == 2
+  np.testing.assert_array_equal(state["params"]["b"], _state_at(2)["params"]["b"])
+
+
+def test_a_deleted_digest_is_an_error_naming_the_step_folder(tmp_path):
+  d = str(tmp_path / "ck")
+  _save_steps(d)
+  _edit_meta(d, 2, lambda m: m.pop(checkpoints.DIGEST_KEY))
+  _assert_refused(d, 2, r"checkpoint .*ck/2 is corrupt: its meta \(meta/metadata\) has no "
+                        r"state_sha256.*put the recorded digest back, or delete that step "
+                        r"directory to resume from an earlier one \(\[4\]\)")
+
+
+@pytest.mark.parametrize("value", [None, "", "abc", 12, "0" * 63, "A" * 64])
+def test_a_malformed_digest_is_an_error(tmp_path, value):
+  d = str(tmp_path / "ck")
+  _save_steps(d)
+  _edit_meta(d, 2, lambda m: m.update({checkpoints.DIGEST_KEY: value}))
+  _assert_refused(d, 2, r"ck/2 is corrupt: .*state_sha256 = .*expected 64 hex digits")
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["replaced", "copied-over"])
+def test_arrays_swapped_in_from_another_step_are_caught(tmp_path, merge):
+  d = str(tmp_path / "ck")
+  _save_steps(d)
+  src, dst = os.path.join(d, "4", "state"), os.path.join(d, "2", "state")
+  if not merge:
+    shutil.rmtree(dst)
+  shutil.copytree(src, dst, dirs_exist_ok=merge)   # step 2 keeps its own meta and digest
+  _assert_refused(d, 2, r"ck/2 is corrupt: its arrays do not match the SHA-256")
+
+
+def test_a_whole_step_copied_over_another_is_caught_by_its_meta_step(tmp_path):
+  d = str(tmp_path / "ck")
+  _save_steps(d)
+  for item in ("state", "meta"):   # arrays and their matching digest both from step 4
+    shutil.rmtree(os.path.join(d, "2", item))
+    shutil.copytree(os.path.join(d, "4", item), os.path.join(d, "2", item))
+  _assert_refused(d, 2, r"ck/2 is corrupt: its meta \(meta/metadata\) says step 4, expected 2")
+
+
+def test_a_meta_without_its_step_is_an_error(tmp_path):
+  d = str(tmp_path / "ck")
+  _save_steps(d)
+  _edit_meta(d, 4, lambda m: m.pop("step"))
+  _assert_refused(d, 4, r"ck/4 is corrupt: its meta \(meta/metadata\) says step None, expected 4")
+
+
+def test_a_state_sharded_across_processes_is_saved_and_restored_unverified(tmp_path, monkeypatch):
+  # state_digest returns None when no process holds the arrays whole (multi-host sharding);
+  # that is the one documented reason a checkpoint lacks a digest, stated in the meta
+  d = str(tmp_path / "ck")
+  monkeypatch.setattr(checkpoints, "state_digest", lambda tree: None)
+  _save_steps(d, steps=(2,))
+  with open(_meta_path(d, 2)) as f:
+    assert json.load(f)[checkpoints.DIGEST_KEY] == checkpoints.UNVERIFIED
+  monkeypatch.undo()   # restoring on one host could hash the arrays, but has nothing to compare
+  with pytest.warns(checkpoints.UnverifiedCheckpointWarning,
+                    match=r"checkpoint .*ck/2: restored unverified \(no SHA-256: its arrays were "
+                          r"sharded across processes when saved\)"):
+    step, state, meta = _restore(d, 2)
+  assert step == 2 and checkpoints.DIGEST_KEY not in meta
+  np.testing.assert_array_equal(state["params"]["w"], _state_at(2)["params"]["w"])
+  with pytest.warns(checkpoints.UnverifiedCheckpointWarning, match=r"ck/2: restored unverified"):
+    _verify(d, 2)
+
+
+def test_restoring_into_arrays_this_process_does_not_hold_whole_warns(tmp_path, monkeypatch):
+  d = str(tmp_path / "ck")
+  _save_steps(d, steps=(2,))
+  monkeypatch.setattr(checkpoints, "state_digest", lambda tree: None)
+  with pytest.warns(checkpoints.UnverifiedCheckpointWarning,
+                    match=r"ck/2: restored unverified \(this process does not hold its arrays"):
+    step, _, _ = _restore(d, 2)
+  assert step == 2

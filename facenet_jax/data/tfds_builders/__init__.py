@@ -8,7 +8,9 @@
   image_folder  root/<identity>/<image> (split "train"); one config per folder contents
 
 Each reads the raw files from ``download_config.manual_dir`` when one is given; LFW and
-Omniglot otherwise download their public archives. Preparing needs no TensorFlow: images
+Omniglot otherwise download their public archives (checked against pinned SHA-256s).
+Preparing needs no TensorFlow: archives are read with the standard library (``archives``:
+member paths, links and sizes checked; tfds's own extractor imports TensorFlow) and images
 are handed to tfds as encoded bytes. Read with ``builder.as_data_source()``.
 """
 

@@ -1,7 +1,10 @@
 """Labeled Faces in the Wild: the images and the View 2 pairs (10 folds of disjoint people).
 
 Raw layout (manual_dir): ``pairs.txt`` and ``images/NAME/NAME_NNNN.jpg`` (``lfw/`` as in
-the official lfw.tgz is accepted too).
+the official lfw.tgz is accepted too). Without a manual_dir, lfw.tgz and pairs.txt are
+downloaded, checked against their pinned SHA-256, and lfw.tgz is extracted with the standard
+library (``archives.extract_tar``: no TensorFlow, no member outside its folder) into
+``<data_dir>/downloads/extracted/lfw-<sha256 prefix>``, once for both configs.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from facenet_jax.data import raw
+from facenet_jax.data.tfds_builders import archives
 from facenet_jax.data.tfds_builders._common import identity_features, manual_root
 
 _URLS = {"images": "http://vis-www.cs.umass.edu/lfw/lfw.tgz",
@@ -66,7 +70,10 @@ class Lfw(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     else:
       got = {k: raw.check_download(os.fspath(v), _URLS[k], _SHA256[k])
              for k, v in dl_manager.download(_URLS).items()}
-      images, pairs = _images_dir(os.fspath(dl_manager.extract(got["images"]))), got["pairs"]
+      # not dl_manager.extract: tfds's extractor imports TensorFlow
+      dest = os.path.join(os.fspath(dl_manager.download_dir), "extracted",
+                          f"lfw-{_SHA256['images'][:16]}")
+      images, pairs = _images_dir(archives.extract_tar(got["images"], dest)), got["pairs"]
     if self.builder_config.name == "images":
       return {"train": self._generate_examples(images)}
     return {"view2": self._generate_examples(images, pairs)}

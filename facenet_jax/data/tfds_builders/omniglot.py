@@ -6,6 +6,10 @@ Greek and Latin appear in both small sets. In the official zips they are the sam
 characters drawn by the same drawers, byte for byte (checked: identical file names and
 contents), so a character's identity is ``alphabet/characterNN`` whichever zip it came
 from, and both splits give it the same label. The loader keeps one copy of each.
+
+The zips are read in place, downloaded or from manual_dir alike, through
+``archives.open_zip`` / ``read_member`` (no extraction, no TensorFlow; member paths, links
+and sizes checked).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from facenet_jax.data import raw
+from facenet_jax.data.tfds_builders import archives
 from facenet_jax.data.tfds_builders._common import manual_root
 
 _GITHUB = "https://github.com/brendenlake/omniglot/raw/master/python/"
@@ -95,7 +100,7 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return {"runs": self._generate_examples(paths["runs"])}
     identities = set()
     for p in paths.values():
-      with raw.open_zip(p) as zf:
+      with archives.open_zip(p) as zf:
         identities.update(ident for ident, _ in _background_members(zf, p))
     identities = sorted(identities, key=raw.natural_key)
     label = {ident: k for k, ident in enumerate(identities)}
@@ -107,14 +112,14 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return self._generate_background(zip_path, label)
 
   def _generate_background(self, zip_path: str, label: dict[str, int]):
-    with raw.open_zip(zip_path) as zf:
+    with archives.open_zip(zip_path) as zf:
       for ident, name in _background_members(zf, zip_path):
-        image = _decode(zf.read(name), f"{zip_path}: {name}")
+        image = _decode(archives.read_member(zf, name, zip_path), f"{zip_path}: {name}")
         yield name, {"image": image, "label": label[ident], "identity": ident,
                      "alphabet": ident.split("/")[0], "file_name": name}
 
   def _generate_runs(self, zip_path: str):
-    with raw.open_zip(zip_path) as zf:
+    with archives.open_zip(zip_path) as zf:
       members = set(zf.namelist())
       runs = sorted({n.split("/")[0] for n in members
                      if n.count("/") == 1 and n.endswith("/class_labels.txt")}, key=raw.natural_key)
@@ -123,7 +128,7 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       for run in runs:
         key_name = f"{run}/class_labels.txt"
         where = f"{zip_path}: {key_name}"
-        key = raw.parse_run_answer_key(zf.read(key_name).decode(), where)
+        key = raw.parse_run_answer_key(archives.read_member(zf, key_name, zip_path).decode(), where)
         for role in ("training", "test"):
           files = sorted((n for n in members if n.startswith(f"{run}/{role}/") and n.endswith(".png")),
                          key=raw.natural_key)
@@ -140,7 +145,7 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
               class_id = raw.number_in(key[base], where)
             else:
               class_id = raw.number_in(base, f"{zip_path}: {name}")
-            image = _decode(zf.read(name), f"{zip_path}: {name}")
+            image = _decode(archives.read_member(zf, name, zip_path), f"{zip_path}: {name}")
             yield name, {"image": image, "run": raw.number_in(run, zip_path),
                          "role": role, "item": raw.number_in(base, f"{zip_path}: {name}"),
                          "class_id": class_id, "file_name": name}

@@ -31,15 +31,27 @@ class Trained:
 def load(workdir: str, config: ml_collections.ConfigDict | None = None, *,
          batch_size: int | None = None) -> Trained:
   """Restores the latest checkpoint of ``workdir``; ``embed`` takes images as the data
-  sources load them (with ``data.features``, the backbone runs first, cached)."""
+  sources load them (with ``data.features``, the backbone runs first, cached).
+
+  Reading a run writes nothing outside its workdir and its caches, in this order: the
+  config is read (``config`` or ``<workdir>/config.json``); the paths it names are checked
+  (``workdir.check_paths``: the VGG weights must be a regular file, the feature cache must
+  lie under the workdir or the default tfds dir, or already hold this run's cache file);
+  the checkpoint is restored read-only; only then does the backbone run (a one-image probe
+  that checks its output shape against the restored model) and write its feature cache.
+  """
   workdir = os.path.abspath(workdir)
   config = config or workdir_lib.load_config(workdir)
+  cache_dir = workdir_lib.check_paths(workdir, config)
   shape = workdir_lib.input_shape(config)
-  features = vgg_features.transform_for(config)
-  model_shape = shape
-  if features is not None:
-    model_shape = features(np.zeros((1,) + shape, np.uint8), "shape probe").shape[1:]
+  model_shape = vgg_features.output_shape(config, shape)
   step, graphdef, state = workdir_lib.restore(workdir, config, model_shape)
+  features = vgg_features.transform_for(config, cache_dir)
+  if features is not None:
+    probe = features(np.zeros((1,) + shape, np.uint8), "shape probe").shape[1:]
+    if probe != model_shape:   # a disagreement between output_shape and the backbone: a bug
+      raise ValueError(f"{workdir}: the backbone gives features of shape {probe}, the restored "
+                       f"model takes {model_shape}")
   mesh = mesh_lib.make_data_mesh()
   state = jax.device_put(state, mesh_lib.replicated(mesh))
   fn = steps.jit_embed_fn(graphdef, config.evaluation.flip_tta, mesh)

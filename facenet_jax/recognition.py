@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from typing import NamedTuple, Union
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 Identity = Union[str, int]
 UNKNOWN = None  # the id ``identify`` returns for a probe it does not recognize
@@ -187,30 +189,106 @@ class Gallery:
 
   @classmethod
   def load(cls, path: str, dim: int | None = None) -> "Gallery":
-    """Reads a gallery written by ``save``; ``dim``, if given, must match the file's."""
+    """Reads a gallery written by ``save``; ``dim``, if given, must match the file's.
+
+    Every array's ``.npy`` header is checked (shape, dtype, size against what the zip
+    member holds and ``$GALLERY_MAX_BYTES``) before any array is read, so a file that
+    declares a huge array allocates nothing; object arrays (pickles) are refused."""
     if not os.path.exists(path):
       raise GalleryError(f"gallery file {path!r} does not exist")
+    if not os.path.isfile(path):   # a folder, a pipe or a device is not a gallery
+      raise GalleryError(f"gallery file {path!r} is not a regular file")
+    limit = max_gallery_bytes()
     try:
-      with np.load(path, allow_pickle=False) as z:
-        emb = np.asarray(z["emb_NxD"])
-        ids = np.asarray(z["ids"])
-        version = int(z["format_version"])
-    except Exception as e:  # zip, pickle, key and shape errors all mean the same to a caller
+      with zipfile.ZipFile(path) as zf:
+        members = _gallery_members(zf, path, dim, limit)
+        arrays = {k: _read_member(zf, info) for k, info in members.items()}
+      emb, ids = arrays["emb_NxD"], arrays["ids"]
+      version = int(arrays["format_version"])
+    except GalleryError:
+      raise
+    except Exception as e:  # zip, header and read errors all mean the same to a caller
       raise GalleryError(f"gallery file {path!r} is not a readable gallery "
                          f"({type(e).__name__}: {e})") from e
     if version != _FORMAT_VERSION:
       raise GalleryError(f"gallery file {path!r} has format version {version}, "
                          f"expected {_FORMAT_VERSION}")
-    if emb.ndim != 2 or ids.shape != (emb.shape[0],) or ids.dtype.kind not in "iU":
-      raise GalleryError(f"gallery file {path!r} is inconsistent: embeddings {emb.shape}, "
-                         f"ids {ids.shape} of dtype {ids.dtype}")
-    if dim is not None and emb.shape[1] != dim:
-      raise GalleryError(f"gallery file {path!r} holds {emb.shape[1]}-D embeddings, "
-                         f"expected {dim}-D")
     g = cls(emb.shape[1])
     g._emb = _check_emb(emb, g.dim, f"gallery file {path!r}")
     g._ids = ids.tolist()
     return g
+
+
+DEFAULT_MAX_GALLERY_BYTES = 1 << 30   # 1 GiB: two million 128-D float32 embeddings
+
+
+def max_gallery_bytes() -> int:
+  """``$GALLERY_MAX_BYTES`` or 1 GiB: the most a gallery file's arrays may declare."""
+  v = os.environ.get("GALLERY_MAX_BYTES", "")
+  try:
+    return int(v) if v else DEFAULT_MAX_GALLERY_BYTES
+  except ValueError:
+    raise ValueError(f"$GALLERY_MAX_BYTES={v!r}: expected an integer number of bytes") from None
+
+
+def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
+  """``(shape, dtype, data offset)`` of a ``.npy`` member, from its header alone."""
+  with zf.open(info) as f:
+    version = npy_format.read_magic(f)
+    if version == (1, 0):
+      shape, _, dtype = npy_format.read_array_header_1_0(f)
+    elif version == (2, 0):
+      shape, _, dtype = npy_format.read_array_header_2_0(f)
+    else:
+      raise ValueError(f"{info.filename}: .npy format version {version}, expected 1.0 or 2.0")
+    return tuple(shape), dtype, f.tell()
+
+
+def _gallery_members(zf: zipfile.ZipFile, path: str, dim: int | None,
+                     limit: int) -> dict[str, zipfile.ZipInfo]:
+  """The three members of a gallery, each header checked against the expected layout:
+  ``emb_NxD`` float (N, D), ``ids`` int or str (N,), ``format_version`` an int scalar,
+  together at most ``limit`` bytes and each within what its zip member really holds."""
+  infos = {i.filename: i for i in zf.infolist()}
+  members, heads = {}, {}
+  for key in ("emb_NxD", "ids", "format_version"):
+    info = infos.get(key + ".npy")
+    if info is None:
+      raise GalleryError(f"gallery file {path!r} is not a readable gallery (no array {key!r})")
+    members[key], heads[key] = info, _npy_header(zf, info)
+  (emb_shape, emb_dtype, _), (ids_shape, ids_dtype, _) = heads["emb_NxD"], heads["ids"]
+  version_shape, version_dtype, _ = heads["format_version"]
+  if any(d.hasobject for d in (emb_dtype, ids_dtype, version_dtype)):
+    raise GalleryError(f"gallery file {path!r} holds a Python object array, which would need "
+                       f"pickle to load; refused (ids must be int or str)")
+  if (len(emb_shape) != 2 or emb_dtype.kind != "f" or ids_shape != emb_shape[:1]
+      or ids_dtype.kind not in "iU" or version_shape != () or version_dtype.kind not in "iu"
+      or any(n < 0 for n in emb_shape)):
+    raise GalleryError(f"gallery file {path!r} is inconsistent: embeddings {emb_shape} of dtype "
+                       f"{emb_dtype}, ids {ids_shape} of dtype {ids_dtype}, format_version "
+                       f"{version_shape} of dtype {version_dtype}; expected float (N, D), int or "
+                       f"str (N,) and an int scalar")
+  if dim is not None and emb_shape[1] != dim:
+    raise GalleryError(f"gallery file {path!r} holds {emb_shape[1]}-D embeddings, "
+                       f"expected {dim}-D")
+  total = 0
+  for key, (shape, dtype, offset) in heads.items():
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    total += nbytes
+    if offset + nbytes > members[key].file_size:
+      raise GalleryError(f"gallery file {path!r}: array {key} declares {shape} of {dtype} "
+                         f"({nbytes} bytes) but its zip member holds {members[key].file_size}; "
+                         f"the file is corrupt")
+  if total > limit:
+    raise GalleryError(f"gallery file {path!r} declares {total} bytes of arrays (embeddings "
+                       f"{emb_shape}), more than the {limit} allowed; raise $GALLERY_MAX_BYTES "
+                       f"if it is really that large")
+  return members
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+  with zf.open(info) as f:
+    return npy_format.read_array(f, allow_pickle=False)
 
 
 def identify(gallery: Gallery, query_emb_QxD: np.ndarray,

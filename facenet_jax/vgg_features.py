@@ -38,10 +38,20 @@ def _row_keys(images: np.ndarray) -> np.ndarray:
 
 
 def _weights_tag(weights: str) -> str:
-  if weights in ("random", "download"):
-    return weights
+  if weights in ("random", "download", ""):   # "": download, as load_vgg reads it
+    return weights or "download"
   st = os.stat(weights)
   return hashlib.sha1(repr((os.path.abspath(weights), st.st_size, int(st.st_mtime))).encode()).hexdigest()[:12]
+
+
+def _cache_name(weights: str, layer: str, depth: int, pool: str, power: float, flip: bool,
+                image_shape: tuple[int, ...]) -> str:
+  """``vgg<depth>_<layer>[_<pool>p<power>][_flip]_<H>x<W>x<C>_<weights>.npz``: one cache file
+  per backbone, pooling and input size."""
+  what = layer + (f"_{pool}p{power:g}" if pool else (f"_p{power:g}" if power != 1.0 else ""))
+  what += "_flip" if flip else ""
+  size = "x".join(str(int(n)) for n in image_shape)
+  return f"vgg{depth}_{what}_{size}_{_weights_tag(weights)}.npz"
 
 
 POOLS = ("", "mean", "max")
@@ -99,10 +109,8 @@ def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", 
   path = None
   store_keys, store_feats = np.zeros(0, "S20"), None
   if cache_dir:
-    what = layer + (f"_{pool}p{power:g}" if pool else (f"_p{power:g}" if power != 1.0 else ""))
-    what += "_flip" if flip else ""
-    tag = f"vgg{depth}_{what}_{x.shape[1]}x{x.shape[2]}x{x.shape[3]}_{_weights_tag(weights)}"
-    path = os.path.join(os.path.expanduser(cache_dir), tag + ".npz")
+    path = os.path.join(os.path.expanduser(cache_dir),
+                        _cache_name(weights, layer, depth, pool, power, flip, x.shape[1:]))
     if os.path.exists(path):
       try:
         with np.load(path, allow_pickle=False) as z:
@@ -161,18 +169,68 @@ def _compute(x: np.ndarray, weights: str, layer: str, depth: int, pool: str, pow
   return np.concatenate(out).astype(np.float32)
 
 
-def transform_for(config) -> Callable[[np.ndarray, str], np.ndarray] | None:
-  """``config.data.features`` ("" or "vgg19:pool5", "vgg16:conv5_3", ...), pooled by
-  ``data.features_pool`` / ``data.features_power`` / ``data.features_flip``, as an
-  ``(images, name) -> features`` function, or None for raw images."""
+def _spec(config) -> tuple[int, str] | None:
+  """``(depth, layer)`` of ``config.data.features`` ("vgg19:pool5"), or None for raw images."""
   spec = str(config.data.features)
   if not spec:
     return None
   net, _, layer = spec.partition(":")
   if net not in ("vgg16", "vgg19") or not layer:
     raise ValueError(f"config.data.features={spec!r}: expected '' or 'vgg19:<layer>' / 'vgg16:<layer>'")
-  depth = int(net[3:])
-  cache = config.data.features_cache or os.path.join(os.path.expanduser(config.data.tfds_dir), "features")
+  return int(net[3:]), layer
+
+
+def cache_dir_for(config) -> str:
+  """Where ``config``'s feature caches go: ``data.features_cache``, or ``<data.tfds_dir>/features``
+  when it is "" (``~`` expanded, not otherwise resolved)."""
+  return os.path.expanduser(str(config.data.features_cache)) or os.path.join(
+      os.path.expanduser(str(config.data.tfds_dir)), "features")
+
+
+def cache_file_for(config, input_shape: tuple[int, ...], cache_dir: str | None = None) -> str:
+  """The cache file ``features`` reads and writes for ``config`` and images of ``input_shape``
+  ``(H, W, C)`` in ``cache_dir`` (default :func:`cache_dir_for`); ``config`` must have
+  ``data.features`` set."""
+  depth, layer = _spec(config)
+  return os.path.join(cache_dir if cache_dir is not None else cache_dir_for(config), _cache_name(
+      str(config.model.vgg_weights), layer, depth, str(config.data.features_pool),
+      float(config.data.features_power), bool(config.data.features_flip), input_shape))
+
+
+def output_shape(config, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """``(h, w, C)`` of one example's features for ``config`` and images of ``input_shape``
+  ``(H, W, C_in)``, from the layer geometry alone (no weights read, nothing computed):
+  what a model restored for ``config`` takes. ``input_shape`` itself without features."""
+  spec = _spec(config)
+  if spec is None:
+    return tuple(input_shape)
+  depth, layer = spec
+  names = vgg_lib.layer_names(depth)
+  if layer not in names:
+    raise ValueError(f"data.features layer {layer!r} is not a VGG{depth} layer; valid: {names}")
+  h, w = input_shape[:2]
+  need = vgg_lib.min_input_size([layer])
+  if min(h, w) < need:
+    raise ValueError(f"{h}x{w} px images are smaller than the {need} px per side that VGG "
+                     f"layer {layer} needs; raise data.image_size")
+  for _, k, stride, pad in vgg_lib.layer_geometry(depth)[:names.index(layer) + 1]:
+    h, w = ((n + 2 * pad - k) // stride + 1 for n in (h, w))
+  block = int(layer[4])   # convB_C and poolB: B is the fifth character
+  channels = min(64 << (block - 1), 512)   # 64, 128, 256, 512, 512 (both depths)
+  return (1, 1, channels) if config.data.features_pool else (h, w, channels)
+
+
+def transform_for(config, cache_dir: str | None = None) -> Callable[[np.ndarray, str], np.ndarray] | None:
+  """``config.data.features`` ("" or "vgg19:pool5", "vgg16:conv5_3", ...), pooled by
+  ``data.features_pool`` / ``data.features_power`` / ``data.features_flip``, as an
+  ``(images, name) -> features`` function, or None for raw images. Features are cached in
+  ``cache_dir`` (default :func:`cache_dir_for`; a caller reading a run passes the folder
+  ``workdir.check_paths`` accepted)."""
+  spec = _spec(config)
+  if spec is None:
+    return None
+  depth, layer = spec
+  cache = cache_dir if cache_dir is not None else cache_dir_for(config)
 
   def transform(images: np.ndarray, name: str = "images") -> np.ndarray:
     return features(images, weights=config.model.vgg_weights, layer=layer, depth=depth,

@@ -15,7 +15,7 @@ import os
 import ml_collections
 
 from configs import facenet as facenet_configs
-from facenet_jax import steps
+from facenet_jax import steps, vgg_features
 from infra import checkpoints, files
 
 CONFIG_FILE = "config.json"
@@ -69,6 +69,72 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   config.unlock()
   _merge(config, saved, "config.", path)
   return config
+
+
+# model.vgg_weights values that name no file: seeded random weights, or the md5-checked
+# Keras download into the VGG weights cache (infra/vgg.py fetch_keras_weights)
+_WEIGHTS_KEYWORDS = ("random", "download", "")
+
+
+def _resolved(path: str) -> str:
+  return os.path.realpath(os.path.expanduser(path))
+
+
+def _inside(path: str, root: str) -> bool:
+  """Whether the resolved ``path`` is the resolved ``root`` or below it."""
+  return os.path.commonpath([path, root]) == root
+
+
+def check_paths(workdir: str, config: ml_collections.ConfigDict) -> str | None:
+  """Checks the paths a run's config names before anything reads or writes through them;
+  returns the feature cache folder to use (None when the run takes raw images).
+
+  A run's ``config.json`` is an input like any other (copied, downloaded, edited), so reading
+  a run writes nothing outside its workdir and its caches:
+
+  * ``model.vgg_weights`` (read with ``data.features`` or a vgg16/vgg19 model): "random",
+    "download" / "" (the md5-checked Keras file in the VGG weights cache), or an existing
+    regular file (not a folder, a device or a pipe).
+  * the feature cache folder (``data.features_cache``, or ``<data.tfds_dir>/features`` when
+    "") must, with ``~`` and symbolic links resolved, lie under the workdir or under the
+    default tfds dir (``configs/facenet.py``: ``~/tensorflow_datasets/facenet_jax``), where
+    it may be created; anywhere else it is used only if it already holds this run's cache
+    file (which its training wrote), so only that file is ever rewritten there.
+
+  Raises WorkdirError naming ``<workdir>/config.json``, the field and what was expected.
+  """
+  where = os.path.join(workdir, CONFIG_FILE)
+  if config.data.features or str(config.model.name) in ("vgg16", "vgg19"):
+    _check_weights(where, str(config.model.vgg_weights))
+  if not config.data.features:
+    return None
+  return _check_feature_cache(workdir, where, config)
+
+
+def _check_weights(where: str, weights: str) -> None:
+  """``model.vgg_weights`` is a keyword or an existing regular file."""
+  path = os.path.expanduser(weights)
+  if weights in _WEIGHTS_KEYWORDS or os.path.isfile(path):
+    return
+  what = "is not a regular file" if os.path.exists(path) else "does not exist"
+  raise WorkdirError(f"{where}: config.model.vgg_weights = {weights!r} {what}; expected a "
+                     f"Keras VGG HDF5 file, 'random' or 'download'")
+
+
+def _check_feature_cache(workdir: str, where: str, config: ml_collections.ConfigDict) -> str:
+  """The feature cache folder, if it may be written (see :func:`check_paths`)."""
+  cache = vgg_features.cache_dir_for(config)
+  real = _resolved(cache)
+  default_tfds = _resolved(facenet_configs.default_config().data.tfds_dir)
+  if _inside(real, _resolved(workdir)) or _inside(real, default_tfds):
+    return cache
+  if os.path.isfile(vgg_features.cache_file_for(config, input_shape(config), cache)):
+    return cache
+  field = ("config.data.features_cache" if config.data.features_cache
+           else "config.data.tfds_dir (its features/ folder)")
+  raise WorkdirError(f"{where}: {field} puts the feature cache in {real}, outside the workdir and "
+                     f"{default_tfds}, and no cache file of this run is there; expected a folder "
+                     f"under one of them (or the one the run's training cached into)")
 
 
 def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:

@@ -270,33 +270,98 @@ def _make_block(names: tuple[str, ...], keep: tuple[str, ...], pooling: str):
 # ---------------------------------------------------------------------------- weights
 
 
+_LINK_KINDS = {"ExternalLink": "an external link", "SoftLink": "a soft link"}
+
+
+def _plain_child(group, name: str, path: str, where: str):
+  """``group[name]`` when every link on the way is a hard link inside this file.
+
+  ``name`` may be a relative path (``a/b:0``). External links (another file's object) and
+  soft links (a name that can be re-pointed) are refused before they are followed, so a
+  weights file never makes the loader open or read anything outside itself. None when the
+  name does not exist."""
+  import h5py
+  obj = group
+  for part in (p for p in name.split("/") if p):
+    link = obj.get(part, getlink=True)
+    if link is None:
+      return None
+    if not isinstance(link, h5py.HardLink):
+      kind = _LINK_KINDS.get(type(link).__name__, type(link).__name__)
+      raise WeightsError(f"{path}: {where}: {name!r} is {kind}, expected a plain dataset or "
+                         f"group stored in this file (links are not followed)")
+    obj = obj[part]
+  return obj
+
+
 def _weights_root(f, path: str):
   """The group that holds the layer groups (Keras full-model files nest them in model_weights)."""
-  if "model_weights" in f and "layer_names" in f["model_weights"].attrs:
-    return f["model_weights"]
+  import h5py
+  nested = _plain_child(f, "model_weights", path, "model_weights")
+  if isinstance(nested, h5py.Group) and "layer_names" in nested.attrs:
+    return nested
   return f
 
 
-def _layer_arrays(root, layer: str, path: str) -> tuple[np.ndarray, np.ndarray]:
-  """(kernel, bias) of ``layer``: the datasets its ``weight_names`` attribute lists, in order."""
-  if layer not in root:
+def _plain_dataset(g, name: str, layer: str, path: str):
+  """The dataset ``name`` of layer group ``g``, refused unless its bytes are in this file.
+
+  External raw storage (``dataset.external``: the values live in another file, e.g. a
+  system file) and virtual datasets (values mapped from other files) are refused, and so
+  is a dtype that is not floating point, all from the metadata, before anything is read."""
+  import h5py
+  ds = _plain_child(g, name, path, f"layer {layer}")
+  if ds is None:
+    raise WeightsError(f"{path}: layer {layer}: its weights cannot be read (KeyError: "
+                       f"{name!r} does not exist); the file is truncated or corrupt")
+  if not isinstance(ds, h5py.Dataset):
+    raise WeightsError(f"{path}: layer {layer}: {name!r} is a {type(ds).__name__}, "
+                       f"expected a dataset")
+  if ds.external is not None or getattr(ds, "is_virtual", False):
+    kind = "external raw storage" if ds.external is not None else "a virtual dataset"
+    raise WeightsError(f"{path}: layer {layer}: dataset {name!r} is {kind} (its values live in "
+                       f"other files); expected a plain dataset stored in this file")
+  if ds.dtype.kind != "f" or ds.dtype.itemsize > 8:   # ints, strings, compounds: not weights
+    raise WeightsError(f"{path}: layer {layer}: dataset {name!r} has dtype {ds.dtype}, "
+                       f"expected floating point weights")
+  return ds
+
+
+def _layer_arrays(root, layer: str, path: str, kernel_shape: tuple[int, ...],
+                  bias_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """(kernel, bias) of ``layer``: the datasets its ``weight_names`` attribute lists, in order.
+
+  Links, storage, dtypes and shapes are all checked from the file's metadata first; only
+  datasets of exactly ``kernel_shape`` / ``bias_shape`` are then read, so a file declaring
+  a huge dataset (a few MB on disk, GBs when read) allocates nothing."""
+  import h5py
+  g = _plain_child(root, layer, path, f"layer {layer}")
+  if g is None:
     raise WeightsError(f"{path}: layer {layer} is missing from the weights file")
-  g = root[layer]
+  if not isinstance(g, h5py.Group):
+    raise WeightsError(f"{path}: layer {layer} is a {type(g).__name__}, expected a group")
   names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
   if not names:
     names = []
-    g.visititems(lambda n, obj: names.append(n) if hasattr(obj, "shape") else None)
+    # visititems reaches hard-linked members only; each is still checked below
+    g.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
   try:
-    arrays = [np.asarray(g[n]) for n in names]
+    datasets = [_plain_dataset(g, n, layer, path) for n in names]
+    kernels = [d for d in datasets if d.ndim == 4]
+    biases = [d for d in datasets if d.ndim == 1]
+    if len(kernels) != 1 or len(biases) != 1:
+      raise WeightsError(f"{path}: layer {layer} should hold one 4-D kernel and one bias, "
+                         f"found arrays of shapes {[d.shape for d in datasets]}")
+    for what, d, want in (("kernel", kernels[0], kernel_shape), ("bias", biases[0], bias_shape)):
+      if d.shape != tuple(want):
+        raise WeightsError(f"{path}: layer {layer} {what} has shape {d.shape}, "
+                           f"expected {tuple(want)}")
+    return np.asarray(kernels[0][()]), np.asarray(biases[0][()])
+  except WeightsError:
+    raise
   except (OSError, KeyError, ValueError) as e:   # truncated or corrupt data, a dangling name
     raise WeightsError(f"{path}: layer {layer}: its weights cannot be read ({type(e).__name__}: "
                        f"{e}); the file is truncated or corrupt") from e
-  kernels = [a for a in arrays if a.ndim == 4]
-  biases = [a for a in arrays if a.ndim == 1]
-  if len(kernels) != 1 or len(biases) != 1:
-    raise WeightsError(f"{path}: layer {layer} should hold one 4-D kernel and one bias, "
-                       f"found arrays of shapes {[a.shape for a in arrays]}")
-  return kernels[0], biases[0]
 
 
 def _file_conv_layers(root) -> list[str]:
@@ -312,19 +377,27 @@ def load_keras_weights(model: VGG, path: str | os.PathLike) -> VGG:
 
   Reads the Keras 2 "notop" layout (group ``blockB_convC`` with datasets named by its
   ``weight_names`` attribute, e.g. ``blockB_convC_W_1:0`` HWIO kernel and ``..._b_1:0`` bias),
-  and the same nested under ``model_weights`` (Keras 2 full-model files). Any dtype
+  and the same nested under ``model_weights`` (Keras 2 full-model files). Any float dtype
   (e.g. float16) is cast to float32. (Keras 3 ``.weights.h5`` files name layers by class,
   ``conv2d_N``, and are not read.)
 
+  The file stays inside itself: only plain datasets stored in it, reached through hard
+  links, are read; external or soft links, external raw storage and virtual datasets are
+  refused before they are followed, and every dataset's dtype and shape are checked from
+  the metadata before its values are read.
+
   Raises:
-    FileNotFoundError: no such file.
-    WeightsError: not HDF5, a layer missing, a kernel/bias of the wrong shape, or conv
-      layers the model does not have (a VGG19 file loaded into a VGG16), each naming the layer.
+    FileNotFoundError: no such file, or not a regular file (a folder, a device, a pipe).
+    WeightsError: not HDF5, a layer missing, a kernel/bias of the wrong shape or dtype, a
+      link or storage outside the file, or conv layers the model does not have (a VGG19
+      file loaded into a VGG16), each naming the layer.
   """
   import h5py
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"VGG weights file {path} does not exist")
+  if not os.path.isfile(path):   # a FIFO would block h5py, /dev/zero would never end
+    raise FileNotFoundError(f"VGG weights file {path} is not a regular file")
   try:
     f = h5py.File(path, "r")
   except OSError as e:
@@ -337,12 +410,10 @@ def load_keras_weights(model: VGG, path: str | os.PathLike) -> VGG:
       raise WeightsError(f"{path}: has conv layer(s) {extra} that VGG{model.depth} does not "
                          f"have; is it the file of another depth?")
     for name in ours:
-      kernel, bias = _layer_arrays(root, name, path)
       conv = getattr(model, name)
+      kernel, bias = _layer_arrays(root, name, path, tuple(conv.kernel.shape),
+                                   tuple(conv.bias.shape))
       for what, arr, var in (("kernel", kernel, conv.kernel), ("bias", bias, conv.bias)):
-        if arr.shape != var.shape:
-          raise WeightsError(f"{path}: layer {name} {what} has shape {arr.shape}, "
-                             f"VGG{model.depth} expects {tuple(var.shape)}")
         if not np.all(np.isfinite(arr)):
           raise WeightsError(f"{path}: layer {name} {what} contains NaN or Inf")
         var[...] = jnp.asarray(arr, jnp.float32)

@@ -18,17 +18,19 @@ import io
 import json
 import os
 import struct
+import zipfile
 import zlib
 
 import h5py
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numpy.lib import format as npy_format
 from PIL import Image
 
 from configs.facenet import get_config as facenet_config
 from configs.style import get_config as style_config
-from facenet_jax import inference, recognition as R, train, workdir as workdir_lib
+from facenet_jax import inference, recognition as R, train, vgg_features, workdir as workdir_lib
 from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.data import images as fimages, raw, real
 from facenet_jax.data.dataset import IdentityDataset
@@ -260,6 +262,46 @@ def test_a_text_file_in_an_identity_folder_fails_preparation_and_leaves_nothing(
   assert prepared == [], prepared   # no half-prepared dataset that a later run would read
 
 
+def _people(root, names=("ann", "bob", "cid"), per=2):
+  for ident in names:
+    os.makedirs(root / ident, exist_ok=True)
+    for i in range(per):
+      (root / ident / f"{i}.png").write_bytes(_encode(_rgb(12, 12), "PNG"))
+
+
+def test_links_leading_outside_the_identity_root_are_refused(tmp_path):
+  root, outside = tmp_path / "people", tmp_path / "elsewhere"
+  _people(root)
+  _people(outside, ("carl",))
+  (root / "ann" / "2.png").symlink_to(outside / "carl" / "0.png")   # an image from elsewhere
+  with pytest.raises(raw.DataError, match=r"people/ann/2\.png: a symbolic link to .*elsewhere/carl/"
+                                          r"0\.png, outside the identity root"):
+    raw.list_identity_folder(str(root))
+  os.remove(root / "ann" / "2.png")
+  (root / "carl").symlink_to(outside / "carl")                      # a whole identity from elsewhere
+  with pytest.raises(raw.DataError, match=r"people/carl: a symbolic link to .*elsewhere/carl, outside"):
+    raw.list_identity_folder(str(root))
+  os.remove(root / "carl")
+  # documented: links that stay under the root are followed, and the root may be a link
+  (root / "ann" / "2.png").symlink_to(root / "bob" / "1.png")
+  (tmp_path / "alias").symlink_to(root)
+  assert raw.list_identity_folder(str(tmp_path / "alias"))[0] == ("ann", ["0.png", "1.png", "2.png"])
+
+
+def test_an_identity_folder_linking_outside_prepares_nothing(tmp_path):
+  root = tmp_path / "people"
+  _people(root)
+  _people(tmp_path / "elsewhere", ("eve",))
+  (root / "eve").symlink_to(tmp_path / "elsewhere" / "eve")
+  c = _tiny_facenet(**{"data.source": "folder", "data.data_dir": str(root),
+                       "data.tfds_dir": str(tmp_path / "tfds"), "data.train_identities": 2,
+                       "data.eval_identities": 1})
+  with pytest.raises(raw.DataError, match=r"people/eve: a symbolic link to .*outside the identity root"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert _leftovers(tmp_path / "run") == []
+  assert [p for p in _leftovers(tmp_path / "tfds") if "array_record" in p] == []
+
+
 # --------------------------------------------------------------------- datasets and the sampler
 
 
@@ -324,6 +366,59 @@ def test_unknown_key_and_corrupt_config_json_in_a_workdir(tmp_path):
   (tmp_path / "config.json").write_text('{"variant": "tiny", "margin": ')
   with pytest.raises(workdir_lib.WorkdirError, match=r"config.json: not a readable JSON config"):
     workdir_lib.load_config(str(tmp_path))
+
+
+def _features_run(tmp_path, **paths):
+  """A workdir holding only the config.json of a VGG-features run (no checkpoint): what
+  inference.load does with it shows whether the paths are checked first."""
+  c = _tiny_facenet(**{"data.features": "vgg19:pool1", "model.name": "feature_head",
+                       "model.vgg_weights": "random", "data.tfds_dir": str(tmp_path / "tfds"),
+                       "data.features_cache": str(tmp_path / "run" / "features"), **paths})
+  os.makedirs(tmp_path / "run")
+  workdir_lib.save_config(c, str(tmp_path / "run"))
+  return str(tmp_path / "run")
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("data.features_cache", "{tmp}/elsewhere/cache",
+     r"config.data.features_cache puts the feature cache in .*/elsewhere/cache, outside the workdir"),
+    ("data.features_cache", "", r"config.data.tfds_dir \(its features/ folder\) puts the feature "
+                                r"cache in .*/tfds/features, outside"),
+    ("data.features_cache", "{tmp}/run/link/cache",
+     r"config.data.features_cache puts the feature cache in .*/elsewhere/cache"),
+    ("model.vgg_weights", "{tmp}", r"config.model.vgg_weights = .* is not a regular file; expected"),
+    ("model.vgg_weights", os.devnull, r"config.model.vgg_weights = '/dev/null' is not a regular file"),
+    ("model.vgg_weights", "{tmp}/nope.h5", r"config.model.vgg_weights = .*nope\.h5' does not exist"),
+], ids=["cache elsewhere", "tfds_dir elsewhere", "cache through a link", "weights a folder",
+        "weights a device", "weights missing"])
+def test_a_runs_config_naming_paths_elsewhere_is_refused_before_anything(tmp_path, field, value, match):
+  work = _features_run(tmp_path, **{field: value.replace("{tmp}", str(tmp_path))})
+  if "link" in value:   # a folder inside the workdir that leads out of it
+    os.makedirs(tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", os.path.join(work, "link"))
+  with pytest.raises(workdir_lib.WorkdirError, match=r"run/config\.json: " + match):
+    inference.load(work)   # the path, not the missing checkpoint, is the error: checked first
+  assert _leftovers(tmp_path) == ["run/config.json"]   # no cache folder, nothing elsewhere
+
+
+def test_reading_a_run_restores_before_it_writes_a_feature_cache(tmp_path):
+  work = _features_run(tmp_path)
+  with pytest.raises(workdir_lib.WorkdirError, match=r"run/checkpoints holds no finished checkpoint"):
+    inference.load(work)
+  assert _leftovers(tmp_path) == ["run/config.json"]   # the cache folder was not created first
+  # documented: the ORL / LFW VGG variants' default cache, <default tfds dir>/features, is
+  # accepted (and may be created); elsewhere, the folder the run's training cached into is
+  orl = overrides.with_overrides(facenet_config("orl_vgg"), {"model.vgg_weights": "random"})
+  assert workdir_lib.check_paths(work, orl) == os.path.join(
+      os.path.expanduser(orl.data.tfds_dir), "features")
+  cfg = workdir_lib.load_config(work)
+  cfg.data.features_cache = str(tmp_path / "trained_cache")
+  with pytest.raises(workdir_lib.WorkdirError, match="no cache file of this run is there"):
+    workdir_lib.check_paths(work, cfg)
+  cache_file = vgg_features.cache_file_for(cfg, workdir_lib.input_shape(cfg))
+  os.makedirs(os.path.dirname(cache_file))
+  open(cache_file, "wb").close()
+  assert workdir_lib.check_paths(work, cfg) == cfg.data.features_cache
 
 
 def test_more_images_per_identity_than_any_identity_has_is_masked():
@@ -409,6 +504,92 @@ def test_truncated_hdf5_weights_and_nan_kernels_are_named(tmp_path):
     vgg.load_vgg(path, depth=16)
 
 
+def _block1_file(path):
+  """A VGG16 weights file holding only block1_conv1: its first layer is where each hostile
+  construct below sits, so the loader meets it before it misses block1_conv2."""
+  vgg.save_keras_weights({"block1_conv1": (np.zeros((3, 3, 3, 64), np.float32),
+                                           np.zeros(64, np.float32))}, str(path))
+  return str(path)
+
+
+_BIAS = "block1_conv1/block1_conv1_b_1:0"
+
+
+def _other_file(tmp_path):
+  """Another HDF5 file (standing in for a system file) whose values must never be read."""
+  other = str(tmp_path / "other.h5")
+  with h5py.File(other, "w") as o:
+    o["block1_conv1/block1_conv1_W_1:0"] = np.ones((3, 3, 3, 64), np.float32)
+    o["block1_conv1/block1_conv1_b_1:0"] = np.arange(64, dtype=np.float32)
+  return other
+
+
+def _external_raw(f, tmp_path):
+  secret = tmp_path / "system_file"
+  secret.write_bytes(np.arange(64, dtype=np.float32).tobytes())
+  del f[_BIAS]
+  f["block1_conv1"].create_dataset("block1_conv1_b_1:0", (64,), "f4",
+                                   external=[(str(secret), 0, 256)])
+
+
+def _virtual(f, tmp_path):
+  layout = h5py.VirtualLayout((64,), "f4")
+  layout[:] = h5py.VirtualSource(_other_file(tmp_path), "block1_conv1/block1_conv1_b_1:0", (64,))
+  del f[_BIAS]
+  f["block1_conv1"].create_virtual_dataset("block1_conv1_b_1:0", layout)
+
+
+def _relink(name, link):
+  def edit(f, tmp_path):
+    del f[name]
+    f[name] = link(_other_file(tmp_path), name)
+  return edit
+
+
+HOSTILE_H5 = {
+    "external link (dataset)": (_relink(_BIAS, h5py.ExternalLink),
+                                r"'block1_conv1_b_1:0' is an external link, expected a plain"),
+    "external link (layer)": (_relink("block1_conv1", h5py.ExternalLink),
+                              r"'block1_conv1' is an external link"),
+    "soft link": (_relink(_BIAS, lambda _, name: h5py.SoftLink("/" + name + "_elsewhere")),
+                  r"'block1_conv1_b_1:0' is a soft link"),
+    "external raw storage": (_external_raw, r"dataset 'block1_conv1_b_1:0' is external raw storage"),
+    "virtual dataset": (_virtual, r"dataset 'block1_conv1_b_1:0' is a virtual dataset"),
+    "string dtype": (lambda f, _: [f.__delitem__(_BIAS), f.create_dataset(_BIAS, data=[b"x"] * 64)],
+                     r"dataset 'block1_conv1_b_1:0' has dtype object, expected floating point"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(HOSTILE_H5))
+def test_hdf5_weights_reaching_outside_the_file_are_refused(tmp_path, how):
+  edit, match = HOSTILE_H5[how]
+  path = _block1_file(tmp_path / "w.h5")
+  with h5py.File(path, "a") as f:
+    if how == "soft link":   # a link inside the file can still be re-pointed: refused too
+      f.create_dataset(_BIAS + "_elsewhere", data=np.ones(64, np.float32))
+    edit(f, tmp_path)
+  with pytest.raises(vgg.WeightsError, match=rf"w\.h5: layer block1_conv1: {match}"):
+    vgg.load_vgg(path, depth=16)
+
+
+def test_hdf5_declaring_a_huge_dataset_is_refused_before_reading(tmp_path, monkeypatch):
+  path = _block1_file(tmp_path / "huge.h5")
+  with h5py.File(path, "a") as f:   # 7 GB declared, nothing stored: chunks are never written
+    del f[_BIAS]
+    f.create_dataset(_BIAS, (1_750_000_000,), "f4", chunks=(1 << 20,))
+  assert os.path.getsize(path) < 1 << 20
+  reads = []
+  real = h5py.Dataset.__getitem__
+  monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda d, k: reads.append(d.shape) or real(d, k))
+  monkeypatch.setattr(h5py.Dataset, "read_direct", lambda *a, **k: reads.append("read_direct"))
+  with pytest.raises(vgg.WeightsError, match=r"huge\.h5: layer block1_conv1 bias has shape "
+                                             r"\(1750000000,\), expected \(64,\)"):
+    vgg.load_vgg(path, depth=16)
+  assert reads == []   # shapes and dtypes come from the metadata: not a value was read
+  with pytest.raises(FileNotFoundError, match=r"VGG weights file .* is not a regular file"):
+    vgg.load_vgg(str(tmp_path), depth=16)
+
+
 # -------------------------------------------------------------------------- checkpoint directories
 
 
@@ -488,6 +669,48 @@ def test_corrupt_and_pickled_gallery_files_are_refused(tmp_path):
            ids=np.array(["ann"]), format_version=np.int64(1))
   with pytest.raises(R.GalleryError, match=r"nan\.npz.*NaN or Inf"):
     R.Gallery.load(str(tmp_path / "nan.npz"))
+
+
+def _npy(shape, dtype, data=b""):
+  """A .npy member whose header declares ``shape`` of ``dtype``, followed by ``data``."""
+  buf = io.BytesIO()
+  npy_format.write_array_header_1_0(buf, {"descr": npy_format.dtype_to_descr(np.dtype(dtype)),
+                                          "fortran_order": False, "shape": shape})
+  return buf.getvalue() + data
+
+
+def test_gallery_declaring_a_huge_array_is_refused_from_its_header(tmp_path, monkeypatch):
+  path = str(tmp_path / "huge.npz")
+  with zipfile.ZipFile(path, "w") as z:   # 2 GB of embeddings declared, 8 bytes stored
+    z.writestr("emb_NxD.npy", _npy((1, 500_000_000), np.float32, bytes(8)))
+    buf = io.BytesIO()
+    np.save(buf, np.array(["ann"]))
+    z.writestr("ids.npy", buf.getvalue())
+    buf = io.BytesIO()
+    np.save(buf, np.int64(1))
+    z.writestr("format_version.npy", buf.getvalue())
+
+  def no_read(*a, **k):
+    raise AssertionError("an array was read before its header was checked")
+  with monkeypatch.context() as m:
+    m.setattr(R.npy_format, "read_array", no_read)
+    with pytest.raises(R.GalleryError, match=r"huge\.npz' holds 500000000-D embeddings, expected 128-D"):
+      R.Gallery.load(path, dim=128)
+    with pytest.raises(R.GalleryError, match=r"huge\.npz': array emb_NxD declares \(1, 500000000\) "
+                                             r"of float32 \(2000000000 bytes\) but its zip member "
+                                             r"holds 136; the file is corrupt"):
+      R.Gallery.load(path)
+  # an honest gallery larger than the limit (a zip can compress zeros 1000:1): a setting
+  g = R.Gallery(4)
+  g.enrol("ann", np.ones((10, 4)))
+  g.save(str(tmp_path / "big.npz"))
+  monkeypatch.setenv("GALLERY_MAX_BYTES", "100")
+  with pytest.raises(R.GalleryError, match=r"big\.npz' declares 288 bytes of arrays .*more than "
+                                           r"the 100 allowed; raise \$GALLERY_MAX_BYTES"):
+    R.Gallery.load(str(tmp_path / "big.npz"))
+  monkeypatch.setenv("GALLERY_MAX_BYTES", "lots")
+  with pytest.raises(ValueError, match=r"\$GALLERY_MAX_BYTES='lots'"):
+    R.Gallery.load(str(tmp_path / "big.npz"))
 
 
 def test_enrolling_a_name_twice_adds_embeddings_and_nan_probes_are_named():

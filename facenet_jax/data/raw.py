@@ -88,26 +88,42 @@ def read_file(path: str) -> bytes:
 
 # -- identity folders ---------------------------------------------------------------------
 
+def _check_inside(path: str, real_root: str, root: str) -> None:
+  """Raises DataError unless ``path``, symbolic links resolved, lies under ``real_root``."""
+  real = os.path.realpath(path)
+  if os.path.commonpath([real, real_root]) != real_root:
+    raise DataError(f"{path}: a symbolic link to {real}, outside the identity root {root}; "
+                    f"expected files under the root (copy them in, or point data_dir at the "
+                    f"folder they are in)")
+
+
 def list_identity_folder(root: str, suffixes: tuple[str, ...] = ()) -> list[tuple[str, list[str]]]:
   """``root/<identity>/<file>`` -> [(identity, [file, ...]), ...], both naturally sorted.
 
   Hidden entries (".*") and files directly in ``root`` (a README) are ignored; with
-  ``suffixes``, so are files of other types inside identity folders. Raises DataError for
-  a missing root, a root without identity folders, or an identity folder without images.
+  ``suffixes``, so are files of other types inside identity folders. Symbolic links are
+  followed only while they stay under ``root`` (``root`` itself may be one): an identity
+  folder or image that resolves outside it is refused, so a folder cannot pull files from
+  elsewhere on the machine into a dataset. Raises DataError for a missing root, a root
+  without identity folders, an identity folder without images, or a link leading outside.
   """
   if not os.path.isdir(root):
     raise DataError(f"{root}: identity root folder does not exist")
+  real_root = os.path.realpath(root)
   out = []
   for ident in sorted(os.listdir(root), key=natural_key):
     d = os.path.join(root, ident)
     if ident.startswith(".") or not os.path.isdir(d):
       continue
+    _check_inside(d, real_root, root)
     names = sorted((f for f in os.listdir(d)
                     if not f.startswith(".") and os.path.isfile(os.path.join(d, f))
                     and (not suffixes or f.lower().endswith(suffixes))), key=natural_key)
     if not names:
       want = f" (no {'/'.join(suffixes)} files)" if suffixes else ""
       raise DataError(f"{d}: identity folder holds no images{want}")
+    for n in names:
+      _check_inside(os.path.join(d, n), real_root, root)
     out.append((ident, names))
   if not out:
     raise DataError(f"{root}: no identity folders (expected {root}/<identity>/<image>)")

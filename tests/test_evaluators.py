@@ -279,9 +279,10 @@ def test_lfw_view2_oracle_on_the_test_fold(tmp_path):
   assert out["distance/roc_auc"] == 1.0 and out["distance/eer"] == 0.0
   # VAL@FAR: fold 0's largest zero-FAR threshold is 0, which accepts both Cid pairs only
   assert out["distance/val_at_far"] == 1.0 and out["distance/far"] == 0.0
-  for k in ("accuracy", "val_at_far", "far", "roc_auc", "eer"):
-    assert np.isfinite(out[f"head_abs_diff/{k}"]), k
-  assert 0.0 <= out["head_abs_diff/accuracy"] <= 1.0
+  # the pair head (abs_diff of one-hot embeddings, fitted on Ann / Bob pairs) separates the
+  # test fold too: its differing pairs score above every same pair, whose features are all 0
+  assert out["head_abs_diff/accuracy"] == 1.0 and out["head_abs_diff/roc_auc"] == 1.0
+  assert out["head_abs_diff/eer"] == 0.0 and out["head_abs_diff/far"] == 0.0
   with open(workdir / "roc_lfw_fold1.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with np.load(workdir / "lfw_scores_fold1.npz") as z:
@@ -289,6 +290,15 @@ def test_lfw_view2_oracle_on_the_test_fold(tmp_path):
     np.testing.assert_array_equal(z["fold"], [0] * 4 + [1] * 4)
     np.testing.assert_array_equal(z["issame"], [True, True, False, False] * 2)
     np.testing.assert_array_equal(z["distance"], [0, 0, 2, 2] * 2)
+    head = z["head_abs_diff"]
+  # every same pair has the all-zero abs_diff feature, so one score (the head's bias) for all
+  # four; the reported accuracy is the fold 1 pairs under the threshold of fold 0's scores
+  np.testing.assert_array_equal(head[[0, 1, 4, 5]], head[0])
+  cands = np.r_[head[:4].min() - 1, (np.sort(head[:4])[1:] + np.sort(head[:4])[:-1]) / 2,
+                head[:4].max() + 1]
+  fit_acc = [np.mean((head[:4] <= t) == [True, True, False, False]) for t in cands]
+  t = cands[int(np.argmax(fit_acc))]
+  assert out["head_abs_diff/accuracy"] == np.mean((head[4:] <= t) == [True, True, False, False])
 
 
 # ------------------------------------------------------------------------ Omniglot

@@ -44,7 +44,7 @@ def pooled_lfw_roc(run_dirs: list[str], path: str) -> str | None:
     for f in sorted(os.listdir(d)):
       if f.startswith("lfw_scores_fold") and f.endswith(".npz"):
         fold = int(f[len("lfw_scores_fold"):-4])
-        with np.load(os.path.join(d, f)) as z:
+        with np.load(os.path.join(d, f), allow_pickle=False) as z:
           test = z["fold"] == fold
           for name in z.files:
             if name not in ("fold", "issame"):

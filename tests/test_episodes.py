@@ -87,5 +87,5 @@ def test_mean_ci95_edge_cases():
   m, h = E.mean_ci95(np.array([0.5]))
   assert m == 0.5 and np.isnan(h)
   assert E.mean_ci95(np.array([1.0, 1.0, 1.0])) == (1.0, 0.0)
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="at least one value"):
     E.mean_ci95(np.array([]))

@@ -11,6 +11,10 @@ Cases asserted elsewhere (not repeated here):
   HDF5 missing layer / kernel shape ... test_vgg::test_loader_errors_name_the_layer
   gallery of another embedding size ... test_recognition::test_bad_gallery_files
   person not in the gallery ........... test_recognition::test_person_not_in_gallery_is_not_recognized_and_verify
+  archive members escaping the folder . test_archives (absolute, '..', links, devices, > MAX_MEMBER_BYTES,
+    a member inflating past it, a tar past MAX_TOTAL_BYTES, a truncated archive: 23 cases)
+  checkpoint digest missing / malformed, test_checkpoint_integrity (arrays swapped between steps, a whole
+    step copied over another, meta without its step, unverified sharded state: 14 cases)
 The cases below are new, or extend those with the no-partial-output check.
 """
 

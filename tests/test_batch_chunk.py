@@ -151,3 +151,15 @@ def test_sizes_that_do_not_divide_are_named():
   with pytest.raises(ValueError, match=r"batch_chunk=4.*8 devices"):
     train.check_chunking(config, 16, mesh)
   train.check_chunking(with_overrides(config, {"batch_chunk": 8}), 16, mesh)
+
+
+def test_chunked_offline_triplet_step_equals_plain_without_batchnorm():
+  """Offline batches (anchors, then positives, then negatives) chunked across the thirds."""
+  config = _no_bn_config(**{"offline.enabled": True, "offline.triplets_per_batch": 8})
+  graphdef, tx, state = steps.create_train_state(config, example_shape=(8, 8, 3))
+  batch = _batch(b=24, p=8, shape=(8, 8, 3))
+  plain = jax.jit(steps.make_train_step(graphdef, tx, config))(state, batch, 0.2)
+  chunked_cfg = with_overrides(config, {"batch_chunk": 6})
+  chunked = jax.jit(steps.make_train_step(graphdef, tx, chunked_cfg))(state, batch, 0.2)
+  _close(plain[1], chunked[1])
+  _close(plain[0]["params"], chunked[0]["params"])

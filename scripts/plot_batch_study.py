@@ -4,8 +4,8 @@
 
 Each ROOT is a sweep root whose points vary ``identities_per_batch`` x ``images_per_identity``
 (the global batch) and ``num_steps``. Runs are grouped into "equal steps" (the step count most
-points share) and "equal images seen" (the rest, with the batch at the most common step count
-joining both: it is one run of each). Plots accuracy, VAL@FAR=1e-3 and the last logged
+points share) and "equal images seen" (the rest, joined by the equal-steps run whose images
+seen are closest to theirs: one run serves both). Plots accuracy, VAL@FAR=1e-3 and the last logged
 fraction of active triplets against the batch (log scale), one row per ROOT; prints a
 markdown table.
 """
@@ -45,12 +45,14 @@ def runs_of(root: str) -> list[dict]:
 
 
 def groups(rows: list[dict]) -> dict[str, list[dict]]:
-  """``equal steps`` (the most common step count) and ``equal images`` (its largest batch and
-  every run with another step count), each sorted by batch."""
+  """``equal steps`` (the most common step count) and ``equal images`` (every run with another
+  step count, plus the equal-steps run whose images seen are closest to theirs), each sorted
+  by batch."""
   common = collections.Counter(r["steps"] for r in rows).most_common(1)[0][0]
   same = [r for r in rows if r["steps"] == common]
   other = [r for r in rows if r["steps"] != common]
-  anchor = max(same, key=lambda r: r["batch"])
+  target = float(np.median([r["images"] for r in other]))
+  anchor = min(same, key=lambda r: abs(r["images"] - target))
   return {f"equal steps ({common})": same,
           f"equal images ({anchor['images']:,})": sorted(other + [anchor], key=lambda r: r["batch"])}
 

@@ -53,8 +53,10 @@ def groups(rows: list[dict]) -> dict[str, list[dict]]:
   other = [r for r in rows if r["steps"] != common]
   target = float(np.median([r["images"] for r in other]))
   anchor = min(same, key=lambda r: abs(r["images"] - target))
+  if anchor["batch"] not in {r["batch"] for r in other}:
+    other = other + [anchor]
   return {f"equal steps ({common})": same,
-          f"equal images ({anchor['images']:,})": sorted(other + [anchor], key=lambda r: r["batch"])}
+          f"equal images (~{target:,.0f})": sorted(other, key=lambda r: r["batch"])}
 
 
 def table(name: str, rows: list[dict]) -> str:
@@ -82,8 +84,11 @@ def plot(roots: list[str], out: str) -> None:
                       capsize=3, label=label)
       row[1].plot(b, [r["val"] for r in g], marker="o", label=label)
       row[2].plot(b, [r["active"] for r in g], marker="o", label=label)
+    batches = sorted({r["batch"] for r in rows})
     for ax, what in zip(row, ("held-out accuracy (10-fold)", "VAL@FAR=1e-3", "active triplets")):
       ax.set_xscale("log")
+      ax.set_xticks(batches, [str(b) for b in batches], minor=False)
+      ax.set_xticks([], minor=True)
       ax.set_xlabel("global batch (images)")
       ax.set_title(f"{os.path.basename(os.path.normpath(root))}: {what}", fontsize=9)
       ax.grid(alpha=0.3)

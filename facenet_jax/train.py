@@ -102,7 +102,9 @@ def check_chunking(config: ml_collections.ConfigDict, global_batch: int,
 
 
 def prepare_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunData:
-  """Loads and checks the datasets of ``config`` and builds its sampler and held-out pairs."""
+  """Checks the batch against the devices, then loads and checks the datasets of ``config``
+  and builds its sampler and held-out pairs."""
+  global_batch = check_batch(config, mesh)   # before any data is read
   train_ds, eval_ds = sources.load(config)
   raw_train_ds, raw_eval_ds = train_ds, eval_ds
   features = vgg_features.transform_for(config)
@@ -111,7 +113,6 @@ def prepare_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
                          for ds in (train_ds, eval_ds))
   for ds in (train_ds, eval_ds):
     check_dataset(ds, config)
-  global_batch = check_batch(config, mesh)
   sampler = PKSampler(train_ds.labels, config.identities_per_batch, config.images_per_identity,
                       config.seed)
   eval_bs = int(np.lcm(config.eval_batch_size, mesh.devices.size))
@@ -354,7 +355,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = mesh_lib.make_data_mesh(devices)
   lead = jax.process_index() == 0
   stacked = bool(tuple(config.margins))
-  check_batch(config, mesh)
   data = prepare_data(config, mesh)
   graphdef, tx, state = steps.create_train_state(config, example_shape=data.train_ds.example_shape,
                                                  fit_examples=data.train_ds.images)

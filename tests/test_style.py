@@ -461,3 +461,38 @@ def test_reproduce_gatys_writes_grids_and_lowers_every_panel(tmp_path):
     assert im.size[0] > 100 and im.size[1] > 50
   assert json.loads((out / "results.json").read_text())["figures"]["fig3"]["panels"][0] == \
       "conv1_1 | alpha/beta = 1e-05"
+
+
+def _gatys_args(tmp_path, out, steps, *extra):
+  content = _write(tmp_path / "c.png", _content(24, 32))
+  style = _write(tmp_path / "s.png", _style(32, 32))
+  return ["--image_size=32", f"--num_steps={steps}", "--weights=random", f"--out={out}",
+          f"--content={content}", f"--style={style}", "--style_layers=conv1_1,conv2_1",
+          "--content_layers=conv1_2", "--fig3_content_layer=conv2_2", "--figures=fig3",
+          "--checkpoint_every=2", "--log_every=1", *extra]
+
+
+def test_reproduce_gatys_resumes_bit_identically_and_refuses_other_settings(tmp_path, capsys):
+  """A figure run stopped at iteration 2 and continued to 4 (from its checkpoint) ends with the
+  same panels and losses, bit for bit, as one run of 4; a rerun into the same --out with
+  another seed is refused with one line naming the field, and nothing there changes."""
+  gatys = load_script("reproduce_gatys")
+  straight = gatys.main(_gatys_args(tmp_path, tmp_path / "a", 4))
+  gatys.main(_gatys_args(tmp_path, tmp_path / "b", 2))
+  resumed = gatys.main(_gatys_args(tmp_path, tmp_path / "b", 4))
+  assert "resumed from" in capsys.readouterr().out
+  a, b = straight["figures"]["fig3"], resumed["figures"]["fig3"]
+  assert a["final"] == b["final"] and a["initial"] == b["initial"] and b["iterations"] == 4
+  assert a["evaluations"] == b["evaluations"]
+  np.testing.assert_array_equal(np.load(tmp_path / "a" / "fig3_panels.npz")["panels"],
+                                np.load(tmp_path / "b" / "fig3_panels.npz")["panels"])
+  before = {p: p.read_bytes() for p in (tmp_path / "b").iterdir() if p.is_file()}
+  with pytest.raises(SystemExit) as e:
+    gatys.main(_gatys_args(tmp_path, tmp_path / "b", 4, "--seed=1"))
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "seed: 0 there, 1 now" in err and "\n" not in err
+  assert {p: p.read_bytes() for p in (tmp_path / "b").iterdir() if p.is_file()} == before
+  with pytest.raises(SystemExit):   # the checkpoint holds 4: fewer iterations cannot be shown
+    gatys.main(_gatys_args(tmp_path, tmp_path / "b", 3))
+  assert "holds iteration 4" in capsys.readouterr().err

@@ -11,12 +11,13 @@ import ml_collections
 
 from facenet_jax import clustering, evaluators, losses, mining, models, pair_head, steps, vgg_features
 from facenet_jax.data import sources
+from infra.errors import UserError
 
 # config.optim.name / .schedule: the optimizers and learning-rate schedules that
 # train.make_optimizer builds
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config field with a value outside what it accepts."""
 
 

@@ -17,13 +17,14 @@ import ml_collections
 from configs import facenet as facenet_configs
 from facenet_jax import steps, vgg_features
 from infra import checkpoints, files
+from infra.errors import UserError
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 CHECKPOINTS = "checkpoints"
 
 
-class WorkdirError(FileNotFoundError):
+class WorkdirError(UserError, FileNotFoundError):
   """A workdir without a usable config or checkpoint (names the path)."""
 
 

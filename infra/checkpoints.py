@@ -37,8 +37,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from infra.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint that cannot be written or restored, with the path and the reason."""
 
 

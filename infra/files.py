@@ -7,8 +7,10 @@ import os
 import tempfile
 from typing import Any
 
+from infra.errors import UserError
 
-class WriteError(OSError):
+
+class WriteError(UserError, OSError):
   """A result file that could not be written (names the file; the old version is kept)."""
 
   def __str__(self) -> str:

@@ -15,8 +15,10 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
+from infra.errors import UserError
 
-class OverrideError(ValueError):
+
+class OverrideError(UserError, ValueError):
   """An override naming a field the config does not have, or a value it cannot take."""
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from infra import convolution
+from infra.errors import UserError
 
 # channels of each conv, block by block
 _CONFIGS = {
@@ -56,7 +57,7 @@ WEIGHTS_URLS = {
 _NAME_RE = re.compile(r"^(?:conv(\d)_(\d)|pool(\d))$")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
   """A weights file that does not fit the model: names the file and the layer."""
 
 

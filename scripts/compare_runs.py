@@ -31,6 +31,8 @@ import os
 from absl import app, flags, logging
 import numpy as np
 
+from infra import cli
+
 _FIELD = flags.DEFINE_string("field", "", "The swept field on the x axis ('': the first that varies).")
 _OUT = flags.DEFINE_string("out", "", "Output directory ('': ROOT).")
 _HIST = flags.DEFINE_bool("histograms", True, "Restore each run to plot its pair distances.")
@@ -303,4 +305,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

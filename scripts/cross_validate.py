@@ -16,9 +16,11 @@ Each run lives in ``<workdir>/<field>=<value>`` and resumes (or is skipped when 
 import json
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 import numpy as np
+
+from infra import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/facenet.py", "FaceNet config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs.", required=True)
@@ -98,4 +100,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

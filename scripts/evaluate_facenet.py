@@ -20,6 +20,7 @@ import os
 from absl import app, flags, logging
 
 from configs import facenet as facenet_configs
+from infra import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by train_facenet.py.", required=True)
 _EVAL = flags.DEFINE_string("eval", "", "Comma-separated evaluator or dataset names.")
@@ -103,4 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

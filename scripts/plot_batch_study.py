@@ -19,7 +19,7 @@ from absl import app, flags
 import numpy as np
 
 from facenet_jax import sweep
-from infra import files
+from infra import cli, files
 
 _OUT = flags.DEFINE_string("out", "docs/batch_size.png", "Output PNG.")
 
@@ -106,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

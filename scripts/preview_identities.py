@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 import numpy as np
+
+from infra import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/facenet.py", "FaceNet config file[:variant].")
 _OUT = flags.DEFINE_string("out", None, "PNG path.", required=True)
@@ -70,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

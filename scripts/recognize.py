@@ -90,4 +90,5 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  run()
+  from infra import cli
+  cli.run(run, absl_flags=False)

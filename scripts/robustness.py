@@ -9,7 +9,8 @@ facenet_jax/robustness.py for the degradations.
 
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
+from infra import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (config.json + checkpoints).", required=True)
 _RES = flags.DEFINE_list("resolutions", ["8", "12", "16", "24", "32"], "Test-time sizes r (r x r, upscaled back).")
@@ -69,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,10 +12,11 @@ file once (needs internet); the default is the shared 8-bit VGG19 beside the rep
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from infra import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/style.py", "Style config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (images, checkpoints, results.json).",
@@ -26,13 +27,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)   # keep Orbax's per-save INFO lines off stdout
   from style_jax import optimize
-  from infra import preemption
-  from infra.errors import Preempted
-  try:
-    r = optimize.stylize(_CONFIG.value, _WORKDIR.value)
-  except Preempted as e:   # checkpointed: exit without a traceback, 128 + the signal
-    print(e, flush=True)
-    sys.exit(preemption.exit_status(e))
+  r = optimize.stylize(_CONFIG.value, _WORKDIR.value)
   fmt = lambda d: ", ".join(f"{k}={v:.4g}" for k, v in d.items())
   print(f"initial: {fmt(r['initial'])}\nfinal:   {fmt(r['final'])}")
   if r["seconds_per_step"]:
@@ -41,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

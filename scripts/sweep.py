@@ -24,10 +24,11 @@ import sys
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from configs import sweeps as config_sweeps
+from infra import cli
 from infra.distributed import maybe_initialize
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/facenet.py", "Config file[:variant].")
@@ -124,4 +125,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -23,8 +23,10 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 import numpy as np
+
+from infra import cli
 
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
 _LENGTH = flags.DEFINE_integer("length", 1024, "Samples of the example strip (100 Hz).")
@@ -118,4 +120,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

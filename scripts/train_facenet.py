@@ -5,11 +5,11 @@
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from infra import cli
 from infra.distributed import maybe_initialize
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/facenet.py", "FaceNet config file[:variant].")
@@ -22,13 +22,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)   # keep Orbax's per-save INFO lines off stdout
   maybe_initialize()
   from facenet_jax import train
-  from infra import preemption
-  from infra.errors import Preempted
-  try:
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except Preempted as e:   # checkpointed: exit without a traceback, 128 + the signal
-    print(e, flush=True)
-    sys.exit(preemption.exit_status(e))
+  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   out = os.path.join(_WORKDIR.value, "results.json")
   if "members" in results:   # config.margins: K models, one vmapped program
     accs = ", ".join(f"{name}: {m['verification_accuracy']:.4f}" for name, m in results["members"].items())
@@ -41,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -30,6 +30,8 @@ import time
 from absl import app, flags
 import numpy as np
 
+from infra import cli
+
 _MODEL = flags.DEFINE_string("model", "vgg19", "vgg16 | vgg19 | a train_facenet.py WORKDIR (small_cnn).")
 _WEIGHTS = flags.DEFINE_string("weights", None, "VGG: the Keras notop HDF5 weights file.")
 _LAYERS = flags.DEFINE_list("layers", None, "Layer names (default: the last conv of every block).")
@@ -246,4 +248,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

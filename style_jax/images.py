@@ -11,9 +11,10 @@ import numpy as np
 from PIL import Image
 
 from infra import imagefile
+from infra.errors import UserError
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
   """An input image that cannot be used; names the config field and the file."""
 
 

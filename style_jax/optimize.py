@@ -36,7 +36,7 @@ import optax
 from flax import nnx
 
 from infra import checkpoints, files, loop, vgg as vgg_lib
-from infra.errors import NonFiniteLossError, Preempted  # noqa: F401 (re-exported)
+from infra.errors import NonFiniteLossError, Preempted, UserError  # noqa: F401 (re-exported)
 from infra.metric_writer import MetricWriter
 from infra.preemption import StopFlag, exit_if_stopped, stop_requests
 from infra.progress import Progress
@@ -46,7 +46,7 @@ State = dict[str, Any]
 TERMS = ("content", "style", "tv", "total")
 
 
-class StyleConfigError(ValueError):
+class StyleConfigError(UserError, ValueError):
   """A config value that cannot work; names the field."""
 
 

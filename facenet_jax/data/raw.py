@@ -17,9 +17,10 @@ import zipfile
 from PIL import Image
 
 from infra import imagefile
+from infra.errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
   """Input data that cannot be used; the message names the file (and line) at fault."""
 
 

@@ -1,0 +1,107 @@
+"""How every script starts and ends: ``cli.run(main)`` in place of ``app.run(main)``.
+
+Exit statuses, the same for every script in scripts/:
+
+  0    done
+  1    a bug: any other exception, with its traceback (please report it)
+  2    a user error, as one line on stderr: ``error: <message>``, the message naming the
+       flag, config field, file or workdir and what was expected. User errors are
+       ``infra.errors.UserError`` (``ConfigError``, ``WorkdirError``, ``DataError``, ...),
+       flag parsing errors, ``app.UsageError``, ``SystemExit("message")`` and an OSError
+       that names its file (a missing input, a folder given as a file, ...)
+  128 + signal (143 SIGTERM, 130 SIGINT)
+       preempted: the run checkpointed the current step and stopped; run it again to resume
+
+``$FACENET_TRACEBACK=1`` prints the traceback of a user error too (for a bug report).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Callable
+
+from infra.errors import Preempted, UserError
+
+USAGE_ERROR = 2
+TRACEBACK_ENV = "FACENET_TRACEBACK"
+
+
+def user_message(e: BaseException) -> str | None:
+  """The one-line message of a user error, or None when ``e`` is not one (a bug)."""
+  from absl import app, flags
+  if isinstance(e, SystemExit):
+    text = e.code if isinstance(e.code, str) else None
+  elif isinstance(e, (UserError, flags.Error, app.UsageError)):
+    text = str(e)
+  elif isinstance(e, OSError) and e.filename is not None:
+    text = f"{e.filename}: {e.strerror or e}"
+  else:
+    text = None
+  return None if text is None else " ".join(text.split("\n")).strip()
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(USAGE_ERROR)
+
+
+def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
+  """``main`` with user errors turned into one line on stderr and exit status 2, and a
+  preempted run into its message on stdout and exit status 128 + the signal."""
+  @functools.wraps(main)
+  def wrapper(*args, **kwargs):
+    from infra import preemption
+    try:
+      return main(*args, **kwargs)
+    except Preempted as e:   # checkpointed: the message says so; no traceback
+      print(e, flush=True)
+      sys.exit(preemption.exit_status(e))
+    except (Exception, SystemExit) as e:
+      message = user_message(e)
+      if message is None or os.environ.get(TRACEBACK_ENV) == "1":
+        raise
+      _fail(message)
+  return wrapper
+
+
+def _flag_message(e: Exception, argv: list[str]) -> str:
+  """One line for a flag parsing error: absl's message, the last line of a config file's
+  traceback it embeds, or the ``--config.FIELD`` that names no field (ml_collections'
+  KeyError / AttributeError, with its "Did you mean" hint)."""
+  from absl import flags
+  lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
+  if isinstance(e, flags.Error):
+    if any(l.startswith("Traceback") for l in lines):   # raised inside the config file
+      return f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}"
+    return " ".join(lines)
+  key = lines[0].strip("'\"\\") if lines else ""
+  flag = next((a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
+               and key and key in a.split("=")[0].split(".")), "--config.FIELD")
+  hint = " ".join(lines[1:]).strip("'\"\\")
+  return f"{flag}: the config has no such field" + (f" ({hint})" if hint else "")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing whose errors (unknown or mistyped flags, a missing required flag, a
+  bad ``--config.FIELD``, an unknown config variant) are one line and exit status 2 (absl
+  prints its usage hint and exits 1; ml_collections raises KeyError for a missing field)."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError) as e:
+    if os.environ.get(TRACEBACK_ENV) == "1":
+      raise
+    _fail(_flag_message(e, argv))
+
+
+def run(main: Callable[..., Any], *, absl_flags: bool = True) -> None:
+  """Runs a script's ``main``: through absl's ``app.run`` (flags parsed first), or with
+  ``absl_flags=False`` called with no arguments (a script that parses ``sys.argv`` itself,
+  e.g. with argparse, whose own usage errors exit 2 too)."""
+  if absl_flags:
+    from absl import app
+    app.run(guarded(main), flags_parser=_parse_flags)
+  else:
+    guarded(main)()

@@ -196,18 +196,23 @@ def member_configs(config: ml_collections.ConfigDict, workdir: str
 
 
 def open_members(config: ml_collections.ConfigDict, workdir: str, lead: bool) -> list[Member]:
-  """Creates the run directories, writes each ``config.json`` (before any step:
-  scripts/evaluate_facenet.py rebuilds the model from it) and opens writers and checkpoints."""
+  """Creates the run directories and opens their writers and checkpoints."""
   members = []
   for alpha, c, d in member_configs(config, workdir):
     os.makedirs(d, exist_ok=True)
-    if lead:
-      workdir_lib.save_config(c, d)
     members.append(Member(alpha, c, d, MetricWriter(d, enabled=lead),
                           workdir_lib.checkpointer(d, config)))
-  if lead and tuple(config.margins):   # the K-margin run's own config, beside its members
-    workdir_lib.save_config(config, workdir)
   return members
+
+
+def save_configs(config: ml_collections.ConfigDict, members: list[Member], workdir: str) -> None:
+  """Writes each run directory's ``config.json`` (and a K-margin run's own), once the
+  checkpoints restored under this config (before any step: scripts/evaluate_facenet.py
+  rebuilds the model from it)."""
+  for m in members:
+    workdir_lib.save_config(m.config, m.workdir)
+  if tuple(config.margins):   # the K-margin run's own config, beside its members
+    workdir_lib.save_config(config, workdir)
 
 
 def restore_members(ckpts: list[checkpoints.Checkpointer], abstract: Any
@@ -352,6 +357,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   t_start = time.time()
   check_config(config)
   workdir = os.path.abspath(workdir)
+  # a run directory keeps its config: only CONTINUABLE fields may change (checked first)
+  changes = workdir_lib.check_continuation(config, workdir)
   mesh = mesh_lib.make_data_mesh(devices)
   lead = jax.process_index() == 0
   stacked = bool(tuple(config.margins))
@@ -365,6 +372,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # input leaves no partial workdir behind
   members = open_members(config, workdir, lead)
   start, state, meta = resume(members, state, mesh, stacked)
+  if lead:
+    save_configs(config, members, workdir)
+  if changes:
+    print(f"continuing {workdir} with changed " + "; ".join(changes), flush=True)
   make_batch = lambda step, _: data.batch(step)
   extra_meta = dict
   if config.offline.enabled:   # one model (check_config): its embeddings pick the triplets

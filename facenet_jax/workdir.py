@@ -72,6 +72,68 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
+# Fields a run may change when it continues in its workdir, and why that is safe; every
+# other field must equal the run's config.json (a different margin or model would resume
+# the old run's checkpoints under the new config's name).
+CONTINUABLE = {
+    "num_steps": "more steps continue the run (batches are functions of (seed, step))",
+    "log_every": "a logging period", "eval_every": "a logging period",
+    "checkpoint_every": "a logging period", "keep_checkpoints": "a logging period",
+    "eval_batch_size": "how evaluation batches the held-out images",
+    "evals": "evaluation: the evaluators run again at the end",
+    "evaluation": "evaluation settings: the evaluators run again at the end",
+}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  """``{"model.embedding_dim": 64, ...}``: a nested config dict's leaves by dotted name."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+  return out
+
+
+def _continuable(field: str, old, new) -> bool:
+  """Whether continuing a run may change ``field`` from ``old`` to ``new`` (CONTINUABLE;
+  ``num_steps`` only upwards)."""
+  if field == "num_steps":
+    return new >= old
+  return field in CONTINUABLE or field.split(".")[0] in CONTINUABLE
+
+
+def check_continuation(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Checks that ``config`` may run in ``workdir`` before anything is written there: a new
+  or empty folder, or a run whose ``config.json`` differs from ``config`` only in fields
+  of CONTINUABLE. Returns those changes (``["num_steps: 400 -> 800", ...]``) for the log.
+
+  Raises WorkdirError: ``workdir`` holds checkpoints but no config.json, or a run of another
+  config (every differing field listed with both values); files.WriteError: it is a file.
+  """
+  files.check_directory(workdir, "workdir")
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    if os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
+      raise WorkdirError(f"workdir {workdir} holds {CHECKPOINTS}/ but no {CONFIG_FILE}: not a run "
+                         "this config can continue; use a new workdir")
+    return []
+  saved = _flat(load_config(workdir).to_dict())
+  wanted = _flat(config.to_dict())
+  changed = {k: (saved.get(k), wanted.get(k)) for k in sorted(set(saved) | set(wanted))
+             if saved.get(k) != wanted.get(k)}
+  refused = [k for k, (old, new) in changed.items() if not _continuable(k, old, new)]
+  if refused:
+    diffs = "; ".join(f"{k}: {changed[k][0]!r} in the run, {changed[k][1]!r} now" for k in refused)
+    raise WorkdirError(
+        f"workdir {workdir} holds a run of another config ({os.path.join(workdir, CONFIG_FILE)}): "
+        f"{diffs}. Use a new workdir for this config, or the run's values to continue it "
+        f"(continuing may change only num_steps, upwards, and "
+        f"{', '.join(k + ('.*' if k == 'evaluation' else '') for k in CONTINUABLE if k != 'num_steps')})")
+  return [f"{k}: {old!r} -> {new!r} ({CONTINUABLE.get(k, CONTINUABLE.get(k.split('.')[0]))})"
+          for k, (old, new) in changed.items()]
+
+
 # model.vgg_weights values that name no file: seeded random weights, or the md5-checked
 # Keras download into the VGG weights cache (infra/vgg.py fetch_keras_weights)
 _WEIGHTS_KEYWORDS = ("random", "download", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -15,6 +16,14 @@ class WriteError(UserError, OSError):
 
   def __str__(self) -> str:
     return self.strerror
+
+
+def check_directory(path: str, what: str) -> None:
+  """Raises WriteError naming ``what`` (e.g. "workdir") when ``path`` exists but is not a
+  directory (a file, a device): checked before anything is created under it."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WriteError(errno.ENOTDIR, f"{what} {path} is a file, not a directory; expected a new "
+                     f"path or a folder this program wrote")
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

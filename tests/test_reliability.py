@@ -21,7 +21,7 @@ from configs.style import get_config as style_config
 from infra import checkpoints
 from infra.errors import Preempted
 from infra.overrides import with_overrides
-from facenet_jax import steps, train
+from facenet_jax import steps, train, workdir as workdir_lib
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -201,13 +201,19 @@ def test_checkpoint_of_another_model_config_names_the_parameter(trained, tmp_pat
   src, _ = trained
   work = str(tmp_path / "run")
   shutil.copytree(src, work)
+  # training refuses another model config from config.json, before any checkpoint is read
+  with pytest.raises(workdir_lib.WorkdirError, match=r"model.widths: \(8, 16\) in the run, "
+                                                     r"\(8, 32\) now"):
+    train.train_and_evaluate(_tiny(**{"model.widths": (8, 32), "num_steps": 8}), work)
+  # a checkpoint restored into another model (config.json edited by hand, a copied
+  # checkpoint): the restore names the parameter, checked from the metadata
   with pytest.raises(checkpoints.CheckpointError,
                      match=r"checkpoint .*checkpoints/6: parameter \S+ has shape \(16,\) but "
                            r"this config expects \(32,\)"):
-    train.train_and_evaluate(_tiny(**{"model.widths": (8, 32), "num_steps": 8}), work)
+    _restore(work, _tiny(**{"model.widths": (8, 32)}))
   with pytest.raises(checkpoints.CheckpointError, match=r"does not match the model/state of "
                                                          r"this config: missing \[.*\]"):
-    train.train_and_evaluate(_tiny(**{"model.widths": (8, 16, 16), "num_steps": 8}), work)
+    _restore(work, _tiny(**{"model.widths": (8, 16, 16)}))
   step, _, _ = _restore(work, _tiny())   # the run itself is untouched and restorable
   assert step == 6
 

@@ -267,3 +267,71 @@ def test_bad_names_are_errors():
                       fallback="closest")
   with pytest.raises(ValueError, match="batch_all"):
     mining.batch_loss(emb, labels, mask, loss="soft_margin", miner="batch_all", margin=0.2)
+
+
+def _near_collapse(P=16, K=4, D=64, spread=1e-5, seed=0, whole_batch=False):
+  """Unit embeddings whose K images per identity lie within ~``spread`` of each other
+  (squared distances ~1e-8); with ``whole_batch`` every identity too. float32, labels."""
+  rng = np.random.default_rng(seed)
+  centre = rng.normal(size=(1 if whole_batch else P, D))
+  emb = np.repeat(centre, K * P if whole_batch else K, axis=0)
+  emb = emb + spread * rng.normal(size=emb.shape)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  return emb.astype(np.float32), np.repeat(np.arange(P), K).astype(np.int32)
+
+
+@pytest.mark.parametrize("whole_batch", [False, True])
+def test_distances_and_gradient_at_near_collapse_match_float64(whole_batch):
+  """The float32 matmul form's ~3e-7 error exceeds distances of 1e-8 (most clip to 0 and
+  lose their gradient); pairwise_sq_distances must match float64 there, in value and in
+  the gradient of a weighted sum of the positive-pair distances."""
+  emb, labels = _near_collapse(whole_batch=whole_batch)
+  e64 = emb.astype(np.float64)
+  want = ref.sq_dist(e64)
+  pos = (labels[:, None] == labels[None, :]) & ~np.eye(labels.size, dtype=bool)
+  assert want[pos].max() < 1e-7
+  got = np.asarray(losses.pairwise_sq_distances(jnp.asarray(emb)))
+  np.testing.assert_allclose(got[pos], want[pos], rtol=1e-5)
+  np.testing.assert_allclose(got, got.T, rtol=0, atol=0)
+  off = ~np.eye(labels.size, dtype=bool)
+  np.testing.assert_allclose(got[off], want[off], rtol=1e-5 if whole_batch else 1e-6, atol=1e-12)
+  W = np.where(pos, np.random.default_rng(1).uniform(0.5, 1.5, pos.shape), 0.0)
+  grad = jax.grad(lambda e: jnp.sum(jnp.asarray(W, jnp.float32) * losses.pairwise_sq_distances(e)))
+  Ws = W + W.T   # d/de_i sum_ij W_ij |e_i - e_j|^2 = 2 sum_j (W_ij + W_ji)(e_i - e_j)
+  want_g = 2.0 * (Ws.sum(1)[:, None] * e64 - Ws @ e64)
+  np.testing.assert_allclose(np.asarray(grad(jnp.asarray(emb))), want_g, rtol=1e-4,
+                             atol=1e-4 * np.abs(want_g).max())
+  # the plain float32 matmul form (refine=0, no centring benefit for spread identities) fails
+  if not whole_batch:
+    plain = np.asarray(losses.pairwise_sq_distances(jnp.asarray(emb), refine=0))
+    assert np.sum(plain[pos] == 0) > pos.sum() // 4
+
+
+def test_batch_hard_picks_the_float64_hardest_positives_at_near_collapse():
+  """With positives ~1e-8 apart, batch-hard must choose each anchor's float64-farthest
+  positive: checked on the distances, on batch_hard's mean d(a, p) and loss against the
+  float64 reference, and on the gradient of its positive term (sum over anchors of the max
+  over positives) against the float64 gradient of the float64 picks."""
+  emb, labels = _near_collapse(seed=3)
+  B, mask = labels.size, np.ones(labels.size, bool)
+  e64 = emb.astype(np.float64)
+  pos = (labels[:, None] == labels[None, :]) & ~np.eye(B, dtype=bool)
+  hard_p = np.where(pos, ref.sq_dist(e64), -1).argmax(1)
+  got_d = np.asarray(losses.pairwise_sq_distances(jnp.asarray(emb)))
+  np.testing.assert_array_equal(np.where(pos, got_d, -1).argmax(1), hard_p)
+  margin = 4.0   # every triplet active
+  want_loss, want_stats = ref.batch_hard(e64, labels, mask, margin)
+  loss, stats = _run("batch_hard", emb, labels, mask, margin)
+  np.testing.assert_allclose(stats["mean_d_ap"], want_stats["mean_d_ap"], rtol=1e-5)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  pos_term = lambda e: jnp.sum(jnp.max(jnp.where(jnp.asarray(pos), losses.pairwise_sq_distances(e),
+                                                 -jnp.inf), axis=1))
+  grad = np.asarray(jax.grad(pos_term)(jnp.asarray(emb)), np.float64)
+  want = np.zeros_like(e64)
+  np.add.at(want, np.arange(B), 2 * (e64 - e64[hard_p]))
+  np.add.at(want, hard_p, -2 * (e64 - e64[hard_p]))
+  np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+  plain = jax.grad(lambda e: jnp.sum(jnp.max(jnp.where(
+      jnp.asarray(pos), losses.pairwise_sq_distances(e, refine=0), -jnp.inf), axis=1)))
+  assert not np.allclose(np.asarray(plain(jnp.asarray(emb))), want, rtol=1e-2,
+                         atol=1e-2 * np.abs(want).max())   # what the matmul form alone gave

@@ -66,10 +66,13 @@ class RunData:
   issame: np.ndarray
   pixel: dict[str, float]
 
-  def batch(self, step: int) -> dict:
-    """The P x K training batch of ``step``: ``{images, labels, mask}`` (host arrays)."""
+  def batch(self, step: int, rows: slice = slice(None)) -> dict:
+    """``rows`` of the P x K training batch of ``step`` (default all): ``{images, labels,
+    mask}`` (host arrays). A process of a multi-process run reads only its rows
+    (``mesh_lib.process_slice``); the sampler's indices are cheap, the images are not."""
     b = self.sampler(step)
-    return {"images": self.train_ds.images[b.indices], "labels": b.labels, "mask": b.mask}
+    return {"images": self.train_ds.images[b.indices[rows]], "labels": b.labels[rows],
+            "mask": b.mask[rows]}
 
 
 def global_batch_size(config: ml_collections.ConfigDict) -> int:
@@ -376,14 +379,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     save_configs(config, members, workdir)
   if changes:
     print(f"continuing {workdir} with changed " + "; ".join(changes), flush=True)
-  make_batch = lambda step, _: data.batch(step)
+  rows = mesh_lib.process_slice(data.global_batch)   # this process's rows of every batch
+  make_batch = lambda step, _: mesh_lib.assemble_batch(data.batch(step, rows), mesh,
+                                                       data.global_batch)
   extra_meta = dict
   if config.offline.enabled:   # one model (check_config): its embeddings pick the triplets
     batches = offline.OfflineBatches(config.offline, data.train_ds.labels, data.train_ds.images,
                                      config.margin, config.seed, meta)
     embed_rows = lambda st, rows: steps.embed_all(embed_fn, st, data.train_ds.images[rows],
                                                   data.eval_bs, mesh)
-    make_batch = lambda step, st: batches.batch(step, embed_rows, st)
+    make_batch = lambda step, st: mesh_lib.shard_batch(batches.batch(step, embed_rows, st), mesh)
     extra_meta = batches.meta
   if start == 0:
     for m in members:
@@ -394,7 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   periods = loop.Periods(config.log_every, config.eval_every, config.checkpoint_every)
   state = loop.run_loop(
       state, start, config.num_steps, periods, step_fn=step_fn,
-      make_batch=lambda s, st: mesh_lib.shard_batch(make_batch(s, st), mesh),
+      make_batch=make_batch,
       check=steps.check_finite, on_log=cb.on_log, on_eval=cb.on_eval,
       on_checkpoint=cb.on_checkpoint, writers=[m.writer for m in members],
       closeables=[m.ckpt for m in members])

@@ -1,18 +1,166 @@
-"""Multi-host start-up: ``jax.distributed.initialize`` when the environment asks for it."""
+"""Multi-process runs: start-up, barriers with timeouts, and the stop step all processes agree on.
+
+Where the process count and id come from (:func:`launch_settings`, first match wins):
+
+* ``explicit``: ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0), ``JAX_NUM_PROCESSES``,
+  ``JAX_PROCESS_ID`` and optionally ``JAX_LOCAL_DEVICE_IDS`` (``0,1``); a script's flags
+  override them. JAX itself reads only the address from the environment, so these are read
+  here (``jax.distributed.initialize()`` without them fails with "Number of processes must be
+  defined").
+* ``slurm`` / ``openmpi``: a multi-task SLURM step or an Open MPI launch; JAX reads its variables.
+* ``auto``: ``JAX_DISTRIBUTED=auto`` asks JAX to detect any other cluster it knows (Cloud TPU
+  pods, Kubernetes, mpi4py).
+
+Nothing set: one process, nothing happens. Missing pieces are a :class:`LaunchError` naming them.
+
+A process that dies must not leave the others hanging: the coordination service's heartbeat
+(``heartbeat_timeout_s``) ends the survivors with an error naming the missing task, and every
+barrier here has a timeout.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
+from typing import Callable, Mapping, TypeVar
 
 import jax
+import numpy as np
+
+T = TypeVar("T")
+
+INIT_TIMEOUT_S = 300       # how long a process waits for all others to connect
+HEARTBEAT_TIMEOUT_S = 20   # a process silent this long is declared dead, and every process exits
+EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
-def maybe_initialize() -> None:
-  """Initializes multi-process JAX when a coordinator is configured.
+class LaunchError(ValueError):
+  """The multi-process settings are incomplete or malformed (one line, naming what)."""
 
-  Cluster environments that JAX auto-detects (SLURM, TPU pods, Open MPI) set
-  ``JAX_COORDINATOR_ADDRESS`` or their own variables; on a single machine nothing
-  happens. Must run before any JAX computation.
-  """
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SLURM_NTASKS", "1") not in ("", "1"):
-    jax.distributed.initialize()
+
+class ProcessGroupError(RuntimeError):
+  """Another process did not reach a barrier in time (it died, hung or failed)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+  """How this process joins a multi-process run (``source`` ``single``: it does not)."""
+  source: str = "single"
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
+  local_device_ids: tuple[int, ...] | None = None
+
+
+def _int(name: str, value: str) -> int:
+  try:
+    return int(value)
+  except ValueError:
+    raise LaunchError(f"{name}={value!r}: expected an integer") from None
+
+
+def launch_settings(environ: Mapping[str, str] | None = None, *, coordinator_address: str = "",
+                    num_processes: int | None = None, process_id: int | None = None,
+                    local_device_ids: str = "") -> Launch:
+  """The :class:`Launch` of this process from ``environ`` (default ``os.environ``) and the
+  explicit arguments (a script's flags; they win over the environment). See the module doc."""
+  env = os.environ if environ is None else environ
+  address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS", "")
+  n = num_processes if num_processes is not None else (
+      _int("JAX_NUM_PROCESSES", env["JAX_NUM_PROCESSES"]) if env.get("JAX_NUM_PROCESSES") else None)
+  pid = process_id if process_id is not None else (
+      _int("JAX_PROCESS_ID", env["JAX_PROCESS_ID"]) if env.get("JAX_PROCESS_ID") else None)
+  ids = local_device_ids or env.get("JAX_LOCAL_DEVICE_IDS", "")
+  ids = tuple(_int("JAX_LOCAL_DEVICE_IDS", i) for i in ids.split(",")) if ids else None
+  if address or n is not None or pid is not None:
+    missing = [name for name, v in zip(EXPLICIT, (address, n, pid)) if v in ("", None)]
+    if missing:
+      raise LaunchError(
+          f"multi-process launch needs {', '.join(EXPLICIT)} (or the flags --coordinator_address, "
+          f"--num_processes, --process_id); missing: {', '.join(missing)}")
+    if ":" not in address:
+      raise LaunchError(f"JAX_COORDINATOR_ADDRESS={address!r}: expected host:port of process 0")
+    if not 0 <= pid < n:
+      raise LaunchError(f"JAX_PROCESS_ID={pid} must be in 0 .. JAX_NUM_PROCESSES - 1 = {n - 1}")
+    return Launch("explicit", address, n, pid, ids)
+  if env.get("SLURM_JOB_ID") and _int("SLURM_NTASKS", env.get("SLURM_NTASKS") or "1") > 1:
+    return Launch("slurm")
+  if env.get("OMPI_MCA_orte_hnp_uri") and _int(
+      "OMPI_COMM_WORLD_SIZE", env.get("OMPI_COMM_WORLD_SIZE") or "1") > 1:
+    return Launch("openmpi")
+  mode = env.get("JAX_DISTRIBUTED", "")
+  if mode not in ("", "auto", "off"):
+    raise LaunchError(f"JAX_DISTRIBUTED={mode!r}: expected 'auto' (let JAX detect the cluster) or 'off'")
+  return Launch("auto" if mode == "auto" else "single")
+
+
+def initialize(launch: Launch, *, init_timeout_s: int = INIT_TIMEOUT_S,
+               heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> None:
+  """``jax.distributed.initialize`` for ``launch`` (nothing for ``single``); before any JAX
+  computation. CPU processes exchange collectives over gloo (JAX's default)."""
+  if launch.source == "single":
+    return
+  kwargs = {}
+  if launch.source == "explicit":
+    kwargs = dict(coordinator_address=launch.coordinator_address,
+                  num_processes=launch.num_processes, process_id=launch.process_id,
+                  local_device_ids=list(launch.local_device_ids) if launch.local_device_ids else None)
+  try:
+    jax.distributed.initialize(**kwargs, initialization_timeout=int(init_timeout_s),
+                               heartbeat_timeout_seconds=int(heartbeat_timeout_s))
+  except ValueError as e:   # a cluster JAX half-detects: its own message, one line
+    raise LaunchError(f"jax.distributed.initialize ({launch.source} launch): {e}") from e
+
+
+def maybe_initialize(**flags) -> Launch:
+  """:func:`launch_settings` (``flags``: its keyword arguments) then :func:`initialize`;
+  returns the launch (``source == "single"``: one process, nothing done)."""
+  launch = launch_settings(**flags)
+  initialize(launch)
+  return launch
+
+
+def is_lead() -> bool:
+  """Whether this process writes the run's single files (config, results, events, images)."""
+  return jax.process_index() == 0
+
+
+_BARRIERS = itertools.count()
+
+
+def barrier(what: str, timeout_s: float) -> None:
+  """Waits until every process reaches this barrier (each call site is a new barrier), or
+  raises ProcessGroupError naming ``what`` after ``timeout_s``."""
+  if jax.process_count() == 1:
+    return
+  import orbax.checkpoint as ocp   # its barrier has a timeout; jax's sync_global_devices has none
+  key = f"infra-{next(_BARRIERS)}-{what}"
+  try:
+    ocp.multihost.get_barrier_sync_fn()(key=key, timeout_ms=int(timeout_s * 1000))
+  except Exception as e:   # the client raises a generic XlaRuntimeError (DEADLINE_EXCEEDED, ...)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ProcessGroupError(
+        f"process {jax.process_index()}: not every one of the {jax.process_count()} processes "
+        f"reached '{what}' within {timeout_s:g} s ({first}); did one die or fail?") from e
+
+
+def run_on_process_zero_then_barrier(fn: Callable[[], T], timeout_s: float, what: str) -> T | None:
+  """Runs ``fn`` on process 0 while the others wait (at most ``timeout_s``) for it to finish;
+  returns its result on process 0 and None elsewhere. For work that must happen once per
+  shared filesystem (preparing a dataset). An error in ``fn`` on process 0 propagates there;
+  the others then time out with a ProcessGroupError naming ``what``."""
+  result = fn() if is_lead() else None
+  barrier(what, timeout_s)
+  return result
+
+
+def agreed_signal(local: int | None) -> int | None:
+  """The stop signal every process acts on: the largest signal number any process received
+  (None when none did). A collective: every process must call it at the same point."""
+  if jax.process_count() == 1:
+    return local
+  from jax.experimental import multihost_utils
+  got = np.asarray(multihost_utils.process_allgather(np.int32(local or 0)))
+  top = int(got.max())
+  return top or None

@@ -67,14 +67,15 @@ def run_loop(state: Any, start: int, num_steps: int, periods: Periods, *,
         jax.block_until_ready(metrics)
         progress.mark_compiled(step)
       last = step == num_steps
-      if step % periods.log_every == 0 or last or stop:
+      stopping = stop.poll(step) is not None   # agreed by every process (infra/preemption.py)
+      if step % periods.log_every == 0 or last or stopping:
         if check is not None:
           check(state, f"step {step}")
         host, pending = jax.device_get(pending), []
         on_log(step, host, progress)
       if on_eval is not None and (step % periods.eval_every == 0 or last):
         on_eval(step, state)
-      if step % periods.checkpoint_every == 0 or last or stop:
+      if step % periods.checkpoint_every == 0 or last or stopping:
         on_checkpoint(step, state)
       for w in writers:
         w.flush()

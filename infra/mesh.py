@@ -51,31 +51,56 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Global host arrays (same on every process) -> global jax.Arrays sharded on axis 0.
-
-  Each process holds the whole global batch here (the sampler is deterministic from
-  (seed, step), so every process computes the same indices) and contributes the rows
-  that belong to its addressable devices.
-  """
-  sharding = batch_sharded(mesh)
-
-  def put(x):
-    x = np.asarray(x)
-    check_divisible(x.shape[0], mesh)
-    if jax.process_count() == 1:
-      return jax.device_put(x, sharding)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-  return jax.tree.map(put, batch)
-
-
 def process_slice(global_batch: int, process_index: int | None = None,
                   process_count: int | None = None) -> slice:
-  """Rows of a global batch that one process loads when data loading is split by process."""
+  """Rows of a global batch that one process loads: the ``process_index``-th of
+  ``process_count`` equal contiguous blocks (the rows its devices hold on :func:`make_data_mesh`,
+  which orders devices by process; :func:`assemble_batch` checks this)."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if global_batch % process_count:
     raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
   per = global_batch // process_count
   return slice(process_index * per, (process_index + 1) * per)
+
+
+def _rows_held(global_batch: int, mesh: Mesh) -> tuple[int, int]:
+  """The (first, stop) rows of a batch-sharded array this process's devices hold."""
+  index = batch_sharded(mesh).addressable_devices_indices_map((global_batch,))
+  spans = sorted((ix[0].indices(global_batch)[:2]) for ix in index.values())
+  return spans[0][0], spans[-1][1]
+
+
+def assemble_batch(rows: Any, mesh: Mesh, global_batch: int) -> Any:
+  """This process's rows of the global batch (``process_slice(global_batch)``) -> global
+  jax.Arrays of ``global_batch`` rows sharded on axis 0, through
+  ``jax.make_array_from_process_local_data``. Each process reads only its own rows; code
+  inside ``jax.jit`` still sees (and mines) the whole global batch."""
+  check_divisible(global_batch, mesh)
+  want = process_slice(global_batch)
+  held = _rows_held(global_batch, mesh)
+  if held != (want.start, want.stop):
+    raise ValueError(
+        f"process {jax.process_index()}'s devices hold rows {held[0]}..{held[1] - 1} of the "
+        f"global batch but it loads rows {want.start}..{want.stop - 1}: build the mesh with "
+        f"make_data_mesh (devices ordered by process)")
+  sharding = batch_sharded(mesh)
+
+  def put(x):
+    x = np.asarray(x)
+    if x.shape[0] != want.stop - want.start:
+      raise ValueError(f"process {jax.process_index()} gave {x.shape[0]} rows; its share of the "
+                       f"global batch of {global_batch} is {want.stop - want.start}")
+    return jax.make_array_from_process_local_data(sharding, x, (global_batch, *x.shape[1:]))
+
+  return jax.tree.map(put, rows)
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+  """A whole global batch held by every process (host arrays) -> global jax.Arrays sharded
+  on axis 0: each process contributes its rows (:func:`assemble_batch`). For batches every
+  process has anyway (evaluation images); training batches are built per process."""
+  n = np.shape(jax.tree.leaves(batch)[0])[0]
+  check_divisible(n, mesh)   # before slicing: the error names the devices, not the processes
+  rows = process_slice(n)
+  return assemble_batch(jax.tree.map(lambda x: np.asarray(x)[rows], batch), mesh, n)

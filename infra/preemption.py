@@ -3,6 +3,12 @@
 Inside ``stop_requests()`` the first SIGTERM or SIGINT only sets a flag; the training
 or optimization loop polls it between steps, writes a checkpoint of the current step
 and returns. A second SIGINT interrupts at once.
+
+In a multi-process run the signal usually reaches one process (or all, seconds apart), but
+every process must checkpoint the same step and stop there, or the others block in the next
+collective. So the loop never reads the flag directly: ``StopFlag.poll(step)`` agrees on it
+across processes once per step (``infra.distributed.agreed_signal``, a tiny all-gather) and
+every decision of that step uses the agreed value.
 """
 
 from __future__ import annotations
@@ -13,16 +19,30 @@ import signal
 import sys
 import threading
 
+from infra import distributed
 from infra.checkpoints import Checkpointer
 from infra.errors import Preempted
 
 
 class StopFlag:
+  """``signal``: what this process received (set by the handler); ``poll(step)``: what every
+  process acts on at ``step``."""
+
   def __init__(self):
     self.signal: int | None = None
+    self._polled: tuple[int, int | None] | None = None
 
   def __bool__(self) -> bool:
     return self.signal is not None
+
+  def poll(self, step: int) -> int | None:
+    """The signal all processes stop on after ``step`` (None: go on). The first call for a
+    step agrees across processes (a collective every process makes at the same step); later
+    calls for that step return the same answer, so a signal landing in between is acted on
+    at the next step by everyone, never by one process alone."""
+    if self._polled is None or self._polled[0] != step:
+      self._polled = (step, distributed.agreed_signal(self.signal))
+    return self._polled[1]
 
 
 @contextlib.contextmanager
@@ -56,19 +76,20 @@ def stop_requests():
 def exit_if_stopped(stop: StopFlag, step: int, *resources) -> None:
   """Call right after checkpointing ``step``: on a stop request, close and raise Preempted.
 
-  A signal can land after the loop decided not to checkpoint this step and before this
-  call; exiting then would lose the step. So the stop is honoured only once every
-  Checkpointer among ``resources`` holds ``step``; otherwise it waits one more step (the
-  loop's ``or stop`` checkpoints that one).
+  The request is ``stop.poll(step)``, the value the loop's checkpoint decision of this step
+  used, so a signal landing after that decision waits for the next step (which the loop then
+  checkpoints). As a second guard the stop is honoured only once every Checkpointer among
+  ``resources`` holds ``step``.
   """
-  if not stop:
+  signum = stop.poll(step)
+  if signum is None:
     return
   if any(isinstance(r, Checkpointer) and r.latest_step() != step for r in resources):
     return
   for r in resources:
     r.close()
-  raise Preempted(f"stopped by signal {stop.signal} after checkpointing step {step}; "
-                  f"run again with the same workdir to resume", signum=stop.signal, step=step)
+  raise Preempted(f"stopped by signal {signum} after checkpointing step {step}; "
+                  f"run again with the same workdir to resume", signum=signum, step=step)
 
 
 def exit_status(e: BaseException) -> int:

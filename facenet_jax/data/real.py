@@ -102,10 +102,18 @@ def prepare(name: str, data_dir: str, manual_dir: str | None, builder_config=Non
   import tensorflow_datasets as tfds   # lazy: the training path never imports tfds
 
   from facenet_jax.data import tfds_builders   # lazy, as tfds above
-  builder = tfds_builders.BUILDERS[name](data_dir=data_dir, config=builder_config,
-                                         file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  return builder
+  make = lambda: tfds_builders.BUILDERS[name](data_dir=data_dir, config=builder_config,
+                                              file_format="array_record")
+
+  def build():
+    builder = make()
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
+  # several processes share data_dir: process 0 prepares, the others wait and then open the
+  # prepared data (two writers race on tfds's incomplete-directory rename)
+  builder = distributed.run_on_process_zero_then_barrier(
+      build, PREPARE_TIMEOUT_S, f"tfds dataset {name} prepared in {data_dir} by process 0")
+  return builder if builder is not None else make()
 
 
 def _text(x) -> str:

@@ -122,3 +122,52 @@ def test_bad_inputs():
     V.kfold_accuracy(np.array([0.1, np.nan]), np.array([True, False]), 2)
   with pytest.raises(ValueError, match="identities"):
     V.make_pairs(np.zeros(5, int), 10, 0)
+
+
+def _plain_kfold_val(d, s, fold_id, far_target):
+  """VAL@FAR the plain way: per test fold, try every threshold (-inf and each training-fold
+  distance), keep the largest whose FAR on the training folds is <= the target, count the
+  test fold's same pairs at or below it; average over folds. Also the mean test FAR."""
+  vals, fars = [], []
+  for f in np.unique(fold_id):
+    tr, te = fold_id != f, fold_id == f
+    ok = [t for t in np.r_[-np.inf, d[tr]] if np.mean(d[tr][~s[tr]] <= t) <= far_target]
+    t = max(ok)
+    vals.append(np.mean(d[te][s[te]] <= t))
+    fars.append(np.mean(d[te][~s[te]] <= t))
+  return float(np.mean(vals)), float(np.mean(fars))
+
+
+@pytest.mark.parametrize("far_target", [1e-3, 0.02])
+def test_summarize_val_is_fold_based_against_a_plain_reference(far_target):
+  """val_at_far_1e-3 is chosen on the other folds (like the accuracy), not on the pairs it
+  scores: it equals the plain loop (and is not the in-sample value it replaced)."""
+  rng = np.random.default_rng(3)
+  s = np.r_[np.ones(1500, bool), np.zeros(1500, bool)]
+  d = rng.normal(size=s.size) + np.where(s, 0.0, 2.0)
+  fold_id = rng.permutation(s.size) % 10
+  want_val, want_far = _plain_kfold_val(d, s, fold_id, far_target)
+  kf = V.kfold_accuracy(d, s, fold_id, far_target=far_target)
+  assert kf["val"] == pytest.approx(want_val, abs=1e-12)
+  assert kf["far"] == pytest.approx(want_far, abs=1e-12)
+  if far_target == 1e-3:
+    m = V.summarize(d, s, fold_id)
+    assert m["val_at_far_1e-3"] == pytest.approx(want_val, abs=1e-12)
+    assert m["far_reached_1e-3"] == pytest.approx(want_far, abs=1e-12)
+    assert m["val_at_far_1e-3"] != V.val_at_far(d, s, 1e-3)   # not the in-sample value
+
+
+def test_summarize_saves_impostor_thresholds_for_recognition():
+  """threshold_at_far_<f>: at most a fraction f of all impostor pairs at or below it, and
+  the next impostor above (the largest such threshold, up to the midpoint)."""
+  rng = np.random.default_rng(4)
+  s = np.r_[np.ones(400, bool), np.zeros(2000, bool)]
+  d = rng.normal(size=s.size) + np.where(s, 0.0, 2.0)
+  m = V.summarize(d, s, 10)
+  imp = np.sort(d[~s])
+  assert m["impostor_pairs"] == 2000
+  for far in V.THRESHOLD_FARS:
+    t = m[V.far_key(far)]
+    k = int(np.floor(far * imp.size + 1e-9))
+    assert np.sum(imp <= t) == k and t < imp[k]
+    assert (k == 0 and t == np.nextafter(imp[0], -np.inf)) or t == pytest.approx(0.5 * (imp[k - 1] + imp[k]))

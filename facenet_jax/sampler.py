@@ -49,9 +49,11 @@ class PKSampler:
       raise ValueError(
           f"identities_per_batch (P) = {self.P} but only {eligible.size} of {ids.size} "
           f"identities have >= 2 images")
-    order = np.argsort(inverse, kind="stable")
-    starts = np.r_[0, np.cumsum(counts)]
-    self._rows = [order[starts[k]:starts[k + 1]] for k in range(ids.size)]
+    # every identity's rows as one slice of one array (CSR): two flat arrays, not one array
+    # object per identity, so millions of labels cost 16 bytes each and pickle cheaply to
+    # the input pipeline's worker processes
+    self._order = np.argsort(inverse, kind="stable")
+    self._starts = np.r_[0, np.cumsum(counts)]
     self._ids, self._eligible = ids, eligible
     self.short_identities = int(np.sum(counts[eligible] < self.K))
 
@@ -64,7 +66,7 @@ class PKSampler:
     chosen = rng.choice(self._eligible, self.P, replace=False)
     idx, mask = [], []
     for k in chosen:
-      rows = self._rows[k]
+      rows = self._order[self._starts[k]:self._starts[k + 1]]
       if rows.size >= self.K:
         idx.append(rng.choice(rows, self.K, replace=False))
         mask.append(np.ones(self.K, bool))

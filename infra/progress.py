@@ -25,11 +25,13 @@ class Progress:
   Args:
     total: the last step.
     start: the step the loop starts from (after a resume), so rate and ETA are honest.
-    unit: what a step is called in the rate ("steps", "it").
+    unit: what a step is called in the rate ("steps", "it", "images").
+    what: the counter's name at the start of the line ("step", "images").
   """
 
-  def __init__(self, total: int, start: int = 0, *, unit: str = "steps", stream=None):
-    self.total, self.unit = int(total), unit
+  def __init__(self, total: int, start: int = 0, *, unit: str = "steps", what: str = "step",
+               stream=None):
+    self.total, self.unit, self.what = int(total), unit, what
     self.stream = stream or sys.stdout
     self._t0: float | None = None
     self._s0 = int(start)
@@ -46,7 +48,7 @@ class Progress:
   def line(self, step: int, values: Mapping[str, float] | None = None) -> str:
     r = self.rate(step)
     eta = (self.total - step) / r if r == r and r > 0 else float("nan")
-    parts = [f"step {step}/{self.total}",
+    parts = [f"{self.what} {step}/{self.total}",
              f"{r:.2f} {self.unit}/s" if r == r else f"-- {self.unit}/s",
              f"eta {_fmt_seconds(eta)}" if eta == eta else "eta --"]
     parts += [f"{k}={_fmt_value(v)}" for k, v in (values or {}).items()]

@@ -131,11 +131,12 @@ def list_identity_folder(root: str, suffixes: tuple[str, ...] = ()) -> list[tupl
   return out
 
 
-def folder_fingerprint(root: str) -> str:
+def folder_fingerprint(root: str, listing: list[tuple[str, list[str]]] | None = None) -> str:
   """A short hash of ``root``'s path and every file's name, size and mtime: a cache key
-  that changes when the folder's contents change."""
+  that changes when the folder's contents change. ``listing``: ``list_identity_folder(root)``
+  when the caller has it already (a million-image folder is listed once)."""
   h = hashlib.sha1(os.path.abspath(root).encode())
-  for ident, names in list_identity_folder(root):
+  for ident, names in listing if listing is not None else list_identity_folder(root):
     for n in names:
       st = os.stat(os.path.join(root, ident, n))
       h.update(f"{ident}/{n}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

@@ -294,9 +294,24 @@ def names(spec: str) -> list[str]:
   return list(dict.fromkeys(out))
 
 
+# the evaluators scored on the held-out people of the run's split (``ctx.held_out``); the
+# others bring their own pairs or runs (LFW View 2, the Omniglot runs)
+ON_HELD_OUT = ("pairs", "one_shot", "episodes", "clustering")
+NO_HELD_OUT = ("no held-out identities (config.data.eval_identities = 0 with every identity "
+               "in training)")
+
+
+def skipped(spec: str, held_out: IdentityDataset) -> dict[str, str]:
+  """``{evaluator: reason}`` for the evaluators of ``spec`` that cannot run: those of
+  ON_HELD_OUT when ``held_out`` holds no image."""
+  return {n: NO_HELD_OUT for n in names(spec) if n in ON_HELD_OUT and len(held_out) == 0}
+
+
 def run(spec: str, ctx: Context) -> dict[str, Metrics]:
-  """``{evaluator: metrics}`` for every evaluator named by ``spec``."""
-  return {n: EVALUATORS[n](ctx) for n in names(spec)}
+  """``{evaluator: metrics}`` for every evaluator named by ``spec`` that can run (see
+  :func:`skipped`)."""
+  skip = skipped(spec, ctx.held_out)
+  return {n: EVALUATORS[n](ctx) for n in names(spec) if n not in skip}
 
 
 def flatten(results: dict[str, Metrics]) -> Metrics:

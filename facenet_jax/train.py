@@ -119,6 +119,10 @@ def prepare_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
   sampler = PKSampler(train_ds.labels, config.identities_per_batch, config.images_per_identity,
                       config.seed)
   eval_bs = int(np.lcm(config.eval_batch_size, mesh.devices.size))
+  if not len(eval_ds):   # every identity trains: no pairs to verify (evaluators.skipped)
+    empty = np.zeros(0, np.int32)
+    return RunData(train_ds, eval_ds, raw_train_ds, raw_eval_ds, features, global_batch,
+                   sampler, eval_bs, empty, empty, empty.astype(bool), {})
   pair_i, pair_j, issame = verification.make_pairs(eval_ds.labels, config.data.eval_pairs,
                                                    seed=config.seed + 1)
   pixel = verification.summarize(verification.pixel_distances(eval_ds.images, pair_i, pair_j),
@@ -147,7 +151,10 @@ def run_evaluators(config: ml_collections.ConfigDict, workdir: str | None, state
   ctx = evaluators.Context(config=config, embed=embed, held_out=data.raw_eval_ds,
                            train=data.raw_train_ds, workdir=workdir)
   evals = {}
-  for name in evaluators.names(config.evals):
+  skipped = evaluators.skipped(config.evals, data.raw_eval_ds)
+  for name, why in skipped.items():
+    print(f"  {name}: skipped, {why}", flush=True)
+  for name in [n for n in evaluators.names(config.evals) if n not in skipped]:
     evals[name] = pairs if name == "pairs" else evaluators.EVALUATORS[name](ctx)
     print(f"  {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in evals[name].items()), flush=True)
   return evals
@@ -155,8 +162,11 @@ def run_evaluators(config: ml_collections.ConfigDict, workdir: str | None, state
 
 def make_results(config: ml_collections.ConfigDict, step: int, pairs: dict, evals: dict,
                  last_train: dict, data: RunData, mesh: jax.sharding.Mesh, t_start: float) -> dict:
-  """The ``results.json`` dict of a finished run (``pairs``: its held-out pair metrics)."""
+  """The ``results.json`` dict of a finished run (``pairs``: its held-out pair metrics;
+  ``skipped``: ``{evaluator: reason}`` when some could not run)."""
+  skipped = evaluators.skipped(config.evals, data.raw_eval_ds)
   return {
+      **({"skipped": skipped} if skipped else {}),
       "config": config.to_dict(),
       "step": int(step),
       "metrics": pairs,
@@ -321,7 +331,7 @@ def finish(config: ml_collections.ConfigDict, workdir: str, state: State, cb: Me
   summary = {"margins": [m.margin for m in cb.members], "members": {}, "step": final_step}
   for k, m in enumerate(cb.members):
     member_state = cb.state_of(state, k)
-    if not m.last_eval:   # resumed at the last step: evaluate the restored state
+    if not m.last_eval and len(data.eval_ds):   # resumed at the last step: evaluate it
       m.last_eval = cb.evaluate(member_state, m.config)
     if cb.stacked:
       print(f"margin {m.margin:g}:", flush=True)
@@ -400,7 +410,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = loop.run_loop(
       state, start, config.num_steps, periods, step_fn=step_fn,
       make_batch=make_batch,
-      check=steps.check_finite, on_log=cb.on_log, on_eval=cb.on_eval,
+      check=steps.check_finite, on_log=cb.on_log,
+      on_eval=cb.on_eval if len(data.eval_ds) else None,
       on_checkpoint=cb.on_checkpoint, writers=[m.writer for m in members],
       closeables=[m.ckpt for m in members])
   return finish(config, workdir, state, cb, embed_fn, data, mesh, t_start)
@@ -414,9 +425,10 @@ def describe(config: ml_collections.ConfigDict, data: RunData, mesh: jax.shardin
             f"{', '.join(map(overrides.format_value, config.margins))})")
   return (f"training {what} on {data.train_ds.name}: {len(data.train_ds)} images of "
           f"{data.train_ds.num_identities} identities, global batch {data.global_batch} over "
-          f"{mesh.devices.size} device(s); held-out {data.eval_ds.num_identities} identities, "
-          f"{data.issame.size} pairs; raw-pixel baseline accuracy "
-          f"{data.pixel['pixel_verification_accuracy']:.3f}")
+          f"{mesh.devices.size} device(s); " + (
+              f"held-out {data.eval_ds.num_identities} identities, {data.issame.size} pairs; "
+              f"raw-pixel baseline accuracy {data.pixel['pixel_verification_accuracy']:.3f}"
+              if data.pixel else evaluators.NO_HELD_OUT))
 
 
 def run_sweep_point(config: ml_collections.ConfigDict, point: Mapping[str, Any], root: str) -> str:

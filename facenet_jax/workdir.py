@@ -85,6 +85,32 @@ CONTINUABLE = {
 }
 
 
+# The data fields a finished run may be evaluated with (scripts/evaluate_facenet.py --set):
+# where the images come from and how their people are split, never what the model takes
+# (data.image_size, channels, features*: its input). With evaluation.*, nothing else may
+# differ from config.json when a run is read.
+EVALUATION_DATA_FIELDS = ("source", "data_dir", "tfds_dir", "train_identities",
+                          "eval_identities", "split_seed", "test_fold", "calibration_folds",
+                          "images_per_identity", "eval_images_per_identity", "eval_pairs",
+                          "eval_folds", "center_crop")
+
+
+def check_evaluation_settings(settings: dict) -> None:
+  """Raises WorkdirError naming a ``--set`` key that evaluating a finished run cannot change:
+  anything but ``evaluation.*`` and ``data.<EVALUATION_DATA_FIELDS>``; an evaluator setting
+  spelled in the older flat layout (``evaluation.repeats``) gets its current name."""
+  for k in settings:
+    section, _, field = k.partition(".")
+    if section == "evaluation" and field in facenet_configs.FLAT_EVALUATION_FIELDS:
+      raise WorkdirError(f"--set={k}=...: evaluator settings are under the evaluator's name: "
+                         f"--set=evaluation.{facenet_configs.FLAT_EVALUATION_FIELDS[field]}.{field}=...")
+    if section == "evaluation" or (section == "data" and field in EVALUATION_DATA_FIELDS):
+      continue
+    raise WorkdirError(f"--set={k}=...: only evaluation.* settings and the data fields "
+                       f"data.{{{','.join(EVALUATION_DATA_FIELDS)}}} can change after training "
+                       "(the rest define the trained model)")
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
   """``{"model.embedding_dim": 64, ...}``: a nested config dict's leaves by dotted name."""
   out = {}

@@ -69,6 +69,12 @@ def layer_names(depth: int = 19) -> tuple[str, ...]:
   return tuple(names)
 
 
+def conv_channels(depth: int = 19) -> tuple[tuple[str, int], ...]:
+  """``(conv name, output channels)`` of every conv in forward order: (conv1_1, 64), ..."""
+  return tuple((f"conv{b}_{c}", ch) for b, block in enumerate(_check_depth(depth), start=1)
+               for c, ch in enumerate(block, start=1))
+
+
 def layer_geometry(depth: int = 19) -> list[tuple[str, int, int, int]]:
   """``(name, kernel, stride, low padding)`` of every feature in forward order (square, so
   one int per axis): 3x3 stride-1 "same" convs pad 1, 2x2 stride-2 "valid" pools pad 0."""

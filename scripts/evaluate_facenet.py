@@ -10,24 +10,27 @@ the run's ``config.evals``. ``--data_dir`` (and ``--source`` for ``folder``) poi
 run's config at another copy of the data. ``--set=evaluation.[EVALUATOR.]FIELD=VALUE``
 (repeatable) changes an evaluation setting, e.g. ``--set=evaluation.flip_tta=True`` (embed
 each image with its mirror image, for every evaluator) or
-``--set=evaluation.one_shot.repeats=20`` (one evaluator's setting). Writes
-``eval_<name>.json`` (``eval_<name>@<settings>.json`` with ``--set``, so the run's own
-evaluation is not overwritten) and ROC PNGs into the workdir.
+``--set=evaluation.one_shot.repeats=20`` (one evaluator's setting); ``--set=data.FIELD=VALUE``
+evaluates on other data with its own split, e.g. another identity folder of 15 people:
+``--source=folder --data_dir=/photos --set=data.train_identities=5
+--set=data.eval_identities=10`` (``facenet_jax/workdir.py`` EVALUATION_DATA_FIELDS lists
+the data fields that may change; the run's config.json is never edited). Writes
+``eval_<name>.json`` (``eval_<name>@<settings>.json`` with ``--set``, ``--source`` or
+``--data_dir``, so the run's own evaluation is not overwritten) and ROC PNGs into the workdir.
 """
 
 import os
 
 from absl import app, flags, logging
 
-from configs import facenet as facenet_configs
 from infra import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by train_facenet.py.", required=True)
 _EVAL = flags.DEFINE_string("eval", "", "Comma-separated evaluator or dataset names.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Override config.data.data_dir.")
 _SOURCE = flags.DEFINE_string("source", "", "Override config.data.source (e.g. folder).")
-_SET = flags.DEFINE_multi_string("set", [], "evaluation.[EVALUATOR.]FIELD=VALUE: an evaluation "
-                                  "setting to change.")
+_SET = flags.DEFINE_multi_string("set", [], "evaluation.[EVALUATOR.]FIELD=VALUE or data.FIELD=VALUE: "
+                                  "an evaluation setting, or the data to evaluate on, to change.")
 
 DATASET_SOURCES = {"lfw": "lfw", "orl": "orl", "omniglot": "omniglot", "folder": "folder"}
 
@@ -40,21 +43,13 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
-def check_settings(settings: dict[str, str]) -> None:
-  """SystemExit for a ``--set`` key outside ``evaluation.*``, or one spelled in the older flat
-  layout (``evaluation.repeats``: the new spelling is named)."""
-  for k in settings:
-    if not k.startswith("evaluation."):
-      raise SystemExit(f"--set={k}=...: only evaluation.* settings can change after training")
-    field = k[len("evaluation."):]
-    if field in facenet_configs.FLAT_EVALUATION_FIELDS:
-      evaluator = facenet_configs.FLAT_EVALUATION_FIELDS[field]
-      raise SystemExit(f"--set={k}=...: evaluator settings are under the evaluator's name: "
-                       f"--set=evaluation.{evaluator}.{field}=...")
-
-
 def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "",
              settings: dict[str, str] | None = None) -> dict:
+  """Evaluates the run in ``workdir`` with the evaluators of ``spec`` (default: its
+  ``config.evals``) on its data, or on another dataset given by ``source`` / ``data_dir`` /
+  ``data.*`` settings split by their own ``data.train_identities`` / ``eval_identities``.
+  Every setting and input is checked (the config, then the data files) before the model is
+  restored; nothing is written before the metrics exist. Returns ``{step, results, skipped}``."""
   from facenet_jax import evaluators, inference, workdir as workdir_lib
   from facenet_jax.config_checks import check_config
   from facenet_jax.data import sources
@@ -62,31 +57,31 @@ def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "",
   from infra.files import write_json_atomic
   config = workdir_lib.load_config(workdir)
   settings = dict(settings or {})
-  check_settings(settings)
-  suffix = f"@{overrides.point_name(settings)}" if settings else ""
-  config = overrides.with_overrides(config, settings)
-  check_config(config)
-  config.unlock()
-  names = [p.strip() for p in spec.split(",") if p.strip()]
-  for n in names:   # a dataset name also selects its source
-    if n in DATASET_SOURCES and not source and config.data.source != DATASET_SOURCES[n]:
+  workdir_lib.check_evaluation_settings(settings)
+  for n in [p.strip() for p in spec.split(",") if p.strip()]:   # a dataset name selects its source
+    if n in DATASET_SOURCES and not source and config.data.source != DATASET_SOURCES[n] \
+        and settings.get("data.source") != DATASET_SOURCES[n]:
       raise SystemExit(f"--eval={n} but the run was trained on data.source="
                        f"{config.data.source!r}; pass --source={DATASET_SOURCES[n]} to evaluate "
                        "it on that data anyway")
-  if source:
-    config.data.source = source
-  if data_dir:
-    config.data.data_dir = data_dir
+  given = {k: v for k, v in {"data.source": source, "data.data_dir": data_dir}.items() if v}
+  changed = {**given, **settings}
+  # the run's own evaluation (eval_<name>.json) is kept: other settings or data get their own file
+  suffix = f"@{overrides.point_name(changed)}" if changed else ""
+  config = overrides.with_overrides(config, changed)
+  check_config(config)
+  evaluators.names(spec or config.evals)   # unknown names before any data is read
+  train_ds, held_out = sources.load(config)   # the data's files, before the model
   trained = inference.load(workdir, config)
-  train_ds, held_out = sources.load(config)
   ctx = evaluators.Context(config=config, embed=trained.embed, held_out=held_out, train=train_ds,
                            workdir=workdir)
+  skipped = evaluators.skipped(spec or config.evals, held_out)
   results = evaluators.run(spec or config.evals, ctx)
   for name, metrics in results.items():
     write_json_atomic(os.path.join(workdir, f"eval_{name}{suffix}.json"),
                       {"step": trained.step, "data": config.data.to_dict(),
                        "evaluation": config.evaluation.to_dict(), "metrics": metrics})
-  return {"step": trained.step, "results": results}
+  return {"step": trained.step, "results": results, "skipped": skipped}
 
 
 def main(argv):
@@ -95,12 +90,15 @@ def main(argv):
   settings = {}
   for kv in _SET.value:
     if "=" not in kv:
-      raise app.UsageError(f"--set={kv}: expected evaluation.[EVALUATOR.]FIELD=VALUE")
+      raise app.UsageError(f"--set={kv}: expected evaluation.[EVALUATOR.]FIELD=VALUE or "
+                           "data.FIELD=VALUE")
     k, v = kv.split("=", 1)
     settings[k] = v
   out = evaluate(_WORKDIR.value, _EVAL.value, _DATA_DIR.value, _SOURCE.value, settings)
   print(f"{_WORKDIR.value} (step {out['step']})")
   print(format_table(out["results"]))
+  for name, why in out["skipped"].items():
+    print(f"{name}: skipped, {why}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ def main(argv):
     print(f"held-out verification accuracy {accs}; results in {out}")
     return
   m = results["metrics"]
+  if not m:   # every identity trained (data.eval_identities = 0)
+    print(f"skipped {', '.join(results['skipped'])} (no held-out identities); results in {out}")
+    return
   print(f"held-out verification accuracy {m['verification_accuracy']:.4f} "
         f"(raw-pixel baseline {results['pixel_baseline']['pixel_verification_accuracy']:.4f}); "
         f"results in {out}")

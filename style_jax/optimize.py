@@ -40,7 +40,7 @@ from infra.errors import NonFiniteLossError, Preempted, UserError  # noqa: F401 
 from infra.metric_writer import MetricWriter
 from infra.preemption import StopFlag, exit_if_stopped, stop_requests
 from infra.progress import Progress
-from style_jax import images, lbfgs, losses
+from style_jax import images, lbfgs, losses, memory
 
 State = dict[str, Any]
 TERMS = ("content", "style", "tv", "total")
@@ -546,6 +546,7 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Raises:
     FileNotFoundError / images.ImageError: unreadable or too small inputs (naming the field).
     StyleConfigError: an unusable config value. vgg.WeightsError: a bad weights file.
+    memory.TooLargeError: the largest scale would not fit in memory (checked first).
     NonFiniteLossError: the loss became NaN/Inf. Preempted: SIGTERM/SIGINT (checkpointed).
   """
   t_start = time.time()
@@ -553,6 +554,11 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
   objective = objective_from_config(config)
   workdir = os.path.abspath(workdir)
   inputs = load_inputs(config, objective)
+  # before the VGG is built and any image resized: the largest scale must fit in memory
+  memory.check_fits(config.image_size, inputs.content_rgb.shape[:2], inputs.sizes[-1],
+                    objective.layers, config.depth,
+                    config.lbfgs_memory if config.optimizer == "lbfgs" else 0)
+  files.check_directory(workdir, "workdir")
   net = load_network(config, objective)
   os.makedirs(workdir, exist_ok=True)   # only once the inputs, config and weights are good
   run = StyleRun(config, objective, workdir, inputs, net)

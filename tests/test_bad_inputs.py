@@ -21,11 +21,13 @@ The cases below are new, or extend those with the no-partial-output check.
 import io
 import json
 import os
+import shutil
 import struct
 import zipfile
 import zlib
 
 import h5py
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -757,3 +759,176 @@ def test_results_json_that_cannot_be_written_is_named_and_the_old_one_kept(tmp_p
   with pytest.raises(TypeError, match="not JSON serializable: object"):
     files.write_json_atomic(str(path), {"v": object()})
   assert json.loads(path.read_text()) == {"v": 1}
+
+
+# ------------------------------------------------- runs, splits and sizes (issue 18, part A)
+
+
+def _snapshot(path):
+  """``{file: (bytes, mtime_ns)}`` of everything under ``path``: unchanged means untouched."""
+  out = {}
+  for rel in _leftovers(path):
+    p = os.path.join(path, rel)
+    with open(p, "rb") as f:
+      out[rel] = (f.read(), os.stat(p).st_mtime_ns)
+  return out
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A finished tiny run (2 steps, one checkpoint) and its config."""
+  work = str(tmp_path_factory.mktemp("finished") / "run")
+  c = _tiny_facenet(num_steps=2, checkpoint_every=2, evals="pairs,one_shot",
+                    **{"evaluation.one_shot.repeats": 1})
+  train.train_and_evaluate(c, work)
+  return work, c
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("margin", 0.5, r"margin: 0.2 in the run, 0.5 now"),
+    ("model.embedding_dim", 128, r"model.embedding_dim: 16 in the run, 128 now"),
+    ("num_steps", 1, r"num_steps: 2 in the run, 1 now"),
+])
+def test_training_again_with_another_config_changes_nothing(finished, field, value, match):
+  work, c = finished
+  before = _snapshot(work)
+  with pytest.raises(workdir_lib.WorkdirError, match=r"workdir .*/run holds a run of another "
+                                                     r"config \(.*config\.json\): " + match):
+    train.train_and_evaluate(overrides.with_overrides(c, {field: value}), work)
+  assert _snapshot(work) == before   # config.json, results.json, checkpoints: same bytes and times
+  assert inference.load(work).config.to_dict() == c.to_dict()   # evaluate / recognize still load it
+
+
+def test_continuing_a_run_may_change_steps_evaluation_and_periods(finished, tmp_path, capsys):
+  src, c = finished
+  work = str(tmp_path / "run")
+  shutil.copytree(src, work)
+  more = overrides.with_overrides(c, {"num_steps": 4, "log_every": 1, "evals": "pairs",
+                                      "evaluation.one_shot.repeats": 2})
+  r = train.train_and_evaluate(more, work)
+  log = capsys.readouterr().out
+  assert "num_steps: 2 -> 4 (more steps continue the run" in log
+  assert "evaluation.one_shot.repeats: 1 -> 2 (evaluation settings" in log
+  assert r["step"] == 4 and list(r["evals"]) == ["pairs"]
+  assert workdir_lib.load_config(work).to_dict() == more.to_dict()   # config.json follows the run
+
+
+def test_a_workdir_that_is_a_file_is_named_and_left_alone(tmp_path):
+  path = tmp_path / "notes.txt"
+  path.write_text("mine")
+  with pytest.raises(files.WriteError, match=r"workdir .*notes\.txt is a file, not a directory"):
+    train.train_and_evaluate(_tiny_facenet(), str(path))
+  with pytest.raises(files.WriteError, match=r"workdir .*notes\.txt is a file, not a directory"):
+    optimize.stylize(_style_inputs(tmp_path), str(path))
+  assert path.read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["c.png", "notes.txt", "s.png"]
+
+
+def test_evaluation_settings_are_checked_before_anything(finished):
+  from conftest import load_script
+  evaluate = load_script("evaluate_facenet").evaluate
+  work, _ = finished
+  before = _snapshot(work)
+  for settings, error, match in (
+      ({"evaluation.repeats": "-1"}, workdir_lib.WorkdirError,
+       r"--set=evaluation.repeats=...: evaluator settings are under the evaluator's name: "
+       r"--set=evaluation.one_shot.repeats=..."),
+      ({"evaluation.one_shot.repeats": "-1"}, ConfigError,
+       r"config.evaluation.one_shot.repeats = -1: expected a positive integer"),
+      ({"evaluation.episodes.n_way": "1"}, ConfigError, r"evaluation.episodes.n_way = 1: expected"),
+      ({"evaluation.lfw_view2.far": "2"}, ConfigError, r"evaluation.lfw_view2.far = 2.0: expected"),
+      ({"data.image_size": "32"}, workdir_lib.WorkdirError,
+       r"--set=data.image_size=...: only evaluation.\* settings and the data fields"),
+  ):
+    with pytest.raises(error, match=match):
+      evaluate(work, "one_shot", settings=settings)
+  assert _snapshot(work) == before   # no eval_*.json, nothing rewritten
+
+
+def test_style_larger_than_memory_is_refused_with_the_size_that_fits(tmp_path, monkeypatch):
+  from style_jax import memory
+  work = tmp_path / "run"
+  with pytest.raises(memory.TooLargeError,
+                     match=r"config.image_size=100000: a 100000x100000 px image through VGG19 up "
+                           r"to conv3_1 needs about .* GB of memory, but .* GB is available "
+                           r"\(.*\$STYLE_MEMORY_BYTES overrides it\); the largest image_size that "
+                           r"fits is \d+"):
+    optimize.stylize(_style_inputs(tmp_path, image_size=100000), str(work))
+  assert _leftovers(work) == []
+  # the size named fits and one more pixel does not, under an overridden budget
+  monkeypatch.setenv(memory.MEMORY_ENV, "1e9")
+  layers = ("conv1_1", "conv2_1", "conv3_1")
+  with pytest.raises(memory.TooLargeError, match=r"fits is (\d+)") as e:
+    memory.check_fits(4096, (40, 30), (4096, 3072), layers, 19, 10)
+  best = int(e.value.args[0].rsplit(" ", 1)[1])
+  fits = lambda side: memory.estimate_bytes(simages.size_for_longest((40, 30), side), layers,
+                                            19, 10) <= 1e9
+  assert fits(best) and not fits(best + 1) and best > 100
+
+
+def test_memory_estimate_bounds_xla_temp_memory():
+  """The estimate's activation term against XLA's compiled temp memory of the loss gradient
+  (benchmarks/style_memory.py's measurement) at 64 px: within [1, ACTIVATION_FACTOR] x the
+  feature maps it counts."""
+  from flax import nnx
+  from style_jax import losses as style_losses, memory
+  layers = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1")
+  graphdef, state = nnx.split(vgg.VGG(19, "avg", rngs=nnx.Rngs(0)))
+
+  def loss(x):
+    f = nnx.merge(graphdef, state).features(x, layers)
+    return sum(jnp.sum(style_losses.gram_matrix(f[n]) ** 2) for n in layers)
+
+  temp = jax.jit(jax.grad(loss)).lower(jnp.zeros((64, 64, 3))).compile() \
+      .memory_analysis().temp_size_in_bytes
+  maps = 4 * memory.feature_elements((64, 64), layers, 19)
+  assert maps <= temp <= memory.ACTIVATION_FACTOR * maps, (temp, maps)
+
+
+def _folder(root, n, per=3):
+  """An identity folder of ``n`` people with ``per`` random 12x12 images each."""
+  _people(root, tuple(f"p{k:02d}" for k in range(n)), per)
+  return str(root)
+
+
+def _folder_run(tmp_path, root, **over):
+  return _tiny_facenet(**{"data.source": "folder", "data.data_dir": root, "num_steps": 2,
+                          "checkpoint_every": 2, "data.tfds_dir": str(tmp_path / "tfds"),
+                          "evals": "pairs,one_shot,clustering", **over})
+
+
+def test_training_on_every_identity_skips_the_held_out_evaluators_and_says_so(tmp_path, capsys):
+  root = _folder(tmp_path / "people", 6)
+  c = _folder_run(tmp_path, root, **{"data.train_identities": 6, "data.eval_identities": 0})
+  r = train.train_and_evaluate(c, str(tmp_path / "run"))
+  reason = "no held-out identities (config.data.eval_identities = 0 with every identity in training)"
+  assert r["skipped"] == {"pairs": reason, "one_shot": reason, "clustering": reason}
+  assert r["metrics"] == {} and r["evals"] == {} and r["step"] == 2
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["skipped"] == r["skipped"]
+  assert f"one_shot: skipped, {reason}" in capsys.readouterr().out
+  # the same split with more people asked for than there are is still an error naming it
+  with pytest.raises(raw.DataError, match=r"6 identities cannot give config.data.train_identities "
+                                          r"= 7 training and config.data.eval_identities = 0"):
+    train.train_and_evaluate(_folder_run(tmp_path, root, **{"data.train_identities": 7,
+                                                            "data.eval_identities": 0}),
+                             str(tmp_path / "run7"))
+  assert _leftovers(tmp_path / "run7") == []
+
+
+def test_evaluating_a_run_on_another_folder_uses_that_folders_own_split(tmp_path):
+  from conftest import load_script
+  evaluate = load_script("evaluate_facenet").evaluate
+  c = _folder_run(tmp_path, _folder(tmp_path / "a", 6), **{"data.train_identities": 4,
+                                                           "data.eval_identities": 2})
+  work = str(tmp_path / "run")
+  train.train_and_evaluate(c, work)
+  config_before = _snapshot(work)["config.json"]
+  other = _folder(tmp_path / "b", 5, per=4)
+  with pytest.raises(raw.DataError, match=r"5 identities cannot give config.data.train_identities "
+                                          r"= 4 training and config.data.eval_identities = 3"):
+    evaluate(work, "one_shot", data_dir=other, settings={"data.eval_identities": "3"})
+  out = evaluate(work, "pairs,one_shot", data_dir=other,
+                 settings={"data.train_identities": "1", "data.eval_identities": "4"})
+  assert out["results"]["one_shot"]["people"] == 4.0   # the other folder's 4 held-out people
+  assert _snapshot(work)["config.json"] == config_before   # config.json never edited
+  written = [f for f in os.listdir(work) if f.startswith("eval_one_shot@")]
+  assert len(written) == 1 and "data.eval_identities=4" in written[0]

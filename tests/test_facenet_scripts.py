@@ -108,9 +108,9 @@ def test_flip_tta_embeds_an_image_and_its_mirror_alike(run, tmp_path):
   written = json.load(open(os.path.join(wd, "eval_pairs@evaluation.flip_tta=True.json")))
   assert written["evaluation"]["flip_tta"] is True and written["metrics"] == out["results"]["pairs"]
   assert open(os.path.join(wd, "eval_pairs.json")).read() == before   # the run's own is kept
-  with pytest.raises(SystemExit, match="only evaluation"):
+  with pytest.raises(workdir_lib.WorkdirError, match="only evaluation"):
     evaluate_facenet.evaluate(wd, "pairs", settings={"model.embedding_dim": "8"})
-  with pytest.raises(SystemExit, match=r"--set=evaluation\.one_shot\.repeats=\.\.\."):
+  with pytest.raises(workdir_lib.WorkdirError, match=r"--set=evaluation\.one_shot\.repeats=\.\.\."):
     evaluate_facenet.evaluate(wd, "one_shot", settings={"evaluation.repeats": "2"})   # old layout
   bad = overrides.with_overrides(get_config("orl_vgg"), {"evaluation.flip_tta": True})
   with pytest.raises(ConfigError, match="evaluation.flip_tta"):

@@ -180,15 +180,18 @@ def _subset(rows: _Rows, keep: Callable[[dict], bool]) -> _Rows:
 
 def split_identities(identities: Sequence[str], train: int, held_out: int, seed: int,
                      what: str) -> tuple[set[str], set[str]]:
-  """Seeded disjoint identity sets of sizes ``train`` and ``held_out`` (0: all the rest)."""
+  """Seeded disjoint identity sets of sizes ``train`` and ``held_out`` (0: all the rest;
+  ``held_out`` = 0 with ``train`` = every identity holds no one out: evaluators that need
+  held-out people are then skipped, ``evaluators.skipped``)."""
   names = sorted(set(identities), key=raw.natural_key)
   n = len(names)
+  asked = (train, held_out)
   train = train or n - held_out
   held_out = held_out or n - train
-  if train < 1 or held_out < 1 or train + held_out > n:
+  if train < 1 or held_out < 0 or train + held_out > n:
     raise raw.DataError(
-        f"{what}: {n} identities cannot give config.data.train_identities = {train} training "
-        f"and config.data.eval_identities = {held_out} held-out identities (0: all the rest)")
+        f"{what}: {n} identities cannot give config.data.train_identities = {asked[0]} training "
+        f"and config.data.eval_identities = {asked[1]} held-out identities (0: all the rest)")
   perm = np.random.default_rng(seed).permutation(n)
   return {names[k] for k in perm[:train]}, {names[k] for k in perm[train:train + held_out]}
 

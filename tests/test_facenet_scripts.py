@@ -6,6 +6,7 @@ vgg19 embedding; scripts/cross_validate.py's summary."""
 import functools
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -115,6 +116,60 @@ def test_flip_tta_embeds_an_image_and_its_mirror_alike(run, tmp_path):
   bad = overrides.with_overrides(get_config("orl_vgg"), {"evaluation.flip_tta": True})
   with pytest.raises(ConfigError, match="evaluation.flip_tta"):
     check_config(bad)
+
+
+def _tree(path):
+  """``{file: (bytes, mtime_ns)}`` under ``path``."""
+  out = {}
+  for d, _, names in os.walk(path):
+    for n in names:
+      p = os.path.join(d, n)
+      out[os.path.relpath(p, path)] = (open(p, "rb").read(), os.stat(p).st_mtime_ns)
+  return out
+
+
+def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing(run, tmp_path):
+  """The issue-18 rows through the scripts themselves (subprocesses, started together): each
+  exits 2 with one ``error: ...`` line on stderr naming the input, no traceback, and leaves
+  the finished run byte for byte as it was."""
+  import subprocess
+  import sys
+  workdir, _, _ = run
+  before = _tree(workdir)
+  afile = tmp_path / "afile"
+  afile.write_text("mine")
+  py = lambda script, *args: [sys.executable, os.path.join(ROOT, "scripts", script), *args]
+  tiny = "--config=" + os.path.join(ROOT, "configs", "facenet.py") + ":tiny"
+  cases = {
+      "margin": (py("train_facenet.py", tiny, f"--workdir={workdir}", "--config.margin=0.5"),
+                 r"error: workdir \S+ holds a run of another config .*margin: 0.2 in the run, 0.5 now"),
+      "repeats": (py("evaluate_facenet.py", f"--workdir={workdir}",
+                     "--set=evaluation.one_shot.repeats=-1"),
+                  r"error: config.evaluation.one_shot.repeats = -1: expected a positive integer"),
+      "file": (py("train_facenet.py", tiny, f"--workdir={afile}"),
+               r"error: workdir \S+afile is a file, not a directory"),
+      "style": (py("stylize.py", "--config=" + os.path.join(ROOT, "configs", "style.py") + ":tiny",
+                   f"--workdir={tmp_path / 'style'}", "--config.image_size=100000",
+                   "--config.weights=random"),
+                r"error: config.image_size=100000: .* needs about .* the largest image_size that "
+                r"fits is \d+"),
+  }
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("FACENET_TRACEBACK", None)
+  procs = {k: subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for k, (cmd, _) in cases.items()}
+  for k, p in procs.items():
+    _, err = p.communicate(timeout=300)
+    lines = [l for l in err.splitlines() if l.strip() and not l.startswith(("W", "I"))]
+    assert p.returncode == 2, (k, err)
+    assert len(lines) == 1 and re.match(cases[k][1], lines[0]), (k, err)
+    assert "Traceback" not in err, (k, err)
+  assert _tree(workdir) == before
+  assert afile.read_text() == "mine" and not (tmp_path / "style").exists()
+  # FACENET_TRACEBACK=1: the same error with its traceback, for a bug report
+  p = subprocess.run(cases["file"][0], cwd=str(tmp_path), capture_output=True, text=True,
+                     env=dict(env, FACENET_TRACEBACK="1"), timeout=300)
+  assert p.returncode == 1 and "Traceback" in p.stderr and "is a file" in p.stderr
 
 
 def test_load_errors_name_the_workdir_and_the_bad_input(run, tmp_path):

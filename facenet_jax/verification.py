@@ -181,12 +181,31 @@ def val_far_transfer(dist_fit: np.ndarray, issame_fit: np.ndarray, dist_test: np
   return float(val), float(fa)
 
 
-def pixel_distances(images: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-  """The raw-pixel baseline: squared L2 distance of per-image standardized, unit-norm pixels."""
-  x = images.reshape(images.shape[0], -1).astype(np.float64)
+PIXEL_CHUNK_BYTES = 64 * 2 ** 20   # float64 pixels of one chunk of pairs, both sides
+
+
+def _unit_pixels(x: np.ndarray) -> np.ndarray:
+  x = x.reshape(x.shape[0], -1).astype(np.float64)
   x = x - x.mean(axis=1, keepdims=True)
-  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-  return np.sum((x[i] - x[j]) ** 2, axis=1)
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def pixel_distances(images, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+  """The raw-pixel baseline: squared L2 distance of per-image standardized, unit-norm pixels.
+
+  ``images``: (N, ...) array, or any object indexed by row arrays (``records.RecordImages``
+  reads only those rows). Pairs are taken a chunk at a time, so memory stays at
+  ``PIXEL_CHUNK_BYTES`` whatever the number of images and pairs (no float64 copy of the
+  set); each pair's value is the same as from the whole set at once.
+  """
+  i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+  per_image = 8 * int(np.prod(images.shape[1:]))
+  chunk = max(1, PIXEL_CHUNK_BYTES // (2 * per_image))
+  out = np.zeros(i.size, np.float64)
+  for s in range(0, i.size, chunk):
+    a, b = _unit_pixels(images[i[s:s + chunk]]), _unit_pixels(images[j[s:s + chunk]])
+    out[s:s + chunk] = np.sum((a - b) ** 2, axis=1)
+  return out
 
 
 # FARs per comparison at which summarize() saves an impostor-calibrated threshold

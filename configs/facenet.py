@@ -125,6 +125,14 @@ def _data_defaults() -> config_dict.ConfigDict:
       # pooled descriptors: the sum of the image's and its mirror's, then normalized
       features_flip=False,
       features_cache="",        # "": <tfds_dir>/features
+      # folder / recordio sources (facenet_jax/data/streamed.py): prepared once into fitted
+      # array_record shards under <tfds_dir>/prepared, then read and decoded per batch
+      record_encoding="jpeg",   # jpeg (quality 95, 4:4:4) | png (lossless)
+      prepare_workers=0,        # processes preparing shards (0: every CPU core)
+      workers=-1,               # training input worker processes (-1: 0 for in-memory
+                                # sources, else min(4, CPU cores - 1), at least 1)
+      prefetch=2,               # steps each input worker prepares ahead
+      skip_corrupt=False,       # a record that does not decode: error (False) or masked out
   ))
 
 

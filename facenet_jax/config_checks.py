@@ -173,7 +173,7 @@ def _check_data(d: ml_collections.ConfigDict) -> None:
   _require(_nonneg_int(d.center_crop), "data.center_crop", d.center_crop,
            "an integer >= 0 (0: the largest centered square)")
   _require(d.eval_folds >= 2, "data.eval_folds", d.eval_folds, ">= 2")
-  if d.source in ("orl", "omniglot", "folder"):
+  if d.source in ("orl", "omniglot", "folder", "recordio"):
     for f in ("train_identities", "eval_identities"):
       _require(_nonneg_int(d[f]), f"data.{f}", d[f], "an integer >= 0 (0: all the rest)")
     _require(d.train_identities + d.eval_identities > 0, "data.train_identities",
@@ -193,6 +193,14 @@ def _check_data(d: ml_collections.ConfigDict) -> None:
   if d.source == "folder":
     _require(bool(d.data_dir), "data.data_dir", d.data_dir, "the identity folder root "
              "(data_dir/<identity>/<image>) with data.source='folder'")
+  if d.source == "recordio":
+    _require(bool(d.data_dir), "data.data_dir", d.data_dir, "the folder holding train.rec and "
+             "train.idx with data.source='recordio'")
+  _one_of(d.record_encoding, ("jpeg", "png"), "data.record_encoding")
+  for f in ("prepare_workers", "prefetch"):
+    _require(_nonneg_int(d[f]), f"data.{f}", d[f], "an integer >= 0")
+  _require(isinstance(d.workers, int) and d.workers >= -1, "data.workers", d.workers,
+           "an integer >= -1 (-1: automatic)")
 
 
 def _check_source_rank(c: ml_collections.ConfigDict) -> None:

@@ -29,6 +29,7 @@ from facenet_jax import evaluators, offline, steps, sweep, verification, vgg_fea
 from facenet_jax import workdir as workdir_lib
 from facenet_jax.config_checks import check_config
 from facenet_jax.data import sources
+from facenet_jax.data.batches import TrainBatches, input_workers
 from facenet_jax.sampler import PKSampler
 from infra import checkpoints, loop, mesh as mesh_lib, overrides
 from infra.metric_writer import MetricWriter
@@ -65,14 +66,15 @@ class RunData:
   pair_j: np.ndarray
   issame: np.ndarray
   pixel: dict[str, float]
+  loader: TrainBatches
 
   def batch(self, step: int, rows: slice = slice(None)) -> dict:
     """``rows`` of the P x K training batch of ``step`` (default all): ``{images, labels,
     mask}`` (host arrays). A process of a multi-process run reads only its rows
-    (``mesh_lib.process_slice``); the sampler's indices are cheap, the images are not."""
-    b = self.sampler(step)
-    return {"images": self.train_ds.images[b.indices[rows]], "labels": b.labels[rows],
-            "mask": b.mask[rows]}
+    (``mesh_lib.process_slice``); the sampler's indices are cheap, the images are not.
+    A function of the step alone (``data/batches.py``): a resumed run continues the
+    uninterrupted run's batches with nothing but its step restored."""
+    return self.loader(step, rows)
 
 
 def global_batch_size(config: ml_collections.ConfigDict) -> int:
@@ -119,16 +121,20 @@ def prepare_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
   sampler = PKSampler(train_ds.labels, config.identities_per_batch, config.images_per_identity,
                       config.seed)
   eval_bs = int(np.lcm(config.eval_batch_size, mesh.devices.size))
+  d = config.data
+  loader = TrainBatches(train_ds.images, sampler, config.num_steps, prefetch=d.prefetch,
+                        workers=input_workers(d.workers, train_ds.images),
+                        skip_bad=d.skip_corrupt)
   if not len(eval_ds):   # every identity trains: no pairs to verify (evaluators.skipped)
     empty = np.zeros(0, np.int32)
     return RunData(train_ds, eval_ds, raw_train_ds, raw_eval_ds, features, global_batch,
-                   sampler, eval_bs, empty, empty, empty.astype(bool), {})
+                   sampler, eval_bs, empty, empty, empty.astype(bool), {}, loader)
   pair_i, pair_j, issame = verification.make_pairs(eval_ds.labels, config.data.eval_pairs,
                                                    seed=config.seed + 1)
   pixel = verification.summarize(verification.pixel_distances(eval_ds.images, pair_i, pair_j),
                                  issame, config.data.eval_folds, prefix="pixel_")
   return RunData(train_ds, eval_ds, raw_train_ds, raw_eval_ds, features, global_batch, sampler,
-                 eval_bs, pair_i, pair_j, issame, pixel)
+                 eval_bs, pair_i, pair_j, issame, pixel, loader)
 
 
 def pair_metrics(embed_fn: Callable, state: State, data: RunData, mesh: jax.sharding.Mesh,
@@ -173,6 +179,8 @@ def make_results(config: ml_collections.ConfigDict, step: int, pairs: dict, eval
       "evals": evals,
       "train_metrics": last_train,
       "pixel_baseline": data.pixel,
+      # records that did not decode, masked out of training (data.skip_corrupt)
+      **({"skipped_records": data.loader.skipped} if config.data.skip_corrupt else {}),
       "devices": mesh.devices.size,
       "platform": jax.devices()[0].platform,
       "wall_seconds": time.time() - t_start,
@@ -413,7 +421,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       check=steps.check_finite, on_log=cb.on_log,
       on_eval=cb.on_eval if len(data.eval_ds) else None,
       on_checkpoint=cb.on_checkpoint, writers=[m.writer for m in members],
-      closeables=[m.ckpt for m in members])
+      closeables=[m.ckpt for m in members] + [data.loader])
+  data.loader.close()   # input worker processes
   return finish(config, workdir, state, cb, embed_fn, data, mesh, t_start)
 
 

@@ -8,7 +8,8 @@ no tf.data, no TensorFlow) and decodes, center-crops and resizes every image to
 
 Prepared data is found by builder name, config and version, not by ``data_dir``: after
 pointing ``data_dir`` at a different copy of ORL / LFW / Omniglot, use a fresh
-``tfds_dir`` (the folder source keys its cache on the folder's contents itself).
+``tfds_dir`` (identity folders and RecordIO are prepared by ``streamed.py``, keyed on the
+source's contents).
 
 Train and held-out identities are disjoint. Labels are contiguous per dataset, 0..n-1 in
 the natural order of the identity names (ORL: s1 < s2 < s10). Rows are sorted by
@@ -32,8 +33,10 @@ import numpy as np
 from facenet_jax.data import raw
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.data.images import Fit, fit_image
+from infra import distributed
 
 _CHUNK = 256   # records decoded per read: bounds the memory of full-size images
+PREPARE_TIMEOUT_S = 3600   # the other processes wait this long for process 0 to prepare a dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,16 +216,6 @@ def load_orl(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, Identi
   training, ``eval_identities`` (0: the rest) held out."""
   b = prepare("orl_faces", tfds_dir(config), _manual_dir(config, required=True))
   return _split_rows(_read(b, "train", fit_of(config)), config, "orl")
-
-
-# -- image folder -------------------------------------------------------------------------
-
-def load_folder(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
-  """``config.data.data_dir/<identity>/<image>`` split by identity like ORL."""
-  from facenet_jax.data.tfds_builders.image_folder import config_for   # lazy: imports tfds
-  root = _manual_dir(config, required=True)
-  b = prepare("image_folder", tfds_dir(config), root, config_for(root))
-  return _split_rows(_read(b, "train", fit_of(config)), config, f"folder:{os.path.basename(root)}")
 
 
 # -- LFW ----------------------------------------------------------------------------------

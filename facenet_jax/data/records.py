@@ -123,18 +123,21 @@ def open_prepared(path: str) -> PreparedDataset:
 
 
 class RecordImages:
-  """The images of a prepared dataset as a read-only (N, S, S, C) uint8 array: indexing
-  with an int, a slice or an index array reads and decodes only those records.
+  """The images of a prepared dataset (or of its records ``rows``, e.g. the training
+  people's) as a read-only (N, S, S, C) uint8 array: indexing with an int, a slice or an
+  index array reads and decodes only those records.
 
   Stands where an in-memory ``np.ndarray`` of images stands (``IdentityDataset.images``),
   so evaluation embeds it chunk by chunk and training batches index it by row. Pickles
   cheaply (paths and labels, no open file) into the input pipeline's worker processes.
   """
 
-  def __init__(self, prepared: PreparedDataset):
+  def __init__(self, prepared: PreparedDataset, rows: np.ndarray | None = None):
     self.prepared = prepared
+    self.rows = None if rows is None else np.asarray(rows, np.int64)
     fit = prepared.fit
-    self.shape = (int(prepared.meta["num_records"]), fit.size, fit.size, fit.channels)
+    n = int(prepared.meta["num_records"]) if rows is None else self.rows.size
+    self.shape = (n, fit.size, fit.size, fit.channels)
     self.dtype = np.dtype(np.uint8)
     self.ndim = 4
     self._source = None   # opened on first read, in whichever process reads
@@ -153,7 +156,8 @@ class RecordImages:
     return self._source.__getitems__([int(r) for r in rows])
 
   def where(self, row: int) -> str:
-    """``record R of <folder> (shard S), from <source file>``: names a bad record."""
+    """``record R of <folder> (shard S), from <source file>``: names bad record ``row``
+    (a record number)."""
     per = int(self.prepared.meta["records_per_shard"])
     shard = self.prepared.meta["shards"][row // per]
     return (f"record {row} of {self.prepared.path} ({shard}), from "
@@ -166,6 +170,8 @@ class RecordImages:
     rows = np.asarray(rows, np.int64).reshape(-1)
     if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
       raise IndexError(f"rows {rows.min()}..{rows.max()} out of range for {len(self)} records")
+    if self.rows is not None:
+      rows = self.rows[rows]   # -> record numbers
     out = np.zeros((rows.size,) + self.shape[1:], np.uint8)
     ok = np.ones(rows.size, bool)
     fit = self.prepared.fit

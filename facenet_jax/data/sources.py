@@ -10,6 +10,10 @@ the network never saw.
   lfw        LFW: the nine View 2 folds other than ``data.test_fold`` / the test fold
   omniglot   Omniglot background small1 + small2 characters, a seeded few held out
   folder     ``data.data_dir/<identity>/<image>``, identities split by ``data.split_seed``
+  recordio   insightface ``data.data_dir/train.rec`` + ``train.idx`` (MS1M, WebFace), split so
+
+folder and recordio are prepared once into array_record shards and read lazily
+(``streamed.py``): their images are never all in memory.
 
 The real sources live in ``real.py`` and import tfds only when called. Their evaluation
 protocols: ``real.lfw_pairs`` / ``real.lfw_view2`` and ``real.omniglot_runs``.
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from facenet_jax.data import real
+from facenet_jax.data import real, streamed
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.data.ekg import EKGSpec, make_ekg_identities
 from facenet_jax.data.volumes import VolumeSpec, make_volume_identities
@@ -60,7 +64,8 @@ def _volume(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, Identit
 
 
 SOURCES = {"synthetic": _synthetic, "ekg": _ekg, "volume": _volume, "orl": real.load_orl,
-           "lfw": real.load_lfw, "omniglot": real.load_omniglot, "folder": real.load_folder}
+           "lfw": real.load_lfw, "omniglot": real.load_omniglot, "folder": streamed.load,
+           "recordio": streamed.load}
 
 
 def load(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:

@@ -5,7 +5,6 @@
                 and config "pairs" (split "view2": the 6,000 View 2 pairs with their fold)
   omniglot      config "background" (splits "small1", "small2") and config "runs" (split
                 "runs": the 20 official 20-way 1-shot runs with the answer key)
-  image_folder  root/<identity>/<image> (split "train"); one config per folder contents
 
 Each reads the raw files from ``download_config.manual_dir`` when one is given; LFW and
 Omniglot otherwise download their public archives (checked against pinned SHA-256s).
@@ -14,9 +13,8 @@ member paths, links and sizes checked; tfds's own extractor imports TensorFlow) 
 are handed to tfds as encoded bytes. Read with ``builder.as_data_source()``.
 """
 
-from facenet_jax.data.tfds_builders.image_folder import ImageFolder
 from facenet_jax.data.tfds_builders.lfw import Lfw
 from facenet_jax.data.tfds_builders.omniglot import Omniglot
 from facenet_jax.data.tfds_builders.orl import OrlFaces
 
-BUILDERS = {b.name: b for b in (OrlFaces, Lfw, Omniglot, ImageFolder)}
+BUILDERS = {b.name: b for b in (OrlFaces, Lfw, Omniglot)}

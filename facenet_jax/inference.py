@@ -3,12 +3,16 @@
 ``train_and_evaluate`` writes ``workdir/config.json`` before its first step and Orbax
 checkpoints under ``workdir/checkpoints`` (facenet_jax/workdir.py); ``load(workdir)`` rebuilds the model from the
 config, restores the latest checkpoint and returns ``Trained(config, step, embed)`` where
-``embed(images uint8 (N, *spatial, C)) -> (N, D)`` float32 L2-normalized embeddings.
+``embed(images uint8 (N, *spatial, C)) -> (N, D)`` float32 L2-normalized embeddings, and
+the model's ``fingerprint`` (what a recognition gallery records, so embeddings of two models
+are never compared).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Callable
 
@@ -17,7 +21,13 @@ import ml_collections
 import numpy as np
 
 from facenet_jax import steps, vgg_features, workdir as workdir_lib
-from infra import mesh as mesh_lib
+from infra import checkpoints, mesh as mesh_lib
+
+# config fields that decide what an image's embedding is, besides the weights: the model
+# (all of config.model but the VGG weights' path, whose file may move), how images are fitted
+# and the frozen-backbone features (but not where they are cached), and flip TTA
+_EMBEDDING_DATA_FIELDS = ("image_size", "center_crop", "channels", "features", "features_pool",
+                          "features_power", "features_flip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +36,28 @@ class Trained:
   step: int
   embed: Callable[[np.ndarray], np.ndarray]
   input_shape: tuple[int, ...]   # (*spatial, C) of the images embed() takes
+  fingerprint: str = ""          # model_fingerprint(config, weights): sha256 hex
+  source: str = ""               # "<workdir> step <step>", for messages
+
+
+def embedding_config(config: ml_collections.ConfigDict) -> dict:
+  """The part of a run's config that, with the weights, fixes its embeddings (a dict)."""
+  model = {k: v for k, v in config.model.to_dict().items() if k != "vgg_weights"}
+  data = {k: config.data[k] for k in _EMBEDDING_DATA_FIELDS if k in config.data}
+  return {"model": model, "data": data, "flip_tta": bool(config.evaluation.flip_tta)}
+
+
+def model_fingerprint(config: ml_collections.ConfigDict, weights) -> str:
+  """SHA-256 (hex) of ``embedding_config(config)`` as sorted JSON, then of every weight
+  array (``checkpoints.state_digest``: path, dtype, shape, bytes) of ``weights`` (the
+  restored ``params`` and ``model_state``). Equal fingerprints: the same embedding function
+  (up to the frozen backbone's weights file, named in the config only by its path)."""
+  h = hashlib.sha256(json.dumps(embedding_config(config), sort_keys=True, default=list).encode())
+  digest = checkpoints.state_digest(weights)
+  if digest is None:   # load() holds the restored arrays whole; a sharded state is a bug here
+    raise ValueError("model_fingerprint needs weights held whole by this process")
+  h.update(digest.encode())
+  return h.hexdigest()
 
 
 def load(workdir: str, config: ml_collections.ConfigDict | None = None, *,
@@ -52,6 +84,8 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None, *,
     if probe != model_shape:   # a disagreement between output_shape and the backbone: a bug
       raise ValueError(f"{workdir}: the backbone gives features of shape {probe}, the restored "
                        f"model takes {model_shape}")
+  fingerprint = model_fingerprint(config, {"params": state["params"],
+                                           "model_state": state["model_state"]})
   mesh = mesh_lib.make_data_mesh()
   state = jax.device_put(state, mesh_lib.replicated(mesh))
   fn = steps.jit_embed_fn(graphdef, config.evaluation.flip_tta, mesh)
@@ -66,4 +100,5 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None, *,
       images = features(images, "images")
     return steps.embed_all(fn, state, images, bs, mesh)
 
-  return Trained(config=config, step=int(step), embed=embed, input_shape=shape)
+  return Trained(config=config, step=int(step), embed=embed, input_shape=shape,
+                 fingerprint=fingerprint, source=f"{workdir} step {int(step)}")

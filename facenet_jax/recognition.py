@@ -32,13 +32,17 @@ from typing import NamedTuple, Union
 import numpy as np
 from numpy.lib import format as npy_format
 
+from infra.errors import UserError
+
 Identity = Union[str, int]
 UNKNOWN = None  # the id ``identify`` returns for a probe it does not recognize
-_FORMAT_VERSION = 1
+# 2: the gallery records the fingerprint of the model that made its embeddings
+_FORMAT_VERSION = 2
 
 
-class GalleryError(ValueError):
-  """A gallery cannot answer: empty, wrong dimension, unknown person, unreadable file."""
+class GalleryError(UserError, ValueError):
+  """A gallery cannot answer: empty, wrong dimension, another model, unknown person,
+  unreadable file (the message names it)."""
 
 
 def sq_l2_distances(a_NxD: np.ndarray, b_MxD: np.ndarray) -> np.ndarray:
@@ -105,12 +109,17 @@ class Gallery:
 
   ``len(gallery)`` is the number of people; ``num_embeddings`` the number of rows.
   Identities are all ``str`` or all ``int`` (so they survive a save without pickling).
+  ``model_fingerprint`` names the model whose embeddings these are
+  (``inference.model_fingerprint``; "" when not bound to one) and ``model_source`` says
+  where that model came from, for messages: embeddings of two models are not comparable
+  even at the same dimension, so ``check_model`` refuses another model.
   """
 
-  def __init__(self, dim: int):
+  def __init__(self, dim: int, model_fingerprint: str = "", model_source: str = ""):
     if int(dim) <= 0:
       raise GalleryError(f"embedding dimension must be positive, got {dim}")
     self.dim = int(dim)
+    self.model_fingerprint, self.model_source = str(model_fingerprint), str(model_source)
     self._emb = np.zeros((0, self.dim), np.float32)
     self._ids: list[Identity] = []
 
@@ -140,6 +149,27 @@ class Gallery:
 
   def __repr__(self) -> str:
     return f"Gallery(dim={self.dim}, people={len(self)}, embeddings={self.num_embeddings})"
+
+  def counts(self) -> dict[Identity, int]:
+    """``{person: number of enrolled embeddings}``, in order of first enrolment."""
+    out: dict[Identity, int] = {}
+    for i in self._ids:
+      out[i] = out.get(i, 0) + 1
+    return out
+
+  def check_model(self, fingerprint: str, source: str, path: str = "the gallery") -> None:
+    """Raises ``GalleryError`` unless this gallery was enrolled by the model ``fingerprint``
+    (``source`` names it in the message). A gallery without a fingerprint (format 1) cannot
+    be checked and is refused too."""
+    if not self.model_fingerprint:
+      raise GalleryError(f"{path} records no model (written before galleries were bound to "
+                         f"their model), so it cannot be checked against {source}; enrol the "
+                         f"people again into a new gallery")
+    if self.model_fingerprint != fingerprint:
+      raise GalleryError(f"{path} was enrolled by another model ({self.model_source or 'unknown'}, "
+                         f"fingerprint {self.model_fingerprint[:12]}) than {source} (fingerprint "
+                         f"{fingerprint[:12]}): their embeddings cannot be compared; use that "
+                         f"model's --workdir or enrol the people again")
 
   def enrol(self, identity: Identity, emb: np.ndarray) -> None:
     """Adds one (D,) or several (M, D) embeddings of ``identity`` (new or already enrolled)."""
@@ -178,7 +208,9 @@ class Gallery:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-gallery-", suffix=".npz")
     try:
       with os.fdopen(fd, "wb") as f:
-        np.savez(f, emb_NxD=self._emb, ids=ids, format_version=np.int64(_FORMAT_VERSION))
+        np.savez(f, emb_NxD=self._emb, ids=ids, format_version=np.int64(_FORMAT_VERSION),
+                 model_fingerprint=np.str_(self.model_fingerprint),
+                 model_source=np.str_(self.model_source))
         f.flush()
         os.fsync(f.fileno())
       os.replace(tmp, path)
@@ -210,10 +242,11 @@ class Gallery:
     except Exception as e:  # zip, header and read errors all mean the same to a caller
       raise GalleryError(f"gallery file {path!r} is not a readable gallery "
                          f"({type(e).__name__}: {e})") from e
-    if version != _FORMAT_VERSION:
-      raise GalleryError(f"gallery file {path!r} has format version {version}, "
-                         f"expected {_FORMAT_VERSION}")
-    g = cls(emb.shape[1])
+    if version not in (1, _FORMAT_VERSION) or (version == 1) != ("model_fingerprint" not in arrays):
+      raise GalleryError(f"gallery file {path!r} has format version {version} with arrays "
+                         f"{sorted(arrays)}, expected version 1 or {_FORMAT_VERSION}")
+    g = cls(emb.shape[1], str(arrays.get("model_fingerprint", "")),
+            str(arrays.get("model_source", "")))
     g._emb = _check_emb(emb, g.dim, f"gallery file {path!r}")
     g._ids = ids.tolist()
     return g
@@ -246,19 +279,26 @@ def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, 
 
 def _gallery_members(zf: zipfile.ZipFile, path: str, dim: int | None,
                      limit: int) -> dict[str, zipfile.ZipInfo]:
-  """The three members of a gallery, each header checked against the expected layout:
-  ``emb_NxD`` float (N, D), ``ids`` int or str (N,), ``format_version`` an int scalar,
-  together at most ``limit`` bytes and each within what its zip member really holds."""
+  """The members of a gallery, each header checked against the expected layout:
+  ``emb_NxD`` float (N, D), ``ids`` int or str (N,), ``format_version`` an int scalar, and
+  (format 2) ``model_fingerprint`` and ``model_source`` str scalars; together at most
+  ``limit`` bytes and each within what its zip member really holds."""
   infos = {i.filename: i for i in zf.infolist()}
   members, heads = {}, {}
-  for key in ("emb_NxD", "ids", "format_version"):
+  for key in ("emb_NxD", "ids", "format_version", "model_fingerprint", "model_source"):
     info = infos.get(key + ".npy")
+    if info is None and key.startswith("model_"):
+      continue
     if info is None:
       raise GalleryError(f"gallery file {path!r} is not a readable gallery (no array {key!r})")
     members[key], heads[key] = info, _npy_header(zf, info)
+  for key in ("model_fingerprint", "model_source"):
+    if key in heads and (heads[key][0] != () or heads[key][1].kind != "U"):
+      raise GalleryError(f"gallery file {path!r}: {key} is {heads[key][0]} of dtype "
+                         f"{heads[key][1]}, expected a str scalar")
   (emb_shape, emb_dtype, _), (ids_shape, ids_dtype, _) = heads["emb_NxD"], heads["ids"]
   version_shape, version_dtype, _ = heads["format_version"]
-  if any(d.hasobject for d in (emb_dtype, ids_dtype, version_dtype)):
+  if any(h[1].hasobject for h in heads.values()):
     raise GalleryError(f"gallery file {path!r} holds a Python object array, which would need "
                        f"pickle to load; refused (ids must be int or str)")
   if (len(emb_shape) != 2 or emb_dtype.kind != "f" or ids_shape != emb_shape[:1]
@@ -377,6 +417,34 @@ def calibrate_threshold(impostor_distances: np.ndarray, far: float) -> float:
   cut = d[m]
   below = d[d < cut]
   return float(0.5 * (below[-1] + cut)) if below.size else float(np.nextafter(cut, -np.inf))
+
+
+# false-accept rates per comparison at which a run saves an impostor-calibrated threshold
+# (verification.summarize: ``metrics.threshold_at_far_<far>`` in results.json)
+THRESHOLD_FARS = (1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_FAR = 1e-3   # recognize.py's default operating point
+
+
+def far_key(far: float) -> str:
+  """``threshold_at_far_1e-3``: the metrics key of the threshold saved for ``far``."""
+  return f"threshold_at_far_{far:.0e}".replace("e-0", "e-")
+
+
+def saved_threshold(metrics: dict, far: float, where: str = "the run") -> float:
+  """The threshold a run saved for a false-accept rate ``far`` per comparison (one probe
+  against one enrolled person): accepts at most that fraction of the run's held-out
+  impostor pairs (``metrics[far_key(far)]``). A FAR the run saved none for is a
+  ``GalleryError`` naming the ones it has."""
+  have = [f for f in THRESHOLD_FARS if far_key(f) in metrics]
+  if not have:
+    raise GalleryError(f"{where} saved no impostor-calibrated thresholds (threshold_at_far_*; runs "
+                       f"trained before they were saved, or without held-out people): pass "
+                       f"--threshold, or train again")
+  match = [f for f in have if abs(f - far) <= 1e-9 * far]
+  if not match:
+    raise GalleryError(f"{where} saved thresholds for FAR {', '.join(f'{f:g}' for f in have)} "
+                       f"only, not {far:g}: pick one of these or pass --threshold")
+  return float(metrics[far_key(match[0])])
 
 
 def open_set_rates(known_dist_QxK: np.ndarray, identities_K: np.ndarray, known_probe_ids_Q: np.ndarray,

@@ -1,92 +1,282 @@
 """Face recognition with a trained workdir and a gallery file of enrolled people.
 
-  # add a person from one image (one-shot) or several
-  python scripts/recognize.py enroll --workdir=runs/orl --gallery=people.npz --name=alice a1.pgm [a2.pgm]
-  # who is this? (nearest enrolled person within the threshold, else "not recognized")
-  python scripts/recognize.py identify --workdir=runs/orl --gallery=people.npz photo.jpg [...]
+  # enrol everyone in a folder of people (faces/<person>/<images>), in one call
+  python scripts/recognize.py enroll --workdir=runs/orl --gallery=people.npz faces/
+  # or one person from one image (one-shot) or several (files or a folder of them)
+  python scripts/recognize.py enroll --workdir=runs/orl --gallery=people.npz --name=alice a1.pgm a2.pgm
+  # who is enrolled; take someone out (no model needed)
+  python scripts/recognize.py list --gallery=people.npz
+  python scripts/recognize.py remove --gallery=people.npz --name=alice
+  # who is this? the nearest enrolled person and distance, accepted within the threshold
+  python scripts/recognize.py identify --workdir=runs/orl --gallery=people.npz photo.jpg [...] [--out=who.csv]
   # is this the claimed person?
   python scripts/recognize.py verify --workdir=runs/orl --gallery=people.npz --name=alice photo.jpg
 
 The gallery stores embeddings, never images (``facenet_jax.recognition.Gallery``; one
-``.npz``, written atomically). Images are cropped, resized and converted exactly as the
-run's training data (``config.data.image_size``, ``center_crop``, ``channels``). The
-threshold defaults to the one the run's k-fold verification chose (``results.json``:
-``metrics.threshold``); set ``--threshold`` for another operating point.
+``.npz``, written atomically), and the fingerprint of the model that made them: another
+model's gallery is refused. Images are cropped, resized and converted exactly as the run's
+training data (``config.data.image_size``, ``center_crop``, ``channels``). Every input (the
+gallery, each image, the output file) is checked before the model is loaded.
+
+Threshold (squared L2 distance; accept when distance <= threshold): by default the one the
+run saved for a false-accept rate of 1e-3 per comparison (one probe against one enrolled
+person), calibrated on its held-out impostor pairs (``results.json``:
+``metrics.threshold_at_far_1e-3``); ``--far`` picks another saved rate (1e-4, 1e-3, 1e-2,
+0.1); ``--threshold`` sets it directly. A stranger compared with N enrolled people is
+accepted as one of them with probability up to about N x FAR.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import csv
+import io
 import os
+import sys
 
 import numpy as np
 
+from facenet_jax import recognition
+from facenet_jax.data import raw
+from infra import files
 
-def load_images(paths: list[str], config) -> np.ndarray:
+COMMANDS = ("enroll", "identify", "verify", "list", "remove")
+NEEDS_MODEL = ("enroll", "identify", "verify")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".gif", ".tif", ".tiff",
+                  ".webp")
+CHUNK = 256   # images decoded / embedded between progress lines
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("command", choices=COMMANDS)
+  p.add_argument("paths", nargs="*", help="image files or folders (enroll without --name: "
+                 "folders of people, <folder>/<person>/<images>)")
+  p.add_argument("--workdir", default="", help="a trained run (scripts/train_facenet.py)")
+  p.add_argument("--gallery", required=True, help="gallery file (.npz), created by enroll")
+  p.add_argument("--name", default="", help="enroll: the person's name; verify: the claimed "
+                 "one; remove: the person to remove")
+  p.add_argument("--threshold", type=float, default=None,
+                 help="squared-L2 acceptance threshold (overrides --far)")
+  p.add_argument("--far", type=float, default=None, help="false-accept rate per comparison "
+                 f"whose saved threshold to use (default {recognition.DEFAULT_FAR:g})")
+  p.add_argument("--out", default="", help="identify / verify: also write the results to "
+                 "this .json or .csv file")
+  args = p.parse_intermixed_args(argv)   # images may come before or after the flags
+  if args.command in NEEDS_MODEL and not args.workdir:
+    raise SystemExit(f"{args.command} needs --workdir (the trained run)")
+  if args.command in NEEDS_MODEL and not args.paths:
+    raise SystemExit(f"{args.command} needs image files or folders")
+  if args.command in ("verify", "remove") and not args.name:
+    raise SystemExit(f"{args.command} needs --name (the person "
+                     f"{'claimed' if args.command == 'verify' else 'to remove'})")
+  if args.out and os.path.splitext(args.out)[1].lower() not in (".json", ".csv"):
+    raise SystemExit(f"--out={args.out}: expected a .json or .csv file name")
+  if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+    raise SystemExit(f"--out={args.out}: folder {os.path.dirname(os.path.abspath(args.out))} "
+                     "does not exist")
+  return args
+
+
+def image_files(paths: list[str]) -> list[str]:
+  """Files as given, folders expanded to their image files (natural order); a missing
+  path or a folder without images is a ``DataError`` naming it."""
+  out = []
+  for p in paths:
+    if os.path.isdir(p):
+      names = sorted((n for n in os.listdir(p) if not n.startswith(".")
+                      and n.lower().endswith(IMAGE_SUFFIXES)
+                      and os.path.isfile(os.path.join(p, n))), key=raw.natural_key)
+      if not names:
+        raise raw.DataError(f"{p}: folder holds no image files ({'/'.join(IMAGE_SUFFIXES)})")
+      out += [os.path.join(p, n) for n in names]
+    elif os.path.exists(p):
+      out.append(p)
+    else:
+      raise raw.DataError(f"{p}: no such image file or folder")
+  return out
+
+
+def people_to_enrol(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+  """``[(person, [image path, ...])]``: ``--name`` and its images, or every
+  ``<folder>/<person>/<images>`` of each folder given."""
+  if args.name:
+    return [(args.name, image_files(args.paths))]
+  people: dict[str, list[str]] = {}
+  for root in args.paths:
+    if not os.path.isdir(root):
+      raise raw.DataError(f"{root}: enroll without --name takes folders of people "
+                          f"(<folder>/<person>/<images>); for images of one person pass --name")
+    for person, names in raw.list_identity_folder(root, IMAGE_SUFFIXES):
+      people.setdefault(person, []).extend(os.path.join(root, person, n) for n in names)
+  return list(people.items())
+
+
+def load_images(paths: list[str], config, progress=None) -> np.ndarray:
   """Files -> (N, S, S, C) uint8 fitted like the training data; errors name the file."""
-  from facenet_jax.data import images as data_images, raw
+  from facenet_jax.data import images as data_images
   fit = data_images.Fit(size=int(config.data.image_size), crop=int(config.data.center_crop),
                         channels=int(config.data.channels))
   out = []
-  for p in paths:
+  if progress is not None:
+    progress.mark_compiled(0)
+  for k, p in enumerate(paths):
     im = raw.decode_image(raw.read_file(p), p, "L" if fit.channels == 1 else "RGB")
     out.append(data_images.fit_image(im, fit, p))
+    if progress is not None and ((k + 1) % CHUNK == 0 or k + 1 == len(paths)):
+      progress.report(k + 1)
   return np.stack(out)
 
 
-def default_threshold(workdir: str) -> float:
-  path = os.path.join(workdir, "results.json")
+def threshold(args: argparse.Namespace) -> tuple[float, str]:
+  """The acceptance threshold and a line saying where it comes from (see the module doc)."""
+  if args.threshold is not None:
+    return args.threshold, f"threshold {args.threshold:.4g} (--threshold)"
+  path = os.path.join(args.workdir, "results.json")
   try:
-    with open(path) as f:
-      return float(json.load(f)["metrics"]["threshold"])
-  except (OSError, KeyError, ValueError) as e:
-    raise SystemExit(f"no --threshold given and {path} has no metrics.threshold ({e}); "
-                     "pass --threshold") from e
+    metrics = files.read_json(path)["metrics"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise recognition.GalleryError(f"{path}: no saved metrics to take a threshold from "
+                                   f"({type(e).__name__}: {e}); pass --threshold") from e
+  far = recognition.DEFAULT_FAR if args.far is None else args.far
+  t = recognition.saved_threshold(metrics, far, path)
+  n = int(metrics.get("impostor_pairs", 0))
+  return t, (f"threshold {t:.4g}: false-accept rate {far:g} per comparison, calibrated on "
+             f"{n} impostor pairs of the run's held-out people ({path})")
+
+
+def open_gallery(args: argparse.Namespace, dim: int | None) -> recognition.Gallery | None:
+  """The gallery file (checked, no model needed); None for a new one (enroll only)."""
+  if args.command == "enroll" and not os.path.exists(args.gallery):
+    files.check_directory(os.path.dirname(os.path.abspath(args.gallery)), "gallery folder")
+    return None
+  return recognition.Gallery.load(args.gallery, dim)
+
+
+def embed(trained, images: np.ndarray, progress=None) -> np.ndarray:
+  """Embeddings of ``images`` in chunks, with a progress line after each."""
+  out = []
+  for start in range(0, images.shape[0], CHUNK):
+    out.append(trained.embed(images[start:start + CHUNK]))
+    if progress is not None:
+      if start == 0:
+        progress.mark_compiled(min(CHUNK, images.shape[0]))
+      progress.report(min(start + CHUNK, images.shape[0]))
+  return np.concatenate(out)
+
+
+def list_or_remove(args: argparse.Namespace) -> dict:
+  g = recognition.Gallery.load(args.gallery)
+  if args.command == "remove":
+    rows = g.remove(args.name)
+    g.save(args.gallery)
+    print(f"removed {args.name!r} ({rows} embedding(s)); {args.gallery} holds {len(g)} people")
+    return {"removed": args.name, "people": len(g)}
+  counts = g.counts()
+  print(f"{args.gallery}: {len(g)} people, {g.num_embeddings} embeddings of {g.dim} dimensions, "
+        f"model {g.model_source or 'not recorded'} (fingerprint {g.model_fingerprint[:12] or '-'})")
+  for person, n in counts.items():
+    print(f"  {person}: {n}")
+  return {"people": counts, "model_source": g.model_source}
+
+
+def progress_for(n: int, what: str):
+  """A progress printer for ``n`` images when there are more than one chunk of them."""
+  from infra import progress as progress_lib
+  if n <= CHUNK:
+    return None
+  print(f"{what} {n} images", flush=True)
+  return progress_lib.Progress(n, unit="images")
+
+
+def enroll(args, trained, gallery, people, images) -> dict:
+  rows = np.cumsum([0] + [len(p) for _, p in people])
+  emb = embed(trained, images, progress_for(images.shape[0], "embedding"))
+  g = gallery or recognition.Gallery(emb.shape[1], trained.fingerprint, trained.source)
+  for k, (person, _) in enumerate(people):
+    g.enrol(person, emb[rows[k]:rows[k + 1]])
+  g.save(args.gallery)
+  who = repr(people[0][0]) if len(people) == 1 else f"{len(people)} people"
+  print(f"enrolled {who} from {images.shape[0]} image(s); {args.gallery} holds {len(g)} people")
+  return {"enrolled": [p for p, _ in people], "people": len(g)}
+
+
+def write_out(path: str, rows: list[dict]) -> None:
+  """``rows`` as JSON (a list of objects) or CSV (a header, one line per image), atomically."""
+  if path.lower().endswith(".json"):
+    files.write_json_atomic(path, rows)
+    return
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+  w.writeheader()
+  w.writerows(rows)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(buf.getvalue())
+  os.replace(tmp, path)
+
+
+def identify(args, trained, gallery, paths, images, t, why) -> dict:
+  emb = embed(trained, images)
+  ids, dist = recognition.identify(gallery, emb, t)
+  nearest, _ = recognition.identify(gallery, emb, np.inf)
+  print(f"{why}; {len(gallery)} people enrolled")
+  rows = []
+  for path, who, near, d in zip(paths, ids, nearest, dist):
+    if who is recognition.UNKNOWN:
+      print(f"{path}: not recognized (nearest {near}, distance {d:.3f} > threshold {t:.3f})")
+    else:
+      print(f"{path}: {who} (distance {d:.3f} <= threshold {t:.3f})")
+    rows.append({"image": path, "identity": who, "nearest": near, "distance": float(d),
+                 "threshold": float(t), "accepted": who is not recognition.UNKNOWN})
+  if args.out:
+    write_out(args.out, rows)
+  return {"ids": ids, "nearest": nearest, "distances": dist.tolist(), "threshold": t}
+
+
+def verify(args, trained, gallery, paths, images, t, why) -> dict:
+  if args.name not in gallery:   # before embedding: the claim is checkable from the file
+    raise recognition.GalleryError(f"{args.gallery}: claimed identity {args.name!r} is not "
+                                   f"enrolled ({len(gallery)} people enrolled)")
+  emb = embed(trained, images)
+  print(why)
+  rows = []
+  for path, e in zip(paths, emb):
+    ok, d = recognition.verify(gallery, e, args.name, t)
+    print(f"{path}: {'accepted' if ok else 'rejected'} as {args.name!r} "
+          f"(distance {d:.3f}, threshold {t:.3f})")
+    rows.append({"image": path, "claimed": args.name, "accepted": ok, "distance": d,
+                 "threshold": float(t)})
+  if args.out:
+    write_out(args.out, rows)
+  return {"accepted": [r["accepted"] for r in rows], "threshold": t}
 
 
 def run(argv: list[str] | None = None) -> dict:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("command", choices=("enroll", "identify", "verify"))
-  p.add_argument("images", nargs="+", help="image files")
-  p.add_argument("--workdir", required=True, help="a trained run (scripts/train_facenet.py)")
-  p.add_argument("--gallery", required=True, help="gallery file (.npz), created by enroll")
-  p.add_argument("--name", default="", help="enroll: the person's name; verify: the claimed one")
-  p.add_argument("--threshold", type=float, default=None,
-                 help="squared-L2 acceptance threshold (default: the run's verification threshold)")
-  args = p.parse_args(argv)
-
-  from facenet_jax import inference, recognition
-  trained = inference.load(args.workdir)
-  emb = trained.embed(load_images(args.images, trained.config))
-  dim = emb.shape[1]
+  args = parse(argv)
+  if args.command not in NEEDS_MODEL:
+    return list_or_remove(args)
+  from facenet_jax import inference, workdir as workdir_lib
+  # every input is checked before the model is restored (seconds): config, gallery file,
+  # threshold, then every image decoded
+  config = workdir_lib.load_config(args.workdir)
+  gallery = open_gallery(args, int(config.model.embedding_dim))
   if args.command == "enroll":
-    if not args.name:
-      raise SystemExit("enroll needs --name")
-    g = (recognition.Gallery.load(args.gallery, dim) if os.path.exists(args.gallery)
-         else recognition.Gallery(dim))
-    g.enrol(args.name, emb)
-    g.save(args.gallery)
-    print(f"enrolled {args.name!r} from {len(args.images)} image(s); {args.gallery} holds "
-          f"{len(g)} people")
-    return {"enrolled": args.name, "people": len(g)}
-  g = recognition.Gallery.load(args.gallery, dim)
-  t = args.threshold if args.threshold is not None else default_threshold(args.workdir)
-  if args.command == "identify":
-    ids, dist = recognition.identify(g, emb, t)
-    for path, who, d in zip(args.images, ids, dist):
-      print(f"{path}: {'not recognized' if who is recognition.UNKNOWN else who} "
-            f"(nearest distance {d:.3f}, threshold {t:.3f})")
-    return {"ids": ids, "distances": dist.tolist(), "threshold": t}
-  if not args.name:
-    raise SystemExit("verify needs --name (the claimed identity)")
-  results = []
-  for path, e in zip(args.images, emb):
-    ok, d = recognition.verify(g, e, args.name, t)
-    results.append(ok)
-    print(f"{path}: {'accepted' if ok else 'rejected'} as {args.name!r} "
-          f"(distance {d:.3f}, threshold {t:.3f})")
-  return {"accepted": results, "threshold": t}
+    people = people_to_enrol(args)
+    paths = [p for _, ps in people for p in ps]
+  else:
+    paths = image_files(args.paths)
+    t, why = threshold(args)
+    if gallery.num_embeddings == 0:
+      raise recognition.GalleryError(f"{args.gallery}: the gallery is empty; enrol people first")
+  images = load_images(paths, config, progress_for(len(paths), "reading"))
+  trained = inference.load(args.workdir)
+  if gallery is not None:
+    gallery.check_model(trained.fingerprint, trained.source, args.gallery)
+  if args.command == "enroll":
+    return enroll(args, trained, gallery, people, images)
+  return (identify if args.command == "identify" else verify)(args, trained, gallery, paths,
+                                                               images, t, why)
 
 
 if __name__ == "__main__":

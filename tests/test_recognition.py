@@ -227,3 +227,248 @@ def test_open_set_split():
   assert all(np.array_equal(a, b) for a, b in zip(s, again))
   with pytest.raises(ValueError, match="cannot enrol 7 .* 6 of 12 people have >= 3"):
     R.open_set_split(labels, num_enrolled=7, shots=2)
+
+
+# ------------------------------------------------------------ galleries bound to their model
+
+
+def test_gallery_records_its_model_and_refuses_another(tmp_path):
+  path = str(tmp_path / "g.npz")
+  g = R.Gallery(2, model_fingerprint="a" * 64, model_source="runs/a step 800")
+  g.enrol("alice", np.array([[0, 1]], np.float32))
+  g.save(path)
+  back = R.Gallery.load(path)
+  assert (back.model_fingerprint, back.model_source) == ("a" * 64, "runs/a step 800")
+  back.check_model("a" * 64, "runs/a step 800", path)   # the same model: fine
+  with pytest.raises(R.GalleryError, match=r"g\.npz was enrolled by another model \(runs/a step "
+                     r"800, fingerprint aaaaaaaaaaaa\) than runs/b step 10 \(fingerprint bbbbbbbbbbbb\)"):
+    back.check_model("b" * 64, "runs/b step 10", path)
+  # a gallery of format 1 (no model recorded) still loads, but cannot be checked: refused
+  old = str(tmp_path / "old.npz")
+  np.savez(old, emb_NxD=np.zeros((1, 2), np.float32), ids=np.array(["x"]),
+           format_version=np.int64(1))
+  with pytest.raises(R.GalleryError, match=r"old\.npz records no model"):
+    R.Gallery.load(old).check_model("a" * 64, "runs/a step 800", old)
+
+
+@pytest.mark.parametrize("content", ["random", "zip_magic", "pickled"])
+def test_corrupt_gallery_is_named_without_an_unsafe_hint(tmp_path, content):
+  """Random bytes (also behind a zip signature) and a pickled object array: one GalleryError
+  naming the file, never a hint to load it with pickle."""
+  path = tmp_path / "people.npz"
+  rng = np.random.default_rng(0)
+  if content == "pickled":
+    np.savez(path, emb_NxD=np.zeros((1, 2), np.float32), ids=np.array([{"a": 1}], object),
+             format_version=np.int64(2), model_fingerprint=np.str_("a"), model_source=np.str_(""))
+  else:
+    path.write_bytes((b"PK\x03\x04" if content == "zip_magic" else b"") + rng.bytes(4096))
+  with pytest.raises(R.GalleryError, match=r"people\.npz") as e:
+    R.Gallery.load(str(path))
+  assert "\n" not in str(e.value)
+  assert not any(w in str(e.value).lower() for w in ("allow_pickle", "unsafe", "pickle.load"))
+
+
+def test_model_fingerprint_follows_weights_and_embedding_config():
+  from configs.facenet import get_config
+  from facenet_jax import inference, steps
+  c = get_config("tiny")
+  _, _, state = steps.create_train_state(c, example_shape=(16, 16, 3))
+  w = {"params": state["params"], "model_state": state["model_state"]}
+  fp = inference.model_fingerprint(c, w)
+  assert len(fp) == 64 and inference.model_fingerprint(c, w) == fp
+  moved = c.copy_and_resolve_references()
+  moved.model.vgg_weights = "/elsewhere/vgg.h5"   # where the backbone file lies: not the model
+  assert inference.model_fingerprint(moved, w) == fp
+  for field, value in (("model.embedding_dim", 8), ("data.image_size", 20),
+                       ("data.channels", 1), ("evaluation.flip_tta", True)):
+    other = c.copy_and_resolve_references()
+    group, key = field.split(".")
+    other[group][key] = value
+    assert inference.model_fingerprint(other, w) != fp, field
+  import jax
+  leaves, treedef = jax.tree.flatten(w)
+  leaves[0] = np.asarray(leaves[0]).copy()
+  leaves[0].flat[0] += 1e-6   # one weight, one ulp-scale change
+  assert inference.model_fingerprint(c, jax.tree.unflatten(treedef, leaves)) != fp
+
+
+# ------------------------------------------------------------------ scripts/recognize.py
+
+
+class _FakeModel:
+  """A stand-in for ``inference.load`` (scripts' logic, not the network, is under test):
+  embeddings are a fixed random projection of the pixels, L2-normalized, and the load is
+  counted so tests can assert that bad inputs are refused before any model is loaded."""
+
+  def __init__(self, fingerprint="f" * 64):
+    self.fingerprint, self.loads = fingerprint, 0
+
+  def __call__(self, workdir, config=None, **_):
+    from facenet_jax import inference
+    self.loads += 1
+    proj = np.random.default_rng(0).normal(size=(16 * 16 * 3, 8))
+
+    def embed(images):
+      e = np.asarray(images, np.float64).reshape(len(images), -1) @ proj
+      return (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+    return inference.Trained(config=config, step=4, embed=embed, input_shape=(16, 16, 3),
+                             fingerprint=self.fingerprint, source=f"{workdir} step 4")
+
+
+SAVED = {"threshold": 1.3, "impostor_pairs": 3000.0, "threshold_at_far_1e-3": 0.41,
+         "threshold_at_far_1e-2": 0.77, "threshold_at_far_1e-1": 1.02}
+
+
+@pytest.fixture
+def rec(tmp_path, monkeypatch):
+  """(recognize module, workdir with config.json + results.json, tmp folder, the fake
+  model). Three people, three images each in faces/<person>/<k>.png and one more in
+  probes/<person>.png: a person's images are noise around a template of their own, so they
+  embed near each other."""
+  from PIL import Image
+
+  from configs.facenet import get_config
+  from conftest import load_script
+  from facenet_jax import inference, workdir as workdir_lib
+  from infra import files
+  c = get_config("tiny")
+  c.unlock()
+  c.model.embedding_dim = 8
+  wd = tmp_path / "run"
+  wd.mkdir()
+  workdir_lib.save_config(c, str(wd))
+  files.write_json_atomic(str(wd / "results.json"), {"metrics": SAVED})
+  rng = np.random.default_rng(1)
+  (tmp_path / "probes").mkdir()
+  for person in ("ann", "bo", "cy"):
+    template = rng.integers(0, 256, (16, 16, 3))
+    (tmp_path / "faces" / person).mkdir(parents=True)
+    for k in range(4):   # 3 enrolled, the 4th a probe
+      im = np.clip(template + rng.normal(0, 8, template.shape), 0, 255).astype(np.uint8)
+      Image.fromarray(im).save(tmp_path / (f"faces/{person}/{k}.png" if k < 3 else
+                                           f"probes/{person}.png"))
+  fake = _FakeModel()
+  monkeypatch.setattr(inference, "load", fake)
+  return load_script("recognize"), str(wd), tmp_path, fake
+
+
+def _args(wd, gallery, *rest):
+  return [*rest, f"--workdir={wd}", f"--gallery={gallery}"]
+
+
+def test_enroll_a_folder_of_people_in_one_call_with_progress_then_list_and_remove(rec, capsys):
+  recognize, wd, tmp, fake = rec
+  gallery = str(tmp / "people.npz")
+  recognize.CHUNK = 4   # progress lines every 4 images (9 here)
+  out = recognize.run(["enroll", str(tmp / "faces"), f"--workdir={wd}", f"--gallery={gallery}"])
+  assert out == {"enrolled": ["ann", "bo", "cy"], "people": 3} and fake.loads == 1
+  printed = capsys.readouterr().out
+  assert "step 4/9" in printed and "images/s" in printed and "eta" in printed
+  g = R.Gallery.load(gallery)
+  assert g.counts() == {"ann": 3, "bo": 3, "cy": 3}
+  assert g.model_fingerprint == fake.fingerprint and g.model_source == f"{wd} step 4"
+  assert recognize.run(["list", f"--gallery={gallery}"])["people"] == {"ann": 3, "bo": 3, "cy": 3}
+  assert "  bo: 3" in capsys.readouterr().out
+  before = open(gallery, "rb").read()
+  with pytest.raises(R.GalleryError, match="'zed' is not enrolled"):
+    recognize.run(["remove", "--name=zed", f"--gallery={gallery}"])
+  assert open(gallery, "rb").read() == before   # nothing changed
+  assert recognize.run(["remove", "--name=bo", f"--gallery={gallery}"]) == {"removed": "bo",
+                                                                            "people": 2}
+  assert R.Gallery.load(gallery).counts() == {"ann": 3, "cy": 3}
+  assert fake.loads == 1   # list and remove load no model
+
+
+def test_identify_threshold_nearest_name_and_out_files(rec, capsys):
+  import csv
+  import json
+  recognize, wd, tmp, fake = rec
+  gallery = str(tmp / "people.npz")
+  recognize.run(["enroll", str(tmp / "faces"), f"--workdir={wd}", f"--gallery={gallery}"])
+  probes = [str(tmp / "probes" / f"{p}.png") for p in ("ann", "cy")]
+  # default: the run's threshold for FAR 1e-3, not its accuracy threshold (1.3)
+  r = recognize.run(["identify", *probes, *_args(wd, gallery)])
+  assert r["threshold"] == SAVED["threshold_at_far_1e-3"]
+  assert r["threshold"] == recognize.run(["identify", probes[0], "--far=0.001",
+                                          *_args(wd, gallery)])["threshold"]
+  assert recognize.run(["identify", probes[0], "--far=0.01", *_args(wd, gallery)])["threshold"] == 0.77
+  with pytest.raises(R.GalleryError, match=r"results\.json saved thresholds for FAR 0\.001, 0\.01, "
+                     r"0\.1 only, not 0\.005"):
+    recognize.run(["identify", probes[0], "--far=0.005", *_args(wd, gallery)])
+  # rejected at threshold 0: the nearest name and its distance are still printed and saved
+  capsys.readouterr()
+  out_json, out_csv = str(tmp / "who.json"), str(tmp / "who.csv")
+  r = recognize.run(["identify", *probes, "--threshold=0", f"--out={out_json}", *_args(wd, gallery)])
+  assert r["ids"] == [None, None] and r["nearest"] == ["ann", "cy"]
+  printed = capsys.readouterr().out
+  assert f"{probes[0]}: not recognized (nearest ann, distance {r['distances'][0]:.3f} > threshold" in printed
+  rows = json.load(open(out_json))
+  assert [(x["identity"], x["nearest"], x["accepted"]) for x in rows] == [(None, "ann", False),
+                                                                          (None, "cy", False)]
+  np.testing.assert_allclose([x["distance"] for x in rows], r["distances"])
+  r = recognize.run(["identify", *probes, "--threshold=4", f"--out={out_csv}", *_args(wd, gallery)])
+  rows = list(csv.DictReader(open(out_csv)))
+  assert [(x["image"], x["identity"], x["accepted"]) for x in rows] == [
+      (probes[0], "ann", "True"), (probes[1], "cy", "True")]
+
+
+def test_gallery_of_another_model_is_refused(rec):
+  """Same embedding size, another model: a named error, not "not recognized" for all."""
+  recognize, wd, tmp, fake = rec
+  gallery = str(tmp / "people.npz")
+  recognize.run(["enroll", str(tmp / "faces"), *_args(wd, gallery)])
+  fake.fingerprint = "0" * 64   # the workdir now holds another model of the same size
+  before = open(gallery, "rb").read()
+  for command in (["identify", str(tmp / "faces" / "ann" / "0.png")],
+                  ["enroll", "--name=dan", str(tmp / "faces" / "ann" / "0.png")]):
+    with pytest.raises(R.GalleryError, match=r"people\.npz was enrolled by another model "
+                       r"\(.*run step 4, fingerprint ffffffffffff\) than .*run step 4 "
+                       r"\(fingerprint 000000000000\)"):
+      recognize.run([*command, *_args(wd, gallery)])
+  assert open(gallery, "rb").read() == before
+
+
+def test_bad_inputs_are_refused_before_the_model_is_loaded(rec):
+  """Each input error names the input, comes before any model load and writes nothing."""
+  from facenet_jax.data import raw
+  from facenet_jax.workdir import WorkdirError
+  recognize, wd, tmp, fake = rec
+  good = str(tmp / "faces" / "ann" / "0.png")
+  gallery = str(tmp / "people.npz")
+  recognize.run(["enroll", str(tmp / "faces"), *_args(wd, gallery)])
+  fake.loads = 0
+  before = open(gallery, "rb").read()
+  (tmp / "junk.npz").write_bytes(np.random.default_rng(0).bytes(1000))
+  (tmp / "broken.png").write_bytes(open(good, "rb").read()[:40])
+  (tmp / "empty_dir").mkdir()
+  cases = [
+      (["identify", good, *_args(wd, tmp / "nobody.npz")], R.GalleryError, r"nobody\.npz' does not exist"),
+      (["identify", good, *_args(wd, tmp / "junk.npz")], R.GalleryError, r"junk\.npz' is not a readable gallery"),
+      (["identify", str(tmp / "nope.png"), *_args(wd, gallery)], raw.DataError, r"nope\.png: no such image"),
+      (["identify", str(tmp / "broken.png"), *_args(wd, gallery)], raw.DataError, r"broken\.png: not an image"),
+      (["identify", str(tmp / "empty_dir"), *_args(wd, gallery)], raw.DataError, r"empty_dir: folder holds no image"),
+      (["identify", good, *_args(tmp / "no_run", gallery)], WorkdirError, r"no_run/config\.json not found"),
+      (["enroll", good, *_args(wd, gallery)], raw.DataError, r"0\.png: enroll without --name takes folders"),
+      (["enroll", "--name=dan", good, str(tmp / "broken.png"), *_args(wd, gallery)], raw.DataError, r"broken\.png"),
+      (["identify", good, "--out=who.txt", *_args(wd, gallery)], SystemExit, r"--out=who\.txt: expected a \.json or \.csv"),
+  ]
+  for argv, error, message in cases:
+    with pytest.raises(error, match=message):
+      recognize.run([str(a) for a in argv])
+  assert fake.loads == 0 and open(gallery, "rb").read() == before
+  assert not (tmp / "nobody.npz").exists() and not (tmp / "who.txt").exists()
+
+
+def test_recognize_cli_missing_gallery_is_one_line_exit_2(rec):
+  """The one subprocess: a user error is one line on stderr, exit status 2, no model."""
+  import subprocess
+  import sys
+  _, wd, tmp, _ = rec
+  root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+  p = subprocess.run([sys.executable, os.path.join(root, "scripts", "recognize.py"), "identify",
+                      str(tmp / "probes" / "ann.png"), f"--workdir={wd}",
+                      f"--gallery={tmp / 'nobody.npz'}"], capture_output=True, text=True,
+                     timeout=120)
+  assert p.returncode == 2 and p.stdout == ""
+  assert p.stderr.strip().splitlines() == [
+      f"error: gallery file '{tmp / 'nobody.npz'}' does not exist"]

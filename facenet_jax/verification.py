@@ -208,15 +208,6 @@ def pixel_distances(images, i: np.ndarray, j: np.ndarray) -> np.ndarray:
   return out
 
 
-# FARs per comparison at which summarize() saves an impostor-calibrated threshold
-THRESHOLD_FARS = (1e-4, 1e-3, 1e-2, 1e-1)
-
-
-def far_key(far: float) -> str:
-  """``threshold_at_far_1e-3``: the summarize() key of the threshold calibrated for ``far``."""
-  return f"threshold_at_far_{far:.0e}".replace("e-0", "e-")
-
-
 def summarize(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray | int = 10,
               prefix: str = "") -> dict[str, float]:
   """Flat ``{name: float}`` of the standard verification metrics for these pairs.
@@ -224,7 +215,7 @@ def summarize(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray | int = 10
   ``verification_accuracy`` (+ ``_std``, ``threshold``) and ``val_at_far_1e-3`` (with
   ``far_reached_1e-3``, the FAR those thresholds reached) are k-fold: thresholds from the
   other folds (``kfold_accuracy``); ``roc_auc`` and ``eer`` are threshold-free. For
-  recognition, ``threshold_at_far_<f>`` for each f of ``THRESHOLD_FARS`` is the threshold
+  recognition, ``threshold_at_far_<f>`` for each f of ``recognition.THRESHOLD_FARS`` is the threshold
   accepting at most a fraction f of all the mismatched (impostor) pairs here
   (``recognition.calibrate_threshold``), and ``impostor_pairs`` their number: such a
   threshold resolves FARs down to about 1 / impostor_pairs only.
@@ -242,6 +233,6 @@ def summarize(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray | int = 10
       f"{prefix}impostor_pairs": float(impostors.size),
   }
   if impostors.size:
-    for far in THRESHOLD_FARS:
-      out[prefix + far_key(far)] = recognition.calibrate_threshold(impostors, far)
+    for far in recognition.THRESHOLD_FARS:
+      out[prefix + recognition.far_key(far)] = recognition.calibrate_threshold(impostors, far)
   return out

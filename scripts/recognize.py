@@ -32,7 +32,6 @@ import argparse
 import csv
 import io
 import os
-import sys
 
 import numpy as np
 
@@ -145,12 +144,12 @@ def threshold(args: argparse.Namespace) -> tuple[float, str]:
              f"{n} impostor pairs of the run's held-out people ({path})")
 
 
-def open_gallery(args: argparse.Namespace, dim: int | None) -> recognition.Gallery | None:
+def open_gallery(args: argparse.Namespace) -> recognition.Gallery | None:
   """The gallery file (checked, no model needed); None for a new one (enroll only)."""
   if args.command == "enroll" and not os.path.exists(args.gallery):
     files.check_directory(os.path.dirname(os.path.abspath(args.gallery)), "gallery folder")
     return None
-  return recognition.Gallery.load(args.gallery, dim)
+  return recognition.Gallery.load(args.gallery)
 
 
 def embed(trained, images: np.ndarray, progress=None) -> np.ndarray:
@@ -256,19 +255,24 @@ def run(argv: list[str] | None = None) -> dict:
   args = parse(argv)
   if args.command not in NEEDS_MODEL:
     return list_or_remove(args)
-  from facenet_jax import inference, workdir as workdir_lib
-  # every input is checked before the model is restored (seconds): config, gallery file,
-  # threshold, then every image decoded
-  config = workdir_lib.load_config(args.workdir)
-  gallery = open_gallery(args, int(config.model.embedding_dim))
+  # every input is checked before the model is restored (seconds): the files first (no JAX
+  # import needed), then the run's config and every image decoded as the model takes it
+  gallery = open_gallery(args)
   if args.command == "enroll":
     people = people_to_enrol(args)
     paths = [p for _, ps in people for p in ps]
   else:
     paths = image_files(args.paths)
-    t, why = threshold(args)
     if gallery.num_embeddings == 0:
       raise recognition.GalleryError(f"{args.gallery}: the gallery is empty; enrol people first")
+  from facenet_jax import inference, workdir as workdir_lib
+  config = workdir_lib.load_config(args.workdir)
+  if gallery is not None and gallery.dim != int(config.model.embedding_dim):
+    raise recognition.GalleryError(f"gallery file {args.gallery!r} holds {gallery.dim}-D "
+                                   f"embeddings, the model of {args.workdir} gives "
+                                   f"{config.model.embedding_dim}-D")
+  if args.command != "enroll":
+    t, why = threshold(args)
   images = load_images(paths, config, progress_for(len(paths), "reading"))
   trained = inference.load(args.workdir)
   if gallery is not None:

@@ -52,10 +52,10 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
   preempted run into its message on stdout and exit status 128 + the signal."""
   @functools.wraps(main)
   def wrapper(*args, **kwargs):
-    from infra import preemption
     try:
       return main(*args, **kwargs)
     except Preempted as e:   # checkpointed: the message says so; no traceback
+      from infra import preemption   # imports JAX: only here, so an input error stays fast
       print(e, flush=True)
       sys.exit(preemption.exit_status(e))
     except (Exception, SystemExit) as e:

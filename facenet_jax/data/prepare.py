@@ -164,7 +164,7 @@ def _write_index(path: str, plan: Plan, meta: dict) -> None:
 
 def _run_shards(tasks: list[tuple], total: int, done: int, workers: int) -> None:
   """Writes the shards of ``tasks`` over ``workers`` processes with a progress line."""
-  progress = Progress(total, done, unit="images", what="images")
+  progress = Progress(total, done, unit="images", what="images", stream=sys.stderr)
   progress.mark_compiled(done)
   last = 0.0
   # spawn, not fork: the caller may hold JAX's threads, which a fork would copy mid-state
@@ -195,7 +195,7 @@ def prepare(plan: Plan, out_dir: str, fit: Fit, *, encoding: str = "jpeg", quali
     try:
       fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      print(f"waiting for another process preparing {path}", flush=True)
+      print(f"waiting for another process preparing {path}", file=sys.stderr, flush=True)
       fcntl.flock(lock, fcntl.LOCK_EX)
     if records.is_prepared(path):
       return path

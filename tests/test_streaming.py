@@ -1,0 +1,315 @@
+"""Datasets bigger than RAM: preparation into array_record shards (resume, lock, errors),
+the label-only P x K sampler at a million labels, per-process rows, grain batches, a
+resumed run on prepared shards, corrupt records, insightface RecordIO."""
+
+import fcntl
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.facenet import get_config
+from facenet_jax import steps, train
+from facenet_jax.data import batches, prepare, raw, records, recordio, sources
+from facenet_jax.data.images import Fit
+from facenet_jax.sampler import PKSampler
+from infra import checkpoints, mesh as mesh_lib
+from infra.overrides import with_overrides
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def _people(root, counts, size=(24, 20)):
+  """``root/p<k>/<i>.png``: person k has counts[k] images of random pixels."""
+  rng = np.random.default_rng(0)
+  for k, n in enumerate(counts):
+    os.makedirs(root / f"p{k}")
+    for i in range(n):
+      Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(root / f"p{k}" / f"{i}.png")
+  return root
+
+
+def _shard_bytes(path):
+  return {n: open(os.path.join(path, n), "rb").read() for n in sorted(os.listdir(path))
+          if n.endswith(".array_record")}
+
+
+# ------------------------------------------------------------------ the sampler at scale
+
+def test_sampler_over_a_million_labels_is_balanced_deterministic_and_split_by_process():
+  rng = np.random.default_rng(0)
+  counts = rng.integers(1, 40, 50_000)             # 50k people, 1..39 images (~1M labels)
+  labels = rng.permutation(np.repeat(np.arange(counts.size), counts)).astype(np.int32)
+  assert labels.size > 900_000
+  s = PKSampler(labels, identities_per_batch=32, images_per_identity=4, seed=7)
+  # labels only: what the workers receive is a few flat arrays, not per-identity objects
+  assert len(pickle.dumps(s)) < 24 * labels.size
+  seen = np.zeros(counts.size)
+  for step in range(300):
+    b = s(step)
+    np.testing.assert_array_equal(labels[b.indices], b.labels)
+    ids, per = np.unique(b.labels, return_counts=True)
+    assert ids.size == 32 and np.all(per == 4)
+    assert np.all(counts[ids] >= 2)               # one-image people are never drawn
+    short = ids[counts[ids] < 4]
+    for i in short:                               # short people: every image once, rest masked
+      assert b.mask[b.labels == i].sum() == counts[i]
+    seen[ids] += 1
+    if step % 50 == 0:
+      again = PKSampler(labels, 32, 4, seed=7)(step)
+      np.testing.assert_array_equal(again.indices, b.indices)
+      np.testing.assert_array_equal(again.mask, b.mask)
+  eligible = counts >= 2
+  assert seen[~eligible].sum() == 0
+  # 9,600 draws over ~48k eligible people: no person drawn far more than chance allows
+  assert seen.max() <= 8
+
+  # four processes' rows of step s, put together, are the global batch exactly once
+  images = np.arange(labels.size, dtype=np.int64)[:, None]   # "image" = its own row number
+  whole = batches.StepRows(images, s, slice(None))(11)
+  parts = [batches.StepRows(images, s, mesh_lib.process_slice(128, p, 4))(11) for p in range(4)]
+  for key in ("images", "labels", "mask"):
+    np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+  np.testing.assert_array_equal(whole["images"][:, 0], s(11).indices)
+
+
+# ------------------------------------------------------------------------ preparation
+
+def test_prepared_shards_hold_fitted_images_and_the_index(tmp_path):
+  root = _people(tmp_path / "people", [3, 1, 2])
+  plan = prepare.folder_plan(str(root))
+  path = prepare.prepare(plan, str(tmp_path / "out"), Fit(12, 0, 3), encoding="png",
+                         workers=1, records_per_shard=2)
+  ds = records.open_prepared(path)
+  assert ds.meta["shards"] == [records.shard_name(k, 3) for k in range(3)]
+  np.testing.assert_array_equal(ds.labels, [0, 0, 0, 1, 2, 2])
+  assert ds.identities() == ["p0", "p1", "p2"]
+  assert ds.source_of(3) == f"{root}/p1/0.png"
+  images = records.RecordImages(ds)
+  from facenet_jax.data.images import fit_image
+  want = fit_image(Image.open(root / "p2" / "1.png"), Fit(12, 0, 3))
+  np.testing.assert_array_equal(images[5], want)            # png: lossless
+  assert images[1:4].shape == (3, 12, 12, 3)
+  # asking again finds it finished: nothing is rewritten
+  before = {n: os.stat(os.path.join(path, n)).st_mtime_ns for n in os.listdir(path)}
+  assert prepare.prepare(plan, str(tmp_path / "out"), Fit(12, 0, 3), encoding="png") == path
+  assert {n: os.stat(os.path.join(path, n)).st_mtime_ns for n in os.listdir(path)} == before
+
+
+def test_a_killed_preparation_resumes_to_the_same_shards(tmp_path, monkeypatch):
+  root = _people(tmp_path / "people", [3, 2, 4, 1, 2])
+  plan = prepare.folder_plan(str(root))
+  fit = Fit(10, 0, 3)
+  whole = prepare.prepare(plan, str(tmp_path / "whole"), fit, workers=1, records_per_shard=2)
+
+  write = prepare.write_shard
+  calls = []
+
+  def killed_on_third(task):   # the process dies inside shard 3, half its file written
+    calls.append(task)
+    if len(calls) == 3:
+      open(task[-1] + ".tmp999", "wb").write(b"half a shard")
+      raise KeyboardInterrupt
+    return write(task)
+
+  monkeypatch.setattr(prepare, "write_shard", killed_on_third)
+  with pytest.raises(KeyboardInterrupt):
+    prepare.prepare(plan, str(tmp_path / "part"), fit, workers=1, records_per_shard=2)
+  part = os.path.join(tmp_path / "part", os.path.basename(whole))
+  assert not records.is_prepared(part) and len(_shard_bytes(part)) == 2
+  monkeypatch.setattr(prepare, "write_shard", write)
+  calls.clear()
+  monkeypatch.setattr(prepare, "write_shard", lambda t: calls.append(t) or write(t))
+  assert prepare.prepare(plan, str(tmp_path / "part"), fit, workers=1, records_per_shard=2) == part
+  assert len(calls) == 6 - 2                       # 12 images in 6 shards; the 2 whole ones kept
+  assert _shard_bytes(part) == _shard_bytes(whole)
+  assert not [n for n in os.listdir(part) if ".tmp" in n]
+  for f in (records.LABELS, records.IDENTITIES):
+    assert open(os.path.join(part, f), "rb").read() == open(os.path.join(whole, f), "rb").read()
+
+
+_PREPARE = """
+import sys
+from facenet_jax.data import prepare
+from facenet_jax.data.images import Fit
+if __name__ == "__main__":
+  print(prepare.prepare(prepare.folder_plan(sys.argv[1]), sys.argv[2], Fit(10, 0, 3), workers=1,
+                        records_per_shard=2), flush=True)
+"""
+
+
+def test_two_concurrent_preparations_make_one_dataset(tmp_path):
+  import threading
+  import time
+  root = _people(tmp_path / "people", [3, 2, 2])
+  out = tmp_path / "out"
+  name = prepare.prepared_name(prepare.folder_plan(str(root)), Fit(10, 0, 3), "jpeg")
+  os.makedirs(out)
+  script = tmp_path / "prep.py"
+  script.write_text(_PREPARE)
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  errs = [[], []]
+  # the test holds the lock while both start, so both must meet it held and wait
+  with open(out / f"{name}.lock", "a+") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    procs = [subprocess.Popen([sys.executable, str(script), str(root), str(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    readers = [threading.Thread(target=lambda p=p, e=e: e.extend(p.stderr), daemon=True)
+               for p, e in zip(procs, errs)]
+    for r in readers:
+      r.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(any("waiting" in l for l in e) for e in errs):
+      time.sleep(0.2)
+    assert all(any("waiting" in l for l in e) for e in errs), errs
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for r in readers:
+    r.join(timeout=10)
+  assert [p.returncode for p in procs] == [0, 0], errs
+  assert {o.strip() for o in outs} == {str(out / name)}
+  assert sum(any("preparing 7 images" in l for l in e) for e in errs) == 1   # one prepared
+  assert sorted(os.listdir(out)) == [name, f"{name}.lock"]
+  assert records.open_prepared(str(out / name)).labels.size == 7
+
+
+def test_a_source_image_that_does_not_decode_leaves_no_dataset(tmp_path):
+  root = _people(tmp_path / "people", [2, 2])
+  (root / "p1" / "2.jpg").write_bytes(b"not a jpeg")
+  with pytest.raises(raw.DataError, match=r"people/p1/2\.jpg: not an image PIL can read"):
+    prepare.prepare(prepare.folder_plan(str(root)), str(tmp_path / "out"), Fit(8, 0, 3),
+                    workers=1, records_per_shard=2)
+  assert [n for n in os.listdir(tmp_path / "out") if not n.endswith(".lock")] == []
+
+
+# ------------------------------------------------------------------------- training data
+
+def _config(tmp_path, root, **over):
+  c = with_overrides(get_config("tiny"), {
+      "data.source": "folder", "data.data_dir": str(root), "data.tfds_dir": str(tmp_path / "tfds"),
+      "data.train_identities": 0, "data.eval_identities": 3, "data.image_size": 12,
+      "data.eval_pairs": 20, "data.prepare_workers": 1, **over})
+  return c
+
+
+def _rewrite_record(shard, position, data):
+  """Replaces one record of an array_record shard (a corrupt image in a prepared dataset)."""
+  from array_record.python import array_record_module as arm
+  r = arm.ArrayRecordReader(shard)
+  recs = r.read_all()
+  r.close()
+  recs[position] = data
+  w = arm.ArrayRecordWriter(shard, "group_size:1")
+  for x in recs:
+    w.write(x)
+  w.close()
+
+
+def test_corrupt_record_is_named_or_skipped_and_counted(tmp_path):
+  root = _people(tmp_path / "people", [4, 4, 4, 1])
+  c = _config(tmp_path, root, **{"data.eval_identities": 0})
+  train_ds, held = sources.load(c)
+  assert len(held) == 0 and train_ds.num_identities == 4    # every person trains
+  shard = train_ds.images.prepared.shard_paths[0]
+  _rewrite_record(shard, 2, b"\xff\xd8 garbage")            # record 2: p0/2.png
+  with pytest.raises(raw.DataError, match=r"record 2 of .*\(shard-00000-of-00001\.array_record\), "
+                                          r"from .*people/p0/2\.png: cannot decode"):
+    train_ds.images[np.arange(4)]
+  s = PKSampler(train_ds.labels, 3, 4, seed=0)
+  strict = batches.TrainBatches(train_ds.images, s, 10)
+  skipping = batches.TrainBatches(train_ds.images, s, 10, skip_bad=True)
+  bad_steps = [t for t in range(10) if 2 in s(t).indices]
+  assert bad_steps
+  with pytest.raises(raw.DataError, match="record 2 of"):
+    strict(bad_steps[0])
+  b = skipping(bad_steps[0])
+  row = list(s(bad_steps[0]).indices).index(2)
+  assert not b["mask"][row] and np.all(b["images"][row] == 0) and skipping.skipped == 1
+  assert b["mask"].sum() == s(bad_steps[0]).mask.sum() - 1
+  # one-image person p3 is in the data but never in a batch (no positive)
+  assert all(3 not in s(t).labels for t in range(10))
+
+
+def test_resumed_run_on_prepared_shards_equals_uninterrupted_run(tmp_path):
+  """Batches through grain worker processes (data.workers=1): the step is the loader's whole
+  position, so a run killed after its step-2 checkpoint resumes to the same parameters."""
+  root = _people(tmp_path / "people", [3, 4, 2, 5, 3, 4, 2, 3, 1, 4])
+  c = _config(tmp_path, root, **{"data.workers": 1})
+  full = train.train_and_evaluate(c, str(tmp_path / "full"))
+  part = tmp_path / "part"
+  train.train_and_evaluate(c, str(part))
+  for s in (4, 6):
+    shutil.rmtree(part / "checkpoints" / str(s))
+  os.remove(part / "results.json")
+  resumed = train.train_and_evaluate(c, str(part))
+  _, _, target = steps.create_train_state(c, in_channels=3)
+  states = []
+  for d in (tmp_path / "full", part):
+    ck = checkpoints.Checkpointer(os.path.join(d, "checkpoints"), every=1)
+    states.append(ck.restore(target))
+    ck.close()
+  assert states[0][0] == states[1][0] == c.num_steps
+  for a, b in zip(jax.tree.leaves(states[0][1]), jax.tree.leaves(states[1][1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert resumed["metrics"] == full["metrics"]
+  # the same data read in the caller (workers=0) gives the same batches as the workers did
+  data = train.prepare_data(with_overrides(c, {"data.workers": 0}), mesh_lib.make_data_mesh())
+  sync = data.batch(3)
+  data_w = train.prepare_data(c, mesh_lib.make_data_mesh())
+  for key, v in data_w.batch(3).items():
+    np.testing.assert_array_equal(v, sync[key])
+  data_w.loader.close()
+
+
+def test_more_people_asked_than_exist_is_an_error(tmp_path):
+  root = _people(tmp_path / "people", [2, 2, 2])
+  c = _config(tmp_path, root, **{"data.train_identities": 3, "data.eval_identities": 1})
+  with pytest.raises(raw.DataError, match=r"3 identities cannot give config.data.train_identities = 3 "
+                                          r"training and config.data.eval_identities = 1"):
+    sources.load(c)
+
+
+# ----------------------------------------------------------------------------- RecordIO
+
+def _jpeg(seed, size=20):
+  buf = io.BytesIO()
+  Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+      buf, format="JPEG", quality=90)
+  return buf.getvalue()
+
+
+def test_recordio_prepares_like_a_folder_and_rejects_bad_files(tmp_path):
+  # insightface layout: record 0 and identity records carry no image (flag 2, label ranges)
+  import struct
+  header = struct.pack("<IfQQ", 2, 0.0, 0, 0) + struct.pack("<ff", 5, 7)
+  payloads = [header] + [recordio.pack(lab, _jpeg(k)) for k, lab in enumerate([1, 0, 1, 0])]
+  d = tmp_path / "ms1m"
+  os.makedirs(d)
+  recordio.write_rec(str(d / "train.rec"), payloads)
+  offsets, labels = recordio.image_records(str(d / "train.rec"))
+  np.testing.assert_array_equal(labels, [1, 0, 1, 0])
+  c = _config(tmp_path, d, **{"data.source": "recordio", "data.eval_identities": 0,
+                              "data.record_encoding": "png"})
+  train_ds, held = sources.load(c)
+  np.testing.assert_array_equal(train_ds.labels, [0, 0, 1, 1])   # grouped by label, key order
+  src = train_ds.images.prepared.source_of(0)
+  assert src == f"{d}/train.rec@{offsets[1]}"                      # key 2: label 0's first
+
+  rec = (d / "train.rec").read_bytes()
+  (d / "train.rec").write_bytes(rec[:offsets[2]] + b"\0\0\0\0" + rec[offsets[2] + 4:])
+  with pytest.raises(raw.DataError, match=rf"train.rec: record 3 \(byte {offsets[2]}\): bad magic "
+                                          r"number 0x00000000 \(expected 0xCED7230A\)"):
+    recordio.image_records(str(d / "train.rec"))
+  (d / "train.rec").write_bytes(rec)
+  with open(d / "train.idx", "a") as f:
+    f.write(f"5\t{len(rec) + 64}\n")
+  with pytest.raises(raw.DataError, match=r"train.idx: line 6: offset \d+ points past the end of "
+                                          rf"the .rec file \({len(rec)} bytes\)"):
+    recordio.image_records(str(d / "train.rec"))

@@ -101,10 +101,12 @@ def _data_defaults() -> config_dict.ConfigDict:
       image_size=32,            # images are resized to image_size x image_size at load
       center_crop=0,            # real sources: centered square (px) cut first; 0: largest
       channels=3,               # 1 or 3 (grey is repeated, RGB turned to luma)
-      # identities: synthetic generates this many; orl / omniglot / folder split their
-      # people into this many (seeded by split_seed; 0: all the rest)
-      train_identities=400,
-      eval_identities=100,
+      # identities: synthetic / ekg / volume generate this many (0: 400 training and 100
+      # held-out people); orl / omniglot / folder / recordio split their people into this
+      # many (seeded by split_seed; 0: all the rest, so 0 and 0, the default, trains on every
+      # person and holds none out; more than the data holds is an error)
+      train_identities=0,
+      eval_identities=0,
       split_seed=0,
       test_fold=0,              # lfw: the View 2 fold held out (0..9)
       # lfw: this many View 2 folds after the test fold are held out of training too and

@@ -175,9 +175,8 @@ def _check_data(d: ml_collections.ConfigDict) -> None:
   _require(d.eval_folds >= 2, "data.eval_folds", d.eval_folds, ">= 2")
   if d.source in ("orl", "omniglot", "folder", "recordio"):
     for f in ("train_identities", "eval_identities"):
+      # 0 and 0: every person trains, none is held out
       _require(_nonneg_int(d[f]), f"data.{f}", d[f], "an integer >= 0 (0: all the rest)")
-    _require(d.train_identities + d.eval_identities > 0, "data.train_identities",
-             d.train_identities, "> 0 when data.eval_identities is 0 (one side must be sized)")
   if d.source == "lfw":
     # the upper bound is pairs.txt's fold count, checked when it is read
     _require(_nonneg_int(d.test_fold), "data.test_fold", d.test_fold,

@@ -313,3 +313,18 @@ def test_recordio_prepares_like_a_folder_and_rejects_bad_files(tmp_path):
   with pytest.raises(raw.DataError, match=r"train.idx: line 6: offset \d+ points past the end of "
                                           rf"the .rec file \({len(rec)} bytes\)"):
     recordio.image_records(str(d / "train.rec"))
+
+
+def test_a_folder_under_the_default_config_trains_every_person(tmp_path):
+  """The default config's identity counts are 0 and 0: synthetic still generates 400 + 100
+  people, a folder trains on all of its people and holds none out (not 400 of them)."""
+  root = _people(tmp_path / "people", [2, 3, 1, 2, 2])
+  c = with_overrides(get_config(), {"data.source": "folder", "data.data_dir": str(root),
+                                    "data.tfds_dir": str(tmp_path / "tfds"), "data.image_size": 8,
+                                    "data.prepare_workers": 1})
+  from facenet_jax.config_checks import check_config
+  check_config(c)
+  train_ds, held = sources.load(c)
+  assert (train_ds.num_identities, len(train_ds), len(held)) == (5, 10, 0)
+  gen_train, gen_held = sources.load(get_config())
+  assert (gen_train.num_identities, gen_held.num_identities) == (400, 100)

@@ -30,8 +30,19 @@ from facenet_jax.data.volumes import VolumeSpec, make_volume_identities
 from facenet_jax.data.synthetic import SyntheticSpec, make_synthetic_identities
 
 
+# people a generated source makes when data.train_identities / eval_identities are 0
+GENERATED_TRAIN, GENERATED_HELD_OUT = 400, 100
+
+
+def _generated(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config.data`` with the generated sources' 0s (the default) made their sizes."""
+  return ml_collections.ConfigDict({**d.to_dict(),
+                                    "train_identities": d.train_identities or GENERATED_TRAIN,
+                                    "eval_identities": d.eval_identities or GENERATED_HELD_OUT})
+
+
 def _synthetic(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
-  d = config.data
+  d = _generated(config.data)
   common = dict(image_size=d.image_size, channels=d.channels)
   train = make_synthetic_identities(
       SyntheticSpec(num_identities=d.train_identities,
@@ -46,7 +57,7 @@ def _synthetic(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, Iden
 
 def _ekg(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
   """``data.image_size`` samples per strip (at EKGSpec.sampling_hz), one channel."""
-  d = config.data
+  d = _generated(config.data)
   make = lambda n, per, seed: make_ekg_identities(
       EKGSpec(num_identities=n, images_per_identity=tuple(per), length=d.image_size), seed)
   return (make(d.train_identities, d.images_per_identity, config.seed * 2 + 1),
@@ -55,7 +66,7 @@ def _ekg(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDa
 
 def _volume(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
   """``data.image_size`` voxels per side, ``data.channels`` channels."""
-  d = config.data
+  d = _generated(config.data)
   make = lambda n, per, seed: make_volume_identities(
       VolumeSpec(num_identities=n, images_per_identity=tuple(per), size=d.image_size,
                  channels=d.channels), seed)

@@ -234,9 +234,6 @@ def identify(args, trained, gallery, paths, images, t, why) -> dict:
 
 
 def verify(args, trained, gallery, paths, images, t, why) -> dict:
-  if args.name not in gallery:   # before embedding: the claim is checkable from the file
-    raise recognition.GalleryError(f"{args.gallery}: claimed identity {args.name!r} is not "
-                                   f"enrolled ({len(gallery)} people enrolled)")
   emb = embed(trained, images)
   print(why)
   rows = []
@@ -265,6 +262,9 @@ def run(argv: list[str] | None = None) -> dict:
     paths = image_files(args.paths)
     if gallery.num_embeddings == 0:
       raise recognition.GalleryError(f"{args.gallery}: the gallery is empty; enrol people first")
+    if args.command == "verify" and args.name not in gallery:
+      raise recognition.GalleryError(f"{args.gallery}: claimed identity {args.name!r} is not "
+                                     f"enrolled ({len(gallery)} people enrolled)")
   from facenet_jax import inference, workdir as workdir_lib
   config = workdir_lib.load_config(args.workdir)
   if gallery is not None and gallery.dim != int(config.model.embedding_dim):

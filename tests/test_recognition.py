@@ -451,6 +451,7 @@ def test_bad_inputs_are_refused_before_the_model_is_loaded(rec):
       (["enroll", good, *_args(wd, gallery)], raw.DataError, r"0\.png: enroll without --name takes folders"),
       (["enroll", "--name=dan", good, str(tmp / "broken.png"), *_args(wd, gallery)], raw.DataError, r"broken\.png"),
       (["identify", good, "--out=who.txt", *_args(wd, gallery)], SystemExit, r"--out=who\.txt: expected a \.json or \.csv"),
+      (["verify", "--name=zed", good, *_args(wd, gallery)], R.GalleryError, r"claimed identity 'zed' is not enrolled"),
   ]
   for argv, error, message in cases:
     with pytest.raises(error, match=message):

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from infra import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.normpath(os.path.join(REPO, "..", "shared"))
@@ -55,22 +56,11 @@ def parse(argv=None):
   return gf.Settings(**a), out
 
 
+@cli.guarded   # user errors: one line on stderr, exit 2; SIGTERM / SIGINT: 143 / 130
 def main(argv=None):
-  from infra import preemption
-  from infra.errors import NonFiniteLossError, Preempted
   from style_jax import gatys_figures as gf
-  from style_jax.images import ImageError
-  from infra.vgg import WeightsError
-  try:
-    settings, out = parse(argv)
-    return gf.reproduce(settings, out, log=lambda s: print(s, flush=True))
-  except Preempted as e:   # checkpointed: 128 + the signal
-    print(e, flush=True)
-    sys.exit(preemption.exit_status(e))
-  except (gf.GatysSettingsError, ImageError, WeightsError, NonFiniteLossError,
-          FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  settings, out = parse(argv)
+  return gf.reproduce(settings, out, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":

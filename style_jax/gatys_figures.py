@@ -30,7 +30,7 @@ from flax import nnx
 
 from infra import checkpoints, files, loop
 from infra import vgg as vgg_lib
-from infra.errors import NonFiniteLossError
+from infra.errors import NonFiniteLossError, UserError
 from infra.progress import Progress
 from style_jax import images, lbfgs, losses, optimize
 
@@ -43,7 +43,7 @@ SETTINGS_FILE = "settings.json"
 RESULTS_FILE = "results.json"
 
 
-class GatysSettingsError(ValueError):
+class GatysSettingsError(UserError, ValueError):
   """Settings that cannot be used, or that differ from those of the run already in ``out``."""
 
 

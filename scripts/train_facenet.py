@@ -32,7 +32,8 @@ def main(argv):
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   out = os.path.join(_WORKDIR.value, "results.json")
   if "members" in results:   # config.margins: K models, one vmapped program
-    accs = ", ".join(f"{name}: {m['verification_accuracy']:.4f}" for name, m in results["members"].items())
+    accs = ", ".join(f"{name}: {m['verification_accuracy']:.4f}" if m else f"{name}: skipped"
+                     for name, m in results["members"].items())
     print(f"held-out verification accuracy {accs}; results in {out}")
     return
   m = results["metrics"]

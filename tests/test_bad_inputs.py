@@ -905,6 +905,12 @@ def test_training_on_every_identity_skips_the_held_out_evaluators_and_says_so(tm
   assert r["metrics"] == {} and r["evals"] == {} and r["step"] == 2
   assert json.loads((tmp_path / "run" / "results.json").read_text())["skipped"] == r["skipped"]
   assert f"one_shot: skipped, {reason}" in capsys.readouterr().out
+  # K margins in one program, every person trained: each member is trained and its evaluators
+  # skipped, none crashes on the missing metrics
+  k = train.train_and_evaluate(_folder_run(tmp_path, root, **{
+      "data.train_identities": 6, "data.eval_identities": 0, "margins": (0.1, 0.3)}),
+      str(tmp_path / "runk"))
+  assert k["members"] == {train.member_name(0.1): {}, train.member_name(0.3): {}}
   # the same split with more people asked for than there are is still an error naming it
   with pytest.raises(raw.DataError, match=r"6 identities cannot give config.data.train_identities "
                                           r"= 7 training and config.data.eval_identities = 0"):

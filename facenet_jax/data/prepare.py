@@ -124,7 +124,7 @@ def write_shard(task: tuple) -> int:
 
 # ------------------------------------------------------------------------- the folder
 
-def _plan_record(plan: Plan, fit: Fit, encoding: str, quality: int, per_shard: int) -> dict:
+def plan_record(plan: Plan, fit: Fit, encoding: str, quality: int, per_shard: int) -> dict:
   return {"format_version": records.FORMAT_VERSION, "kind": plan.kind, "root": plan.root,
           "fingerprint": plan.fingerprint, "num_records": len(plan),
           "num_identities": len(plan.identities), "records_per_shard": per_shard,
@@ -149,7 +149,9 @@ def _start(path: str, want: dict) -> None:
       os.remove(os.path.join(path, name))
 
 
-def _write_index(path: str, plan: Plan, meta: dict) -> None:
+def write_index(path: str, plan: Plan, meta: dict) -> None:
+  """Writes the index of ``plan`` into ``path`` (labels, identities, sources), then
+  ``dataset.json`` = ``meta``, last: the folder is finished from then on."""
   np.save(os.path.join(path, records.LABELS), plan.labels.astype(np.int32), allow_pickle=False)
   with open(os.path.join(path, records.IDENTITIES), "w", encoding="utf-8") as f:
     f.writelines(f"{i}\n" for i in plan.identities)
@@ -199,7 +201,7 @@ def prepare(plan: Plan, out_dir: str, fit: Fit, *, encoding: str = "jpeg", quali
       fcntl.flock(lock, fcntl.LOCK_EX)
     if records.is_prepared(path):
       return path
-    want = _plan_record(plan, fit, encoding, quality, records_per_shard)
+    want = plan_record(plan, fit, encoding, quality, records_per_shard)
     _start(path, want)
     n = -(-len(plan) // records_per_shard)
     shards = [records.shard_name(k, n) for k in range(n)]
@@ -220,5 +222,5 @@ def prepare(plan: Plan, out_dir: str, fit: Fit, *, encoding: str = "jpeg", quali
     except raw.DataError:
       shutil.rmtree(path, ignore_errors=True)   # no partial dataset for a later run to read
       raise
-    _write_index(path, plan, {**want, "shards": shards})
+    write_index(path, plan, {**want, "shards": shards})
   return path

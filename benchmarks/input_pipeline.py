@@ -1,0 +1,185 @@
+"""The streaming input pipeline: preparation speed, host throughput, startup and peak RSS.
+
+  .venv/bin/python benchmarks/input_pipeline.py                      # the issue's sizes
+  .venv/bin/python benchmarks/input_pipeline.py --folder_images=4000 --shard_images=5000,50000
+
+All generated data goes under ``--work`` (default /tmp/facenet_input_bench), never the repo.
+
+1. prepare: a procedural identity folder of ``--folder_images`` 250x250 face-sized JPEGs
+   (20 per person) -> fitted 112 px shards with ``--prepare_workers`` processes; images/s
+   and images/s per worker.
+2. shards written directly (no source files) for each of ``--shard_images`` at 112 px, and
+   at 160 px for the first size: procedural smooth images, JPEG quality 95.
+3. host throughput: ``data/batches.TrainBatches`` (read, decode, batch; the records are
+   already fitted) over the prepared shards, P x K = 45 x 4, with 1 and 2 grain workers
+   at 112 and 160 px: images/s and images/s per worker process.
+4. a training run per shard size: ``scripts/train_facenet.py --config.data.source=folder``
+   on the prepared folder (small ConvNet, ``--train_steps`` steps): seconds from launch to
+   the first finished step, and the peak RSS of its process tree (polled every 0.1 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from facenet_jax.data import batches, prepare, records   # noqa: E402
+from facenet_jax.data.images import Fit   # noqa: E402
+from facenet_jax.sampler import PKSampler   # noqa: E402
+
+_WORK = flags.DEFINE_string("work", "/tmp/facenet_input_bench", "generated data and runs")
+_FOLDER = flags.DEFINE_integer("folder_images", 50_000, "images of the procedural folder (0: skip)")
+_SHARDS = flags.DEFINE_list("shard_images", ["50000", "500000"], "sizes written directly as shards")
+_PREP_WORKERS = flags.DEFINE_integer("prepare_workers", 0, "0: every core")
+_STEPS = flags.DEFINE_integer("throughput_steps", 40, "batches timed per throughput point")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 10, "steps of each training run")
+
+
+def face(person: int, k: int, size: int) -> np.ndarray:
+  """A smooth procedural 'face' (low-frequency template of the person + per-image shift,
+  lighting and noise): JPEG sizes and decode cost close to real face crops."""
+  rng = np.random.default_rng(person)
+  coarse = rng.integers(40, 220, (6, 6, 3)).astype(np.float32)
+  ys = np.linspace(0, 5, size)[:, None]
+  xs = np.linspace(0, 5, size)[None, :]
+  y0, x0 = np.floor(ys).astype(int).clip(0, 4), np.floor(xs).astype(int).clip(0, 4)
+  fy, fx = (ys - y0)[..., None], (xs - x0)[..., None]
+  img = (coarse[y0, x0] * (1 - fy) * (1 - fx) + coarse[y0 + 1, x0] * fy * (1 - fx)
+         + coarse[y0, x0 + 1] * (1 - fy) * fx + coarse[y0 + 1, x0 + 1] * fy * fx)
+  r = np.random.default_rng((person, k))
+  img = np.roll(img, r.integers(-size // 16, size // 16 + 1, 2), (0, 1)) * r.uniform(0.8, 1.2)
+  img += r.normal(0, 6, img.shape)
+  return img.clip(0, 255).astype(np.uint8)
+
+
+def write_folder(root: str, n: int) -> None:
+  from PIL import Image
+  if os.path.isdir(root) and sum(len(f) for _, _, f in os.walk(root)) >= n:
+    return
+  for i in range(n):
+    p, k = divmod(i, 20)
+    os.makedirs(f"{root}/p{p:06d}", exist_ok=True)
+    Image.fromarray(face(p, k, 250)).save(f"{root}/p{p:06d}/{k:02d}.jpg", quality=90)
+
+
+def write_shards(path: str, n: int, size: int, per_shard: int = prepare.RECORDS_PER_SHARD) -> str:
+  """A prepared dataset of ``n`` procedural images at ``size`` px written directly."""
+  if records.is_prepared(path):
+    return path
+  from array_record.python import array_record_module as arm
+  os.makedirs(path, exist_ok=True)
+  fit = Fit(size, 0, 3)
+  num = -(-n // per_shard)
+  for s in range(num):
+    w = arm.ArrayRecordWriter(os.path.join(path, records.shard_name(s, num)), "group_size:1")
+    for i in range(s * per_shard, min(n, (s + 1) * per_shard)):
+      w.write(records.encode(face(i // 20, i % 20, size), "jpeg", 95))
+    w.close()
+  labels = (np.arange(n) // 20).astype(np.int32)
+  plan = prepare.Plan("generated", "procedural", [f"{i}" for i in range(n)], labels,
+                      [f"p{p}" for p in range(labels[-1] + 1)], f"n{n}")
+  meta = prepare.plan_record(plan, fit, "jpeg", 95, per_shard)
+  prepare.write_index(path, plan, {**meta, "shards": [records.shard_name(s, num) for s in range(num)]})
+  return path
+
+
+def throughput(path: str, workers: int, steps: int) -> float:
+  """Images/s of TrainBatches over ``path`` (first batch, with worker start, excluded)."""
+  ds = records.open_prepared(path)
+  loader = batches.TrainBatches(records.RecordImages(ds), PKSampler(ds.labels, 45, 4, 0),
+                                steps + 1, workers=workers, prefetch=4)
+  loader(0)
+  t = time.perf_counter()
+  for s in range(1, steps + 1):
+    loader(s)
+  dt = time.perf_counter() - t
+  loader.close()
+  return steps * 180 / dt
+
+
+def train_run(path: str, size: int, workdir: str, steps: int) -> dict:
+  """Launch-to-first-step seconds and peak RSS (process tree) of a short training run."""
+  cmd = [sys.executable, os.path.join(REPO, "scripts/train_facenet.py"), "--config=configs/facenet.py",
+         f"--workdir={workdir}", "--config.data.source=folder", f"--config.data.data_dir={path}",
+         f"--config.data.image_size={size}", f"--config.num_steps={steps}", "--config.log_every=1",
+         f"--config.eval_every={steps}", f"--config.checkpoint_every={steps}",
+         "--config.identities_per_batch=16", "--config.images_per_identity=4"]
+  t0 = time.time()
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines, first = [], []
+
+  def read():   # the first step's progress line marks the end of start-up
+    for line in proc.stdout:
+      lines.append(line)
+      if not first and line.startswith(f"step 1/{steps}"):
+        first.append(time.time() - t0)
+
+  reader = threading.Thread(target=read, daemon=True)
+  reader.start()
+  peak = 0
+  while proc.poll() is None:
+    try:
+      tree = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+      peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+    except psutil.Error:
+      pass
+    time.sleep(0.1)
+  reader.join(timeout=10)
+  if proc.returncode:
+    raise RuntimeError("training run failed:\n" + "".join(lines[-40:]))
+  first = first[0] if first else None
+  return {"first_step_s": first, "peak_rss_gb": peak / 2 ** 30, "wall_s": time.time() - t0}
+
+
+def main(argv):
+  del argv
+  work = _WORK.value
+  os.makedirs(work, exist_ok=True)
+  cores = len(os.sched_getaffinity(0))
+  out = {"cores": cores, "load_before": os.getloadavg()[0]}
+  if _FOLDER.value:
+    root = os.path.join(work, f"folder{_FOLDER.value}")
+    write_folder(root, _FOLDER.value)
+    t = time.perf_counter()
+    plan = prepare.folder_plan(root)
+    out["list_s"] = time.perf_counter() - t
+    workers = _PREP_WORKERS.value or cores
+    t = time.perf_counter()
+    # shards of N / (4 x workers) records: every worker has shards to write
+    per = max(64, -(-len(plan) // (4 * workers)))
+    prepare.prepare(plan, os.path.join(work, f"prepared_run{time.time_ns()}"), Fit(112, 0, 3),
+                    workers=workers, records_per_shard=per)
+    dt = time.perf_counter() - t
+    out["prepare"] = {"images": len(plan), "workers": workers, "images_per_s": len(plan) / dt,
+                      "images_per_s_per_worker": len(plan) / dt / workers}
+    print(json.dumps(out["prepare"]), flush=True)
+  sizes = [int(s) for s in _SHARDS.value]
+  out["throughput"], out["train"] = {}, {}
+  for px in (112, 160):
+    path = write_shards(os.path.join(work, f"shards{sizes[0]}_{px}"), sizes[0], px)
+    for w in (1, 2):
+      rate = throughput(path, w, _STEPS.value)
+      out["throughput"][f"{px}px_{w}w"] = {"images_per_s": rate, "per_worker": rate / w}
+      print(px, w, out["throughput"][f"{px}px_{w}w"], flush=True)
+  for n in sizes:
+    path = write_shards(os.path.join(work, f"shards{n}_112"), n, 112)
+    out["train"][n] = train_run(path, 112, os.path.join(work, f"run{n}_{time.time_ns()}"),
+                                _TRAIN_STEPS.value)
+    print(n, out["train"][n], flush=True)
+  out["load_after"] = os.getloadavg()[0]
+  print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,355 @@
+"""MTCNN detection (facenet_jax/faces) and landmark alignment (facenet_jax/align).
+
+The networks are checked against a plain NumPy forward pass written here (convolution by
+kernel offsets, PReLU, -inf padded max pooling, dense, softmax), NMS against a plain loop,
+the similarity transform against np.linalg.lstsq; real photos only when ../shared exists.
+"""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SHARED
+from facenet_jax import align
+from facenet_jax.faces import boxes as box_ops
+from facenet_jax.faces import detect, nets
+
+WEIGHTS = os.path.join(SHARED, "weights", "mtcnn_weights.npz")
+LFW = os.path.join(SHARED, "data", "lfw", "images")
+needs_weights = pytest.mark.skipif(not os.path.isfile(WEIGHTS), reason=f"no {WEIGHTS}")
+needs_lfw = pytest.mark.skipif(not (os.path.isfile(WEIGHTS) and os.path.isdir(LFW)),
+                               reason=f"no {WEIGHTS} or {LFW}")
+
+
+def random_arrays(seed=0):
+  """Every array of a weights file, random, at the scale of trained weights."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for k, shape in nets.expected_arrays().items():
+    fan_in = np.prod(shape[:-1]) if k.endswith("kernel") else 1
+    scale = 0.25 if k.endswith("alpha") else 1 / np.sqrt(fan_in)
+    out[k] = (rng.standard_normal(shape) * scale).astype(np.float32)
+  return out
+
+
+@pytest.fixture(scope="module")
+def random_npz(tmp_path_factory):
+  path = tmp_path_factory.mktemp("w") / "mtcnn_random.npz"
+  arrays = random_arrays()
+  np.savez(path, **arrays)
+  return str(path), arrays
+
+
+@pytest.fixture(scope="module")
+def detector():
+  if not os.path.isfile(WEIGHTS):
+    pytest.skip(f"no {WEIGHTS}")
+  return detect.MTCNN(WEIGHTS)
+
+
+# ----------------------------------------------------------------------------- NumPy reference
+
+
+def np_conv(x, k, b):
+  """Valid stride-1 convolution, (N, H, W, Ci) x (kh, kw, Ci, Co), by kernel offsets."""
+  kh, kw = k.shape[:2]
+  H, W = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  y = np.zeros(x.shape[:1] + (H, W, k.shape[3]), np.float64)
+  for i in range(kh):
+    for j in range(kw):
+      y += x[:, i:i + H, j:j + W, :] @ k[i, j].astype(np.float64)
+  return y + b
+
+
+def np_prelu(x, a):
+  return np.where(x > 0, x, a * x)
+
+
+def np_pool(x, k, same):
+  """k x k stride-2 max pool; "same": ceil(H / 2) outputs, the end padded with -inf."""
+  N, H, W, C = x.shape
+  oh, ow = ((-(-H // 2), -(-W // 2)) if same else ((H - k) // 2 + 1, (W - k) // 2 + 1))
+  ph, pw = max((oh - 1) * 2 + k - H, 0), max((ow - 1) * 2 + k - W, 0)
+  xp = np.full((N, H + ph, W + pw, C), -np.inf)
+  xp[:, :H, :W] = x
+  y = np.full((N, oh, ow, C), -np.inf)
+  for i in range(oh):
+    for j in range(ow):
+      y[:, i, j] = xp[:, 2 * i:2 * i + k, 2 * j:2 * j + k].max(axis=(1, 2))
+  return y
+
+
+def np_softmax1(z):
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return (e / e.sum(-1, keepdims=True))[..., 1]
+
+
+def np_forward(name, w, rgb):
+  """The reference forward of ``name`` on RGB 0..255 pixels, float64."""
+  g = lambda k: w[f"{name}/{k}"].astype(np.float64)
+  conv = lambda x, l: np_conv(x, g(f"{l}/kernel"), g(f"{l}/bias"))
+  dense = lambda x, l: x @ g(f"{l}/kernel") + g(f"{l}/bias")
+  x = (rgb.astype(np.float64) - 127.5) / 128
+  if name == "pnet":
+    x = np_pool(np_prelu(conv(x, "conv1"), g("prelu1/alpha")), 2, True)
+    x = np_prelu(conv(x, "conv2"), g("prelu2/alpha"))
+    x = np_prelu(conv(x, "conv3"), g("prelu3/alpha"))
+    return conv(x, "conv4-1"), np_softmax1(conv(x, "conv4-2"))
+  x = np_pool(np_prelu(conv(x, "conv1"), g("prelu1/alpha")), 3, True)
+  x = np_pool(np_prelu(conv(x, "conv2"), g("prelu2/alpha")), 3, False)
+  if name == "rnet":
+    x = np_prelu(conv(x, "conv3"), g("prelu3/alpha"))
+    x = np_prelu(dense(x.transpose(0, 2, 1, 3).reshape(len(x), -1), "fc4"), g("prelu4/alpha"))
+    return dense(x, "fc5-1"), np_softmax1(dense(x, "fc5-2"))
+  x = np_pool(np_prelu(conv(x, "conv3"), g("prelu3/alpha")), 2, True)
+  x = np_prelu(conv(x, "conv4"), g("prelu4/alpha"))
+  x = np_prelu(dense(x.transpose(0, 2, 1, 3).reshape(len(x), -1), "fc5"), g("prelu5/alpha"))
+  return dense(x, "fc6-1"), dense(x, "fc6-2"), np_softmax1(dense(x, "fc6-3"))
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+def test_layer_shapes(random_npz):
+  want = nets.expected_arrays()
+  assert len(want) == 50 and want["rnet/fc4/kernel"] == (576, 128)
+  assert want["onet/fc5/kernel"] == (1152, 256) and want["pnet/conv4-1/kernel"] == (1, 1, 32, 4)
+  loaded = nets.load_weights(random_npz[0])
+  off, prob = nets.Jitted(loaded["pnet"])(np.zeros((2, 30, 41, 3), np.float32))
+  # conv3 valid, pool ceil, conv3, conv3: ceil((30 - 2) / 2) - 4 = 10, ceil(39 / 2) - 4 = 16
+  assert off.shape == (2, 10, 16, 4) and prob.shape == (2, 10, 16)
+  assert [o.shape for o in nets.Jitted(loaded["rnet"])(np.zeros((3, 24, 24, 3)))] == [(3, 4), (3,)]
+  assert ([o.shape for o in nets.Jitted(loaded["onet"])(np.zeros((3, 48, 48, 3)))]
+          == [(3, 4), (3, 10), (3,)])
+
+
+@pytest.mark.parametrize("name,shape", [("pnet", (2, 23, 30, 3)), ("rnet", (3, 24, 24, 3)),
+                                        ("onet", (2, 48, 48, 3))])
+def test_forward_matches_numpy(random_npz, name, shape):
+  path, arrays = random_npz
+  rgb = np.random.default_rng(1).uniform(0, 255, shape).astype(np.float32)
+  got = nets.Jitted(nets.load_weights(path)[name])(rgb)
+  want = np_forward(name, arrays, rgb)
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    assert g.shape == w.shape
+    np.testing.assert_allclose(np.asarray(g), w, atol=1e-4, rtol=1e-4)
+  assert np.ptp(want[-1]) > 1e-3   # the scores vary: a wrong layer order would show
+
+
+# ----------------------------------------------------------------------------- weights file
+
+
+def test_weights_missing_array_named(random_npz, tmp_path):
+  arrays = dict(random_npz[1])
+  del arrays["rnet/fc4/kernel"]
+  np.savez(tmp_path / "m.npz", **arrays)
+  with pytest.raises(nets.MTCNNWeightsError, match="'rnet/fc4/kernel'.* missing"):
+    nets.load_weights(tmp_path / "m.npz")
+
+
+def test_weights_wrong_shape_named(random_npz, tmp_path):
+  arrays = dict(random_npz[1])
+  arrays["onet/conv2/kernel"] = np.zeros((3, 3, 32, 65), np.float32)
+  np.savez(tmp_path / "s.npz", **arrays)
+  with pytest.raises(nets.MTCNNWeightsError, match=r"'onet/conv2/kernel' has shape \(3, 3, 32, 65\), "
+                                                   r"expected \(3, 3, 32, 64\)"):
+    nets.load_weights(tmp_path / "s.npz")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.98])
+def test_weights_truncated(random_npz, tmp_path, keep):
+  data = open(random_npz[0], "rb").read()
+  (tmp_path / "t.npz").write_bytes(data[:int(len(data) * keep)])
+  with pytest.raises(nets.MTCNNWeightsError, match="truncated or corrupt") as e:
+    nets.load_weights(tmp_path / "t.npz")
+  assert "\n" not in str(e.value) and "t.npz" in str(e.value)
+
+
+def test_weights_object_array_refused(random_npz, tmp_path):
+  arrays = dict(random_npz[1])
+  arrays["pnet/conv1/bias"] = np.array([object()] * 10, dtype=object)
+  np.savez(tmp_path / "o.npz", **arrays)
+  with pytest.raises(nets.MTCNNWeightsError, match="pnet/conv1/bias"):
+    nets.load_weights(tmp_path / "o.npz")
+
+
+# ----------------------------------------------------------------------------- boxes
+
+
+def loop_nms(boxes, scores, threshold, method):
+  """Greedy NMS as a plain loop over pairs."""
+  order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+  dead, keep = set(), []
+  for a in order:
+    if a in dead:
+      continue
+    keep.append(a)
+    for b in order:
+      if b in dead or b == a or b in keep:
+        continue
+      iw = max(0.0, min(boxes[a][2], boxes[b][2]) - max(boxes[a][0], boxes[b][0]))
+      ih = max(0.0, min(boxes[a][3], boxes[b][3]) - max(boxes[a][1], boxes[b][1]))
+      area = lambda q: (q[2] - q[0]) * (q[3] - q[1])
+      denom = (area(boxes[a]) + area(boxes[b]) - iw * ih if method == "union"
+               else min(area(boxes[a]), area(boxes[b])))
+      if iw * ih / denom > threshold:
+        dead.add(b)
+  return keep
+
+
+@pytest.mark.parametrize("method,threshold", [("union", 0.5), ("union", 0.3), ("min", 0.7)])
+def test_nms_matches_loop(method, threshold):
+  rng = np.random.default_rng(3)
+  xy = rng.uniform(0, 60, (80, 2))
+  boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (80, 2))], 1)
+  scores = rng.uniform(size=80)
+  keep = box_ops.nms(boxes, scores, threshold, method)
+  assert list(keep) == loop_nms(boxes, scores, threshold, method)
+  assert 5 < len(keep) < 80
+
+
+def test_square_and_calibrate():
+  b = np.array([[10.0, 20.0, 30.0, 60.0]])
+  np.testing.assert_allclose(box_ops.square(b), [[0.0, 20.0, 40.0, 60.0]])
+  np.testing.assert_allclose(box_ops.calibrate(b, np.array([[0.1, -0.1, 0.5, 0.0]])),
+                             [[12.0, 16.0, 40.0, 60.0]])
+
+
+def test_pyramid_and_buckets():
+  s = detect.pyramid_scales(250, 250, 20, 0.709)
+  np.testing.assert_allclose(s, 0.6 * 0.709 ** np.arange(len(s)))
+  assert 250 * s[-1] >= 12 > 250 * s[-1] * 0.709 and len(s) == 8
+  assert detect.pyramid_scales(15, 300, 20, 0.709) == []   # 15 px * 0.6 < 12: no window fits
+  assert [detect.bucket(n) for n in (12, 33, 150, 256, 257, 1000)] == [32, 64, 160, 256, 320, 1024]
+
+
+# ----------------------------------------------------------------------------- alignment
+
+
+def lstsq_similarity(src, dst):
+  """The 4-parameter similarity [[a, -b, tx], [b, a, ty]] by np.linalg.lstsq."""
+  A, y = [], []
+  for (x, yy), (u, v) in zip(src, dst):
+    A += [[x, -yy, 1, 0], [yy, x, 0, 1]]
+    y += [u, v]
+  a, b, tx, ty = np.linalg.lstsq(np.array(A, np.float64), np.array(y, np.float64), rcond=None)[0]
+  return np.array([[a, -b, tx], [b, a, ty]])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_similarity_matches_lstsq(seed):
+  rng = np.random.default_rng(seed)
+  src = rng.uniform(60, 180, (5, 2))
+  th, s = rng.uniform(-0.8, 0.8), rng.uniform(0.3, 2.0)
+  R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+  dst = src @ (s * R).T + rng.uniform(-50, 50, 2) + rng.normal(0, 2.0, (5, 2))
+  M = np.asarray(align.similarity_transform(src, dst))
+  np.testing.assert_allclose(M, lstsq_similarity(src, dst), rtol=1e-4, atol=1e-3)
+  # batched: one matrix per face
+  Mb = np.asarray(align.similarity_transform(np.stack([src, dst]), np.stack([dst, src])))
+  np.testing.assert_allclose(Mb[0], M, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(Mb[1], lstsq_similarity(dst, src), rtol=1e-4, atol=1e-3)
+
+
+def test_warp_affine_samples_inverse_map():
+  rng = np.random.default_rng(4)
+  img = rng.uniform(0, 255, (40, 50, 3)).astype(np.float32)
+  # a 2x upscale shifted by (3, 5): output (x, y) reads input ((x - 3) / 2, (y - 5) / 2)
+  M = np.array([[2.0, 0.0, 3.0], [0.0, 2.0, 5.0]], np.float32)
+  out = np.asarray(align.warp_affine(img, M, (30, 30)))
+  for x, y in [(3, 5), (9, 11), (4, 6), (28, 29)]:
+    sx, sy = (x - 3) / 2, (y - 5) / 2
+    x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+    fx, fy = sx - x0, sy - y0
+    want = ((1 - fy) * ((1 - fx) * img[y0, x0] + fx * img[y0, x0 + 1])
+            + fy * ((1 - fx) * img[y0 + 1, x0] + fx * img[y0 + 1, x0 + 1]))
+    np.testing.assert_allclose(out[y, x], want, rtol=1e-5)
+  assert np.all(out[0, 0] == 0)   # (0, 0) reads (-1.5, -2.5): outside the image
+
+
+def test_templates():
+  np.testing.assert_allclose(align.arcface_template(112), align.ARCFACE_112_5x2)
+  t = align.facenet_template(160, 32)
+  assert t.min() > 16 and t.max() < 144   # inside the margin
+  M = np.asarray(align.similarity_transform(align.arcface_template(112), t))
+  np.testing.assert_allclose(M[:, :2], np.eye(2) * 128 / 112, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+def lfw_photos(n):
+  people = sorted(os.listdir(LFW))[::500][:n]
+  return [sorted(glob.glob(os.path.join(LFW, p, "*.jpg")))[0] for p in people]
+
+
+def test_tiny_image_has_no_face(random_npz):
+  d = detect.MTCNN(random_npz[0])
+  faces = d(np.zeros((15, 15, 3), np.uint8))
+  assert len(faces) == 0 and faces.boxes_Nx4.shape == (0, 4)
+  assert "smaller than min_face_size=20 px" in faces.note
+
+
+def test_bad_image_shape(random_npz):
+  with pytest.raises(detect.FaceInputError, match=r"shape \(4, 5, 2\)"):
+    detect.to_rgb(np.zeros((4, 5, 2)))
+
+
+@needs_weights
+def test_synthetic_image_has_no_face(detector):
+  yy, xx = np.mgrid[:180, :240]
+  smooth = np.stack([xx, yy, (xx + yy) / 2], -1) / 240 * 255   # gradients, no structure
+  rng = np.random.default_rng(5)
+  blocks = np.kron(rng.uniform(0, 255, (6, 8, 3)), np.ones((30, 30, 1)))   # flat squares
+  for img in (smooth, blocks):
+    faces = detector(img.astype(np.float32))
+    assert len(faces) == 0 and faces.note is None
+
+
+@needs_lfw
+def test_lfw_one_centred_face_per_photo(detector):
+  paths = lfw_photos(4)
+  rgbs = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+  results = detector.detect(rgbs)   # one batch
+  for p, faces in zip(paths, results):
+    assert len(faces) >= 1, p
+    x1, y1, x2, y2 = faces.boxes_Nx4[0]
+    assert abs((x1 + x2) / 2 - 125) < 25 and abs((y1 + y2) / 2 - 125) < 30, (p, faces.boxes_Nx4[0])
+    assert 60 < x2 - x1 < 160 and faces.scores_N[0] > 0.9
+    lm = faces.landmarks_Nx5x2[0]
+    eyes_y, nose_y, mouth_y = lm[:2, 1].mean(), lm[2, 1], lm[3:, 1].mean()
+    assert eyes_y < nose_y < mouth_y, (p, lm)
+    assert lm[0, 0] < lm[1, 0] and lm[3, 0] < lm[4, 0]   # image-left eye and mouth corner first
+    assert x1 <= lm[:, 0].min() and lm[:, 0].max() <= x2
+  # the batch gives what each photo gives alone (padding and bucketing change nothing)
+  alone = detector(rgbs[1])
+  np.testing.assert_allclose(alone.boxes_Nx4, results[1].boxes_Nx4, atol=1e-3)
+  np.testing.assert_allclose(alone.landmarks_Nx5x2, results[1].landmarks_Nx5x2, atol=1e-3)
+
+
+@needs_lfw
+def test_grey_and_rgba_inputs(detector):
+  im = Image.open(lfw_photos(1)[0]).convert("RGB")
+  rgb = np.asarray(im)
+  rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], -1)
+  grey = np.asarray(im.convert("L"))
+  got_rgb, got_rgba, got_grey, got_grey1 = detector.detect([rgb, rgba, grey, grey[:, :, None]])
+  np.testing.assert_array_equal(got_rgba.boxes_Nx4, got_rgb.boxes_Nx4)   # alpha dropped
+  assert len(got_grey) >= 1
+  np.testing.assert_allclose(got_grey.boxes_Nx4[0], got_rgb.boxes_Nx4[0], atol=8)
+  np.testing.assert_array_equal(got_grey1.boxes_Nx4, got_grey.boxes_Nx4)
+
+
+@needs_lfw
+def test_align_faces_puts_landmarks_on_template(detector):
+  rgb = np.asarray(Image.open(lfw_photos(1)[0]).convert("RGB"))
+  faces = detector(rgb)
+  crops = align.align_faces(rgb, faces.landmarks_Nx5x2[:1], "arcface112")
+  assert crops.shape == (1, 112, 112, 3) and crops.std() > 10
+  M = np.asarray(align.similarity_transform(faces.landmarks_Nx5x2[0], align.arcface_template()))
+  mapped = np.asarray(align.apply_transform(M, faces.landmarks_Nx5x2[0]))
+  assert np.abs(mapped - align.arcface_template()).max() < 8   # a face fits the template well

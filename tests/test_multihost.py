@@ -200,3 +200,18 @@ def test_a_killed_process_ends_the_other_with_a_named_error_within_a_minute(tmp_
   assert rcs[1] == -signal.SIGKILL and rcs[0] != 0
   assert g.ended[0] - killed["at"] < 60
   assert re.search(r"Task 1 heartbeat timeout|Connection closed by peer", g.text(0)), g.text(0)[-3000:]
+
+
+def test_accelerator_benchmark_quick_runs_every_row_on_cpu():
+  """benchmarks/accelerator.py --quick: every row of the accelerator table, tiny sizes."""
+  import subprocess
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1",
+             JAX_COMPILATION_CACHE_DIR=multiproc.CACHE)
+  r = subprocess.run([sys.executable, os.path.join(multiproc.ROOT, "benchmarks", "accelerator.py"),
+                      "--quick"], env=env, cwd=multiproc.ROOT, capture_output=True, text=True,
+                     timeout=TIMEOUT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  for row in ("small_cnn 16 px, bf16 matmuls, 4/device", "small_cnn 16 px, bf16 matmuls, 8/device",
+              "K=8 margins", "style transfer 32 px, 5 L-BFGS iterations", "input pipeline"):
+    assert row in r.stdout, r.stdout
+  assert re.search(r"MFU \d+\.\d%", r.stdout) and re.search(r": \d+\.\d\dx \|", r.stdout)

@@ -1,0 +1,190 @@
+"""One prepared run for a GPU / TPU machine: the numbers that need an accelerator, one table.
+
+  .venv/bin/python benchmarks/accelerator.py            # on the accelerator (< 8 minutes)
+  .venv/bin/python benchmarks/accelerator.py --quick    # tiny sizes, any machine (CPU: < 1 min)
+
+Rows:
+
+* Inception-ResNet-v1 train step (``configs/facenet.py:inception``, 160 px) under
+  ``jax.default_matmul_precision("bfloat16")`` (convolutions and matmuls in one bfloat16
+  pass, float32 parameters: the model has no dtype setting) at per-device batch 64 and 256:
+  images/s and MFU = XLA's FLOPs of the step / step time / the device's measured bfloat16
+  matmul peak (a jitted 8192 x 8192 matmul). CPUs ignore the precision setting.
+* The K = 8 margin program (``steps.make_member_step``) against 8 sequential single-margin
+  steps on the same batches (small ConvNet): the step-time ratio.
+* Style transfer at 512 px, 500 L-BFGS iterations (``configs/style.py`` gatys2015 with the
+  shared VGG19): wall time of ``style_jax.optimize.stylize``, compilation included.
+* The input pipeline: images/s of building this process's rows of a batch
+  (``RunData.batch`` + ``mesh.assemble_batch``) against the images/s the train step consumes.
+
+``--quick``: the tiny config's small ConvNet in place of Inception-ResNet-v1 (whose step takes
+over 3 minutes to compile on a CPU), per-device batches 4 and 8, the tiny style preset for 5 iterations,
+2 timed steps: checks that every row runs (tests/test_multihost.py runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import train_step as train_step_bench   # noqa: E402  (make_batch)
+from configs.facenet import get_config   # noqa: E402
+from facenet_jax import steps, train   # noqa: E402
+from infra import mesh as mesh_lib, overrides   # noqa: E402
+
+
+def timed(fn, warmup: int, n: int) -> float:
+  """Median seconds of ``fn()`` (which blocks until done) over ``n`` runs after ``warmup``."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(n):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def matmul_peak(dtype, n: int) -> float:
+  """FLOP/s of a jitted n x n matmul in ``dtype`` on the default device (the MFU denominator)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  return 2 * n**3 / timed(lambda: f(a).block_until_ready(), 2, 5)
+
+
+def step_flops(compiled) -> float | None:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def throughput_rows(variant: str, per_device: list[int], n: int, peak: float) -> list[tuple]:
+  """(name, images/s, MFU, step s) of the Inception step at each per-device batch (call it
+  under the matmul precision to measure)."""
+  config = get_config(variant)
+  size = config.data.image_size
+  mesh = mesh_lib.make_data_mesh()
+  graphdef, tx, state = steps.create_train_state(config, in_channels=3)
+  fn = train.jit_train_step(graphdef, tx, config, mesh)
+  rows = []
+  for b in per_device:
+    B = b * mesh.devices.size
+    K = config.images_per_identity
+    batch = mesh_lib.shard_batch(train_step_bench.make_batch(B // K, K, size), mesh)
+    compiled = fn.lower(state, batch).compile()
+    box = {"s": jax.tree.map(lambda x: x.copy(), state)}
+
+    def one():
+      box["s"], m = compiled(box["s"], batch)
+      jax.block_until_ready(m)
+    dt = timed(one, 1, n)
+    flops = step_flops(compiled)
+    mfu = flops / dt / peak if flops else float("nan")
+    rows.append((f"{config.model.name} {size} px, bf16 matmuls, {b}/device", B / dt, mfu, dt))
+  return rows
+
+
+def margin_ratio(k: int, n: int) -> tuple[float, float]:
+  """(vmapped s/step, sequential s/step) of K margins on the default small ConvNet."""
+  config = get_config("tiny" if n <= 2 else None)
+  mesh = mesh_lib.make_data_mesh()
+  data = train.prepare_data(config, mesh)
+  graphdef, tx, state = steps.create_train_state(config, example_shape=data.train_ds.example_shape)
+  batch = jax.device_put(data.batch(0))
+  margins = np.linspace(0.05, 0.8, k).astype(np.float32)
+  step = steps.make_train_step(graphdef, tx, config)
+  multi = jax.jit(steps.make_member_step(step, margins))
+  singles = [jax.jit(lambda s, b, m=float(m): step(s, b, m)) for m in margins]
+  stacked = steps.stack([state] * k)
+  tv = timed(lambda: jax.block_until_ready(multi(stacked, batch)), 1, n)
+  ts = timed(lambda: [jax.block_until_ready(f(state, batch)) for f in singles], 1, n)
+  return tv, ts
+
+
+def style_seconds(quick: bool) -> tuple[str, float]:
+  """(what, wall seconds) of one style run: 512 px, 500 L-BFGS iterations with the shared VGG19
+  (quick: the tiny preset's random VGG at 32 px, 5 iterations), compilation included."""
+  from PIL import Image
+
+  from configs.style import get_config as style_config
+  from style_jax import optimize
+  with tempfile.TemporaryDirectory() as tmp:
+    if quick:
+      rng = np.random.default_rng(0)
+      paths = []
+      for name in ("content.png", "style.png"):
+        paths.append(os.path.join(tmp, name))
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(paths[-1])
+      config = overrides.with_overrides(style_config("tiny"), {
+          "content": paths[0], "style": paths[1], "optimizer": "lbfgs", "num_steps": 5,
+          "save_every": 0, "checkpoint_every": 1000})
+    else:
+      config = overrides.with_overrides(style_config("gatys2015"), {
+          "image_size": 512, "num_steps": 500, "save_every": 0, "checkpoint_every": 1000})
+    t = time.perf_counter()
+    optimize.stylize(config, os.path.join(tmp, "run"))
+    return (f"style transfer {config.image_size} px, {config.num_steps} L-BFGS iterations",
+            time.perf_counter() - t)
+
+
+def input_rate(variant: str, n: int) -> float:
+  """Images/s of building this process's rows of a global batch (``RunData.batch``) and
+  assembling the global array (``mesh.assemble_batch``), over ``n`` different steps."""
+  config = get_config(variant)
+  mesh = mesh_lib.make_data_mesh()
+  data = train.prepare_data(config, mesh)
+  rows = mesh_lib.process_slice(data.global_batch)
+  build = lambda s: mesh_lib.assemble_batch(data.batch(s, rows), mesh, data.global_batch)
+  jax.block_until_ready(build(0))
+  t = time.perf_counter()
+  for s in range(1, n + 1):
+    jax.block_until_ready(build(s))
+  return n * data.global_batch / (time.perf_counter() - t)
+
+
+def commit() -> str:
+  return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                        cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "?"
+
+
+def main(argv: list[str] | None = None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--quick", action="store_true", help="tiny sizes: every row runs in seconds")
+  args = ap.parse_args(argv)
+  q = args.quick
+  dev = jax.devices()[0]
+  # Inception-ResNet-v1 takes minutes to compile on a CPU: --quick times the small ConvNet
+  variant, per_device, n = ("tiny", [4, 8], 2) if q else ("inception", [64, 256], 5)
+  print(f"# {dev.platform} ({getattr(dev, 'device_kind', '')}) x {jax.device_count()}, "
+        f"jax {jax.__version__}, commit {commit()}{', --quick' if q else ''}", flush=True)
+  with jax.default_matmul_precision("bfloat16"):
+    peak = matmul_peak(jnp.bfloat16, 512 if q else 8192)
+    rows = throughput_rows(variant, per_device, n, peak)
+  tv, ts = margin_ratio(8, n)
+  style_what, style_s = style_seconds(q)
+  consumed = rows[0][1]
+  produced = input_rate("tiny" if q else "inception", 3 if q else 10)
+  print(f"measured bfloat16 matmul peak: {peak / 1e12:.3g} TFLOP/s")
+  print("| what | result |")
+  print("|---|---|")
+  for name, ips, mfu, dt in rows:
+    print(f"| {name} | {ips:.1f} images/s, {dt * 1e3:.1f} ms/step, MFU {100 * mfu:.1f}% |")
+  print(f"| K=8 margins, one vmapped program vs 8 sequential steps (small ConvNet) | "
+        f"{tv * 1e3:.1f} vs {ts * 1e3:.1f} ms/step: {ts / tv:.2f}x |")
+  print(f"| {style_what} | {style_s:.1f} s wall (compilation included) |")
+  print(f"| input pipeline vs train step ({per_device[0]}/device) | {produced:.0f} images/s "
+        f"built vs {consumed:.0f} consumed: {produced / consumed:.1f}x |")
+
+
+if __name__ == "__main__":
+  main()

@@ -353,3 +353,56 @@ def test_align_faces_puts_landmarks_on_template(detector):
   M = np.asarray(align.similarity_transform(faces.landmarks_Nx5x2[0], align.arcface_template()))
   mapped = np.asarray(align.apply_transform(M, faces.landmarks_Nx5x2[0]))
   assert np.abs(mapped - align.arcface_template()).max() < 8   # a face fits the template well
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+@pytest.fixture(scope="module")
+def convert_script():
+  from conftest import load_script
+  return load_script("convert_mtcnn_weights")
+
+
+class _Evil:
+  def __reduce__(self):
+    return (os.system, ("touch /tmp/mtcnn_test_pwned",))
+
+
+def test_restricted_unpickler_refuses_code(convert_script, tmp_path):
+  import pickle
+  for payload in (pickle.dumps([_Evil()]), pickle.dumps([os.system]), pickle.dumps({"a": 1})):
+    with pytest.raises(convert_script.ConvertError, match="x.lz4"):
+      convert_script.read_joblib_arrays(payload, "x.lz4")
+  assert not os.path.exists("/tmp/mtcnn_test_pwned")
+
+
+def test_convert_refuses_unpinned_files(convert_script, tmp_path):
+  fake = tmp_path / "mtcnn-1.0.0-py3-none-any.whl"
+  fake.write_bytes(b"PK\x03\x04 not the wheel")
+  with pytest.raises(convert_script.ConvertError, match="SHA-256 .* nothing was read"):
+    convert_script.read_inputs([str(fake)])
+  for n in ("pnet", "rnet", "onet"):
+    (tmp_path / f"{n}.lz4").write_bytes(b"\x04\x22\x4d\x18 tampered")
+  with pytest.raises(convert_script.ConvertError, match="pnet.lz4: SHA-256"):
+    convert_script.read_inputs([str(tmp_path / f"{n}.lz4") for n in ("pnet", "rnet", "onet")])
+
+
+@needs_weights
+def test_convert_real_wheel_equals_shared_weights(convert_script, tmp_path):
+  """The wheel from the registry (or $MTCNN_WHEEL), converted, equals the shared .npz."""
+  import subprocess
+  import sys
+  pytest.importorskip("lz4.frame", reason="lz4 not installed (pip install lz4)")
+  wheel = os.environ.get("MTCNN_WHEEL")
+  if not wheel:
+    r = subprocess.run([sys.executable, "-m", "pip", "download", "mtcnn==1.0.0", "--no-deps",
+                        "-q", "-d", str(tmp_path)], capture_output=True, timeout=120)
+    wheel = str(tmp_path / "mtcnn-1.0.0-py3-none-any.whl")
+    if r.returncode or not os.path.isfile(wheel):
+      pytest.skip(f"pip download mtcnn==1.0.0 failed: {r.stderr.decode()[-200:]}")
+  got = convert_script.convert([wheel])
+  with np.load(WEIGHTS, allow_pickle=False) as want:
+    assert list(got) == list(want.files)
+    for k in want.files:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)

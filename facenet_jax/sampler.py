@@ -16,6 +16,8 @@ import dataclasses
 
 import numpy as np
 
+from facenet_jax.data.raw import DataError
+
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
@@ -46,7 +48,7 @@ class PKSampler:
     ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     eligible = np.nonzero(counts >= 2)[0]
     if eligible.size < self.P:
-      raise ValueError(
+      raise DataError(
           f"identities_per_batch (P) = {self.P} but only {eligible.size} of {ids.size} "
           f"identities have >= 2 images")
     # every identity's rows as one slice of one array (CSR): two flat arrays, not one array

@@ -27,8 +27,9 @@ import numpy as np
 
 from facenet_jax import evaluators, offline, steps, sweep, verification, vgg_features
 from facenet_jax import workdir as workdir_lib
-from facenet_jax.config_checks import check_config
+from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.data import sources
+from facenet_jax.data.raw import DataError
 from facenet_jax.data.batches import TrainBatches, input_workers
 from facenet_jax.sampler import PKSampler
 from infra import checkpoints, loop, mesh as mesh_lib, overrides
@@ -42,12 +43,12 @@ def check_dataset(ds, config: ml_collections.ConfigDict) -> None:
   """Shapes and values the model can take: (N, *spatial, C) with finite values."""
   rank = config.model.spatial_dims
   if ds.images.ndim != rank + 2:
-    raise ValueError(
+    raise DataError(
         f"{ds.name}: examples have shape {ds.images.shape[1:]}, but config.model.spatial_dims="
         f"{rank} expects {rank} spatial axes and a channel axis, e.g. {(32,) * rank + (3,)}")
   if np.issubdtype(ds.images.dtype, np.floating) and not np.all(np.isfinite(ds.images)):
     bad = int(np.argwhere((~np.isfinite(ds.images.reshape(len(ds), -1))).any(axis=1))[0, 0])
-    raise ValueError(f"{ds.name}: example {bad} contains NaN or Inf values")
+    raise DataError(f"{ds.name}: example {bad} contains NaN or Inf values")
 
 
 @dataclasses.dataclass
@@ -99,10 +100,10 @@ def check_chunking(config: ml_collections.ConfigDict, global_batch: int,
   (each chunk's rows are spread evenly over the devices: steps.make_train_embed)."""
   c, n = config.batch_chunk, mesh.devices.size
   if c and global_batch % c:
-    raise ValueError(f"config.batch_chunk={c} does not divide the global batch of {global_batch} "
+    raise ConfigError(f"config.batch_chunk={c} does not divide the global batch of {global_batch} "
                      "(identities_per_batch x images_per_identity, or 3 x offline.triplets_per_batch)")
   if c and c % n:
-    raise ValueError(f"config.batch_chunk={c} is not a multiple of the {n} devices the batch is "
+    raise ConfigError(f"config.batch_chunk={c} is not a multiple of the {n} devices the batch is "
                      "split over (each device holds the same share of every chunk)")
 
 

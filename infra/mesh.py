@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from infra.errors import UserError
+
 DATA_AXIS = "data"
 
 
@@ -38,10 +40,15 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+class BatchSplitError(UserError, ValueError):
+  """A batch that the devices or processes cannot split into equal shares (a setting to
+  change: the message names it)."""
+
+
 def check_divisible(global_batch: int, mesh: Mesh, what: str = "global batch") -> None:
   n = mesh.devices.size
   if global_batch % n:
-    raise ValueError(
+    raise BatchSplitError(
         f"{what} of {global_batch} is not divisible by the {n} devices of the mesh; "
         f"choose a batch that is a multiple of {n}.")
 
@@ -59,7 +66,8 @@ def process_slice(global_batch: int, process_index: int | None = None,
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if global_batch % process_count:
-    raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    raise BatchSplitError(f"global batch {global_batch} is not divisible by {process_count} "
+                          f"processes")
   per = global_batch // process_count
   return slice(process_index * per, (process_index + 1) * per)
 

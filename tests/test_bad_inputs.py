@@ -38,7 +38,7 @@ from configs.facenet import get_config as facenet_config
 from configs.style import get_config as style_config
 from facenet_jax import inference, recognition as R, train, vgg_features, workdir as workdir_lib
 from facenet_jax.config_checks import ConfigError, check_config
-from facenet_jax.data import images as fimages, raw, real
+from facenet_jax.data import images as fimages, raw, real, synthetic
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.sampler import PKSampler
 from infra import checkpoints, files, imagefile, metric_writer, overrides, vgg
@@ -938,3 +938,34 @@ def test_evaluating_a_run_on_another_folder_uses_that_folders_own_split(tmp_path
   assert _snapshot(work)["config.json"] == config_before   # config.json never edited
   written = [f for f in os.listdir(work) if f.startswith("eval_one_shot@")]
   assert len(written) == 1 and "data.eval_identities=4" in written[0]
+
+
+def test_settings_the_devices_or_data_cannot_take_are_one_line_user_errors():
+  """A batch the devices cannot split, a batch_chunk that does not divide it, NaN pixels and
+  examples of the wrong rank: user errors (infra.cli prints them as one line, exit 2), not
+  ValueErrors that end in a traceback."""
+  from infra import cli, mesh as mesh_lib
+  from infra.errors import UserError
+  m = mesh_lib.make_data_mesh()
+  n = m.devices.size
+  c = facenet_config("tiny")
+  c.batch_chunk = 3
+  nan = np.zeros((4, 8, 8, 1), np.float32)
+  nan[2, 1, 1, 0] = np.nan
+  cases = [
+      (lambda: mesh_lib.check_divisible(n + 1, m), f"of {n + 1} is not divisible by the {n} devices"),
+      (lambda: mesh_lib.process_slice(5, 0, 2), "global batch 5 is not divisible by 2 processes"),
+      (lambda: train.check_chunking(c, 8, m), "config.batch_chunk=3 does not divide"),
+      (lambda: train.check_dataset(IdentityDataset(nan, np.arange(4), "nanset"), c),
+       "nanset: example 2 contains NaN"),
+      (lambda: train.check_dataset(IdentityDataset(nan[..., 0], np.arange(4), "flat"), c),
+       "flat: examples have shape (8, 8)"),
+      (lambda: PKSampler(np.array([0, 0, 1, 2]), 2, 2, 0), "only 1 of 3 identities have >= 2"),
+      (lambda: synthetic.make_synthetic_identities(synthetic.SyntheticSpec(num_identities=1), 0),
+       "config.data.train_identities / eval_identities) must be >= 2, got 1"),
+  ]
+  for fn, words in cases:
+    with pytest.raises(UserError) as e:
+      fn()
+    line = cli.user_message(e.value)
+    assert words in line and "\n" not in line, line

@@ -25,6 +25,7 @@ import dataclasses
 import numpy as np
 
 from facenet_jax.data.dataset import IdentityDataset
+from facenet_jax.data.raw import DataError
 
 WAVES = ("P", "Q", "R", "S", "T")
 # per wave: (amplitude mV), (width s), (offset from the R peak s) ranges people are drawn from
@@ -85,10 +86,12 @@ def make_ekg_identities(spec: EKGSpec, seed: int) -> IdentityDataset:
   """``spec.num_identities`` people, each with a seeded number of strips: images (N, length, 1)
   float32 (mV), labels (N,) int32."""
   if spec.num_identities < 2:
-    raise ValueError(f"ekg num_identities must be >= 2, got {spec.num_identities}")
+    raise DataError(f"ekg num_identities (config.data.train_identities / eval_identities) "
+                    f"must be >= 2, got {spec.num_identities}")
   lo, hi = spec.images_per_identity
   if not 1 <= lo <= hi:
-    raise ValueError(f"ekg images_per_identity must be 1 <= min <= max, got {(lo, hi)}")
+    raise DataError(f"ekg images_per_identity (config.data.images_per_identity / "
+                    f"eval_images_per_identity) must be 1 <= min <= max, got {(lo, hi)}")
   if spec.length < 2 or spec.sampling_hz <= 0:
     raise ValueError(f"ekg length must be >= 2 samples and sampling_hz > 0, got "
                      f"{spec.length}, {spec.sampling_hz}")

@@ -19,6 +19,7 @@ import dataclasses
 import numpy as np
 
 from facenet_jax.data.dataset import IdentityDataset
+from facenet_jax.data.raw import DataError
 
 # the shared layout: (x, y, sx, sy, amplitude) in [-1, 1] image coordinates
 _SHARED = np.array([
@@ -112,10 +113,12 @@ def _render(params: dict[str, np.ndarray], ident: np.ndarray, spec: SyntheticSpe
 def make_synthetic_identities(spec: SyntheticSpec, seed: int, *, chunk: int = 512) -> IdentityDataset:
   """A deterministic dataset of ``spec.num_identities`` procedural identities."""
   if spec.num_identities < 2:
-    raise ValueError(f"synthetic num_identities must be >= 2, got {spec.num_identities}")
+    raise DataError(f"synthetic num_identities (config.data.train_identities / eval_identities) "
+                    f"must be >= 2, got {spec.num_identities}")
   lo, hi = spec.images_per_identity
   if not 1 <= lo <= hi:
-    raise ValueError(f"synthetic images_per_identity must be 1 <= min <= max, got {(lo, hi)}")
+    raise DataError(f"synthetic images_per_identity (config.data.images_per_identity / "
+                    f"eval_images_per_identity) must be 1 <= min <= max, got {(lo, hi)}")
   rng = np.random.default_rng(seed)
   params = _identity_params(spec, rng)
   counts = rng.integers(lo, hi + 1, spec.num_identities)

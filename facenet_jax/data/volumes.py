@@ -22,6 +22,7 @@ import dataclasses
 import numpy as np
 
 from facenet_jax.data.dataset import IdentityDataset
+from facenet_jax.data.raw import DataError
 
 # the shared layout: (x, y, z, sx, sy, sz, amplitude) in [-1, 1]^3 coordinates
 _SHARED = np.array([
@@ -104,10 +105,12 @@ def _render(params: dict[str, np.ndarray], ident: np.ndarray, spec: VolumeSpec,
 def make_volume_identities(spec: VolumeSpec, seed: int, *, chunk: int = 128) -> IdentityDataset:
   """A deterministic dataset of ``spec.num_identities`` procedural 3-D identities."""
   if spec.num_identities < 2:
-    raise ValueError(f"volume num_identities must be >= 2, got {spec.num_identities}")
+    raise DataError(f"volume num_identities (config.data.train_identities / eval_identities) "
+                    f"must be >= 2, got {spec.num_identities}")
   lo, hi = spec.images_per_identity
   if not 1 <= lo <= hi:
-    raise ValueError(f"volume images_per_identity must be 1 <= min <= max, got {(lo, hi)}")
+    raise DataError(f"volume images_per_identity (config.data.images_per_identity / "
+                    f"eval_images_per_identity) must be 1 <= min <= max, got {(lo, hi)}")
   if spec.size < 2:
     raise ValueError(f"volume size must be >= 2 voxels per side, got {spec.size}")
   rng = np.random.default_rng(seed)

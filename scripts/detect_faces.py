@@ -99,8 +99,7 @@ def main(argv):
 
   import numpy as np
   from PIL import Image
-  from facenet_jax import align
-  from facenet_jax.faces import detect
+  from facenet_jax.faces import detect, pipeline
   from infra import files as files_lib
   from infra import imagefile
   from infra import progress as progress_lib
@@ -126,10 +125,9 @@ def main(argv):
       if len(grid_images) < _GRID_COUNT.value:
         grid_images.append(im), grid_results.append(faces)
       if out_dir and _ALIGNED.value and len(faces):
-        crops = align.align_faces(np.asarray(im), faces.landmarks_Nx5x2, _TEMPLATE.value)
         stem = os.path.splitext(os.path.basename(f))[0]
-        for k, crop in enumerate(crops):
-          Image.fromarray(np.clip(crop + 0.5, 0, 255).astype(np.uint8)).save(
+        for k, face in enumerate(pipeline.faces_of(np.asarray(im), faces, _TEMPLATE.value, "all")):
+          Image.fromarray(np.clip(face.crop + 0.5, 0, 255).astype(np.uint8)).save(
               os.path.join(out_dir, "aligned", f"{stem}_{k}.png"))
     done = start + len(batch)
     if start == 0:

@@ -18,6 +18,14 @@ model's gallery is refused. Images are cropped, resized and converted exactly as
 training data (``config.data.image_size``, ``center_crop``, ``channels``). Every input (the
 gallery, each image, the output file) is checked before the model is loaded.
 
+Photos in the wild (``--detect=mtcnn``): each photo's face is found by MTCNN
+(``--mtcnn_weights``, checked before any model loads; ``--faces=largest`` the largest face,
+``--faces=all`` every face, identify / verify only) and made into the model's input as the
+run's training images were (``facenet_jax.faces.inputs``: the alignment template of the run's
+input size for a run trained on aligned faces, else a square around the face fitted like its
+training photos; the output says which). A photo without a face is refused at enroll (before
+the gallery is touched) and reported as "no face found" by identify and verify.
+
 Threshold (squared L2 distance; accept when distance <= threshold): by default the one the
 run saved for a false-accept rate of 1e-3 per comparison (one probe against one enrolled
 person), calibrated on its held-out impostor pairs (``results.json``:
@@ -32,12 +40,19 @@ import argparse
 import csv
 import io
 import os
+from typing import NamedTuple
 
 import numpy as np
 
 from facenet_jax import recognition
 from facenet_jax.data import raw
 from infra import files
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MTCNN_WEIGHTS = os.path.normpath(os.path.join(REPO, "..", "shared", "weights",
+                                                      "mtcnn_weights.npz"))
+DETECT_BATCH = 16   # photos per MTCNN call
+NO_FACE = "no face found"
 
 COMMANDS = ("enroll", "identify", "verify", "list", "remove")
 NEEDS_MODEL = ("enroll", "identify", "verify")
@@ -61,6 +76,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                  f"whose saved threshold to use (default {recognition.DEFAULT_FAR:g})")
   p.add_argument("--out", default="", help="identify / verify: also write the results to "
                  "this .json or .csv file")
+  p.add_argument("--detect", choices=("none", "mtcnn"), default="none",
+                 help="find the face(s) in each photo first (photos in the wild)")
+  p.add_argument("--mtcnn_weights", default=DEFAULT_MTCNN_WEIGHTS,
+                 help="--detect=mtcnn: the MTCNN .npz (scripts/convert_mtcnn_weights.py)")
+  p.add_argument("--faces", choices=("largest", "all"), default="largest",
+                 help="--detect=mtcnn: the largest face of each photo, or every face "
+                 "(identify / verify)")
   args = p.parse_intermixed_args(argv)   # images may come before or after the flags
   if args.command in NEEDS_MODEL and not args.workdir:
     raise SystemExit(f"{args.command} needs --workdir (the trained run)")
@@ -69,6 +91,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
   if args.command in ("verify", "remove") and not args.name:
     raise SystemExit(f"{args.command} needs --name (the person "
                      f"{'claimed' if args.command == 'verify' else 'to remove'})")
+  if args.command == "enroll" and args.faces == "all":
+    raise SystemExit("enroll takes one face per photo (--faces=largest); --faces=all is for "
+                     "identify and verify")
   if args.out and os.path.splitext(args.out)[1].lower() not in (".json", ".csv"):
     raise SystemExit(f"--out={args.out}: expected a .json or .csv file name")
   if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
@@ -127,6 +152,66 @@ def load_images(paths: list[str], config, progress=None) -> np.ndarray:
   return np.stack(out)
 
 
+class Probe(NamedTuple):
+  """One line of identify / verify output: a photo, or (--detect) one face of it."""
+  image: str
+  face: int | None = None    # --detect: face number in the photo, from 1
+  box: list | None = None    # --detect: (x1, y1, x2, y2) px of the face
+  found: bool = True         # False: --detect found no face in the photo
+
+  def label(self) -> str:
+    if self.face is None:
+      return self.image
+    return f"{self.image} face {self.face} at [{', '.join(f'{v:.0f}' for v in self.box)}]"
+
+  def columns(self) -> dict:
+    """The --out columns of the photo / face (detection ones only with --detect)."""
+    if self.face is None and self.found:
+      return {"image": self.image}
+    return {"image": self.image, "face": self.face, "box": self.box}
+
+
+def check_detector(args: argparse.Namespace) -> None:
+  """--detect=mtcnn: the weights file must exist (checked before any model loads)."""
+  if args.detect == "mtcnn" and not os.path.isfile(args.mtcnn_weights):
+    raise raw.DataError(f"--mtcnn_weights={args.mtcnn_weights}: no such file (make it with "
+                        f"scripts/convert_mtcnn_weights.py from the mtcnn 1.0.0 wheel)")
+
+
+def load_faces(paths: list[str], config, weights: str, which: str,
+               progress=None) -> tuple[np.ndarray, list[Probe], str]:
+  """Photos -> faces found by MTCNN, each fitted as the run's training images were.
+
+  Returns (M, S, S, C) uint8 model inputs, one ``Probe`` per face (or per photo without
+  one, ``found=False``; the images hold only found faces, in probe order) and the line
+  saying how faces were fitted (``faces.inputs.face_input``).
+  """
+  from facenet_jax.faces import detect, inputs, pipeline
+  fit = inputs.face_input(config)   # a run no face can be fitted for fails before detection
+  detector = detect.MTCNN(weights)
+  probes, out = [], []
+  if progress is not None:
+    progress.mark_compiled(0)
+  for start in range(0, len(paths), DETECT_BATCH):
+    batch = paths[start:start + DETECT_BATCH]
+    photos = [raw.decode_image(raw.read_file(p), p, "RGB") for p in batch]
+    found = pipeline.detect_and_align([np.asarray(im) for im in photos], detector, fit.template,
+                                      which)
+    for path, photo, faces in zip(batch, photos, found):
+      if not faces:
+        probes.append(Probe(path, found=False))
+      for k, face in enumerate(faces, 1):
+        probes.append(Probe(path, k, [round(float(v), 1) for v in face.box_4]))
+        out.append(inputs.fit_face(photo, face, fit))
+    if progress is not None:
+      progress.report(start + len(batch))
+  shape = (0, fit.size, fit.size, fit.channels)
+  images = np.stack(out) if out else np.zeros(shape, np.uint8)
+  return images, probes, (f"faces: MTCNN ({weights}), "
+                  f"{'the largest face of each photo' if which == 'largest' else 'every face'}, "
+                  f"{fit.description}")
+
+
 def threshold(args: argparse.Namespace) -> tuple[float, str]:
   """The acceptance threshold and a line saying where it comes from (see the module doc)."""
   if args.threshold is not None:
@@ -154,6 +239,8 @@ def open_gallery(args: argparse.Namespace) -> recognition.Gallery | None:
 
 def embed(trained, images: np.ndarray, progress=None) -> np.ndarray:
   """Embeddings of ``images`` in chunks, with a progress line after each."""
+  if images.shape[0] == 0:   # every photo without a face: nothing to embed
+    return np.zeros((0, 0), np.float32)
   out = []
   for start in range(0, images.shape[0], CHUNK):
     out.append(trained.embed(images[start:start + CHUNK]))
@@ -215,34 +302,48 @@ def write_out(path: str, rows: list[dict]) -> None:
   os.replace(tmp, path)
 
 
-def identify(args, trained, gallery, paths, images, t, why) -> dict:
+def identify(args, trained, gallery, probes, images, t, why) -> dict:
   emb = embed(trained, images)
-  ids, dist = recognition.identify(gallery, emb, t)
-  nearest, _ = recognition.identify(gallery, emb, np.inf)
+  ids, dist, nearest = [], np.zeros(0), []
+  if emb.shape[0]:
+    ids, dist = recognition.identify(gallery, emb, t)
+    nearest, _ = recognition.identify(gallery, emb, np.inf)
   print(f"{why}; {len(gallery)} people enrolled")
-  rows = []
-  for path, who, near, d in zip(paths, ids, nearest, dist):
-    if who is recognition.UNKNOWN:
-      print(f"{path}: not recognized (nearest {near}, distance {d:.3f} > threshold {t:.3f})")
+  rows, found = [], iter(zip(ids, nearest, dist.tolist()))
+  for probe in probes:
+    who, near, d = next(found) if probe.found else (recognition.UNKNOWN, None, None)
+    if not probe.found:
+      print(f"{probe.image}: {NO_FACE}")
+    elif who is recognition.UNKNOWN:
+      print(f"{probe.label()}: not recognized (nearest {near}, distance {d:.3f} > threshold {t:.3f})")
     else:
-      print(f"{path}: {who} (distance {d:.3f} <= threshold {t:.3f})")
-    rows.append({"image": path, "identity": who, "nearest": near, "distance": float(d),
-                 "threshold": float(t), "accepted": who is not recognition.UNKNOWN})
+      print(f"{probe.label()}: {who} (distance {d:.3f} <= threshold {t:.3f})")
+    rows.append({**probe.columns(), "identity": who, "nearest": near, "distance": d,
+                 "threshold": float(t), "accepted": probe.found and who is not recognition.UNKNOWN})
+    if args.detect != "none":
+      rows[-1]["note"] = "" if probe.found else NO_FACE
   if args.out:
     write_out(args.out, rows)
-  return {"ids": ids, "nearest": nearest, "distances": dist.tolist(), "threshold": t}
+  return {"ids": [r["identity"] for r in rows], "nearest": [r["nearest"] for r in rows],
+          "distances": [r["distance"] for r in rows], "threshold": t, "rows": rows}
 
 
-def verify(args, trained, gallery, paths, images, t, why) -> dict:
-  emb = embed(trained, images)
+def verify(args, trained, gallery, probes, images, t, why) -> dict:
+  emb = iter(embed(trained, images))
   print(why)
   rows = []
-  for path, e in zip(paths, emb):
-    ok, d = recognition.verify(gallery, e, args.name, t)
-    print(f"{path}: {'accepted' if ok else 'rejected'} as {args.name!r} "
-          f"(distance {d:.3f}, threshold {t:.3f})")
-    rows.append({"image": path, "claimed": args.name, "accepted": ok, "distance": d,
+  for probe in probes:
+    if probe.found:
+      ok, d = recognition.verify(gallery, next(emb), args.name, t)
+      print(f"{probe.label()}: {'accepted' if ok else 'rejected'} as {args.name!r} "
+            f"(distance {d:.3f}, threshold {t:.3f})")
+    else:
+      ok, d = False, None
+      print(f"{probe.image}: {NO_FACE}")
+    rows.append({**probe.columns(), "claimed": args.name, "accepted": ok, "distance": d,
                  "threshold": float(t)})
+    if args.detect != "none":
+      rows[-1]["note"] = "" if probe.found else NO_FACE
   if args.out:
     write_out(args.out, rows)
   return {"accepted": [r["accepted"] for r in rows], "threshold": t}
@@ -265,6 +366,7 @@ def run(argv: list[str] | None = None) -> dict:
     if args.command == "verify" and args.name not in gallery:
       raise recognition.GalleryError(f"{args.gallery}: claimed identity {args.name!r} is not "
                                      f"enrolled ({len(gallery)} people enrolled)")
+  check_detector(args)
   from facenet_jax import inference, workdir as workdir_lib
   config = workdir_lib.load_config(args.workdir)
   if gallery is not None and gallery.dim != int(config.model.embedding_dim):
@@ -273,13 +375,24 @@ def run(argv: list[str] | None = None) -> dict:
                                    f"{config.model.embedding_dim}-D")
   if args.command != "enroll":
     t, why = threshold(args)
-  images = load_images(paths, config, progress_for(len(paths), "reading"))
+  if args.detect == "none":
+    images = load_images(paths, config, progress_for(len(paths), "reading"))
+    probes = [Probe(p) for p in paths]
+  else:
+    images, probes, how = load_faces(paths, config, args.mtcnn_weights, args.faces,
+                                     progress_for(len(paths), "detecting faces in"))
+    print(how, flush=True)
+    missing = [p.image for p in probes if not p.found]
+    if args.command == "enroll" and missing:   # before the model loads or the gallery changes
+      named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+      raise raw.DataError(f"{NO_FACE} in {named}: enroll needs a face in every photo (nothing "
+                          f"was written to {args.gallery})")
   trained = inference.load(args.workdir)
   if gallery is not None:
     gallery.check_model(trained.fingerprint, trained.source, args.gallery)
   if args.command == "enroll":
     return enroll(args, trained, gallery, people, images)
-  return (identify if args.command == "identify" else verify)(args, trained, gallery, paths,
+  return (identify if args.command == "identify" else verify)(args, trained, gallery, probes,
                                                                images, t, why)
 
 

@@ -473,3 +473,155 @@ def test_recognize_cli_missing_gallery_is_one_line_exit_2(rec):
   assert p.returncode == 2 and p.stdout == ""
   assert p.stderr.strip().splitlines() == [
       f"error: gallery file '{tmp / 'nobody.npz'}' does not exist"]
+
+
+# ------------------------------------------------- scripts/recognize.py --detect=mtcnn
+
+SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+MTCNN_WEIGHTS = os.path.join(SHARED, "weights", "mtcnn_weights.npz")
+LFW_IMAGES = os.path.join(SHARED, "data", "lfw", "images")
+needs_lfw_and_mtcnn = pytest.mark.skipif(
+    not (os.path.isfile(MTCNN_WEIGHTS) and os.path.isdir(LFW_IMAGES)),
+    reason=f"no {MTCNN_WEIGHTS} or {LFW_IMAGES}")
+
+
+def _lfw_people_with_two_photos(n):
+  """The first ``n`` LFW people (sorted) with >= 2 photos: {name: [photo, photo]}."""
+  out = {}
+  for person in sorted(os.listdir(LFW_IMAGES)):
+    names = sorted(f for f in os.listdir(os.path.join(LFW_IMAGES, person)) if f.endswith(".jpg"))
+    if len(names) >= 2:
+      out[person] = [os.path.join(LFW_IMAGES, person, f) for f in names[:2]]
+    if len(out) == n:
+      return out
+
+
+def _coffee_cup(path):
+  """A synthetic mug on a table: a brown body, a handle, dark coffee, a plain wall. No face."""
+  from PIL import Image, ImageDraw
+  im = Image.new("RGB", (240, 200), (228, 222, 210))
+  d = ImageDraw.Draw(im)
+  d.rectangle([0, 150, 240, 200], fill=(150, 110, 70))                  # table
+  d.rectangle([80, 60, 160, 160], fill=(120, 70, 40))                   # mug body
+  d.ellipse([80, 48, 160, 72], fill=(60, 35, 20))                       # coffee
+  d.ellipse([150, 80, 190, 130], outline=(120, 70, 40), width=9)         # handle
+  d.ellipse([80, 150, 160, 170], fill=(120, 70, 40))                    # rounded base
+  im.save(path)
+  return str(path)
+
+
+def test_face_input_follows_the_run_alignment():
+  from configs.facenet import get_config
+  from facenet_jax.faces import inputs
+  c = get_config("tiny")
+  c.unlock()
+  assert inputs.face_input(c).template is None   # every run so far: trained unaligned
+  assert "not aligned" in inputs.face_input(c).description
+  c.data.align = "mtcnn"   # a run trained on aligned faces (data.align is not a field yet)
+  for size, template in ((112, "arcface112"), (160, "facenet160")):
+    c.data.image_size = size
+    got = inputs.face_input(c)
+    assert (got.template, got.size) == (template, size) and template in got.description
+  c.data.image_size = 96
+  with pytest.raises(inputs.FaceFitError, match="aligned faces .* at 96 px, but no alignment template"):
+    inputs.face_input(c)
+  # the centred square: 1.25 x the longer side, centred on the box
+  assert inputs.centred_square([100, 50, 180, 150]) == (78, 38, 203, 163)
+
+
+@needs_lfw_and_mtcnn
+def test_recognize_with_mtcnn_on_lfw_photos(rec, capsys):
+  """Enrol LFW photos through detection; a no-face image is refused at enroll (file named,
+  gallery unchanged, no model loaded) and is "no face found" for identify and verify."""
+  import json
+  recognize, wd, tmp, fake = rec
+  gallery = str(tmp / "lfw.npz")
+  people = _lfw_people_with_two_photos(2)
+  (a, (a1, a2)), (b, (b1, _)) = people.items()
+  cup = _coffee_cup(tmp / "cup.png")
+  detect = ["--detect=mtcnn", f"--mtcnn_weights={MTCNN_WEIGHTS}"]
+  # a missing detector file: named, before any model loads
+  with pytest.raises(Exception, match=r"--mtcnn_weights=.*nope\.npz: no such file"):
+    recognize.run(["enroll", f"--name={a}", a1, "--detect=mtcnn", f"--mtcnn_weights={tmp}/nope.npz",
+                   *_args(wd, gallery)])
+  with pytest.raises(SystemExit, match="enroll takes one face per photo"):
+    recognize.run(["enroll", f"--name={a}", a1, *detect, "--faces=all", *_args(wd, gallery)])
+  assert fake.loads == 0 and not os.path.exists(gallery)
+  recognize.run(["enroll", f"--name={a}", a1, *detect, *_args(wd, gallery)])
+  recognize.run(["enroll", f"--name={b}", b1, *detect, *_args(wd, gallery)])
+  assert R.Gallery.load(gallery).counts() == {a: 1, b: 1} and fake.loads == 2
+  assert "not aligned: a square of 1.25x each face box" in capsys.readouterr().out
+  before = open(gallery, "rb").read()
+  from facenet_jax.data import raw
+  with pytest.raises(raw.DataError, match=rf"^no face found in {cup}: enroll needs a face"):
+    recognize.run(["enroll", f"--name={a}", a2, cup, *detect, *_args(wd, gallery)])
+  assert open(gallery, "rb").read() == before and fake.loads == 2
+  # identify: the enrolled photo again is its person at distance 0 (same detection and fit
+  # at enrol and query); the cup is "no face found" in the printed lines and in --out
+  out_json = str(tmp / "who.json")
+  r = recognize.run(["identify", a1, cup, b1, *detect, "--threshold=0.5", f"--out={out_json}",
+                     *_args(wd, gallery)])
+  assert r["ids"] == [a, None, b] and r["distances"][1] is None
+  assert r["distances"][0] == pytest.approx(0, abs=1e-6)
+  printed = capsys.readouterr().out
+  assert f"{cup}: no face found\n" in printed
+  assert f"{a1} face 1 at [" in printed   # each face with its box
+  rows = json.load(open(out_json))
+  assert [(x["image"], x["face"], x["note"], x["accepted"]) for x in rows] == [
+      (a1, 1, "", True), (cup, None, "no face found", False), (b1, 1, "", True)]
+  x1, y1, x2, y2 = rows[0]["box"]
+  assert 60 < x2 - x1 < 160 and abs((x1 + x2) / 2 - 125) < 25   # LFW: a centred face
+  out_csv = str(tmp / "claim.csv")
+  r = recognize.run(["verify", f"--name={a}", a1, cup, *detect, "--threshold=0.5",
+                     f"--out={out_csv}", *_args(wd, gallery)])
+  assert r["accepted"] == [True, False]
+  assert "no face found" in open(out_csv).read().splitlines()[2]
+
+
+@needs_lfw_and_mtcnn
+def test_identify_all_faces_of_a_two_person_photo(rec, capsys):
+  """--faces=all: two LFW photos side by side give two results, each with its own box."""
+  from PIL import Image
+  recognize, wd, tmp, fake = rec
+  gallery = str(tmp / "lfw.npz")
+  (a, (a1, _)), (b, (b1, _)) = _lfw_people_with_two_photos(2).items()
+  detect = ["--detect=mtcnn", f"--mtcnn_weights={MTCNN_WEIGHTS}"]
+  recognize.run(["enroll", f"--name={a}", a1, *detect, *_args(wd, gallery)])
+  recognize.run(["enroll", f"--name={b}", b1, *detect, *_args(wd, gallery)])
+  pair = Image.new("RGB", (500, 250))
+  pair.paste(Image.open(a1).convert("RGB"), (0, 0))
+  pair.paste(Image.open(b1).convert("RGB"), (250, 0))
+  pair.save(tmp / "pair.png")
+  capsys.readouterr()
+  r = recognize.run(["identify", str(tmp / "pair.png"), *detect, "--faces=all",
+                     "--threshold=1e9", *_args(wd, gallery)])
+  rows = r["rows"]
+  assert [x["face"] for x in rows] == [1, 2] and len(r["ids"]) == 2
+  centres = sorted((x["box"][0] + x["box"][2]) / 2 for x in rows)
+  assert centres[0] < 250 < centres[1]
+  printed = capsys.readouterr().out
+  assert printed.count(f"{tmp / 'pair.png'} face ") == 2
+  assert "every face, not aligned" in printed
+
+
+@needs_lfw_and_mtcnn
+def test_a_run_trained_on_aligned_faces_gets_template_crops():
+  """data.align set at 112 px: the model input is the arcface112 crop of detect_and_align."""
+  from PIL import Image
+
+  from configs.facenet import get_config
+  from conftest import load_script
+  from facenet_jax.faces import detect, detect_and_align
+  recognize = load_script("recognize")
+  c = get_config("tiny")
+  c.unlock()
+  c.data.update(align="mtcnn", image_size=112, channels=3)
+  (a, (a1, _)), = _lfw_people_with_two_photos(1).items()
+  images, probes, how = recognize.load_faces([a1], c, MTCNN_WEIGHTS, "largest")
+  assert images.shape == (1, 112, 112, 3) and images.dtype == np.uint8
+  assert "aligned to the arcface112 template" in how and probes[0].face == 1
+  crop = detect_and_align([np.asarray(Image.open(a1).convert("RGB"))], detect.MTCNN(MTCNN_WEIGHTS),
+                          "arcface112")[0][0].crop
+  np.testing.assert_array_equal(images[0], np.clip(crop + 0.5, 0, 255).astype(np.uint8))
+  c.data.channels = 1   # a grey run: the same crop as luma
+  assert recognize.load_faces([a1], c, MTCNN_WEIGHTS, "largest")[0].shape == (1, 112, 112, 1)

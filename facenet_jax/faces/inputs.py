@@ -1,0 +1,86 @@
+"""Detected faces -> the input a trained embedding model takes (recognize.py --detect=mtcnn).
+
+How a face becomes a model input follows how the run's training images were made:
+
+* a run trained on aligned faces (``config.data.align`` set, e.g. "mtcnn"): the face is
+  warped onto the alignment template whose crop is the run's input size (``arcface112`` for
+  112 px, ``facenet160`` for 160 px), as its training faces were;
+* a run trained on unaligned photos (no ``data.align``: every run so far): a warp would show
+  it faces framed unlike anything it trained on, so the face is instead cut as a square of
+  ``CENTRED_SCALE`` x its box side, centred on the box, and fitted (resized, grey or RGB)
+  exactly as the run fits its training photos. 1.25 x an MTCNN box on a 250 px LFW photo is
+  about the central 128 px that the ``lfw`` variants crop (boxes there are ~100-110 px).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+from facenet_jax.faces import pipeline
+from infra.errors import UserError
+
+CENTRED_SCALE = 1.25   # square side / box side for runs trained on unaligned photos
+
+
+class FaceFitError(UserError, ValueError):
+  """A run whose inputs detected faces cannot be made into (names the setting)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceInput:
+  """template: an ``align.TEMPLATES`` key (aligned runs) or None (centred square).
+  size, channels: the run's input. description: one line saying which, for the output."""
+  template: str | None
+  size: int
+  channels: int
+  description: str
+
+
+def face_input(config) -> FaceInput:
+  """How this run's config says detected faces are to be fitted (see the module doc)."""
+  size, channels = int(config.data.image_size), int(config.data.channels)
+  aligned = str(config.data.get("align", "") or "")
+  if aligned:
+    template = pipeline.template_for_size(size)
+    if template is None:
+      raise FaceFitError(f"the run was trained on aligned faces (config.data.align={aligned!r}) "
+                         f"at {size} px, but no alignment template is {size} px "
+                         f"(arcface112, facenet160)")
+    return FaceInput(template, size, channels,
+                     f"aligned to the {template} template (the run's {size} px input; "
+                     f"it was trained on aligned faces, data.align={aligned})")
+  return FaceInput(None, size, channels,
+                   f"not aligned: a square of {CENTRED_SCALE:g}x each face box, fitted to the "
+                   f"run's {size} px input like its training photos (the run was trained on "
+                   f"unaligned photos: config.data has no align)")
+
+
+def centred_square(box_4, scale: float = CENTRED_SCALE) -> tuple[int, int, int, int]:
+  """(left, top, right, bottom) px of the square of ``scale`` x the box's longer side,
+  centred on the box (may reach outside the photo)."""
+  x1, y1, x2, y2 = (float(v) for v in box_4)
+  half = scale * max(x2 - x1, y2 - y1) / 2
+  cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+  left, top = round(cx - half), round(cy - half)
+  side = max(1, round(2 * half))
+  return left, top, left + side, top + side
+
+
+def fit_face(photo: Image.Image, face: pipeline.Face, inp: FaceInput) -> np.ndarray:
+  """(size, size, channels) uint8 model input of one detected ``face`` of ``photo``.
+
+  Aligned: the face's template crop (``face.crop``, made by ``detect_and_align``). Centred:
+  the square around the box, black where it leaves the photo (PIL's crop), then the run's
+  fit. Both end in ``data.images.fit_image`` so grey/RGB and resizing match training.
+  """
+  from facenet_jax.data import images as data_images
+  if inp.template is not None:
+    if face.crop is None:
+      raise ValueError("an aligned FaceInput needs faces made with its template")
+    im = Image.fromarray(np.clip(face.crop + 0.5, 0, 255).astype(np.uint8))
+  else:
+    im = photo.convert("RGB").crop(centred_square(face.box_4))
+  return data_images.fit_image(im, data_images.Fit(size=inp.size, crop=0, channels=inp.channels))

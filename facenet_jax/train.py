@@ -318,7 +318,12 @@ def resume(members: list[Member], state1: State, mesh: jax.sharding.Mesh, stacke
   """``(start, state, meta)``: the latest step every member checkpointed (0 and ``state1`` for
   each when none), the state replicated over ``mesh`` (stacked for K members) and the first
   member's checkpoint meta."""
-  restored = restore_members([m.ckpt for m in members], state1)
+  # restored straight into the replicated sharding: a checkpoint restored onto the devices it
+  # was saved from would sit on process 0's device, which no other process can read from
+  replicated = mesh_lib.replicated(mesh)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          state1)
+  restored = restore_members([m.ckpt for m in members], abstract)
   start, states, metas = 0, [state1] * len(members), [{}] * len(members)
   if restored is not None:
     start, states, metas = restored
@@ -327,7 +332,7 @@ def resume(members: list[Member], state1: State, mesh: jax.sharding.Mesh, stacke
   for m, meta in zip(members, metas):
     m.last_train = dict(meta.get("train_metrics", {}))
   state = steps.stack(states) if stacked else states[0]
-  return start, jax.device_put(state, mesh_lib.replicated(mesh)), metas[0]
+  return start, jax.device_put(state, replicated), metas[0]
 
 
 def finish(config: ml_collections.ConfigDict, workdir: str, state: State, cb: MemberLoop,

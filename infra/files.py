@@ -20,10 +20,19 @@ class WriteError(UserError, OSError):
 
 def check_directory(path: str, what: str) -> None:
   """Raises WriteError naming ``what`` (e.g. "workdir") when ``path`` exists but is not a
-  directory (a file, a device): checked before anything is created under it."""
+  directory (a file, a device), or is a directory this process cannot write to: checked
+  before anything is created under it."""
   if os.path.exists(path) and not os.path.isdir(path):
     raise WriteError(errno.ENOTDIR, f"{what} {path} is a file, not a directory; expected a new "
                      f"path or a folder this program wrote")
+  if os.path.isdir(path):   # a probe file, not os.access: root without capabilities, ACLs
+    try:
+      fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+      os.close(fd)
+      os.remove(probe)
+    except OSError as e:
+      raise WriteError(e.errno, f"{what} {path} is not writable ({e.strerror or e}); nothing "
+                       f"in it was changed") from e
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

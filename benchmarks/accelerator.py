@@ -45,14 +45,7 @@ from infra import mesh as mesh_lib, overrides   # noqa: E402
 
 def timed(fn, warmup: int, n: int) -> float:
   """Median seconds of ``fn()`` (which blocks until done) over ``n`` runs after ``warmup``."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(n):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+  return float(np.median(train_step_bench.call_times(fn, warmup, n)))
 
 
 def matmul_peak(dtype, n: int) -> float:

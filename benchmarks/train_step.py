@@ -54,7 +54,7 @@ def make_batch(P: int, K: int, size: int, seed: int = 0) -> dict:
           "mask": np.ones(B, bool)}
 
 
-def _median_times(step, n_warmup: int, n_steps: int) -> list[float]:
+def call_times(step, n_warmup: int, n_steps: int) -> list[float]:
   """Runs ``step()`` (which must block until done) and returns the timed durations."""
   for _ in range(n_warmup):
     step()
@@ -77,7 +77,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   f = jax.jit(lambda x, y: x @ y)
-  times = _median_times(lambda: f(a, b).block_until_ready(), 2, repeats)
+  times = call_times(lambda: f(a, b).block_until_ready(), 2, repeats)
   return 2 * n**3 / float(np.median(times)) / 1e9
 
 
@@ -106,7 +106,7 @@ def run_ours(batch: dict, n_warmup: int, n_steps: int) -> dict:
     box["state"], metrics = compiled(box["state"], batch)
     box["metrics"] = jax.block_until_ready(metrics)
 
-  res["times"] = _median_times(one_step, n_warmup, n_steps)
+  res["times"] = call_times(one_step, n_warmup, n_steps)
   res["loss"] = float(box["metrics"]["loss"])
   return res
 
@@ -195,7 +195,7 @@ def run_torch(batch: dict, n_warmup: int, n_steps: int, threads: int, embedding_
     opt.step()
     box["loss"] = float(loss)
 
-  res["times"] = _median_times(one_step, n_warmup, n_steps)
+  res["times"] = call_times(one_step, n_warmup, n_steps)
   res["loss"] = box["loss"]
   return res
 

@@ -39,6 +39,8 @@ def parse(argv=None):
                  help="style layers; the panels of fig2_style and the rows of fig3 use the first "
                       "1, 2, ... of them with equal weights")
   p.add_argument("--fig3_content_layer", default=gf.CONTENT_LAYER, help="content layer of fig3")
+  p.add_argument("--ratios", default=",".join(f"{r:g}" for r in gf.RATIOS),
+                 help="fig3's columns: alpha/beta values (e.g. 1e-2 alone for the paper's last column)")
   p.add_argument("--lbfgs_memory", type=int, default=d.lbfgs_memory)
   p.add_argument("--linesearch_steps", type=int, default=d.linesearch_steps,
                  help="most evaluations per line search")
@@ -53,6 +55,10 @@ def parse(argv=None):
   out = a.pop("out")
   for k in ("figures", "content_layers", "style_layers"):
     a[k] = tuple(s for s in a[k].split(",") if s)
+  try:
+    a["ratios"] = tuple(float(r) for r in a["ratios"].split(",") if r)
+  except ValueError:
+    raise gf.GatysSettingsError(f"--ratios={a['ratios']}: expected comma-separated numbers")
   return gf.Settings(**a), out
 
 

@@ -61,6 +61,7 @@ class Settings:
   content_layers: tuple[str, ...] = CONTENT_RECON_LAYERS
   style_layers: tuple[str, ...] = STYLE_LAYERS
   fig3_content_layer: str = CONTENT_LAYER
+  ratios: tuple[float, ...] = RATIOS   # fig3's columns: alpha / beta (the paper: 1e-5 .. 1e-2)
   lbfgs_memory: int = 10
   linesearch_steps: int = 10
   noise_scale: float = 20.0
@@ -77,6 +78,8 @@ class Settings:
                  "checkpoint_every"):
       if int(getattr(self, name)) < 1:
         raise GatysSettingsError(f"--{name}: expected a positive integer, got {getattr(self, name)}")
+    if not self.ratios or any(not r > 0 for r in self.ratios):
+      raise GatysSettingsError(f"--ratios: expected positive alpha/beta values, got {list(self.ratios)}")
     unknown = sorted(set(self.figures) - set(FIGURES))
     if unknown or not self.figures:
       raise GatysSettingsError(f"--figures: unknown {unknown or 'empty list'}; expected among "
@@ -90,6 +93,10 @@ def check_resumable(settings: Settings, saved: dict, path: str) -> None:
   """Raises GatysSettingsError naming every field that differs from the saved run's ``path``
   in a way a resumption cannot honour."""
   now = settings.to_json()
+  # a field added since the run started had its default there
+  defaults = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+              for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING}
+  saved = {**defaults, **saved}
   diff = [f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in now
           if k not in Settings.RESUMABLE and saved.get(k) != now[k]]
   if diff:
@@ -125,14 +132,14 @@ def panels(settings: Settings) -> dict[str, dict]:
   rows, s, alpha, beta = [], [], [], []
   for k in range(1, n + 1):
     rows.append(_layer_set_label(style_layers, k))
-    for r in RATIOS:
+    for r in settings.ratios:
       s.append(cum[k - 1])
       alpha.append(1.0)
       beta.append(1.0 / r)
   content_layer = settings.fig3_content_layer
   figs["fig3"] = dict(
       content_layers=(content_layer,), style_layers=style_layers, rows=rows,
-      cols=[f"alpha/beta = {r:g}" for r in RATIOS],
+      cols=[f"alpha/beta = {r:g}" for r in settings.ratios],
       c=np.ones((len(s), 1), np.float32), s=np.stack(s),
       alpha=np.asarray(alpha, np.float32), beta=np.asarray(beta, np.float32),
       title=f"Content ({content_layer}) + style: rows = style layers, columns = alpha/beta")

@@ -469,7 +469,7 @@ def _gatys_args(tmp_path, out, steps, *extra):
   return ["--image_size=32", f"--num_steps={steps}", "--weights=random", f"--out={out}",
           f"--content={content}", f"--style={style}", "--style_layers=conv1_1,conv2_1",
           "--content_layers=conv1_2", "--fig3_content_layer=conv2_2", "--figures=fig3",
-          "--checkpoint_every=2", "--log_every=1", *extra]
+          "--ratios=1e-3,1e-2", "--checkpoint_every=2", "--log_every=1", *extra]
 
 
 def test_reproduce_gatys_resumes_bit_identically_and_refuses_other_settings(tmp_path, capsys):
@@ -483,6 +483,9 @@ def test_reproduce_gatys_resumes_bit_identically_and_refuses_other_settings(tmp_
   assert "resumed from" in capsys.readouterr().out
   a, b = straight["figures"]["fig3"], resumed["figures"]["fig3"]
   assert a["final"] == b["final"] and a["initial"] == b["initial"] and b["iterations"] == 4
+  assert b["panels"] == ["conv1_1 | alpha/beta = 0.001", "conv1_1 | alpha/beta = 0.01",
+                         "conv1_1 .. conv2_1 | alpha/beta = 0.001",
+                         "conv1_1 .. conv2_1 | alpha/beta = 0.01"]
   assert a["evaluations"] == b["evaluations"]
   np.testing.assert_array_equal(np.load(tmp_path / "a" / "fig3_panels.npz")["panels"],
                                 np.load(tmp_path / "b" / "fig3_panels.npz")["panels"])

@@ -236,11 +236,21 @@ def run_figure(name: str, fig: dict, settings: Settings, inputs: Inputs, out: st
   if start:
     _, state, meta = ckpt.restore(jax.eval_shape(init, x0, *args))
     initial, seconds_before = np.asarray(meta["initial"]), float(meta["seconds"])
+    timed_before = tuple(meta.get("timed", (0, 0.0)))
     log(f"{name}: resumed from {ckpt.directory}/{start}")
   else:
     state = init(x0, *args)
     initial, seconds_before = np.asarray(state["f"]), 0.0
+    timed_before = (0, 0.0)
   progress = Progress(settings.num_steps, start, unit="it")
+
+  def timed(it):
+    """(iterations, seconds) timed so far over every session, each session's compiling first
+    iteration left out: the seconds per iteration of results.json."""
+    n, r = it - (start + 1), progress.rate(it)
+    if n > 0 and r == r and r > 0:
+      return timed_before[0] + n, timed_before[1] + n / r
+    return timed_before
 
   def step_fn(state, _):
     state, _ = step(state, *args)
@@ -260,7 +270,7 @@ def run_figure(name: str, fig: dict, settings: Settings, inputs: Inputs, out: st
                          "evals": int(host[-1]["evals"])})
 
   def on_checkpoint(it, state):
-    ckpt.save(it, state, {"initial": initial.tolist(),
+    ckpt.save(it, state, {"initial": initial.tolist(), "timed": list(timed(it)),
                           "seconds": seconds_before + time.perf_counter() - t0}, force=True)
 
   periods = loop.Periods(settings.log_every, settings.num_steps, settings.checkpoint_every)
@@ -269,11 +279,11 @@ def run_figure(name: str, fig: dict, settings: Settings, inputs: Inputs, out: st
                         on_checkpoint=on_checkpoint, check=check, closeables=[ckpt],
                         unit="it", progress=progress)
   ckpt.close()
-  rate = progress.rate(settings.num_steps)
+  n_timed, s_timed = timed(settings.num_steps)
   rgb = np.stack([np.clip(np.asarray(vgg_lib.deprocess_caffe(xi)), 0, 255) for xi in state["x"]])
   return {"images": rgb, "initial": initial.tolist(), "final": np.asarray(state["f"]).tolist(),
           "iterations": settings.num_steps, "evaluations": int(state["evals"]),
-          "s_per_iteration": 1.0 / rate if rate == rate and rate > 0 else None,
+          "s_per_iteration": s_timed / n_timed if n_timed else None,
           "seconds": seconds_before + time.perf_counter() - t0,
           "panels": [f"{row} | {col}" for row in fig["rows"] for col in fig["cols"]]}
 

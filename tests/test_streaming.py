@@ -170,7 +170,10 @@ def test_two_concurrent_preparations_make_one_dataset(tmp_path):
     while time.time() < deadline and not all(any("waiting" in l for l in e) for e in errs):
       time.sleep(0.2)
     assert all(any("waiting" in l for l in e) for e in errs), errs
-  outs = [p.communicate(timeout=300)[0] for p in procs]
+  # not communicate(): it reads stderr too, racing the reader threads for its lines
+  outs = [p.stdout.read() for p in procs]
+  for p in procs:
+    p.wait(timeout=300)
   for r in readers:
     r.join(timeout=10)
   assert [p.returncode for p in procs] == [0, 0], errs

@@ -205,6 +205,15 @@ def figure_targets(inputs: Inputs, fig: dict) -> dict:
           "style": {n: losses.normalized_gram(a) for n, a in style.items()}}
 
 
+def white_noise(settings: Settings, shape: tuple[int, ...], b: int) -> jax.Array:
+  """The start of every panel: one seeded uniform(-s, s) image (Caffe-centred, so around the
+  mean colour) repeated ``b`` times."""
+  lo, hi = vgg_lib.caffe_bounds()
+  noise = np.random.default_rng(settings.seed).uniform(
+      -settings.noise_scale, settings.noise_scale, shape).astype(np.float32)
+  return jnp.asarray(np.broadcast_to(np.clip(noise, lo, hi), (b,) + tuple(shape)))
+
+
 def run_figure(name: str, fig: dict, settings: Settings, inputs: Inputs, out: str,
                log: Callable[[str], None]) -> dict:
   """Optimizes the panels of ``fig`` together from the same seeded noise, resuming from
@@ -220,10 +229,7 @@ def run_figure(name: str, fig: dict, settings: Settings, inputs: Inputs, out: st
                                              fig["style_layers"]),
                              settings.lbfgs_memory, settings.linesearch_steps)
   init, step = jax.jit(init), jax.jit(step)
-  lo, hi = vgg_lib.caffe_bounds()
-  noise = np.random.default_rng(settings.seed).uniform(
-      -settings.noise_scale, settings.noise_scale, inputs.content_x.shape).astype(np.float32)
-  x0 = jnp.asarray(np.broadcast_to(np.clip(noise, lo, hi), (b,) + inputs.content_x.shape))
+  x0 = white_noise(settings, inputs.content_x.shape, b)
   args = (inputs.vgg_state, targets, w)
   ckpt = checkpoints.Checkpointer(os.path.join(out, name, "checkpoints"),
                                   every=settings.checkpoint_every, keep=2)

@@ -12,6 +12,9 @@ Where the process count and id come from (:func:`launch_settings`, first match w
   pods, Kubernetes, mpi4py).
 
 Nothing set: one process, nothing happens. Missing pieces are a :class:`LaunchError` naming them.
+``JAX_HEARTBEAT_TIMEOUT_S`` (any launch) sets how long a silent process may go before it is
+declared dead (default :data:`HEARTBEAT_TIMEOUT_S`); raise it on a machine so loaded that a
+live process can miss heartbeats that long.
 
 A process that dies must not leave the others hanging: the coordination service's heartbeat
 (``heartbeat_timeout_s``) ends the survivors with an error naming the missing task, and every
@@ -51,6 +54,7 @@ class Launch:
   num_processes: int | None = None
   process_id: int | None = None
   local_device_ids: tuple[int, ...] | None = None
+  heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S
 
 
 def _int(name: str, value: str) -> int:
@@ -73,6 +77,10 @@ def launch_settings(environ: Mapping[str, str] | None = None, *, coordinator_add
       _int("JAX_PROCESS_ID", env["JAX_PROCESS_ID"]) if env.get("JAX_PROCESS_ID") else None)
   ids = local_device_ids or env.get("JAX_LOCAL_DEVICE_IDS", "")
   ids = tuple(_int("JAX_LOCAL_DEVICE_IDS", i) for i in ids.split(",")) if ids else None
+  heartbeat = _int("JAX_HEARTBEAT_TIMEOUT_S",
+                   env.get("JAX_HEARTBEAT_TIMEOUT_S") or str(HEARTBEAT_TIMEOUT_S))
+  if heartbeat <= 0:
+    raise LaunchError(f"JAX_HEARTBEAT_TIMEOUT_S={heartbeat}: expected a positive number of seconds")
   if address or n is not None or pid is not None:
     missing = [name for name, v in zip(EXPLICIT, (address, n, pid)) if v in ("", None)]
     if missing:
@@ -83,20 +91,19 @@ def launch_settings(environ: Mapping[str, str] | None = None, *, coordinator_add
       raise LaunchError(f"JAX_COORDINATOR_ADDRESS={address!r}: expected host:port of process 0")
     if not 0 <= pid < n:
       raise LaunchError(f"JAX_PROCESS_ID={pid} must be in 0 .. JAX_NUM_PROCESSES - 1 = {n - 1}")
-    return Launch("explicit", address, n, pid, ids)
+    return Launch("explicit", address, n, pid, ids, heartbeat)
   if env.get("SLURM_JOB_ID") and _int("SLURM_NTASKS", env.get("SLURM_NTASKS") or "1") > 1:
-    return Launch("slurm")
+    return Launch("slurm", heartbeat_timeout_s=heartbeat)
   if env.get("OMPI_MCA_orte_hnp_uri") and _int(
       "OMPI_COMM_WORLD_SIZE", env.get("OMPI_COMM_WORLD_SIZE") or "1") > 1:
-    return Launch("openmpi")
+    return Launch("openmpi", heartbeat_timeout_s=heartbeat)
   mode = env.get("JAX_DISTRIBUTED", "")
   if mode not in ("", "auto", "off"):
     raise LaunchError(f"JAX_DISTRIBUTED={mode!r}: expected 'auto' (let JAX detect the cluster) or 'off'")
-  return Launch("auto" if mode == "auto" else "single")
+  return Launch("auto" if mode == "auto" else "single", heartbeat_timeout_s=heartbeat)
 
 
-def initialize(launch: Launch, *, init_timeout_s: int = INIT_TIMEOUT_S,
-               heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> None:
+def initialize(launch: Launch, *, init_timeout_s: int = INIT_TIMEOUT_S) -> None:
   """``jax.distributed.initialize`` for ``launch`` (nothing for ``single``); before any JAX
   computation. CPU processes exchange collectives over gloo (JAX's default)."""
   if launch.source == "single":
@@ -108,7 +115,7 @@ def initialize(launch: Launch, *, init_timeout_s: int = INIT_TIMEOUT_S,
                   local_device_ids=list(launch.local_device_ids) if launch.local_device_ids else None)
   try:
     jax.distributed.initialize(**kwargs, initialization_timeout=int(init_timeout_s),
-                               heartbeat_timeout_seconds=int(heartbeat_timeout_s))
+                               heartbeat_timeout_seconds=int(launch.heartbeat_timeout_s))
   except ValueError as e:   # a cluster JAX half-detects: its own message, one line
     raise LaunchError(f"jax.distributed.initialize ({launch.source} launch): {e}") from e
 

@@ -37,9 +37,16 @@ def train_argv(workdir: str, *overrides: str) -> list[str]:
           *overrides]
 
 
-def env_for(process: int, processes: int, devices: int, port: int) -> dict[str, str]:
+# A live process on a loaded 2-core CI machine has missed 20 s of heartbeats (a gloo abort in a
+# test that then failed); tests that kill a process on purpose set a shorter one.
+HEARTBEAT_S = 120
+
+
+def env_for(process: int, processes: int, devices: int, port: int,
+            heartbeat_s: int = HEARTBEAT_S) -> dict[str, str]:
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
-             JAX_COMPILATION_CACHE_DIR=CACHE, PYTHONUNBUFFERED="1")
+             JAX_COMPILATION_CACHE_DIR=CACHE, PYTHONUNBUFFERED="1",
+             JAX_HEARTBEAT_TIMEOUT_S=str(heartbeat_s))
   for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
             "SLURM_NTASKS"):
     env.pop(k, None)
@@ -83,10 +90,12 @@ class Group:
     return "".join(l for l in self.lines[i] if not l.startswith("[Gloo]"))
 
 
-def launch(argv: list[str], processes: int, devices: int) -> Group:
+def launch(argv: list[str], processes: int, devices: int, heartbeat_s: int = HEARTBEAT_S
+           ) -> Group:
   """Starts ``argv`` as ``processes`` processes of one run (1: a plain single process)."""
   port = free_port()
-  procs = [subprocess.Popen(["nice", "-n", "5", *argv], env=env_for(i, processes, devices, port),
+  procs = [subprocess.Popen(["nice", "-n", "5", *argv],
+                            env=env_for(i, processes, devices, port, heartbeat_s),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(processes)]
   return Group(procs, [[] for _ in procs], [None] * len(procs))

@@ -71,6 +71,10 @@ def test_launch_settings_from_env_flags_slurm_and_named_errors():
   assert distributed.launch_settings({}).source == "single"
   with pytest.raises(distributed.LaunchError, match="JAX_DISTRIBUTED='yes'"):
     distributed.launch_settings({"JAX_DISTRIBUTED": "yes"})
+  assert distributed.launch_settings(slurm).heartbeat_timeout_s == distributed.HEARTBEAT_TIMEOUT_S
+  assert distributed.launch_settings(dict(env, JAX_HEARTBEAT_TIMEOUT_S="90")).heartbeat_timeout_s == 90
+  with pytest.raises(distributed.LaunchError, match="JAX_HEARTBEAT_TIMEOUT_S=0: expected a positive"):
+    distributed.launch_settings(dict(env, JAX_HEARTBEAT_TIMEOUT_S="0"))
 
 
 # ------------------------------------------------------------- the same run, 1 or 2 processes
@@ -189,7 +193,8 @@ def test_two_processes_on_an_unprepared_dataset_prepare_it_once(tmp_path):
 def test_a_killed_process_ends_the_other_with_a_named_error_within_a_minute(tmp_path):
   g = multiproc.launch(multiproc.train_argv(str(tmp_path / "wd"), "--config.num_steps=2000",
                                             "--config.log_every=1", "--config.checkpoint_every=1000",
-                                            "--config.eval_every=2000"), 2, 1)
+                                            "--config.eval_every=2000"), 2, 1,
+                       heartbeat_s=30)
   killed = {}
 
   def on_line(i, line):

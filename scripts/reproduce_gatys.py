@@ -2,6 +2,8 @@
 
   .venv/bin/python scripts/reproduce_gatys.py --out runs/gatys                  # 96 px
   .venv/bin/python scripts/reproduce_gatys.py --image_size 256 --num_steps 300 --out runs/gatys256
+  .venv/bin/python scripts/reproduce_gatys.py --combine runs/a,runs/b --out runs/fig3_all  # columns of
+                                                                   # fig3 run apart (--ratios), one grid
 
 Writes ``fig2_style.png``, ``fig2_content.png`` and ``fig3.png`` (and ``results.json`` with the
 initial and final loss of every panel) into ``--out``; see ``style_jax/gatys_figures.py`` for
@@ -51,8 +53,13 @@ def parse(argv=None):
   p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
   p.add_argument("--panel_inches", type=float, default=d.panel_inches)
   p.add_argument("--dpi", type=int, default=d.dpi)
+  p.add_argument("--combine", default="",
+                 help="comma-separated finished fig3 runs (each some --ratios): write their "
+                      "columns side by side into --out; nothing is optimized")
   a = vars(p.parse_args(argv))
-  out = a.pop("out")
+  out, combine = a.pop("out"), a.pop("combine")
+  if combine:
+    return [r for r in combine.split(",") if r], out
   for k in ("figures", "content_layers", "style_layers"):
     a[k] = tuple(s for s in a[k].split(",") if s)
   try:
@@ -66,7 +73,10 @@ def parse(argv=None):
 def main(argv=None):
   from style_jax import gatys_figures as gf
   settings, out = parse(argv)
-  return gf.reproduce(settings, out, log=lambda s: print(s, flush=True))
+  log = lambda s: print(s, flush=True)
+  if isinstance(settings, list):   # --combine: the finished runs
+    return gf.combine_fig3(settings, out, log=log)
+  return gf.reproduce(settings, out, log=log)
 
 
 if __name__ == "__main__":

@@ -176,8 +176,8 @@ class Inputs:
   style_x: jax.Array
 
 
-def load_inputs(settings: Settings) -> Inputs:
-  """Reads both images and the VGG19 (average pooling); checks the size before any work."""
+def reference_images(settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+  """The content and style images (RGB float) at the run's size; checks the size first."""
   content = images.load_image(settings.content, "--content")
   style = images.load_image(settings.style, "--style")
   hw = images.size_for_longest(content.shape, settings.image_size)
@@ -188,7 +188,12 @@ def load_inputs(settings: Settings) -> Inputs:
     raise GatysSettingsError(
         f"--image_size {settings.image_size} gives {hw[1]}x{hw[0]} (content) and "
         f"{shw[1]}x{shw[0]} (style) px; the deepest layers need >= {need} px per side")
-  content_rgb, style_rgb = images.resize(content, hw), images.resize(style, shw)
+  return images.resize(content, hw), images.resize(style, shw)
+
+
+def load_inputs(settings: Settings) -> Inputs:
+  """Reads both images and the VGG19 (average pooling); checks the size before any work."""
+  content_rgb, style_rgb = reference_images(settings)
   model = vgg_lib.load_vgg(settings.weights, 19, "avg", seed=settings.seed)
   graphdef, vgg_state = nnx.split(model)
   return Inputs(graphdef, vgg_state, content_rgb, style_rgb,
@@ -390,4 +395,70 @@ def reproduce(settings: Settings, out: str, log: Callable[[str], None] = print) 
              "seconds": time.perf_counter() - t_all}
   files.write_json_atomic(os.path.join(out, RESULTS_FILE), results)
   log(f"done in {results['seconds']:.0f} s")
+  return results
+
+
+def _finished_fig3(run: str) -> tuple[Settings, dict, np.ndarray]:
+  """A finished fig3 run in directory ``run``: its settings, results and uint8 panels."""
+  paths = [os.path.join(run, f) for f in (SETTINGS_FILE, RESULTS_FILE, "fig3_panels.npz")]
+  for path in paths:
+    if not os.path.isfile(path):
+      raise GatysSettingsError(f"--combine: {path} is missing (run {run} has no finished fig3)")
+  saved = files.read_json(paths[0])
+  fields = {f.name for f in dataclasses.fields(Settings)}
+  settings = Settings(**{k: tuple(v) if isinstance(v, list) else v
+                         for k, v in saved.items() if k in fields})
+  result = files.read_json(paths[1]).get("figures", {}).get("fig3")
+  if result is None or result["iterations"] != settings.num_steps:
+    raise GatysSettingsError(f"--combine: {paths[1]} has no fig3 finished at "
+                             f"{settings.num_steps} iterations")
+  with np.load(paths[2], allow_pickle=False) as z:
+    return settings, result, z["panels"]
+
+
+def combine_fig3(runs: list[str], out: str, log: Callable[[str], None] = print) -> dict:
+  """Figure 3 from runs that each optimized some of its columns (``--ratios``): their panels
+  side by side, columns in increasing alpha/beta, into ``out/fig3.png``, ``fig3_panels.npz``
+  and ``results.json`` (per-panel losses and each run's wall time). The runs must agree on
+  every setting but the columns; each panel's optimization depends only on its own weights
+  (its own L-BFGS memory and step size, the same seeded noise start), so a column comes out
+  the same whichever run it was part of, up to float rounding of a different batch size."""
+  if not runs:
+    raise GatysSettingsError("--combine: expected one or more run directories")
+  loaded = [_finished_fig3(r) for r in runs]
+  base = {k: v for k, v in loaded[0][0].to_json().items() if k not in ("ratios", "figures")}
+  for run, (s, _, _) in zip(runs[1:], loaded[1:]):
+    diff = [k for k, v in s.to_json().items() if k not in ("ratios", "figures", "panel_inches",
+                                                           "dpi", "log_every") and base[k] != v]
+    if diff:
+      raise GatysSettingsError(f"--combine: {run} differs from {runs[0]} in {', '.join(diff)}")
+  columns = sorted((ratio, i, c) for i, (s, _, _) in enumerate(loaded)
+                   for c, ratio in enumerate(s.ratios))
+  ratios = [r for r, _, _ in columns]
+  if len(set(ratios)) != len(ratios):
+    raise GatysSettingsError(f"--combine: alpha/beta {ratios} appear in more than one run")
+  settings = dataclasses.replace(loaded[0][0], ratios=tuple(ratios), figures=("fig3",))
+  nrows = len(settings.style_layers)
+  grid, final, initial = [], [], []
+  for row in range(nrows):
+    for _, i, c in columns:
+      s, res, pan = loaded[i]
+      k = row * len(s.ratios) + c
+      grid.append(pan[k])
+      final.append(res["final"][k])
+      initial.append(res["initial"][k])
+  rgb = np.stack(grid).astype(np.float32)
+  fig = panels(settings)["fig3"]
+  content_rgb, style_rgb = reference_images(settings)
+  os.makedirs(out, exist_ok=True)
+  np.savez_compressed(os.path.join(out, "fig3_panels.npz"), panels=rgb.astype(np.uint8))
+  save_grid(os.path.join(out, "fig3.png"), fig, rgb, content_rgb, style_rgb, settings)
+  result = {"initial": initial, "final": final, "iterations": settings.num_steps,
+            "panels": [f"{r} | {c}" for r in fig["rows"] for c in fig["cols"]],
+            "runs": {os.path.abspath(r): {"ratios": list(s.ratios), "seconds": res["seconds"],
+                                          "s_per_iteration": res.get("s_per_iteration")}
+                     for r, (s, res, _) in zip(runs, loaded)}}
+  results = {"settings": settings.to_json(), "figures": {"fig3": result}}
+  files.write_json_atomic(os.path.join(out, RESULTS_FILE), results)
+  log(f"fig3: {len(ratios)} columns from {len(runs)} run(s) -> {os.path.join(out, 'fig3.png')}")
   return results

@@ -500,3 +500,30 @@ def test_reproduce_gatys_resumes_bit_identically_and_refuses_other_settings(tmp_
   with pytest.raises(SystemExit):   # the checkpoint holds 4: fewer iterations cannot be shown
     gatys.main(_gatys_args(tmp_path, tmp_path / "b", 3))
   assert "holds iteration 4" in capsys.readouterr().err
+
+
+def test_reproduce_gatys_combines_columns_run_apart_into_one_figure(tmp_path, capsys):
+  """fig3's columns optimized in two runs (--ratios 1e-2, then 1e-3) and combined give the grid
+  of one run over both columns: each panel depends only on its own weights (losses to float
+  rounding of the other batch size); overlapping columns or other settings are refused."""
+  gatys = load_script("reproduce_gatys")
+  both = gatys.main(_gatys_args(tmp_path, tmp_path / "both", 3))["figures"]["fig3"]
+  args = _gatys_args(tmp_path, tmp_path / "hi", 3)
+  gatys.main([a for a in args if not a.startswith("--ratios")] + ["--ratios=1e-2"])
+  gatys.main([a if not a.startswith("--out") else f"--out={tmp_path / 'lo'}"
+              for a in args if not a.startswith("--ratios")] + ["--ratios=1e-3"])
+  got = gatys.main([f"--combine={tmp_path / 'hi'},{tmp_path / 'lo'}", f"--out={tmp_path / 'all'}"])
+  fig = got["figures"]["fig3"]
+  assert fig["panels"] == both["panels"]   # columns in increasing alpha/beta, whatever the order
+  np.testing.assert_allclose(fig["final"], both["final"], rtol=1e-3)
+  assert fig["initial"] == pytest.approx(both["initial"], rel=1e-5)
+  a = np.load(tmp_path / "all" / "fig3_panels.npz")["panels"].astype(int)
+  b = np.load(tmp_path / "both" / "fig3_panels.npz")["panels"].astype(int)
+  assert a.shape == b.shape and np.abs(a - b).max() <= 2
+  assert Image.open(tmp_path / "all" / "fig3.png").size[0] > 100
+  with pytest.raises(SystemExit):
+    gatys.main([f"--combine={tmp_path / 'hi'},{tmp_path / 'both'}", f"--out={tmp_path / 'x'}"])
+  assert "appear in more than one run" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    gatys.main([f"--combine={tmp_path / 'hi'},{tmp_path / 'nothing'}", f"--out={tmp_path / 'x'}"])
+  assert "settings.json is missing" in capsys.readouterr().err

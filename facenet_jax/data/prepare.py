@@ -30,8 +30,9 @@ import sys
 import time
 
 import numpy as np
+from PIL import Image
 
-from facenet_jax.data import raw, records, recordio
+from facenet_jax.data import aligned, raw, records, recordio
 from facenet_jax.data.images import Fit, fit_image
 from infra.progress import Progress
 
@@ -83,10 +84,34 @@ def recordio_plan(rec_path: str) -> Plan:
               [str(int(i)) for i in ids], fp)
 
 
-def prepared_name(plan: Plan, fit: Fit, encoding: str) -> str:
-  """The folder name of ``plan`` prepared at ``fit``: a new name for new contents or fit."""
-  return (f"{plan.kind}_{plan.fingerprint}_{fit.size}px_crop{fit.crop}_{fit.channels}ch_"
-          f"{encoding}")
+def prepared_name(plan: Plan, fit: Fit, encoding: str,
+                  alignment: aligned.Alignment | None = None) -> str:
+  """The folder name of ``plan`` prepared at ``fit``: a new name for new contents or fit, and
+  for every alignment setting (``_align-<key>``; nothing is added without alignment)."""
+  name = f"{plan.kind}_{plan.fingerprint}_{fit.size}px_crop{fit.crop}_{fit.channels}ch_{encoding}"
+  return name if alignment is None else f"{name}_align-{alignment.key()}"
+
+
+def load_rgb(plan: Plan, k: int, rec_file=None) -> np.ndarray:
+  """Item ``k`` of ``plan`` decoded as (H, W, 3) uint8 RGB (DataError naming a bad file)."""
+  data, where = _source_bytes(plan.kind, plan.root, plan.items[k], rec_file)
+  return np.asarray(raw.decode_image(data, where, "RGB").convert("RGB"), np.uint8)
+
+
+def source_names(plan: Plan) -> list[str]:
+  """Where each item of ``plan`` comes from, as ``sources.txt`` lists them."""
+  return [f"{plan.root}/{i}" if plan.kind == "folder" else f"{plan.root}@{i}" for i in plan.items]
+
+
+def detections(plan: Plan, out_dir: str, alignment: aligned.Alignment) -> aligned.Detections:
+  """Every face of every image of ``plan`` (``aligned.detect_all``), cached under
+  ``out_dir/detections/<kind>_<fingerprint>_mtcnn-<detection key>``."""
+  folder = os.path.join(out_dir, "detections",
+                        f"{plan.kind}_{plan.fingerprint}_mtcnn-{alignment.detection_key()}")
+  with contextlib.ExitStack() as stack:
+    rec_file = stack.enter_context(open(plan.root, "rb")) if plan.kind == "recordio" else None
+    return aligned.detect_all(len(plan), lambda k: load_rgb(plan, k, rec_file), alignment, folder,
+                              what=f"images of {plan.root}")
 
 
 # ---------------------------------------------------------------------------- one shard
@@ -101,9 +126,16 @@ def _source_bytes(kind: str, root: str, item, rec_file) -> tuple[bytes, str]:
 
 def write_shard(task: tuple) -> int:
   """Fits and encodes one shard's images and renames the shard into place when whole.
-  ``task``: (kind, root, items, fit, encoding, quality, final path). Runs in a worker
-  process; returns the number of images written."""
-  kind, root, items, fit, encoding, quality, final = task
+  ``task``: (kind, root, items, fit, encoding, quality, final path[, alignment]), where
+  ``alignment`` is (template, landmarks per item: (5, 2) or None for no face). Runs in a
+  worker process; returns the number of images written.
+
+  Aligned: an item's face is warped onto the template (``aligned.aligned_crop``) and that
+  crop resized to ``fit.size`` (no center crop); an item without landmarks is fitted as
+  without alignment (``fit``, its center crop included)."""
+  kind, root, items, fit, encoding, quality, final = task[:7]
+  template, lms = task[7] if len(task) > 7 and task[7] is not None else (None, [None] * len(items))
+  face_fit = Fit(size=fit.size, crop=0, channels=fit.channels)
   from array_record.python import array_record_module   # lazy: C++ extension
   tmp = f"{final}.tmp{os.getpid()}"
   mode = "L" if fit.channels == 1 else "RGB"
@@ -112,9 +144,14 @@ def write_shard(task: tuple) -> int:
   with contextlib.ExitStack() as stack:
     rec_file = stack.enter_context(open(root, "rb")) if kind == "recordio" else None
     try:
-      for item in items:
+      for item, lm in zip(items, lms):
         data, where = _source_bytes(kind, root, item, rec_file)
-        image = fit_image(raw.decode_image(data, where, mode), fit, where)
+        if lm is None:
+          image = fit_image(raw.decode_image(data, where, mode), fit, where)
+        else:
+          rgb = np.asarray(raw.decode_image(data, where, "RGB").convert("RGB"), np.uint8)
+          crop = Image.fromarray(aligned.aligned_crop(rgb, lm, template))
+          image = fit_image(crop, face_fit, where)
         writer.write(records.encode(image, encoding, quality))
     finally:
       writer.close()
@@ -124,11 +161,27 @@ def write_shard(task: tuple) -> int:
 
 # ------------------------------------------------------------------------- the folder
 
-def plan_record(plan: Plan, fit: Fit, encoding: str, quality: int, per_shard: int) -> dict:
-  return {"format_version": records.FORMAT_VERSION, "kind": plan.kind, "root": plan.root,
+def plan_record(plan: Plan, fit: Fit, encoding: str, quality: int, per_shard: int,
+                alignment: aligned.Alignment | None = None) -> dict:
+  want = {"format_version": records.FORMAT_VERSION, "kind": plan.kind, "root": plan.root,
           "fingerprint": plan.fingerprint, "num_records": len(plan),
           "num_identities": len(plan.identities), "records_per_shard": per_shard,
           "fit": dataclasses.asdict(fit), "encoding": encoding, "quality": int(quality)}
+  if alignment is not None:   # without alignment the record is exactly what it always was
+    want["align"] = alignment.record()
+  return want
+
+
+def without(plan: Plan, drop: list[int]) -> Plan:
+  """``plan`` less the items ``drop``; a person left with no image leaves too (labels are
+  made contiguous again). The fingerprint stays the source's."""
+  if not drop:
+    return plan
+  keep = np.setdiff1d(np.arange(len(plan)), np.asarray(drop, np.int64))
+  old = plan.labels[keep]
+  ids, dense = np.unique(old, return_inverse=True)
+  return Plan(plan.kind, plan.root, [plan.items[k] for k in keep], dense.astype(np.int32),
+              [plan.identities[i] for i in ids], plan.fingerprint)
 
 
 def _start(path: str, want: dict) -> None:
@@ -156,8 +209,7 @@ def write_index(path: str, plan: Plan, meta: dict) -> None:
   with open(os.path.join(path, records.IDENTITIES), "w", encoding="utf-8") as f:
     f.writelines(f"{i}\n" for i in plan.identities)
   with open(os.path.join(path, records.SOURCES), "w", encoding="utf-8") as f:
-    f.writelines(f"{plan.root}/{i}\n" if plan.kind == "folder" else f"{plan.root}@{i}\n"
-                 for i in plan.items)
+    f.writelines(f"{src}\n" for src in source_names(plan))
   tmp = os.path.join(path, records.META + ".tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(meta, f, indent=1)
@@ -181,17 +233,21 @@ def _run_shards(tasks: list[tuple], total: int, done: int, workers: int) -> None
 
 
 def prepare(plan: Plan, out_dir: str, fit: Fit, *, encoding: str = "jpeg", quality: int = 95,
-            workers: int = 0, records_per_shard: int = RECORDS_PER_SHARD) -> str:
+            workers: int = 0, records_per_shard: int = RECORDS_PER_SHARD,
+            alignment: aligned.Alignment | None = None) -> str:
   """Prepares ``plan`` into ``out_dir/prepared_name(...)`` unless it is there; returns
   that folder. Resumes a killed preparation; waits for another process preparing it.
 
-  ``workers``: processes fitting and encoding (0: every CPU core).
+  ``workers``: processes fitting and encoding (0: every CPU core). ``alignment`` (see
+  ``aligned.py``): faces are detected once (cached under ``out_dir/detections``), the picked
+  face of each image is warped onto the template and stored; images without a face follow
+  ``alignment.no_face`` and are listed in ``no_face.json`` / ``no_face.csv`` in the folder.
   """
   if encoding not in records.ENCODINGS:
     raise ValueError(f"encoding {encoding!r}: expected one of {records.ENCODINGS}")
   if len(plan) == 0:
     raise raw.DataError(f"{plan.root}: no images to prepare")
-  path = os.path.join(out_dir, prepared_name(plan, fit, encoding))
+  path = os.path.join(out_dir, prepared_name(plan, fit, encoding, alignment))
   os.makedirs(out_dir, exist_ok=True)
   with open(path + ".lock", "a+") as lock:
     try:
@@ -201,8 +257,24 @@ def prepare(plan: Plan, out_dir: str, fit: Fit, *, encoding: str = "jpeg", quali
       fcntl.flock(lock, fcntl.LOCK_EX)
     if records.is_prepared(path):
       return path
-    want = plan_record(plan, fit, encoding, quality, records_per_shard)
+    lms, located, sources = None, None, None
+    if alignment is not None:
+      located = aligned.locate(detections(plan, out_dir, alignment), alignment.pick)
+      sources = source_names(plan)
+      _say_no_face(plan, located, alignment, path)
+      if alignment.no_face == "drop":
+        keep = np.setdiff1d(np.arange(len(plan)), np.asarray(located.no_face, np.int64))
+        lms = [located.landmarks[k] for k in keep]
+        plan = without(plan, located.no_face)
+        if len(plan) == 0:
+          raise raw.DataError(f"{plan.root}: no face found in any image; data.no_face='drop' "
+                              "leaves nothing to prepare")
+      else:
+        lms = located.landmarks
+    want = plan_record(plan, fit, encoding, quality, records_per_shard, alignment)
     _start(path, want)
+    if located is not None:
+      aligned.write_report(path, sources, located, alignment)
     n = -(-len(plan) // records_per_shard)
     shards = [records.shard_name(k, n) for k in range(n)]
     tasks, done = [], 0
@@ -211,8 +283,11 @@ def prepare(plan: Plan, out_dir: str, fit: Fit, *, encoding: str = "jpeg", quali
       if os.path.exists(os.path.join(path, name)):
         done += hi - lo
       else:
-        tasks.append((plan.kind, plan.root, plan.items[lo:hi], fit, encoding, quality,
-                      os.path.join(path, name)))
+        task = (plan.kind, plan.root, plan.items[lo:hi], fit, encoding, quality,
+                os.path.join(path, name))
+        if lms is not None:
+          task += ((alignment.template, lms[lo:hi]),)
+        tasks.append(task)
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     print(f"preparing {len(plan)} images of {len(plan.identities)} identities from {plan.root} "
           f"into {path} ({len(tasks)} of {n} shards to write, {workers} worker(s))",
@@ -222,5 +297,19 @@ def prepare(plan: Plan, out_dir: str, fit: Fit, *, encoding: str = "jpeg", quali
     except raw.DataError:
       shutil.rmtree(path, ignore_errors=True)   # no partial dataset for a later run to read
       raise
-    write_index(path, plan, {**want, "shards": shards})
+    meta = {**want, "shards": shards}
+    if located is not None:
+      meta["align"] = {**meta["align"], "found": located.stats}
+    write_index(path, plan, meta)
   return path
+
+
+def _say_no_face(plan: Plan, located: aligned.Located, alignment: aligned.Alignment,
+                 path: str) -> None:
+  st = located.stats
+  what = ("fitted as the central crop instead (data.no_face='center_crop')"
+          if alignment.no_face == "center_crop" else "dropped (data.no_face='drop')")
+  print(f"aligned: a face in {st['with_face']} of {st['images']} images of {plan.root} "
+        f"(several faces in {st['several_faces']}, picked by data.align_pick="
+        f"{alignment.pick!r}); {st['no_face']} without a face are {what}, listed in "
+        f"{os.path.join(path, aligned.REPORT_JSON)}", file=sys.stderr, flush=True)

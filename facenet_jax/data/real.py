@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from facenet_jax.data import raw
+from facenet_jax.data import aligned, prepare as prepare_shards, raw, records
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.data.images import Fit, fit_image
 from infra import distributed
@@ -220,9 +220,11 @@ def load_orl(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, Identi
 
 # -- LFW ----------------------------------------------------------------------------------
 
-def _lfw_builders(config: ml_collections.ConfigDict):
+def _lfw_builders(config: ml_collections.ConfigDict, images: bool = True):
+  """The prepared ``images`` (None when not asked: aligned LFW reads the files itself) and
+  ``pairs`` builders."""
   manual = _manual_dir(config, required=False)
-  images = prepare("lfw", tfds_dir(config), manual, "images")
+  images = prepare("lfw", tfds_dir(config), manual, "images") if images else None
   pairs = prepare("lfw", tfds_dir(config), manual, "pairs")
   return images, pairs
 
@@ -259,13 +261,59 @@ def _index_pairs(rows: _Rows, pairs: list[dict]) -> VerificationPairs:
 
 
 def _lfw_rows(config: ml_collections.ConfigDict, fit: Fit | None):
-  images_b, pairs_b = _lfw_builders(config)
+  alignment = aligned.alignment_of(config)
+  images_b, pairs_b = _lfw_builders(config, images=alignment is None)
   pairs, fold_of = _lfw_pair_meta(pairs_b)
   num_folds = max(fold_of.values()) + 1
   test = _check_fold(config, num_folds)
   # people in no View 2 pair (the full LFW has ~1,500) are left out of both sides
-  rows = _read(images_b, "train", fit, keep=lambda m: m["identity"] in fold_of)
+  keep = lambda m: m["identity"] in fold_of
+  if alignment is None:
+    rows = _read(images_b, "train", fit, keep=keep)
+  else:
+    rows = _lfw_aligned_rows(config, alignment, fit, keep, pairs)
   return rows, pairs, fold_of, test
+
+
+def _lfw_aligned_rows(config: ml_collections.ConfigDict, alignment: aligned.Alignment,
+                      fit: Fit | None, keep: Callable[[dict], bool], pairs: list[dict]) -> _Rows:
+  """LFW with ``data.align`` set: the images folder prepared once as an aligned identity
+  folder (``prepare.prepare``: detection cached, crops stored as shards, no-face report), read
+  back whole (it is 7,701 images) in the order ``_read`` gives. ``fit`` None: metadata only."""
+  manual = _manual_dir(config, required=False)
+  if manual is None:
+    raise raw.DataError(f"config.data.align = {config.data.align!r} with data.source='lfw' needs "
+                        "config.data.data_dir (the LFW folder holding images/); it is empty")
+  from facenet_jax.data.tfds_builders.lfw import _images_dir   # lazy: imports tfds
+  root = _images_dir(manual)
+  d = config.data
+  plan = prepare_shards.folder_plan(root)
+  out = os.path.join(tfds_dir(config), "prepared")
+  use = fit_of(config)   # names the folder even when no image is decoded
+  distributed.run_on_process_zero_then_barrier(
+      lambda: prepare_shards.prepare(plan, out, use, encoding=d.record_encoding,
+                                     workers=int(d.prepare_workers), alignment=alignment),
+      PREPARE_TIMEOUT_S, f"aligned lfw prepared in {out} by process 0")
+  path = os.path.join(out, prepare_shards.prepared_name(plan, use, d.record_encoding, alignment))
+  prepared = records.open_prepared(path)
+  with open(os.path.join(path, records.SOURCES), encoding="utf-8") as f:
+    rels = ["/".join(line.rstrip("\n").split("/")[-2:]) for line in f]
+  meta = [{"identity": r.split("/")[0], "file_name": r} for r in rels]
+  held = {m["file_name"] for m in meta}
+  lost = sorted({p[k] for p in pairs for k in ("file_a", "file_b")} - held)
+  if lost:
+    raise raw.DataError(
+        f"lfw: data.no_face='drop' dropped {len(lost)} image(s) that View 2 pairs name (first "
+        f"{lost[0]}; all in {os.path.join(path, aligned.REPORT_JSON)}): the protocol needs every "
+        "pair, so use data.no_face='center_crop' for LFW")
+  idx = [k for k, m in enumerate(meta) if keep(m)]
+  idx.sort(key=lambda k: (raw.natural_key(meta[k]["identity"]), raw.natural_key(meta[k]["file_name"])))
+  if fit is None:
+    return _Rows(np.zeros((len(idx), 0), np.uint8), [meta[k] for k in idx])
+  imgs = records.RecordImages(prepared)
+  arr = np.concatenate([imgs.read(idx[c:c + _CHUNK])[0] for c in range(0, len(idx), _CHUNK)]) \
+      if idx else np.zeros((0, use.size, use.size, use.channels), np.uint8)
+  return _Rows(arr, [meta[k] for k in idx])
 
 
 def lfw_calibration_folds(config: ml_collections.ConfigDict, num_folds: int) -> tuple[int, ...]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from facenet_jax.data import real, streamed
+from facenet_jax.data import aligned, real, streamed
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.data.ekg import EKGSpec, make_ekg_identities
 from facenet_jax.data.volumes import VolumeSpec, make_volume_identities
@@ -79,8 +79,17 @@ SOURCES = {"synthetic": _synthetic, "ekg": _ekg, "volume": _volume, "orl": real.
            "recordio": streamed.load}
 
 
+# sources whose preparation can detect and align faces (data.align="mtcnn")
+ALIGNABLE = ("lfw", "folder", "recordio")
+
+
 def load(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
   source = config.data.source
   if source not in SOURCES:
     raise ValueError(f"config.data.source = {source!r}: expected one of {sorted(SOURCES)}")
+  aligned.check_config(config)   # data.align / no_face / ...: one-line errors before any data work
+  if aligned.alignment_of(config) is not None and source not in ALIGNABLE:
+    raise aligned.AlignConfigError(
+        f"config.data.align = {config.data.align!r}: data.source={source!r} cannot be aligned "
+        f"(alignment is for photos of faces: data.source one of {ALIGNABLE})")
   return SOURCES[source](config)

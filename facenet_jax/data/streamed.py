@@ -22,7 +22,7 @@ import os
 import ml_collections
 import numpy as np
 
-from facenet_jax.data import prepare, raw, records
+from facenet_jax.data import aligned, prepare, raw, records
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.data.images import Fit
 from infra import distributed
@@ -62,14 +62,25 @@ def prepared_path(config: ml_collections.ConfigDict) -> str:
   plan = _plan(config, root)   # every process: it names the folder
   out = os.path.join(os.path.abspath(os.path.expanduser(config.data.tfds_dir)), "prepared")
   d = config.data
+  alignment = aligned.alignment_of(config)
   run = lambda: prepare.prepare(plan, out, fit_of(config), encoding=d.record_encoding,
-                                workers=int(d.prepare_workers))
+                                workers=int(d.prepare_workers), alignment=alignment)
   distributed.run_on_process_zero_then_barrier(run, PREPARE_TIMEOUT_S,
                                                f"dataset {root} prepared by process 0")
-  return os.path.join(out, prepare.prepared_name(plan, fit_of(config), d.record_encoding))
+  return os.path.join(out, prepare.prepared_name(plan, fit_of(config), d.record_encoding, alignment))
 
 
 def _check_fit(prepared: records.PreparedDataset, config: ml_collections.ConfigDict) -> None:
+  alignment = aligned.alignment_of(config)
+  want_key = alignment.key() if alignment is not None else None
+  have_key = (prepared.meta.get("align") or {}).get("key")
+  if want_key != have_key:
+    have = "not aligned" if have_key is None else f"aligned ({prepared.meta['align']['template']}, " \
+        f"no_face={prepared.meta['align']['no_face']}, key {have_key})"
+    raise raw.DataError(
+        f"{prepared.path} holds images {have}; config.data.align={config.data.get('align', 'none')!r} "
+        f"asks for {'unaligned images' if want_key is None else 'alignment key ' + want_key}: "
+        "set data.align and its fields to match, or prepare from the raw images")
   want, have = fit_of(config), prepared.fit
   if want != have:
     raise raw.DataError(

@@ -277,3 +277,22 @@ def test_stop_landing_after_the_checkpoint_decision_waits_one_step(tmp_path, mon
     train.train_and_evaluate(config, str(tmp_path))
   assert e.value.step == 5
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]
+
+
+def test_scripts_keep_compiled_programs_unless_told_not_to(tmp_path):
+  """cli.use_compile_cache: the persistent cache goes to ~/.cache/facenet_jax/xla (or under
+  $XDG_CACHE_HOME); the user's own JAX_COMPILATION_CACHE_DIR wins; FACENET_COMPILE_CACHE=off
+  leaves it off. A second start of a script then finds the train step compiled (shown in the
+  README's start-up figures; not timed here)."""
+  from infra import cli
+  env = {"XDG_CACHE_HOME": str(tmp_path)}
+  cli.use_compile_cache(env)
+  assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "facenet_jax" / "xla")
+  env = {"JAX_COMPILATION_CACHE_DIR": "/mine"}
+  cli.use_compile_cache(env)
+  assert env == {"JAX_COMPILATION_CACHE_DIR": "/mine"}
+  env = {"FACENET_COMPILE_CACHE": "off"}
+  cli.use_compile_cache(env)
+  assert env == {"FACENET_COMPILE_CACHE": "off"}
+  env = {"HOME": str(tmp_path)}
+  assert cli.default_compile_cache(env).endswith(os.path.join(".cache", "facenet_jax", "xla"))

@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/train_facenet.py --config=configs/facenet.py --workdir=runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=15 tests
 
 clean:
 	rm -rf runs

@@ -13,9 +13,13 @@ All generated data goes under ``--work`` (default /tmp/facenet_input_bench), nev
 3. host throughput: ``data/batches.TrainBatches`` (read, decode, batch; the records are
    already fitted) over the prepared shards, P x K = 45 x 4, with 1 and 2 grain workers
    at 112 and 160 px: images/s and images/s per worker process.
-4. a training run per shard size: ``scripts/train_facenet.py --config.data.source=folder``
+   Images per CPU second (this process and its workers) are printed beside images per
+   wall second: per core, and robust to other jobs on a shared machine.
+4. training runs per shard size: ``scripts/train_facenet.py --config.data.source=folder``
    on the prepared folder (small ConvNet, ``--train_steps`` steps): seconds from launch to
-   the first finished step, and the peak RSS of its process tree (polled every 0.1 s).
+   the first finished step, and the peak RSS of its process tree (polled every 0.1 s); a
+   cold start (empty compilation cache: the first size's first run compiles), then the same
+   run again (warm: the train step comes from the cache, as on a resume or rerun).
 """
 
 from __future__ import annotations
@@ -94,29 +98,49 @@ def write_shards(path: str, n: int, size: int, per_shard: int = prepare.RECORDS_
   return path
 
 
-def throughput(path: str, workers: int, steps: int) -> float:
-  """Images/s of TrainBatches over ``path`` (first batch, with worker start, excluded)."""
+def _cpu_seconds(proc: psutil.Process) -> float:
+  """User + system CPU seconds of ``proc`` and its live children (grain's workers)."""
+  total = 0.0
+  for p in [proc] + proc.children(recursive=True):
+    try:
+      t = p.cpu_times()
+      total += t.user + t.system
+    except psutil.Error:
+      pass
+  return total
+
+
+def throughput(path: str, workers: int, steps: int) -> dict:
+  """TrainBatches over ``path`` (first batch, with worker start, excluded): images per wall
+  second, and images per CPU second of this process and its workers, which is what one
+  core would deliver and much less sensitive than wall time to other jobs on the machine."""
   ds = records.open_prepared(path)
   loader = batches.TrainBatches(records.RecordImages(ds), PKSampler(ds.labels, 45, 4, 0),
                                 steps + 1, workers=workers, prefetch=4)
   loader(0)
-  t = time.perf_counter()
+  me = psutil.Process()
+  cpu0, t = _cpu_seconds(me), time.perf_counter()
   for s in range(1, steps + 1):
     loader(s)
-  dt = time.perf_counter() - t
+  dt, cpu = time.perf_counter() - t, _cpu_seconds(me) - cpu0
   loader.close()
-  return steps * 180 / dt
+  return {"images_per_s": steps * 180 / dt, "per_worker": steps * 180 / dt / workers,
+          "images_per_cpu_s": steps * 180 / cpu}
 
 
-def train_run(path: str, size: int, workdir: str, steps: int) -> dict:
-  """Launch-to-first-step seconds and peak RSS (process tree) of a short training run."""
+def train_run(path: str, size: int, workdir: str, steps: int, cache: str) -> dict:
+  """Launch-to-first-step seconds and peak RSS (process tree) of a short training run whose
+  compiled programs are kept under ``cache`` (an empty one: a cold start)."""
   cmd = [sys.executable, os.path.join(REPO, "scripts/train_facenet.py"), "--config=configs/facenet.py",
          f"--workdir={workdir}", "--config.data.source=folder", f"--config.data.data_dir={path}",
          f"--config.data.image_size={size}", f"--config.num_steps={steps}", "--config.log_every=1",
          f"--config.eval_every={steps}", f"--config.checkpoint_every={steps}",
          "--config.identities_per_batch=16", "--config.images_per_identity=4"]
   t0 = time.time()
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env["XDG_CACHE_HOME"] = cache   # scripts keep compiled programs under it (infra/cli.py)
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=env)
   lines, first = [], []
 
   def read():   # the first step's progress line marks the end of start-up
@@ -169,14 +193,15 @@ def main(argv):
   for px in (112, 160):
     path = write_shards(os.path.join(work, f"shards{sizes[0]}_{px}"), sizes[0], px)
     for w in (1, 2):
-      rate = throughput(path, w, _STEPS.value)
-      out["throughput"][f"{px}px_{w}w"] = {"images_per_s": rate, "per_worker": rate / w}
+      out["throughput"][f"{px}px_{w}w"] = throughput(path, w, _STEPS.value)
       print(px, w, out["throughput"][f"{px}px_{w}w"], flush=True)
+  cache = os.path.join(work, f"xla_cache{time.time_ns()}")   # empty: the first run compiles
   for n in sizes:
     path = write_shards(os.path.join(work, f"shards{n}_112"), n, 112)
-    out["train"][n] = train_run(path, 112, os.path.join(work, f"run{n}_{time.time_ns()}"),
-                                _TRAIN_STEPS.value)
-    print(n, out["train"][n], flush=True)
+    for start in ("cold", "warm"):   # warm: the same run started again, programs cached
+      out["train"][f"{n}_{start}"] = r = train_run(
+          path, 112, os.path.join(work, f"run{n}_{time.time_ns()}"), _TRAIN_STEPS.value, cache)
+      print(n, start, r, flush=True)
   out["load_after"] = os.getloadavg()[0]
   print(json.dumps(out, indent=1))
 

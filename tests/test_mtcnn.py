@@ -212,14 +212,113 @@ def test_nms_matches_loop(method, threshold):
   assert 5 < len(keep) < 80
 
 
+def loop_nms_fast(boxes, threshold, method):
+  """The mtcnn package's rule as a loop: boxes in order, i dropped when any j < i overlaps it."""
+  keep = []
+  for i in range(len(boxes)):
+    dropped = False
+    for j in range(i):
+      iw = max(0.0, min(boxes[i][2], boxes[j][2]) - max(boxes[i][0], boxes[j][0]))
+      ih = max(0.0, min(boxes[i][3], boxes[j][3]) - max(boxes[i][1], boxes[j][1]))
+      area = lambda q: (q[2] - q[0]) * (q[3] - q[1])
+      denom = (area(boxes[i]) + area(boxes[j]) - iw * ih if method == "union"
+               else min(area(boxes[i]), area(boxes[j])))
+      dropped |= iw * ih / denom > threshold
+    if not dropped:
+      keep.append(i)
+  return keep
+
+
+@pytest.mark.parametrize("method,threshold", [("union", 0.5), ("union", 0.7), ("min", 0.7)])
+def test_nms_fast_matches_loop(method, threshold):
+  rng = np.random.default_rng(6)
+  xy = rng.uniform(0, 60, (70, 2))
+  boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (70, 2))], 1)
+  order = box_ops.order_desc(rng.uniform(size=70))
+  keep = box_ops.nms_fast(boxes[order], threshold, method)
+  assert list(keep) == loop_nms_fast(boxes[order], threshold, method)
+  assert 3 < len(keep) < 70
+  # a suppressed box still suppresses: fewer kept than greedy NMS of the same order
+  assert len(keep) <= len(box_ops.nms(boxes[order], -np.arange(70.0), threshold, method))
+
+
 def test_square_and_calibrate():
   b = np.array([[10.0, 20.0, 30.0, 60.0]])
   np.testing.assert_allclose(box_ops.square(b), [[0.0, 20.0, 40.0, 60.0]])
+  # widths counted inclusively: 21 and 41 px
   np.testing.assert_allclose(box_ops.calibrate(b, np.array([[0.1, -0.1, 0.5, 0.0]])),
-                             [[12.0, 16.0, 40.0, 60.0]])
+                             [[12.1, 15.9, 40.5, 60.0]])
+
+
+def test_area_matrix():
+  a = detect.area_matrix(3, 6)   # integer factor: means of pixel pairs
+  np.testing.assert_allclose(a, np.kron(np.eye(3), [[0.5, 0.5]]))
+  a = detect.area_matrix(106, 250)
+  np.testing.assert_allclose(a.sum(1), 1, rtol=1e-6)
+  r = 250 / 106   # output 1 covers [r, 2 r): part of pixel 2, pixel 3, part of pixel 4
+  np.testing.assert_allclose(a[1, 2:5], np.array([3 - r, 1, 2 * r - 4]) / r, rtol=1e-6)
+  img = np.random.default_rng(7).uniform(0, 255, (30, 41, 3)).astype(np.float32)
+  got = detect.area_resize(img, 12, 17)
+  want = np.einsum("ih,hwc,jw->ijc", detect.area_matrix(12, 30).astype(np.float64), img,
+                   detect.area_matrix(17, 41).astype(np.float64))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+  assert [detect.level_size(250, s) for s in detect.pyramid_scales(250, 250)] == [
+      150, 106, 75, 53, 37, 26, 19, 13]   # truncated, as TensorFlow sizes the package's levels
+
+
+def np_crop_and_resize(img, box, size):
+  """TensorFlow's crop_and_resize for one box (y1, x1, y2, x2 as fractions), a plain loop."""
+  H, W = img.shape[:2]
+  y1, x1, y2, x2 = box
+  out = np.zeros((size, size, img.shape[2]))
+  for t in range(size):
+    in_y = y1 * (H - 1) + t * (y2 - y1) * (H - 1) / (size - 1)
+    if not 0 <= in_y <= H - 1:
+      continue
+    ty, by = int(np.floor(in_y)), int(np.ceil(in_y))
+    for u in range(size):
+      in_x = x1 * (W - 1) + u * (x2 - x1) * (W - 1) / (size - 1)
+      if not 0 <= in_x <= W - 1:
+        continue
+      lx, rx = int(np.floor(in_x)), int(np.ceil(in_x))
+      top = img[ty, lx] + (img[ty, rx] - img[ty, lx]) * (in_x - lx)
+      bottom = img[by, lx] + (img[by, rx] - img[by, lx]) * (in_x - lx)
+      out[t, u] = top + (bottom - top) * (in_y - ty)
+  return out
+
+
+def test_crop_and_resize_matches_loop():
+  rng = np.random.default_rng(8)
+  imgs = rng.uniform(-1, 1, (2, 40, 50, 3)).astype(np.float32)
+  hw = np.array([[40, 50], [33, 27]], np.float32)   # the second image is padded
+  boxes = np.array([[0.1, 0.2, 0.6, 0.7], [-0.2, -0.1, 0.5, 0.4], [0.3, 0.5, 1.2, 1.1]], np.float32)
+  img_n = np.array([0, 1, 1], np.int32)
+  got = np.asarray(detect.crop_and_resize(imgs, img_n, boxes, hw[img_n], 24))
+  for k in range(3):
+    H, W = hw[img_n[k]].astype(int)
+    want = np_crop_and_resize(imgs[img_n[k], :H, :W].astype(np.float64), boxes[k], 24)
+    np.testing.assert_allclose(got[k], want, atol=1e-5)
+  assert (got[1] == 0).any() and (got[2] == 0).any()   # outside the image: 0
+
+
+def test_pnet_mask_makes_padding_invisible(random_npz):
+  """A level padded at the bottom/right, with its real size given, yields the unpadded outputs."""
+  pnet = nets.load_weights(random_npz[0])["pnet"]
+  rng = np.random.default_rng(9)
+  for h, w in ((23, 30), (24, 31), (13, 12)):
+    x = rng.uniform(-1, 1, (1, h, w, 3)).astype(np.float32)
+    padded = np.concatenate([x, np.full((1, 40 - h, w, 3), 5.0, np.float32)], 1)
+    padded = np.concatenate([padded, np.full((1, 40, 44 - w, 3), -3.0, np.float32)], 2)
+    want = pnet(x)
+    got = pnet(padded, np.array([[h - 2, w - 2]], np.int32))
+    oh, ow = (h - 1) // 2 - 4, (w - 1) // 2 - 4
+    assert want[1].shape[1:3] == (oh, ow)
+    for g, wv in zip(got, want):
+      np.testing.assert_allclose(np.asarray(g)[:, :oh, :ow], np.asarray(wv), atol=1e-5)
 
 
 def test_pyramid_and_buckets():
+  assert detect.Settings.reference().thresholds == (0.6, 0.7, 0.8)
   s = detect.pyramid_scales(250, 250, 20, 0.709)
   np.testing.assert_allclose(s, 0.6 * 0.709 ** np.arange(len(s)))
   assert 250 * s[-1] >= 12 > 250 * s[-1] * 0.709 and len(s) == 8
@@ -406,3 +505,84 @@ def test_convert_real_wheel_equals_shared_weights(convert_script, tmp_path):
     assert list(got) == list(want.files)
     for k in want.files:
       np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+# ----------------------------------------------------------------------------- against the package
+
+
+REF_PYTHON = os.environ.get("MTCNN_REF_PYTHON", "/work/venvs/mtcnn_ref/bin/python")
+
+
+@pytest.fixture(scope="module")
+def reference_script():
+  import importlib.util
+  path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "mtcnn_reference.py")
+  spec = importlib.util.spec_from_file_location("mtcnn_reference", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_comparison_metrics(reference_script):
+  """IoU and the per-image agreement of benchmarks/mtcnn_reference.py against plain loops."""
+  rng = np.random.default_rng(10)
+  xy = rng.uniform(0, 100, (6, 2))
+  a = np.concatenate([xy, xy + rng.uniform(10, 50, (6, 2))], 1)
+  b = a + rng.normal(0, 4, a.shape)
+  got = reference_script.iou_matrix(a, b)
+  for i in range(6):
+    for j in range(6):
+      iw = max(0.0, min(a[i, 2], b[j, 2]) - max(a[i, 0], b[j, 0]))
+      ih = max(0.0, min(a[i, 3], b[j, 3]) - max(a[i, 1], b[j, 1]))
+      union = np.prod(a[i, 2:] - a[i, :2]) + np.prod(b[j, 2:] - b[j, :2]) - iw * ih
+      assert got[i, j] == pytest.approx(iw * ih / union)
+  row = lambda box, score, lm: np.concatenate([box, [score], lm[:, 0], lm[:, 1]])[None]
+  lm = np.array([[40, 50], [60, 50], [50, 60], [42, 70], [58, 70]], np.float64)
+  box = np.array([30.0, 30, 70, 80])
+  ref = [row(box, 0.99, lm), row(box, 0.99, lm), np.zeros((0, 15)), row(box, 0.9, lm)]
+  ref[3] = np.concatenate([row(box + 200, 0.95, lm + 200), ref[3]])   # the top face is the other
+  ours = [row(box + 1, 0.98, lm + [1.0, 1.0]),       # IoU 0.91, landmarks 1.41 px off: agrees
+          row(box, 0.99, lm + [0.0, 2.5]),           # a landmark 2.5 px off
+          row(box, 0.99, lm),                        # found where the reference found none
+          np.concatenate([row(box, 0.9, lm), row(box + 200, 0.95, lm + 200)])]
+  c = reference_script.compare_detections(ours, ref)
+  assert (c["images"], c["ref_found"], c["ours_found"], c["both_found"]) == (4, 3, 4, 3)
+  assert (c["iou_ok"], c["lm_ok"], c["agree"], c["same_count"]) == (3, 2, 2, 3)
+  assert c["iou"][0] == pytest.approx(39 * 49 / (2 * 40 * 50 - 39 * 49))
+  assert c["lm_err"][0] == pytest.approx(np.sqrt(2)) and c["lm_err"][1] == pytest.approx(2.5)
+  assert np.isnan(c["iou"][2]) and c["iou"][3] == 1.0
+
+
+@needs_lfw
+def test_matches_the_mtcnn_package(reference_script, tmp_path):
+  """The mtcnn 1.0.0 package itself (its own venv, $MTCNN_REF_PYTHON) on 4 LFW photos: the
+  networks agree to 1e-4 on its own inputs, and the detections to 1e-2 px."""
+  import subprocess
+  if not os.path.isfile(REF_PYTHON):
+    pytest.skip(f"no reference venv at {REF_PYTHON} (see benchmarks/mtcnn_reference.py; "
+                f"set MTCNN_REF_PYTHON)")
+  r = subprocess.run([REF_PYTHON, reference_script.__file__, "reference", f"--out={tmp_path}",
+                      "--n=4", f"--lfw={LFW}"], capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  with np.load(tmp_path / "nets.npz") as z:
+    arrays = dict(z)
+  loaded = nets.load_weights(WEIGHTS)
+  for k in range(3):
+    reg, prob = nets.Jitted(loaded["pnet"])(arrays[f"pnet/{k}/x"] * 128 + 127.5)
+    np.testing.assert_allclose(np.asarray(reg), arrays[f"pnet/{k}/reg"], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(prob), arrays[f"pnet/{k}/prob"], atol=1e-4)
+  for name in ("rnet", "onet"):
+    got = nets.Jitted(loaded[name])(arrays[f"{name}/x"] * 128 + 127.5)
+    for j, g in enumerate(got):
+      want = arrays[f"{name}/out{j}"]
+      np.testing.assert_allclose(np.asarray(g), want[:, 1] if j == len(got) - 1 else want, atol=1e-4)
+  rel = [os.path.relpath(p, LFW) for p in reference_script.lfw_paths(LFW, 4)]
+  ref = reference_script.load_parts(str(tmp_path / "ref"), rel)
+  det = detect.MTCNN(loaded, detect.Settings.reference())
+  ours = [reference_script.faces_rows(f) for f in det.detect(
+      [np.asarray(Image.open(os.path.join(LFW, p)).convert("RGB")) for p in rel])]
+  for o, want in zip(ours, ref):
+    assert o.shape == want.shape
+    np.testing.assert_allclose(o[:, :4], want[:, :4], atol=1e-2)
+    np.testing.assert_allclose(o[:, 5:], want[:, 5:], atol=1e-2)
+    np.testing.assert_allclose(o[:, 4], want[:, 4], atol=1e-4)

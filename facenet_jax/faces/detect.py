@@ -4,36 +4,49 @@
   faces = detector(rgb_HxWx3)          # Faces: boxes_Nx4, scores_N, landmarks_Nx5x2
   faces_per_image = detector.detect([rgb_a, rgb_b, ...])   # one batch
 
-Stages (Zhang et al. 2016, and the order of their MATLAB ``detect_face.m``):
+Stages, step for step as the ``mtcnn`` 1.0.0 package (whose weights these are) computes them,
+so that its detections are reproduced (benchmarks/mtcnn_reference.py checks this on LFW):
 
 1. Pyramid: scales ``m * f**k`` with ``m = 12 / min_face_size``, ``f = scale_factor``, for
-   every k whose scaled short side is still >= 12 px (P-Net's window). Each level is an
-   area (box-filter) downscale of the image, as OpenCV's INTER_AREA in the original.
-2. P-Net on every level: an output position (ox, oy) is the 12x12 window at (2 ox, 2 oy)
-   of the level, i.e. ``[2 ox, 2 oy, 2 ox + 12, 2 oy + 12] / scale`` in the image. Windows
-   scoring > thresholds[0] go through NMS per level (IoU 0.5), then per image (IoU 0.7);
-   the survivors are moved by their box offsets (:func:`boxes.calibrate`) and squared.
-3. R-Net on a 24x24 area-resampled crop of each box (zero = black outside the image):
-   score > thresholds[1], NMS (IoU 0.7) on the boxes *before* regression, then regression
-   and squaring.
-4. O-Net on 48x48 crops: score > thresholds[2]; landmarks ``x1 + w * p`` on the box O-Net
-   saw; regression, then NMS with overlap over the smaller box ("min", 0.7).
+   every k whose scaled short side is still >= 12 px (P-Net's window). Level k is an area
+   (box-filter) resampling of the image to ``int(H * s), int(W * s)`` px (TensorFlow's AREA
+   resize, truncated sizes), done as two matrix products (:func:`area_matrix`).
+2. P-Net on every level: output position (ox, oy) is the 12x12 window at (2 ox, 2 oy) of the
+   level, which the package writes as ``[2 ox + 1, 2 oy + 1, 2 ox + 12, 2 oy + 12]``; windows
+   scoring > thresholds[0] are moved by their regression (times 11, that box's width) and
+   mapped to the image by ``/ s``; NMS per level (IoU 0.5), then per image
+   (IoU 0.7), then squared.
+3. R-Net on a 24x24 bilinear crop of each box (TensorFlow's ``crop_and_resize`` with the box
+   divided by the image size; 0, i.e. grey 127.5, outside the image): box regression
+   (widths ``x2 - x1 + 1``), score > thresholds[1], NMS (IoU 0.7), squaring.
+4. O-Net on 48x48 crops: landmarks ``x1 - 1 + (x2 - x1 + 1) * p`` on the box O-Net saw,
+   regression, score > thresholds[2], NMS with overlap over the smaller box ("min", 0.7).
 
-Compilation: pyramid levels are padded (bottom/right) to a few bucket sizes
-(:func:`bucket`: multiples of 32 px up to 256, coarser above) and stacked into batches of a
-power-of-two count, across all images of a call, so photos of mixed sizes reuse a handful of
-compiled P-Net programs; only windows lying fully inside a level are read back, so the
-padding changes no result. R-Net and O-Net batches are padded to powers of two as well.
+NMS is the package's (:func:`boxes.nms_fast`). The package's own default O-Net threshold is
+0.8 (:meth:`Settings.reference`); this detector's default is Zhang et al.'s 0.7.
+
+Compilation and batching: images are padded (bottom/right) to bucket sizes (:func:`bucket`:
+multiples of 32 px up to 256, coarser above) and batched by bucket in power-of-two counts;
+one jitted call per batch resamples every pyramid level (two matrix products) and runs P-Net
+on all of them (a -inf
+mask ends each level where its real size ends, so padding changes no result). R-Net and
+O-Net each run once per call on the crops of all boxes of all images (cut on the device from
+the padded images), their count padded to 1, 2, 4, 8, 12, 16, 24, 32, ... A handful of
+programs serve photos of any size.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from PIL import Image
 
 from facenet_jax.faces import boxes as box_ops
@@ -57,7 +70,7 @@ class Settings:
   thresholds: face-probability thresholds of P-Net, R-Net and O-Net.
   nms_level, nms_pnet, nms_rnet: IoU thresholds of the per-level, per-image P-Net and
     the R-Net NMS; nms_onet: overlap-over-the-smaller-box threshold after O-Net.
-  max_batch: most pyramid levels (P-Net) or crops / 16 (R/O-Net) per network call.
+  max_batch: most images (P-Net) or crops / 16 (R/O-Net) per network call.
   """
   min_face_size: float = 20.0
   scale_factor: float = 0.709
@@ -77,6 +90,11 @@ class Settings:
       raise FaceInputError(f"thresholds must be 3 probabilities, got {self.thresholds!r}")
     if self.max_batch < 1:
       raise FaceInputError(f"max_batch must be >= 1, got {self.max_batch!r}")
+
+  @staticmethod
+  def reference() -> "Settings":
+    """The ``mtcnn`` 1.0.0 package's defaults: as these, with the O-Net threshold at 0.8."""
+    return Settings(thresholds=(0.6, 0.7, 0.8))
 
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")  # image left/right
@@ -137,28 +155,46 @@ def to_rgb(image) -> np.ndarray:
   return a
 
 
+@functools.lru_cache(maxsize=512)
+def area_matrix(n_out: int, n_in: int) -> np.ndarray:
+  """(n_out, n_in) weights of an area resampling from n_in to n_out pixels: output i averages
+  input [i r, (i + 1) r), r = n_in / n_out, each input pixel weighted by the length of its
+  overlap (TensorFlow's AREA resize)."""
+  r = n_in / n_out
+  i = np.arange(n_out, dtype=np.float64)[:, None]
+  j = np.arange(n_in, dtype=np.float64)[None, :]
+  w = np.clip(np.minimum((i + 1) * r, j + 1) - np.maximum(i * r, j), 0, None) / r
+  w = w.astype(np.float32)
+  w.flags.writeable = False
+  return w
+
+
 def area_resize(rgb_HxWx3: np.ndarray, h: int, w: int) -> np.ndarray:
-  """Area (box-filter) resampling to (h, w, 3), channel by channel in PIL's float mode."""
-  if rgb_HxWx3.shape[:2] == (h, w):
+  """Area (box-filter) resampling to (h, w, 3), as a pyramid level is made."""
+  H, W = rgb_HxWx3.shape[:2]
+  if (H, W) == (h, w):
     return rgb_HxWx3
-  chans = [np.asarray(Image.fromarray(np.ascontiguousarray(rgb_HxWx3[:, :, c]), "F")
-                      .resize((w, h), Image.Resampling.BOX)) for c in range(3)]
-  return np.stack(chans, axis=2)
+  return np.einsum("ih,hwc,jw->ijc", area_matrix(h, H), np.asarray(rgb_HxWx3, np.float32),
+                   area_matrix(w, W), optimize=True).astype(np.float32)
 
 
 def pyramid_scales(height: int, width: int, min_face_size: float = 20.0,
                    scale_factor: float = 0.709) -> list[float]:
   """``m * f**k`` (m = 12 / min_face_size) for each k with ``min(h, w) * m * f**k >= 12``."""
-  scales, s = [], PNET_WINDOW / min_face_size
-  while min(height, width) * s >= PNET_WINDOW:
-    scales.append(s)
-    s *= scale_factor
-  return scales
+  m, k = PNET_WINDOW / min_face_size, 0
+  while min(height, width) * m * scale_factor ** k >= PNET_WINDOW:
+    k += 1
+  return [float(v) for v in m * scale_factor ** np.arange(k)]
+
+
+def level_size(n: int, scale: float) -> int:
+  """Pixels of a pyramid level: ``int(n * scale)`` (truncated, as TensorFlow sizes it)."""
+  return int(n * scale)
 
 
 def bucket(n: int) -> int:
   """``n`` rounded up to a multiple of 32 (<= 256), then of 1/8 of its power of two (<= 12.5%
-  padding), so pyramid levels of any photo fall into a few compiled shapes."""
+  padding), so photos of any size fall into a few compiled shapes."""
   step = max(32, 2 ** max(0, math.ceil(math.log2(max(n, 1))) - 3))
   return -(-n // step) * step
 
@@ -167,19 +203,73 @@ def _pow2(n: int) -> int:
   return 1 << max(0, (n - 1).bit_length())
 
 
-def crop_patches(rgb_HxWx3: np.ndarray, boxes_Nx4: np.ndarray, size: int) -> np.ndarray:
-  """(N, size, size, 3): each box rounded to whole pixels, black outside the image, area
-  resampled (Zhang et al.'s ``pad`` + resize)."""
-  H, W = rgb_HxWx3.shape[:2]
-  out = np.zeros((len(boxes_Nx4), size, size, 3), np.float32)
-  for n, (x1, y1, x2, y2) in enumerate(np.round(boxes_Nx4).astype(np.int64)):
-    x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
-    patch = np.zeros((y2 - y1, x2 - x1, 3), np.float32)
-    sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
-    if sx2 > sx1 and sy2 > sy1:
-      patch[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = rgb_HxWx3[sy1:sy2, sx1:sx2]
-    out[n] = area_resize(patch, size, size)
-  return out
+# ----------------------------------------------------------------------------- device programs
+
+
+def _pnet_pyramid(graphdef, treedef, leaves, images_BxHxWx3, mats, valid_BxKx2):
+  """P-Net on every pyramid level of a batch of padded images: ((offsets, prob), ...) per level.
+  mats: per level the (B, h, H) and (B, w, W) area matrices of each image (zero-padded)."""
+  net = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+  x = nets.normalize(images_BxHxWx3)
+  outs = []
+  for k, (ay, ax) in enumerate(mats):
+    lvl = jnp.einsum("bih,bhwc->biwc", ay, x, precision=jax.lax.Precision.HIGHEST)
+    lvl = jnp.einsum("bjw,biwc->bijc", ax, lvl, precision=jax.lax.Precision.HIGHEST)
+    outs.append(net(lvl, valid_BxKx2[:, k]))
+  return tuple(outs)
+
+
+def crop_and_resize(x_BxHxWxC: jax.Array, img_N: jax.Array, boxes_Nx4: jax.Array, hw_Nx2: jax.Array,
+                    size: int) -> jax.Array:
+  """(N, size, size, C) bilinear crops, as TensorFlow's ``crop_and_resize``: boxes are
+  (y1, x1, y2, x2) as fractions of each image's real (H, W) (``hw_Nx2``); sample t of a crop
+  reads ``y1 (H - 1) + t (y2 - y1) (H - 1) / (size - 1)``; samples outside [0, H - 1] are 0."""
+  f32 = jnp.float32
+  y1, x1, y2, x2 = (boxes_Nx4[:, i:i + 1].astype(f32) for i in range(4))
+  hm1, wm1 = hw_Nx2[:, 0:1].astype(f32) - 1, hw_Nx2[:, 1:2].astype(f32) - 1
+  t = jnp.arange(size, dtype=f32)[None]
+  in_y = y1 * hm1 + t * ((y2 - y1) * hm1 / (size - 1))
+  in_x = x1 * wm1 + t * ((x2 - x1) * wm1 / (size - 1))
+  ok = (((in_y >= 0) & (in_y <= hm1))[:, :, None] & ((in_x >= 0) & (in_x <= wm1))[:, None, :])
+  H, W = x_BxHxWxC.shape[1:3]
+  y0, x0 = jnp.floor(in_y), jnp.floor(in_x)
+  ly, lx = (in_y - y0)[:, :, None, None], (in_x - x0)[:, None, :, None]
+  yt, yb = (jnp.clip(v, 0, H - 1).astype(jnp.int32) for v in (y0, jnp.ceil(in_y)))
+  xl, xr = (jnp.clip(v, 0, W - 1).astype(jnp.int32) for v in (x0, jnp.ceil(in_x)))
+  n = img_N[:, None, None]
+  g = lambda yy, xx: x_BxHxWxC[n, yy[:, :, None], xx[:, None, :]]
+  top_left, top_right, bottom_left, bottom_right = g(yt, xl), g(yt, xr), g(yb, xl), g(yb, xr)
+  top = top_left + (top_right - top_left) * lx
+  bottom = bottom_left + (bottom_right - bottom_left) * lx
+  return jnp.where(ok[..., None], top + (bottom - top) * ly, 0.0)
+
+
+def _crops_net(graphdef, treedef, size, leaves, images_BxHxWx3, img_N, boxes_Nx4, hw_Nx2):
+  """R-Net or O-Net on size x size crops of normalized images (crops cut on the device)."""
+  crops = crop_and_resize(nets.normalize(images_BxHxWx3), img_N, boxes_Nx4, hw_Nx2, size)
+  return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(crops)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted(fn, graphdef, treedef, *static):
+  """``fn`` jitted with the network's structure bound: hashed once per detector, not per call
+  (a flat list of arrays then flattens fast on every call; an NNX State is walked in Python)."""
+  return jax.jit(functools.partial(fn, graphdef, treedef, *static))
+
+
+def _split(net: nnx.Module):
+  """(graphdef, treedef, leaves) of a network."""
+  graphdef, state = nnx.split(net)
+  leaves, treedef = jax.tree.flatten(state)
+  return graphdef, treedef, leaves
+
+
+def _count_bucket(n: int) -> int:
+  """Crops per R-Net/O-Net call, padded: 1, 2, 4, 8, then 2^k or 1.5 * 2^k (<= 33% padding)."""
+  if n <= 8:
+    return _pow2(n)
+  p = _pow2(n)
+  return p * 3 // 4 if n <= p * 3 // 4 else p
 
 
 # ----------------------------------------------------------------------------- detector
@@ -195,7 +285,11 @@ class MTCNN:
   def __init__(self, weights: str | os.PathLike | dict, settings: Settings = Settings()):
     loaded = weights if isinstance(weights, dict) else nets.load_weights(weights)
     self.settings = settings
-    self.pnet, self.rnet, self.onet = (nets.Jitted(loaded[k]) for k in ("pnet", "rnet", "onet"))
+    (pg, pt, self._pnet_leaves), (rg, rt, self._rnet_leaves), (og, ot, self._onet_leaves) = (
+        _split(loaded[k]) for k in ("pnet", "rnet", "onet"))
+    self._pnet = _jitted(_pnet_pyramid, pg, pt)
+    self._rnet = _jitted(_crops_net, rg, rt, 24)
+    self._onet = _jitted(_crops_net, og, ot, 48)
 
   def __call__(self, image) -> Faces:
     return self.detect([image])[0]
@@ -204,94 +298,133 @@ class MTCNN:
     """Faces of each image, one batch through each network (see the module docstring)."""
     st = self.settings
     rgbs = [to_rgb(im) for im in images]
-    img_N, boxes_Nx4, _ = self._proposals(rgbs)
-    if len(img_N):
-      off_Nx4, score_N = self._run(self.rnet, rgbs, img_N, boxes_Nx4, 24)[:2]
-      ok = score_N > st.thresholds[1]
-      img_N, boxes_Nx4, off_Nx4, score_N = img_N[ok], boxes_Nx4[ok], off_Nx4[ok], score_N[ok]
-      keep = box_ops.nms_per_group(boxes_Nx4, score_N, img_N, st.nms_rnet)
-      img_N = img_N[keep]
-      boxes_Nx4 = box_ops.square(box_ops.calibrate(boxes_Nx4[keep], off_Nx4[keep]))
-    lms_Nx5x2, score_N = np.zeros((0, 5, 2), np.float32), np.zeros((0,), np.float32)
-    if len(img_N):
-      off_Nx4, lm_Nx10, score_N = self._run(self.onet, rgbs, img_N, boxes_Nx4, 48)
-      ok = score_N > st.thresholds[2]
-      img_N, boxes_Nx4, off_Nx4, lm_Nx10, score_N = (
-          img_N[ok], boxes_Nx4[ok], off_Nx4[ok], lm_Nx10[ok], score_N[ok])
-      wh_Nx1x2 = (boxes_Nx4[:, 2:] - boxes_Nx4[:, :2])[:, None, :]
-      lms_Nx5x2 = boxes_Nx4[:, None, :2] + wh_Nx1x2 * np.stack([lm_Nx10[:, :5], lm_Nx10[:, 5:]], -1)
-      boxes_Nx4 = box_ops.calibrate(boxes_Nx4, off_Nx4)
-      keep = box_ops.nms_per_group(boxes_Nx4, score_N, img_N, st.nms_onet, "min")
-      img_N, boxes_Nx4, score_N, lms_Nx5x2 = img_N[keep], boxes_Nx4[keep], score_N[keep], lms_Nx5x2[keep]
-    out = []
-    for i, rgb in enumerate(rgbs):
-      sel = np.flatnonzero(img_N == i)
-      sel = sel[np.argsort(-score_N[sel], kind="stable")]
-      note = None
+    out = [Faces.empty() for _ in rgbs]
+    if rgbs:
+      self._cascade(rgbs, out)
+    for rgb, faces in zip(rgbs, out):
       if not pyramid_scales(*rgb.shape[:2], st.min_face_size, st.scale_factor):
-        note = (f"{rgb.shape[1]}x{rgb.shape[0]} px image is smaller than min_face_size="
-                f"{st.min_face_size:g} px: no face can be found in it")
-      out.append(Faces(boxes_Nx4[sel].astype(np.float32), score_N[sel].astype(np.float32),
-                       lms_Nx5x2[sel].astype(np.float32), note))
+        faces.note = (f"{rgb.shape[1]}x{rgb.shape[0]} px image is smaller than min_face_size="
+                      f"{st.min_face_size:g} px: no face can be found in it")
     return out
 
-  def _proposals(self, rgbs: list[np.ndarray]):
-    """Stage 1 over all images: (image index N, squared calibrated boxes Nx4, scores N)."""
+  def _cascade(self, rgbs: list[np.ndarray], out: list[Faces]):
     st = self.settings
-    levels, arrays = [], []   # (image, sy, sx, h, w) and the resampled level
-    for i, rgb in enumerate(rgbs):
-      H, W = rgb.shape[:2]
-      for s in pyramid_scales(H, W, st.min_face_size, st.scale_factor):
-        h, w = max(PNET_WINDOW, math.ceil(H * s)), max(PNET_WINDOW, math.ceil(W * s))
-        levels.append((i, h / H, w / W, h, w))
-        arrays.append(area_resize(rgb, h, w))
+    img_N, boxes_Nx4 = self._proposals(rgbs)
+    if not len(img_N):
+      return
+    # all images once on the device, padded to one shape, for the R-Net and O-Net crops
+    Hb, Wb = bucket(max(r.shape[0] for r in rgbs)), bucket(max(r.shape[1] for r in rgbs))
+    batch = np.zeros((_pow2(len(rgbs)), Hb, Wb, 3), np.float32)
+    for i, r in enumerate(rgbs):
+      batch[i, :r.shape[0], :r.shape[1]] = r
+    images = jnp.asarray(batch)
+    hw = np.array([r.shape[:2] for r in rgbs], np.float64)
+
+    off_Nx4, score_N = self._refine(self._rnet, self._rnet_leaves, images, hw, img_N, boxes_Nx4)
+    boxes_Nx4 = box_ops.calibrate(boxes_Nx4, off_Nx4)
+    ok = score_N > st.thresholds[1]
+    img_N, boxes_Nx4, score_N = img_N[ok], boxes_Nx4[ok], score_N[ok]
+    keep = self._nms(img_N, boxes_Nx4, score_N, st.nms_rnet, "union")
+    img_N, boxes_Nx4 = img_N[keep], box_ops.square(boxes_Nx4[keep])
+    if not len(img_N):
+      return
+
+    off_Nx4, lm_Nx10, score_N = self._refine(self._onet, self._onet_leaves, images, hw, img_N,
+                                             boxes_Nx4)
+    wh_Nx1x2 = (boxes_Nx4[:, 2:] - boxes_Nx4[:, :2] + 1)[:, None, :]
+    lms_Nx5x2 = boxes_Nx4[:, None, :2] - 1 + wh_Nx1x2 * np.stack([lm_Nx10[:, :5], lm_Nx10[:, 5:]], -1)
+    boxes_Nx4 = box_ops.calibrate(boxes_Nx4, off_Nx4)
+    ok = score_N > st.thresholds[2]
+    img_N, boxes_Nx4, score_N, lms_Nx5x2 = img_N[ok], boxes_Nx4[ok], score_N[ok], lms_Nx5x2[ok]
+    keep = self._nms(img_N, boxes_Nx4, score_N, st.nms_onet, "min")   # per image, by score
+    for i in np.unique(img_N[keep]):
+      sel = keep[img_N[keep] == i]
+      out[i] = Faces(boxes_Nx4[sel].astype(np.float32), score_N[sel].astype(np.float32),
+                     lms_Nx5x2[sel].astype(np.float32))
+
+  @staticmethod
+  def _nms(img_N, boxes_Nx4, score_N, threshold, method) -> np.ndarray:
+    """Per image: indices by descending score that NMS keeps, images in order."""
+    keep = []
+    for i in np.unique(img_N):
+      idx = np.flatnonzero(img_N == i)
+      idx = idx[box_ops.order_desc(score_N[idx])]
+      keep.append(idx[box_ops.nms_fast(boxes_Nx4[idx], threshold, method)])
+    return np.concatenate(keep) if keep else np.zeros((0,), np.int64)
+
+  def _proposals(self, rgbs: list[np.ndarray]):
+    """Stage 1 over all images: (image index N, squared boxes Nx4)."""
+    st = self.settings
     groups: dict[tuple[int, int], list[int]] = {}
-    for li, (_, _, _, h, w) in enumerate(levels):
-      groups.setdefault((bucket(h), bucket(w)), []).append(li)
+    for i, r in enumerate(rgbs):
+      if pyramid_scales(*r.shape[:2], st.min_face_size, st.scale_factor):
+        groups.setdefault((bucket(r.shape[0]), bucket(r.shape[1])), []).append(i)
     pending = []   # dispatch every batch before reading any back (the device runs ahead)
-    for (hb, wb), idx in groups.items():
+    for (Hb, Wb), idx in groups.items():
+      scales = pyramid_scales(Hb, Wb, st.min_face_size, st.scale_factor)
+      lv = [(level_size(Hb, s), level_size(Wb, s)) for s in scales]
       for c in range(0, len(idx), st.max_batch):
         chunk = idx[c:c + st.max_batch]
-        batch = np.zeros((_pow2(len(chunk)), hb, wb, 3), np.float32)
-        for j, li in enumerate(chunk):
-          batch[j, :levels[li][3], :levels[li][4]] = arrays[li]
-        pending.append((chunk, self.pnet(batch)))
-    img, boxes, scores, offs = [], [], [], []
-    for chunk, (off, prob) in pending:
-      off, prob = np.asarray(off), np.asarray(prob)
-      for j, li in enumerate(chunk):
-        i, sy, sx, h, w = levels[li]
-        # only windows fully inside the level: padding never reaches a result
-        p = prob[j, :(h - PNET_WINDOW) // PNET_STRIDE + 1, :(w - PNET_WINDOW) // PNET_STRIDE + 1]
-        oy, ox = np.nonzero(p > st.thresholds[0])
-        if not len(oy):
+        B = _pow2(len(chunk))
+        batch = np.zeros((B, Hb, Wb, 3), np.float32)
+        mats = [(np.zeros((B, h, Hb), np.float32), np.zeros((B, w, Wb), np.float32)) for h, w in lv]
+        valid = np.zeros((B, len(lv), 2), np.int32)
+        sizes = []
+        for j, i in enumerate(chunk):
+          H, W = rgbs[i].shape[:2]
+          batch[j, :H, :W] = rgbs[i]
+          mine = []
+          for k, s in enumerate(pyramid_scales(H, W, st.min_face_size, st.scale_factor)):
+            h, w = level_size(H, s), level_size(W, s)
+            mats[k][0][j, :h, :H] = area_matrix(h, H)
+            mats[k][1][j, :w, :W] = area_matrix(w, W)
+            valid[j, k] = (h - 2, w - 2)
+            mine.append((s, h, w))
+          sizes.append(mine)
+        res = self._pnet(self._pnet_leaves, batch, tuple(mats), valid)
+        pending.append((chunk, sizes, res))
+    img, boxes = [], []
+    for chunk, sizes, res in pending:
+      res = [(np.asarray(o), np.asarray(p)) for o, p in res]
+      for j, i in enumerate(chunk):
+        b, sc = [], []
+        for k, (s, h, w) in enumerate(sizes[j]):
+          oh, ow = (h - 1) // 2 - 4, (w - 1) // 2 - 4   # P-Net outputs of an h x w level
+          p = res[k][1][j, :oh, :ow]
+          oy, ox = np.nonzero(p > st.thresholds[0])
+          if not len(oy):
+            continue
+          r = res[k][0][j, oy, ox].astype(np.float64)
+          # the package's window: pixels 2 o + 1 .. 2 o + 12, 11 px wide for the regression
+          win = np.stack([PNET_STRIDE * ox + 1, PNET_STRIDE * oy + 1,
+                          PNET_STRIDE * ox + PNET_WINDOW, PNET_STRIDE * oy + PNET_WINDOW], 1)
+          bk = (win + r * (PNET_WINDOW - 1)) / s
+          score = p[oy, ox]
+          order = box_ops.order_desc(score)
+          keep = order[box_ops.nms_fast(bk[order], st.nms_level)]
+          b.append(bk[keep]), sc.append(score[keep])
+        if not b:
           continue
-        b = np.stack([PNET_STRIDE * ox / sx, PNET_STRIDE * oy / sy,
-                      (PNET_STRIDE * ox + PNET_WINDOW) / sx, (PNET_STRIDE * oy + PNET_WINDOW) / sy], 1)
-        k = box_ops.nms(b, p[oy, ox], st.nms_level)
-        img.append(np.full(len(k), i)), boxes.append(b[k]), scores.append(p[oy, ox][k])
-        offs.append(off[j, oy[k], ox[k]])
+        b, sc = np.concatenate(b), np.concatenate(sc)
+        order = box_ops.order_desc(sc)
+        keep = order[box_ops.nms_fast(b[order], st.nms_pnet)]
+        img.append(np.full(len(keep), i)), boxes.append(box_ops.square(b[keep]))
     if not img:
-      return np.zeros((0,), np.int64), np.zeros((0, 4)), np.zeros((0,))
-    img_N, boxes_Nx4, score_N, off_Nx4 = (np.concatenate(a) for a in (img, boxes, scores, offs))
-    keep = box_ops.nms_per_group(boxes_Nx4, score_N, img_N, st.nms_pnet)
-    boxes_Nx4 = box_ops.square(box_ops.calibrate(boxes_Nx4[keep], off_Nx4[keep].astype(np.float64)))
-    return img_N[keep], boxes_Nx4, score_N[keep]
+      return np.zeros((0,), np.int64), np.zeros((0, 4))
+    return np.concatenate(img), np.concatenate(boxes)
 
-  def _run(self, net: nets.Jitted, rgbs, img_N, boxes_Nx4, size: int):
-    """``net`` on the size x size crops of every box, in power-of-two batches; NumPy outputs."""
-    crops = np.concatenate([crop_patches(rgbs[i], boxes_Nx4[img_N == i], size)
-                            for i in np.unique(img_N)])
-    order = np.concatenate([np.flatnonzero(img_N == i) for i in np.unique(img_N)])
+  def _refine(self, fn, leaves, images, hw_Bx2, img_N, boxes_Nx4):
+    """R-Net or O-Net on the size x size crop of every box, in power-of-two batches."""
+    H, W = hw_Bx2[img_N, 0:1], hw_Bx2[img_N, 1:2]
+    norm = np.concatenate([boxes_Nx4[:, 1:2] / H, boxes_Nx4[:, 0:1] / W,
+                           boxes_Nx4[:, 3:4] / H, boxes_Nx4[:, 2:3] / W], 1).astype(np.float32)
+    hw_N = hw_Bx2[img_N].astype(np.float32)
     chunk = 16 * self.settings.max_batch
     outs = []
-    for c in range(0, len(crops), chunk):
-      part = crops[c:c + chunk]
-      batch = np.zeros((max(16, _pow2(len(part))), size, size, 3), np.float32)
-      batch[:len(part)] = part
-      outs.append((len(part), net(batch)))
-    results = [np.concatenate([np.asarray(o[k])[:n] for n, o in outs]) for k in range(len(outs[0][1]))]
-    unsorted = [np.empty_like(r) for r in results]
-    for u, r in zip(unsorted, results):
-      u[order] = r
-    return [u.astype(np.float64) for u in unsorted]
+    for c in range(0, len(norm), chunk):
+      n = len(norm[c:c + chunk])
+      B = _count_bucket(n)
+      pad = lambda a: np.concatenate([a[c:c + chunk], np.zeros((B - n,) + a.shape[1:], a.dtype)])
+      outs.append((n, fn(leaves, images, pad(img_N.astype(np.int32)), pad(norm), pad(hw_N))))
+    return [np.concatenate([np.asarray(o[k])[:n] for n, o in outs]).astype(np.float64)
+            for k in range(len(outs[0][1]))]

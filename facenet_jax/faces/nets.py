@@ -112,8 +112,16 @@ class PNet(nnx.Module):
     self.conv3, self.prelu3 = Conv(3, 16, 32), PReLU((1, 1, 32))
     self.conv4_1, self.conv4_2 = Conv(1, 32, 4), Conv(1, 32, 2)
 
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x = max_pool(self.prelu1(self.conv1(x)), 2, "SAME")
+  def __call__(self, x: jax.Array, valid_Nx2: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """``valid_Nx2``: for inputs padded at the bottom/right, each input's real (h, w) - 2, the
+    extent of its conv1 output; beyond it conv1 reads -inf, so the "same" pool ends each input
+    exactly where an unpadded input would (with -inf), and padding reaches no real window."""
+    x = self.prelu1(self.conv1(x))
+    if valid_Nx2 is not None:
+      rows = jnp.arange(x.shape[1])[None, :, None] < valid_Nx2[:, 0, None, None]
+      cols = jnp.arange(x.shape[2])[None, None, :] < valid_Nx2[:, 1, None, None]
+      x = jnp.where((rows & cols)[..., None], x, -jnp.inf)
+    x = max_pool(x, 2, "SAME")
     x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
     return self.conv4_1(x), jax.nn.softmax(self.conv4_2(x), axis=-1)[..., 1]
 

@@ -78,18 +78,23 @@ def write_folder(root: str, n: int) -> None:
 
 
 def write_shards(path: str, n: int, size: int, per_shard: int = prepare.RECORDS_PER_SHARD) -> str:
-  """A prepared dataset of ``n`` procedural images at ``size`` px written directly."""
+  """A prepared dataset of ``n`` procedural images at ``size`` px written directly (resumable:
+  finished shards are kept)."""
   if records.is_prepared(path):
     return path
   from array_record.python import array_record_module as arm
   os.makedirs(path, exist_ok=True)
   fit = Fit(size, 0, 3)
   num = -(-n // per_shard)
-  for s in range(num):
-    w = arm.ArrayRecordWriter(os.path.join(path, records.shard_name(s, num)), "group_size:1")
+  for s in range(num):   # each shard renamed into place when whole: a killed run resumes
+    final = os.path.join(path, records.shard_name(s, num))
+    if os.path.exists(final):
+      continue
+    w = arm.ArrayRecordWriter(final + ".partial", "group_size:1")
     for i in range(s * per_shard, min(n, (s + 1) * per_shard)):
       w.write(records.encode(face(i // 20, i % 20, size), "jpeg", 95))
     w.close()
+    os.replace(final + ".partial", final)
   labels = (np.arange(n) // 20).astype(np.int32)
   plan = prepare.Plan("generated", "procedural", [f"{i}" for i in range(n)], labels,
                       [f"p{p}" for p in range(labels[-1] + 1)], f"n{n}")

@@ -19,7 +19,12 @@ Steps (each writes under --out, outside the repository; every step is resumable)
   #    package itself makes (P-Net levels, R-Net 24x24 and O-Net 48x48 crops) -> nets.npz, and
   #    detections of every LFW image -> ref/part_NNNN.npz (512 images each)
   /work/venvs/mtcnn_ref/bin/python benchmarks/mtcnn_reference.py reference --out=/work/runs/mtcnn_ref
-  # 2. ours on the same images (project venv; cached in ours/part_NNNN.npz) and the comparison
+  # 2. ours on the same images (project venv; cached in ours/part_NNNN.npz) and the comparison;
+  #    it lists the photos that disagree in disagree.txt
+  .venv/bin/python benchmarks/mtcnn_reference.py compare --out=/work/runs/mtcnn_ref
+  # 2b. the package again on those photos, one per call (its batched run breaks score ties by
+  #     the whole batch's sort), then compare again to see them against that
+  /work/venvs/mtcnn_ref/bin/python benchmarks/mtcnn_reference.py recheck --out=/work/runs/mtcnn_ref
   .venv/bin/python benchmarks/mtcnn_reference.py compare --out=/work/runs/mtcnn_ref
   # 3. speed: ours (this process) and facenet-pytorch (a child process in its venv), alternately
   .venv/bin/python benchmarks/mtcnn_reference.py speed --out=/work/runs/mtcnn_ref \\
@@ -111,7 +116,7 @@ def run_reference(a):
 
   nets_file = os.path.join(a.out, "nets.npz")
   if not os.path.isfile(nets_file):
-    # record what each stage's Keras model is given and gives on 4 photos: the inputs are the
+    # record what each stage's Keras model is given and gives on 16 photos: the inputs are the
     # package's own pyramid levels and crops (normalized pixels), so both sides see the same.
     rec = {"pnet": [], "rnet": [], "onet": []}
     for stage, name in zip(det.stages, ("pnet", "rnet", "onet")):
@@ -122,7 +127,7 @@ def run_reference(a):
         rec[_n].append((np.asarray(x), [np.asarray(o) for o in out]))
         return out
       stage._model = recorder
-    ims = [load_rgb(p).astype(np.float32) for p in paths[:4]]
+    ims = [load_rgb(p).astype(np.float32) for p in paths[:16]]
     det.detect_faces(ims, output_type="numpy", box_format="xyxy", fit_to_image=False)
     arrays = {}
     for k, (x, outs) in enumerate(rec["pnet"][::3]):   # 3 of the 8 levels
@@ -153,6 +158,25 @@ def run_reference(a):
       done += len(ims)
     save_part(f, chunk, rows)
     print(f"reference part {k}: {len(chunk)} images ({done / (time.perf_counter() - t0):.1f} images/s)", flush=True)
+
+
+def run_recheck(a):
+  """In the mtcnn venv: the package one photo per call on the photos 'compare' found disagreeing
+  (disagree.txt), to tell our differences from its own batch-dependent ones -> recheck.npz."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  here = os.path.dirname(os.path.abspath(__file__))
+  sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+  from mtcnn import MTCNN
+  det = MTCNN()
+  with open(os.path.join(a.out, "disagree.txt")) as f:
+    rel = [line.strip() for line in f if line.strip()]
+  rows = []
+  for r in rel:
+    out = np.asarray(det.detect_faces(load_rgb(os.path.join(a.lfw, r)).astype(np.float32), output_type="numpy",
+                                      box_format="xyxy", fit_to_image=False)).reshape(-1, 16)
+    rows.append(out[:, 1:16])
+  save_part(os.path.join(a.out, "recheck.npz"), rel, rows)
+  print(f"rechecked {len(rel)} photos one per call")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -286,11 +310,26 @@ def run_compare(a):
   print(f"| every landmark within 2 px | {pct(c['lm_ok'])} | |")
   print(f"| both (IoU >= 0.9 and landmarks within 2 px) | {pct(c['agree'])} | >= 99% |")
   print(f"| same number of faces | {pct(c['same_count'])} | |")
+  neither = sum(not len(o) and not len(r) for o, r in zip(ours, ref))
+  print(f"| no face in either (counted as not agreeing above) | {neither} | |")
   iou, lm = c["iou"][~np.isnan(c["iou"])], c["lm_err"][~np.isnan(c["lm_err"])]
   if len(iou):
     print(f"| IoU median / 1st percentile / min | {np.median(iou):.4f} / {np.percentile(iou, 1):.4f} / {iou.min():.4f} | |")
     print(f"| largest landmark distance median / 99th pct / max (px) | {np.median(lm):.3f} / {np.percentile(lm, 99):.3f} / {lm.max():.2f} | |")
   bad = np.flatnonzero(~((np.nan_to_num(c["iou"]) >= 0.9) & (np.nan_to_num(c["lm_err"], nan=np.inf) <= 2)))
+  with open(os.path.join(a.out, "disagree.txt"), "w") as f:
+    f.write("".join(rel[i] + "\n" for i in bad))
+  recheck = os.path.join(a.out, "recheck.npz")
+  if len(bad) and os.path.isfile(recheck):
+    with np.load(recheck) as z:
+      have = {p: z["det"][z["img"] == i] for i, p in enumerate(z["paths"])}
+    todo = [i for i in bad if rel[i] in have]
+    r = compare_detections([ours[i] for i in todo], [have[rel[i]] for i in todo])
+    exact = sum(len(ours[i]) == len(have[rel[i]]) and np.allclose(ours[i], have[rel[i]], atol=1e-2) for i in todo)
+    print(f"\nThe {len(todo)} disagreeing photos against the package run one photo per call ('recheck'): "
+          f"{r['agree']}/{r['images']} agree (IoU >= 0.9, landmarks within 2 px), {exact} identical to 0.01 "
+          f"(boxes, landmarks, scores), {sum(not len(ours[i]) and not len(have[rel[i]]) for i in todo)} "
+          f"with no face in either")
   if len(bad):
     print("disagreeing (first 10): " + ", ".join(
         f"{rel[i]} (iou {c['iou'][i]:.3f}, lm {c['lm_err'][i]:.2f} px, faces {len(ours[i])} vs {len(ref[i])})"
@@ -307,13 +346,14 @@ def speed_images(lfw: str, n: int) -> list[str]:
   return [sorted(glob.glob(os.path.join(lfw, p, "*.jpg")))[0] for p in people]
 
 
-def timed(fn, rgbs, batch: int) -> tuple[float, int]:
-  """(images/s, images with a face) of fn over rgbs in chunks of batch (1: one at a time)."""
-  t = time.perf_counter()
+def timed(fn, rgbs, batch: int) -> tuple[float, float, int]:
+  """(images per wall second, images per CPU second of this process, images with a face) of fn
+  over rgbs in chunks of batch (1: one at a time)."""
+  t, c = time.perf_counter(), time.process_time()
   found = 0
   for s in range(0, len(rgbs), batch):
     found += fn(rgbs[s:s + batch])
-  return len(rgbs) / (time.perf_counter() - t), found
+  return len(rgbs) / (time.perf_counter() - t), len(rgbs) / (time.process_time() - c), found
 
 
 def run_torch_worker(a):
@@ -321,7 +361,8 @@ def run_torch_worker(a):
   import torch
   from facenet_pytorch import MTCNN
   torch.set_grad_enabled(False)
-  mt = MTCNN(keep_all=True, device="cpu")
+  torch.set_num_threads(a.threads)
+  mt = MTCNN(keep_all=True, device="cpu")   # defaults: min face 20, factor 0.709, 0.6/0.7/0.7
   rgbs = [load_rgb(p) for p in speed_images(a.lfw, a.n or 48)]
 
   def fn(chunk):
@@ -329,12 +370,12 @@ def run_torch_worker(a):
     boxes = boxes if len(chunk) > 1 else [boxes]
     return sum(b is not None and len(b) > 0 for b in boxes)
   for b in (1, a.batch):   # warm-up
-    timed(fn, rgbs[:max(b, 2)], b)
+    timed(fn, rgbs[:b], b)
   print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
   for line in sys.stdin:
     b = 1 if line.strip() == "single" else a.batch
-    ips, found = timed(fn, rgbs, b)
-    print(json.dumps({"ips": ips, "found": found}), flush=True)
+    ips, cps, found = timed(fn, rgbs, b)
+    print(json.dumps({"ips": ips, "cps": cps, "found": found}), flush=True)
 
 
 def run_speed(a):
@@ -349,47 +390,59 @@ def run_speed(a):
 
   def ours(chunk):
     return sum(len(f) > 0 for f in det.detect(chunk))
-  worker = subprocess.Popen([a.torch_python, os.path.abspath(__file__), "torch_worker", "--out", a.out,
-                             "--lfw", a.lfw, "--n", str(len(rgbs)), "--batch", str(a.batch)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  threads = [int(t) for t in a.torch_threads.split(",")]
+  workers = {f"torch{t}": subprocess.Popen(
+      [a.torch_python, os.path.abspath(__file__), "torch_worker", "--out", a.out, "--lfw", a.lfw,
+       "--n", str(len(rgbs)), "--batch", str(a.batch), "--threads", str(t)],
+      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for t in threads}
   for b in (1, a.batch):   # compile every shape this run meets
     timed(ours, rgbs, b)
-  hello = json.loads(worker.stdout.readline())
-  results = {(who, mode): [] for who in ("ours", "torch") for mode in ("single", "batched")}
+  hello = {k: json.loads(w.stdout.readline()) for k, w in workers.items()}
+  names = ["ours"] + list(workers)
+  results = {(who, mode): [] for who in names for mode in ("single", "batched")}
+  per_cpu = {(who, mode): [] for who in names for mode in ("single", "batched")}
   found = {}
-  for r in range(a.rounds):   # alternate, so that load from other jobs hits both alike
+  for r in range(a.rounds):   # alternate, rotating the order, so that other jobs' load hits all alike
     for mode in ("single", "batched"):
-      order = ("ours", "torch") if r % 2 == 0 else ("torch", "ours")
-      for who in order:
+      for who in names[r % len(names):] + names[:r % len(names)]:
         if who == "ours":
-          ips, f = timed(ours, rgbs, 1 if mode == "single" else a.batch)
+          ips, cps, f = timed(ours, rgbs, 1 if mode == "single" else a.batch)
         else:
-          worker.stdin.write(mode + "\n")
-          worker.stdin.flush()
-          got = json.loads(worker.stdout.readline())
-          ips, f = got["ips"], got["found"]
+          workers[who].stdin.write(mode + "\n")
+          workers[who].stdin.flush()
+          got = json.loads(workers[who].stdout.readline())
+          ips, cps, f = got["ips"], got["cps"], got["found"]
         results[(who, mode)].append(ips)
+        per_cpu[(who, mode)].append(cps)
         found[(who, mode)] = f
-      print(f"round {r}: {mode}: ours {results[('ours', mode)][-1]:.2f}, facenet-pytorch "
-            f"{results[('torch', mode)][-1]:.2f} images/s", flush=True)
-  worker.stdin.close()
-  worker.wait()
-  load = os.getloadavg()
-  print(f"\nSpeed, {len(rgbs)} LFW photos 250x250 (every k-th person's first), {a.rounds} alternating rounds, "
-        f"median images/s; ours: JAX {jax.__version__} on {jax.devices()[0].platform}; facenet-pytorch: torch "
-        f"{hello['torch']} ({hello['threads']} threads); {platform.machine()}, {os.cpu_count()} cpus, "
-        f"load average {load[0]:.1f}")
-  print("| mode | ours (JAX) | facenet-pytorch | ratio | faces found ours / theirs |")
-  print("| --- | --- | --- | --- | --- |")
-  for mode, label in (("single", "one image per call"), ("batched", f"batches of {a.batch}")):
-    o, t = np.median(results[("ours", mode)]), np.median(results[("torch", mode)])
-    print(f"| {label} | {o:.2f} | {t:.2f} | {o / t:.2f}x | {found[('ours', mode)]}/{len(rgbs)} / "
-          f"{found[('torch', mode)]}/{len(rgbs)} |")
+      print(f"round {r}: {mode}: " + ", ".join(f"{w} {results[(w, mode)][-1]:.2f}" for w in names)
+            + f" images/s (load {os.getloadavg()[0]:.1f})", flush=True)
+  for w in workers.values():
+    w.stdin.close()
+    w.wait()
+  label = {"ours": "ours (JAX)"} | {k: f"facenet-pytorch, {v['threads']} thread{'s' * (v['threads'] > 1)}"
+                                   for k, v in hello.items()}
+  first = next(iter(hello.values()))
+  print(f"\nSpeed, {len(rgbs)} LFW photos 250x250 (every k-th person's first), {a.rounds} rounds alternating "
+        f"the detectors, median images/s; ours: JAX {jax.__version__} on {jax.devices()[0].platform}, "
+        f"facenet-pytorch 2.6.0 on torch {first['torch']}; {platform.machine()}, {os.cpu_count()} cpus, "
+        f"load average at the end {os.getloadavg()[0]:.1f}; thresholds 0.6/0.7/0.7, min face 20 px, factor 0.709")
+  for title, table in (("images per wall-clock second", results),
+                       ("images per CPU second of the detector's own process (all its threads; "
+                        "less sensitive to other jobs' load)", per_cpu)):
+    print(f"\n{title}:")
+    print("| mode | " + " | ".join(label[w] for w in names) + " | ours / fastest facenet-pytorch | photos with a face |")
+    print("| --- " * (len(names) + 3) + "|")
+    for mode, text in (("single", "one photo per call"), ("batched", f"batches of {a.batch}")):
+      med = {w: float(np.median(table[(w, mode)])) for w in names}
+      best = max(med[w] for w in workers)
+      print(f"| {text} | " + " | ".join(f"{med[w]:.2f}" for w in names) + f" | {med['ours'] / best:.2f}x | "
+            + ", ".join(f"{found[(w, mode)]}/{len(rgbs)}" for w in names) + " |")
 
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("step", choices=["reference", "compare", "speed", "torch_worker"])
+  ap.add_argument("step", choices=["reference", "recheck", "compare", "speed", "torch_worker"])
   ap.add_argument("--out", required=True)
   ap.add_argument("--lfw", default=LFW)
   ap.add_argument("--weights", default=WEIGHTS)
@@ -399,8 +452,10 @@ def main():
   ap.add_argument("--redo", action="store_true")
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--torch_python", default="/work/venvs/facenet_pt/bin/python")
+  ap.add_argument("--torch_threads", default="1,2", help="one facenet-pytorch worker per thread count")
+  ap.add_argument("--threads", type=int, default=1, help="(torch_worker) torch.set_num_threads")
   a = ap.parse_args()
-  {"reference": run_reference, "compare": run_compare, "speed": run_speed,
+  {"reference": run_reference, "recheck": run_recheck, "compare": run_compare, "speed": run_speed,
    "torch_worker": run_torch_worker}[a.step](a)
 
 

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from infra import convolution, vgg as vgg_lib
+from infra import convolution, mesh as mesh_lib, vgg as vgg_lib
 
 MODEL_NAMES = ("small_cnn", "resnet", "inception_resnet_v1", "feature_head", "vgg16", "vgg19")
 RESNET_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
@@ -119,6 +119,54 @@ def _run(layers: Sequence[Any], x: jax.Array, train: bool) -> jax.Array:
   return x
 
 
+class BatchNorm(nnx.BatchNorm):
+  """``nnx.BatchNorm`` whose batch statistics can span devices in a fixed order.
+
+  With ``device_axis`` set (:func:`set_device_axis`, inside ``jax.shard_map`` over that mesh
+  axis, each device holding its rows of the batch) a train-mode call takes the mean and
+  variance of the *global* batch: per-device sums of x and x^2, added over the devices in
+  device order (``mesh.ordered_sum``; so are their gradients), divided by the global count.
+  Otherwise (the default) it is ``nnx.BatchNorm`` exactly. Same variables either way.
+  """
+  device_axis: str | None = None
+
+  def __call__(self, x, use_running_average=None, *, mask=None):
+    if self.device_axis is None or use_running_average is not False or mask is not None:
+      return super().__call__(x, use_running_average, mask=mask)
+    axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+    features = tuple(a % x.ndim for a in axis)
+    reduce = tuple(i for i in range(x.ndim) if i not in features)
+    scale = self.scale[...] if self.scale is not None else None
+    bias = self.bias[...] if self.bias is not None else None
+    x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
+    x32 = jnp.asarray(x, jnp.promote_types(self.dtype or x.dtype, jnp.float32))
+    count = math.prod(x.shape[i] for i in reduce) * jax.lax.axis_size(self.device_axis)
+    sums = mesh_lib.ordered_sum(jnp.stack([x32.sum(reduce), (x32 * x32).sum(reduce)]),
+                                self.device_axis)
+    mean, mean2 = sums[0] / count, sums[1] / count
+    var = jnp.maximum(0.0, mean2 - mean * mean)
+    m = self.momentum
+    self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
+    self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
+    shape = [x.shape[i] if i in features else 1 for i in range(x.ndim)]
+    mul = jax.lax.rsqrt(var + self.epsilon).reshape(shape)
+    if scale is not None:
+      mul = mul * scale.reshape(shape)
+    y = (x - mean.reshape(shape)) * mul
+    if bias is not None:
+      y = y + bias.reshape(shape)
+    dtype = self.dtype or jnp.result_type(*[a for a in (x, scale, bias) if a is not None])
+    return jnp.asarray(y, dtype)
+
+
+def set_device_axis(model: nnx.Module, axis: str | None) -> None:
+  """Makes every :class:`BatchNorm` of ``model`` take its batch statistics over the devices
+  of mesh axis ``axis`` (None: over the rows it is given, the default)."""
+  for _, m in model.iter_modules():
+    if isinstance(m, BatchNorm):
+      m.device_axis = axis
+
+
 class ConvBNAct(nnx.Module):
   """conv (no bias) -> BatchNorm -> optional ReLU, for any spatial rank.
 
@@ -132,7 +180,7 @@ class ConvBNAct(nnx.Module):
                eps: float = 1e-5, dtype: Any = jnp.float32, rngs: nnx.Rngs):
     self.conv = _conv(cin, cout, _tuple(kernel, rank), _tuple(stride, rank),
                       padding=padding, use_bias=False, dtype=dtype, rngs=rngs)
-    self.bn = nnx.BatchNorm(cout, momentum=_BN_MOMENTUM, epsilon=eps, dtype=dtype, rngs=rngs)
+    self.bn = BatchNorm(cout, momentum=_BN_MOMENTUM, epsilon=eps, dtype=dtype, rngs=rngs)
     self.act = act
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -150,7 +198,7 @@ class EmbeddingHead(nnx.Module):
   def __init__(self, cin: int, dim: int, *, last_bn: bool, dtype: Any, rngs: nnx.Rngs):
     self.linear = nnx.Linear(cin, dim, use_bias=not last_bn, dtype=dtype,
                              kernel_init=_LECUN_INIT, rngs=rngs)
-    self.bn = (nnx.BatchNorm(dim, momentum=_BN_MOMENTUM, epsilon=1e-3, dtype=jnp.float32,
+    self.bn = (BatchNorm(dim, momentum=_BN_MOMENTUM, epsilon=1e-3, dtype=jnp.float32,
                              rngs=rngs) if last_bn else None)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:

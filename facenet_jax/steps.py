@@ -4,8 +4,11 @@ The model is split once with ``nnx.split`` into a static graphdef and array stat
 step is a pure function ``(state, batch, margin) -> (state, metrics)`` that merges them inside
 ``jax.jit``. Data parallelism is ``jax.jit`` over a 1-D device mesh: parameters replicated, the
 batch sharded along its leading axis, and the loss (mining included) computed on the *global*
-batch, so 8 devices compute what 1 device computes. K models with K margins are the same step
-vmapped over a leading member axis of the state (:func:`make_member_step`).
+batch, so 8 devices compute what 1 device computes. On more than one device the gradients
+come from a ``shard_map`` that adds every cross-device sum in device order
+(:func:`make_ordered_grads`): 2 processes x 2 devices end bit-identical to 1 process x 4.
+K models with K margins are the same step vmapped over a leading member axis of the state
+(:func:`make_member_step`).
 
 This module imports no driver: the loop, data preparation and results live in
 ``facenet_jax/train.py``, the run directory in ``facenet_jax/workdir.py``.
@@ -21,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from facenet_jax import mining, models, preprocess
 from infra import mesh as mesh_lib
@@ -101,7 +105,8 @@ def make_objective(config: ml_collections.ConfigDict) -> Callable:
   return online_loss
 
 
-def make_train_embed(graphdef: nnx.GraphDef, batch_chunk: int = 0) -> Callable:
+def make_train_embed(graphdef: nnx.GraphDef, batch_chunk: int = 0, *,
+                     device_axis: str | None = None, devices: int = 1) -> Callable:
   """``(params, model_state, x_B...) -> (emb_BxD, model_state)``: the model in train mode.
 
   ``batch_chunk`` = c > 0 (the gradient cache of Gao et al. 2021, "Scaling Deep Contrastive
@@ -114,11 +119,18 @@ def make_train_embed(graphdef: nnx.GraphDef, batch_chunk: int = 0) -> Callable:
   each chunk's BatchNorm using that chunk's batch statistics; every chunk starts from the
   same running statistics and the new ones are the mean of the chunks' updates (one EMA
   update per step with the mean of the chunk statistics).
+
+  ``device_axis``: inside ``jax.shard_map`` over that mesh axis of ``devices`` devices, ``x``
+  is one device's rows of the global batch (B / devices) and BatchNorm takes the global
+  batch's statistics in device order (``models.BatchNorm``); chunk j is then the device's
+  share of the global chunk j (its rows j, j + n, ...; c / devices of them).
   """
   def embed(params, model_state, x):
     # merged inside the differentiated function: NNX variables may only be mutated
     # (BatchNorm statistics) at the trace level that created them
     model = nnx.merge(graphdef, params, model_state, copy=True)
+    if device_axis is not None:
+      models.set_device_axis(model, device_axis)
     emb_BxD = model(x, train=True)
     _, _, model_state = nnx.split(model, nnx.Param, ...)
     return emb_BxD, model_state
@@ -127,11 +139,12 @@ def make_train_embed(graphdef: nnx.GraphDef, batch_chunk: int = 0) -> Callable:
     return embed
 
   def chunked(params, model_state, x):
-    b = x.shape[0]
-    if b % batch_chunk:
-      raise ValueError(f"batch_chunk={batch_chunk} does not divide the global batch of {b}")
-    n = b // batch_chunk
-    xs = jnp.swapaxes(x.reshape(batch_chunk, n, *x.shape[1:]), 0, 1)   # chunk j = x[j::n]
+    b, rows = x.shape[0], batch_chunk // devices   # rows of each chunk this call embeds
+    if batch_chunk % devices or b % rows:
+      raise ValueError(f"batch_chunk={batch_chunk} does not divide the global batch of "
+                       f"{b * devices} evenly over {devices} device(s)")
+    n = b // rows
+    xs = jnp.swapaxes(x.reshape(rows, n, *x.shape[1:]), 0, 1)   # chunk j = x[j::n]
     body = jax.checkpoint(lambda xc: embed(params, model_state, xc))
     emb_n, states_n = jax.lax.map(body, xs)
     emb_BxD = jnp.swapaxes(emb_n, 0, 1).reshape(b, -1)
@@ -140,17 +153,79 @@ def make_train_embed(graphdef: nnx.GraphDef, batch_chunk: int = 0) -> Callable:
   return chunked
 
 
+def make_global_grads(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> Callable:
+  """``(params, model_state, x, batch, key, margin) -> (loss, stats, model_state, grads)`` on
+  the global batch under ``jax.jit``: XLA partitions it over the batch's devices and inserts
+  the all-reduces (whose summation order is the collective library's)."""
+  objective = make_objective(config)
+  embed = make_train_embed(graphdef, config.batch_chunk)
+
+  def grads_fn(params, model_state, x, batch, key, margin):
+    def loss_fn(params, model_state):
+      emb_BxD, model_state = embed(params, model_state, x)
+      loss, stats = objective(emb_BxD, batch, key, margin)
+      return loss, (stats, model_state)
+    (loss, (stats, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, model_state)
+    return loss, stats, model_state, grads
+  return grads_fn
+
+
+def make_ordered_grads(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh) -> Callable:
+  """:func:`make_global_grads` with every sum across devices in device order, so its bits
+  depend on the device count only, not on how the devices are split over processes.
+
+  ``jax.shard_map`` over the mesh's ``data`` axis: each device embeds its rows (BatchNorm
+  statistics over the global batch, ``models.BatchNorm``); the embeddings are all-gathered
+  (exact) and the objective (mining included) runs on the whole batch on every device; the
+  gradient wrt a device's own rows goes back through its forward (the VJP), and the
+  per-device parameter gradients are added in device order (``mesh.ordered_tree_sum``).
+  """
+  axis, n = mesh_lib.DATA_AXIS, mesh.devices.size
+  objective = make_objective(config)
+  embed = make_train_embed(graphdef, config.batch_chunk, device_axis=axis, devices=n)
+
+  def local(params, model_state, x, batch, key, margin):
+    emb, vjp, model_state = jax.vjp(lambda p: embed(p, model_state, x), params, has_aux=True)
+    emb_BxD = jax.lax.all_gather(emb, axis, tiled=True)
+    (loss, stats), g_BxD = jax.value_and_grad(objective, has_aux=True)(
+        emb_BxD, batch, jax.random.wrap_key_data(key), margin)
+    rows = emb.shape[0]
+    (grads,) = vjp(jax.lax.dynamic_slice_in_dim(g_BxD, jax.lax.axis_index(axis) * rows, rows))
+    return loss, stats, model_state, mesh_lib.ordered_tree_sum(grads, axis)
+
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(axis), P(), P(), P()),
+                          out_specs=P(), check_vma=False)
+
+  def grads_fn(params, model_state, x, batch, key, margin):
+    batch = {k: v for k, v in batch.items() if k != "images"}
+    return sharded(params, model_state, x, batch, jax.random.key_data(key),
+                   jnp.asarray(margin, jnp.float32))
+  return grads_fn
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict) -> Callable[..., tuple[State, dict]]:
+                    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None
+                    ) -> Callable[..., tuple[State, dict]]:
   """The pure train step ``(state, batch, margin) -> (state, metrics)``.
 
   ``batch``: ``images`` (B, *spatial, C) uint8 or float, ``labels`` (B,) int32, ``mask``
   (B,) bool. ``margin``: alpha, a float or a traced scalar (:func:`make_member_step` vmaps
-  it). ``config.batch_chunk``: the embedding of :func:`make_train_embed`. Randomness (augmentation, random miner) comes from (seed, step). A step whose loss or
-  gradient norm is not finite is not applied; ``nonfinite_step`` records the first one.
+  it). ``config.batch_chunk``: the embedding of :func:`make_train_embed`. Randomness
+  (augmentation, random miner) comes from (seed, step). A step whose loss or gradient norm
+  is not finite is not applied; ``nonfinite_step`` records the first one.
+
+  ``mesh``: the mesh the step is jitted over (default: the one set by ``jax.set_mesh`` around
+  this call, if any); with more than one device on its ``data`` axis the gradients come from
+  :func:`make_ordered_grads` (the same bits however its devices are spread over processes).
+  Without one (or with one device), :func:`make_global_grads`.
   """
-  objective = make_objective(config)
-  embed = make_train_embed(graphdef, config.batch_chunk)
+  mesh = jax.sharding.get_mesh() if mesh is None else mesh
+  if not mesh.empty and mesh.shape.get(mesh_lib.DATA_AXIS, 1) > 1:
+    grads_fn = make_ordered_grads(graphdef, config, mesh)
+  else:
+    grads_fn = make_global_grads(graphdef, config)
   aug = config.augment
 
   def train_step(state: State, batch: dict, margin: float | jax.Array) -> tuple[State, dict]:
@@ -159,14 +234,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     x = preprocess.to_float(batch["images"])
     x = preprocess.augment(x, k_aug, flip=aug.flip, crop_pad=aug.crop_pad, scale=aug.scale,
                            rotate=aug.rotate, brightness=aug.brightness, contrast=aug.contrast)
-
-    def loss_fn(params, model_state):
-      emb_BxD, model_state = embed(params, model_state, x)
-      loss, stats = objective(emb_BxD, batch, k_mine, margin)
-      return loss, (stats, model_state)
-
-    (loss, (stats, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], state["model_state"])
+    loss, stats, model_state, grads = grads_fn(state["params"], state["model_state"], x, batch,
+                                               k_mine, margin)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.global_norm(grads)

@@ -32,7 +32,7 @@ from facenet_jax.data import sources
 from facenet_jax.data.raw import DataError
 from facenet_jax.data.batches import TrainBatches, input_workers
 from facenet_jax.sampler import PKSampler
-from infra import checkpoints, loop, mesh as mesh_lib, overrides
+from infra import checkpoints, distributed, loop, mesh as mesh_lib, overrides
 from infra.metric_writer import MetricWriter
 from infra.progress import Progress
 
@@ -252,15 +252,18 @@ def restore_members(ckpts: list[checkpoints.Checkpointer], abstract: Any
 def jit_train_step(graphdef, tx, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
                    ) -> Callable:
   """The jitted step of the margin axis: ``(state, batch) -> (state, metrics)`` of one model
-  at ``config.margin``, or of K stacked models at ``config.margins``."""
-  step = steps.make_train_step(graphdef, tx, config)
+  at ``config.margin``, or of K stacked models at ``config.margins``; on more than one
+  device with its cross-device sums in device order (the step is made under ``mesh``)."""
+  with jax.set_mesh(mesh):
+    step = steps.make_train_step(graphdef, tx, config)
   if tuple(config.margins):
     fn = steps.make_member_step(step, jnp.asarray(tuple(config.margins), jnp.float32))
   else:
     fn = lambda state, batch: step(state, batch, config.margin)
   repl = mesh_lib.replicated(mesh)
-  return jax.jit(fn, in_shardings=(repl, mesh_lib.batch_sharded(mesh)),
-                 out_shardings=(repl, repl), donate_argnums=0)
+  jitted = jax.jit(fn, in_shardings=(repl, mesh_lib.batch_sharded(mesh)),
+                   out_shardings=(repl, repl), donate_argnums=0)
+  return distributed.CompiledTogether(jitted, "the train step")
 
 
 class MemberLoop:

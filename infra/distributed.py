@@ -34,6 +34,7 @@ import numpy as np
 T = TypeVar("T")
 
 INIT_TIMEOUT_S = 300       # how long a process waits for all others to connect
+COMPILE_TIMEOUT_S = 3600   # how long a process waits for the others to compile a program
 HEARTBEAT_TIMEOUT_S = 20   # a process silent this long is declared dead, and every process exits
 EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
@@ -171,3 +172,29 @@ def agreed_signal(local: int | None) -> int | None:
   got = np.asarray(multihost_utils.process_allgather(np.int32(local or 0)))
   top = int(got.max())
   return top or None
+
+
+class CompiledTogether:
+  """A jitted function that, in a multi-process run, is compiled on its first call and
+  entered by every process only once all of them have compiled it (a barrier of
+  ``timeout_s``). XLA:CPU connects its gloo collectives lazily, at a program's first
+  collective, and gives the other processes 30 s to arrive: a process still compiling
+  (minutes on a loaded machine) made the others fail with "Gloo context initialization
+  failed ... GetKeyValue() timed out". One process: the jitted function itself. Every call
+  must have the first call's shapes and shardings (a train step's do)."""
+
+  def __init__(self, jitted: Callable, what: str, timeout_s: float = COMPILE_TIMEOUT_S):
+    self.jitted, self.what, self.timeout_s = jitted, what, timeout_s
+    self.compiled: Callable | None = None
+
+  def __call__(self, *args):
+    if jax.process_count() == 1:
+      return self.jitted(*args)
+    if self.compiled is None:
+      self.compiled = self.jitted.lower(*args).compile()
+      barrier(f"compiled {self.what}", self.timeout_s)
+    return self.compiled(*args)
+
+  def lower(self, *args):
+    """The jitted function's ``lower`` (ahead-of-time compilation, benchmarks)."""
+    return self.jitted.lower(*args)

@@ -3,19 +3,31 @@
 One 1-D mesh axis, ``data``, spans every device of every process. Parameters are
 replicated; a batch is sharded along its leading axis. Code inside ``jax.jit`` sees the
 *global* batch (a pairwise-distance matrix over all B images, as FaceNet mines its
-1,800-image batches), and XLA inserts the collectives.
+1,800-image batches), and XLA inserts the collectives (the train step's own sums across
+devices are ordered: below).
 
 The mesh uses ``AxisType.Auto``: under the Explicit axes that ``jax.make_mesh`` defaults
 to on current JAX, ``emb_BxD @ emb_BxD.T`` of a batch-sharded embedding raises a
 sharding type error.
+
+Sums across devices in a fixed order (:func:`ordered_sum`, :func:`ordered_tree_sum`, used
+inside ``jax.shard_map``): an all-reduce sums the devices' partial results in whatever order
+its collective library picks (gloo's ring across processes, device order within one), so the
+same 4 devices split 2 x 2 over processes or 1 x 4 in one would differ in the last bits.
+Gathering the partials (exact: no arithmetic) and adding them in device order makes the
+bits a function of the device count alone.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from infra.errors import UserError
@@ -112,3 +124,48 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   check_divisible(n, mesh)   # before slicing: the error names the devices, not the processes
   rows = process_slice(n)
   return assemble_batch(jax.tree.map(lambda x: np.asarray(x)[rows], batch), mesh, n)
+
+
+# ------------------------------------------------------- sums across devices, in device order
+
+def fold_rows(x: jax.Array) -> jax.Array:
+  """``x[0] + x[1] + ... + x[n-1]``, added left to right (not a tree, not a reduce whose
+  order a backend picks)."""
+  acc = x[0]
+  for i in range(1, x.shape[0]):
+    acc = acc + x[i]
+  return acc
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def ordered_sum(x: jax.Array, axis_name: str) -> jax.Array:
+  """Inside ``jax.shard_map``: the sum of ``x`` over the devices of ``axis_name`` (the same
+  value on each), added in device order after an exact all-gather. Its gradient is the
+  same ordered sum of every device's cotangent (each device used the sum). For small
+  arrays (BatchNorm statistics); :func:`ordered_tree_sum` moves less for large ones."""
+  return fold_rows(lax.all_gather(x, axis_name))
+
+
+def _ordered_sum_fwd(x, axis_name):
+  return ordered_sum(x, axis_name), None
+
+
+def _ordered_sum_bwd(axis_name, _, ct):
+  return (fold_rows(lax.all_gather(ct, axis_name)),)
+
+
+ordered_sum.defvjp(_ordered_sum_fwd, _ordered_sum_bwd)
+
+
+def ordered_tree_sum(tree: Any, axis_name: str) -> Any:
+  """Inside ``jax.shard_map``: every leaf of ``tree`` summed over the devices of
+  ``axis_name`` in device order, with an all-reduce's traffic: the leaves flattened into one
+  vector of n blocks, block d of every device sent to device d (all_to_all), added there in
+  device order, and the sums gathered back (all_gather). Not differentiable (the gradients
+  of a step are its input)."""
+  n = lax.axis_size(axis_name)
+  flat, unravel = ravel_pytree(tree)
+  size = flat.shape[0]
+  flat = jnp.pad(flat, (0, (-size) % n)).reshape(n, -1)
+  mine = fold_rows(lax.all_to_all(flat, axis_name, 0, 0))   # row e: device e's block d
+  return unravel(lax.all_gather(mine, axis_name, tiled=True)[:size])

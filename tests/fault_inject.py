@@ -56,6 +56,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from PIL import Image
 
+import multiproc
 from infra import checkpoints
 
 # the repository root: this file lies one folder below it (tests/)
@@ -77,17 +78,19 @@ class Program:
   num_steps: int
   checkpoint_every: int
   files: tuple[str, ...] = ()
+  processes: int = 1   # > 1: each run is that many processes of one run, 1 CPU device each
 
 
-def facenet_program(num_steps: int = 24, checkpoint_every: int = 3) -> Program:
-  """The tiny FaceNet config (synthetic identities), a progress line per step."""
+def facenet_program(num_steps: int = 24, checkpoint_every: int = 3, processes: int = 1) -> Program:
+  """The tiny FaceNet config (synthetic identities), a progress line per step; ``processes``
+  > 1: a multi-process run (tests/multiproc.py), interrupted in one process or all."""
   return Program(
       "train",
       (sys.executable, os.path.join(ROOT, "scripts", "train_facenet.py"),
        "--config=" + os.path.join(ROOT, "configs", "facenet.py") + ":tiny",
        f"--config.num_steps={num_steps}", f"--config.checkpoint_every={checkpoint_every}",
        "--config.log_every=1", f"--config.eval_every={num_steps}", "--config.keep_checkpoints=3"),
-      num_steps, checkpoint_every)
+      num_steps, checkpoint_every, processes=processes)
 
 
 def write_style_inputs(directory: str) -> tuple[str, str]:
@@ -127,9 +130,12 @@ class _Run:
     self.log: list[str] = []
     self.last_step = 0
     self.resumed_from: int | None = None
-    self.proc = subprocess.Popen(list(program.argv) + [f"--workdir={workdir}"], cwd=ROOT, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 bufsize=1)
+    argv = list(program.argv) + [f"--workdir={workdir}"]
+    if program.processes > 1:   # process 0's lines drive the interruptions
+      self.proc: Any = Group(argv, env, program.processes)
+    else:
+      self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
     threading.Thread(target=self._read, daemon=True).start()
 
   def _read(self):
@@ -165,6 +171,48 @@ class _Run:
         return self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
 
 
+HEARTBEAT_S = 30   # a multi-process run whose process was killed ends within about this
+
+
+class Group:
+  """The processes of one multi-process run, handled as one process: ``stdout`` is process
+  0's, ``send_signal`` reaches the processes in ``targets`` (all unless set), ``wait``
+  returns one exit status (:func:`group_status`); the others' output goes to ``logs``."""
+
+  def __init__(self, argv: list[str], env: dict[str, str], n: int):
+    port = multiproc.free_port()
+    self.procs = [subprocess.Popen(argv, cwd=ROOT, env=multiproc.env_for(i, n, 1, port, HEARTBEAT_S, env),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   bufsize=1) for i in range(n)]
+    self.stdout = self.procs[0].stdout
+    self.targets = list(range(n))
+    self.logs: list[list[str]] = [[] for _ in range(n)]
+    for i in range(1, n):
+      threading.Thread(target=lambda i=i: self.logs[i].extend(self.procs[i].stdout),
+                       daemon=True).start()
+
+  def send_signal(self, sig: int) -> None:
+    for i in self.targets:
+      self.procs[i].send_signal(sig)
+
+  def kill(self) -> None:
+    for p in self.procs:
+      p.kill()
+
+  def wait(self, timeout: float | None = None) -> int | tuple[int, ...]:
+    return group_status([p.wait(timeout=timeout) for p in self.procs])
+
+
+def group_status(statuses: list[int]) -> int | tuple[int, ...]:
+  """One status for a multi-process run: the common one; -SIGKILL when some were killed and
+  every other one failed too (it must not finish alone); else all of them (a failure)."""
+  if len(set(statuses)) == 1:
+    return statuses[0]
+  if -signal.SIGKILL in statuses and 0 not in statuses:
+    return -signal.SIGKILL
+  return tuple(statuses)
+
+
 def _env(delay: float = 0.0) -> dict[str, str]:
   """The environment of a run: CPU, unbuffered output, a shared compilation cache, and the
   checkpoint write held open ``delay`` seconds (0: not at all)."""
@@ -184,12 +232,27 @@ def _quiet_absl() -> None:
   absl_logging.set_verbosity(absl_logging.ERROR)
 
 
-def listed_steps_ok(workdir: str) -> tuple[list[int], list[str]]:
-  """(steps the checkpoint directory lists, one message per corrupt one)."""
+def listed_steps_ok(workdir: str, anywhere: bool = False) -> tuple[list[int], list[str]]:
+  """(steps the checkpoint directory lists, one message per corrupt one). ``anywhere``: read
+  each into this process's first device (:func:`read_checkpoint`; a checkpoint saved by
+  several processes records their topology, which ``Checkpointer.verify`` must match) and
+  check its SHA-256."""
   _quiet_absl()
   d = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(d):
     return [], []
+  if anywhere:
+    ck = checkpoints.Checkpointer(d, every=1, read_only=True)
+    steps, bad = ck.all_steps(), []
+    ck.close()
+    for s in steps:
+      try:
+        state, meta = read_checkpoint(workdir, s)
+        if meta.get(checkpoints.DIGEST_KEY) != checkpoints.state_digest(state):
+          bad.append(f"checkpoint {s}: SHA-256 differs from the one recorded at save time")
+      except Exception as e:   # noqa: BLE001 (any read failure is a corrupt checkpoint)
+        bad.append(f"checkpoint {s} unreadable: {type(e).__name__}: {e}")
+    return steps, bad
   ck = checkpoints.Checkpointer(d, every=1, read_only=True)
   steps, bad = ck.all_steps(), []
   for s in steps:
@@ -201,18 +264,30 @@ def listed_steps_ok(workdir: str) -> tuple[list[int], list[str]]:
   return steps, bad
 
 
-def final_state(workdir: str, step: int) -> Any:
-  """The saved state pytree of checkpoint ``step`` of ``workdir``, as numpy arrays, read
-  without a target (so any program's checkpoint can be compared)."""
+def read_checkpoint(workdir: str, step: int) -> tuple[Any, dict]:
+  """(state, meta) of checkpoint ``step`` of ``workdir``, every array whole on this process's
+  first device (the target built from the checkpoint's own metadata, so a checkpoint of any
+  program, saved by any number of processes, can be read)."""
   _quiet_absl()
-  # a plain read-only Orbax manager: Checkpointer.restore needs the target structure
   manager = ocp.CheckpointManager(
       os.path.join(workdir, "checkpoints"),
       options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers={"state": ocp.StandardCheckpointHandler()})
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
-  manager.close()
-  return jax.tree.map(np.asarray, state)
+      item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+  try:
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
+                          manager.item_metadata(step).state)
+    got = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                        meta=ocp.args.JsonRestore()))
+  finally:
+    manager.close()
+  return jax.tree.map(np.asarray, got.state), dict(got.meta or {})
+
+
+def final_state(workdir: str, step: int) -> Any:
+  """The saved state pytree of checkpoint ``step`` of ``workdir``, as numpy arrays
+  (:func:`read_checkpoint`)."""
+  return read_checkpoint(workdir, step)[0]
 
 
 def final_arrays(workdir: str, step: int) -> list[np.ndarray]:
@@ -265,6 +340,8 @@ class Report:
   cycles: int = 0
   cycles_identical: int = 0
   missed: int = 0          # planned interruptions the run finished before
+  # multi-process runs: interruptions by kind and target ("sigterm: one" / "sigterm: all")
+  targets: dict[str, int] = dataclasses.field(default_factory=dict)
   failures: list[str] = dataclasses.field(default_factory=list)
   seconds: float = 0.0
 
@@ -391,12 +468,22 @@ def _record_interruption(s: _Soak, run: _Run, kind: str, status: int, window: in
     rep.failures.append(f"cycle {rep.cycles}: {kind} interruption at step {last}: exit "
                         f"status {status}, expected {_EXPECTED_STATUS[kind]}:\n"
                         + "\n".join(run.log[-20:]))
-  steps, bad = listed_steps_ok(faulted)
+  steps, bad = listed_steps_ok(faulted, anywhere=s.program.processes > 1)
   rep.corrupt_checkpoints += len(bad)
   rep.failures += [f"cycle {rep.cycles}: {b}" for b in bad]
   s.log(f"{s.program.name} cycle {rep.cycles}: {kind} at step {last} (aimed at {target}); "
         f"checkpoints now {steps}")
   return (max(steps) if steps else 0), last
+
+
+def _aim(s: _Soak, run: _Run) -> str:
+  """A multi-process run: picks the processes the next interruption reaches (one of them at
+  random, or all); returns "one" / "all" ("" for a single process)."""
+  if s.program.processes == 1:
+    return ""
+  n = s.program.processes
+  run.proc.targets = s.rng.choice([[i] for i in range(n)] + [list(range(n))])
+  return "all" if len(run.proc.targets) == n else "one"
 
 
 def _run_cycle(s: _Soak, faulted: str, this: list[str]) -> list[str]:
@@ -414,7 +501,10 @@ def _run_cycle(s: _Soak, faulted: str, this: list[str]) -> list[str]:
     interrupted, window, target = False, 0, 0
     if kind is not None:
       target = _target(s.program, kind, resume_at, s.rng)
+      aimed = _aim(s, run)
       interrupted, window = _interrupt(run, kind, target, s.rng, s.timeout, s.step_seconds)
+      if interrupted and aimed:
+        rep.targets[f"{kind}: {aimed}"] = rep.targets.get(f"{kind}: {aimed}", 0) + 1
     status = run.drain(s.timeout)
     if pending is not None:   # did this run resume where the interruption left it?
       _check_resume(s, run, resume_at, *pending)

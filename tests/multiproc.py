@@ -43,10 +43,17 @@ HEARTBEAT_S = 120
 
 
 def env_for(process: int, processes: int, devices: int, port: int,
-            heartbeat_s: int = HEARTBEAT_S) -> dict[str, str]:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
+            heartbeat_s: int = HEARTBEAT_S, base: dict[str, str] | None = None) -> dict[str, str]:
+  """The environment of process ``process`` of ``processes`` with ``devices`` CPU devices.
+
+  ``NPROC`` = every process's thread count: XLA:CPU runs a process's ops on a pool of
+  max(cores or $NPROC, local devices) threads, and Eigen's convolutions block their work by
+  that count (the last rows of a 4-image convolution differed in the last bit between a
+  process with 4 devices and one with 2), so layouts compared bit for bit get the same pool:
+  the run's total device count. ``base``: the environment to start from (default ours)."""
+  env = dict(os.environ if base is None else base, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
              JAX_COMPILATION_CACHE_DIR=CACHE, PYTHONUNBUFFERED="1",
-             JAX_HEARTBEAT_TIMEOUT_S=str(heartbeat_s))
+             JAX_HEARTBEAT_TIMEOUT_S=str(heartbeat_s), NPROC=str(processes * devices))
   for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
             "SLURM_NTASKS"):
     env.pop(k, None)

@@ -3,10 +3,17 @@ they finish, and check that they end bit-identical to uninterrupted runs (tests/
 
   .venv/bin/python tests/soak.py --kills=50                 # 50 of each kind, both programs
   .venv/bin/python tests/soak.py --kills=3 --programs=train --kinds=step,checkpoint
+  .venv/bin/python tests/soak.py --processes=2 --programs=train --kills=5   # 2-process runs
 
 Kinds: ``step`` (SIGKILL during a step), ``checkpoint`` (SIGKILL inside a checkpoint write,
 widened by $INFRA_CHECKPOINT_WRITE_DELAY), ``sigterm`` / ``sigint`` (preemption: checkpoint
 and exit). Writes ``<out>/report.json``; exits 1 if any check failed.
+
+``--processes=2``: every run is a 2-process run (1 CPU device each, gloo over loopback) and
+each interruption reaches one process chosen at random or both: a SIGKILLed process must
+take the other down with it (non-zero, within the heartbeat), a SIGTERM / SIGINT to one
+must stop both at the same checkpointed step; the finished run must equal an uninterrupted
+2-process run bit for bit.
 
 It lives beside fault_inject.py in tests/ (run as a file, its folder is on the path) and is
 not a test itself: pytest collects only ``test_*.py``.
@@ -36,6 +43,7 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], 
   p.add_argument("--programs", default="train,style")
   p.add_argument("--out", default=os.path.join(fault_inject.ROOT, "runs", "soak"))
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--processes", type=int, default=1, help="processes per run (train only)")
   p.add_argument("--write_delay", type=float, default=1.0,
                  help="seconds the checkpoint write is held open for 'checkpoint' kills")
   args = p.parse_args(argv)
@@ -47,13 +55,16 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], 
   unknown = sorted(set(names) - set(PROGRAMS))
   if unknown:
     p.error(f"--programs: unknown {unknown}; expected some of {sorted(PROGRAMS)}")
+  if args.processes < 1 or (args.processes > 1 and names != ["train"]):
+    p.error("--processes: a positive count; more than 1 only with --programs=train")
   return args, kinds, names
 
 
-def _program(name: str, out: str) -> fault_inject.Program:
-  """The program ``name`` (one of PROGRAMS); the style inputs are written under ``out``."""
+def _program(name: str, out: str, processes: int = 1) -> fault_inject.Program:
+  """The program ``name`` (one of PROGRAMS) run as ``processes`` processes; the style
+  inputs are written under ``out``."""
   if name == "train":
-    return fault_inject.facenet_program()
+    return fault_inject.facenet_program(processes=processes)
   return fault_inject.style_program(os.path.join(out, "style_inputs"))
 
 
@@ -68,6 +79,7 @@ def _summary(name: str, rep: fault_inject.Report) -> str:
   return (f"{name}: kills {rep.kills}, resumes ok {rep.resumes_ok} (failed {rep.resumes_failed}), "
           f"most steps lost {rep.max_steps_lost} (by kind {rep.steps_lost}), corrupt checkpoints "
           f"{rep.corrupt_checkpoints}, cycles identical {rep.cycles_identical}/{rep.cycles}, "
+          + (f"targets {rep.targets}, " if rep.targets else "") +
           f"{rep.seconds:.0f} s{'' if rep.ok else ', FAILED: ' + json.dumps(rep.failures[:3])}")
 
 
@@ -76,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
   commit = _git("rev-parse", "--short", "HEAD")
   dirty = _git("status", "--porcelain", "--untracked-files=no")
   report = {"commit": commit, "worktree_modified": bool(dirty), "seed": args.seed,
+            "processes": args.processes,
             "kills_requested": {k: args.kills for k in kinds}, "programs": {}}
   report["complete"] = False
   path = os.path.join(args.out, "report.json")
@@ -87,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
       write_json_atomic(path, report)
 
   def soak(name):   # the programs run side by side (each run is one process on its own core)
-    return fault_inject.run_soak(_program(name, args.out), os.path.join(args.out, name),
+    return fault_inject.run_soak(_program(name, args.out, args.processes),
+                                 os.path.join(args.out, name),
                                  {k: args.kills for k in kinds}, seed=args.seed,
                                  write_delay=args.write_delay,
                                  log=lambda msg: print(msg, flush=True), on_cycle=progress)

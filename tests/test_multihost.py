@@ -100,20 +100,61 @@ def test_two_processes_train_exactly_like_one_process_with_their_devices(tmp_pat
     assert len([f for f in files if f.startswith("events.out")]) == 1   # process 0's only
 
 
-def test_two_by_two_devices_match_one_by_four_up_to_summation_order(tmp_path):
-  """2 processes x 2 devices against 1 process x 4 devices: gloo sums the 4 devices' gradients
-  and BatchNorm statistics in a ring, the single process in device order, so the float32 sums
-  differ in the last bits (a sum of 2 is exact either way: the test above); losses agree to
-  float32 rounding, and the batch each step sees is the same (equal active-triplet counts)."""
-  args = ("--config.num_steps=4", "--config.checkpoint_every=4", "--config.log_every=1",
-          "--config.eval_every=4")
+@pytest.mark.parametrize("margins", [(), ("--config.margins=(0.1,0.3)",)], ids=["one", "K=2"])
+def test_two_by_two_devices_train_exactly_like_one_by_four(tmp_path, margins):
+  """2 processes x 2 devices against 1 process x 4 devices, bit for bit (one model, and K
+  margins vmapped): every sum across devices (parameter gradients, BatchNorm statistics and
+  their gradients) is added in device order (steps.make_ordered_grads), not in the collective
+  library's order (an all-reduce of 4 differed in the last bits between gloo across
+  processes and one process), and every process runs XLA:CPU with the same thread count
+  (multiproc.env_for: Eigen's convolutions block their work by it)."""
+  args = ("--config.num_steps=4", "--config.checkpoint_every=2", "--config.log_every=1",
+          "--config.eval_every=4", *margins)
   one, two = tmp_path / "one", tmp_path / "two"
   _, rcs1 = _run(one, 1, 4, *args)
   g2, rcs2 = _run(two, 2, 2, *args)
-  assert rcs1 == [0] and rcs2 == [0, 0], g2.text(1)[-2000:]
-  l1, l2 = _losses(one), _losses(two)
-  assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
-  np.testing.assert_allclose([l2[s] for s in l2], [l1[s] for s in l2], rtol=2e-5)
+  assert rcs1 == [0] and rcs2 == [0, 0], g2.text(0)[-2000:] + g2.text(1)[-2000:]
+  assert "global batch 16 over 4 device(s)" in g2.text(0)
+  for member in (["margin=0.1", "margin=0.3"] if margins else ["."]):
+    assert _steps(one / member) == _steps(two / member) == [2, 4]
+    for step in (2, 4):
+      assert _digest(one / member, step) == _digest(two / member, step)
+    assert _losses(one / member) == _losses(two / member)
+    assert sorted(_losses(two / member)) == [1, 2, 3, 4]
+
+
+def test_ordered_step_on_8_devices_matches_the_one_device_step():
+  """The step with sums in device order (mesh of 8 devices, shard_map) computes what the
+  1-device step computes, to float32 rounding, with config.batch_chunk (each device embeds
+  its share of every chunk) and K = 2 margins vmapped."""
+  import jax
+  import jax.numpy as jnp
+  from configs.facenet import get_config
+  from facenet_jax import steps
+  from infra import mesh as mesh_lib
+  from infra.overrides import with_overrides
+  config = with_overrides(get_config("tiny"), {"identities_per_batch": 8, "batch_chunk": 8})
+  graphdef, tx, state = steps.create_train_state(config, in_channels=3)
+  rng = np.random.default_rng(0)
+  batch = {"images": rng.integers(0, 256, (32, 16, 16, 3)).astype(np.uint8),
+           "labels": np.repeat(np.arange(8, dtype=np.int32), 4), "mask": np.ones(32, bool)}
+  margins = jnp.asarray([0.1, 0.5], jnp.float32)
+  out = []
+  for devices in (jax.devices()[:1], jax.devices()[:8]):
+    mesh = mesh_lib.make_data_mesh(devices)
+    repl = mesh_lib.replicated(mesh)
+    fn = jax.jit(steps.make_member_step(steps.make_train_step(graphdef, tx, config, mesh), margins),
+                 in_shardings=(repl, mesh_lib.batch_sharded(mesh)), out_shardings=(repl, repl))
+    s, m = jax.device_put(steps.stack([state] * 2), repl), None
+    for _ in range(2):
+      s, m = fn(s, mesh_lib.shard_batch(batch, mesh))
+    out.append(jax.device_get((s, m)))
+  (s1, m1), (s8, m8) = out
+  assert m1["num_valid"].min() > 0
+  for k in m1:
+    np.testing.assert_allclose(m8[k], m1[k], rtol=2e-5, atol=1e-6, err_msg=k)
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
+    np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-6)
 
 
 # ------------------------------------------------------------------------------- preemption

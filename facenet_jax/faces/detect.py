@@ -291,6 +291,7 @@ class MTCNN:
     (pg, pt, self._pnet_leaves), (rg, rt, self._rnet_leaves), (og, ot, self._onet_leaves) = (
         _split(loaded[k]) for k in ("pnet", "rnet", "onet"))
     self._pnet = _jitted(_pnet_pyramid, pg, pt)
+    self._levels: dict = {}   # _level_inputs' device arrays by image shapes
     self._rnet = _jitted(_crops_net, rg, rt, 24)
     self._onet = _jitted(_crops_net, og, ot, 48)
 
@@ -364,27 +365,15 @@ class MTCNN:
         groups.setdefault((bucket(r.shape[0]), bucket(r.shape[1])), []).append(i)
     pending = []   # dispatch every batch before reading any back (the device runs ahead)
     for (Hb, Wb), idx in groups.items():
-      scales = pyramid_scales(Hb, Wb, st.min_face_size, st.scale_factor)
-      lv = [(level_size(Hb, s), level_size(Wb, s)) for s in scales]
       for c in range(0, len(idx), self.max_batch):
         chunk = idx[c:c + self.max_batch]
         B = _pow2(len(chunk))
         batch = np.zeros((B, Hb, Wb, 3), np.float32)
-        mats = [(np.zeros((B, h, Hb), np.float32), np.zeros((B, w, Wb), np.float32)) for h, w in lv]
-        valid = np.zeros((B, len(lv), 2), np.int32)
-        sizes = []
         for j, i in enumerate(chunk):
-          H, W = rgbs[i].shape[:2]
-          batch[j, :H, :W] = rgbs[i]
-          mine = []
-          for k, s in enumerate(pyramid_scales(H, W, st.min_face_size, st.scale_factor)):
-            h, w = level_size(H, s), level_size(W, s)
-            mats[k][0][j, :h, :H] = area_matrix(h, H)
-            mats[k][1][j, :w, :W] = area_matrix(w, W)
-            valid[j, k] = (h - 2, w - 2)
-            mine.append((s, h, w))
-          sizes.append(mine)
-        res = self._pnet(self._pnet_leaves, batch, tuple(mats), valid)
+          batch[j, :rgbs[i].shape[0], :rgbs[i].shape[1]] = rgbs[i]
+        shapes = tuple(rgbs[i].shape[:2] for i in chunk)
+        mats, valid, sizes = self._level_inputs(shapes, B, Hb, Wb)
+        res = self._pnet(self._pnet_leaves, batch, mats, valid)
         pending.append((chunk, sizes, res))
     img, boxes = [], []
     for chunk, sizes, res in pending:
@@ -415,6 +404,33 @@ class MTCNN:
     if not img:
       return np.zeros((0,), np.int64), np.zeros((0, 4))
     return np.concatenate(img), np.concatenate(boxes)
+
+  def _level_inputs(self, shapes, B: int, Hb: int, Wb: int):
+    """The pyramid's area matrices and real level sizes for a batch of images of these (H, W)
+    shapes, padded to (Hb, Wb) and B images; kept on the device for the shapes last seen
+    (photos of one size, as a dataset's, reuse them on every call)."""
+    key = (shapes, B, Hb, Wb)
+    if key in self._levels:
+      return self._levels[key]
+    st = self.settings
+    lv = [(level_size(Hb, s), level_size(Wb, s))
+          for s in pyramid_scales(Hb, Wb, st.min_face_size, st.scale_factor)]
+    mats = [(np.zeros((B, h, Hb), np.float32), np.zeros((B, w, Wb), np.float32)) for h, w in lv]
+    valid = np.zeros((B, len(lv), 2), np.int32)
+    sizes = []
+    for j, (H, W) in enumerate(shapes):
+      mine = []
+      for k, s in enumerate(pyramid_scales(H, W, st.min_face_size, st.scale_factor)):
+        h, w = level_size(H, s), level_size(W, s)
+        mats[k][0][j, :h, :H] = area_matrix(h, H)
+        mats[k][1][j, :w, :W] = area_matrix(w, W)
+        valid[j, k] = (h - 2, w - 2)
+        mine.append((s, h, w))
+      sizes.append(mine)
+    if len(self._levels) >= 16:
+      self._levels.pop(next(iter(self._levels)))
+    self._levels[key] = (jax.device_put(tuple(mats)), jax.device_put(valid), sizes)
+    return self._levels[key]
 
   def _refine(self, fn, leaves, images, hw_Bx2, img_N, boxes_Nx4):
     """R-Net or O-Net on the size x size crop of every box, in power-of-two batches."""

@@ -270,7 +270,7 @@ def read_checkpoint(workdir: str, step: int) -> tuple[Any, dict]:
   program, saved by any number of processes, can be read)."""
   _quiet_absl()
   manager = ocp.CheckpointManager(
-      os.path.join(workdir, "checkpoints"),
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(read_only=True, create=False),
       item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
   try:

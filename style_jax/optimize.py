@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from infra import checkpoints, files, loop, vgg as vgg_lib
+from infra import checkpoints, distributed, files, loop, mesh as mesh_lib, vgg as vgg_lib
 from infra.errors import NonFiniteLossError, Preempted, UserError  # noqa: F401 (re-exported)
 from infra.metric_writer import MetricWriter
 from infra.preemption import StopFlag, exit_if_stopped, stop_requests
@@ -191,6 +191,19 @@ def _strong(tree):
   """Leaves as committed, strongly typed arrays: the form ``step`` returns and Orbax restores,
   so that the jitted step is compiled once per image size, not again after the first step."""
   return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), tree)
+
+
+def replicated_copies(tree, mesh: jax.sharding.Mesh | None):
+  """``tree`` (this process's copy of a state every process holds alike) as global arrays
+  replicated over ``mesh``, so that a multi-process checkpoint writes it once; with ``tree``
+  a ShapeDtypeStruct tree, their abstract form (a restore target). None: ``tree`` itself."""
+  if mesh is None:
+    return tree
+  repl = mesh_lib.replicated(mesh)
+  if all(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(tree)):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), tree)
+  return jax.tree.map(
+      lambda a: jax.make_array_from_process_local_data(repl, np.asarray(a), np.shape(a)), tree)
 
 
 def init_state(tx: optax.GradientTransformation, image: jax.Array, step: int) -> State:
@@ -386,7 +399,11 @@ class StyleRun:
     self.ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
                                          every=config.checkpoint_every,
                                          keep=config.keep_checkpoints)
-    self.writer = MetricWriter(workdir)
+    # several processes (scripts/stylize.py under a multi-process launch): each computes the
+    # same image on its own device; process 0 writes the files, all take part in checkpoints
+    self.lead = distributed.is_lead()
+    self.mesh = mesh_lib.make_data_mesh() if jax.process_count() > 1 else None
+    self.writer = MetricWriter(workdir, enabled=self.lead)
     self.initial: dict[str, float] | None = None   # loss terms at step 0, on the first scale
     self.scale = 0
     self.targets: dict = {}
@@ -418,6 +435,8 @@ class StyleRun:
     self.scale = (start - 1) // self.config.num_steps
     target = init_state(self.net.tx, jnp.zeros(self.inputs.sizes[self.scale] + (3,),
                                                jnp.float32), start)
+    target = replicated_copies(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                                            target) if self.mesh else target, self.mesh)
     _, state, meta = self.ckpt.restore(target)
     self.initial = meta.get("initial")
     print(f"resumed from {self.ckpt.directory}/{start}", flush=True)
@@ -500,12 +519,13 @@ class StyleRun:
     if step % self.config.save_every or step == self.total_steps:
       return
     rgb = self.rgb(state["image"])
-    images.save_png(os.path.join(self.workdir, f"iter_{step:06d}.png"), rgb)
+    if self.lead:
+      images.save_png(os.path.join(self.workdir, f"iter_{step:06d}.png"), rgb)
     self.writer.write_images(step, {"generated": images.to_uint8(rgb)})
 
   def on_checkpoint(self, step: int, state: State) -> None:
     """Saves ``state`` with the initial loss terms and the scale (forced: run_loop decides)."""
-    self.ckpt.save(step, state, {"initial": self.initial, "scale": self.scale,
+    self.ckpt.save(step, replicated_copies(state, self.mesh), {"initial": self.initial, "scale": self.scale,
                                  "variant": self.config.variant}, force=True)
 
   def finish(self, state: State, t_start: float) -> dict:
@@ -513,7 +533,9 @@ class StyleRun:
     final_x = state["image"]
     final = self.host_terms(final_x)
     rgb = self.rgb(final_x)
-    out_path = images.save_png(os.path.join(self.workdir, self.config.output), rgb)
+    out_path = os.path.join(self.workdir, self.config.output)
+    if self.lead:
+      images.save_png(out_path, rgb)
     self.writer.write_images(self.total_steps, {"generated": images.to_uint8(rgb)})
     results = {
         "config": self.config.to_dict(),
@@ -528,7 +550,8 @@ class StyleRun:
         "platform": jax.devices()[0].platform,
         "wall_seconds": time.time() - t_start,
     }
-    files.write_json_atomic(os.path.join(self.workdir, "results.json"), results)
+    if self.lead:
+      files.write_json_atomic(os.path.join(self.workdir, "results.json"), results)
     self.writer.close()
     self.ckpt.close()
     return results

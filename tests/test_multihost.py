@@ -204,6 +204,36 @@ def test_stop_signals_checkpoint_one_common_step_and_resume_bit_identical(tmp_pa
   assert _losses(wd) == _losses(ref)
 
 
+def test_style_transfer_two_processes_stop_together_and_resume_bit_identical(tmp_path):
+  """scripts/stylize.py as 2 processes x 1 device: a SIGTERM to process 1 stops both at the
+  same checkpointed step (exit 143); resumed, the run ends with an uninterrupted 2-process
+  run's final checkpoint, final.png and results.json; process 0 alone writes the files."""
+  import fault_inject
+  content, style = fault_inject.write_style_inputs(str(tmp_path / "inputs"))
+
+  def argv(wd):
+    return [sys.executable, os.path.join(multiproc.ROOT, "scripts", "stylize.py"),
+            f"--config={os.path.join(multiproc.ROOT, 'configs', 'style.py')}:tiny",
+            f"--config.content={content}", f"--config.style={style}", "--config.num_steps=8",
+            "--config.checkpoint_every=100", "--config.save_every=0", f"--workdir={wd}"]
+  ref, wd = tmp_path / "ref", tmp_path / "stopped"
+  g = multiproc.launch(argv(ref), 2, 1)
+  assert g.wait(TIMEOUT) == [0, 0], g.text(0)[-2000:] + g.text(1)[-2000:]
+  g = multiproc.launch(argv(wd), 2, 1)
+  state, on_line = _stop_at([(1, 3, signal.SIGTERM)])
+  state["procs"] = g.procs
+  assert g.wait(TIMEOUT, on_line) == [143, 143], g.text(0)[-1500:] + g.text(1)[-1500:]
+  stopped = [int(re.search(r"after checkpointing step (\d+)", g.text(i)).group(1)) for i in (0, 1)]
+  assert stopped[0] == stopped[1] and _steps(wd) == [stopped[0]]
+  g = multiproc.launch(argv(wd), 2, 1)
+  assert g.wait(TIMEOUT) == [0, 0], g.text(0)[-2000:] + g.text(1)[-2000:]
+  assert f"resumed from {wd}/checkpoints/{stopped[0]}" in g.text(1)
+  assert fault_inject.differences(fault_inject.Program("style", (), 8, 100, ("final.png",)),
+                                  str(ref), str(wd)) == []
+  # one events file per session (stopped, resumed): process 0's only
+  assert len([f for f in os.listdir(wd) if f.startswith("events.out")]) == 2
+
+
 # --------------------------------------------------------------------- data and dying processes
 
 _PREPARE = textwrap.dedent("""

@@ -43,6 +43,8 @@ def face_input(config) -> FaceInput:
   """How this run's config says detected faces are to be fitted (see the module doc)."""
   size, channels = int(config.data.image_size), int(config.data.channels)
   aligned = str(config.data.get("align", "") or "")
+  if aligned.lower() == "none":   # data.align=none: unaligned photos (the default)
+    aligned = ""
   if aligned:
     template = pipeline.template_for_size(size)
     if template is None:

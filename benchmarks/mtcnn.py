@@ -4,7 +4,9 @@ fraction of an LFW subset with a face found.
   python benchmarks/mtcnn.py --lfw=../shared/data/lfw/images --n=64 --batch=16
 
 Timing excludes compilation: every shape is run once first (warm-up pass over the same
-photos). The subset is every k-th person's first photo (deterministic).
+photos). The subset is every k-th person's first photo (deterministic). Ours alone; the
+comparison with the mtcnn package (agreement) and facenet-pytorch (speed, same run) is
+benchmarks/mtcnn_reference.py.
 """
 
 from __future__ import annotations

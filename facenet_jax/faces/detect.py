@@ -71,8 +71,8 @@ class Settings:
   nms_level, nms_pnet, nms_rnet: IoU thresholds of the per-level, per-image P-Net and
     the R-Net NMS; nms_onet: overlap-over-the-smaller-box threshold after O-Net.
   max_batch: most images (P-Net) or crops / 16 (R/O-Net) per network call; None: 1 on a CPU
-    (measured: more images per call only cost cache misses there, fewer photos per CPU second),
-    32 on an accelerator.
+    (on the 2-core benchmark machine 32 cost about 20% more CPU per photo; benchmarks/RESULTS.md
+    8b), 32 on an accelerator (not measured).
   """
   min_face_size: float = 20.0
   scale_factor: float = 0.709

@@ -85,7 +85,7 @@ def load_parts(folder: str, rel_paths: list[str]) -> list[np.ndarray] | None:
     f = os.path.join(folder, f"part_{k:04d}.npz")
     if not os.path.isfile(f):
       return None
-    with np.load(f) as z:
+    with np.load(f, allow_pickle=False) as z:
       have = list(z["paths"])
       if have[:len(chunk)] != chunk:
         raise SystemExit(f"{f} holds other images than asked (delete it)")
@@ -241,7 +241,7 @@ def run_compare(a):
   nf = os.path.join(a.out, "nets.npz")
   rows = []
   if os.path.isfile(nf):
-    with np.load(nf) as z:
+    with np.load(nf, allow_pickle=False) as z:
       arr = dict(z)
     for name in ("pnet", "rnet", "onet"):
       net = nets.Jitted(loaded[name])
@@ -321,7 +321,7 @@ def run_compare(a):
     f.write("".join(rel[i] + "\n" for i in bad))
   recheck = os.path.join(a.out, "recheck.npz")
   if len(bad) and os.path.isfile(recheck):
-    with np.load(recheck) as z:
+    with np.load(recheck, allow_pickle=False) as z:
       have = {p: z["det"][z["img"] == i] for i, p in enumerate(z["paths"])}
     todo = [i for i in bad if rel[i] in have]
     r = compare_detections([ours[i] for i in todo], [have[rel[i]] for i in todo])

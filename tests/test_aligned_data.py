@@ -367,3 +367,41 @@ def test_real_mtcnn_on_lfw_photos_and_a_cup(tmp_path):
   j = aligned.pick_face(face.boxes_Nx4, 250, 250, "central")
   want = np.clip(align.align_faces(rgb, face.landmarks_Nx5x2[j:j + 1], "arcface112")[0] + 0.5, 0, 255)
   assert np.abs(imgs[0].astype(float) - want.astype(np.uint8)).max() <= 1
+
+
+def test_recordio_source_aligns_through_the_same_path(tmp_path, stand_in):
+  """insightface RecordIO: the detector reads each record's image; a face-less record follows the policy."""
+  import io as _io
+  from facenet_jax.data import recordio
+
+  def jpeg(a):
+    buf = _io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+  arrays = [_photo(1), np.full((60, 60, 3), 70, np.uint8), _photo(2), _photo(3)]
+  d = tmp_path / "ms1m"
+  os.makedirs(d)
+  recordio.write_rec(str(d / "train.rec"),
+                     [recordio.pack(lab, jpeg(a)) for lab, a in zip([0, 0, 1, 1], arrays)])
+  f = get_config("tiny")
+  f.unlock()
+  f.data.update(source="recordio", data_dir=str(d), tfds_dir=str(tmp_path / "tfds"), image_size=24,
+                center_crop=40, prepare_workers=1, record_encoding="png", train_identities=0,
+                eval_identities=0, align="mtcnn", no_face="drop", mtcnn_weights=_weights(tmp_path))
+  train, _ = sources.load(f)
+  assert stand_in.calls == 4 and len(train) == 3 and train.labels.tolist() == [0, 1, 1]
+  path = train.images.prepared.path
+  report = json.load(open(os.path.join(path, aligned.REPORT_JSON)))
+  assert [r["index"] for r in report["no_face"]] == [1] and "train.rec@" in report["no_face"][0]["path"]
+  decoded = np.asarray(Image.open(_io.BytesIO(jpeg(arrays[0]))).convert("RGB"))
+  want = fit_image(Image.fromarray(aligned.aligned_crop(decoded, _landmarks(60, 60), "arcface112")),
+                   Fit(24, 0, 3))
+  np.testing.assert_array_equal(train.images[0], want)
+  # the prepared folder itself as data_dir, with other alignment settings: refused, naming both
+  g = get_config("tiny")
+  g.unlock()
+  g.data.update(source="folder", data_dir=path, tfds_dir=str(tmp_path / "tfds"), image_size=24,
+                center_crop=40, train_identities=0, eval_identities=0)
+  with pytest.raises(real.raw.DataError, match=r"holds images aligned \(arcface112, no_face=drop.*asks for unaligned"):
+    sources.load(g)

@@ -22,8 +22,9 @@ Caching (``prepare.py`` stores the aligned crops as prepared shards):
 * detections (every face's box, score and landmarks of every image, before any pick) are
   cached in ``<prepared>/detections/<kind>_<source fingerprint>_mtcnn-<key>/``, where the key
   hashes the detector weights' SHA-256 and the detector settings that change results; they
-  are written in chunks of ``CHUNK`` images, so a killed detection resumes at its last chunk,
-  and a changed pick, template or policy re-crops without detecting again;
+  are written in chunks of ``CHUNK`` images, so a killed detection resumes at its last chunk
+  (the key does not cover the detector's code: after a change to ``facenet_jax/faces`` that
+  moves detections, bump ``DETECTION_FORMAT`` or delete the folder), and a changed pick, template or policy re-crops without detecting again;
 * the prepared folder's name carries ``align-<key>`` hashing the detection key, template,
   pick and policy: a changed setting prepares again instead of reusing the old crops.
 """

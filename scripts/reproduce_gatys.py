@@ -59,7 +59,7 @@ def parse(argv=None):
   a = vars(p.parse_args(argv))
   out, combine = a.pop("out"), a.pop("combine")
   if combine:
-    return [r for r in combine.split(",") if r], out
+    return [r for r in combine.split(",") if r], out, a["panel_inches"], a["dpi"]
   for k in ("figures", "content_layers", "style_layers"):
     a[k] = tuple(s for s in a[k].split(",") if s)
   try:
@@ -72,10 +72,12 @@ def parse(argv=None):
 @cli.guarded   # user errors: one line on stderr, exit 2; SIGTERM / SIGINT: 143 / 130
 def main(argv=None):
   from style_jax import gatys_figures as gf
-  settings, out = parse(argv)
+  parsed = parse(argv)
   log = lambda s: print(s, flush=True)
-  if isinstance(settings, list):   # --combine: the finished runs
-    return gf.combine_fig3(settings, out, log=log)
+  if len(parsed) == 4:   # --combine: the finished runs, --out and the grid's size
+    runs, out, inches, dpi = parsed
+    return gf.combine_fig3(runs, out, log=log, panel_inches=inches, dpi=dpi)
+  settings, out = parsed
   return gf.reproduce(settings, out, log=log)
 
 

@@ -416,13 +416,15 @@ def _finished_fig3(run: str) -> tuple[Settings, dict, np.ndarray]:
     return settings, result, z["panels"]
 
 
-def combine_fig3(runs: list[str], out: str, log: Callable[[str], None] = print) -> dict:
+def combine_fig3(runs: list[str], out: str, log: Callable[[str], None] = print, *,
+                 panel_inches: float | None = None, dpi: int | None = None) -> dict:
   """Figure 3 from runs that each optimized some of its columns (``--ratios``): their panels
   side by side, columns in increasing alpha/beta, into ``out/fig3.png``, ``fig3_panels.npz``
   and ``results.json`` (per-panel losses and each run's wall time). The runs must agree on
   every setting but the columns; each panel's optimization depends only on its own weights
   (its own L-BFGS memory and step size, the same seeded noise start), so a column comes out
-  the same whichever run it was part of, up to float rounding of a different batch size."""
+  the same whichever run it was part of, up to float rounding of a different batch size.
+  ``panel_inches`` / ``dpi``: the grid's size (default: the first run's)."""
   if not runs:
     raise GatysSettingsError("--combine: expected one or more run directories")
   loaded = [_finished_fig3(r) for r in runs]
@@ -438,6 +440,8 @@ def combine_fig3(runs: list[str], out: str, log: Callable[[str], None] = print) 
   if len(set(ratios)) != len(ratios):
     raise GatysSettingsError(f"--combine: alpha/beta {ratios} appear in more than one run")
   settings = dataclasses.replace(loaded[0][0], ratios=tuple(ratios), figures=("fig3",))
+  settings = dataclasses.replace(settings, panel_inches=panel_inches or settings.panel_inches,
+                                 dpi=dpi or settings.dpi)
   nrows = len(settings.style_layers)
   grid, final, initial = [], [], []
   for row in range(nrows):

@@ -284,8 +284,8 @@ def _lfw_aligned_rows(config: ml_collections.ConfigDict, alignment: aligned.Alig
   if manual is None:
     raise raw.DataError(f"config.data.align = {config.data.align!r} with data.source='lfw' needs "
                         "config.data.data_dir (the LFW folder holding images/); it is empty")
-  from facenet_jax.data.tfds_builders.lfw import _images_dir   # lazy: imports tfds
-  root = _images_dir(manual)
+  from facenet_jax.data.tfds_builders.lfw import images_dir   # lazy: imports tfds
+  root = images_dir(manual)
   d = config.data
   plan = prepare_shards.folder_plan(root)
   out = os.path.join(tfds_dir(config), "prepared")

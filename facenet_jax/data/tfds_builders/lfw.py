@@ -26,7 +26,7 @@ _SHA256 = {"images": "055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8
            "pairs": "ea42330c62c92989f9d7c03237ed5d591365e89b3e649747777b70e692dc1592"}
 
 
-def _images_dir(base: str) -> str:
+def images_dir(base: str) -> str:
   for sub in ("images", "lfw"):
     if os.path.isdir(os.path.join(base, sub)):
       return os.path.join(base, sub)
@@ -66,14 +66,14 @@ class Lfw(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     base = manual_root(dl_manager)
     if base is not None:
-      images, pairs = _images_dir(base), os.path.join(base, "pairs.txt")
+      images, pairs = images_dir(base), os.path.join(base, "pairs.txt")
     else:
       got = {k: raw.check_download(os.fspath(v), _URLS[k], _SHA256[k])
              for k, v in dl_manager.download(_URLS).items()}
       # not dl_manager.extract: tfds's extractor imports TensorFlow
       dest = os.path.join(os.fspath(dl_manager.download_dir), "extracted",
                           f"lfw-{_SHA256['images'][:16]}")
-      images, pairs = _images_dir(archives.extract_tar(got["images"], dest)), got["pairs"]
+      images, pairs = images_dir(archives.extract_tar(got["images"], dest)), got["pairs"]
     if self.builder_config.name == "images":
       return {"train": self._generate_examples(images)}
     return {"view2": self._generate_examples(images, pairs)}

@@ -128,6 +128,25 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _fail(_flag_message(e, argv))
 
 
+def launch_flags() -> Callable[[], Any]:
+  """Defines a script's multi-process flags (``--coordinator_address``, ``--num_processes``,
+  ``--process_id``; defaults from ``$JAX_*``, see ``infra.distributed``) and returns the
+  function that joins the launch with their values (the first thing ``main`` calls)."""
+  from absl import flags
+  coordinator = flags.DEFINE_string("coordinator_address", "", "Multi-process: host:port of "
+                                    "process 0 (default $JAX_COORDINATOR_ADDRESS).")
+  num_processes = flags.DEFINE_integer("num_processes", None, "Multi-process: process count "
+                                       "(default $JAX_NUM_PROCESSES).")
+  process_id = flags.DEFINE_integer("process_id", None, "Multi-process: this process's id "
+                                    "(default $JAX_PROCESS_ID).")
+
+  def initialize():
+    from infra.distributed import maybe_initialize
+    return maybe_initialize(coordinator_address=coordinator.value,
+                            num_processes=num_processes.value, process_id=process_id.value)
+  return initialize
+
+
 def run(main: Callable[..., Any], *, absl_flags: bool = True) -> None:
   """Runs a script's ``main``: through absl's ``app.run`` (flags parsed first), or with
   ``absl_flags=False`` called with no arguments (a script that parses ``sys.argv`` itself,

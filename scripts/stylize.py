@@ -19,24 +19,17 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from infra import cli
-from infra.distributed import maybe_initialize
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/style.py", "Style config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (images, checkpoints, results.json).",
                                required=True)
-_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "Multi-process: host:port of process 0 "
-                                   "(default $JAX_COORDINATOR_ADDRESS).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: process count "
-                                      "(default $JAX_NUM_PROCESSES).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's id "
-                                   "(default $JAX_PROCESS_ID).")
+_INITIALIZE = cli.launch_flags()   # --coordinator_address, --num_processes, --process_id
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)   # keep Orbax's per-save INFO lines off stdout
-  maybe_initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                   process_id=_PROCESS_ID.value)
+  _INITIALIZE()
   from style_jax import optimize
   r = optimize.stylize(_CONFIG.value, _WORKDIR.value)
   fmt = lambda d: ", ".join(f"{k}={v:.4g}" for k, v in d.items())

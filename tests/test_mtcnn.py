@@ -180,6 +180,15 @@ def test_weights_object_array_refused(random_npz, tmp_path):
 # ----------------------------------------------------------------------------- boxes
 
 
+def loop_overlap(p, q, method):
+  """Intersection over union ("union") or over the smaller box ("min") of two x1y1x2y2 boxes."""
+  iw = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+  ih = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+  area = lambda b: (b[2] - b[0]) * (b[3] - b[1])
+  denom = area(p) + area(q) - iw * ih if method == "union" else min(area(p), area(q))
+  return iw * ih / denom
+
+
 def loop_nms(boxes, scores, threshold, method):
   """Greedy NMS as a plain loop over pairs."""
   order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
@@ -191,12 +200,7 @@ def loop_nms(boxes, scores, threshold, method):
     for b in order:
       if b in dead or b == a or b in keep:
         continue
-      iw = max(0.0, min(boxes[a][2], boxes[b][2]) - max(boxes[a][0], boxes[b][0]))
-      ih = max(0.0, min(boxes[a][3], boxes[b][3]) - max(boxes[a][1], boxes[b][1]))
-      area = lambda q: (q[2] - q[0]) * (q[3] - q[1])
-      denom = (area(boxes[a]) + area(boxes[b]) - iw * ih if method == "union"
-               else min(area(boxes[a]), area(boxes[b])))
-      if iw * ih / denom > threshold:
+      if loop_overlap(boxes[a], boxes[b], method) > threshold:
         dead.add(b)
   return keep
 
@@ -218,12 +222,7 @@ def loop_nms_fast(boxes, threshold, method):
   for i in range(len(boxes)):
     dropped = False
     for j in range(i):
-      iw = max(0.0, min(boxes[i][2], boxes[j][2]) - max(boxes[i][0], boxes[j][0]))
-      ih = max(0.0, min(boxes[i][3], boxes[j][3]) - max(boxes[i][1], boxes[j][1]))
-      area = lambda q: (q[2] - q[0]) * (q[3] - q[1])
-      denom = (area(boxes[i]) + area(boxes[j]) - iw * ih if method == "union"
-               else min(area(boxes[i]), area(boxes[j])))
-      dropped |= iw * ih / denom > threshold
+      dropped |= loop_overlap(boxes[i], boxes[j], method) > threshold
     if not dropped:
       keep.append(i)
   return keep

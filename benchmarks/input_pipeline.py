@@ -67,14 +67,38 @@ def face(person: int, k: int, size: int) -> np.ndarray:
   return img.clip(0, 255).astype(np.uint8)
 
 
-def write_folder(root: str, n: int) -> None:
+def _write_people(root: str, people: range) -> None:
   from PIL import Image
-  if os.path.isdir(root) and sum(len(f) for _, _, f in os.walk(root)) >= n:
-    return
-  for i in range(n):
-    p, k = divmod(i, 20)
+  for p in people:
     os.makedirs(f"{root}/p{p:06d}", exist_ok=True)
-    Image.fromarray(face(p, k, 250)).save(f"{root}/p{p:06d}/{k:02d}.jpg", quality=90)
+    for k in range(20):
+      dst = f"{root}/p{p:06d}/{k:02d}.jpg"
+      if not os.path.exists(dst):   # each file renamed into place when whole: resumable
+        Image.fromarray(face(p, k, 250)).save(dst + ".partial.jpg", quality=90)
+        os.replace(dst + ".partial.jpg", dst)
+
+
+def _parallel(fn, jobs: list) -> None:
+  """``fn(*job)`` for every job over one process per core, with a progress line."""
+  import multiprocessing as mp
+  t = time.perf_counter()
+  with mp.get_context("spawn").Pool(len(os.sched_getaffinity(0))) as pool:
+    for i, _ in enumerate(pool.imap_unordered(_star, [(fn, j) for j in jobs]), 1):
+      rate = i / (time.perf_counter() - t)
+      print(f"\r  {fn.__name__} {i}/{len(jobs)}  {rate:.2f}/s  eta {(len(jobs) - i) / rate:.0f} s",
+            end="", flush=True)
+  print(flush=True)
+
+
+def _star(fn_job):
+  fn, job = fn_job
+  return fn(*job)
+
+
+def write_folder(root: str, n: int) -> None:
+  """``n`` procedural 250x250 JPEGs, 20 per person, as root/p<person>/<k>.jpg (resumable)."""
+  people = -(-n // 20)
+  _parallel(_write_people, [(root, range(p, min(people, p + 100))) for p in range(0, people, 100)])
 
 
 def write_shards(path: str, n: int, size: int, per_shard: int = prepare.RECORDS_PER_SHARD) -> str:
@@ -86,21 +110,25 @@ def write_shards(path: str, n: int, size: int, per_shard: int = prepare.RECORDS_
   os.makedirs(path, exist_ok=True)
   fit = Fit(size, 0, 3)
   num = -(-n // per_shard)
-  for s in range(num):   # each shard renamed into place when whole: a killed run resumes
-    final = os.path.join(path, records.shard_name(s, num))
-    if os.path.exists(final):
-      continue
-    w = arm.ArrayRecordWriter(final + ".partial", "group_size:1")
-    for i in range(s * per_shard, min(n, (s + 1) * per_shard)):
-      w.write(records.encode(face(i // 20, i % 20, size), "jpeg", 95))
-    w.close()
-    os.replace(final + ".partial", final)
+  _parallel(_write_shard, [(path, s, num, n, size, per_shard) for s in range(num)])
   labels = (np.arange(n) // 20).astype(np.int32)
   plan = prepare.Plan("generated", "procedural", [f"{i}" for i in range(n)], labels,
                       [f"p{p}" for p in range(labels[-1] + 1)], f"n{n}")
   meta = prepare.plan_record(plan, fit, "jpeg", 95, per_shard)
   prepare.write_index(path, plan, {**meta, "shards": [records.shard_name(s, num) for s in range(num)]})
   return path
+
+
+def _write_shard(path: str, s: int, num: int, n: int, size: int, per_shard: int) -> None:
+  from array_record.python import array_record_module as arm
+  final = os.path.join(path, records.shard_name(s, num))
+  if os.path.exists(final):   # each shard renamed into place when whole: a killed run resumes
+    return
+  w = arm.ArrayRecordWriter(final + ".partial", "group_size:1")
+  for i in range(s * per_shard, min(n, (s + 1) * per_shard)):
+    w.write(records.encode(face(i // 20, i % 20, size), "jpeg", 95))
+  w.close()
+  os.replace(final + ".partial", final)
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:

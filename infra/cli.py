@@ -6,7 +6,8 @@ Exit statuses, the same for every script in scripts/:
   1    a bug: any other exception, with its traceback (please report it)
   2    a user error, as one line on stderr: ``error: <message>``, the message naming the
        flag, config field, file or workdir and what was expected. User errors are
-       ``infra.errors.UserError`` (``ConfigError``, ``WorkdirError``, ``DataError``, ...),
+       ``infra.errors.UserError`` (``ConfigError``, ``WorkdirError``, ``DataError``, a
+       malformed multi-process launch variable or flag: ``LaunchError``, ...),
        flag parsing errors, ``app.UsageError``, ``SystemExit("message")`` and an OSError
        that names its file (a missing input, a folder given as a file, ...)
   128 + signal (143 SIGTERM, 130 SIGINT)

@@ -31,6 +31,8 @@ from typing import Callable, Mapping, TypeVar
 import jax
 import numpy as np
 
+from infra.errors import UserError
+
 T = TypeVar("T")
 
 INIT_TIMEOUT_S = 300       # how long a process waits for all others to connect
@@ -39,8 +41,10 @@ HEARTBEAT_TIMEOUT_S = 20   # a process silent this long is declared dead, and ev
 EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
-class LaunchError(ValueError):
-  """The multi-process settings are incomplete or malformed (one line, naming what)."""
+class LaunchError(UserError, ValueError):
+  """The multi-process settings are incomplete or malformed: one line naming the variable
+  (or flag) and what was expected. A user error: a script reports it as ``error: ...`` on
+  stderr with exit status 2 (``infra.cli``), not as a traceback."""
 
 
 class ProcessGroupError(RuntimeError):
@@ -88,10 +92,16 @@ def launch_settings(environ: Mapping[str, str] | None = None, *, coordinator_add
       raise LaunchError(
           f"multi-process launch needs {', '.join(EXPLICIT)} (or the flags --coordinator_address, "
           f"--num_processes, --process_id); missing: {', '.join(missing)}")
+    # each message names where the value came from: a script's flag, else the variable
+    addr_name = "--coordinator_address" if coordinator_address else EXPLICIT[0]
+    n_name = "--num_processes" if num_processes is not None else EXPLICIT[1]
+    pid_name = "--process_id" if process_id is not None else EXPLICIT[2]
     if ":" not in address:
-      raise LaunchError(f"JAX_COORDINATOR_ADDRESS={address!r}: expected host:port of process 0")
+      raise LaunchError(f"{addr_name}={address!r}: expected host:port of process 0")
+    if n < 1:
+      raise LaunchError(f"{n_name}={n}: expected a positive number of processes")
     if not 0 <= pid < n:
-      raise LaunchError(f"JAX_PROCESS_ID={pid} must be in 0 .. JAX_NUM_PROCESSES - 1 = {n - 1}")
+      raise LaunchError(f"{pid_name}={pid} must be in 0 .. {n_name} - 1 = {n - 1}")
     return Launch("explicit", address, n, pid, ids, heartbeat)
   if env.get("SLURM_JOB_ID") and _int("SLURM_NTASKS", env.get("SLURM_NTASKS") or "1") > 1:
     return Launch("slurm", heartbeat_timeout_s=heartbeat)

@@ -4,9 +4,10 @@
 class UserError(Exception):
   """An input the user can fix from the message alone: a flag, a config field, a file or a
   workdir, named with what was expected. The project's input errors (``ConfigError``,
-  ``WorkdirError``, ``DataError``, ...) derive from it beside their builtin base
-  (``ValueError``, ``OSError``), so ``infra.cli.run`` reports them as one line on stderr with
-  exit status 2 and no traceback, while any other exception (a bug) keeps its traceback."""
+  ``WorkdirError``, ``DataError``, ``infra.distributed.LaunchError``, ...) derive from it
+  beside their builtin base (``ValueError``, ``OSError``), so ``infra.cli.run`` reports them
+  as one line on stderr with exit status 2 and no traceback, while any other exception (a
+  bug) keeps its traceback."""
 
 
 class Preempted(RuntimeError):

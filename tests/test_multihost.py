@@ -20,6 +20,7 @@ from PIL import Image
 
 import multiproc
 from infra import distributed
+from infra.errors import UserError
 
 TIMEOUT = 420   # a loaded 2-core machine starts two JAX processes slowly
 
@@ -75,6 +76,43 @@ def test_launch_settings_from_env_flags_slurm_and_named_errors():
   assert distributed.launch_settings(dict(env, JAX_HEARTBEAT_TIMEOUT_S="90")).heartbeat_timeout_s == 90
   with pytest.raises(distributed.LaunchError, match="JAX_HEARTBEAT_TIMEOUT_S=0: expected a positive"):
     distributed.launch_settings(dict(env, JAX_HEARTBEAT_TIMEOUT_S="0"))
+  # a value from a flag is named as the flag
+  with pytest.raises(distributed.LaunchError, match=r"--process_id=5 must be in 0 \.\. JAX_NUM_PROCESSES - 1 = 1"):
+    distributed.launch_settings(env, process_id=5)
+  with pytest.raises(distributed.LaunchError, match="--num_processes=0: expected a positive number"):
+    distributed.launch_settings(env, num_processes=0)
+  # a user error (infra.cli: one line on stderr, exit status 2), still a ValueError
+  assert issubclass(distributed.LaunchError, UserError) and issubclass(distributed.LaunchError, ValueError)
+
+
+def test_scripts_report_a_bad_launch_variable_or_flag_in_one_line_with_status_2(tmp_path):
+  """A malformed launch setting through the scripts themselves (cli.run): exit status 2, one
+  ``error: ...`` line on stderr naming the variable or flag and what was expected, no
+  traceback, and no workdir (the launch is read before anything is written)."""
+  import subprocess
+  py = lambda script, cfg: [sys.executable, os.path.join(multiproc.ROOT, "scripts", script),
+                            f"--config={os.path.join(multiproc.ROOT, 'configs', cfg)}:tiny"]
+  cases = {   # name: (argv, environment, the one line expected)
+      "train": (py("train_facenet.py", "facenet.py") + [f"--workdir={tmp_path / 'train'}"],
+                {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "abc",
+                 "JAX_PROCESS_ID": "0"},
+                "error: JAX_NUM_PROCESSES='abc': expected an integer"),
+      "style": (py("stylize.py", "style.py") + [f"--workdir={tmp_path / 'style'}", "--process_id=2"],
+                {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "2"},
+                "error: --process_id=2 must be in 0 .. JAX_NUM_PROCESSES - 1 = 1"),
+  }
+  procs = {}
+  for k, (argv, launch, _) in cases.items():
+    env = multiproc.env_for(0, 1, 1, 0)   # CPU, no launch variables: then this case's
+    env.pop("FACENET_TRACEBACK", None)
+    procs[k] = subprocess.Popen(argv, env=dict(env, **launch), cwd=str(tmp_path),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for k, p in procs.items():
+    out, err = p.communicate(timeout=TIMEOUT)
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert p.returncode == 2, (k, p.returncode, err)
+    assert lines == [cases[k][2]], (k, err)
+    assert out == "" and not os.path.exists(tmp_path / k), (k, out)
 
 
 # ------------------------------------------------------------- the same run, 1 or 2 processes

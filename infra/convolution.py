@@ -8,6 +8,8 @@ switch: the program lowered for ``cuda``, ``rocm`` or ``tpu`` holds the plain
 ``lax.conv_general_dilated`` and nothing of the kernels below, even when it is traced or
 exported (``jax.export``) on a CPU host; lowered for ``cpu`` it holds the CPU kernel. The
 choice is made per compiled platform, never by ``jax.default_backend()`` or a module switch.
+The one exception is a host-side choice that no compiled program can make for itself, the
+MTCNN detector's batch (:func:`detector_batch`): it sets the shapes handed to the programs.
 
 The CPU kernels (XLA:CPU's own convolution gradients are slow; benchmarks/RESULTS.md):
 
@@ -276,6 +278,26 @@ def cpu_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
       return winograd_conv3x3(x, kernel)
     return tap_grad_conv3x3(x, kernel)
   return lax_conv3x3(x, kernel)
+
+
+# ------------------------------------------------------------------------ host-side
+
+CPU_DETECTOR_BATCH = 1           # photos per MTCNN network call on a CPU
+ACCELERATOR_DETECTOR_BATCH = 32  # ... on a GPU / TPU
+
+
+def detector_batch() -> int:
+  """Photos per MTCNN network call (P-Net; R-Net / O-Net take 16x as many crops) when
+  ``faces.detect.Settings.max_batch`` is None: 1 when JAX's default backend is a CPU, 32 else.
+
+  A host-side batching choice, not a kernel: the batch sets the shapes of the arrays Python
+  hands to the jitted networks, so it has to be known before anything is traced and cannot be
+  a ``platform_dependent`` switch inside a program like the selectors above. On XLA:CPU one
+  photo per call runs faster (calls of 32 cost about 20% more CPU per photo on the 2-core
+  benchmark machine: benchmarks/RESULTS.md, 8b); an accelerator is kept busy by batching 32
+  (not measured yet).
+  """
+  return CPU_DETECTOR_BATCH if jax.default_backend() == "cpu" else ACCELERATOR_DETECTOR_BATCH
 
 
 # ------------------------------------------------------------------------------- checks

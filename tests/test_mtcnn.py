@@ -392,6 +392,17 @@ def test_tiny_image_has_no_face(random_npz):
   assert "smaller than min_face_size=20 px" in faces.note
 
 
+def test_max_batch_default_is_the_host_side_choice(random_npz, monkeypatch):
+  """Settings.max_batch=None: infra.convolution.detector_batch(), 1 photo per call on a CPU
+  (these tests run on one), 32 on an accelerator; a set max_batch is kept."""
+  from infra import convolution
+  assert convolution.detector_batch() == convolution.CPU_DETECTOR_BATCH == 1
+  assert detect.MTCNN(random_npz[0]).max_batch == 1
+  assert detect.MTCNN(random_npz[0], detect.Settings(max_batch=4)).max_batch == 4
+  monkeypatch.setattr(convolution.jax, "default_backend", lambda: "gpu")
+  assert detect.MTCNN(random_npz[0]).max_batch == convolution.ACCELERATOR_DETECTOR_BATCH == 32
+
+
 def test_bad_image_shape(random_npz):
   with pytest.raises(detect.FaceInputError, match=r"shape \(4, 5, 2\)"):
     detect.to_rgb(np.zeros((4, 5, 2)))

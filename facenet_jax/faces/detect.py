@@ -51,6 +51,7 @@ from PIL import Image
 
 from facenet_jax.faces import boxes as box_ops
 from facenet_jax.faces import nets
+from infra import convolution
 from infra.errors import UserError
 
 PNET_WINDOW = 12   # px: P-Net's receptive field; its output stride is 2
@@ -70,9 +71,9 @@ class Settings:
   thresholds: face-probability thresholds of P-Net, R-Net and O-Net.
   nms_level, nms_pnet, nms_rnet: IoU thresholds of the per-level, per-image P-Net and
     the R-Net NMS; nms_onet: overlap-over-the-smaller-box threshold after O-Net.
-  max_batch: most images (P-Net) or crops / 16 (R/O-Net) per network call; None: 1 on a CPU
-    (on the 2-core benchmark machine 32 cost about 20% more CPU per photo; benchmarks/RESULTS.md
-    8b), 32 on an accelerator (not measured).
+  max_batch: most images (P-Net) or crops / 16 (R/O-Net) per network call; None:
+    ``infra.convolution.detector_batch()``, 1 on a CPU (on the 2-core benchmark machine 32 cost
+    about 20% more CPU per photo; benchmarks/RESULTS.md 8b), 32 on an accelerator (not measured).
   """
   min_face_size: float = 20.0
   scale_factor: float = 0.709
@@ -287,7 +288,7 @@ class MTCNN:
   def __init__(self, weights: str | os.PathLike | dict, settings: Settings = Settings()):
     loaded = weights if isinstance(weights, dict) else nets.load_weights(weights)
     self.settings = settings
-    self.max_batch = settings.max_batch or (1 if jax.default_backend() == "cpu" else 32)
+    self.max_batch = settings.max_batch or convolution.detector_batch()
     (pg, pt, self._pnet_leaves), (rg, rt, self._rnet_leaves), (og, ot, self._onet_leaves) = (
         _split(loaded[k]) for k in ("pnet", "rnet", "onet"))
     self._pnet = _jitted(_pnet_pyramid, pg, pt)

@@ -116,6 +116,12 @@ def _pad_to_bucket(rgb_HxWx3: np.ndarray) -> np.ndarray:
   return out
 
 
+def to_uint8(crops: np.ndarray) -> np.ndarray:
+  """Crops of :func:`align_faces` (float 0..255, any shape, e.g. (S, S, 3)) as uint8 pixels of
+  the same shape, rounded to the nearest level: what is stored, written and embedded."""
+  return np.clip(np.asarray(crops) + 0.5, 0, 255).astype(np.uint8)
+
+
 def align_faces(rgb_HxWx3: np.ndarray, landmarks_Fx5x2: np.ndarray,
                 template: str = "arcface112") -> np.ndarray:
   """(F, size, size, 3) float32 crops, each face's landmarks warped onto ``template``

@@ -99,6 +99,7 @@ def main(argv):
 
   import numpy as np
   from PIL import Image
+  from facenet_jax import align
   from facenet_jax.faces import detect, pipeline
   from infra import files as files_lib
   from infra import imagefile
@@ -127,7 +128,7 @@ def main(argv):
       if out_dir and _ALIGNED.value and len(faces):
         stem = os.path.splitext(os.path.basename(f))[0]
         for k, face in enumerate(pipeline.faces_of(np.asarray(im), faces, _TEMPLATE.value, "all")):
-          Image.fromarray(np.clip(face.crop + 0.5, 0, 255).astype(np.uint8)).save(
+          Image.fromarray(align.to_uint8(face.crop)).save(
               os.path.join(out_dir, "aligned", f"{stem}_{k}.png"))
     done = start + len(batch)
     if start == 0:

@@ -38,8 +38,6 @@ def test_select_largest_is_by_area_not_score():
   assert pipeline.select(detect.Faces.empty(), "largest").tolist() == []
   with pytest.raises(detect.FaceInputError, match="which must be one of"):
     pipeline.select(faces, "biggest")
-  assert pipeline.template_for_size(112) == "arcface112"
-  assert pipeline.template_for_size(160) == "facenet160" and pipeline.template_for_size(96) is None
 
 
 @needs_lfw

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -512,18 +513,21 @@ def _coffee_cup(path):
 
 def test_face_input_follows_the_run_alignment():
   from configs.facenet import get_config
+  from facenet_jax.data import aligned
   from facenet_jax.faces import inputs
   c = get_config("tiny")
   c.unlock()
-  assert inputs.face_input(c).template is None   # every run so far: trained unaligned
+  assert inputs.face_input(c).template is None   # data.align=none: trained unaligned
   assert "not aligned" in inputs.face_input(c).description
-  c.data.align = "mtcnn"   # a run trained on aligned faces (data.align is not a field yet)
-  for size, template in ((112, "arcface112"), (160, "facenet160")):
-    c.data.image_size = size
+  c.data.align = "mtcnn"   # a run trained on aligned faces: its own template at any input size
+  for template, size in (("arcface112", 112), ("facenet160", 160), ("facenet160", 64),
+                         ("arcface112", 16)):
+    c.data.update(align_template=template, image_size=size)
     got = inputs.face_input(c)
     assert (got.template, got.size) == (template, size) and template in got.description
-  c.data.image_size = 96
-  with pytest.raises(inputs.FaceFitError, match="aligned faces .* at 96 px, but no alignment template"):
+    assert f"resized to the run's {size} px input" in got.description
+  c.data.align_template = "arcface96"
+  with pytest.raises(aligned.AlignConfigError, match=r"^config\.data\.align_template = 'arcface96'"):
     inputs.face_input(c)
   # the centred square: 1.25 x the longer side, centred on the box
   assert inputs.centred_square([100, 50, 180, 150]) == (78, 38, 203, 163)
@@ -625,3 +629,44 @@ def test_a_run_trained_on_aligned_faces_gets_template_crops():
   np.testing.assert_array_equal(images[0], np.clip(crop + 0.5, 0, 255).astype(np.uint8))
   c.data.channels = 1   # a grey run: the same crop as luma
   assert recognize.load_faces([a1], c, MTCNN_WEIGHTS, "largest")[0].shape == (1, 112, 112, 1)
+
+
+@needs_lfw_and_mtcnn
+def test_a_run_trained_on_aligned_16px_faces_recognizes_with_its_training_crops(rec, capsys):
+  """data.align=mtcnn, align_template=facenet160, image_size=16 (no template is 16 px):
+  recognize.py --detect=mtcnn enrols and identifies, and each face's model input is, pixel
+  for pixel, the image the dataset preparation stored for the same photo (same detector,
+  template, pick and resize)."""
+  import shutil
+
+  from facenet_jax import workdir as workdir_lib
+  from facenet_jax.data import aligned, prepare, records
+  from facenet_jax.data.images import Fit
+  recognize, wd, tmp, fake = rec
+  c = workdir_lib.load_config(wd)
+  c.unlock()
+  c.data.update(align="mtcnn", align_template="facenet160", align_pick="largest",
+                mtcnn_weights=MTCNN_WEIGHTS)
+  assert (c.data.image_size, c.data.channels) == (16, 3)   # the fake model's input
+  workdir_lib.save_config(c, wd)
+  (a, photos), = _lfw_people_with_two_photos(1).items()
+  (tmp / "lfw" / a).mkdir(parents=True)
+  for p in photos:
+    shutil.copy(p, tmp / "lfw" / a)
+  path = prepare.prepare(prepare.folder_plan(str(tmp / "lfw")), str(tmp / "prepared"),
+                         Fit(16, 0, 3), encoding="png", workers=1, alignment=aligned.alignment_of(c))
+  ds = records.open_prepared(path)
+  stored = records.RecordImages(ds)[np.arange(len(ds.labels))]
+  assert json.load(open(os.path.join(path, aligned.REPORT_JSON)))["no_face"] == []
+
+  images, probes, how = recognize.load_faces(photos, c, MTCNN_WEIGHTS, "largest")
+  assert images.shape == stored.shape == (2, 16, 16, 3)
+  np.testing.assert_array_equal(images, stored)
+  assert "aligned to the facenet160 template and resized to the run's 16 px input" in how
+
+  gallery = str(tmp / "aligned.npz")
+  detect = ["--detect=mtcnn", f"--mtcnn_weights={MTCNN_WEIGHTS}"]
+  recognize.run(["enroll", f"--name={a}", photos[0], *detect, *_args(wd, gallery)])
+  r = recognize.run(["identify", photos[0], *detect, "--threshold=0.5", *_args(wd, gallery)])
+  assert r["ids"] == [a] and r["distances"][0] == pytest.approx(0, abs=1e-6)
+  assert "aligned to the facenet160 template" in capsys.readouterr().out

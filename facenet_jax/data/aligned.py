@@ -42,7 +42,9 @@ import time
 from typing import Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
+from facenet_jax.data.images import Fit, fit_image
 from infra.errors import UserError
 from infra.progress import Progress
 
@@ -142,6 +144,15 @@ def alignment_of(config) -> Alignment | None:
     raise AlignConfigError(f"config.data.align_min_face = {min_face!r}: expected a number of px > 0")
   return Alignment(weights=weights, template=template, pick=pick, no_face=no_face,
                    min_face_size=float(min_face))
+
+
+def template_of(config) -> str | None:
+  """The ``align.TEMPLATES`` key that ``config.data`` warps faces onto (``align_template``),
+  or None for ``align="none"``. Unlike ``alignment_of`` it needs no detector weights: a
+  trained run's saved config tells recognition how its faces were made."""
+  d = config.data
+  template = _one_of(d, "align_template", TEMPLATES)
+  return None if _one_of(d, "align", ALIGN) == "none" else template
 
 
 def check_config(config) -> None:
@@ -323,4 +334,13 @@ def aligned_crop(rgb_HxWx3: np.ndarray, landmarks_5x2: np.ndarray, template: str
   from facenet_jax import align   # lazy: JAX
   crop = align.align_faces(np.asarray(rgb_HxWx3), np.asarray(landmarks_5x2, np.float32)[None],
                            template)[0]
-  return np.clip(crop + 0.5, 0, 255).astype(np.uint8)
+  return align.to_uint8(crop)
+
+
+def fit_aligned(crop_SxSx3: np.ndarray, fit: Fit, where: str = "face") -> np.ndarray:
+  """A template crop (uint8, (S, S, 3)) as the run's input, (fit.size, fit.size, fit.channels)
+  uint8: resized and made grey or RGB by ``fit_image`` with no center crop (the template
+  already frames the face; ``fit.crop`` is for unaligned images). The one fit of an aligned
+  face, used by the dataset preparation and by recognition (``faces.inputs.fit_face``)."""
+  return fit_image(Image.fromarray(crop_SxSx3), Fit(size=fit.size, crop=0, channels=fit.channels),
+                   where)

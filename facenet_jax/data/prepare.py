@@ -30,7 +30,6 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
 
 from facenet_jax.data import aligned, raw, records, recordio
 from facenet_jax.data.images import Fit, fit_image
@@ -131,11 +130,10 @@ def write_shard(task: tuple) -> int:
   worker process; returns the number of images written.
 
   Aligned: an item's face is warped onto the template (``aligned.aligned_crop``) and that
-  crop resized to ``fit.size`` (no center crop); an item without landmarks is fitted as
-  without alignment (``fit``, its center crop included)."""
+  crop resized to ``fit.size`` (``aligned.fit_aligned``: no center crop); an item without
+  landmarks is fitted as without alignment (``fit``, its center crop included)."""
   kind, root, items, fit, encoding, quality, final = task[:7]
   template, lms = task[7] if len(task) > 7 and task[7] is not None else (None, [None] * len(items))
-  face_fit = Fit(size=fit.size, crop=0, channels=fit.channels)
   from array_record.python import array_record_module   # lazy: C++ extension
   tmp = f"{final}.tmp{os.getpid()}"
   mode = "L" if fit.channels == 1 else "RGB"
@@ -150,8 +148,7 @@ def write_shard(task: tuple) -> int:
           image = fit_image(raw.decode_image(data, where, mode), fit, where)
         else:
           rgb = np.asarray(raw.decode_image(data, where, "RGB").convert("RGB"), np.uint8)
-          crop = Image.fromarray(aligned.aligned_crop(rgb, lm, template))
-          image = fit_image(crop, face_fit, where)
+          image = aligned.fit_aligned(aligned.aligned_crop(rgb, lm, template), fit, where)
         writer.write(records.encode(image, encoding, quality))
     finally:
       writer.close()

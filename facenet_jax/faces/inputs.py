@@ -2,10 +2,11 @@
 
 How a face becomes a model input follows how the run's training images were made:
 
-* a run trained on aligned faces (``config.data.align`` set, e.g. "mtcnn"): the face is
-  warped onto the alignment template whose crop is the run's input size (``arcface112`` for
-  112 px, ``facenet160`` for 160 px), as its training faces were;
-* a run trained on unaligned photos (no ``data.align``: every run so far): a warp would show
+* a run trained on aligned faces (``config.data.align="mtcnn"``): the face is warped onto
+  the run's ``config.data.align_template`` (``arcface112``, ``facenet160``) and that crop
+  resized to the run's ``config.data.image_size``, by the same functions the dataset
+  preparation used for its training faces (``data.aligned.fit_aligned``);
+* a run trained on unaligned photos (``data.align="none"``, the default): a warp would show
   it faces framed unlike anything it trained on, so the face is instead cut as a square of
   ``CENTRED_SCALE`` x its box side, centred on the box, and fitted (resized, grey or RGB)
   exactly as the run fits its training photos. 1.25 x an MTCNN box on a 250 px LFW photo is
@@ -19,14 +20,12 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
+from facenet_jax import align
+from facenet_jax.data import aligned
+from facenet_jax.data import images as data_images
 from facenet_jax.faces import pipeline
-from infra.errors import UserError
 
 CENTRED_SCALE = 1.25   # square side / box side for runs trained on unaligned photos
-
-
-class FaceFitError(UserError, ValueError):
-  """A run whose inputs detected faces cannot be made into (names the setting)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,24 +39,19 @@ class FaceInput:
 
 
 def face_input(config) -> FaceInput:
-  """How this run's config says detected faces are to be fitted (see the module doc)."""
+  """How this run's config says detected faces are to be fitted (see the module doc). A bad
+  ``data.align`` / ``data.align_template`` is ``aligned.AlignConfigError``, naming the field."""
   size, channels = int(config.data.image_size), int(config.data.channels)
-  aligned = str(config.data.get("align", "") or "")
-  if aligned.lower() == "none":   # data.align=none: unaligned photos (the default)
-    aligned = ""
-  if aligned:
-    template = pipeline.template_for_size(size)
-    if template is None:
-      raise FaceFitError(f"the run was trained on aligned faces (config.data.align={aligned!r}) "
-                         f"at {size} px, but no alignment template is {size} px "
-                         f"(arcface112, facenet160)")
+  template = aligned.template_of(config)
+  if template is not None:
     return FaceInput(template, size, channels,
-                     f"aligned to the {template} template (the run's {size} px input; "
-                     f"it was trained on aligned faces, data.align={aligned})")
+                     f"aligned to the {template} template and resized to the run's {size} px "
+                     f"input, as its training faces were (data.align={config.data.align}, "
+                     f"data.align_template={template})")
   return FaceInput(None, size, channels,
                    f"not aligned: a square of {CENTRED_SCALE:g}x each face box, fitted to the "
                    f"run's {size} px input like its training photos (the run was trained on "
-                   f"unaligned photos: config.data has no align)")
+                   f"unaligned photos: data.align=none)")
 
 
 def centred_square(box_4, scale: float = CENTRED_SCALE) -> tuple[int, int, int, int]:
@@ -74,15 +68,14 @@ def centred_square(box_4, scale: float = CENTRED_SCALE) -> tuple[int, int, int, 
 def fit_face(photo: Image.Image, face: pipeline.Face, inp: FaceInput) -> np.ndarray:
   """(size, size, channels) uint8 model input of one detected ``face`` of ``photo``.
 
-  Aligned: the face's template crop (``face.crop``, made by ``detect_and_align``). Centred:
-  the square around the box, black where it leaves the photo (PIL's crop), then the run's
-  fit. Both end in ``data.images.fit_image`` so grey/RGB and resizing match training.
+  Aligned: the face's template crop (``face.crop``, made by ``detect_and_align``), rounded and
+  fitted as the dataset preparation fits its crops (``aligned.fit_aligned``). Centred: the
+  square around the box, black where it leaves the photo (PIL's crop), then the run's fit.
+  Both end in ``data.images.fit_image`` so grey/RGB and resizing match training.
   """
-  from facenet_jax.data import images as data_images
+  fit = data_images.Fit(size=inp.size, crop=0, channels=inp.channels)
   if inp.template is not None:
     if face.crop is None:
       raise ValueError("an aligned FaceInput needs faces made with its template")
-    im = Image.fromarray(np.clip(face.crop + 0.5, 0, 255).astype(np.uint8))
-  else:
-    im = photo.convert("RGB").crop(centred_square(face.box_4))
-  return data_images.fit_image(im, data_images.Fit(size=inp.size, crop=0, channels=inp.channels))
+    return aligned.fit_aligned(align.to_uint8(face.crop), fit)
+  return data_images.fit_image(photo.convert("RGB").crop(centred_square(face.box_4)), fit)

@@ -87,7 +87,3 @@ def detect_and_align(rgb_list: Sequence, detector: detect.MTCNN, template: str |
   rgbs = [detect.to_rgb(im) for im in rgb_list]
   return [faces_of(rgb, faces, template, which) for rgb, faces in zip(rgbs, detector.detect(rgbs))]
 
-
-def template_for_size(size: int) -> str | None:
-  """The ``align.TEMPLATES`` key whose crop is ``size`` px, or None when none is."""
-  return next((k for k, (_, s) in align.TEMPLATES.items() if s == size), None)

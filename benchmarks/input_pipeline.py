@@ -18,8 +18,10 @@ All generated data goes under ``--work`` (default /tmp/facenet_input_bench), nev
 4. training runs per shard size: ``scripts/train_facenet.py --config.data.source=folder``
    on the prepared folder (small ConvNet, ``--train_steps`` steps): seconds from launch to
    the first finished step, and the peak RSS of its process tree (polled every 0.1 s); a
-   cold start (empty compilation cache: the first size's first run compiles), then the same
-   run again (warm: the train step comes from the cache, as on a resume or rerun).
+   cold start (an empty compilation cache per size: the run compiles), then the same run
+   again (warm: the train step comes from the cache, as on a resume or rerun). With
+   ``--long_steps``, one longer run on the largest size: the peak RSS in each quarter of its
+   steps (memory that stays flat over a run).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ _SHARDS = flags.DEFINE_list("shard_images", ["50000", "500000"], "sizes written 
 _PREP_WORKERS = flags.DEFINE_integer("prepare_workers", 0, "0: every core")
 _STEPS = flags.DEFINE_integer("throughput_steps", 40, "batches timed per throughput point")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 10, "steps of each training run")
+_LONG_STEPS = flags.DEFINE_integer("long_steps", 0, "then one run of this many steps on the largest "
+                                   "size: peak RSS per quarter of its steps (0: skip)")
 
 
 def face(person: int, k: int, size: int) -> np.ndarray:
@@ -83,11 +87,15 @@ def _parallel(fn, jobs: list) -> None:
   import multiprocessing as mp
   t = time.perf_counter()
   with mp.get_context("spawn").Pool(len(os.sched_getaffinity(0))) as pool:
+    tty = sys.stdout.isatty()   # a log file gets a line per tenth, a terminal one line redrawn
     for i, _ in enumerate(pool.imap_unordered(_star, [(fn, j) for j in jobs]), 1):
-      rate = i / (time.perf_counter() - t)
-      print(f"\r  {fn.__name__} {i}/{len(jobs)}  {rate:.2f}/s  eta {(len(jobs) - i) / rate:.0f} s",
-            end="", flush=True)
-  print(flush=True)
+      if tty or i == len(jobs) or i % max(1, len(jobs) // 10) == 0:
+        rate = i / (time.perf_counter() - t)
+        start = "\r" if tty else ""
+        print(f"{start}  {fn.__name__} {i}/{len(jobs)}  {rate:.2f}/s  "
+              f"eta {(len(jobs) - i) / rate:.0f} s", end="" if tty else "\n", flush=True)
+  if tty:
+    print(flush=True)
 
 
 def _star(fn_job):
@@ -174,29 +182,38 @@ def train_run(path: str, size: int, workdir: str, steps: int, cache: str) -> dic
   env["XDG_CACHE_HOME"] = cache   # scripts keep compiled programs under it (infra/cli.py)
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env=env)
-  lines, first = [], []
+  lines, first, step = [], [], [0]
 
-  def read():   # the first step's progress line marks the end of start-up
+  def read():   # progress lines: the first marks the end of start-up, each one the step
     for line in proc.stdout:
       lines.append(line)
-      if not first and line.startswith(f"step 1/{steps}"):
-        first.append(time.time() - t0)
+      if line.startswith("step ") and "/" in line.split()[1]:
+        step[0] = int(line.split()[1].split("/")[0])
+        if not first:
+          first.append(time.time() - t0)
 
   reader = threading.Thread(target=read, daemon=True)
   reader.start()
-  peak = 0
+  peak, quarters = 0, [0, 0, 0, 0]   # peak RSS while the run was in each quarter of its steps
   while proc.poll() is None:
     try:
       tree = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
-      peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+      rss = sum(p.memory_info().rss for p in tree if p.is_running())
+      peak = max(peak, rss)
+      if first:
+        q = min(3, 4 * (step[0] - 1) // steps)
+        quarters[q] = max(quarters[q], rss)
     except psutil.Error:
       pass
     time.sleep(0.1)
   reader.join(timeout=10)
   if proc.returncode:
     raise RuntimeError("training run failed:\n" + "".join(lines[-40:]))
-  first = first[0] if first else None
-  return {"first_step_s": first, "peak_rss_gb": peak / 2 ** 30, "wall_s": time.time() - t0}
+  # flat memory over a run: the four quarters' peaks equal (the last includes the final
+  # evaluation and checkpoint)
+  return {"first_step_s": first[0] if first else None, "peak_rss_gb": peak / 2 ** 30,
+          "peak_rss_by_quarter_gb": [round(q / 2 ** 30, 3) for q in quarters],
+          "wall_s": time.time() - t0}
 
 
 def main(argv):
@@ -228,13 +245,17 @@ def main(argv):
     for w in (1, 2):
       out["throughput"][f"{px}px_{w}w"] = throughput(path, w, _STEPS.value)
       print(px, w, out["throughput"][f"{px}px_{w}w"], flush=True)
-  cache = os.path.join(work, f"xla_cache{time.time_ns()}")   # empty: the first run compiles
   for n in sizes:
     path = write_shards(os.path.join(work, f"shards{n}_112"), n, 112)
+    cache = os.path.join(work, f"xla_cache{time.time_ns()}")   # empty: the cold run compiles
     for start in ("cold", "warm"):   # warm: the same run started again, programs cached
       out["train"][f"{n}_{start}"] = r = train_run(
           path, 112, os.path.join(work, f"run{n}_{time.time_ns()}"), _TRAIN_STEPS.value, cache)
       print(n, start, r, flush=True)
+  if _LONG_STEPS.value:
+    out["train"][f"{n}_long"] = r = train_run(
+        path, 112, os.path.join(work, f"run{n}_{time.time_ns()}"), _LONG_STEPS.value, cache)
+    print(n, "long", r, flush=True)
   out["load_after"] = os.getloadavg()[0]
   print(json.dumps(out, indent=1))
 

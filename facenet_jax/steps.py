@@ -94,8 +94,10 @@ def make_objective(config: ml_collections.ConfigDict) -> Callable:
     def offline_loss(emb_BxD, batch, key, margin):
       del key
       a, p, n = jnp.split(emb_BxD, 3)
-      return mining.explicit_triplet_loss(a, p, n, batch["mask"][: a.shape[0]],
-                                          margin, config.loss)
+      # a triplet counts only if its three rows are real (a record skipped as undecodable,
+      # data.skip_corrupt, masks its row, whichever of the three it is)
+      valid = jnp.all(jnp.stack(jnp.split(batch["mask"], 3)), axis=0)
+      return mining.explicit_triplet_loss(a, p, n, valid, margin, config.loss)
     return offline_loss
 
   def online_loss(emb_BxD, batch, key, margin):

@@ -28,7 +28,7 @@ import numpy as np
 from facenet_jax import evaluators, offline, steps, sweep, verification, vgg_features
 from facenet_jax import workdir as workdir_lib
 from facenet_jax.config_checks import ConfigError, check_config
-from facenet_jax.data import sources
+from facenet_jax.data import batches as batches_lib, sources
 from facenet_jax.data.raw import DataError
 from facenet_jax.data.batches import TrainBatches, input_workers
 from facenet_jax.sampler import PKSampler
@@ -136,6 +136,23 @@ def prepare_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
                                  issame, config.data.eval_folds, prefix="pixel_")
   return RunData(train_ds, eval_ds, raw_train_ds, raw_eval_ds, features, global_batch, sampler,
                  eval_bs, pair_i, pair_j, issame, pixel, loader)
+
+
+def embed_loaded(embed_fn: Callable, state: State, loader: TrainBatches, rows_R: np.ndarray,
+                 labels_N: np.ndarray, batch_size: int, mesh: jax.sharding.Mesh) -> np.ndarray:
+  """(R, D) embeddings of training rows ``rows_R`` read through ``loader`` (its workers decode
+  prepared records ahead; each process reads only its rows of each chunk), in the chunks of
+  ``steps.embed_all`` and so the same values it gives on ``images[rows_R]``."""
+  chunks = batches_lib.RowChunks(rows_R, labels_N[rows_R], batch_size)
+  loader.use(chunks, len(chunks))
+  mine = mesh_lib.process_slice(batch_size)
+  out = []
+  for k in range(len(chunks)):
+    images = loader.read(k, mine)["images"]
+    emb = embed_fn(state["params"], state["model_state"],
+                   mesh_lib.assemble_batch(images, mesh, batch_size))
+    out.append(np.asarray(emb)[:min(batch_size, rows_R.size - k * batch_size)])
+  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def pair_metrics(embed_fn: Callable, state: State, data: RunData, mesh: jax.sharding.Mesh,
@@ -411,11 +428,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                                        data.global_batch)
   extra_meta = dict
   if config.offline.enabled:   # one model (check_config): its embeddings pick the triplets
-    batches = offline.OfflineBatches(config.offline, data.train_ds.labels, data.train_ds.images,
-                                     config.margin, config.seed, meta)
-    embed_rows = lambda st, rows: steps.embed_all(embed_fn, st, data.train_ds.images[rows],
-                                                  data.eval_bs, mesh)
-    make_batch = lambda step, st: mesh_lib.shard_batch(batches.batch(step, embed_rows, st), mesh)
+    # both the re-score's pool rows and each step's triplets are read by data.loader
+    batches = offline.OfflineBatches(config.offline, data.train_ds.labels, data.loader,
+                                     config.margin, config.seed, meta, config.num_steps)
+    embed_rows = lambda st, r: embed_loaded(embed_fn, st, data.loader, r, data.train_ds.labels,
+                                            data.eval_bs, mesh)
+    make_batch = lambda step, st: mesh_lib.assemble_batch(
+        batches.batch(step, embed_rows, st, rows), mesh, data.global_batch)
     extra_meta = batches.meta
   if start == 0:
     for m in members:

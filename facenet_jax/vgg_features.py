@@ -7,7 +7,12 @@ layer, the input size and the weights file, so a changed dataset or weights file
 served stale features.
 
 The network is ``infra.vgg`` (the one VGG of the codebase, also used by style transfer).
-Input: uint8 RGB (or grey, repeated to 3 channels) images, Caffe-preprocessed.
+Input: uint8 RGB (or grey, repeated to 3 channels) images, Caffe-preprocessed: an
+(N, H, W, C) array, or a prepared dataset's ``records.RecordImages``, which is read chunk by
+chunk through the training input path (``batches.TrainBatches``, decoded in its worker
+processes) and never held whole. The features themselves are what the head trains on, so
+they are held in memory: a request whose features would exceed :func:`memory_limit` (half
+this machine's RAM) fails before anything is computed, naming ``config.data.features``.
 
 Pooled descriptors (``pool="mean"``, ``power=0.5``) are SPoC (Babenko & Lempitsky, "Aggregating
 Deep Convolutional Features for Image Retrieval", ICCV 2015): the activation map, raised
@@ -18,6 +23,7 @@ head (``models.fit_pca_whitening``) fitted on it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from typing import Callable
@@ -75,18 +81,57 @@ def pool_descriptor(act_BxHxWxC: jax.Array, pool: str, power: float,
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", depth: int = 19,
+def memory_limit() -> int:
+  """Bytes of features :func:`features` may return: half of this machine's RAM."""
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def feature_shape(depth: int, layer: str, pool: str, input_shape: tuple[int, ...]
+                  ) -> tuple[int, ...]:
+  """``(h, w, C)`` of one image's features of VGG``depth`` ``layer`` for ``(H, W, C_in)``
+  images: the layer geometry alone (nothing computed); ``(1, 1, C)`` when pooled."""
+  names = vgg_lib.layer_names(depth)
+  if layer not in names:
+    raise ValueError(f"data.features layer {layer!r} is not a VGG{depth} layer; valid: {names}")
+  h, w = input_shape[:2]
+  for _, k, stride, pad in vgg_lib.layer_geometry(depth)[:names.index(layer) + 1]:
+    h, w = ((n + 2 * pad - k) // stride + 1 for n in (h, w))
+  block = int(layer[4])   # convB_C and poolB: B is the fifth character
+  channels = min(64 << (block - 1), 512)   # 64, 128, 256, 512, 512 (both depths)
+  return (1, 1, channels) if pool else (h, w, channels)
+
+
+def check_memory(n: int, shape: tuple[int, ...], depth: int, layer: str, pool: str, name: str,
+                 limit: int) -> None:
+  """ValueError (one line, naming ``config.data.features``) when ``n`` feature maps of
+  ``shape`` float32 exceed ``limit`` bytes."""
+  need = n * int(np.prod(shape)) * 4
+  if need > limit:
+    raise ValueError(
+        f"config.data.features='vgg{depth}:{layer}' (data.features_pool={pool!r}): the features "
+        f"of {n:,} {name} are {shape} float32 each, {need / 2**30:.1f} GiB held in memory, over "
+        f"the limit of {limit / 2**30:.1f} GiB (half this machine's RAM); pool them "
+        f"(data.features_pool='mean': {shape[-1] * 4:,} bytes each), pick an earlier layer or use "
+        f"fewer images")
+
+
+def features(images_NxHxWxC, *, weights: str, layer: str = "pool5", depth: int = 19,
              pool: str = "", power: float = 1.0, flip: bool = False, batch_size: int = 32,
-             cache_dir: str | None = None, name: str = "images") -> np.ndarray:
+             cache_dir: str | None = None, name: str = "images", workers: int = -1,
+             limit: int | None = None) -> np.ndarray:
   """VGG activations of ``layer`` for every image: float32 ``(N, h, w, C_layer)``, or with
   ``pool`` ("mean" | "max") the pooled, L2-normalized descriptor ``(N, 1, 1, C_layer)``
   (``pool_descriptor``; ``power`` is applied first; ``flip``: of the image and its mirror).
 
-  ``images_NxHxWxC``: uint8 0..255, C = 3 (RGB) or 1 (grey: repeated). ``weights``: a Keras
-  notop HDF5 path, "download" or "random" (tests). With ``cache_dir``, features are stored
-  per image content in ``<cache_dir>/vgg<depth>_<layer>[_<pool>p<power>][_flip]_<size>_<weights>.npz``
+  ``images_NxHxWxC``: uint8 0..255, C = 3 (RGB) or 1 (grey: repeated), as an array or as a
+  source read by row (``records.RecordImages``: read in chunks by ``workers`` input worker
+  processes, ``batches.input_workers``; the same features as its decoded array gives).
+  ``weights``: a Keras notop HDF5 path, "download" or "random" (tests). With ``cache_dir``,
+  features are stored per image content in
+  ``<cache_dir>/vgg<depth>_<layer>[_<pool>p<power>][_flip]_<size>_<weights>.npz``
   (written atomically): a subset, a superset or a reordering of cached images costs only
-  the new ones.
+  the new ones. Features over ``limit`` bytes (default :func:`memory_limit`) are refused
+  before anything is read.
   """
   if pool not in POOLS:
     raise ValueError(f"data.features_pool={pool!r}: expected one of {POOLS} ('' keeps the map)")
@@ -95,51 +140,101 @@ def features(images_NxHxWxC: np.ndarray, *, weights: str, layer: str = "pool5", 
                      "mirrored activation map is not aligned with the original)")
   if not power > 0:
     raise ValueError(f"data.features_power={power!r}: expected a number > 0 (0.5: square root)")
-  x = np.asarray(images_NxHxWxC)
-  if x.ndim != 4 or x.shape[-1] not in (1, 3):
-    raise ValueError(f"{name}: VGG features need (N, H, W, 1 or 3) images, got shape {x.shape}")
+  lazy = hasattr(images_NxHxWxC, "read")   # decoded on demand: never made one array
+  x = images_NxHxWxC if lazy else np.asarray(images_NxHxWxC)
+  shape = tuple(x.shape)
+  if len(shape) != 4 or shape[-1] not in (1, 3):
+    raise ValueError(f"{name}: VGG features need (N, H, W, 1 or 3) images, got shape {shape}")
   if layer not in vgg_lib.layer_names(depth):
     raise ValueError(f"data.features layer {layer!r} is not a VGG{depth} layer; valid: "
                      f"{vgg_lib.layer_names(depth)}")
   need = vgg_lib.min_input_size([layer])
-  if min(x.shape[1:3]) < need:
-    raise ValueError(f"{name}: {x.shape[1]}x{x.shape[2]} px images are smaller than the {need} px "
+  if min(shape[1:3]) < need:
+    raise ValueError(f"{name}: {shape[1]}x{shape[2]} px images are smaller than the {need} px "
                      f"per side that VGG layer {layer} needs; raise data.image_size")
-  keys = _row_keys(x)
+  check_memory(shape[0], feature_shape(depth, layer, pool, shape[1:]), depth, layer, pool, name,
+               memory_limit() if limit is None else limit)
   path = None
-  store_keys, store_feats = np.zeros(0, "S20"), None
+  store = ({}, [])   # ({content key: row}, [feature arrays whose rows, in order, those are])
   if cache_dir:
     path = os.path.join(os.path.expanduser(cache_dir),
-                        _cache_name(weights, layer, depth, pool, power, flip, x.shape[1:]))
-    if os.path.exists(path):
-      try:
-        with np.load(path, allow_pickle=False) as z:
-          store_keys, store_feats = z["keys"], z["features"]
-      except Exception as e:   # a cache, not data: a corrupt copy is recomputed and replaced
-        print(f"{path}: unreadable feature cache ({type(e).__name__}: {e}); recomputing it",
-              flush=True)
-        store_keys, store_feats = np.zeros(0, "S20"), None
-  known = dict(zip(store_keys.tolist(), range(store_keys.size)))
-  missing_rows = {}
-  for r, k in enumerate(keys.tolist()):
-    if k not in known and k not in missing_rows:
-      missing_rows[k] = r
-  if missing_rows:
-    rows = np.fromiter(missing_rows.values(), np.int64)
-    new = _compute(x[rows], weights, layer, depth, pool, power, flip, batch_size, name)
-    store_keys = np.concatenate([store_keys, keys[rows]])
-    store_feats = new if store_feats is None else np.concatenate([store_feats, new])
-    known = dict(zip(store_keys.tolist(), range(store_keys.size)))
-    if path:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = f"{path}.tmp{os.getpid()}.npz"
-      np.savez(tmp, keys=store_keys, features=store_feats)
-      os.replace(tmp, path)
-  return store_feats[np.asarray([known[k] for k in keys.tolist()], np.int64)]
+                        _cache_name(weights, layer, depth, pool, power, flip, shape[1:]))
+    store = _read_cache(path)
+  compute = lambda imgs: _compute(imgs, weights, layer, depth, pool, power, flip, batch_size,
+                                  name)
+  chunks = _chunks(x, batch_size * 32, workers) if lazy else [x]
+  keys, added = [], 0
+  try:
+    for chunk in chunks:
+      k = _row_keys(chunk)
+      added += _add_missing(store, chunk, k, compute)
+      keys.append(k)
+  finally:
+    _program.cache_clear()   # the weights are not kept past the call
+  keys = np.concatenate(keys) if keys else np.zeros(0, "S20")
+  known, parts = store
+  feats = np.concatenate(parts) if parts else None
+  if added and path:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, keys=np.asarray(list(known), "S20"), features=feats)
+    os.replace(tmp, path)
+  return feats[np.asarray([known[k] for k in keys.tolist()], np.int64)]
 
 
-def _compute(x: np.ndarray, weights: str, layer: str, depth: int, pool: str, power: float,
-             flip: bool, batch_size: int, name: str) -> np.ndarray:
+def _read_cache(path: str) -> tuple[dict, list]:
+  """``({key: row}, [features])`` of the cache file ``path`` (empty when absent or unreadable:
+  a cache, not data, so a corrupt copy is recomputed and replaced)."""
+  if not os.path.exists(path):
+    return {}, []
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      keys, feats = z["keys"], z["features"]
+  except Exception as e:
+    print(f"{path}: unreadable feature cache ({type(e).__name__}: {e}); recomputing it",
+          flush=True)
+    return {}, []
+  return dict(zip(keys.tolist(), range(keys.size))), [feats]
+
+
+def _add_missing(store: tuple[dict, list], images_NxHxWxC: np.ndarray, keys_N: np.ndarray,
+                 compute: Callable[[np.ndarray], np.ndarray]) -> int:
+  """Computes the features of the images whose key ``store`` lacks (a repeated one once) and
+  adds them; returns how many."""
+  known, parts = store
+  missing = {}
+  for r, k in enumerate(keys_N.tolist()):
+    if k not in known and k not in missing:
+      missing[k] = r
+  if not missing:
+    return 0
+  rows = np.fromiter(missing.values(), np.int64)
+  start = sum(p.shape[0] for p in parts)
+  parts.append(compute(images_NxHxWxC[rows]))
+  known.update((k, start + i) for i, k in enumerate(missing))
+  return rows.size
+
+
+def _chunks(images, size: int, workers: int):
+  """The images of a row-read source (``records.RecordImages``) as (<= size, H, W, C) arrays
+  in order, decoded by the training input path (``batches.TrainBatches``) ``workers`` ahead."""
+  from facenet_jax.data import batches   # lazy: in-memory callers never need it
+  n = len(images)
+  rows = batches.RowChunks(np.arange(n, dtype=np.int64), np.zeros(n, np.int32), size)
+  loader = batches.TrainBatches(images, rows, len(rows),
+                                workers=batches.input_workers(workers, images))
+  try:
+    for k in range(len(rows)):
+      yield loader.read(k)["images"][:min(size, n - k * size)]
+  finally:
+    loader.close()
+
+
+@functools.lru_cache(maxsize=1)
+def _program(weights: str, layer: str, depth: int, pool: str, power: float, flip: bool
+             ) -> tuple[Callable, object]:
+  """``(run, state)``: the jitted ``run(state, (B, H, W, C) uint8) -> features`` and the VGG
+  weights, loaded once for the chunks of one :func:`features` call (which clears it after)."""
   model = vgg_lib.load_vgg(weights, depth, "max")
   graphdef, state = nnx.split(model)
 
@@ -152,7 +247,12 @@ def _compute(x: np.ndarray, weights: str, layer: str, depth: int, pool: str, pow
     act = net.features(vgg_lib.preprocess_caffe(rgb), (layer,))[layer]
     mirror = net.features(vgg_lib.preprocess_caffe(rgb[:, :, ::-1]), (layer,))[layer] if flip else None
     return pool_descriptor(act, pool, power, mirror)
+  return run, state
 
+
+def _compute(x: np.ndarray, weights: str, layer: str, depth: int, pool: str, power: float,
+             flip: bool, batch_size: int, name: str) -> np.ndarray:
+  run, state = _program(weights, layer, depth, pool, power, flip)
   out = []
   progress = Progress(x.shape[0], 0, unit="img")
   for i in range(0, x.shape[0], batch_size):
@@ -205,19 +305,12 @@ def output_shape(config, input_shape: tuple[int, ...]) -> tuple[int, ...]:
   if spec is None:
     return tuple(input_shape)
   depth, layer = spec
-  names = vgg_lib.layer_names(depth)
-  if layer not in names:
-    raise ValueError(f"data.features layer {layer!r} is not a VGG{depth} layer; valid: {names}")
   h, w = input_shape[:2]
-  need = vgg_lib.min_input_size([layer])
+  need = vgg_lib.min_input_size([layer]) if layer in vgg_lib.layer_names(depth) else 0
   if min(h, w) < need:
     raise ValueError(f"{h}x{w} px images are smaller than the {need} px per side that VGG "
                      f"layer {layer} needs; raise data.image_size")
-  for _, k, stride, pad in vgg_lib.layer_geometry(depth)[:names.index(layer) + 1]:
-    h, w = ((n + 2 * pad - k) // stride + 1 for n in (h, w))
-  block = int(layer[4])   # convB_C and poolB: B is the fifth character
-  channels = min(64 << (block - 1), 512)   # 64, 128, 256, 512, 512 (both depths)
-  return (1, 1, channels) if config.data.features_pool else (h, w, channels)
+  return feature_shape(depth, layer, str(config.data.features_pool), tuple(input_shape))
 
 
 def transform_for(config, cache_dir: str | None = None) -> Callable[[np.ndarray, str], np.ndarray] | None:
@@ -236,5 +329,5 @@ def transform_for(config, cache_dir: str | None = None) -> Callable[[np.ndarray,
     return features(images, weights=config.model.vgg_weights, layer=layer, depth=depth,
                     pool=str(config.data.features_pool), power=float(config.data.features_power),
                     flip=bool(config.data.features_flip),
-                    cache_dir=cache, name=name)
+                    cache_dir=cache, name=name, workers=int(config.data.get("workers", -1)))
   return transform

@@ -1,6 +1,7 @@
 """Datasets bigger than RAM: preparation into array_record shards (resume, lock, errors),
 the label-only P x K sampler at a million labels, per-process rows, grain batches, a
-resumed run on prepared shards, corrupt records, insightface RecordIO."""
+resumed run on prepared shards (online and offline selection), corrupt records (online and
+offline), VGG features of a prepared source, no leaked shared memory, insightface RecordIO."""
 
 import fcntl
 import io
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 
 from configs.facenet import get_config
-from facenet_jax import steps, train
+from facenet_jax import offline, steps, train, vgg_features
 from facenet_jax.data import batches, prepare, raw, records, recordio, sources
 from facenet_jax.data.images import Fit
 from facenet_jax.sampler import PKSampler
@@ -240,11 +241,25 @@ def test_corrupt_record_is_named_or_skipped_and_counted(tmp_path):
   assert all(3 not in s(t).labels for t in range(10))
 
 
-def test_resumed_run_on_prepared_shards_equals_uninterrupted_run(tmp_path):
+def _final_states(c, *dirs):
+  _, _, target = steps.create_train_state(c, in_channels=3)
+  states = []
+  for d in dirs:
+    ck = checkpoints.Checkpointer(os.path.join(d, "checkpoints"), every=1)
+    states.append(ck.restore(target))
+    ck.close()
+  return states
+
+
+@pytest.mark.parametrize("offline_mode", [False, True])
+def test_resumed_run_on_prepared_shards_equals_uninterrupted_run(tmp_path, offline_mode):
   """Batches through grain worker processes (data.workers=1): the step is the loader's whole
-  position, so a run killed after its step-2 checkpoint resumes to the same parameters."""
+  position, so a run killed after its step-2 checkpoint resumes to the same parameters. In
+  offline mode the re-score's pool rows and each period's triplets are read by the same
+  workers (offline.rescore_every=3: the resumed run restarts them mid-period at step 2 from
+  the selection its checkpoint saved), and reading in the caller (workers=0) trains the same."""
   root = _people(tmp_path / "people", [3, 4, 2, 5, 3, 4, 2, 3, 1, 4])
-  c = _config(tmp_path, root, **{"data.workers": 1})
+  c = _config(tmp_path, root, **{"data.workers": 1, "offline.enabled": offline_mode})
   full = train.train_and_evaluate(c, str(tmp_path / "full"))
   part = tmp_path / "part"
   train.train_and_evaluate(c, str(part))
@@ -252,16 +267,19 @@ def test_resumed_run_on_prepared_shards_equals_uninterrupted_run(tmp_path):
     shutil.rmtree(part / "checkpoints" / str(s))
   os.remove(part / "results.json")
   resumed = train.train_and_evaluate(c, str(part))
-  _, _, target = steps.create_train_state(c, in_channels=3)
-  states = []
-  for d in (tmp_path / "full", part):
-    ck = checkpoints.Checkpointer(os.path.join(d, "checkpoints"), every=1)
-    states.append(ck.restore(target))
-    ck.close()
-  assert states[0][0] == states[1][0] == c.num_steps
-  for a, b in zip(jax.tree.leaves(states[0][1]), jax.tree.leaves(states[1][1])):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  dirs = [tmp_path / "full", part]
+  if offline_mode:
+    train.train_and_evaluate(with_overrides(c, {"data.workers": 0}), str(tmp_path / "sync"))
+    dirs.append(tmp_path / "sync")
+  states = _final_states(c, *dirs)
+  assert {s[0] for s in states} == {c.num_steps}
+  for other in states[1:]:
+    for a, b in zip(jax.tree.leaves(states[0][1]), jax.tree.leaves(other[1])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert resumed["metrics"] == full["metrics"]
+  if offline_mode:
+    assert states[1][2]["offline_selected"] == states[0][2]["offline_selected"]
+    return
   # the same data read in the caller (workers=0) gives the same batches as the workers did
   data = train.prepare_data(with_overrides(c, {"data.workers": 0}), mesh_lib.make_data_mesh())
   sync = data.batch(3)
@@ -269,6 +287,124 @@ def test_resumed_run_on_prepared_shards_equals_uninterrupted_run(tmp_path):
   for key, v in data_w.batch(3).items():
     np.testing.assert_array_equal(v, sync[key])
   data_w.loader.close()
+
+
+def _mean_pixel_embedder():
+  """``embed_fn(params, model_state, images) -> (B, 1)``: each image's mean pixel (a stand-in
+  model for re-scoring), and a state for it."""
+  fn = jax.jit(lambda p, m, x: x.reshape(x.shape[0], -1).astype(np.float32).mean(1, keepdims=True))
+  return fn, {"params": None, "model_state": None}
+
+
+def test_offline_reads_name_or_skip_corrupt_records(tmp_path):
+  """Offline selection reads through the run's TrainBatches: the re-score's embedding of a
+  corrupt record stops with its name and source file; with skip_bad its rows are zeros,
+  masked out of their triplet, counted (training reads only) and a triplet with any masked
+  row is left out of the loss."""
+  root = _people(tmp_path / "people", [4, 4, 4])
+  c = _config(tmp_path, root, **{"data.eval_identities": 0})
+  train_ds, _ = sources.load(c)
+  _rewrite_record(train_ds.images.prepared.shard_paths[0], 2, b"\xff\xd8 garbage")
+  labels, mesh = train_ds.labels, mesh_lib.make_data_mesh()
+  cfg = with_overrides(get_config("tiny"), {"offline.pool_size": 32, "offline.rescore_every": 3,
+                                            "offline.triplets_per_batch": 8}).offline
+  assert 2 in offline.sample_pool(labels, 32, seed=0, version=0)
+  embed_fn, state = _mean_pixel_embedder()
+  s = PKSampler(labels, 3, 4, seed=0)
+
+  def run(loader, steps_):
+    ob = offline.OfflineBatches(cfg, labels, loader, 0.2, 0, {}, 6)
+    embed = lambda st, r: train.embed_loaded(embed_fn, st, loader, r, labels, 8, mesh)
+    return ob, [ob.batch(t, embed, state) for t in steps_]
+
+  strict = batches.TrainBatches(train_ds.images, s, 6, workers=1)
+  with pytest.raises(raw.DataError, match=r"record 2 of .*\(shard-00000-of-00001\.array_record\), "
+                                          r"from .*people/p0/2\.png: cannot decode"):
+    run(strict, [0])
+  strict.close()
+  loaders = [batches.TrainBatches(train_ds.images, s, 6, skip_bad=True, workers=w) for w in (1, 0)]
+  (ob, got), (_, want) = (run(l, range(6)) for l in loaders)
+  loaders[0].close()
+  for g, w in zip(got, want):             # workers and the caller read the same batches
+    for key in g:
+      np.testing.assert_array_equal(g[key], w[key])
+  drawn = np.concatenate([ob.rows(t).indices for t in range(3, 6)])   # period 3..5
+  bad = [b["mask"][ob.rows(t).indices == 2] for t, b in zip(range(3, 6), got[3:])]
+  assert all(not m.any() for m in bad)
+  masked = sum(int((~b["mask"]).sum()) for b in got)
+  assert masked == loaders[0].skipped == loaders[1].skipped > 0 and 2 in drawn
+  # the loss leaves out every triplet with a masked row, whichever of the three it is
+  objective = steps.make_objective(with_overrides(get_config("tiny"), {"offline.enabled": True}))
+  b = got[int(np.argmax([(~g["mask"]).sum() for g in got]))]
+  T = b["mask"].size // 3
+  emb = np.random.default_rng(0).normal(size=(3 * T, 4)).astype(np.float32)
+  _, stats = objective(emb, b, None, 0.2)
+  assert int(stats["num_valid"]) == int(b["mask"].reshape(3, T).all(0).sum()) < T
+
+
+# ------------------------------------------------------------- VGG features, shared memory
+
+def test_vgg_features_of_a_prepared_source_stream_in_chunks_and_respect_the_limit(tmp_path,
+                                                                                 monkeypatch):
+  """A prepared source is read in chunks by input workers (never made one array) and gives
+  the features its decoded array gives, sharing the cache; features over the memory limit
+  fail before any image is read, naming config.data.features."""
+  root = _people(tmp_path / "people", [20, 21])
+  c = _config(tmp_path, root, **{"data.eval_identities": 0})
+  train_ds, _ = sources.load(c)
+  images = train_ds.images
+  whole = images[np.arange(len(images))]
+  kw = dict(weights="random", layer="conv1_1", pool="mean", batch_size=1)   # chunks of 32
+  chunks = []
+  real_chunks = vgg_features._chunks
+  monkeypatch.setattr(vgg_features, "_chunks",
+                      lambda *a: (chunks.append(x.shape[0]) or x for x in real_chunks(*a)))
+  got = vgg_features.features(images, cache_dir=str(tmp_path / "f1"), workers=1, **kw)
+  assert chunks == [32, 9]
+  np.testing.assert_array_equal(got, vgg_features.features(whole, **kw))
+  # the array's features come from the cache the streamed source filled
+  monkeypatch.setattr(vgg_features, "_compute", lambda *a: pytest.fail("recomputed"))
+  np.testing.assert_array_equal(
+      vgg_features.features(whole[::-1], cache_dir=str(tmp_path / "f1"), **kw), got[::-1])
+  monkeypatch.setattr(vgg_features, "_chunks", lambda *a: pytest.fail("read before the check"))
+  with pytest.raises(ValueError, match=r"config.data.features='vgg19:conv1_1' \(data.features_pool="
+                                       r"''\): the features of 41 faces are \(12, 12, 64\) float32 "
+                                       r"each, .* over the limit of"):
+    vgg_features.features(images, weights="random", layer="conv1_1", name="faces",
+                          limit=41 * 12 * 12 * 64 * 4 - 1)
+
+
+_SHM = """
+import sys
+import numpy as np
+from facenet_jax.data import batches, records
+from facenet_jax.sampler import PKSampler
+if __name__ == "__main__":
+  ds = records.open_prepared(sys.argv[1])
+  kept = []
+  for close in (True, False):   # one closed, one left open at exit
+    loader = batches.TrainBatches(records.RecordImages(ds), PKSampler(ds.labels, 3, 4, 0), 40,
+                                  workers=1, prefetch=4)
+    kept += [loader(s) for s in range(6)]   # batches still referenced at exit
+    if close:
+      loader.close()
+  assert all(type(b["images"]) is np.ndarray for b in kept)
+  print("read", len(kept), flush=True)
+"""
+
+
+def test_grain_workers_leak_no_shared_memory(tmp_path):
+  """grain hands batches over in shared memory; neither a closed loader nor one left open
+  at exit, nor batches still referenced then, leave blocks for Python to report leaked."""
+  root = _people(tmp_path / "people", [4, 4, 4, 4])
+  path = prepare.prepare(prepare.folder_plan(str(root)), str(tmp_path / "out"), Fit(12, 0, 3),
+                         workers=1, records_per_shard=4)
+  script = tmp_path / "shm.py"
+  script.write_text(_SHM)
+  p = subprocess.run([sys.executable, str(script), path], env={**os.environ, "PYTHONPATH": ROOT},
+                     capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0 and "read 12" in p.stdout, p.stderr
+  assert "leaked shared_memory" not in p.stderr, p.stderr
 
 
 def test_more_people_asked_than_exist_is_an_error(tmp_path):

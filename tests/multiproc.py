@@ -22,6 +22,11 @@ from typing import Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the compiled programs of one test are the next test's: a persistent cache saves minutes
 CACHE = os.path.join(tempfile.gettempdir(), "facenet_jax_multiproc_cache")
+# ... every one of them: JAX keeps only programs that took over a second to compile, and the
+# tiny config's two dozen small ones (initializers, the evaluation's embedding, metrics) cost
+# a relaunched run most of its compile time (about 9 s of CPU against 5 s with all cached)
+CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 def free_port() -> int:
@@ -52,7 +57,7 @@ def env_for(process: int, processes: int, devices: int, port: int,
   process with 4 devices and one with 2), so layouts compared bit for bit get the same pool:
   the run's total device count. ``base``: the environment to start from (default ours)."""
   env = dict(os.environ if base is None else base, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
-             JAX_COMPILATION_CACHE_DIR=CACHE, PYTHONUNBUFFERED="1",
+             **CACHE_ENV, PYTHONUNBUFFERED="1",
              JAX_HEARTBEAT_TIMEOUT_S=str(heartbeat_s), NPROC=str(processes * devices))
   for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
             "SLURM_NTASKS"):

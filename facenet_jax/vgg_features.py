@@ -96,8 +96,9 @@ def feature_shape(depth: int, layer: str, pool: str, input_shape: tuple[int, ...
   h, w = input_shape[:2]
   for _, k, stride, pad in vgg_lib.layer_geometry(depth)[:names.index(layer) + 1]:
     h, w = ((n + 2 * pad - k) // stride + 1 for n in (h, w))
-  block = int(layer[4])   # convB_C and poolB: B is the fifth character
-  channels = min(64 << (block - 1), 512)   # 64, 128, 256, 512, 512 (both depths)
+  # the channels of the last conv at or before ``layer`` (a pool keeps its block's)
+  channels = [ch for conv, ch in vgg_lib.conv_channels(depth)
+              if names.index(conv) <= names.index(layer)][-1]
   return (1, 1, channels) if pool else (h, w, channels)
 
 

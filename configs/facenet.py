@@ -126,6 +126,9 @@ def _data_defaults() -> config_dict.ConfigDict:
       features_power=1.0,
       # pooled descriptors: the sum of the image's and its mirror's, then normalized
       features_flip=False,
+      # pooled descriptors over a grid x grid partition of the map, concatenated (1: over
+      # all positions, SPoC; 2..: keeps the coarse layout of an aligned face)
+      features_grid=1,
       features_cache="",        # "": <tfds_dir>/features
       # folder / recordio sources (facenet_jax/data/streamed.py): prepared once into fitted
       # array_record shards under <tfds_dir>/prepared, then read and decoded per batch

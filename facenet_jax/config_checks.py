@@ -189,6 +189,10 @@ def _check_data(d: ml_collections.ConfigDict) -> None:
            "data.features_power", d.features_power, "a number > 0 (0.5: square root)")
   _require(not (d.features_flip and not d.features_pool), "data.features_flip", d.features_flip,
            "False unless data.features_pool is 'mean' or 'max'")
+  _require(_nonneg_int(d.features_grid) and d.features_grid >= 1, "data.features_grid",
+           d.features_grid, "an integer >= 1 (1: pooled over all positions)")
+  _require(d.features_grid == 1 or d.features_pool, "data.features_grid", d.features_grid,
+           "1 unless data.features_pool is 'mean' or 'max' (a grid of pooled cells)")
   if d.source == "folder":
     _require(bool(d.data_dir), "data.data_dir", d.data_dir, "the identity folder root "
              "(data_dir/<identity>/<image>) with data.source='folder'")

@@ -28,6 +28,9 @@ from infra import checkpoints, mesh as mesh_lib
 # and the frozen-backbone features (but not where they are cached), and flip TTA
 _EMBEDDING_DATA_FIELDS = ("image_size", "center_crop", "channels", "features", "features_pool",
                           "features_power", "features_flip")
+# fields added to those later, with the value every earlier run had: left out of the
+# fingerprint at that value, so runs and galleries saved before them keep their fingerprints
+_LATER_EMBEDDING_DATA_FIELDS = {"features_grid": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,8 @@ def embedding_config(config: ml_collections.ConfigDict) -> dict:
   """The part of a run's config that, with the weights, fixes its embeddings (a dict)."""
   model = {k: v for k, v in config.model.to_dict().items() if k != "vgg_weights"}
   data = {k: config.data[k] for k in _EMBEDDING_DATA_FIELDS if k in config.data}
+  data.update({k: config.data[k] for k, old in _LATER_EMBEDDING_DATA_FIELDS.items()
+               if config.data.get(k, old) != old})
   return {"model": model, "data": data, "flip_tta": bool(config.evaluation.flip_tta)}
 
 

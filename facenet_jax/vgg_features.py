@@ -51,10 +51,11 @@ def _weights_tag(weights: str) -> str:
 
 
 def _cache_name(weights: str, layer: str, depth: int, pool: str, power: float, flip: bool,
-                image_shape: tuple[int, ...]) -> str:
-  """``vgg<depth>_<layer>[_<pool>p<power>][_flip]_<H>x<W>x<C>_<weights>.npz``: one cache file
-  per backbone, pooling and input size."""
+                image_shape: tuple[int, ...], grid: int = 1) -> str:
+  """``vgg<depth>_<layer>[_<pool>p<power>][_grid<g>][_flip]_<H>x<W>x<C>_<weights>.npz``: one
+  cache file per backbone, pooling and input size."""
   what = layer + (f"_{pool}p{power:g}" if pool else (f"_p{power:g}" if power != 1.0 else ""))
+  what += f"_grid{grid}" if grid != 1 else ""
   what += "_flip" if flip else ""
   size = "x".join(str(int(n)) for n in image_shape)
   return f"vgg{depth}_{what}_{size}_{_weights_tag(weights)}.npz"
@@ -63,22 +64,47 @@ def _cache_name(weights: str, layer: str, depth: int, pool: str, power: float, f
 POOLS = ("", "mean", "max")
 
 
+def grid_bands(n: int, grid: int) -> list[tuple[int, int]]:
+  """``grid`` contiguous, non-empty ``[start, stop)`` bands covering ``0..n``, as equal as
+  integers allow (edges ``round(i n / grid)``)."""
+  if not 1 <= grid <= n:
+    raise ValueError(f"data.features_grid={grid}: expected 1..{n} (the feature map has {n} "
+                     "positions on its shorter side)")
+  edges = [int(np.floor(i * n / grid + 0.5)) for i in range(grid + 1)]
+  return list(zip(edges[:-1], edges[1:]))
+
+
 def pool_descriptor(act_BxHxWxC: jax.Array, pool: str, power: float,
-                    mirror_act_BxHxWxC: jax.Array | None = None) -> jax.Array:
-  """``act ** power`` (post-ReLU, so >= 0), then ``pool`` over positions and L2-normalized:
-  ``(B, 1, 1, C)`` (a one-position map, so the head and the data checks see the layout of
-  any feature map); with ``pool=""`` the (powered) map itself, ``(B, H, W, C)``. With
-  ``mirror_act`` (the activations of the mirrored images) the two pooled vectors are
-  summed before the normalization: a descriptor the same for an image and its mirror."""
+                    mirror_act_BxHxWxC: jax.Array | None = None, grid: int = 1) -> jax.Array:
+  """``act ** power`` (post-ReLU, so >= 0), then ``pool`` over the positions of each cell of a
+  ``grid x grid`` partition of the map (:func:`grid_bands`) and L2-normalized as one vector:
+  ``(B, grid, grid, C)`` (grid 1: SPoC's ``(B, 1, 1, C)``, a one-position map, so the head and
+  the data checks see the layout of any feature map); with ``pool=""`` the (powered) map
+  itself, ``(B, H, W, C)``. With ``mirror_act`` (the activations of the mirrored images,
+  flipped back so that its cells cover the same part of the face) the two pooled maps are
+  summed before the normalization: a descriptor the same for an image and its mirror.
+
+  A grid keeps the coarse layout of an aligned face (eyes in the top cells, mouth in the
+  bottom ones), which the mean over all positions throws away. The mirror's map is flipped
+  back before pooling, so its cells line up with the original's for any band widths.
+  """
   def powered(a):
     return a if power == 1.0 else jnp.maximum(a, 0.0) ** power
   if not pool:
     return powered(act_BxHxWxC)
   reduce = jnp.mean if pool == "mean" else jnp.max
-  x = reduce(powered(act_BxHxWxC), axis=(1, 2), keepdims=True)
+  rows = grid_bands(act_BxHxWxC.shape[1], grid)
+  cols = grid_bands(act_BxHxWxC.shape[2], grid)
+
+  def pooled(a):
+    return jnp.stack([jnp.concatenate([reduce(a[:, r0:r1, c0:c1], axis=(1, 2), keepdims=True)
+                                       for c0, c1 in cols], axis=2)
+                      for r0, r1 in rows], axis=1)[:, :, 0]
+  x = pooled(powered(act_BxHxWxC))
   if mirror_act_BxHxWxC is not None:
-    x = x + reduce(powered(mirror_act_BxHxWxC), axis=(1, 2), keepdims=True)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    x = x + pooled(powered(mirror_act_BxHxWxC[:, :, ::-1]))
+  norm = jnp.sqrt(jnp.sum(x * x, axis=(1, 2, 3), keepdims=True))
+  return x / jnp.maximum(norm, 1e-12)
 
 
 def memory_limit() -> int:
@@ -86,10 +112,11 @@ def memory_limit() -> int:
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
-def feature_shape(depth: int, layer: str, pool: str, input_shape: tuple[int, ...]
-                  ) -> tuple[int, ...]:
+def feature_shape(depth: int, layer: str, pool: str, input_shape: tuple[int, ...],
+                  grid: int = 1) -> tuple[int, ...]:
   """``(h, w, C)`` of one image's features of VGG``depth`` ``layer`` for ``(H, W, C_in)``
-  images: the layer geometry alone (nothing computed); ``(1, 1, C)`` when pooled."""
+  images: the layer geometry alone (nothing computed); ``(grid, grid, C)`` when pooled
+  (ValueError naming ``data.features_grid`` when the map is smaller than the grid)."""
   names = vgg_lib.layer_names(depth)
   if layer not in names:
     raise ValueError(f"data.features layer {layer!r} is not a VGG{depth} layer; valid: {names}")
@@ -99,7 +126,10 @@ def feature_shape(depth: int, layer: str, pool: str, input_shape: tuple[int, ...
   # the channels of the last conv at or before ``layer`` (a pool keeps its block's)
   channels = [ch for conv, ch in vgg_lib.conv_channels(depth)
               if names.index(conv) <= names.index(layer)][-1]
-  return (1, 1, channels) if pool else (h, w, channels)
+  if pool:
+    grid_bands(min(h, w), grid)   # the check
+    return (grid, grid, channels)
+  return (h, w, channels)
 
 
 def check_memory(n: int, shape: tuple[int, ...], depth: int, layer: str, pool: str, name: str,
@@ -117,12 +147,13 @@ def check_memory(n: int, shape: tuple[int, ...], depth: int, layer: str, pool: s
 
 
 def features(images_NxHxWxC, *, weights: str, layer: str = "pool5", depth: int = 19,
-             pool: str = "", power: float = 1.0, flip: bool = False, batch_size: int = 32,
-             cache_dir: str | None = None, name: str = "images", workers: int = -1,
-             limit: int | None = None) -> np.ndarray:
+             pool: str = "", power: float = 1.0, flip: bool = False, grid: int = 1,
+             batch_size: int = 32, cache_dir: str | None = None, name: str = "images",
+             workers: int = -1, limit: int | None = None) -> np.ndarray:
   """VGG activations of ``layer`` for every image: float32 ``(N, h, w, C_layer)``, or with
   ``pool`` ("mean" | "max") the pooled, L2-normalized descriptor ``(N, 1, 1, C_layer)``
-  (``pool_descriptor``; ``power`` is applied first; ``flip``: of the image and its mirror).
+  (``pool_descriptor``; ``power`` is applied first; ``flip``: of the image and its mirror),
+  ``(N, grid, grid, C_layer)`` pooled per cell of a ``grid x grid`` partition.
 
   ``images_NxHxWxC``: uint8 0..255, C = 3 (RGB) or 1 (grey: repeated), as an array or as a
   source read by row (``records.RecordImages``: read in chunks by ``workers`` input worker
@@ -153,16 +184,18 @@ def features(images_NxHxWxC, *, weights: str, layer: str = "pool5", depth: int =
   if min(shape[1:3]) < need:
     raise ValueError(f"{name}: {shape[1]}x{shape[2]} px images are smaller than the {need} px "
                      f"per side that VGG layer {layer} needs; raise data.image_size")
-  check_memory(shape[0], feature_shape(depth, layer, pool, shape[1:]), depth, layer, pool, name,
-               memory_limit() if limit is None else limit)
+  if grid != 1 and not pool:
+    raise ValueError(f"data.features_grid={grid} needs data.features_pool='mean' or 'max'")
+  check_memory(shape[0], feature_shape(depth, layer, pool, shape[1:], grid), depth, layer, pool,
+               name, memory_limit() if limit is None else limit)
   path = None
   store = ({}, [])   # ({content key: row}, [feature arrays whose rows, in order, those are])
   if cache_dir:
     path = os.path.join(os.path.expanduser(cache_dir),
-                        _cache_name(weights, layer, depth, pool, power, flip, shape[1:]))
+                        _cache_name(weights, layer, depth, pool, power, flip, shape[1:], grid))
     store = _read_cache(path)
-  compute = lambda imgs: _compute(imgs, weights, layer, depth, pool, power, flip, batch_size,
-                                  name)
+  compute = lambda imgs: _compute(imgs, weights, layer, depth, pool, power, flip, grid,
+                                  batch_size, name)
   chunks = _chunks(x, batch_size * 32, workers) if lazy else [x]
   keys, added = [], 0
   try:
@@ -232,8 +265,8 @@ def _chunks(images, size: int, workers: int):
 
 
 @functools.lru_cache(maxsize=1)
-def _program(weights: str, layer: str, depth: int, pool: str, power: float, flip: bool
-             ) -> tuple[Callable, object]:
+def _program(weights: str, layer: str, depth: int, pool: str, power: float, flip: bool,
+             grid: int) -> tuple[Callable, object]:
   """``(run, state)``: the jitted ``run(state, (B, H, W, C) uint8) -> features`` and the VGG
   weights, loaded once for the chunks of one :func:`features` call (which clears it after)."""
   model = vgg_lib.load_vgg(weights, depth, "max")
@@ -247,13 +280,13 @@ def _program(weights: str, layer: str, depth: int, pool: str, power: float, flip
     net = nnx.merge(graphdef, state)
     act = net.features(vgg_lib.preprocess_caffe(rgb), (layer,))[layer]
     mirror = net.features(vgg_lib.preprocess_caffe(rgb[:, :, ::-1]), (layer,))[layer] if flip else None
-    return pool_descriptor(act, pool, power, mirror)
+    return pool_descriptor(act, pool, power, mirror, grid)
   return run, state
 
 
 def _compute(x: np.ndarray, weights: str, layer: str, depth: int, pool: str, power: float,
-             flip: bool, batch_size: int, name: str) -> np.ndarray:
-  run, state = _program(weights, layer, depth, pool, power, flip)
+             flip: bool, grid: int, batch_size: int, name: str) -> np.ndarray:
+  run, state = _program(weights, layer, depth, pool, power, flip, grid)
   out = []
   progress = Progress(x.shape[0], 0, unit="img")
   for i in range(0, x.shape[0], batch_size):
@@ -295,7 +328,8 @@ def cache_file_for(config, input_shape: tuple[int, ...], cache_dir: str | None =
   depth, layer = _spec(config)
   return os.path.join(cache_dir if cache_dir is not None else cache_dir_for(config), _cache_name(
       str(config.model.vgg_weights), layer, depth, str(config.data.features_pool),
-      float(config.data.features_power), bool(config.data.features_flip), input_shape))
+      float(config.data.features_power), bool(config.data.features_flip), input_shape,
+      int(config.data.features_grid)))
 
 
 def output_shape(config, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -311,12 +345,14 @@ def output_shape(config, input_shape: tuple[int, ...]) -> tuple[int, ...]:
   if min(h, w) < need:
     raise ValueError(f"{h}x{w} px images are smaller than the {need} px per side that VGG "
                      f"layer {layer} needs; raise data.image_size")
-  return feature_shape(depth, layer, str(config.data.features_pool), tuple(input_shape))
+  return feature_shape(depth, layer, str(config.data.features_pool), tuple(input_shape),
+                       int(config.data.features_grid))
 
 
 def transform_for(config, cache_dir: str | None = None) -> Callable[[np.ndarray, str], np.ndarray] | None:
   """``config.data.features`` ("" or "vgg19:pool5", "vgg16:conv5_3", ...), pooled by
-  ``data.features_pool`` / ``data.features_power`` / ``data.features_flip``, as an
+  ``data.features_pool`` / ``data.features_power`` / ``data.features_flip`` /
+  ``data.features_grid``, as an
   ``(images, name) -> features`` function, or None for raw images. Features are cached in
   ``cache_dir`` (default :func:`cache_dir_for`; a caller reading a run passes the folder
   ``workdir.check_paths`` accepted)."""
@@ -330,5 +366,5 @@ def transform_for(config, cache_dir: str | None = None) -> Callable[[np.ndarray,
     return features(images, weights=config.model.vgg_weights, layer=layer, depth=depth,
                     pool=str(config.data.features_pool), power=float(config.data.features_power),
                     flip=bool(config.data.features_flip),
-                    cache_dir=cache, name=name, workers=int(config.data.get("workers", -1)))
+                    grid=int(config.data.features_grid), cache_dir=cache, name=name, workers=int(config.data.get("workers", -1)))
   return transform

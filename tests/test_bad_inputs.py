@@ -354,12 +354,18 @@ def test_feature_pooling_fields_are_checked():
   for field, value, match in (("data.features_pool", "sum", "data.features_pool"),
                               ("data.features_power", 0.0, "data.features_power"),
                               ("model.whiten_eps", -1.0, "model.whiten_eps"),
-                              ("model.head_init", "xavier", "model.head_init")):
+                              ("model.head_init", "xavier", "model.head_init"),
+                              ("data.features_grid", 0, "data.features_grid"),
+                              ("data.features_grid", -1, "data.features_grid")):
     with pytest.raises(ConfigError, match=match):
       check_config(overrides.with_overrides(c, {field: value}))
   bad = overrides.with_overrides(c, {"data.features_pool": "", "data.features_flip": True,
                                      "model.head_init": "random"})
   with pytest.raises(ConfigError, match="data.features_flip"):
+    check_config(bad)
+  bad = overrides.with_overrides(c, {"data.features_pool": "", "data.features_flip": False,
+                                     "data.features_grid": 2, "model.head_init": "random"})
+  with pytest.raises(ConfigError, match="data.features_grid = 2: expected 1 unless"):
     check_config(bad)
 
 

@@ -476,6 +476,50 @@ def test_pooled_vgg_descriptor_matches_numpy_and_is_cached_apart(tmp_path):
     vgg_features.features(images, weights="random", layer="conv2_1", pool="mean", power=0)
 
 
+def _grid_reference(act, grid, power, mirror_act=None):
+  """float64 loops: mean of act ** power over each cell of the round(i n / grid) partition
+  (the mirror's map flipped back), summed with the mirror's, the whole L2-normalized."""
+  def pooled(a):
+    b, h, w, c = a.shape
+    re = [int(np.floor(i * h / grid + 0.5)) for i in range(grid + 1)]
+    ce = [int(np.floor(i * w / grid + 0.5)) for i in range(grid + 1)]
+    out = np.zeros((b, grid, grid, c))
+    for i in range(grid):
+      for j in range(grid):
+        out[:, i, j] = (a[:, re[i]:re[i + 1], ce[j]:ce[j + 1]].astype(np.float64) ** power
+                        ).mean(axis=(1, 2))
+    return out
+  x = pooled(act) + (0 if mirror_act is None else pooled(mirror_act[:, :, ::-1]))
+  return x / np.linalg.norm(x.reshape(len(x), -1), axis=1)[:, None, None, None]
+
+
+def test_grid_pooled_vgg_descriptor_matches_numpy_and_is_cached_apart(tmp_path):
+  images = np.random.default_rng(5).integers(0, 256, (3, 40, 48, 3), dtype=np.uint8)
+  cache = str(tmp_path / "features")
+  act = _vgg_reference(images, "conv2_1")                      # (3, 20, 24, 128)
+  mirror = _vgg_reference(np.ascontiguousarray(images[:, :, ::-1]), "conv2_1")
+  for grid in (1, 3, 7):
+    f = vgg_features.features(images, weights="random", layer="conv2_1", pool="mean", power=0.5,
+                              flip=True, grid=grid, cache_dir=cache)
+    assert f.shape == (3, grid, grid, 128)
+    np.testing.assert_allclose(f, _grid_reference(act, grid, 0.5, mirror), rtol=1e-4, atol=1e-5)
+  # a mirrored image's descriptor is the original's with its columns of cells reversed
+  g = vgg_features.features(np.ascontiguousarray(images[:, :, ::-1]), weights="random",
+                            layer="conv2_1", pool="mean", power=0.5, flip=True, grid=3)
+  np.testing.assert_allclose(g, f_3 := vgg_features.features(
+      images, weights="random", layer="conv2_1", pool="mean", power=0.5, flip=True, grid=3,
+      cache_dir=cache)[:, :, ::-1], rtol=1e-4, atol=1e-5)
+  assert f_3.shape == (3, 3, 3, 128)
+  assert sorted(os.listdir(cache)) == ["vgg19_conv2_1_meanp0.5_flip_40x48x3_random.npz",
+                                       "vgg19_conv2_1_meanp0.5_grid3_flip_40x48x3_random.npz",
+                                       "vgg19_conv2_1_meanp0.5_grid7_flip_40x48x3_random.npz"]
+  assert vgg_features.feature_shape(19, "conv4_4", "mean", (112, 112, 3), 3) == (3, 3, 512)
+  with pytest.raises(ValueError, match=r"data.features_grid=15: expected 1..14"):
+    vgg_features.feature_shape(19, "conv4_4", "mean", (112, 112, 3), 15)
+  with pytest.raises(ValueError, match="data.features_grid=2 needs data.features_pool"):
+    vgg_features.features(images, weights="random", layer="conv2_1", grid=2)
+
+
 def _linear_head(in_features, dim, widths=()):
   from facenet_jax import models
   return models.FeatureHead(in_features, widths, dim, rngs=nnx.Rngs(0))

@@ -281,11 +281,18 @@ def test_model_fingerprint_follows_weights_and_embedding_config():
   moved.model.vgg_weights = "/elsewhere/vgg.h5"   # where the backbone file lies: not the model
   assert inference.model_fingerprint(moved, w) == fp
   for field, value in (("model.embedding_dim", 8), ("data.image_size", 20),
-                       ("data.channels", 1), ("evaluation.flip_tta", True)):
+                       ("data.channels", 1), ("evaluation.flip_tta", True),
+                       ("data.features_grid", 2)):
     other = c.copy_and_resolve_references()
     group, key = field.split(".")
     other[group][key] = value
     assert inference.model_fingerprint(other, w) != fp, field
+  # a field added later, at the value every earlier run had, leaves the fingerprint as it
+  # was before the field existed (galleries saved then still match their run)
+  older = c.copy_and_resolve_references()
+  older.data.unlock()
+  del older.data["features_grid"]
+  assert inference.model_fingerprint(older, w) == fp
   import jax
   leaves, treedef = jax.tree.flatten(w)
   leaves[0] = np.asarray(leaves[0]).copy()

@@ -15,7 +15,7 @@ from the tuning fold 0).
 
 The conv4_4 maps of the 7,701 aligned View 2 images and of their mirrors are computed once
 (unpooled, about 6 GB in ``--out``; the feature cache of ``vgg_features``), every pooling is
-computed from them.
+computed from float16 copies of them.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def fold_of_rows(labels: np.ndarray, pairs) -> np.ndarray:
 def descriptors(maps, mirror_maps, grid: int, power: float, chunk: int = 256) -> np.ndarray:
   """(N, grid * grid * C) pooled descriptors of (N, h, w, C) maps, in chunks."""
   fn = jax.jit(lambda a, m: vgg_features.pool_descriptor(a, "mean", power, m, grid))
-  out = [np.asarray(fn(jnp.asarray(maps[i:i + chunk]), jnp.asarray(mirror_maps[i:i + chunk])))
+  out = [np.asarray(fn(jnp.asarray(maps[i:i + chunk], jnp.float32),
+                       jnp.asarray(mirror_maps[i:i + chunk], jnp.float32)))
          for i in range(0, len(maps), chunk)]
   return np.concatenate(out).reshape(len(maps), -1)
 
@@ -100,10 +101,12 @@ def main():
   print(f"{len(data)} images {data.images.shape[1:]}, {train.sum()} training rows (folds other "
         f"than test {a.test_fold} and calibration {calib})", flush=True)
   kw = dict(weights=str(config.model.vgg_weights), layer="conv4_4", pool="", cache_dir=a.out)
-  maps = vgg_features.features(data.images, name="view2", **kw)
+  # float16 copies (half the memory; pooled in float32): the two float32 map sets and the
+  # cache file they come from do not fit in this machine's memory together
+  maps = vgg_features.features(data.images, name="view2", **kw).astype(np.float16)
   # the mirror images' maps as computed: pool_descriptor flips them back
   mirror = vgg_features.features(np.ascontiguousarray(data.images[:, :, ::-1]),
-                                 name="view2 mirrored", **kw)
+                                 name="view2 mirrored", **kw).astype(np.float16)
   power = float(config.data.features_power)
   rows = []
   for g in (int(v) for v in a.grids.split(",")):

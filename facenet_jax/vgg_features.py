@@ -207,7 +207,10 @@ def features(images_NxHxWxC, *, weights: str, layer: str = "pool5", depth: int =
     _program.cache_clear()   # the weights are not kept past the call
   keys = np.concatenate(keys) if keys else np.zeros(0, "S20")
   known, parts = store
-  feats = np.concatenate(parts) if parts else None
+  # one part (all cached, or nothing cached) is used as it is: a copy of a large cache would
+  # double the peak memory; several are joined and dropped as they are copied
+  feats = parts[0] if len(parts) == 1 else (np.concatenate(parts) if parts else None)
+  parts.clear()
   if added and path:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}.npz"

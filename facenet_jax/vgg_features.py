@@ -96,10 +96,9 @@ def pool_descriptor(act_BxHxWxC: jax.Array, pool: str, power: float,
   rows = grid_bands(act_BxHxWxC.shape[1], grid)
   cols = grid_bands(act_BxHxWxC.shape[2], grid)
 
-  def pooled(a):
-    return jnp.stack([jnp.concatenate([reduce(a[:, r0:r1, c0:c1], axis=(1, 2), keepdims=True)
-                                       for c0, c1 in cols], axis=2)
-                      for r0, r1 in rows], axis=1)[:, :, 0]
+  def pooled(a):   # (B, H, W, C) -> (B, grid, grid, C)
+    return jnp.stack([jnp.stack([reduce(a[:, r0:r1, c0:c1], axis=(1, 2)) for c0, c1 in cols],
+                                axis=1) for r0, r1 in rows], axis=1)
   x = pooled(powered(act_BxHxWxC))
   if mirror_act_BxHxWxC is not None:
     x = x + pooled(powered(mirror_act_BxHxWxC[:, :, ::-1]))
@@ -355,8 +354,7 @@ def output_shape(config, input_shape: tuple[int, ...]) -> tuple[int, ...]:
 def transform_for(config, cache_dir: str | None = None) -> Callable[[np.ndarray, str], np.ndarray] | None:
   """``config.data.features`` ("" or "vgg19:pool5", "vgg16:conv5_3", ...), pooled by
   ``data.features_pool`` / ``data.features_power`` / ``data.features_flip`` /
-  ``data.features_grid``, as an
-  ``(images, name) -> features`` function, or None for raw images. Features are cached in
+  ``data.features_grid``, as an ``(images, name) -> features`` function, or None for raw images. Features are cached in
   ``cache_dir`` (default :func:`cache_dir_for`; a caller reading a run passes the folder
   ``workdir.check_paths`` accepted)."""
   spec = _spec(config)
@@ -369,5 +367,6 @@ def transform_for(config, cache_dir: str | None = None) -> Callable[[np.ndarray,
     return features(images, weights=config.model.vgg_weights, layer=layer, depth=depth,
                     pool=str(config.data.features_pool), power=float(config.data.features_power),
                     flip=bool(config.data.features_flip),
-                    grid=int(config.data.features_grid), cache_dir=cache, name=name, workers=int(config.data.get("workers", -1)))
+                    grid=int(config.data.features_grid), cache_dir=cache, name=name,
+                    workers=int(config.data.get("workers", -1)))
   return transform

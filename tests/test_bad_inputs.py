@@ -344,7 +344,8 @@ def test_inf_in_float_inputs_is_named():
 
 
 @pytest.mark.parametrize("variant", ["synthetic", "tiny", "inception", "orl", "orl_vgg", "lfw",
-                                     "lfw_vgg", "omniglot", "ekg", "volume"])
+                                     "lfw_vgg", "lfw_vgg_aligned", "omniglot", "ekg",
+                                     "volume"])
 def test_every_facenet_variant_passes_its_own_checks(variant):
   check_config(facenet_config(variant))
 

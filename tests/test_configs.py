@@ -16,8 +16,8 @@ from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.steps import OPTIMIZERS, SCHEDULES
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-VARIANTS = ("synthetic", "tiny", "inception", "orl", "orl_vgg", "lfw", "lfw_vgg", "omniglot",
-            "ekg", "volume")
+VARIANTS = ("synthetic", "tiny", "inception", "orl", "orl_vgg", "lfw", "lfw_vgg",
+            "lfw_vgg_aligned", "omniglot", "ekg", "volume")
 
 # config.evaluation as configs/facenet.py wrote it before the settings were grouped by
 # evaluator (the layout of older runs' config.json)
@@ -72,6 +72,14 @@ def test_vgg_variants_are_their_family_plus_the_spoc_head():
     assert (b.data.source, b.data.data_dir, b.evals) == (a.data.source, a.data.data_dir, a.evals)
     assert b.model.name == "feature_head" and b.model.head_init == "pca_whiten"
     assert b.data.features == "vgg19:conv4_4" and b.data.features_flip
+
+
+def test_aligned_lfw_variant_is_lfw_vgg_with_alignment_and_a_grid():
+  a, b = facenet.get_config("lfw_vgg").to_dict(), facenet.get_config("lfw_vgg_aligned").to_dict()
+  assert (b["data"]["align"], b["data"]["features_grid"]) == ("mtcnn", 7)
+  a["data"].update(align="mtcnn", features_grid=7)
+  a["variant"] = "lfw_vgg_aligned"
+  assert a == b
 
 
 def test_command_line_variant_and_nested_evaluation_overrides():

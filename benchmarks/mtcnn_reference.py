@@ -386,27 +386,30 @@ def run_speed(a):
   from facenet_jax.faces import detect
   paths = speed_images(a.lfw, a.n or 48)
   rgbs = [load_rgb(p) for p in paths]
-  det = detect.MTCNN(a.weights)   # default settings: thresholds 0.6/0.7/0.7 as facenet-pytorch
+  # default settings: thresholds 0.6/0.7/0.7 as facenet-pytorch; "ours" has the default
+  # workers (2 threads per batch on a CPU), "ours_w1" one thread, to show what the threads add
+  dets = {"ours": detect.MTCNN(a.weights), "ours_w1": detect.MTCNN(a.weights, detect.Settings(workers=1))}
 
-  def ours(chunk):
-    return sum(len(f) > 0 for f in det.detect(chunk))
+  def detector(who):
+    return lambda chunk: sum(len(f) > 0 for f in dets[who].detect(chunk))
   threads = [int(t) for t in a.torch_threads.split(",")]
   workers = {f"torch{t}": subprocess.Popen(
       [a.torch_python, os.path.abspath(__file__), "torch_worker", "--out", a.out, "--lfw", a.lfw,
        "--n", str(len(rgbs)), "--batch", str(a.batch), "--threads", str(t)],
       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for t in threads}
-  for b in (1, a.batch):   # compile every shape this run meets
-    timed(ours, rgbs, b)
+  for who in dets:
+    for b in (1, a.batch):   # compile every shape this run meets
+      timed(detector(who), rgbs, b)
   hello = {k: json.loads(w.stdout.readline()) for k, w in workers.items()}
-  names = ["ours"] + list(workers)
+  names = list(dets) + list(workers)
   results = {(who, mode): [] for who in names for mode in ("single", "batched")}
   per_cpu = {(who, mode): [] for who in names for mode in ("single", "batched")}
   found = {}
   for r in range(a.rounds):   # alternate, rotating the order, so that other jobs' load hits all alike
     for mode in ("single", "batched"):
       for who in names[r % len(names):] + names[:r % len(names)]:
-        if who == "ours":
-          ips, cps, f = timed(ours, rgbs, 1 if mode == "single" else a.batch)
+        if who in dets:
+          ips, cps, f = timed(detector(who), rgbs, 1 if mode == "single" else a.batch)
         else:
           workers[who].stdin.write(mode + "\n")
           workers[who].stdin.flush()
@@ -420,7 +423,8 @@ def run_speed(a):
   for w in workers.values():
     w.stdin.close()
     w.wait()
-  label = {"ours": "ours (JAX)"} | {k: f"facenet-pytorch, {v['threads']} thread{'s' * (v['threads'] > 1)}"
+  label = {"ours": f"ours (JAX, {dets['ours'].workers} worker threads)",
+           "ours_w1": "ours, 1 worker thread"} | {k: f"facenet-pytorch, {v['threads']} thread{'s' * (v['threads'] > 1)}"
                                    for k, v in hello.items()}
   first = next(iter(hello.values()))
   print(f"\nSpeed, {len(rgbs)} LFW photos 250x250 (every k-th person's first), {a.rounds} rounds alternating "

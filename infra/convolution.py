@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from typing import Callable
 
 import jax
@@ -284,6 +285,7 @@ def cpu_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 CPU_DETECTOR_BATCH = 1           # photos per MTCNN network call on a CPU
 ACCELERATOR_DETECTOR_BATCH = 32  # ... on a GPU / TPU
+CPU_DETECTOR_WORKERS = 2         # host threads sharing a batch of photos on a CPU (at most)
 
 
 def detector_batch() -> int:
@@ -298,6 +300,21 @@ def detector_batch() -> int:
   (not measured yet).
   """
   return CPU_DETECTOR_BATCH if jax.default_backend() == "cpu" else ACCELERATOR_DETECTOR_BATCH
+
+
+def detector_workers() -> int:
+  """Host threads that share one ``MTCNN.detect`` batch (each takes a contiguous part of the
+  photos) when ``faces.detect.Settings.workers`` is None: on a CPU, min(CPU_DETECTOR_WORKERS,
+  cores), else 1 (an accelerator takes the batch in one call, ``detector_batch``).
+
+  Host-side as ``detector_batch``. Why: one photo's cascade is a chain of small XLA:CPU calls
+  and NumPy NMS that keeps about 1.3 of 2 cores busy; two photos' chains side by side (XLA
+  runs without the GIL) keep about 1.75 busy, 1.4x the photos per second on the 2-core
+  benchmark machine (benchmarks/RESULTS.md, 8b). More than 2 is not measured.
+  """
+  if jax.default_backend() != "cpu":
+    return 1
+  return max(1, min(CPU_DETECTOR_WORKERS, os.cpu_count() or 1))
 
 
 # ------------------------------------------------------------------------------- checks

@@ -403,6 +403,22 @@ def test_max_batch_default_is_the_host_side_choice(random_npz, monkeypatch):
   assert detect.MTCNN(random_npz[0]).max_batch == convolution.ACCELERATOR_DETECTOR_BATCH == 32
 
 
+def test_workers_default_is_the_host_side_choice(random_npz, monkeypatch):
+  """Settings.workers=None: infra.convolution.detector_workers(), min(2, cores) threads on a
+  CPU, 1 on an accelerator; a set value is kept and a value below 1 is refused."""
+  from infra import convolution
+  monkeypatch.setattr(convolution.os, "cpu_count", lambda: 8)
+  assert detect.MTCNN(random_npz[0]).workers == convolution.CPU_DETECTOR_WORKERS == 2
+  monkeypatch.setattr(convolution.os, "cpu_count", lambda: 1)
+  assert detect.MTCNN(random_npz[0]).workers == 1
+  assert detect.MTCNN(random_npz[0], detect.Settings(workers=3)).workers == 3
+  with pytest.raises(detect.FaceInputError, match="workers must be >= 1, got 0"):
+    detect.Settings(workers=0)
+  monkeypatch.setattr(convolution.jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(convolution.os, "cpu_count", lambda: 8)
+  assert detect.MTCNN(random_npz[0]).workers == 1
+
+
 def test_bad_image_shape(random_npz):
   with pytest.raises(detect.FaceInputError, match=r"shape \(4, 5, 2\)"):
     detect.to_rgb(np.zeros((4, 5, 2)))
@@ -438,6 +454,28 @@ def test_lfw_one_centred_face_per_photo(detector):
   alone = detector(rgbs[1])
   np.testing.assert_allclose(alone.boxes_Nx4, results[1].boxes_Nx4, atol=1e-3)
   np.testing.assert_allclose(alone.landmarks_Nx5x2, results[1].landmarks_Nx5x2, atol=1e-3)
+
+
+
+@needs_lfw
+@pytest.mark.parametrize("workers", [2, 3])
+def test_worker_threads_find_what_one_thread_finds(workers):
+  """Splitting a batch between threads (parts of 2 and 1 photos for 3 threads and 5 photos,
+  one photo repeated, all threads sharing the pyramid cache) changes only who does the work:
+  the faces of every photo, in order, are those of a single thread."""
+  paths = lfw_photos(4)
+  rgbs = [np.asarray(Image.open(p).convert("RGB")) for p in paths + paths[:1]]
+  rgbs[2] = rgbs[2][:200]   # another shape in the batch
+  weights = nets.load_weights(WEIGHTS)
+  one = detect.MTCNN(weights, detect.Settings(workers=1)).detect(rgbs)
+  many_det = detect.MTCNN(weights, detect.Settings(workers=workers))
+  for _ in range(2):   # the second call reuses the threads and the cached pyramid inputs
+    many = many_det.detect(rgbs)
+    assert [len(f) for f in many] == [len(f) for f in one] and all(len(f) for f in one)
+    for a, b in zip(one, many):
+      np.testing.assert_allclose(b.boxes_Nx4, a.boxes_Nx4, atol=1e-4)
+      np.testing.assert_allclose(b.landmarks_Nx5x2, a.landmarks_Nx5x2, atol=1e-4)
+      np.testing.assert_allclose(b.scores_N, a.scores_N, atol=1e-6)
 
 
 @needs_lfw

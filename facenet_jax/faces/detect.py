@@ -37,10 +37,12 @@ programs serve photos of any size.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
 import os
+import threading
 from typing import Sequence
 
 import jax
@@ -74,6 +76,9 @@ class Settings:
   max_batch: most images (P-Net) or crops / 16 (R/O-Net) per network call; None:
     ``infra.convolution.detector_batch()``, 1 on a CPU (on the 2-core benchmark machine 32 cost
     about 20% more CPU per photo; benchmarks/RESULTS.md 8b), 32 on an accelerator (not measured).
+  workers: host threads sharing a ``detect`` batch, each a contiguous part of its photos; None:
+    ``infra.convolution.detector_workers()``, 2 on a CPU of 2 cores or more, 1 on an
+    accelerator. Only how the work is spread: the faces found are the same.
   """
   min_face_size: float = 20.0
   scale_factor: float = 0.709
@@ -83,6 +88,7 @@ class Settings:
   nms_rnet: float = 0.7
   nms_onet: float = 0.7
   max_batch: int | None = None
+  workers: int | None = None
 
   def __post_init__(self):
     if not self.min_face_size > 0:
@@ -93,6 +99,8 @@ class Settings:
       raise FaceInputError(f"thresholds must be 3 probabilities, got {self.thresholds!r}")
     if self.max_batch is not None and self.max_batch < 1:
       raise FaceInputError(f"max_batch must be >= 1, got {self.max_batch!r}")
+    if self.workers is not None and self.workers < 1:
+      raise FaceInputError(f"workers must be >= 1, got {self.workers!r}")
 
   @staticmethod
   def reference() -> "Settings":
@@ -289,6 +297,9 @@ class MTCNN:
     loaded = weights if isinstance(weights, dict) else nets.load_weights(weights)
     self.settings = settings
     self.max_batch = settings.max_batch or convolution.detector_batch()
+    self.workers = settings.workers or convolution.detector_workers()
+    self._pool = None   # the workers' threads, started by the first batch that uses them
+    self._levels_lock = threading.Lock()
     (pg, pt, self._pnet_leaves), (rg, rt, self._rnet_leaves), (og, ot, self._onet_leaves) = (
         _split(loaded[k]) for k in ("pnet", "rnet", "onet"))
     self._pnet = _jitted(_pnet_pyramid, pg, pt)
@@ -300,16 +311,28 @@ class MTCNN:
     return self.detect([image])[0]
 
   def detect(self, images: Sequence) -> list[Faces]:
-    """Faces of each image, one batch through each network (see the module docstring)."""
+    """Faces of each image, one batch through each network (see the module docstring); on a
+    CPU the photos are split between ``workers`` threads, each running its part's cascade."""
     st = self.settings
     rgbs = [to_rgb(im) for im in images]
-    out = [Faces.empty() for _ in rgbs]
-    if rgbs:
-      self._cascade(rgbs, out)
+    n = -(-len(rgbs) // self.workers)          # photos per worker
+    parts = [rgbs[c:c + n] for c in range(0, len(rgbs), n)]
+    if len(parts) > 1:
+      if self._pool is None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, "mtcnn")
+      out = [f for part in self._pool.map(self._faces, parts) for f in part]
+    else:
+      out = self._faces(rgbs)
     for rgb, faces in zip(rgbs, out):
       if not pyramid_scales(*rgb.shape[:2], st.min_face_size, st.scale_factor):
         faces.note = (f"{rgb.shape[1]}x{rgb.shape[0]} px image is smaller than min_face_size="
                       f"{st.min_face_size:g} px: no face can be found in it")
+    return out
+
+  def _faces(self, rgbs: list[np.ndarray]) -> list[Faces]:
+    out = [Faces.empty() for _ in rgbs]
+    if rgbs:
+      self._cascade(rgbs, out)
     return out
 
   def _cascade(self, rgbs: list[np.ndarray], out: list[Faces]):
@@ -411,8 +434,14 @@ class MTCNN:
     shapes, padded to (Hb, Wb) and B images; kept on the device for the shapes last seen
     (photos of one size, as a dataset's, reuse them on every call)."""
     key = (shapes, B, Hb, Wb)
-    if key in self._levels:
+    with self._levels_lock:    # the workers share the cache
+      if key not in self._levels:
+        if len(self._levels) >= 16:
+          self._levels.pop(next(iter(self._levels)))
+        self._levels[key] = self._make_level_inputs(shapes, B, Hb, Wb)
       return self._levels[key]
+
+  def _make_level_inputs(self, shapes, B: int, Hb: int, Wb: int):
     st = self.settings
     lv = [(level_size(Hb, s), level_size(Wb, s))
           for s in pyramid_scales(Hb, Wb, st.min_face_size, st.scale_factor)]
@@ -428,10 +457,7 @@ class MTCNN:
         valid[j, k] = (h - 2, w - 2)
         mine.append((s, h, w))
       sizes.append(mine)
-    if len(self._levels) >= 16:
-      self._levels.pop(next(iter(self._levels)))
-    self._levels[key] = (jax.device_put(tuple(mats)), jax.device_put(valid), sizes)
-    return self._levels[key]
+    return jax.device_put(tuple(mats)), jax.device_put(valid), sizes
 
   def _refine(self, fn, leaves, images, hw_Bx2, img_N, boxes_Nx4):
     """R-Net or O-Net on the size x size crop of every box, in power-of-two batches."""

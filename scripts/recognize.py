@@ -83,7 +83,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
   p.add_argument("--faces", choices=("largest", "all"), default="largest",
                  help="--detect=mtcnn: the largest face of each photo, or every face "
                  "(identify / verify)")
+  p.add_argument("--min_face", type=float, default=None,
+                 help="--detect=mtcnn: the smallest face searched for, in px (default: for a run "
+                 "trained on aligned faces its data.align_min_face, as its photos were detected; "
+                 "else MTCNN's 20)")
   args = p.parse_intermixed_args(argv)   # images may come before or after the flags
+  if args.min_face is not None and not args.min_face > 0:
+    raise SystemExit(f"--min_face={args.min_face:g}: expected a face size in px > 0")
   if args.command in NEEDS_MODEL and not args.workdir:
     raise SystemExit(f"{args.command} needs --workdir (the trained run)")
   if args.command in NEEDS_MODEL and not args.paths:
@@ -178,9 +184,12 @@ def check_detector(args: argparse.Namespace) -> None:
                         f"scripts/convert_mtcnn_weights.py from the mtcnn 1.0.0 wheel)")
 
 
-def load_faces(paths: list[str], config, weights: str, which: str,
-               progress=None) -> tuple[np.ndarray, list[Probe], str]:
+def load_faces(paths: list[str], config, weights: str, which: str, progress=None,
+               min_face: float | None = None) -> tuple[np.ndarray, list[Probe], str]:
   """Photos -> faces found by MTCNN, each fitted as the run's training images were.
+
+  ``min_face``: MTCNN's smallest face (px); None: the run's ``data.align_min_face`` when it
+  was trained on aligned faces (the detector its photos were prepared with), else 20.
 
   Returns (M, S, S, C) uint8 model inputs, one ``Probe`` per face (or per photo without
   one, ``found=False``; the images hold only found faces, in probe order) and the line
@@ -188,7 +197,11 @@ def load_faces(paths: list[str], config, weights: str, which: str,
   """
   from facenet_jax.faces import detect, inputs, pipeline
   fit = inputs.face_input(config)   # a run no face can be fitted for fails before detection
-  detector = detect.MTCNN(weights)
+  if min_face is None:
+    aligned_run = config.data.get("align", "none") != "none"
+    min_face = (float(config.data.get("align_min_face", 20.0)) if aligned_run
+                else detect.Settings().min_face_size)
+  detector = detect.MTCNN(weights, detect.Settings(min_face_size=min_face))
   probes, out = [], []
   if progress is not None:
     progress.mark_compiled(0)
@@ -207,7 +220,7 @@ def load_faces(paths: list[str], config, weights: str, which: str,
       progress.report(start + len(batch))
   shape = (0, fit.size, fit.size, fit.channels)
   images = np.stack(out) if out else np.zeros(shape, np.uint8)
-  return images, probes, (f"faces: MTCNN ({weights}), "
+  return images, probes, (f"faces: MTCNN ({weights}, min face {min_face:g} px), "
                   f"{'the largest face of each photo' if which == 'largest' else 'every face'}, "
                   f"{fit.description}")
 
@@ -380,7 +393,8 @@ def run(argv: list[str] | None = None) -> dict:
     probes = [Probe(p) for p in paths]
   else:
     images, probes, how = load_faces(paths, config, args.mtcnn_weights, args.faces,
-                                     progress_for(len(paths), "detecting faces in"))
+                                     progress_for(len(paths), "detecting faces in"),
+                                     args.min_face)
     print(how, flush=True)
     missing = [p.image for p in probes if not p.found]
     if args.command == "enroll" and missing:   # before the model loads or the gallery changes

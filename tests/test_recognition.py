@@ -615,6 +615,41 @@ def test_identify_all_faces_of_a_two_person_photo(rec, capsys):
   assert "every face, not aligned" in printed
 
 
+def test_min_face_follows_an_aligned_run_and_the_flag(tmp_path, monkeypatch):
+  """load_faces' detector searches from the run's data.align_min_face when the run was trained
+  on aligned faces, from MTCNN's 20 px otherwise, and from --min_face when it is given; the
+  faces line says which; --min_face <= 0 is refused before anything loads."""
+  from PIL import Image
+
+  from configs.facenet import get_config
+  from conftest import load_script
+  from facenet_jax.faces import detect
+  recognize = load_script("recognize")
+  seen = []
+
+  class Recorder:   # stands in for the detector: records its settings, finds no face
+    def __init__(self, weights, settings):
+      seen.append(settings.min_face_size)
+
+    def detect(self, images):
+      return [detect.Faces.empty() for _ in images]
+
+  monkeypatch.setattr(detect, "MTCNN", Recorder)
+  Image.new("RGB", (40, 40)).save(tmp_path / "a.png")
+  c = get_config("lfw")   # align_min_face=40
+  c.unlock()
+  for align, flag, want in (("none", None, 20.0), ("mtcnn", None, 40.0), ("mtcnn", 25.0, 25.0),
+                            ("none", 30.0, 30.0)):
+    c.data.align = align
+    images, probes, how = recognize.load_faces([str(tmp_path / "a.png")], c, "w.npz", "largest",
+                                               min_face=flag)
+    assert seen[-1] == want and f"min face {want:g} px" in how
+    assert len(images) == 0 and not probes[0].found
+  with pytest.raises(SystemExit, match=r"--min_face=0: expected a face size in px > 0"):
+    recognize.run(["identify", str(tmp_path / "a.png"), "--detect=mtcnn", "--min_face=0",
+                   "--workdir=nowhere", f"--gallery={tmp_path / 'g.npz'}"])
+
+
 @needs_lfw_and_mtcnn
 def test_a_run_trained_on_aligned_faces_gets_template_crops():
   """data.align set at 112 px: the model input is the arcface112 crop of detect_and_align."""

@@ -299,7 +299,7 @@ def detector_batch() -> int:
   benchmark machine: benchmarks/RESULTS.md, 8b); an accelerator is kept busy by batching 32
   (not measured yet).
   """
-  return CPU_DETECTOR_BATCH if jax.default_backend() == "cpu" else ACCELERATOR_DETECTOR_BATCH
+  return CPU_DETECTOR_BATCH if _host_is_cpu() else ACCELERATOR_DETECTOR_BATCH
 
 
 def detector_workers() -> int:
@@ -312,9 +312,14 @@ def detector_workers() -> int:
   runs without the GIL) keep about 1.75 busy, 1.4x the photos per second on the 2-core
   benchmark machine (benchmarks/RESULTS.md, 8b). More than 2 is not measured.
   """
-  if jax.default_backend() != "cpu":
+  if not _host_is_cpu():
     return 1
   return max(1, min(CPU_DETECTOR_WORKERS, os.cpu_count() or 1))
+
+
+def _host_is_cpu() -> bool:
+  """Whether JAX's default backend is a CPU: the one backend read of the host-side choices."""
+  return jax.default_backend() == "cpu"
 
 
 # ------------------------------------------------------------------------------- checks

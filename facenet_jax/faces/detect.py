@@ -330,6 +330,7 @@ class MTCNN:
     return out
 
   def _faces(self, rgbs: list[np.ndarray]) -> list[Faces]:
+    """One worker's part: the cascade over these photos, their Faces in order."""
     out = [Faces.empty() for _ in rgbs]
     if rgbs:
       self._cascade(rgbs, out)

@@ -119,7 +119,8 @@ def _data_defaults() -> config_dict.ConfigDict:
       eval_pairs=3000,          # matched and as many mismatched
       eval_folds=10,
       # transfer learning: train on cached frozen-backbone activations ("vgg19:pool5",
-      # with model.name=feature_head) instead of images; "" = images
+      # with model.name=feature_head) instead of images; "" = images; pooled, several
+      # layers joined by "+" ("vgg19:conv4_4+conv5_4") sit side by side with equal weight
       features="",
       # "" keeps the activation map; "mean" / "max" pool it over positions to one
       # L2-normalized vector, after raising it to features_power (0.5 with "mean": SPoC)

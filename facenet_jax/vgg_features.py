@@ -64,6 +64,28 @@ def _cache_name(weights: str, layer: str, depth: int, pool: str, power: float, f
 POOLS = ("", "mean", "max")
 
 
+def layers_of(layer: str) -> tuple[str, ...]:
+  """The VGG layers of a ``data.features`` layer: one ("conv4_4"), or several joined by "+"
+  ("conv4_4+conv5_4": each pooled on the same grid, side by side in the channels)."""
+  return tuple(layer.split("+"))
+
+
+def _check_layers(depth: int, layer: str, pool: str) -> tuple[str, ...]:
+  """:func:`layers_of` ``layer``, each a VGG``depth`` layer, several only when pooled
+  (ValueError naming ``data.features`` otherwise)."""
+  names = vgg_lib.layer_names(depth)
+  parts = layers_of(layer)
+  for part in parts:
+    if part not in names:
+      raise ValueError(f"data.features layer {part!r} is not a VGG{depth} layer; valid: {names}")
+  if len(set(parts)) != len(parts):
+    raise ValueError(f"data.features layers {layer!r}: a layer is named twice")
+  if len(parts) > 1 and not pool:
+    raise ValueError(f"data.features layers {layer!r}: several layers need "
+                     "data.features_pool='mean' or 'max' (their maps differ in size)")
+  return parts
+
+
 def grid_bands(n: int, grid: int) -> list[tuple[int, int]]:
   """``grid`` contiguous, non-empty ``[start, stop)`` bands covering ``0..n``, as equal as
   integers allow (edges ``round(i n / grid)``)."""
@@ -115,20 +137,23 @@ def feature_shape(depth: int, layer: str, pool: str, input_shape: tuple[int, ...
                   grid: int = 1) -> tuple[int, ...]:
   """``(h, w, C)`` of one image's features of VGG``depth`` ``layer`` for ``(H, W, C_in)``
   images: the layer geometry alone (nothing computed); ``(grid, grid, C)`` when pooled
-  (ValueError naming ``data.features_grid`` when the map is smaller than the grid)."""
+  (ValueError naming ``data.features_grid`` when the map is smaller than the grid), with
+  ``C`` summed over the layers of a "+"-joined ``layer``."""
   names = vgg_lib.layer_names(depth)
-  if layer not in names:
-    raise ValueError(f"data.features layer {layer!r} is not a VGG{depth} layer; valid: {names}")
-  h, w = input_shape[:2]
-  for _, k, stride, pad in vgg_lib.layer_geometry(depth)[:names.index(layer) + 1]:
-    h, w = ((n + 2 * pad - k) // stride + 1 for n in (h, w))
-  # the channels of the last conv at or before ``layer`` (a pool keeps its block's)
-  channels = [ch for conv, ch in vgg_lib.conv_channels(depth)
-              if names.index(conv) <= names.index(layer)][-1]
+  shapes = []
+  for part in _check_layers(depth, layer, pool):
+    h, w = input_shape[:2]
+    for _, k, stride, pad in vgg_lib.layer_geometry(depth)[:names.index(part) + 1]:
+      h, w = ((n + 2 * pad - k) // stride + 1 for n in (h, w))
+    # the channels of the last conv at or before ``part`` (a pool keeps its block's)
+    channels = [ch for conv, ch in vgg_lib.conv_channels(depth)
+                if names.index(conv) <= names.index(part)][-1]
+    if pool:
+      grid_bands(min(h, w), grid)   # the check
+    shapes.append((h, w, channels))
   if pool:
-    grid_bands(min(h, w), grid)   # the check
-    return (grid, grid, channels)
-  return (h, w, channels)
+    return (grid, grid, sum(c for _, _, c in shapes))
+  return shapes[0]
 
 
 def check_memory(n: int, shape: tuple[int, ...], depth: int, layer: str, pool: str, name: str,
@@ -152,7 +177,9 @@ def features(images_NxHxWxC, *, weights: str, layer: str = "pool5", depth: int =
   """VGG activations of ``layer`` for every image: float32 ``(N, h, w, C_layer)``, or with
   ``pool`` ("mean" | "max") the pooled, L2-normalized descriptor ``(N, 1, 1, C_layer)``
   (``pool_descriptor``; ``power`` is applied first; ``flip``: of the image and its mirror),
-  ``(N, grid, grid, C_layer)`` pooled per cell of a ``grid x grid`` partition.
+  ``(N, grid, grid, C_layer)`` pooled per cell of a ``grid x grid`` partition. A pooled
+  ``layer`` may join several with "+" ("conv4_4+conv5_4"): each layer's descriptor on the same
+  grid, concatenated over channels and divided by sqrt(number of layers) (equal weight, norm 1).
 
   ``images_NxHxWxC``: uint8 0..255, C = 3 (RGB) or 1 (grey: repeated), as an array or as a
   source read by row (``records.RecordImages``: read in chunks by ``workers`` input worker
@@ -176,10 +203,8 @@ def features(images_NxHxWxC, *, weights: str, layer: str = "pool5", depth: int =
   shape = tuple(x.shape)
   if len(shape) != 4 or shape[-1] not in (1, 3):
     raise ValueError(f"{name}: VGG features need (N, H, W, 1 or 3) images, got shape {shape}")
-  if layer not in vgg_lib.layer_names(depth):
-    raise ValueError(f"data.features layer {layer!r} is not a VGG{depth} layer; valid: "
-                     f"{vgg_lib.layer_names(depth)}")
-  need = vgg_lib.min_input_size([layer])
+  parts = _check_layers(depth, layer, pool)
+  need = vgg_lib.min_input_size(parts)
   if min(shape[1:3]) < need:
     raise ValueError(f"{name}: {shape[1]}x{shape[2]} px images are smaller than the {need} px "
                      f"per side that VGG layer {layer} needs; raise data.image_size")
@@ -280,9 +305,14 @@ def _program(weights: str, layer: str, depth: int, pool: str, power: float, flip
     if rgb.shape[-1] == 1:
       rgb = jnp.repeat(rgb, 3, axis=-1)
     net = nnx.merge(graphdef, state)
-    act = net.features(vgg_lib.preprocess_caffe(rgb), (layer,))[layer]
-    mirror = net.features(vgg_lib.preprocess_caffe(rgb[:, :, ::-1]), (layer,))[layer] if flip else None
-    return pool_descriptor(act, pool, power, mirror, grid)
+    parts = layers_of(layer)
+    acts = net.features(vgg_lib.preprocess_caffe(rgb), parts)
+    mirror = net.features(vgg_lib.preprocess_caffe(rgb[:, :, ::-1]), parts) if flip else None
+    descs = [pool_descriptor(acts[p], pool, power, None if mirror is None else mirror[p], grid) for p in parts]
+    if len(descs) == 1:
+      return descs[0]
+    # each layer's descriptor has norm 1: joined with equal weight, the whole has norm 1
+    return jnp.concatenate(descs, axis=-1) / np.sqrt(len(descs))
   return run, state
 
 
@@ -312,7 +342,8 @@ def _spec(config) -> tuple[int, str] | None:
     return None
   net, _, layer = spec.partition(":")
   if net not in ("vgg16", "vgg19") or not layer:
-    raise ValueError(f"config.data.features={spec!r}: expected '' or 'vgg19:<layer>' / 'vgg16:<layer>'")
+    raise ValueError(f"config.data.features={spec!r}: expected '' or 'vgg19:<layer>' / 'vgg16:<layer>' "
+                     "(pooled: layers may be joined by '+', 'vgg19:conv4_4+conv5_4')")
   return int(net[3:]), layer
 
 
@@ -343,7 +374,9 @@ def output_shape(config, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(input_shape)
   depth, layer = spec
   h, w = input_shape[:2]
-  need = vgg_lib.min_input_size([layer]) if layer in vgg_lib.layer_names(depth) else 0
+  parts = layers_of(layer)
+  known = set(vgg_lib.layer_names(depth)).issuperset(parts)   # else feature_shape names it
+  need = vgg_lib.min_input_size(parts) if known else 0
   if min(h, w) < need:
     raise ValueError(f"{h}x{w} px images are smaller than the {need} px per side that VGG "
                      f"layer {layer} needs; raise data.image_size")

@@ -520,6 +520,28 @@ def test_grid_pooled_vgg_descriptor_matches_numpy_and_is_cached_apart(tmp_path):
     vgg_features.features(images, weights="random", layer="conv2_1", grid=2)
 
 
+def test_several_layers_pool_side_by_side_with_equal_weight(tmp_path):
+  images = np.random.default_rng(6).integers(0, 256, (3, 40, 48, 3), dtype=np.uint8)
+  mirrored = np.ascontiguousarray(images[:, :, ::-1])
+  refs = [_grid_reference(_vgg_reference(images, layer), 2, 0.5, _vgg_reference(mirrored, layer))
+          for layer in ("conv2_1", "conv3_1")]
+  f = vgg_features.features(images, weights="random", layer="conv2_1+conv3_1", pool="mean",
+                            power=0.5, flip=True, grid=2, cache_dir=str(tmp_path))
+  assert f.shape == (3, 2, 2, 128 + 256)
+  np.testing.assert_allclose(f, np.concatenate(refs, axis=-1) / np.sqrt(2), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(f.reshape(3, -1), axis=1), 1.0, rtol=1e-5)
+  assert os.listdir(tmp_path) == ["vgg19_conv2_1+conv3_1_meanp0.5_grid2_flip_40x48x3_random.npz"]
+  assert vgg_features.feature_shape(19, "conv4_4+conv5_4", "max", (112, 112, 3), 7) == (7, 7, 1024)
+  with pytest.raises(ValueError, match=r"data.features_grid=8: expected 1..7"):   # conv5_4: 7x7
+    vgg_features.feature_shape(19, "conv4_4+conv5_4", "mean", (112, 112, 3), 8)
+  with pytest.raises(ValueError, match=r"'conv2_1\+conv3_1': several layers need data.features_pool"):
+    vgg_features.features(images, weights="random", layer="conv2_1+conv3_1")
+  with pytest.raises(ValueError, match="layer 'conv9_1' is not a VGG19 layer"):
+    vgg_features.features(images, weights="random", layer="conv2_1+conv9_1", pool="mean")
+  with pytest.raises(ValueError, match="a layer is named twice"):
+    vgg_features.feature_shape(19, "conv2_1+conv2_1", "mean", (40, 48, 3))
+
+
 def _linear_head(in_features, dim, widths=()):
   from facenet_jax import models
   return models.FeatureHead(in_features, widths, dim, rngs=nnx.Rngs(0))

@@ -84,8 +84,8 @@ class Alignment:
   def detection_key(self) -> str:
     """Changes with anything that changes a detection: the weights' bytes and the detector
     settings (``max_batch`` and ``workers`` only spread work, so they are left out)."""
-    st = dataclasses.asdict(self.settings())
-    st.pop("max_batch", None), st.pop("workers", None)
+    st = {k: v for k, v in dataclasses.asdict(self.settings()).items()
+          if k not in ("max_batch", "workers")}
     blob = json.dumps({"format": DETECTION_FORMAT, "weights_sha256": _sha256(self.weights),
                        "settings": st}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]

@@ -308,7 +308,8 @@ def _program(weights: str, layer: str, depth: int, pool: str, power: float, flip
     parts = layers_of(layer)
     acts = net.features(vgg_lib.preprocess_caffe(rgb), parts)
     mirror = net.features(vgg_lib.preprocess_caffe(rgb[:, :, ::-1]), parts) if flip else None
-    descs = [pool_descriptor(acts[p], pool, power, None if mirror is None else mirror[p], grid) for p in parts]
+    descs = [pool_descriptor(acts[p], pool, power, None if mirror is None else mirror[p], grid)
+             for p in parts]
     if len(descs) == 1:
       return descs[0]
     # each layer's descriptor has norm 1: joined with equal weight, the whole has norm 1

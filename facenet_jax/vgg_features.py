@@ -375,9 +375,7 @@ def output_shape(config, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(input_shape)
   depth, layer = spec
   h, w = input_shape[:2]
-  parts = layers_of(layer)
-  known = set(vgg_lib.layer_names(depth)).issuperset(parts)   # else feature_shape names it
-  need = vgg_lib.min_input_size(parts) if known else 0
+  need = vgg_lib.min_input_size(_check_layers(depth, layer, str(config.data.features_pool)))
   if min(h, w) < need:
     raise ValueError(f"{h}x{w} px images are smaller than the {need} px per side that VGG "
                      f"layer {layer} needs; raise data.image_size")

@@ -152,6 +152,39 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
   return out
 
 
+def pooled_lfw_scores(run_dirs: list[str], folds: list[int] | None = None
+                      ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[int]]:
+  """The test pairs of cross-validation runs, pooled, as ``lfw_view2`` saved them.
+
+  Each run directory may hold ``lfw_scores_fold<k>.npz`` (all 6,000 View 2 pairs scored by
+  the model that was tested on fold k); only fold k's 600 pairs are taken from it, the others
+  being that model's training or calibration pairs. ``folds``: keep only these test folds.
+  Returns ``({scorer: (dist_N, issame_N)}, test folds read, sorted)``; a fold found in two
+  directories is an error (the pool would count its pairs twice).
+  """
+  parts: dict[str, list] = {}
+  seen: dict[int, str] = {}
+  for d in run_dirs:
+    for f in sorted(os.listdir(d)):
+      if not (f.startswith("lfw_scores_fold") and f.endswith(".npz")):
+        continue
+      fold = int(f[len("lfw_scores_fold"):-4])
+      if folds is not None and fold not in folds:
+        continue
+      path = os.path.join(d, f)
+      if fold in seen:
+        raise ValueError(f"{path}: test fold {fold} was read before from {seen[fold]}")
+      seen[fold] = path
+      with np.load(path, allow_pickle=False) as z:
+        test = z["fold"] == fold
+        for name in z.files:
+          if name not in ("fold", "issame"):
+            parts.setdefault(name, []).append((z[name][test], z["issame"][test]))
+  pooled = {name: (np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps]))
+            for name, ps in parts.items()}
+  return pooled, sorted(seen)
+
+
 # ------------------------------------------------------------------------ one-shot
 
 

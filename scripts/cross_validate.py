@@ -41,25 +41,11 @@ def summarize(per_run: dict[str, dict[str, float]]) -> dict[str, dict[str, float
 
 def pooled_lfw_roc(run_dirs: list[str], path: str) -> str | None:
   from facenet_jax import evaluators, verification
-  curves: dict[str, list] = {}
-  for d in run_dirs:
-    for f in sorted(os.listdir(d)):
-      if f.startswith("lfw_scores_fold") and f.endswith(".npz"):
-        fold = int(f[len("lfw_scores_fold"):-4])
-        with np.load(os.path.join(d, f), allow_pickle=False) as z:
-          test = z["fold"] == fold
-          for name in z.files:
-            if name not in ("fold", "issame"):
-              curves.setdefault(name, []).append((z[name][test], z["issame"][test]))
-  if not curves:
+  pooled, folds = evaluators.pooled_lfw_scores(run_dirs)
+  if not pooled:
     return None
-  roc = {}
-  for name, parts in curves.items():
-    dist = np.concatenate([p[0] for p in parts])
-    same = np.concatenate([p[1] for p in parts])
-    far, tar, _ = verification.roc(dist, same)
-    roc[name] = (far, tar)
-  return evaluators.plot_roc(path, roc, f"LFW View 2, {len(run_dirs)} test folds pooled")
+  roc = {name: verification.roc(dist, same)[:2] for name, (dist, same) in pooled.items()}
+  return evaluators.plot_roc(path, roc, f"LFW View 2, {len(folds)} test folds pooled")
 
 
 def main(argv):

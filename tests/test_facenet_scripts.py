@@ -440,6 +440,65 @@ def test_cross_validate_summary_against_numpy():
   assert s["b"]["std"] == 0.0
 
 
+def _fake_lfw_cv(root, folds, seed, scorers=("distance", "head_chi2")):
+  """A cross_validate workdir: per test fold k a run dir with lfw_scores_fold<k>.npz of all
+  6,000 pairs (600 per fold); returns {scorer: {fold: (dist, issame)}} as written."""
+  rng = np.random.default_rng(seed)
+  fold = np.repeat(np.arange(10), 600)
+  written = {s: {} for s in scorers}
+  for k in folds:
+    os.makedirs(os.path.join(root, f"data.test_fold={k}"))
+    issame = rng.random(6000) < 0.5
+    scores = {s: rng.normal(size=6000) - issame for s in scorers}
+    np.savez(os.path.join(root, f"data.test_fold={k}", f"lfw_scores_fold{k}.npz"), fold=fold,
+             issame=issame, **scores)
+    for s in scorers:
+      written[s][k] = (scores[s][fold == k], issame[fold == k])
+  return written
+
+
+def test_pooled_lfw_scores_take_each_runs_own_test_fold(tmp_path):
+  from facenet_jax import evaluators
+  written = _fake_lfw_cv(str(tmp_path / "cv"), [3, 0, 7], seed=0)
+  dirs = sorted(str(p) for p in (tmp_path / "cv").iterdir())
+  pooled, folds = evaluators.pooled_lfw_scores(dirs)
+  assert folds == [0, 3, 7] and sorted(pooled) == ["distance", "head_chi2"]
+  for s in pooled:   # the plain loop: each run's 600 test pairs, runs in directory order
+    ref_d = np.concatenate([written[s][k][0] for k in (0, 3, 7)])
+    ref_same = np.concatenate([written[s][k][1] for k in (0, 3, 7)])
+    np.testing.assert_array_equal(pooled[s][0], ref_d)
+    np.testing.assert_array_equal(pooled[s][1], ref_same)
+  pooled, folds = evaluators.pooled_lfw_scores(dirs, folds=[7])
+  assert folds == [7] and len(pooled["distance"][0]) == 600
+  shutil.copytree(dirs[0], str(tmp_path / "cv" / "again"))   # fold 0 twice: an error, not 1,200 pairs
+  with pytest.raises(ValueError, match=r"lfw_scores_fold0.npz: test fold 0 was read before from"):
+    evaluators.pooled_lfw_scores(dirs + [str(tmp_path / "cv" / "again")])
+
+
+def test_plot_lfw_roc_compares_runs_on_the_same_folds(tmp_path, capsys):
+  from facenet_jax import verification
+  plot = load_script("plot_lfw_roc")
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  wa = _fake_lfw_cv(a, range(10), seed=1)
+  _fake_lfw_cv(b, range(8), seed=2)
+  with pytest.raises(SystemExit, match=r"different folds .*pass --folds="):
+    plot.read_runs([f"A={a}", f"B={b}"], "distance", None)
+  runs = plot.read_runs([f"A={a}", f"B={b}"], "head_chi2", list(range(8)))
+  assert runs["A"][2] == runs["B"][2] == list(range(8))
+  ref = np.concatenate([wa["head_chi2"][k][0] for k in range(8)])
+  np.testing.assert_array_equal(runs["A"][0], ref)
+  assert verification.roc_auc(*runs["A"][:2]) == pytest.approx(
+      verification.roc_auc(ref, np.concatenate([wa["head_chi2"][k][1] for k in range(8)])))
+  for entries, scorer, folds, msg in (
+      ([f"A{a}"], "distance", None, r"--runs: expected LABEL=DIR, got 'A"),
+      ([f"C={tmp_path / 'nope'}"], "distance", None, r"--runs: C=.*nope: no such directory"),
+      ([f"T={tmp_path}"], "distance", None, r"no lfw_scores_fold\*.npz in its run directories"),
+      ([f"A={a}"], "head_x", None, r"--scorer=head_x: not among A's scores \['distance', 'head_chi2'\]"),
+      ([f"B={b}"], "distance", [7, 8], r"--folds=7,8: B=.* has only folds \[7\]")):
+    with pytest.raises(SystemExit, match=msg):
+      plot.read_runs(entries, scorer, folds)
+
+
 # ------------------------------------------------------------- SPoC + PCA whitening
 
 

@@ -1,0 +1,83 @@
+"""Pooled LFW View 2 ROC curves of several cross-validations on one PNG, for paired comparisons.
+
+  python scripts/plot_lfw_roc.py --runs=aligned=runs/lfw_aligned,central_128px=runs/lfw_unaligned \
+      --out=docs/roc_lfw_scratch_aligned_vs_central.png
+
+Each ``--runs`` entry is ``LABEL=DIR``, DIR a ``scripts/cross_validate.py`` workdir of an LFW
+config: its run directories hold the ``lfw_scores_fold<k>.npz`` that the ``lfw_view2`` evaluator
+writes, from which each run's own test fold is taken and pooled over folds. The runs are
+compared on the same test folds: if their folds differ, name the common ones with ``--folds``.
+Prints a table (folds, pooled ROC AUC, EER, TAR at FAR = 1e-2 and 1e-3) and writes the ROCs
+of ``--scorer`` (``distance``, or a pair head: ``head_chi2``, ``head_abs_diff``, ...) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+import numpy as np
+
+from infra import cli
+
+_RUNS = flags.DEFINE_list("runs", None, "LABEL=DIR cross-validation workdirs.", required=True)
+_OUT = flags.DEFINE_string("out", None, "The PNG to write.", required=True)
+_SCORER = flags.DEFINE_string("scorer", "distance", "Which scores' ROC to plot.")
+_FOLDS = flags.DEFINE_list("folds", None, "Test folds to compare on (default: all, the same in every run).")
+
+
+def read_runs(runs: list[str], scorer: str, folds: list[int] | None
+              ) -> dict[str, tuple[np.ndarray, np.ndarray, list[int]]]:
+  """``{label: (dist_N, issame_N, test folds)}``: each run's pooled test pairs of ``scorer``;
+  one-line errors for a malformed entry, a missing directory, no scores, an unknown scorer,
+  a requested fold a run lacks, and runs on different folds."""
+  from facenet_jax import evaluators
+  out = {}
+  for entry in runs:
+    label, sep, root = entry.partition("=")
+    if not sep or not label or not root:
+      raise SystemExit(f"--runs: expected LABEL=DIR, got {entry!r}")
+    if not os.path.isdir(root):
+      raise SystemExit(f"--runs: {label}={root}: no such directory")
+    dirs = [os.path.join(root, d) for d in sorted(os.listdir(root))
+            if os.path.isdir(os.path.join(root, d))]
+    pooled, got = evaluators.pooled_lfw_scores(dirs, folds)
+    if not got:
+      raise SystemExit(f"--runs: {label}={root}: no lfw_scores_fold*.npz in its run directories"
+                       + (f" for folds {folds}" if folds else "")
+                       + " (expected a cross_validate.py workdir of an LFW config)")
+    if scorer not in pooled:
+      raise SystemExit(f"--scorer={scorer}: not among {label}'s scores {sorted(pooled)}")
+    if folds is not None and got != sorted(folds):
+      raise SystemExit(f"--folds={','.join(map(str, folds))}: {label}={root} has only folds {got}")
+    out[label] = (*pooled[scorer], got)
+  fold_sets = {label: v[2] for label, v in out.items()}
+  if len({tuple(f) for f in fold_sets.values()}) > 1:
+    raise SystemExit(f"the runs were tested on different folds {fold_sets}: pass --folds= with the "
+                     f"common ones to compare them on the same pairs")
+  return out
+
+
+def main(argv):
+  del argv
+  from facenet_jax import evaluators, verification
+  folds = [int(f) for f in _FOLDS.value] if _FOLDS.value else None
+  runs = read_runs(_RUNS.value, _SCORER.value, folds)
+  print(f"| run | test folds | pairs | ROC AUC | EER | TAR@FAR=1e-2 | TAR@FAR=1e-3 |\n"
+        f"|---|---|---|---|---|---|---|")
+  curves = {}
+  for label, (dist, same, got) in runs.items():
+    far, tar, _ = verification.roc(dist, same)
+    auc, eer = verification.roc_auc(dist, same), verification.eer(dist, same)
+    at = lambda f: float(tar[np.searchsorted(far, f, side="right") - 1])   # far ascending
+    print(f"| {label} | {','.join(map(str, got))} | {len(dist)} | {auc:.4f} | {eer:.4f} | "
+          f"{at(1e-2):.4f} | {at(1e-3):.4f} |")
+    curves[f"{label} (AUC {auc:.3f})"] = (far, tar)
+  folds_read = next(iter(runs.values()))[2]
+  evaluators.plot_roc(_OUT.value, curves, f"LFW View 2, {_SCORER.value}, {len(folds_read)} test "
+                                          f"folds pooled")
+  print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

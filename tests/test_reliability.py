@@ -128,12 +128,6 @@ def trained(tmp_path_factory):
   return work, results
 
 
-# When the meta item's save fails, orbax's save coroutine ends and its event loop is closed
-# while tensorstore's threads are still writing the state item; one of them may then post its
-# completion to the closed loop ("RuntimeError: Event loop is closed", ignored by Python and
-# reported by pytest whenever the thread happens to finish late). The partial write is removed
-# regardless (checked below); only that report is not a failure of this test.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
   work = str(tmp_path / "run")
   real = checkpoints._meta_handler

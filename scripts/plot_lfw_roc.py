@@ -14,6 +14,7 @@ of ``--scorer`` (``distance``, or a pair head: ``head_chi2``, ``head_abs_diff``,
 from __future__ import annotations
 
 import os
+import zipfile
 
 from absl import flags
 import numpy as np
@@ -23,14 +24,16 @@ from infra import cli
 _RUNS = flags.DEFINE_list("runs", None, "LABEL=DIR cross-validation workdirs.", required=True)
 _OUT = flags.DEFINE_string("out", None, "The PNG to write.", required=True)
 _SCORER = flags.DEFINE_string("scorer", "distance", "Which scores' ROC to plot.")
-_FOLDS = flags.DEFINE_list("folds", None, "Test folds to compare on (default: all, the same in every run).")
+_FOLDS = flags.DEFINE_list("folds", None,
+                           "Test folds to compare on (default: all, the same in every run).")
 
 
 def read_runs(runs: list[str], scorer: str, folds: list[int] | None
               ) -> dict[str, tuple[np.ndarray, np.ndarray, list[int]]]:
   """``{label: (dist_N, issame_N, test folds)}``: each run's pooled test pairs of ``scorer``;
-  one-line errors for a malformed entry, a missing directory, no scores, an unknown scorer,
-  a requested fold a run lacks, and runs on different folds."""
+  one-line errors for a malformed entry, a missing directory, no scores, an unreadable or
+  repeated score file, an unknown scorer, a requested fold a run lacks, and runs on different
+  folds."""
   from facenet_jax import evaluators
   out = {}
   for entry in runs:
@@ -41,7 +44,11 @@ def read_runs(runs: list[str], scorer: str, folds: list[int] | None
       raise SystemExit(f"--runs: {label}={root}: no such directory")
     dirs = [os.path.join(root, d) for d in sorted(os.listdir(root))
             if os.path.isdir(os.path.join(root, d))]
-    pooled, got = evaluators.pooled_lfw_scores(dirs, folds)
+    try:
+      pooled, got = evaluators.pooled_lfw_scores(dirs, folds)
+    # a fold in two run directories, a damaged or foreign .npz
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+      raise SystemExit(f"--runs: {label}={root}: {e}") from e
     if not got:
       raise SystemExit(f"--runs: {label}={root}: no lfw_scores_fold*.npz in its run directories"
                        + (f" for folds {folds}" if folds else "")

@@ -489,8 +489,12 @@ def test_plot_lfw_roc_compares_runs_on_the_same_folds(tmp_path, capsys):
   np.testing.assert_array_equal(runs["A"][0], ref)
   assert verification.roc_auc(*runs["A"][:2]) == pytest.approx(
       verification.roc_auc(ref, np.concatenate([wa["head_chi2"][k][1] for k in range(8)])))
+  os.makedirs(str(tmp_path / "c" / "x"))
+  with open(str(tmp_path / "c" / "x" / "lfw_scores_fold2.npz"), "wb") as f:
+    f.write(b"PK\x03\x04 cut short")
   for entries, scorer, folds, msg in (
       ([f"A{a}"], "distance", None, r"--runs: expected LABEL=DIR, got 'A"),
+      ([f"C={tmp_path / 'c'}"], "distance", None, r"--runs: C=.*c: "),
       ([f"C={tmp_path / 'nope'}"], "distance", None, r"--runs: C=.*nope: no such directory"),
       ([f"T={tmp_path}"], "distance", None, r"no lfw_scores_fold\*.npz in its run directories"),
       ([f"A={a}"], "head_x", None, r"--scorer=head_x: not among A's scores \['distance', 'head_chi2'\]"),

@@ -68,6 +68,8 @@ def read_runs(runs: list[str], scorer: str, folds: list[int] | None
 def main(argv):
   del argv
   from facenet_jax import evaluators, verification
+  if _FOLDS.value and not all(f.isdigit() for f in _FOLDS.value):
+    raise SystemExit(f"--folds: expected fold numbers 0-9, got {','.join(_FOLDS.value)}")
   folds = [int(f) for f in _FOLDS.value] if _FOLDS.value else None
   runs = read_runs(_RUNS.value, _SCORER.value, folds)
   print(f"| run | test folds | pairs | ROC AUC | EER | TAR@FAR=1e-2 | TAR@FAR=1e-3 |\n"
@@ -76,9 +78,9 @@ def main(argv):
   for label, (dist, same, got) in runs.items():
     far, tar, _ = verification.roc(dist, same)
     auc, eer = verification.roc_auc(dist, same), verification.eer(dist, same)
-    at = lambda f: float(tar[np.searchsorted(far, f, side="right") - 1])   # far ascending
+    tar_at = [verification.val_at_far(dist, same, f) for f in (1e-2, 1e-3)]   # in-sample
     print(f"| {label} | {','.join(map(str, got))} | {len(dist)} | {auc:.4f} | {eer:.4f} | "
-          f"{at(1e-2):.4f} | {at(1e-3):.4f} |")
+          f"{tar_at[0]:.4f} | {tar_at[1]:.4f} |")
     curves[f"{label} (AUC {auc:.3f})"] = (far, tar)
   folds_read = next(iter(runs.values()))[2]
   evaluators.plot_roc(_OUT.value, curves, f"LFW View 2, {_SCORER.value}, {len(folds_read)} test "

@@ -8,8 +8,9 @@ switch: the program lowered for ``cuda``, ``rocm`` or ``tpu`` holds the plain
 ``lax.conv_general_dilated`` and nothing of the kernels below, even when it is traced or
 exported (``jax.export``) on a CPU host; lowered for ``cpu`` it holds the CPU kernel. The
 choice is made per compiled platform, never by ``jax.default_backend()`` or a module switch.
-The one exception is a host-side choice that no compiled program can make for itself, the
-MTCNN detector's batch (:func:`detector_batch`): it sets the shapes handed to the programs.
+The one exception is the host-side choices that no compiled program can make for itself, for
+the MTCNN detector: its batch (:func:`detector_batch`, the shapes handed to the programs), its
+threads (:func:`detector_workers`) and its compiler options (:func:`detector_compiler_options`).
 
 The CPU kernels (XLA:CPU's own convolution gradients are slow; benchmarks/RESULTS.md):
 
@@ -315,6 +316,27 @@ def detector_workers() -> int:
   if not _host_is_cpu():
     return 1
   return max(1, min(CPU_DETECTOR_WORKERS, os.cpu_count() or 1))
+
+
+# XLA:CPU's option that picks which ops go to the YNNPACK library: the single dots only, so
+# that convolutions stay with XLA's own emitter (detector_compiler_options says why).
+CPU_DETECTOR_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def detector_compiler_options() -> dict[str, str]:
+  """XLA compiler options for the MTCNN networks' programs (``jax.jit(compiler_options=)``):
+  :data:`CPU_DETECTOR_COMPILER_OPTIONS` when JAX's default backend is a CPU, else none.
+
+  Host-side as ``detector_batch``: compiler options are given to ``jax.jit``, not chosen
+  inside a program. Why: jaxlib 0.10's XLA:CPU hands each convolution to YNNPACK by
+  default, and on the detector's small layers (3-64 channels, 24x24 and 48x48 crops, the
+  pyramid's levels) YNNPACK's convolutions are slower than XLA's own: R-Net and O-Net calls
+  take 25-45% less time and the P-Net pyramid 15% less with dots alone left to YNNPACK, with
+  outputs equal to 3e-7 (benchmarks/RESULTS.md, 8b). The models' training steps gain 5-7%
+  only and the VGG's 3x3 convolutions nothing, so they keep XLA's defaults.
+  """
+  return dict(CPU_DETECTOR_COMPILER_OPTIONS) if _host_is_cpu() else {}
 
 
 def _host_is_cpu() -> bool:

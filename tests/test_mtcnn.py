@@ -403,6 +403,32 @@ def test_max_batch_default_is_the_host_side_choice(random_npz, monkeypatch):
   assert detect.MTCNN(random_npz[0]).max_batch == convolution.ACCELERATOR_DETECTOR_BATCH == 32
 
 
+def test_compiler_options_leave_convolutions_to_xla_and_change_no_output(random_npz, monkeypatch):
+  """On a CPU the networks compile with infra.convolution.detector_compiler_options(): this
+  jaxlib accepts them, YNNPACK then takes only the dots (R-Net's program holds no YNNPACK
+  convolution: XLA's own is faster on these layers, benchmarks/RESULTS.md 8b), and the outputs
+  equal those of XLA's default options; on an accelerator there are no options."""
+  import functools
+  import jax
+  from infra import convolution
+  assert convolution.detector_compiler_options() == convolution.CPU_DETECTOR_COMPILER_OPTIONS
+  d = detect.MTCNN(random_npz[0])
+  rng = np.random.default_rng(0)
+  args = (d._rnet_leaves, rng.integers(0, 256, (2, 40, 50, 3)).astype(np.float32),
+          np.array([0, 1, 1, 0], np.int32), np.array([[0.1, 0.1, 0.8, 0.7], [0.0, 0.2, 0.5, 0.9],
+          [-0.1, -0.2, 1.1, 1.2], [0.3, 0.3, 0.6, 0.6]], np.float32), np.array([[40, 50]] * 4, np.float32))
+  ours = d._rnet.lower(*args).compile()
+  ynn_convs = [line for line in ours.as_text().splitlines()
+               if "__ynn_fusion" in line and "conv_general_dilated" in line]
+  assert ynn_convs == []
+  graphdef, treedef, _ = detect._split(nets.RNet())
+  plain = jax.jit(functools.partial(detect._crops_net, graphdef, treedef, 24))
+  for a, b in zip(ours(*args), plain(*args)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  monkeypatch.setattr(convolution.jax, "default_backend", lambda: "gpu")
+  assert convolution.detector_compiler_options() == {}
+
+
 def test_workers_default_is_the_host_side_choice(random_npz, monkeypatch):
   """Settings.workers=None: infra.convolution.detector_workers(), min(2, cores) threads on a
   CPU, 1 on an accelerator; a set value is kept and a value below 1 is refused."""

@@ -264,8 +264,11 @@ def _crops_net(graphdef, treedef, size, leaves, images_BxHxWx3, img_N, boxes_Nx4
 @functools.lru_cache(maxsize=64)
 def _jitted(fn, graphdef, treedef, *static):
   """``fn`` jitted with the network's structure bound: hashed once per detector, not per call
-  (a flat list of arrays then flattens fast on every call; an NNX State is walked in Python)."""
-  return jax.jit(functools.partial(fn, graphdef, treedef, *static))
+  (a flat list of arrays then flattens fast on every call; an NNX State is walked in Python).
+  Compiled with ``infra.convolution.detector_compiler_options()`` (on a CPU: convolutions by
+  XLA's own emitter, not YNNPACK)."""
+  return jax.jit(functools.partial(fn, graphdef, treedef, *static),
+                 compiler_options=convolution.detector_compiler_options() or None)
 
 
 def _split(net: nnx.Module):

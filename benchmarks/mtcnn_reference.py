@@ -43,6 +43,7 @@ import json
 import os
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 
@@ -389,6 +390,11 @@ def run_speed(a):
   # default settings: thresholds 0.6/0.7/0.7 as facenet-pytorch; "ours" has the default
   # workers (2 threads per batch on a CPU), "ours_w1" one thread, to show what the threads add
   dets = {"ours": detect.MTCNN(a.weights), "ours_w1": detect.MTCNN(a.weights, detect.Settings(workers=1))}
+  # "ours_xla": ours compiled with XLA's default options (on a CPU: YNNPACK convolutions), to
+  # show what infra.convolution.detector_compiler_options adds
+  from infra import convolution
+  with mock.patch.object(convolution, "detector_compiler_options", lambda: {}):
+    dets["ours_xla"] = detect.MTCNN(a.weights)
 
   def detector(who):
     return lambda chunk: sum(len(f) > 0 for f in dets[who].detect(chunk))
@@ -424,7 +430,8 @@ def run_speed(a):
     w.stdin.close()
     w.wait()
   label = {"ours": f"ours (JAX, {dets['ours'].workers} worker threads)",
-           "ours_w1": "ours, 1 worker thread"} | {k: f"facenet-pytorch, {v['threads']} thread{'s' * (v['threads'] > 1)}"
+           "ours_w1": "ours, 1 worker thread",
+           "ours_xla": "ours, XLA's default compiler options"} | {k: f"facenet-pytorch, {v['threads']} thread{'s' * (v['threads'] > 1)}"
                                    for k, v in hello.items()}
   first = next(iter(hello.values()))
   print(f"\nSpeed, {len(rgbs)} LFW photos 250x250 (every k-th person's first), {a.rounds} rounds alternating "

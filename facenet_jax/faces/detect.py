@@ -262,13 +262,12 @@ def _crops_net(graphdef, treedef, size, leaves, images_BxHxWx3, img_N, boxes_Nx4
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted(fn, graphdef, treedef, *static):
+def _jitted(fn, graphdef, treedef, options: tuple[tuple[str, str], ...], *static):
   """``fn`` jitted with the network's structure bound: hashed once per detector, not per call
   (a flat list of arrays then flattens fast on every call; an NNX State is walked in Python).
-  Compiled with ``infra.convolution.detector_compiler_options()`` (on a CPU: convolutions by
-  XLA's own emitter, not YNNPACK)."""
+  ``options``: XLA compiler options as sorted (name, value) pairs (hashable for the cache)."""
   return jax.jit(functools.partial(fn, graphdef, treedef, *static),
-                 compiler_options=convolution.detector_compiler_options() or None)
+                 compiler_options=dict(options) or None)
 
 
 def _split(net: nnx.Module):
@@ -305,10 +304,12 @@ class MTCNN:
     self._levels_lock = threading.Lock()
     (pg, pt, self._pnet_leaves), (rg, rt, self._rnet_leaves), (og, ot, self._onet_leaves) = (
         _split(loaded[k]) for k in ("pnet", "rnet", "onet"))
-    self._pnet = _jitted(_pnet_pyramid, pg, pt)
+    # on a CPU: convolutions by XLA's own emitter, not YNNPACK (faster on these small layers)
+    options = tuple(sorted(convolution.detector_compiler_options().items()))
+    self._pnet = _jitted(_pnet_pyramid, pg, pt, options)
     self._levels: dict = {}   # _level_inputs' device arrays by image shapes
-    self._rnet = _jitted(_crops_net, rg, rt, 24)
-    self._onet = _jitted(_crops_net, og, ot, 48)
+    self._rnet = _jitted(_crops_net, rg, rt, options, 24)
+    self._onet = _jitted(_crops_net, og, ot, options, 48)
 
   def __call__(self, image) -> Faces:
     return self.detect([image])[0]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import warnings
 from typing import Callable
 
 import jax
@@ -336,7 +337,26 @@ def detector_compiler_options() -> dict[str, str]:
   outputs equal to 3e-7 (benchmarks/RESULTS.md, 8b). The models' training steps gain 5-7%
   only and the VGG's 3x3 convolutions nothing, so they keep XLA's defaults.
   """
-  return dict(CPU_DETECTOR_COMPILER_OPTIONS) if _host_is_cpu() else {}
+  if not _host_is_cpu() or not _compiler_options_accepted(
+      tuple(sorted(CPU_DETECTOR_COMPILER_OPTIONS.items()))):
+    return {}
+  return dict(CPU_DETECTOR_COMPILER_OPTIONS)
+
+
+@functools.cache
+def _compiler_options_accepted(options: tuple[tuple[str, str], ...]) -> bool:
+  """Whether this jaxlib compiles a program with these options (checked once per process on a
+  trivial program). The YNNPACK option is experimental: a jaxlib that renamed or dropped it
+  would fail every detector compile, so it then gets XLA's defaults (slower, same faces) and
+  a warning that says so."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(np.float32(0)).compile()
+    return True
+  except jax.errors.JaxRuntimeError as e:
+    warnings.warn(f"this jaxlib refuses the MTCNN detector's XLA options {dict(options)} "
+                  f"({str(e).splitlines()[0]}); the detector compiles with XLA's defaults "
+                  "(the same faces, slower on a CPU)", RuntimeWarning, stacklevel=3)
+    return False
 
 
 def _host_is_cpu() -> bool:

@@ -429,6 +429,19 @@ def test_compiler_options_leave_convolutions_to_xla_and_change_no_output(random_
   assert convolution.detector_compiler_options() == {}
 
 
+def test_compiler_options_a_jaxlib_refuses_fall_back_to_xla_defaults_with_a_warning(monkeypatch):
+  """The YNNPACK option is experimental: should a jaxlib refuse it, the detector keeps working
+  with XLA's defaults, and says so once."""
+  from infra import convolution
+  monkeypatch.setattr(convolution, "CPU_DETECTOR_COMPILER_OPTIONS",
+                      {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE"})
+  with pytest.warns(RuntimeWarning, match="refuses the MTCNN detector's XLA options.*XLA's defaults"):
+    assert convolution.detector_compiler_options() == {}
+  monkeypatch.setattr(convolution, "CPU_DETECTOR_COMPILER_OPTIONS",
+                      {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"})
+  assert convolution.detector_compiler_options() == convolution.CPU_DETECTOR_COMPILER_OPTIONS
+
+
 def test_workers_default_is_the_host_side_choice(random_npz, monkeypatch):
   """Settings.workers=None: infra.convolution.detector_workers(), min(2, cores) threads on a
   CPU, 1 on an accelerator; a set value is kept and a value below 1 is refused."""

@@ -8,7 +8,7 @@ switch: the program lowered for ``cuda``, ``rocm`` or ``tpu`` holds the plain
 ``lax.conv_general_dilated`` and nothing of the kernels below, even when it is traced or
 exported (``jax.export``) on a CPU host; lowered for ``cpu`` it holds the CPU kernel. The
 choice is made per compiled platform, never by ``jax.default_backend()`` or a module switch.
-The one exception is the host-side choices that no compiled program can make for itself, for
+The exceptions are the host-side choices that no compiled program can make for itself, for
 the MTCNN detector: its batch (:func:`detector_batch`, the shapes handed to the programs), its
 threads (:func:`detector_workers`) and its compiler options (:func:`detector_compiler_options`).
 

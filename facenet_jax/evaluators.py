@@ -32,7 +32,7 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
-from facenet_jax import clustering, episodes, pair_head, recognition, verification
+from facenet_jax import clustering, episodes, lfw_runs, pair_head, recognition, verification
 from facenet_jax.data import real
 from facenet_jax.data.dataset import IdentityDataset
 
@@ -111,8 +111,10 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
   """The held-out fold's 600 official pairs. Thresholds (accuracy and VAL@FAR) come from
   the pairs of ``data.calibration_folds`` folds whose people the model never saw, or with
   0 from the other nine folds' 5,400 pairs (the official protocol; for a model trained
-  on those people their distances are optimistic). Never from the test fold. Pair heads
-  are fitted on random pairs of training people (frozen embeddings). Settings:
+  on those people their distances are optimistic). Never from the test fold.
+  ``<scorer>/calibration_accuracy`` is the threshold's accuracy on the pairs that chose it:
+  what ``facenet_jax.lfw_selection`` ranks models by without looking at the test fold. Pair
+  heads are fitted on random pairs of training people (frozen embeddings). Settings:
   ``config.evaluation.lfw_view2`` (``far``, ``pair_features``, ``pair_head_*``)."""
   c = ctx.config
   test = int(c.data.test_fold)
@@ -134,10 +136,12 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
   on_test = pairs.fold == test
   fit = np.isin(pairs.fold, calibration) if calibration else ~on_test
   for name, d in scores.items():
-    t, _ = verification.best_threshold(d[fit], pairs.issame[fit])
+    _, fit_acc, acc = verification.threshold_transfer(d[fit], pairs.issame[fit], d[on_test],
+                                                      pairs.issame[on_test])
     val, far = verification.val_far_transfer(d[fit], pairs.issame[fit], d[on_test],
                                              pairs.issame[on_test], e.far)
-    out[f"{name}/accuracy"] = float(np.mean((d[on_test] <= t) == pairs.issame[on_test]))
+    out[f"{name}/accuracy"] = acc
+    out[f"{name}/calibration_accuracy"] = fit_acc
     out[f"{name}/val_at_far"] = val
     out[f"{name}/far"] = far
     out[f"{name}/roc_auc"] = verification.roc_auc(d[on_test], pairs.issame[on_test])
@@ -147,42 +151,9 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
   if ctx.workdir:
     plot_roc(os.path.join(ctx.workdir, f"roc_lfw_fold{test}.png"), curves,
              f"LFW View 2, fold {test} (600 pairs)")
-    np.savez(os.path.join(ctx.workdir, f"lfw_scores_fold{test}.npz"), fold=pairs.fold,
+    np.savez(os.path.join(ctx.workdir, f"{lfw_runs.SCORES_PREFIX}{test}.npz"), fold=pairs.fold,
              issame=pairs.issame, **scores)
   return out
-
-
-def pooled_lfw_scores(run_dirs: list[str], folds: list[int] | None = None
-                      ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[int]]:
-  """The test pairs of cross-validation runs, pooled, as ``lfw_view2`` saved them.
-
-  Each run directory may hold ``lfw_scores_fold<k>.npz`` (all 6,000 View 2 pairs scored by
-  the model that was tested on fold k); only fold k's 600 pairs are taken from it, the others
-  being that model's training or calibration pairs. ``folds``: keep only these test folds.
-  Returns ``({scorer: (dist_N, issame_N)}, test folds read, sorted)``; a fold found in two
-  directories is an error (the pool would count its pairs twice).
-  """
-  parts: dict[str, list] = {}
-  seen: dict[int, str] = {}
-  for d in run_dirs:
-    for f in sorted(os.listdir(d)):
-      if not (f.startswith("lfw_scores_fold") and f.endswith(".npz")):
-        continue
-      fold = int(f[len("lfw_scores_fold"):-4])
-      if folds is not None and fold not in folds:
-        continue
-      path = os.path.join(d, f)
-      if fold in seen:
-        raise ValueError(f"{path}: test fold {fold} was read before from {seen[fold]}")
-      seen[fold] = path
-      with np.load(path, allow_pickle=False) as z:
-        test = z["fold"] == fold
-        for name in z.files:
-          if name not in ("fold", "issame"):
-            parts.setdefault(name, []).append((z[name][test], z["issame"][test]))
-  pooled = {name: (np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps]))
-            for name, ps in parts.items()}
-  return pooled, sorted(seen)
 
 
 # ------------------------------------------------------------------------ one-shot

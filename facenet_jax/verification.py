@@ -70,6 +70,20 @@ def best_threshold(dist: np.ndarray, issame: np.ndarray) -> tuple[float, float]:
   return float(t), float(acc[k])
 
 
+def threshold_transfer(dist_fit: np.ndarray, issame_fit: np.ndarray, dist_test: np.ndarray,
+                       issame_test: np.ndarray) -> tuple[float, float, float]:
+  """Accuracy of ``dist_test <= t`` at the threshold ``t`` that is best on other pairs.
+
+  ``t`` is :func:`best_threshold` of ``(dist_fit, issame_fit)``; returns ``(t, fit accuracy,
+  test accuracy)``. The fit accuracy is in-sample (every model scored on the same fitting
+  pairs gains the same kind of optimism), so it may rank models; the test accuracy is the
+  one to report.
+  """
+  t, fit_acc = best_threshold(dist_fit, issame_fit)
+  test_acc = np.mean((np.asarray(dist_test, np.float64) <= t) == np.asarray(issame_test, bool))
+  return t, fit_acc, float(test_acc)
+
+
 def kfold_accuracy(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray | int = 10,
                    seed: int = 0, far_target: float = 1e-3) -> dict[str, float | np.ndarray]:
   """Verification accuracy and VAL@FAR with every threshold chosen on the other folds.
@@ -103,8 +117,8 @@ def kfold_accuracy(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray | int
   accs, thresholds, vals, fars = [], [], [], []
   for f in np.unique(fold_id):
     test = fold_id == f
-    t, _ = best_threshold(dist[~test], issame[~test])
-    accs.append(np.mean((dist[test] <= t) == issame[test]))
+    t, _, acc = threshold_transfer(dist[~test], issame[~test], dist[test], issame[test])
+    accs.append(acc)
     thresholds.append(t)
     val, far = val_far_transfer(dist[~test], issame[~test], dist[test], issame[test], far_target)
     vals.append(val)

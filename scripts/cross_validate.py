@@ -40,8 +40,8 @@ def summarize(per_run: dict[str, dict[str, float]]) -> dict[str, dict[str, float
 
 
 def pooled_lfw_roc(run_dirs: list[str], path: str) -> str | None:
-  from facenet_jax import evaluators, verification
-  pooled, folds = evaluators.pooled_lfw_scores(run_dirs)
+  from facenet_jax import evaluators, lfw_runs, verification
+  pooled, folds = lfw_runs.pooled_scores(run_dirs)
   if not pooled:
     return None
   roc = {name: verification.roc(dist, same)[:2] for name, (dist, same) in pooled.items()}

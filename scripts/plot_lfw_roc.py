@@ -13,9 +13,6 @@ of ``--scorer`` (``distance``, or a pair head: ``head_chi2``, ``head_abs_diff``,
 
 from __future__ import annotations
 
-import os
-import zipfile
-
 from absl import flags
 import numpy as np
 
@@ -34,20 +31,16 @@ def read_runs(runs: list[str], scorer: str, folds: list[int] | None
   one-line errors for a malformed entry, a missing directory, no scores, an unreadable or
   repeated score file, an unknown scorer, a requested fold a run lacks, and runs on different
   folds."""
-  from facenet_jax import evaluators
+  from facenet_jax import lfw_runs
   out = {}
-  for entry in runs:
-    label, sep, root = entry.partition("=")
-    if not sep or not label or not root:
-      raise SystemExit(f"--runs: expected LABEL=DIR, got {entry!r}")
-    if not os.path.isdir(root):
-      raise SystemExit(f"--runs: {label}={root}: no such directory")
-    dirs = [os.path.join(root, d) for d in sorted(os.listdir(root))
-            if os.path.isdir(os.path.join(root, d))]
+  try:
+    roots = lfw_runs.parse_runs(runs)
+  except ValueError as e:
+    raise SystemExit(str(e)) from e
+  for label, root in roots.items():
     try:
-      pooled, got = evaluators.pooled_lfw_scores(dirs, folds)
-    # a fold in two run directories, a damaged or foreign .npz
-    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+      pooled, got = lfw_runs.pooled_scores(lfw_runs.run_dirs(root), folds)
+    except ValueError as e:   # a fold in two run directories, a damaged or foreign .npz
       raise SystemExit(f"--runs: {label}={root}: {e}") from e
     if not got:
       raise SystemExit(f"--runs: {label}={root}: no lfw_scores_fold*.npz in its run directories"

@@ -299,6 +299,8 @@ def test_lfw_view2_oracle_on_the_test_fold(tmp_path):
   fit_acc = [np.mean((head[:4] <= t) == [True, True, False, False]) for t in cands]
   t = cands[int(np.argmax(fit_acc))]
   assert out["head_abs_diff/accuracy"] == np.mean((head[4:] <= t) == [True, True, False, False])
+  assert out["head_abs_diff/calibration_accuracy"] == max(fit_acc)
+  assert out["distance/calibration_accuracy"] == 1.0     # fold 0's distances 0, 0, 2, 2 split
 
 
 # ------------------------------------------------------------------------ Omniglot

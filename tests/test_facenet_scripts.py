@@ -458,21 +458,21 @@ def _fake_lfw_cv(root, folds, seed, scorers=("distance", "head_chi2")):
 
 
 def test_pooled_lfw_scores_take_each_runs_own_test_fold(tmp_path):
-  from facenet_jax import evaluators
+  from facenet_jax import lfw_runs
   written = _fake_lfw_cv(str(tmp_path / "cv"), [3, 0, 7], seed=0)
   dirs = sorted(str(p) for p in (tmp_path / "cv").iterdir())
-  pooled, folds = evaluators.pooled_lfw_scores(dirs)
+  pooled, folds = lfw_runs.pooled_scores(dirs)
   assert folds == [0, 3, 7] and sorted(pooled) == ["distance", "head_chi2"]
   for s in pooled:   # the plain loop: each run's 600 test pairs, runs in directory order
     ref_d = np.concatenate([written[s][k][0] for k in (0, 3, 7)])
     ref_same = np.concatenate([written[s][k][1] for k in (0, 3, 7)])
     np.testing.assert_array_equal(pooled[s][0], ref_d)
     np.testing.assert_array_equal(pooled[s][1], ref_same)
-  pooled, folds = evaluators.pooled_lfw_scores(dirs, folds=[7])
+  pooled, folds = lfw_runs.pooled_scores(dirs, folds=[7])
   assert folds == [7] and len(pooled["distance"][0]) == 600
   shutil.copytree(dirs[0], str(tmp_path / "cv" / "again"))   # fold 0 twice: an error, not 1,200 pairs
   with pytest.raises(ValueError, match=r"lfw_scores_fold0.npz: test fold 0 was read before from"):
-    evaluators.pooled_lfw_scores(dirs + [str(tmp_path / "cv" / "again")])
+    lfw_runs.pooled_scores(dirs + [str(tmp_path / "cv" / "again")])
 
 
 def test_plot_lfw_roc_compares_runs_on_the_same_folds(tmp_path, capsys):
@@ -501,6 +501,128 @@ def test_plot_lfw_roc_compares_runs_on_the_same_folds(tmp_path, capsys):
       ([f"B={b}"], "distance", [7, 8], r"--folds=7,8: B=.* has only folds \[7\]")):
     with pytest.raises(SystemExit, match=msg):
       plot.read_runs(entries, scorer, folds)
+
+
+def _write_run_config(root, fold, calibration_folds=1, test_fold=None):
+  with open(os.path.join(root, f"data.test_fold={fold}", "config.json"), "w") as f:
+    json.dump({"data": {"test_fold": fold if test_fold is None else test_fold,
+                        "calibration_folds": calibration_folds}}, f)
+
+
+def _plain_transfer(d_fit, s_fit, d_test, s_test):
+  """Brute force: accuracy on the fitting pairs at every realizable cut, the smallest best
+  cut, and the test pairs' accuracy under it."""
+  cands = np.r_[d_fit.min() - 1, (np.sort(d_fit)[1:] + np.sort(d_fit)[:-1]) / 2, d_fit.max() + 1]
+  accs = [np.mean((d_fit <= t) == s_fit) for t in cands]
+  t = min(t for t, a in zip(cands, accs) if a == max(accs))
+  return max(accs), float(np.mean((d_test <= t) == s_test))
+
+
+def test_select_per_fold_chooses_on_calibration_pairs_never_the_test_fold(tmp_path):
+  """Two candidates on the same pairs; for each test fold k the reference takes fold k+1's
+  pairs (the calibration fold), picks the candidate more accurate there (the first on a
+  tie) and counts its fold-k accuracy."""
+  from facenet_jax import lfw_runs
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  _fake_lfw_cv(a, range(10), seed=5)
+  _fake_lfw_cv(b, range(10), seed=5)        # same pairs (truth), scores replaced below
+  rng = np.random.default_rng(11)
+  fold = np.repeat(np.arange(10), 600)
+  for k in range(10):
+    _write_run_config(a, k)
+    _write_run_config(b, k)
+    path_b = os.path.join(b, f"data.test_fold={k}", f"lfw_scores_fold{k}.npz")
+    with np.load(path_b) as z:
+      issame = z["issame"]
+    noise = np.where(fold == (k + 1) % 10, 0.3 if k % 3 == 0 else 3.0, 1.0)   # b: sharp or blurred calibration
+    np.savez(path_b, fold=fold, issame=issame, distance=rng.normal(size=6000) * noise - issame,
+             head_chi2=rng.normal(size=6000) - issame)
+  # fold 9: b's scores a copy of a's, so the calibration accuracies tie and a (first) is chosen
+  shutil.copy(os.path.join(a, "data.test_fold=9", "lfw_scores_fold9.npz"),
+              os.path.join(b, "data.test_fold=9", "lfw_scores_fold9.npz"))
+  choices = lfw_runs.select_per_fold({"a": lfw_runs.run_dirs(a), "b": lfw_runs.run_dirs(b)})
+  assert [c.fold for c in choices] == list(range(10))
+  ref_chosen = []
+  for c in choices:
+    k = c.fold
+    assert c.calibration == ((k + 1) % 10,)
+    ref = {}
+    for label, root in (("a", a), ("b", b)):
+      with np.load(os.path.join(root, f"data.test_fold={k}", f"lfw_scores_fold{k}.npz")) as z:
+        d, s, f = z["distance"], z["issame"], z["fold"]
+      ref[label] = _plain_transfer(d[f == (k + 1) % 10], s[f == (k + 1) % 10], d[f == k], s[f == k])
+      assert c.calibration_accuracy[label] == pytest.approx(ref[label][0])
+      assert c.test_accuracy[label] == pytest.approx(ref[label][1])
+    ref_chosen.append("b" if ref["b"][0] > ref["a"][0] else "a")
+    assert c.chosen == ref_chosen[-1]
+  assert ref_chosen[9] == "a" and {"a", "b"} <= set(ref_chosen)   # both chosen somewhere
+  summary = lfw_runs.selection_summary(choices)
+  picked = [c.test_accuracy[c.chosen] for c in choices]
+  assert summary["selected"]["mean"] == pytest.approx(np.mean(picked))
+  assert summary["selected"]["std"] == pytest.approx(np.std(picked))
+  assert summary["a"]["chosen"] + summary["b"]["chosen"] == 10
+  assert summary["a"]["mean"] == pytest.approx(np.mean([c.test_accuracy["a"] for c in choices]))
+
+
+def test_select_per_fold_refuses_what_cannot_be_compared(tmp_path):
+  from facenet_jax import lfw_runs
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  _fake_lfw_cv(a, range(3), seed=1)
+  _fake_lfw_cv(b, range(3), seed=1)
+  runs = lambda: {"a": lfw_runs.run_dirs(a), "b": lfw_runs.run_dirs(b)}
+  with pytest.raises(ValueError, match=r"data.test_fold=0.config.json: expected the run's config"):
+    lfw_runs.select_per_fold(runs())
+  for k in range(3):
+    _write_run_config(a, k)
+    _write_run_config(b, k)
+  assert len(lfw_runs.select_per_fold(runs())) == 3
+  with pytest.raises(ValueError, match=r"no scores 'head_x' \(has \['distance', 'head_chi2'\]\)"):
+    lfw_runs.select_per_fold(runs(), scorer="head_x")
+  _write_run_config(b, 1, calibration_folds=0)
+  with pytest.raises(ValueError, match=r"data.calibration_folds = 0: selection needs 1..8 folds"):
+    lfw_runs.select_per_fold(runs())
+  _write_run_config(b, 1, calibration_folds=2)
+  with pytest.raises(ValueError, match=r"test fold 1: the candidates were calibrated on different folds"):
+    lfw_runs.select_per_fold(runs())
+  _write_run_config(b, 1, test_fold=4)
+  with pytest.raises(ValueError, match=r"data.test_fold = 4, but the scores beside it are of fold 1"):
+    lfw_runs.select_per_fold(runs())
+  _write_run_config(b, 1)
+  _fake_lfw_cv(str(tmp_path / "c"), range(2), seed=1)
+  with pytest.raises(ValueError, match=r"tested on different folds"):
+    lfw_runs.select_per_fold({"a": lfw_runs.run_dirs(a), "c": lfw_runs.run_dirs(str(tmp_path / "c"))})
+  _fake_lfw_cv(str(tmp_path / "d"), range(3), seed=2)    # other truth labels: other pairs
+  for k in range(3):
+    _write_run_config(str(tmp_path / "d"), k)
+  with pytest.raises(ValueError, match=r"its pairs differ from"):
+    lfw_runs.select_per_fold({"a": lfw_runs.run_dirs(a), "d": lfw_runs.run_dirs(str(tmp_path / "d"))})
+  with pytest.raises(ValueError, match=r"--runs: label 'a' given twice"):
+    lfw_runs.parse_runs([f"a={a}", f"a={b}"])
+
+
+def test_select_lfw_model_script_prints_the_folds_and_the_selection(tmp_path):
+  import subprocess
+  import sys
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  _fake_lfw_cv(a, range(10), seed=3)
+  _fake_lfw_cv(b, range(10), seed=4)   # other truth: refused, one line, status 2
+  for root in (a, b):
+    for k in range(10):
+      _write_run_config(root, k)
+  cmd = [sys.executable, os.path.join(ROOT, "scripts", "select_lfw_model.py"), f"--runs=A={a},B={b}"]
+  p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 2 and re.search(r"error: \S+lfw_scores_fold0.npz: its pairs differ", p.stderr), p.stderr
+  shutil.rmtree(b)
+  shutil.copytree(a, b)
+  out = tmp_path / "sel.json"
+  p = subprocess.run(cmd + [f"--out={out}"], capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr
+  rows = [l for l in p.stdout.splitlines() if re.match(r"\| \d \|", l)]
+  assert len(rows) == 10 and all(r.split(" | ")[-2] == "A" for r in rows)   # ties: the first
+  with open(out) as f:
+    got = json.load(f)
+  assert got["summary"]["selected"]["mean"] == pytest.approx(got["summary"]["A"]["mean"])
+  assert got["summary"]["A"]["chosen"] == 10 and len(got["folds"]) == 10
 
 
 # ------------------------------------------------------------- SPoC + PCA whitening

@@ -30,6 +30,24 @@ def _brute_eer(d, s):
   return float(sum(vals) / len(vals))
 
 
+def test_threshold_transfer_scores_other_pairs_at_the_fitted_threshold():
+  """The fitted threshold is the smallest of the brute-force best cuts; the test accuracy is
+  the plain count of test pairs on the right side of it."""
+  rng = np.random.default_rng(7)
+  for _ in range(20):
+    s_fit, s_test = rng.random(50) < 0.5, rng.random(40) < 0.5
+    d_fit = np.round(rng.normal(size=50) + np.where(s_fit, 0.0, 1.0), 1)
+    d_test = np.round(rng.normal(size=40) + np.where(s_test, 0.0, 1.0), 1)
+    cands = np.r_[d_fit.min() - 1, (np.sort(d_fit)[1:] + np.sort(d_fit)[:-1]) / 2, d_fit.max() + 1]
+    cands = [t for t in cands if t not in d_fit]       # a cut between equal distances is none
+    accs = [np.mean((d_fit <= t) == s_fit) for t in cands]
+    t_ref = min(t for t, a in zip(cands, accs) if a == max(accs))
+    t, fit_acc, test_acc = V.threshold_transfer(d_fit, s_fit, d_test, s_test)
+    assert fit_acc == pytest.approx(max(accs))
+    assert np.mean((d_fit <= t) == s_fit) == np.mean((d_fit <= t_ref) == s_fit)
+    assert test_acc == sum(int((d <= t_ref) == s) for d, s in zip(d_test, s_test)) / 40
+
+
 def test_best_threshold_matches_brute_force():
   rng = np.random.default_rng(0)
   for _ in range(20):

@@ -1,0 +1,191 @@
+"""LFW View 2 cross-validations on disk: their test folds' scores, pooled, and a model chosen
+per fold without looking at its test fold.
+
+A cross-validation workdir (``scripts/cross_validate.py``) holds one run directory per test
+fold k, in which the ``lfw_view2`` evaluator wrote ``lfw_scores_fold<k>.npz``: every View 2
+pair's score under each scorer (``distance``, ``head_chi2``, ...; smaller = more alike) with
+its ``fold`` and ``issame``. For that run only fold k's 600 pairs are test pairs; the pairs of
+its calibration folds (``data.calibration_folds`` in its ``config.json``: the folds after k,
+whose people it never trained on) set its threshold; the other folds are its training people.
+
+Nested selection (:func:`select_per_fold`): for each test fold the candidate whose threshold
+is most accurate on that fold's calibration pairs is chosen, and the chosen model's test
+accuracy is counted. The test folds never take part in a choice, so the mean over folds
+estimates the selection procedure itself, unlike the mean of whichever candidate did best on
+the test folds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from facenet_jax import verification
+
+SCORES_PREFIX = "lfw_scores_fold"
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldScores:
+  """One run's ``lfw_scores_fold<fold>.npz``: ``scores[name]``, ``folds`` and ``issame`` are
+  (P,) over all View 2 pairs."""
+  path: str
+  fold: int
+  scores: dict[str, np.ndarray]
+  folds: np.ndarray
+  issame: np.ndarray
+
+  @property
+  def test(self) -> np.ndarray:
+    return self.folds == self.fold
+
+
+def parse_runs(entries: list[str], flag: str = "--runs") -> dict[str, str]:
+  """``LABEL=DIR`` entries as ``{label: DIR}``; ValueError naming ``flag`` for a malformed
+  entry, a repeated label or a missing directory."""
+  out: dict[str, str] = {}
+  for entry in entries:
+    label, sep, root = entry.partition("=")
+    if not sep or not label or not root:
+      raise ValueError(f"{flag}: expected LABEL=DIR, got {entry!r}")
+    if label in out:
+      raise ValueError(f"{flag}: label {label!r} given twice")
+    if not os.path.isdir(root):
+      raise ValueError(f"{flag}: {label}={root}: no such directory")
+    out[label] = root
+  return out
+
+
+def run_dirs(root: str) -> list[str]:
+  """The run directories of a cross-validation workdir, sorted."""
+  return [os.path.join(root, d) for d in sorted(os.listdir(root))
+          if os.path.isdir(os.path.join(root, d))]
+
+
+def fold_scores(dirs: list[str], folds: list[int] | None = None) -> dict[int, FoldScores]:
+  """``{test fold: FoldScores}`` of the runs in ``dirs`` (``folds``: keep only these).
+  ValueError naming the file for a fold found twice (a pool would count its pairs twice) and
+  for a damaged or foreign score file."""
+  out: dict[int, FoldScores] = {}
+  for d in dirs:
+    for f in sorted(os.listdir(d)):
+      if not (f.startswith(SCORES_PREFIX) and f.endswith(".npz")):
+        continue
+      fold = int(f[len(SCORES_PREFIX):-4])
+      if folds is not None and fold not in folds:
+        continue
+      path = os.path.join(d, f)
+      if fold in out:
+        raise ValueError(f"{path}: test fold {fold} was read before from {out[fold].path}")
+      try:
+        with np.load(path, allow_pickle=False) as z:
+          arrays = {name: z[name] for name in z.files}
+        scores = {k: v for k, v in arrays.items() if k not in ("fold", "issame")}
+        out[fold] = FoldScores(path, fold, scores, arrays["fold"], arrays["issame"].astype(bool))
+      except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable LFW score file ({type(e).__name__}: {e})") from e
+  return out
+
+
+def pooled_scores(dirs: list[str], folds: list[int] | None = None
+                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[int]]:
+  """Each run's own test pairs, pooled over the runs in ``dirs`` (in directory order):
+  ``({scorer: (dist_N, issame_N)}, test folds read, sorted)``."""
+  read = fold_scores(dirs, folds)
+  parts: dict[str, list] = {}
+  for fs in read.values():
+    for name, s in fs.scores.items():
+      parts.setdefault(name, []).append((s[fs.test], fs.issame[fs.test]))
+  pooled = {name: (np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps]))
+            for name, ps in parts.items()}
+  return pooled, sorted(read)
+
+
+def calibration_folds(fs: FoldScores) -> tuple[int, ...]:
+  """The calibration folds of the run that wrote ``fs``, from ``config.json`` beside it:
+  the ``data.calibration_folds`` folds after its test fold, cyclically. ValueError naming
+  the file when it is missing, is not that run's (another test fold), or has none (its
+  threshold then came from its own training people, which cannot rank models)."""
+  path = os.path.join(os.path.dirname(fs.path), "config.json")
+  try:
+    with open(path) as f:
+      data = json.load(f)["data"]
+    test, k = int(data["test_fold"]), int(data["calibration_folds"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path}: expected the run's config with data.test_fold and "
+                     f"data.calibration_folds beside {os.path.basename(fs.path)} "
+                     f"({type(e).__name__}: {e})") from e
+  num = int(fs.folds.max()) + 1
+  if test != fs.fold:
+    raise ValueError(f"{path}: data.test_fold = {test}, but the scores beside it are of fold {fs.fold}")
+  if not 1 <= k <= num - 2:
+    raise ValueError(f"{path}: data.calibration_folds = {k}: selection needs 1..{num - 2} folds "
+                     f"held out of training (with 0 the threshold is fitted on training people)")
+  return tuple((test + 1 + i) % num for i in range(k))
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldChoice:
+  """One test fold: each candidate's calibration and test accuracy, and the one chosen."""
+  fold: int
+  calibration: tuple[int, ...]
+  calibration_accuracy: dict[str, float]
+  test_accuracy: dict[str, float]
+  chosen: str
+
+
+def select_per_fold(candidates: dict[str, list[str]], scorer: str = "distance") -> list[FoldChoice]:
+  """Nested model selection over LFW View 2 cross-validations (module docstring).
+
+  ``candidates``: ``{label: run directories}``, in order of preference: a tie in calibration
+  accuracy goes to the earlier label (list the baseline first). For every test fold, each
+  candidate's threshold is :func:`verification.best_threshold` on the calibration pairs;
+  its accuracy there ranks the candidates and the same threshold scores the test pairs.
+  ValueError when the candidates were tested on different folds, calibrated on different
+  folds, lack ``scorer``, or scored different pairs."""
+  if not candidates:
+    raise ValueError("no candidates to choose among")
+  per = {label: fold_scores(dirs) for label, dirs in candidates.items()}
+  folds = {label: sorted(fs) for label, fs in per.items()}
+  first = next(iter(candidates))
+  for label, got in folds.items():
+    if not got:
+      raise ValueError(f"{label}: no {SCORES_PREFIX}<k>.npz in its run directories")
+    if got != folds[first]:
+      raise ValueError(f"the candidates were tested on different folds {folds}")
+  out = []
+  for k in folds[first]:
+    cal_acc, test_acc, cal_of = {}, {}, {}
+    for label, by_fold in per.items():
+      fs = by_fold[k]
+      if scorer not in fs.scores:
+        raise ValueError(f"{fs.path}: no scores {scorer!r} (has {sorted(fs.scores)})")
+      if not (np.array_equal(fs.folds, per[first][k].folds)
+              and np.array_equal(fs.issame, per[first][k].issame)):
+        raise ValueError(f"{fs.path}: its pairs differ from {per[first][k].path}'s")
+      cal_of[label] = calibration_folds(fs)
+      fit = np.isin(fs.folds, cal_of[label])
+      _, cal_acc[label], test_acc[label] = verification.threshold_transfer(
+          fs.scores[scorer][fit], fs.issame[fit], fs.scores[scorer][fs.test], fs.issame[fs.test])
+    if len(set(cal_of.values())) > 1:
+      raise ValueError(f"test fold {k}: the candidates were calibrated on different folds {cal_of}")
+    best = max(cal_acc.values())
+    chosen = next(label for label in candidates if cal_acc[label] == best)
+    out.append(FoldChoice(k, cal_of[first], cal_acc, test_acc, chosen))
+  return out
+
+
+def selection_summary(choices: list[FoldChoice]) -> dict[str, dict[str, float]]:
+  """``{label or "selected": {"mean", "std", "n"}}`` of test accuracy over the folds (std:
+  population, as ``cross_validate`` reports), plus how often each candidate was chosen."""
+  labels = list(choices[0].test_accuracy)
+  rows = {label: [c.test_accuracy[label] for c in choices] for label in labels}
+  rows["selected"] = [c.test_accuracy[c.chosen] for c in choices]
+  out = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in rows.items()}
+  for label in labels:
+    out[label]["chosen"] = sum(c.chosen == label for c in choices)
+  return out

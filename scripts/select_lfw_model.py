@@ -1,0 +1,60 @@
+"""Choose among LFW View 2 cross-validations fold by fold on calibration pairs (nested selection).
+
+  python scripts/select_lfw_model.py --runs=112px=runs/cv_aligned_112,224px=runs/cv_aligned_224 \
+      --out=runs/select_112_224.json
+
+Each ``--runs`` entry is ``LABEL=DIR``, DIR a ``scripts/cross_validate.py`` workdir of an LFW
+config trained with ``data.calibration_folds`` >= 1 (the default). For each test fold the
+candidate whose ``--scorer`` threshold is most accurate on that fold's calibration pairs
+(people none of them trained on) is chosen; a tie goes to the earlier entry, so list the
+baseline first. Prints one row per fold (each candidate's calibration and test accuracy, the
+choice) and the mean +- std test accuracy of every candidate and of the selection, which never
+looked at a test fold (``facenet_jax/lfw_runs.py``); ``--out`` also writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from infra import cli
+
+_RUNS = flags.DEFINE_list("runs", None, "LABEL=DIR cross-validation workdirs, baseline first.",
+                          required=True)
+_SCORER = flags.DEFINE_string("scorer", "distance", "Which scores' threshold to choose by.")
+_OUT = flags.DEFINE_string("out", None, "A JSON file for the table (optional).")
+
+
+def main(argv):
+  del argv
+  from facenet_jax import lfw_runs
+  from infra.files import write_json_atomic
+  try:
+    roots = lfw_runs.parse_runs(_RUNS.value)
+    choices = lfw_runs.select_per_fold(
+        {label: lfw_runs.run_dirs(root) for label, root in roots.items()}, _SCORER.value)
+  except ValueError as e:
+    raise SystemExit(str(e)) from e
+  labels = list(roots)
+  print(f"LFW View 2, scorer {_SCORER.value}: each candidate's accuracy on the test fold's calibration "
+        f"pairs (cal) and on its test pairs (test)")
+  print("| test fold | calibration | " + " | ".join(f"{l} cal | {l} test" for l in labels)
+        + " | chosen | test |")
+  print("|---" * (3 + 2 * len(labels)) + "|---|")
+  for c in choices:
+    cells = " | ".join(f"{c.calibration_accuracy[l]:.4f} | {c.test_accuracy[l]:.4f}" for l in labels)
+    print(f"| {c.fold} | {','.join(map(str, c.calibration))} | {cells} | {c.chosen} | "
+          f"{c.test_accuracy[c.chosen]:.4f} |")
+  summary = lfw_runs.selection_summary(choices)
+  print("\n| model | test accuracy, mean +- std over folds | folds chosen |\n|---|---|---|")
+  for k, s in summary.items():
+    print(f"| {k} | {s['mean']:.4f} +- {s['std']:.4f} (n={s['n']}) | {s.get('chosen', '')} |")
+  if _OUT.value:
+    write_json_atomic(_OUT.value, {"runs": roots, "scorer": _SCORER.value, "summary": summary,
+                                   "folds": [dataclasses.asdict(c) for c in choices]})
+    print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

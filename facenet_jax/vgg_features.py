@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infra import vgg as vgg_lib
+from infra import files, vgg as vgg_lib
 from infra.progress import Progress
 
 
@@ -44,10 +44,11 @@ def _row_keys(images: np.ndarray) -> np.ndarray:
 
 
 def _weights_tag(weights: str) -> str:
+  """The weights' part of a cache name: their content's hash, so the same weights copied to
+  another path or re-staged with a new mtime (a job's node-local copy) reuse their features."""
   if weights in ("random", "download", ""):   # "": download, as load_vgg reads it
     return weights or "download"
-  st = os.stat(weights)
-  return hashlib.sha1(repr((os.path.abspath(weights), st.st_size, int(st.st_mtime))).encode()).hexdigest()[:12]
+  return files.file_sha256(weights)[:12]
 
 
 def _cache_name(weights: str, layer: str, depth: int, pool: str, power: float, flip: bool,

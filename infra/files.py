@@ -1,8 +1,11 @@
-"""Small file helpers: atomic JSON writes, so a kill never leaves a half-written result."""
+"""Small file helpers: atomic JSON writes, so a kill never leaves a half-written result, and
+files' content hashes."""
 
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -72,3 +75,20 @@ def _default(x):
 def read_json(path: str) -> Any:
   with open(path) as f:
     return json.load(f)
+
+
+def file_sha256(path: str) -> str:
+  """SHA-256 hex digest of a file's bytes, read in 4 MiB blocks; hashed once per process
+  while its path, size and mtime stay the same (a rewritten file is hashed again)."""
+  st = os.stat(path)
+  return _sha256_of(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+  del size, mtime_ns   # the cache key only
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      h.update(block)
+  return h.hexdigest()

@@ -339,6 +339,29 @@ def test_vgg_features_match_vgg_and_are_cached_by_content(tmp_path, monkeypatch)
     assert z["keys"].shape == (10,) and z["features"].shape == (10, 16, 16, 128)
 
 
+def test_feature_cache_is_keyed_by_the_weights_content_not_their_path_or_mtime(tmp_path):
+  """The same weights staged elsewhere with a new mtime (a job's node-local copy) name the same
+  cache file; one changed byte names another."""
+  a, b = tmp_path / "a" / "w.h5", tmp_path / "b" / "w.h5"
+  os.makedirs(a.parent)
+  os.makedirs(b.parent)
+  a.write_bytes(bytes(range(256)) * 64)
+  shutil.copy(a, b)
+  os.utime(b, ns=(1_000_000_000, 1_000_000_000))
+  c = get_config("lfw_vgg")
+  names = []
+  for w in (a, b):
+    c.model.vgg_weights = str(w)
+    names.append(os.path.basename(vgg_features.cache_file_for(c, (112, 112, 3))))
+  assert names[0] == names[1] and names[0].endswith(
+      "_" + __import__("hashlib").sha256(a.read_bytes()).hexdigest()[:12] + ".npz")
+  data = bytearray(b.read_bytes())
+  data[100] ^= 1
+  b.write_bytes(bytes(data))
+  c.model.vgg_weights = str(b)
+  assert os.path.basename(vgg_features.cache_file_for(c, (112, 112, 3))) != names[0]
+
+
 def test_vgg_features_grey_images_and_errors(tmp_path):
   grey = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
   cache = str(tmp_path / "features")

@@ -46,6 +46,7 @@ from PIL import Image
 
 from facenet_jax.data.images import Fit, fit_image
 from infra.errors import UserError
+from infra.files import file_sha256
 from infra.progress import Progress
 
 ALIGN = ("none", "mtcnn")
@@ -86,7 +87,7 @@ class Alignment:
     settings (``max_batch`` and ``workers`` only spread work, so they are left out)."""
     st = {k: v for k, v in dataclasses.asdict(self.settings()).items()
           if k not in ("max_batch", "workers")}
-    blob = json.dumps({"format": DETECTION_FORMAT, "weights_sha256": _sha256(self.weights),
+    blob = json.dumps({"format": DETECTION_FORMAT, "weights_sha256": file_sha256(self.weights),
                        "settings": st}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -99,21 +100,9 @@ class Alignment:
   def record(self) -> dict:
     """What ``dataset.json`` / ``plan.json`` record about the alignment."""
     return {"detector": "mtcnn", "weights": os.path.abspath(self.weights),
-            "weights_sha256": _sha256(self.weights), "min_face_size": float(self.min_face_size),
+            "weights_sha256": file_sha256(self.weights), "min_face_size": float(self.min_face_size),
             "detection_key": self.detection_key(), "template": self.template, "pick": self.pick,
             "no_face": self.no_face, "key": self.key()}
-
-
-_SHA_CACHE: dict[tuple, str] = {}
-
-
-def _sha256(path: str) -> str:
-  st = os.stat(path)
-  k = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-  if k not in _SHA_CACHE:
-    with open(path, "rb") as f:
-      _SHA_CACHE[k] = hashlib.sha256(f.read()).hexdigest()
-  return _SHA_CACHE[k]
 
 
 def _one_of(d, field: str, allowed: Sequence[str]) -> str:

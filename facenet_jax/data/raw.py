@@ -18,6 +18,7 @@ from PIL import Image
 
 from infra import imagefile
 from infra.errors import UserError
+from infra.files import file_sha256
 
 
 class DataError(UserError, ValueError):
@@ -69,12 +70,9 @@ def check_download(path: str, url: str, sha256: str | None) -> str:
   if sha256 is None:
     raise DataError(f"{url}: no pinned SHA-256 for this file, so the download is not used; "
                     f"download it yourself and point config.data.data_dir at its folder")
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  if h.hexdigest() != sha256:
-    raise DataError(f"{url}: downloaded file {path} has SHA-256 {h.hexdigest()}, expected "
+  got = file_sha256(path)
+  if got != sha256:
+    raise DataError(f"{url}: downloaded file {path} has SHA-256 {got}, expected "
                     f"{sha256}; it was not used (delete it and retry, or download it yourself)")
   return path
 

@@ -338,13 +338,35 @@ def fit_pca_whitening(head: FeatureHead, x_NxF, eps: float = 1.0) -> None:
   if not eps >= 0:
     raise ValueError(f"model.whiten_eps={eps!r}: expected a number >= 0")
   mu = x.mean(axis=0)
-  _, sv, vt = np.linalg.svd(x - mu, full_matrices=False)
-  lam = sv[:dim] ** 2 / x.shape[0]
+  ev, v_FxD = _top_principal_directions(x - mu, dim)
+  lam = ev / x.shape[0]
   lam = lam / lam.mean()
   # a component of zero variance would divide by zero at eps = 0
-  kernel = vt[:dim].T / np.sqrt(np.maximum(lam + eps, 1e-12))
+  kernel = v_FxD / np.sqrt(np.maximum(lam + eps, 1e-12))
   head.out.kernel.value = jnp.asarray(kernel, head.out.kernel.value.dtype)
   head.out.bias.value = jnp.asarray(-mu @ kernel, head.out.bias.value.dtype)
+
+
+def _top_principal_directions(xc_NxF: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+  """The ``dim`` largest eigenvalues of ``xc^T xc`` (descending) and their unit eigenvectors
+  ``(F, dim)``, for centred ``xc``. Only the top ``dim`` are solved for (LAPACK syevr): from
+  the ``N x N`` Gram matrix when there are fewer examples than features (then ``v = xc^T u /
+  sqrt(ev)``; 25,088-value LFW descriptors of 6,118 images: ~1 min instead of the ~5 min of a
+  full SVD), from the ``F x F`` scatter matrix otherwise."""
+  import scipy.linalg
+  n, f = xc_NxF.shape
+  wide = n < f
+  gram = scipy.linalg.blas.dsyrk(1.0, xc_NxF) if wide else scipy.linalg.blas.dsyrk(1.0, xc_NxF, trans=1)
+  m = gram.shape[0]
+  ev, u = scipy.linalg.eigh(gram, lower=False, subset_by_index=[m - dim, m - 1])
+  ev, u = np.maximum(ev[::-1], 0.0), u[:, ::-1]
+  if not wide:
+    return ev, u
+  # directions without variance (rank < dim; eigenvalues at rounding level) get a zero column
+  # and eigenvalue rather than xc^T u divided by ~0
+  ok = ev > ev[0] * max(n, f) * np.finfo(np.float64).eps
+  ev = np.where(ok, ev, 0.0)
+  return ev, np.where(ok, xc_NxF.T @ u, 0.0) / np.sqrt(np.where(ok, ev, 1.0))
 
 
 class VGGEmbedding(nnx.Module):

@@ -758,10 +758,12 @@ def _linear_head(in_features, dim, widths=()):
 def test_pca_whitening_head_matches_numpy_reference():
   from facenet_jax import models
   rng = np.random.default_rng(4)
-  # correlated features with very different variances per direction
+  # correlated features with very different variances per direction; more examples than
+  # features (the scatter matrix is solved), then fewer (the Gram matrix: LFW's 25,088 values)
+  wide = rng.normal(size=(30, 40)) @ (rng.normal(size=(40, 40)) * np.geomspace(10, 0.1, 40)) + 3.0
   x = rng.normal(size=(200, 12)) @ (rng.normal(size=(12, 12)) * np.geomspace(10, 0.1, 12)) + 3.0
-  for eps in (0.0, 1.0):
-    head = _linear_head(12, 5)
+  for eps, x in ((0.0, wide), (1.0, wide), (0.0, x), (1.0, x)):
+    head = _linear_head(x.shape[1], 5)
     models.fit_pca_whitening(head, x, eps)
     # reference: eigen-decomposition of the covariance (not the SVD the code uses)
     mu = x.mean(0)
@@ -778,6 +780,12 @@ def test_pca_whitening_head_matches_numpy_reference():
     emb = np.asarray(head(jnp.asarray(x, jnp.float32), train=False))
     np.testing.assert_allclose(emb, z_ref / np.linalg.norm(z_ref, axis=1, keepdims=True),
                                rtol=1e-3, atol=1e-3)
+  # 10 examples, 3 distinct: 2 principal directions, 3 of the 5 columns without variance stay 0
+  few = np.repeat(rng.normal(size=(3, 40)), [4, 3, 3], axis=0)
+  head = _linear_head(40, 5)
+  models.fit_pca_whitening(head, few, 1.0)
+  kernel = np.asarray(head.out.kernel.value)
+  assert np.all(np.isfinite(kernel)) and np.allclose(kernel[:, 2:], 0.0, atol=1e-6)
   with pytest.raises(ValueError, match=r"needs a linear head: model.widths=\(\)"):
     models.fit_pca_whitening(_linear_head(12, 5, (8,)), x)
   with pytest.raises(ValueError, match="6 training examples give at most 5 principal directions; "

@@ -130,21 +130,33 @@ def calibration_folds(fs: FoldScores) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class FoldChoice:
-  """One test fold: each candidate's calibration and test accuracy, and the one chosen."""
+  """One test fold: each candidate's calibration accuracy and test metrics (``accuracy``,
+  ``val_at_far``, ``roc_auc``, ``eer``, as ``lfw_view2`` reports them), and the one chosen."""
   fold: int
   calibration: tuple[int, ...]
   calibration_accuracy: dict[str, float]
-  test_accuracy: dict[str, float]
+  test: dict[str, dict[str, float]]
   chosen: str
 
 
-def select_per_fold(candidates: dict[str, list[str]], scorer: str = "distance") -> list[FoldChoice]:
+def _test_metrics(fs: FoldScores, scorer: str, fit: np.ndarray, far: float) -> tuple[float, dict[str, float]]:
+  """Calibration accuracy and the test fold's metrics of one run's ``scorer``."""
+  d, same, test = fs.scores[scorer], fs.issame, fs.test
+  _, cal_acc, acc = verification.threshold_transfer(d[fit], same[fit], d[test], same[test])
+  val, _ = verification.val_far_transfer(d[fit], same[fit], d[test], same[test], far)
+  return cal_acc, {"accuracy": acc, "val_at_far": val, "roc_auc": verification.roc_auc(d[test], same[test]),
+                   "eer": verification.eer(d[test], same[test])}
+
+
+def select_per_fold(candidates: dict[str, list[str]], scorer: str = "distance",
+                    far: float = 1e-3) -> list[FoldChoice]:
   """Nested model selection over LFW View 2 cross-validations (module docstring).
 
   ``candidates``: ``{label: run directories}``, in order of preference: a tie in calibration
   accuracy goes to the earlier label (list the baseline first). For every test fold, each
   candidate's threshold is :func:`verification.best_threshold` on the calibration pairs;
-  its accuracy there ranks the candidates and the same threshold scores the test pairs.
+  its accuracy there ranks the candidates and the same threshold scores the test pairs
+  (VAL@``far``: the threshold of FAR ``far`` on the calibration pairs, as ``lfw_view2``).
   ValueError when the candidates were tested on different folds, calibrated on different
   folds, lack ``scorer``, or scored different pairs."""
   if not candidates:
@@ -159,7 +171,7 @@ def select_per_fold(candidates: dict[str, list[str]], scorer: str = "distance") 
       raise ValueError(f"the candidates were tested on different folds {folds}")
   out = []
   for k in folds[first]:
-    cal_acc, test_acc, cal_of = {}, {}, {}
+    cal_acc, test, cal_of = {}, {}, {}
     for label, by_fold in per.items():
       fs = by_fold[k]
       if scorer not in fs.scores:
@@ -168,24 +180,28 @@ def select_per_fold(candidates: dict[str, list[str]], scorer: str = "distance") 
               and np.array_equal(fs.issame, per[first][k].issame)):
         raise ValueError(f"{fs.path}: its pairs differ from {per[first][k].path}'s")
       cal_of[label] = calibration_folds(fs)
-      fit = np.isin(fs.folds, cal_of[label])
-      _, cal_acc[label], test_acc[label] = verification.threshold_transfer(
-          fs.scores[scorer][fit], fs.issame[fit], fs.scores[scorer][fs.test], fs.issame[fs.test])
+      cal_acc[label], test[label] = _test_metrics(fs, scorer, np.isin(fs.folds, cal_of[label]), far)
     if len(set(cal_of.values())) > 1:
       raise ValueError(f"test fold {k}: the candidates were calibrated on different folds {cal_of}")
     best = max(cal_acc.values())
     chosen = next(label for label in candidates if cal_acc[label] == best)
-    out.append(FoldChoice(k, cal_of[first], cal_acc, test_acc, chosen))
+    out.append(FoldChoice(k, cal_of[first], cal_acc, test, chosen))
   return out
 
 
 def selection_summary(choices: list[FoldChoice]) -> dict[str, dict[str, float]]:
-  """``{label or "selected": {"mean", "std", "n"}}`` of test accuracy over the folds (std:
-  population, as ``cross_validate`` reports), plus how often each candidate was chosen."""
-  labels = list(choices[0].test_accuracy)
-  rows = {label: [c.test_accuracy[label] for c in choices] for label in labels}
-  rows["selected"] = [c.test_accuracy[c.chosen] for c in choices]
-  out = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in rows.items()}
+  """``{label or "selected": {"<metric>/mean", "<metric>/std", "n", "chosen"}}`` over the
+  test folds (std: population, as ``cross_validate`` reports; ``chosen``: how many folds
+  picked that label, absent for "selected")."""
+  labels = list(choices[0].test)
+  rows = {label: [c.test[label] for c in choices] for label in labels}
+  rows["selected"] = [c.test[c.chosen] for c in choices]
+  out = {}
+  for k, per_fold in rows.items():
+    out[k] = {"n": len(per_fold)}
+    for m in per_fold[0]:
+      v = np.asarray([f[m] for f in per_fold], np.float64)
+      out[k][f"{m}/mean"], out[k][f"{m}/std"] = float(v.mean()), float(v.std())
   for label in labels:
     out[label]["chosen"] = sum(c.chosen == label for c in choices)
   return out

@@ -43,13 +43,16 @@ def main(argv):
         + " | chosen | test |")
   print("|---" * (3 + 2 * len(labels)) + "|---|")
   for c in choices:
-    cells = " | ".join(f"{c.calibration_accuracy[l]:.4f} | {c.test_accuracy[l]:.4f}" for l in labels)
+    cells = " | ".join(f"{c.calibration_accuracy[l]:.4f} | {c.test[l]['accuracy']:.4f}" for l in labels)
     print(f"| {c.fold} | {','.join(map(str, c.calibration))} | {cells} | {c.chosen} | "
-          f"{c.test_accuracy[c.chosen]:.4f} |")
+          f"{c.test[c.chosen]['accuracy']:.4f} |")
   summary = lfw_runs.selection_summary(choices)
-  print("\n| model | test accuracy, mean +- std over folds | folds chosen |\n|---|---|---|")
+  metrics = ("accuracy", "val_at_far", "roc_auc", "eer")
+  print("\nmean +- std over the test folds (VAL@FAR=1e-3 at the calibration pairs' threshold)")
+  print("| model | " + " | ".join(metrics) + " | folds chosen |\n" + "|---" * (len(metrics) + 2) + "|")
   for k, s in summary.items():
-    print(f"| {k} | {s['mean']:.4f} +- {s['std']:.4f} (n={s['n']}) | {s.get('chosen', '')} |")
+    cells = " | ".join(f"{s[m + '/mean']:.4f} +- {s[m + '/std']:.4f}" for m in metrics)
+    print(f"| {k} | {cells} | {s.get('chosen', '')} |")
   if _OUT.value:
     write_json_atomic(_OUT.value, {"runs": roots, "scorer": _SCORER.value, "summary": summary,
                                    "folds": [dataclasses.asdict(c) for c in choices]})

@@ -575,16 +575,25 @@ def test_select_per_fold_chooses_on_calibration_pairs_never_the_test_fold(tmp_pa
         d, s, f = z["distance"], z["issame"], z["fold"]
       ref[label] = _plain_transfer(d[f == (k + 1) % 10], s[f == (k + 1) % 10], d[f == k], s[f == k])
       assert c.calibration_accuracy[label] == pytest.approx(ref[label][0])
-      assert c.test_accuracy[label] == pytest.approx(ref[label][1])
+      assert c.test[label]["accuracy"] == pytest.approx(ref[label][1])
+      # AUC: P(a same pair scores below a different pair), ties 1/2; VAL: the largest calibration
+      # threshold with FAR <= 1e-3 (here: below every different pair) on the test pairs
+      ds, dd = d[(f == k) & s], d[(f == k) & ~s]
+      auc = np.mean((ds[:, None] < dd[None, :]) + 0.5 * (ds[:, None] == dd[None, :]))
+      assert c.test[label]["roc_auc"] == pytest.approx(auc)
+      cal_d, cal_s = d[f == (k + 1) % 10], s[f == (k + 1) % 10]
+      t = max([x for x in np.r_[-np.inf, np.unique(cal_d)] if np.mean(cal_d[~cal_s] <= x) <= 1e-3])
+      assert c.test[label]["val_at_far"] == pytest.approx(np.mean(ds <= t))
     ref_chosen.append("b" if ref["b"][0] > ref["a"][0] else "a")
     assert c.chosen == ref_chosen[-1]
   assert ref_chosen[9] == "a" and {"a", "b"} <= set(ref_chosen)   # both chosen somewhere
   summary = lfw_runs.selection_summary(choices)
-  picked = [c.test_accuracy[c.chosen] for c in choices]
-  assert summary["selected"]["mean"] == pytest.approx(np.mean(picked))
-  assert summary["selected"]["std"] == pytest.approx(np.std(picked))
+  for m in ("accuracy", "roc_auc"):
+    picked = [c.test[c.chosen][m] for c in choices]
+    assert summary["selected"][f"{m}/mean"] == pytest.approx(np.mean(picked))
+    assert summary["selected"][f"{m}/std"] == pytest.approx(np.std(picked))
+    assert summary["a"][f"{m}/mean"] == pytest.approx(np.mean([c.test["a"][m] for c in choices]))
   assert summary["a"]["chosen"] + summary["b"]["chosen"] == 10
-  assert summary["a"]["mean"] == pytest.approx(np.mean([c.test_accuracy["a"] for c in choices]))
 
 
 def test_select_per_fold_refuses_what_cannot_be_compared(tmp_path):
@@ -644,7 +653,7 @@ def test_select_lfw_model_script_prints_the_folds_and_the_selection(tmp_path):
   assert len(rows) == 10 and all(r.split(" | ")[-2] == "A" for r in rows)   # ties: the first
   with open(out) as f:
     got = json.load(f)
-  assert got["summary"]["selected"]["mean"] == pytest.approx(got["summary"]["A"]["mean"])
+  assert got["summary"]["selected"]["accuracy/mean"] == pytest.approx(got["summary"]["A"]["accuracy/mean"])
   assert got["summary"]["A"]["chosen"] == 10 and len(got["folds"]) == 10
 
 

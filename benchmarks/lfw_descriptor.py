@@ -4,7 +4,7 @@ on one tuning fold before any 10-fold run.
 For every ``--grids`` value g, the descriptor of ``lfw_vgg`` (ImageNet VGG19 conv4_4, square
 root, plus the mirror image's, L2-normalized; ``vgg_features.pool_descriptor``) pooled over a
 g x g grid of the map (g = 1 is the recipe's SPoC mean) is PCA-whitened to ``--dim`` values
-on the training people of test fold ``--test_fold`` (``models.fit_pca_whitening``, as the
+on the training people of test fold ``--test_fold`` (``whitening.fit_pca_whitening``, as the
 recipe's head starts), the threshold is chosen on the calibration fold's 600 pairs and the
 accuracy is read on the test fold's 600 pairs. No triplet training: this compares the
 descriptors the head starts from, in minutes instead of a run per variant. The winner is then
@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from configs import facenet as facenet_configs
-from facenet_jax import models, vgg_features, verification
+from facenet_jax import models, vgg_features, verification, whitening
 from facenet_jax.data import real
 from infra import overrides
 
@@ -70,7 +70,7 @@ def descriptors(maps, mirror_maps, grid: int, power: float, chunk: int = 256) ->
 def whitened(desc_NxF: np.ndarray, train: np.ndarray, dim: int, eps: float) -> np.ndarray:
   """Embeddings of every row by the recipe's head set to PCA whitening of the training rows."""
   head = models.FeatureHead(desc_NxF.shape[1], (), dim, rngs=nnx.Rngs(0))
-  models.fit_pca_whitening(head, desc_NxF[train], eps)
+  whitening.fit_pca_whitening(head, desc_NxF[train], eps)
   return np.concatenate([np.asarray(head(jnp.asarray(desc_NxF[i:i + 1024]), train=False))
                          for i in range(0, len(desc_NxF), 1024)])
 

@@ -161,7 +161,7 @@ def _model_defaults() -> config_dict.ConfigDict:
       vgg_weights=os.path.join(SHARED_WEIGHTS, "vgg19_notop_imagenet_8bit_f16.h5"),
       vgg_layer="pool5",
       # feature_head: "random", or "pca_whiten" (a linear head, widths=(), set to PCA
-      # whitening of the training features before any step; models.fit_pca_whitening),
+      # whitening of the training features before any step; whitening.fit_pca_whitening),
       # whose eigenvalues (scaled to mean 1) are shrunk by whiten_eps
       head_init="random", whiten_eps=1.0))
 

@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from facenet_jax import mining, models, preprocess
+from facenet_jax import mining, models, preprocess, whitening
 from infra import mesh as mesh_lib
 from infra.errors import NonFiniteLossError
 
@@ -72,7 +72,7 @@ def create_train_state(config: ml_collections.ConfigDict, in_channels: int | Non
   model = models.create_model(config.model, in_channels=in_channels, rngs=nnx.Rngs(config.seed),
                               example_shape=example_shape)
   if config.model.head_init == "pca_whiten" and fit_examples is not None:
-    models.fit_pca_whitening(model, fit_examples, float(config.model.whiten_eps))
+    whitening.fit_pca_whitening(model, fit_examples, float(config.model.whiten_eps))
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   tx = make_optimizer(config.optim, config.num_steps)
   state = {

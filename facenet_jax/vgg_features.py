@@ -18,7 +18,7 @@ Pooled descriptors (``pool="mean"``, ``power=0.5``) are SPoC (Babenko & Lempitsk
 Deep Convolutional Features for Image Retrieval", ICCV 2015): the activation map, raised
 elementwise to ``power`` (0.5: the square root that damps a few dominant channels), averaged
 (or maxed) over positions and L2-normalized: one C-vector per image (a 1x1 map), with the PCA-whitening
-head (``models.fit_pca_whitening``) fitted on it.
+head (``whitening.fit_pca_whitening``) fitted on it.
 """
 
 from __future__ import annotations

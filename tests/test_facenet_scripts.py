@@ -765,7 +765,7 @@ def _linear_head(in_features, dim, widths=()):
 
 
 def test_pca_whitening_head_matches_numpy_reference():
-  from facenet_jax import models
+  from facenet_jax import whitening
   rng = np.random.default_rng(4)
   # correlated features with very different variances per direction; more examples than
   # features (the scatter matrix is solved), then fewer (the Gram matrix: LFW's 25,088 values)
@@ -773,7 +773,7 @@ def test_pca_whitening_head_matches_numpy_reference():
   x = rng.normal(size=(200, 12)) @ (rng.normal(size=(12, 12)) * np.geomspace(10, 0.1, 12)) + 3.0
   for eps, x in ((0.0, wide), (1.0, wide), (0.0, x), (1.0, x)):
     head = _linear_head(x.shape[1], 5)
-    models.fit_pca_whitening(head, x, eps)
+    whitening.fit_pca_whitening(head, x, eps)
     # reference: eigen-decomposition of the covariance (not the SVD the code uses)
     mu = x.mean(0)
     lam, vec = np.linalg.eigh(np.cov(x.T, bias=True))
@@ -792,16 +792,16 @@ def test_pca_whitening_head_matches_numpy_reference():
   # 10 examples, 3 distinct: 2 principal directions, 3 of the 5 columns without variance stay 0
   few = np.repeat(rng.normal(size=(3, 40)), [4, 3, 3], axis=0)
   head = _linear_head(40, 5)
-  models.fit_pca_whitening(head, few, 1.0)
+  whitening.fit_pca_whitening(head, few, 1.0)
   kernel = np.asarray(head.out.kernel.value)
   assert np.all(np.isfinite(kernel)) and np.allclose(kernel[:, 2:], 0.0, atol=1e-6)
   with pytest.raises(ValueError, match=r"needs a linear head: model.widths=\(\)"):
-    models.fit_pca_whitening(_linear_head(12, 5, (8,)), x)
+    whitening.fit_pca_whitening(_linear_head(12, 5, (8,)), x)
   with pytest.raises(ValueError, match="6 training examples give at most 5 principal directions; "
                                        "model.embedding_dim=8"):
-    models.fit_pca_whitening(_linear_head(12, 8), x[:6])
+    whitening.fit_pca_whitening(_linear_head(12, 8), x[:6])
   with pytest.raises(ValueError, match="features have 12 values per example, the head takes 10"):
-    models.fit_pca_whitening(_linear_head(10, 5), x)
+    whitening.fit_pca_whitening(_linear_head(10, 5), x)
 
 
 def test_pca_whitened_spoc_run_restores_and_checks_its_config(tmp_path):
@@ -819,11 +819,11 @@ def test_pca_whitened_spoc_run_restores_and_checks_its_config(tmp_path):
   train_ds, held = sources.load(config)
   trained = inference.load(workdir)
   emb = trained.embed(held.images)
-  from facenet_jax import models
+  from facenet_jax import whitening
   head = _linear_head(128, 16)
   feats = vgg_features.features(train_ds.images, weights="random", layer="conv2_1", pool="mean",
                                 power=0.5)
-  models.fit_pca_whitening(head, feats, 1.0)
+  whitening.fit_pca_whitening(head, feats, 1.0)
   ref = np.asarray(head(jnp.asarray(vgg_features.features(
       held.images, weights="random", layer="conv2_1", pool="mean", power=0.5)), train=False))
   # the same whitening fitted on the same features: equal embeddings, sign included (a

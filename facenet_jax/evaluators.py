@@ -113,7 +113,7 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
   0 from the other nine folds' 5,400 pairs (the official protocol; for a model trained
   on those people their distances are optimistic). Never from the test fold.
   ``<scorer>/calibration_accuracy`` is the threshold's accuracy on the pairs that chose it:
-  what ``facenet_jax.lfw_selection`` ranks models by without looking at the test fold. Pair
+  what ``lfw_runs.select_per_fold`` ranks models by without looking at the test fold. Pair
   heads are fitted on random pairs of training people (frozen embeddings). Settings:
   ``config.evaluation.lfw_view2`` (``far``, ``pair_features``, ``pair_head_*``)."""
   c = ctx.config
@@ -136,16 +136,8 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
   on_test = pairs.fold == test
   fit = np.isin(pairs.fold, calibration) if calibration else ~on_test
   for name, d in scores.items():
-    _, fit_acc, acc = verification.threshold_transfer(d[fit], pairs.issame[fit], d[on_test],
-                                                      pairs.issame[on_test])
-    val, far = verification.val_far_transfer(d[fit], pairs.issame[fit], d[on_test],
-                                             pairs.issame[on_test], e.far)
-    out[f"{name}/accuracy"] = acc
-    out[f"{name}/calibration_accuracy"] = fit_acc
-    out[f"{name}/val_at_far"] = val
-    out[f"{name}/far"] = far
-    out[f"{name}/roc_auc"] = verification.roc_auc(d[on_test], pairs.issame[on_test])
-    out[f"{name}/eer"] = verification.eer(d[on_test], pairs.issame[on_test])
+    m = lfw_runs.fold_metrics(d, pairs.issame, fit, on_test, e.far)
+    out.update({f"{name}/{k}": v for k, v in m.items()})
     far_c, tar_c, _ = verification.roc(d[on_test], pairs.issame[on_test])
     curves[name] = (far_c, tar_c)
   if ctx.workdir:

@@ -131,7 +131,7 @@ def calibration_folds(fs: FoldScores) -> tuple[int, ...]:
 @dataclasses.dataclass(frozen=True)
 class FoldChoice:
   """One test fold: each candidate's calibration accuracy and test metrics (``accuracy``,
-  ``val_at_far``, ``roc_auc``, ``eer``, as ``lfw_view2`` reports them), and the one chosen."""
+  ``val_at_far``, ``far``, ``roc_auc``, ``eer``: :func:`fold_metrics`), and the one chosen."""
   fold: int
   calibration: tuple[int, ...]
   calibration_accuracy: dict[str, float]
@@ -139,13 +139,18 @@ class FoldChoice:
   chosen: str
 
 
-def _test_metrics(fs: FoldScores, scorer: str, fit: np.ndarray, far: float) -> tuple[float, dict[str, float]]:
-  """Calibration accuracy and the test fold's metrics of one run's ``scorer``."""
-  d, same, test = fs.scores[scorer], fs.issame, fs.test
+def fold_metrics(dist: np.ndarray, issame: np.ndarray, fit: np.ndarray, test: np.ndarray,
+                 far: float) -> dict[str, float]:
+  """One scorer's metrics on the ``test`` pairs with thresholds chosen on the ``fit`` pairs
+  (masks over the same pairs), as ``lfw_view2`` reports them: ``accuracy`` at the fit pairs'
+  best threshold and that threshold's ``calibration_accuracy`` on them; ``val_at_far`` and the
+  ``far`` reached at the fit pairs' FAR-``far`` threshold; ``roc_auc`` and ``eer`` of the test
+  pairs alone."""
+  d, same = np.asarray(dist), np.asarray(issame, bool)
   _, cal_acc, acc = verification.threshold_transfer(d[fit], same[fit], d[test], same[test])
-  val, _ = verification.val_far_transfer(d[fit], same[fit], d[test], same[test], far)
-  return cal_acc, {"accuracy": acc, "val_at_far": val, "roc_auc": verification.roc_auc(d[test], same[test]),
-                   "eer": verification.eer(d[test], same[test])}
+  val, far_reached = verification.val_far_transfer(d[fit], same[fit], d[test], same[test], far)
+  return {"accuracy": acc, "calibration_accuracy": cal_acc, "val_at_far": val, "far": far_reached,
+          "roc_auc": verification.roc_auc(d[test], same[test]), "eer": verification.eer(d[test], same[test])}
 
 
 def select_per_fold(candidates: dict[str, list[str]], scorer: str = "distance",
@@ -180,7 +185,8 @@ def select_per_fold(candidates: dict[str, list[str]], scorer: str = "distance",
               and np.array_equal(fs.issame, per[first][k].issame)):
         raise ValueError(f"{fs.path}: its pairs differ from {per[first][k].path}'s")
       cal_of[label] = calibration_folds(fs)
-      cal_acc[label], test[label] = _test_metrics(fs, scorer, np.isin(fs.folds, cal_of[label]), far)
+      test[label] = fold_metrics(fs.scores[scorer], fs.issame, np.isin(fs.folds, cal_of[label]), fs.test, far)
+      cal_acc[label] = test[label].pop("calibration_accuracy")
     if len(set(cal_of.values())) > 1:
       raise ValueError(f"test fold {k}: the candidates were calibrated on different folds {cal_of}")
     best = max(cal_acc.values())

@@ -50,8 +50,8 @@ def _top_principal_directions(xc_NxF: np.ndarray, dim: int) -> tuple[np.ndarray,
   """The ``dim`` largest eigenvalues of ``xc^T xc`` (descending) and their unit eigenvectors
   ``(F, dim)``, for centred ``xc``. Only the top ``dim`` are solved for (LAPACK syevr): from
   the ``N x N`` Gram matrix when there are fewer examples than features (then ``v = xc^T u /
-  sqrt(ev)``; 25,088-value LFW descriptors of 6,118 images: ~1 min instead of the ~5 min of a
-  full SVD), from the ``F x F`` scatter matrix otherwise."""
+  sqrt(ev)``; 2,000 x 8,000 on a 2-core CPU: 4.6 s against 24.4 s for a full SVD), from the
+  ``F x F`` scatter matrix otherwise."""
   import scipy.linalg
   n, f = xc_NxF.shape
   wide = n < f

@@ -26,7 +26,7 @@ from facenet_jax import steps
 from infra import convolution, vgg as vgg_lib
 from infra.overrides import with_overrides
 from plain_convs import plain_convs
-from style_jax import optimize
+from style_jax import cost, optimize
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -50,13 +50,13 @@ def facenet_programs(variant: str, k: int) -> dict:
 
 def style_program(size: int) -> dict:
   config = with_overrides(style_config("gatys2015"), {"weights": "random", "image_size": size})
-  objective = optimize.objective_from_config(config)
+  objective = cost.objective_from_config(config)
   graphdef, vgg_state = nnx.split(vgg_lib.VGG(19, "avg", rngs=nnx.Rngs(0)))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(size, size, 3)) * 50, jnp.float32)
-  targets = optimize.compute_targets(optimize.make_features_fn(graphdef), vgg_state, objective,
-                                     x, [x[::-1]], [1.0])
+  targets = cost.compute_targets(cost.make_features_fn(graphdef), vgg_state, objective,
+                                 x, [x[::-1]], [1.0])
   tx = optimize.make_optimizer(config)
-  step = optimize.make_lbfgs_step(optimize.make_loss_terms(graphdef, objective), tx)
+  step = optimize.make_lbfgs_step(cost.make_loss_terms(graphdef, objective), tx)
   return {f"style L-BFGS step {size}px": (step, (vgg_state, targets, optimize.init_state(tx, x, 0)))}
 
 

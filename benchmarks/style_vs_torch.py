@@ -173,7 +173,7 @@ class Ours:
     from flax import nnx
     from infra import vgg as vgg_lib
     from plain_convs import plain_convs
-    from style_jax import optimize
+    from style_jax import cost, optimize
     self.jax, self.optimize = jax, optimize
     model = vgg_lib.load_vgg(weights, 19, "avg", remat=remat)
     self.graphdef, self.vgg_state = nnx.split(model)
@@ -182,10 +182,10 @@ class Ours:
     self.winograd = winograd
     self.plain_convs = plain_convs
     with plain_convs(not winograd):
-      features_fn = optimize.make_features_fn(self.graphdef)
-      self.targets = optimize.compute_targets(features_fn, self.vgg_state, objective,
-                                              content_x, [style_x], [1.0])
-    self.loss_terms = optimize.make_loss_terms(self.graphdef, objective)
+      features_fn = cost.make_features_fn(self.graphdef)
+      self.targets = cost.compute_targets(features_fn, self.vgg_state, objective,
+                                          content_x, [style_x], [1.0])
+    self.loss_terms = cost.make_loss_terms(self.graphdef, objective)
     loss_terms = self.loss_terms
     self._value_and_grad = jax.jit(lambda s, t, x: (
         loss_terms(s, t, x), jax.grad(lambda x: loss_terms(s, t, x)["total"])(x)))
@@ -227,9 +227,9 @@ def _adam_config(lr: float):
 
 def _objective():
   from configs.style import get_config
-  from style_jax import optimize
+  from style_jax import cost
   config = get_config("gatys2015")
-  return optimize.objective_from_config(config), config
+  return cost.objective_from_config(config), config
 
 
 def _inputs(args, size: int):

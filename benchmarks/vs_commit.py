@@ -11,7 +11,7 @@ that tree first on ``PYTHONPATH``:
   changed), median seconds per step;
 * ``style_adam``: the Gatys style-transfer Adam step of benchmarks/style_vs_torch.py (VGG19
   with the shared ImageNet weights, the ``gatys2015`` objective) at ``--style_size``, through
-  the public ``style_jax.optimize`` functions both trees have, median seconds per step.
+  the public ``style_jax.optimize`` / ``style_jax.cost`` functions both trees have, median seconds per step.
 
 Prints a markdown table: per round and the median over rounds, and the ratio this / base
 (target: within 5%).
@@ -40,17 +40,21 @@ from configs.style import get_config
 from infra import vgg as vgg_lib
 from infra.overrides import with_overrides
 from style_jax import optimize
+try:
+  from style_jax import cost   # the cost's functions; in optimize before style_jax/cost.py
+except ImportError:
+  cost = optimize
 size, steps, weights = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 config = with_overrides(get_config("gatys2015"), {"optimizer": "adam", "learning_rate": 2.0,
                                                   "weights": weights})
-objective = optimize.objective_from_config(config)
+objective = cost.objective_from_config(config)
 graphdef, vgg_state = nnx.split(vgg_lib.load_vgg(config.weights, 19, "avg"))
 rng = np.random.default_rng(0)
 x = jnp.asarray(rng.uniform(-100, 100, (size, size, 3)), jnp.float32)
-targets = optimize.compute_targets(optimize.make_features_fn(graphdef), vgg_state, objective,
-                                   x, [x[::-1]], [1.0])
+targets = cost.compute_targets(cost.make_features_fn(graphdef), vgg_state, objective,
+                               x, [x[::-1]], [1.0])
 tx = optimize.make_optimizer(config)
-step = jax.jit(optimize.make_adam_step(optimize.make_loss_terms(graphdef, objective), tx))
+step = jax.jit(optimize.make_adam_step(cost.make_loss_terms(graphdef, objective), tx))
 state = optimize.init_state(tx, x, 0)
 state, v = step(vgg_state, targets, state); jax.block_until_ready(state)
 times = []

@@ -32,7 +32,8 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
-from facenet_jax import clustering, episodes, lfw_runs, pair_head, recognition, verification
+from facenet_jax import (clustering, episodes, lfw_runs, open_set, pair_head, recognition,
+                         verification)
 from facenet_jax.data import real
 from facenet_jax.data.dataset import IdentityDataset
 
@@ -166,14 +167,14 @@ def eval_one_shot(ctx: Context) -> Metrics:
                      "need >= 2")
   rank1, rank5 = [], []
   for r in range(e.repeats):
-    split = recognition.open_set_split(labels, multi.size, shots=1, seed=c.seed + r,
+    split = open_set.open_set_split(labels, multi.size, shots=1, seed=c.seed + r,
                                        calibration_fraction=0.0)
     g = recognition.Gallery(emb.shape[1])
     for row in split.gallery:
       g.enrol(int(labels[row]), emb[row])
     ids, dist = g.distances(emb[split.known])
-    rank1.append(recognition.rank_k_accuracy(dist, ids, labels[split.known], 1))
-    rank5.append(recognition.rank_k_accuracy(dist, ids, labels[split.known], min(5, len(ids))))
+    rank1.append(open_set.rank_k_accuracy(dist, ids, labels[split.known], 1))
+    rank5.append(open_set.rank_k_accuracy(dist, ids, labels[split.known], min(5, len(ids))))
   out = {"people": float(multi.size), "rank1": float(np.mean(rank1)),
          "rank1_std": float(np.std(rank1)), "rank5": float(np.mean(rank5))}
   # open set: the threshold is calibrated on people who are neither enrolled nor scored as
@@ -183,7 +184,7 @@ def eval_one_shot(ctx: Context) -> Metrics:
   on_train = e.calibrate_on == "train" and ctx.train is not None
   opens = []
   for r in range(e.repeats):
-    split = recognition.open_set_split(labels, enrolled, shots=1, seed=c.seed + 100 + r,
+    split = open_set.open_set_split(labels, enrolled, shots=1, seed=c.seed + 100 + r,
                                        calibration_fraction=0.0 if on_train else 0.5)
     if split.unknown.size == 0 or (split.calibration.size == 0 and not on_train):
       break
@@ -191,8 +192,8 @@ def eval_one_shot(ctx: Context) -> Metrics:
     for row in split.gallery:
       g.enrol(int(labels[row]), emb[row])
     _, cal_d = g.distances(ctx.train_embeddings()[0] if on_train else emb[split.calibration])
-    t = recognition.calibrate_threshold(cal_d.min(axis=1), e.open_set_far)
-    opens.append(recognition.open_set_report(emb[split.gallery], labels[split.gallery],
+    t = open_set.calibrate_threshold(cal_d.min(axis=1), e.open_set_far)
+    opens.append(open_set.open_set_report(emb[split.gallery], labels[split.gallery],
                                              emb[split.known], labels[split.known],
                                              emb[split.unknown], t, ranks=(1,)))
   if opens:

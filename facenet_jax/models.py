@@ -14,197 +14,33 @@ Networks (``model_cfg.name``):
   Inception-ResNet and the Impact of Residual Connections on Learning"), laid out like
   facenet-pytorch's ``InceptionResnetV1`` (designed for 160x160x3 inputs).
 
-Every conv+BN(+ReLU) unit is one helper, :class:`ConvBNAct`, whose kernel sizes and strides are
-expanded to ``spatial_dims`` entries, so the same code serves every rank. Call a model as
-``model(x, train)``: ``train=True`` normalises with batch statistics and updates the BatchNorm
-running averages (``nnx.BatchStat``), ``train=False`` uses the running averages. There is no
-dropout, so the forward pass needs no RNG.
+Every conv+BN(+ReLU) unit is one helper, :class:`facenet_jax.layers.ConvBNAct`, whose kernel
+sizes and strides are expanded to ``spatial_dims`` entries, so the same code serves every
+rank. Call a model as ``model(x, train)``: ``train=True`` normalises with batch statistics
+and updates the BatchNorm running averages (``nnx.BatchStat``), ``train=False`` uses the
+running averages. There is no dropout, so the forward pass needs no RNG.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as linen
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from infra import convolution, mesh as mesh_lib, vgg as vgg_lib
+from facenet_jax.layers import (HE_INIT, LECUN_INIT, ConvBNAct, EmbeddingHead, expand, he_conv,
+                                l2_normalize, max_pool, run_layers)
+from infra import vgg as vgg_lib
 
 MODEL_NAMES = ("small_cnn", "resnet", "inception_resnet_v1", "feature_head", "vgg16", "vgg19")
 RESNET_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 SPATIAL_DIMS = (1, 2, 3)   # signals, images, volumes
 # model.dtype -> the compute dtype (params stay float32)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_BN_MOMENTUM = 0.9  # flax convention; equals torch's momentum=0.1
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _normal_bucket(key: jax.Array, n: int) -> jax.Array:
-  return jax.random.normal(key, (n,), jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _shape_bucket(z: jax.Array, shape: tuple[int, ...], std: float, dtype: Any) -> jax.Array:
-  return (z[:math.prod(shape)] * std).reshape(shape).astype(dtype)
-
-
-def _fan_in_normal(scale: float):
-  """N(0, scale / fan_in) kernel init (scale 2: He/Kaiming normal; 1: LeCun normal), with
-  fan_in = prod(shape[:-1]) for conv (*K, Cin, Cout) and dense (Cin, Cout) kernels.
-
-  Samples are drawn flat from a few power-of-4 size buckets and then reshaped: XLA:CPU takes
-  seconds to compile a random draw for each distinct multi-dimensional shape, which made eager
-  model construction take ~20 s (small_cnn) to minutes (ResNet-50); this needs ~5 compiles.
-  """
-  def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-    n = math.prod(shape)
-    bucket = 4 ** max(6, math.ceil(math.log(max(n, 1), 4)))
-    std = math.sqrt(scale / max(1, math.prod(shape[:-1])))
-    return _shape_bucket(_normal_bucket(key, bucket), tuple(shape), std, jnp.dtype(dtype))
-  return init
-
-
-_HE_INIT, _LECUN_INIT = _fan_in_normal(2.0), _fan_in_normal(1.0)
-
-
-def _tuple(v: int | Sequence[int], rank: int) -> tuple[int, ...]:
-  """Expands an int to a ``rank``-tuple; passes sequences through."""
-  return (v,) * rank if isinstance(v, int) else tuple(v)
-
-
-def _global_avg_pool(x: jax.Array) -> jax.Array:
-  """(B, *spatial, C) -> (B, C): mean over all spatial axes."""
-  return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
-
-
-def _max_pool(x: jax.Array, window: int, stride: int, padding: str = "VALID") -> jax.Array:
-  """Rank-generic max-pool over the spatial axes of (B, *spatial, C).
-
-  Non-overlapping VALID windows use reshape + max, whose gradient is far cheaper on CPU than
-  the select-and-scatter that ``reduce_window``'s gradient lowers to.
-  """
-  rank = x.ndim - 2
-  if window == stride and padding == "VALID":
-    out = [n // window for n in x.shape[1:-1]]
-    x = x[(slice(None), *(slice(0, o * window) for o in out))]
-    shape = [x.shape[0]] + [d for o in out for d in (o, window)] + [x.shape[-1]]
-    return jnp.max(x.reshape(shape), axis=tuple(range(2, 2 * rank + 1, 2)))
-  return linen.max_pool(x, _tuple(window, rank), _tuple(stride, rank), padding=padding)
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x / sqrt(sum(x^2) + eps) along the last axis (zero vectors stay finite)."""
-  return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + eps)
-
-
-def _conv(cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int] | int = 1, *,
-          padding: str = "SAME", use_bias: bool, dtype: Any, rngs: nnx.Rngs) -> nnx.Conv:
-  """nnx.Conv with He init and the platform's convolution (``infra.convolution``: plain
-  ``lax`` on accelerators, the CPU kernels in programs compiled for CPU)."""
-  return nnx.Conv(cin, cout, kernel, stride, padding=padding, use_bias=use_bias, dtype=dtype,
-                  kernel_init=_HE_INIT, conv_general_dilated=convolution.conv_general_dilated,
-                  rngs=rngs)
-
-
-def _run(layers: Sequence[Any], x: jax.Array, train: bool) -> jax.Array:
-  for layer in layers:
-    x = layer(x, train)
-  return x
-
-
-class BatchNorm(nnx.BatchNorm):
-  """``nnx.BatchNorm`` whose batch statistics can span devices in a fixed order.
-
-  With ``device_axis`` set (:func:`set_device_axis`, inside ``jax.shard_map`` over that mesh
-  axis, each device holding its rows of the batch) a train-mode call takes the mean and
-  variance of the *global* batch: per-device sums of x and x^2, added over the devices in
-  device order (``mesh.ordered_sum``; so are their gradients), divided by the global count.
-  Otherwise (the default) it is ``nnx.BatchNorm`` exactly. Same variables either way.
-  """
-  device_axis: str | None = None
-
-  def __call__(self, x, use_running_average=None, *, mask=None):
-    if self.device_axis is None or use_running_average is not False or mask is not None:
-      return super().__call__(x, use_running_average, mask=mask)
-    axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
-    features = tuple(a % x.ndim for a in axis)
-    reduce = tuple(i for i in range(x.ndim) if i not in features)
-    scale = self.scale[...] if self.scale is not None else None
-    bias = self.bias[...] if self.bias is not None else None
-    x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
-    x32 = jnp.asarray(x, jnp.promote_types(self.dtype or x.dtype, jnp.float32))
-    count = math.prod(x.shape[i] for i in reduce) * jax.lax.axis_size(self.device_axis)
-    sums = mesh_lib.ordered_sum(jnp.stack([x32.sum(reduce), (x32 * x32).sum(reduce)]),
-                                self.device_axis)
-    mean, mean2 = sums[0] / count, sums[1] / count
-    var = jnp.maximum(0.0, mean2 - mean * mean)
-    m = self.momentum
-    self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
-    self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
-    shape = [x.shape[i] if i in features else 1 for i in range(x.ndim)]
-    mul = jax.lax.rsqrt(var + self.epsilon).reshape(shape)
-    if scale is not None:
-      mul = mul * scale.reshape(shape)
-    y = (x - mean.reshape(shape)) * mul
-    if bias is not None:
-      y = y + bias.reshape(shape)
-    dtype = self.dtype or jnp.result_type(*[a for a in (x, scale, bias) if a is not None])
-    return jnp.asarray(y, dtype)
-
-
-def set_device_axis(model: nnx.Module, axis: str | None) -> None:
-  """Makes every :class:`BatchNorm` of ``model`` take its batch statistics over the devices
-  of mesh axis ``axis`` (None: over the rows it is given, the default)."""
-  for _, m in model.iter_modules():
-    if isinstance(m, BatchNorm):
-      m.device_axis = axis
-
-
-class ConvBNAct(nnx.Module):
-  """conv (no bias) -> BatchNorm -> optional ReLU, for any spatial rank.
-
-  Shapes: ``(B, *spatial, cin) -> (B, *spatial', cout)``; ``kernel``/``stride`` are ints
-  (expanded to ``rank`` entries) or ``rank``-tuples. This is facenet-pytorch's ``BasicConv2d``
-  (with ``eps=1e-3``) and the conv+BN unit of ResNet.
-  """
-
-  def __init__(self, cin: int, cout: int, kernel: int | Sequence[int], *, rank: int,
-               stride: int | Sequence[int] = 1, padding: str = "SAME", act: bool = True,
-               eps: float = 1e-5, dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    self.conv = _conv(cin, cout, _tuple(kernel, rank), _tuple(stride, rank),
-                      padding=padding, use_bias=False, dtype=dtype, rngs=rngs)
-    self.bn = BatchNorm(cout, momentum=_BN_MOMENTUM, epsilon=eps, dtype=dtype, rngs=rngs)
-    self.act = act
-
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = self.bn(self.conv(x), use_running_average=not train)
-    return nnx.relu(x) if self.act else x
-
-
-class EmbeddingHead(nnx.Module):
-  """Global average pool -> linear -> (optional BatchNorm1d) -> L2 normalise.
-
-  ``(B, *spatial, cin) -> float32 (B, dim)`` with unit rows. ``last_bn`` reproduces
-  facenet-pytorch's ``last_linear`` (no bias) + ``last_bn`` (eps 1e-3) head.
-  """
-
-  def __init__(self, cin: int, dim: int, *, last_bn: bool, dtype: Any, rngs: nnx.Rngs):
-    self.linear = nnx.Linear(cin, dim, use_bias=not last_bn, dtype=dtype,
-                             kernel_init=_LECUN_INIT, rngs=rngs)
-    self.bn = (BatchNorm(dim, momentum=_BN_MOMENTUM, epsilon=1e-3, dtype=jnp.float32,
-                             rngs=rngs) if last_bn else None)
-
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = self.linear(_global_avg_pool(x)).astype(jnp.float32)
-    if self.bn is not None:
-      x = self.bn(x, use_running_average=not train)
-    return l2_normalize(x)
 
 
 class SmallCNN(nnx.Module):
@@ -235,7 +71,7 @@ class SmallCNN(nnx.Module):
       for c in (0, 1):
         x = self.layers[i + c](x, train)
         yield f"conv{i // 2 + 1}_{c + 1}", x
-      x = _max_pool(x, self.POOL, self.POOL)
+      x = max_pool(x, self.POOL, self.POOL)
       yield f"pool{i // 2 + 1}", x
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -269,7 +105,7 @@ class SmallCNN(nnx.Module):
     for i, layer in enumerate(self.layers):
       conv = layer.conv
       k = tuple(conv.kernel_size)
-      s = _tuple(conv.strides if conv.strides is not None else 1, len(k))
+      s = expand(conv.strides if conv.strides is not None else 1, len(k))
       if conv.padding != "SAME" or any(v != 1 for v in s):
         raise ValueError(f"small_cnn conv {i}: geometry expects SAME stride-1 convs, "
                          f"got padding={conv.padding!r} stride={s}")
@@ -292,9 +128,9 @@ class FeatureHead(nnx.Module):
   def __init__(self, in_features: int, hidden: Sequence[int], embedding_dim: int, *,
                dtype: Any = jnp.float32, rngs: nnx.Rngs):
     dims = (in_features,) + tuple(hidden)
-    self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, kernel_init=_HE_INIT, rngs=rngs)
+    self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, kernel_init=HE_INIT, rngs=rngs)
                             for a, b in zip(dims[:-1], dims[1:])])
-    self.out = nnx.Linear(dims[-1], embedding_dim, dtype=dtype, kernel_init=_LECUN_INIT,
+    self.out = nnx.Linear(dims[-1], embedding_dim, dtype=dtype, kernel_init=LECUN_INIT,
                           rngs=rngs)
     self.dtype = dtype
 
@@ -363,7 +199,7 @@ class ResBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     residual = x if self.shortcut is None else self.shortcut(x, train)
-    return nnx.relu(_run(self.layers, x, train) + residual)
+    return nnx.relu(run_layers(self.layers, x, train) + residual)
 
 
 class ResNet(nnx.Module):
@@ -391,8 +227,8 @@ class ResNet(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = _max_pool(self.stem(x.astype(self.dtype), train), 3, 2, "SAME")
-    return self.head(_run(self.blocks, x, train), train)
+    x = max_pool(self.stem(x.astype(self.dtype), train), 3, 2, "SAME")
+    return self.head(run_layers(self.blocks, x, train), train)
 
 
 # A tower spec is a list of (cout, kernel[, stride[, padding]]) tuples.
@@ -422,9 +258,9 @@ class InceptionBranches(nnx.Module):
     self.out_features = sum(t[-1][0] for t in towers) + (cin if pool else 0)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    outs = [_run(t, x, train) for t in self.towers]
+    outs = [run_layers(t, x, train) for t in self.towers]
     if self.pool:
-      outs.append(_max_pool(x, 3, 2))
+      outs.append(max_pool(x, 3, 2))
     return jnp.concatenate(outs, axis=-1)
 
 
@@ -439,7 +275,7 @@ class InceptionResidual(nnx.Module):
                rank: int, dtype: Any, rngs: nnx.Rngs):
     self.branches = InceptionBranches(cin, towers, pool=False, rank=rank, dtype=dtype,
                                       rngs=rngs)
-    self.up = _conv(self.branches.out_features, cin, (1,) * rank, use_bias=True,
+    self.up = he_conv(self.branches.out_features, cin, (1,) * rank, use_bias=True,
                     dtype=dtype, rngs=rngs)
     self.scale, self.act = scale, act
 
@@ -497,8 +333,8 @@ class InceptionResnetV1(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = _max_pool(_run(self.stem_a, x.astype(self.dtype), train), 3, 2)
-    x = _run(self.blocks, _run(self.stem_b, x, train), train)
+    x = max_pool(run_layers(self.stem_a, x.astype(self.dtype), train), 3, 2)
+    x = run_layers(self.blocks, run_layers(self.stem_b, x, train), train)
     return self.head(x, train)
 
 

@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from facenet_jax import mining, models, preprocess, whitening
+from facenet_jax import layers, mining, models, preprocess, whitening
 from infra import mesh as mesh_lib
 from infra.errors import NonFiniteLossError
 
@@ -124,7 +124,7 @@ def make_train_embed(graphdef: nnx.GraphDef, batch_chunk: int = 0, *,
 
   ``device_axis``: inside ``jax.shard_map`` over that mesh axis of ``devices`` devices, ``x``
   is one device's rows of the global batch (B / devices) and BatchNorm takes the global
-  batch's statistics in device order (``models.BatchNorm``); chunk j is then the device's
+  batch's statistics in device order (``layers.BatchNorm``); chunk j is then the device's
   share of the global chunk j (its rows j, j + n, ...; c / devices of them).
   """
   def embed(params, model_state, x):
@@ -132,7 +132,7 @@ def make_train_embed(graphdef: nnx.GraphDef, batch_chunk: int = 0, *,
     # (BatchNorm statistics) at the trace level that created them
     model = nnx.merge(graphdef, params, model_state, copy=True)
     if device_axis is not None:
-      models.set_device_axis(model, device_axis)
+      layers.set_device_axis(model, device_axis)
     emb_BxD = model(x, train=True)
     _, _, model_state = nnx.split(model, nnx.Param, ...)
     return emb_BxD, model_state
@@ -179,7 +179,7 @@ def make_ordered_grads(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict
   depend on the device count only, not on how the devices are split over processes.
 
   ``jax.shard_map`` over the mesh's ``data`` axis: each device embeds its rows (BatchNorm
-  statistics over the global batch, ``models.BatchNorm``); the embeddings are all-gathered
+  statistics over the global batch, ``layers.BatchNorm``); the embeddings are all-gathered
   (exact) and the objective (mining included) runs on the whole batch on every device; the
   gradient wrt a device's own rows goes back through its forward (the VJP), and the
   per-device parameter gradients are added in device order (``mesh.ordered_tree_sum``).
@@ -289,7 +289,7 @@ def make_embed_fn(graphdef: nnx.GraphDef, flip_tta: bool = False) -> Callable:
     x = preprocess.to_float(images)
     emb = model(x, train=False)
     if flip_tta:
-      emb = models.l2_normalize(emb + model(jnp.flip(x, axis=x.ndim - 2), train=False))
+      emb = layers.l2_normalize(emb + model(jnp.flip(x, axis=x.ndim - 2), train=False))
     return emb
   return embed
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facenet_jax import recognition
+from facenet_jax import open_set
 
 
 def make_pairs(labels: np.ndarray, num_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -229,9 +229,9 @@ def summarize(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray | int = 10
   ``verification_accuracy`` (+ ``_std``, ``threshold``) and ``val_at_far_1e-3`` (with
   ``far_reached_1e-3``, the FAR those thresholds reached) are k-fold: thresholds from the
   other folds (``kfold_accuracy``); ``roc_auc`` and ``eer`` are threshold-free. For
-  recognition, ``threshold_at_far_<f>`` for each f of ``recognition.THRESHOLD_FARS`` is the threshold
+  recognition, ``threshold_at_far_<f>`` for each f of ``open_set.THRESHOLD_FARS`` is the threshold
   accepting at most a fraction f of all the mismatched (impostor) pairs here
-  (``recognition.calibrate_threshold``), and ``impostor_pairs`` their number: such a
+  (``open_set.calibrate_threshold``), and ``impostor_pairs`` their number: such a
   threshold resolves FARs down to about 1 / impostor_pairs only.
   """
   kf = kfold_accuracy(dist, issame, folds)
@@ -247,6 +247,6 @@ def summarize(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray | int = 10
       f"{prefix}impostor_pairs": float(impostors.size),
   }
   if impostors.size:
-    for far in recognition.THRESHOLD_FARS:
-      out[prefix + recognition.far_key(far)] = recognition.calibrate_threshold(impostors, far)
+    for far in open_set.THRESHOLD_FARS:
+      out[prefix + open_set.far_key(far)] = open_set.calibrate_threshold(impostors, far)
   return out

@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from facenet_jax import recognition
+from facenet_jax import open_set, recognition
 from facenet_jax.data import raw
 from infra import files
 
@@ -73,7 +73,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
   p.add_argument("--threshold", type=float, default=None,
                  help="squared-L2 acceptance threshold (overrides --far)")
   p.add_argument("--far", type=float, default=None, help="false-accept rate per comparison "
-                 f"whose saved threshold to use (default {recognition.DEFAULT_FAR:g})")
+                 f"whose saved threshold to use (default {open_set.DEFAULT_FAR:g})")
   p.add_argument("--out", default="", help="identify / verify: also write the results to "
                  "this .json or .csv file")
   p.add_argument("--detect", choices=("none", "mtcnn"), default="none",
@@ -235,8 +235,8 @@ def threshold(args: argparse.Namespace) -> tuple[float, str]:
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise recognition.GalleryError(f"{path}: no saved metrics to take a threshold from "
                                    f"({type(e).__name__}: {e}); pass --threshold") from e
-  far = recognition.DEFAULT_FAR if args.far is None else args.far
-  t = recognition.saved_threshold(metrics, far, path)
+  far = open_set.DEFAULT_FAR if args.far is None else args.far
+  t = open_set.saved_threshold(metrics, far, path)
   n = int(metrics.get("impostor_pairs", 0))
   return t, (f"threshold {t:.4g}: false-accept rate {far:g} per comparison, calibrated on "
              f"{n} impostor pairs of the run's held-out people ({path})")

@@ -32,7 +32,7 @@ from infra import checkpoints, files, loop
 from infra import vgg as vgg_lib
 from infra.errors import NonFiniteLossError, UserError
 from infra.progress import Progress
-from style_jax import images, lbfgs, losses, optimize
+from style_jax import cost, images, lbfgs, losses
 
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 CONTENT_RECON_LAYERS = ("conv1_2", "conv2_2", "conv3_2", "conv4_2", "conv5_2")
@@ -202,7 +202,7 @@ def load_inputs(settings: Settings) -> Inputs:
 
 def figure_targets(inputs: Inputs, fig: dict) -> dict:
   """The content activations and style Gram matrices the figure's panels match."""
-  feats_fn = optimize.make_features_fn(inputs.graphdef)
+  feats_fn = cost.make_features_fn(inputs.graphdef)
   content_layers, style_layers = tuple(fig["content_layers"]), tuple(fig["style_layers"])
   content = feats_fn(inputs.vgg_state, inputs.content_x, content_layers) if content_layers else {}
   style = feats_fn(inputs.vgg_state, inputs.style_x, style_layers) if style_layers else {}

@@ -36,149 +36,16 @@ import optax
 from flax import nnx
 
 from infra import checkpoints, distributed, files, loop, mesh as mesh_lib, vgg as vgg_lib
-from infra.errors import NonFiniteLossError, Preempted, UserError  # noqa: F401 (re-exported)
+from infra.errors import NonFiniteLossError, Preempted  # noqa: F401 (re-exported)
 from infra.metric_writer import MetricWriter
 from infra.preemption import StopFlag, exit_if_stopped, stop_requests
 from infra.progress import Progress
-from style_jax import images, lbfgs, losses, memory
+from style_jax import cost, images, lbfgs, memory
 
 State = dict[str, Any]
-TERMS = ("content", "style", "tv", "total")
 
 
-class StyleConfigError(UserError, ValueError):
-  """A config value that cannot work; names the field."""
-
-
-# ------------------------------------------------------------------------- config
-
-
-def _split(s: str) -> list[str]:
-  return [p.strip() for p in str(s).split(",") if p.strip()]
-
-
-def _floats(s: str, field: str, n: int) -> list[float]:
-  """Comma-separated floats of ``field``; "" means n equal weights 1/n."""
-  parts = _split(s)
-  if not parts:
-    return [1.0 / n] * n
-  try:
-    vals = [float(p) for p in parts]
-  except ValueError as e:
-    raise StyleConfigError(f"{field}={s!r}: not a comma-separated list of numbers") from e
-  if len(vals) != n:
-    raise StyleConfigError(f"{field}={s!r} has {len(vals)} values, expected {n}")
-  if any(v < 0 or not math.isfinite(v) for v in vals):
-    raise StyleConfigError(f"{field}={s!r}: weights must be finite and >= 0")
-  return vals
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-  """What the loss is made of (hashable: it parametrizes the jitted functions)."""
-  content_layers: tuple[str, ...]
-  style_layers: tuple[tuple[str, float], ...]   # (layer, lambda_l)
-  content_loss: str
-  alpha: float
-  beta: float
-  tv_weight: float
-
-  @property
-  def layers(self) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(self.content_layers + tuple(n for n, _ in self.style_layers)))
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises StyleConfigError naming the first field that cannot work."""
-  def need(ok, field, msg):
-    if not ok:
-      raise StyleConfigError(f"config.{field}={config[field]!r}: {msg}")
-  need(config.depth in (16, 19), "depth", "must be 16 or 19")
-  need(config.pooling in ("max", "avg"), "pooling", "must be 'max' or 'avg'")
-  need(config.optimizer in ("lbfgs", "adam"), "optimizer", "must be 'lbfgs' or 'adam'")
-  need(config.init in ("noise", "content", "content_noise"), "init",
-       "must be noise, content or content_noise")
-  need(config.content_loss in ("sum", "normalized"), "content_loss", "must be sum or normalized")
-  need(config.num_steps >= 1, "num_steps", "must be >= 1")
-  need(config.num_scales >= 1, "num_scales", "must be >= 1")
-  need(config.num_scales == 1 or config.scale_factor > 1, "scale_factor",
-       "must be > 1 with num_scales > 1")
-  need(config.style_scale > 0, "style_scale", "must be > 0")
-  need(config.image_size >= 0, "image_size", "must be >= 0 (0: the content image's size)")
-  need(config.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
-  need(config.log_every >= 1, "log_every", "must be >= 1")
-  need(config.save_every >= 0, "save_every", "must be >= 0 (0: no intermediate images)")
-  need(0.0 <= config.init_noise_ratio <= 1.0, "init_noise_ratio", "must be in [0, 1]")
-  need(config.learning_rate > 0, "learning_rate", "must be > 0")
-  need(bool(_split(config.style)), "style", "no style image given")
-  need(bool(_split(config.content_layers)), "content_layers", "no content layer given")
-  need(bool(_split(config.style_layers)), "style_layers", "no style layer given")
-  valid = vgg_lib.layer_names(config.depth)
-  for field in ("content_layers", "style_layers"):
-    bad = [n for n in _split(config[field]) if n not in valid]
-    need(not bad, field, f"unknown layer(s) {bad} for VGG{config.depth}; valid: {valid}")
-  _floats(config.style_layer_weights, "config.style_layer_weights",
-          len(_split(config.style_layers)))
-  blend = _floats(config.style_blend_weights, "config.style_blend_weights",
-                  len(_split(config.style)))
-  need(sum(blend) > 0, "style_blend_weights", "at least one weight must be > 0")
-  need(config.output.endswith(".png"), "output", "must be a .png file name")
-
-
-def objective_from_config(config: ml_collections.ConfigDict) -> Objective:
-  style = _split(config.style_layers)
-  lam = _floats(config.style_layer_weights, "config.style_layer_weights", len(style))
-  return Objective(content_layers=tuple(_split(config.content_layers)),
-                   style_layers=tuple(zip(style, lam)), content_loss=config.content_loss,
-                   alpha=float(config.content_weight), beta=float(config.style_weight),
-                   tv_weight=float(config.tv_weight))
-
-
-# ------------------------------------------------------------------ pure functions
-
-
-def make_features_fn(graphdef: nnx.GraphDef) -> Callable:
-  """Jitted ``(vgg_state, x (H, W, 3), layers) -> {layer: activation}`` (layers static)."""
-  def features(vgg_state, x, layers):
-    return nnx.merge(graphdef, vgg_state).features(x, layers)
-  return jax.jit(features, static_argnums=2)
-
-
-def compute_targets(features_fn: Callable, vgg_state, objective: Objective, content_x: jax.Array,
-                    style_xs: list[jax.Array], blend: list[float]) -> dict:
-  """``{"content": {layer: a(C)}, "style": {layer: sum_i w_i G(S_i)/M_i}}`` (w normalized)."""
-  content = features_fn(vgg_state, content_x, objective.content_layers)
-  style_names = tuple(n for n, _ in objective.style_layers)
-  w = np.asarray(blend, np.float64) / np.sum(blend)
-  grams: dict[str, jax.Array] = {}
-  for wi, sx in zip(w, style_xs):
-    if wi == 0:
-      continue
-    feats = features_fn(vgg_state, sx, style_names)
-    for n in style_names:
-      g = float(wi) * losses.normalized_gram(feats[n])
-      grams[n] = g if n not in grams else grams[n] + g
-  return {"content": dict(content), "style": grams}
-
-
-def make_loss_terms(graphdef: nnx.GraphDef, objective: Objective) -> Callable:
-  """``(vgg_state, targets, x) -> {content, style, tv, total}``.
-
-  total = alpha * sum_l J_content^l + beta * sum_l lambda_l J_style^l + tv_weight * TV(x).
-  """
-  content_fn = (losses.content_cost if objective.content_loss == "sum"
-                else losses.content_cost_normalized)
-  style_w = dict(objective.style_layers)
-
-  def loss_terms(vgg_state, targets, x):
-    feats = nnx.merge(graphdef, vgg_state).features(x, objective.layers)
-    content = sum(content_fn(targets["content"][n], feats[n]) for n in objective.content_layers)
-    style = losses.style_cost(targets["style"], feats, style_w)
-    tv = losses.total_variation(x) if objective.tv_weight else jnp.zeros((), jnp.float32)
-    total = objective.alpha * content + objective.beta * style + objective.tv_weight * tv
-    return {"content": content, "style": style, "tv": tv, "total": total}
-  return loss_terms
-
+# --------------------------------------------------------------------- optimizer
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam at ``learning_rate``, or the L-BFGS of ``style_jax.lbfgs`` (= ``optax.lbfgs``)."""
@@ -241,7 +108,7 @@ def make_lbfgs_step(loss_terms: Callable, tx: optax.GradientTransformation) -> C
 
 
 @functools.lru_cache(maxsize=8)
-def compiled_functions(graphdef: nnx.GraphDef, objective: Objective,
+def compiled_functions(graphdef: nnx.GraphDef, objective: cost.Objective,
                        optim: tuple) -> tuple[Callable, Callable, Callable, optax.GradientTransformation]:
   """``(features_fn, terms_fn, step_fn, tx)``, jitted, cached per (network, objective, optimizer).
 
@@ -253,9 +120,10 @@ def compiled_functions(graphdef: nnx.GraphDef, objective: Objective,
   config = ml_collections.ConfigDict(dict(optimizer=name, learning_rate=lr, lbfgs_memory=memory,
                                           lbfgs_linesearch_steps=ls_steps))
   tx = make_optimizer(config)
-  loss_terms = make_loss_terms(graphdef, objective)
+  loss_terms = cost.make_loss_terms(graphdef, objective)
   make_step = make_adam_step if name == "adam" else make_lbfgs_step
-  return (make_features_fn(graphdef), jax.jit(loss_terms), jax.jit(make_step(loss_terms, tx)), tx)
+  return (cost.make_features_fn(graphdef), jax.jit(loss_terms), jax.jit(make_step(loss_terms, tx)),
+                                tx)
 
 
 # ------------------------------------------------------------------------ schedule
@@ -276,7 +144,7 @@ def style_size(config: ml_collections.ConfigDict, style_shape, out_hw) -> tuple[
   return images.size_for_longest(style_shape, max(1, int(round(config.style_scale * max(out_hw)))))
 
 
-def check_sizes(config, objective: Objective, content_path: str, content_shape,
+def check_sizes(config, objective: cost.Objective, content_path: str, content_shape,
                 style_paths: list[str], style_shapes: list) -> None:
   """Every image fed to the VGG must keep >= 1 position at the deepest requested layer."""
   c_need = vgg_lib.min_input_size(objective.layers)
@@ -338,15 +206,15 @@ class Inputs:
   sizes: list[tuple[int, int]]
 
 
-def load_inputs(config: ml_collections.ConfigDict, objective: Objective) -> Inputs:
+def load_inputs(config: ml_collections.ConfigDict, objective: cost.Objective) -> Inputs:
   """Reads the content and style images and checks that every scale can use them."""
   content_path = os.path.abspath(os.path.expanduser(config.content))
   content = images.load_image(content_path, "config.content")
-  style_paths = [os.path.abspath(os.path.expanduser(p)) for p in _split(config.style)]
+  style_paths = [os.path.abspath(os.path.expanduser(p)) for p in cost.comma_list(config.style)]
   styles = [images.load_image(p, "config.style") for p in style_paths]
   check_sizes(config, objective, content_path, content.shape, style_paths,
               [s.shape for s in styles])
-  blend = _floats(config.style_blend_weights, "config.style_blend_weights", len(styles))
+  blend = cost.weight_list(config.style_blend_weights, "config.style_blend_weights", len(styles))
   return Inputs(content_path, content, style_paths, styles, blend,
                 scale_sizes(config, content.shape))
 
@@ -361,7 +229,7 @@ class Network:
   tx: optax.GradientTransformation
 
 
-def load_network(config: ml_collections.ConfigDict, objective: Objective) -> Network:
+def load_network(config: ml_collections.ConfigDict, objective: cost.Objective) -> Network:
   """The VGG of ``config`` (weights checked) and its compiled functions (cached per process)."""
   model = vgg_lib.load_vgg(config.weights, config.depth, config.pooling,
                            cache_dir=config.weights_cache or None, remat=config.remat,
@@ -373,14 +241,14 @@ def load_network(config: ml_collections.ConfigDict, objective: Objective) -> Net
   return Network(vgg_state, features_fn, terms_fn, step_fn, tx)
 
 
-def scale_targets(config: ml_collections.ConfigDict, objective: Objective, inputs: Inputs,
+def scale_targets(config: ml_collections.ConfigDict, objective: cost.Objective, inputs: Inputs,
                   net: Network, k: int) -> tuple[jax.Array, dict]:
   """Scale k's preprocessed content image and its targets (content activations, style Grams)."""
   hw = inputs.sizes[k]
   cx = vgg_lib.preprocess_caffe(images.resize(inputs.content_rgb, hw))
   sxs = [vgg_lib.preprocess_caffe(images.resize(s, style_size(config, s.shape, hw)))
          for s in inputs.style_rgbs]
-  return cx, compute_targets(net.features_fn, net.vgg_state, objective, cx, sxs, inputs.blend)
+  return cx, cost.compute_targets(net.features_fn, net.vgg_state, objective, cx, sxs, inputs.blend)
 
 
 class StyleRun:
@@ -391,7 +259,7 @@ class StyleRun:
   with a checkpoint and a log line.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, objective: Objective, workdir: str,
+  def __init__(self, config: ml_collections.ConfigDict, objective: cost.Objective, workdir: str,
                inputs: Inputs, net: Network):
     self.config, self.objective, self.workdir = config, objective, workdir
     self.inputs, self.net = inputs, net
@@ -427,9 +295,9 @@ class StyleRun:
     """The latest checkpoint's state and step, or (None, 0); sets ``initial`` and ``scale``."""
     start = self.ckpt.latest_step() or 0
     if start > self.total_steps:
-      raise StyleConfigError(f"{self.ckpt.directory} holds step {start}, beyond this config's "
-                             f"{self.total_steps} steps (num_steps x num_scales): use a new "
-                             f"workdir")
+      raise cost.StyleConfigError(f"{self.ckpt.directory} holds step {start}, beyond this config's "
+                                  f"{self.total_steps} steps (num_steps x num_scales): use a new "
+                                  f"workdir")
     if not start:
       return None, 0
     self.scale = (start - 1) // self.config.num_steps
@@ -506,7 +374,7 @@ class StyleRun:
     """NaN guard on the last step's loss, then TensorBoard scalars and a progress line."""
     if not np.isfinite(float(losses_before[-1])):
       raise self.non_finite(f"step {step}")
-    values = {t: self.logged[t] for t in TERMS}
+    values = {t: self.logged[t] for t in cost.TERMS}
     extra = {"it_per_sec": progress.rate(step), "scale": self.scale}
     ls = {}
     if self.linesearch_steps is not None:
@@ -568,13 +436,13 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Raises:
     FileNotFoundError / images.ImageError: unreadable or too small inputs (naming the field).
-    StyleConfigError: an unusable config value. vgg.WeightsError: a bad weights file.
+    cost.StyleConfigError: an unusable config value. vgg_weights.WeightsError: a bad weights file.
     memory.TooLargeError: the largest scale would not fit in memory (checked first).
     NonFiniteLossError: the loss became NaN/Inf. Preempted: SIGTERM/SIGINT (checkpointed).
   """
   t_start = time.time()
-  check_config(config)
-  objective = objective_from_config(config)
+  cost.check_config(config)
+  objective = cost.objective_from_config(config)
   workdir = os.path.abspath(workdir)
   inputs = load_inputs(config, objective)
   # before the VGG is built and any image resized: the largest scale must fit in memory

@@ -41,8 +41,8 @@ from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.data import images as fimages, raw, real, synthetic
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.sampler import PKSampler
-from infra import checkpoints, files, imagefile, metric_writer, overrides, vgg
-from style_jax import images as simages, optimize
+from infra import checkpoints, files, imagefile, metric_writer, overrides, vgg, vgg_weights
+from style_jax import cost, images as simages, optimize
 
 RNG = np.random.default_rng(0)
 
@@ -461,10 +461,10 @@ def _style_inputs(tmp_path, **overrides):
 
 
 @pytest.mark.parametrize("overrides,error,match", [
-    ({"style_blend_weights": "1,-1"}, optimize.StyleConfigError, r"style_blend_weights=.*values, expected 1|finite and >= 0"),
-    ({"image_size": -5}, optimize.StyleConfigError, r"config.image_size=-5: must be >= 0"),
+    ({"style_blend_weights": "1,-1"}, cost.StyleConfigError, r"style_blend_weights=.*values, expected 1|finite and >= 0"),
+    ({"image_size": -5}, cost.StyleConfigError, r"config.image_size=-5: must be >= 0"),
     ({"style": "{missing}"}, FileNotFoundError, r"config.style: image file .*nope.png' does not exist"),
-    ({"weights": "{truncated}"}, vgg.WeightsError, r"w\.h5 is not a readable HDF5 weights file"),
+    ({"weights": "{truncated}"}, vgg_weights.WeightsError, r"w\.h5 is not a readable HDF5 weights file"),
 ])
 def test_bad_style_inputs_leave_no_workdir(tmp_path, overrides, error, match):
   if overrides.get("style") == "{missing}":
@@ -472,7 +472,7 @@ def test_bad_style_inputs_leave_no_workdir(tmp_path, overrides, error, match):
   if overrides.get("weights") == "{truncated}":
     params = {f"block1_conv{i}": (np.zeros((3, 3, 3 if i == 1 else 64, 64), np.float32),
                                   np.zeros(64, np.float32)) for i in (1, 2)}
-    vgg.save_keras_weights(params, str(tmp_path / "w.h5"))
+    vgg_weights.save_keras_weights(params, str(tmp_path / "w.h5"))
     data = (tmp_path / "w.h5").read_bytes()
     (tmp_path / "w.h5").write_bytes(data[: len(data) // 2])
     overrides = {"weights": str(tmp_path / "w.h5")}
@@ -498,29 +498,29 @@ def _vgg16_params(fill=0.0):
 
 def test_truncated_hdf5_weights_and_nan_kernels_are_named(tmp_path):
   path = str(tmp_path / "vgg16.h5")
-  vgg.save_keras_weights(_vgg16_params(), path)
+  vgg_weights.save_keras_weights(_vgg16_params(), path)
   data = open(path, "rb").read()
   for frac, name in ((0.5, "half.h5"), (0.999, "tail.h5")):
     bad = str(tmp_path / name)
     with open(bad, "wb") as f:
       f.write(data[: int(len(data) * frac)])
-    with pytest.raises(vgg.WeightsError, match=rf"{name}.*(not a readable HDF5|truncated or corrupt)"):
+    with pytest.raises(vgg_weights.WeightsError, match=rf"{name}.*(not a readable HDF5|truncated or corrupt)"):
       vgg.load_vgg(bad, depth=16)
   params = _vgg16_params()
   params["block2_conv1"][0][0, 0, 0, 0] = np.nan
-  vgg.save_keras_weights(params, path)
-  with pytest.raises(vgg.WeightsError, match=r"layer block2_conv1 kernel contains NaN or Inf"):
+  vgg_weights.save_keras_weights(params, path)
+  with pytest.raises(vgg_weights.WeightsError, match=r"layer block2_conv1 kernel contains NaN or Inf"):
     vgg.load_vgg(path, depth=16)
   with h5py.File(path, "a") as f:   # a layer whose weight_names point at nothing
     f["block1_conv1"].attrs["weight_names"] = np.array([b"gone:0", b"gone_b:0"])
-  with pytest.raises(vgg.WeightsError, match=r"layer block1_conv1: its weights cannot be read"):
+  with pytest.raises(vgg_weights.WeightsError, match=r"layer block1_conv1: its weights cannot be read"):
     vgg.load_vgg(path, depth=16)
 
 
 def _block1_file(path):
   """A VGG16 weights file holding only block1_conv1: its first layer is where each hostile
   construct below sits, so the loader meets it before it misses block1_conv2."""
-  vgg.save_keras_weights({"block1_conv1": (np.zeros((3, 3, 3, 64), np.float32),
+  vgg_weights.save_keras_weights({"block1_conv1": (np.zeros((3, 3, 3, 64), np.float32),
                                            np.zeros(64, np.float32))}, str(path))
   return str(path)
 
@@ -581,7 +581,7 @@ def test_hdf5_weights_reaching_outside_the_file_are_refused(tmp_path, how):
     if how == "soft link":   # a link inside the file can still be re-pointed: refused too
       f.create_dataset(_BIAS + "_elsewhere", data=np.ones(64, np.float32))
     edit(f, tmp_path)
-  with pytest.raises(vgg.WeightsError, match=rf"w\.h5: layer block1_conv1: {match}"):
+  with pytest.raises(vgg_weights.WeightsError, match=rf"w\.h5: layer block1_conv1: {match}"):
     vgg.load_vgg(path, depth=16)
 
 
@@ -595,7 +595,7 @@ def test_hdf5_declaring_a_huge_dataset_is_refused_before_reading(tmp_path, monke
   real = h5py.Dataset.__getitem__
   monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda d, k: reads.append(d.shape) or real(d, k))
   monkeypatch.setattr(h5py.Dataset, "read_direct", lambda *a, **k: reads.append("read_direct"))
-  with pytest.raises(vgg.WeightsError, match=r"huge\.h5: layer block1_conv1 bias has shape "
+  with pytest.raises(vgg_weights.WeightsError, match=r"huge\.h5: layer block1_conv1 bias has shape "
                                              r"\(1750000000,\), expected \(64,\)"):
     vgg.load_vgg(path, depth=16)
   assert reads == []   # shapes and dtypes come from the metadata: not a value was read

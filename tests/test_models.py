@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from facenet_jax import models
+from facenet_jax import layers, models
 from infra import convolution
 
 
@@ -166,7 +166,7 @@ def test_max_pool_matches_linen(shape, window, stride):
     x = _randn(*shape)
     rank = len(shape) - 2
     ref = linen.max_pool(x, (window,) * rank, (stride,) * rank, padding="VALID")
-    np.testing.assert_array_equal(models._max_pool(x, window, stride), ref)
+    np.testing.assert_array_equal(layers.max_pool(x, window, stride), ref)
 
 
 def _facenet_pytorch_param_count(embedding_dim: int = 512) -> int:

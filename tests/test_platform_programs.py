@@ -18,7 +18,7 @@ from configs.style import get_config as style_config
 from facenet_jax import steps
 from infra import convolution, vgg as vgg_lib
 from infra.overrides import with_overrides
-from style_jax import optimize
+from style_jax import cost, optimize
 
 ACCELERATORS = ("cuda", "tpu")
 
@@ -75,13 +75,13 @@ def test_embed_fn_for_accelerators_is_plain(monkeypatch):
 
 def test_style_lbfgs_step_for_accelerators_is_plain(monkeypatch):
   config = with_overrides(style_config("tiny"), {"optimizer": "lbfgs"})
-  objective = optimize.objective_from_config(config)
+  objective = cost.objective_from_config(config)
   graphdef, vgg_state = nnx.split(vgg_lib.VGG(19, "avg", rngs=nnx.Rngs(0)))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(32, 32, 3)) * 50, jnp.float32)
-  targets = optimize.compute_targets(optimize.make_features_fn(graphdef), vgg_state, objective,
-                                     x, [x[::-1]], [1.0])
+  targets = cost.compute_targets(cost.make_features_fn(graphdef), vgg_state, objective,
+                                 x, [x[::-1]], [1.0])
   tx = optimize.make_optimizer(config)
-  step = optimize.make_lbfgs_step(optimize.make_loss_terms(graphdef, objective), tx)
+  step = optimize.make_lbfgs_step(cost.make_loss_terms(graphdef, objective), tx)
   _check(monkeypatch, step, (vgg_state, targets, optimize.init_state(tx, x, 0)))
 
 

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from facenet_jax import recognition as R
+from facenet_jax import open_set, recognition as R
 
 # A hand-worked open-set example in 2-D, squared L2 distances, threshold t = 1.5.
 #
@@ -54,7 +54,7 @@ def test_hand_worked_identify():
 
 def test_hand_worked_open_set_report():
   g = _gallery()
-  r = R.open_set_report(g.emb_NxD, g.ids, KNOWN, KNOWN_IDS, UNKNOWN, T, ranks=(1, 2, 3))
+  r = open_set.open_set_report(g.emb_NxD, g.ids, KNOWN, KNOWN_IDS, UNKNOWN, T, ranks=(1, 2, 3))
   expect = dict(rank1_accuracy=0.75, rank2_accuracy=0.75, rank3_accuracy=1.0, dir=0.5, fnir=0.5,
                 known_rejection_rate=0.25, misidentification_rate=0.25, far=0.5,
                 unknown_rejection_rate=0.5, threshold=1.5, num_identities=3.0,
@@ -64,7 +64,7 @@ def test_hand_worked_open_set_report():
     assert r[k] == pytest.approx(v), k
   assert all(isinstance(v, float) for v in r.values())
   # closed-set identification accepts everything: DIR becomes rank-1, every unknown is a false accept
-  r_inf = R.open_set_report(g.emb_NxD, g.ids, KNOWN, KNOWN_IDS, UNKNOWN, np.inf)
+  r_inf = open_set.open_set_report(g.emb_NxD, g.ids, KNOWN, KNOWN_IDS, UNKNOWN, np.inf)
   assert r_inf["dir"] == pytest.approx(r_inf["rank1_accuracy"]) and r_inf["far"] == 1.0
   assert "rank5_accuracy" not in r_inf  # only 3 people enrolled
 
@@ -89,10 +89,10 @@ def test_rank_and_rates_against_loops():
   t = 0.2
   ref_rank = [sum(dist[q, k] <= dist[q, list(identities).index(truth[q])] for k in range(6))
               for q in range(30)]
-  np.testing.assert_array_equal(R.true_rank(dist, identities, truth), ref_rank)
+  np.testing.assert_array_equal(open_set.true_rank(dist, identities, truth), ref_rank)
   for k in (1, 3):
-    assert R.rank_k_accuracy(dist, identities, truth, k) == pytest.approx(np.mean(np.array(ref_rank) <= k))
-  rates = R.open_set_rates(dist, identities, truth, unknown, t)
+    assert open_set.rank_k_accuracy(dist, identities, truth, k) == pytest.approx(np.mean(np.array(ref_rank) <= k))
+  rates = open_set.open_set_rates(dist, identities, truth, unknown, t)
   hit = [identities[np.argmin(dist[q])] == truth[q] and dist[q].min() <= t for q in range(30)]
   assert rates["dir"] == pytest.approx(np.mean(hit))
   assert rates["far"] == pytest.approx(np.mean([u.min() <= t for u in unknown]))
@@ -101,7 +101,7 @@ def test_rank_and_rates_against_loops():
 
 def test_ties_count_against_rank_one():
   dist = np.array([[1.0, 1.0, 2.0]])
-  assert R.true_rank(dist, np.array(["a", "b", "c"]), np.array(["a"])).tolist() == [2]
+  assert open_set.true_rank(dist, np.array(["a", "b", "c"]), np.array(["a"])).tolist() == [2]
 
 
 def test_calibrate_threshold_hand_cases():
@@ -111,8 +111,8 @@ def test_calibrate_threshold_hand_cases():
            0.6: (2.5, 2),   # m = 3 would split the tie at 3: both 3s are rejected
            0.8: (3.5, 4), 1.0: (4.0, 5)}
   for far, (t, accepted) in cases.items():
-    assert R.calibrate_threshold(d, far) == pytest.approx(t), far
-    assert np.sum(d <= R.calibrate_threshold(d, far)) == accepted
+    assert open_set.calibrate_threshold(d, far) == pytest.approx(t), far
+    assert np.sum(d <= open_set.calibrate_threshold(d, far)) == accepted
 
 
 def test_calibrate_threshold_is_the_largest_allowed_cut():
@@ -120,14 +120,14 @@ def test_calibrate_threshold_is_the_largest_allowed_cut():
   for _ in range(50):
     d = np.round(rng.random(rng.integers(1, 40)), 1)  # many ties
     far = rng.random()
-    t = R.calibrate_threshold(d, far)
+    t = open_set.calibrate_threshold(d, far)
     m = int(np.floor(far * d.size + 1e-9))
     best = max([0] + [int(np.sum(d <= v)) for v in np.unique(d) if np.sum(d <= v) <= m])
     assert np.sum(d <= t) == best
   with pytest.raises(ValueError, match="far"):
-    R.calibrate_threshold(d, 1.5)
+    open_set.calibrate_threshold(d, 1.5)
   with pytest.raises(ValueError, match="at least one"):
-    R.calibrate_threshold(np.array([]), 0.1)
+    open_set.calibrate_threshold(np.array([]), 0.1)
 
 
 def test_person_not_in_gallery_is_not_recognized_and_verify():
@@ -209,14 +209,14 @@ def test_bad_gallery_files(tmp_path):
 def test_open_set_report_checks_known_ids():
   g = _gallery()
   with pytest.raises(ValueError, match="not enrolled.*dave"):
-    R.open_set_report(g.emb_NxD, g.ids, KNOWN[:1], np.array(["dave"]), UNKNOWN, T)
-  r = R.open_set_report(g.emb_NxD, g.ids, KNOWN, KNOWN_IDS, None, T)
+    open_set.open_set_report(g.emb_NxD, g.ids, KNOWN[:1], np.array(["dave"]), UNKNOWN, T)
+  r = open_set.open_set_report(g.emb_NxD, g.ids, KNOWN, KNOWN_IDS, None, T)
   assert np.isnan(r["far"]) and r["dir"] == pytest.approx(0.5)
 
 
 def test_open_set_split():
   labels = np.repeat(np.arange(12), [1, 2, 3, 4] * 3)
-  s = R.open_set_split(labels, num_enrolled=4, shots=2, seed=0)
+  s = open_set.open_set_split(labels, num_enrolled=4, shots=2, seed=0)
   enrolled = set(labels[s.gallery])
   assert len(enrolled) == 4 and all(np.sum(labels[s.gallery] == k) == 2 for k in enrolled)
   assert set(labels[s.known]) == enrolled
@@ -224,10 +224,10 @@ def test_open_set_split():
   assert not set(labels[s.unknown]) & set(labels[s.calibration])
   everything = np.concatenate(list(s))
   assert np.array_equal(np.sort(everything), np.arange(labels.size))
-  again = R.open_set_split(labels, num_enrolled=4, shots=2, seed=0)
+  again = open_set.open_set_split(labels, num_enrolled=4, shots=2, seed=0)
   assert all(np.array_equal(a, b) for a, b in zip(s, again))
   with pytest.raises(ValueError, match="cannot enrol 7 .* 6 of 12 people have >= 3"):
-    R.open_set_split(labels, num_enrolled=7, shots=2)
+    open_set.open_set_split(labels, num_enrolled=7, shots=2)
 
 
 # ------------------------------------------------------------ galleries bound to their model

@@ -111,9 +111,10 @@ def _style_key(c, optimize):
   from flax import nnx
 
   from infra import vgg
+  from style_jax import cost
   model = vgg.load_vgg(c.weights, c.depth, c.pooling, remat=c.remat, seed=c.seed)
   graphdef, _ = nnx.split(model)
-  return (graphdef, optimize.objective_from_config(c),
+  return (graphdef, cost.objective_from_config(c),
           (c.optimizer, float(c.learning_rate), int(c.lbfgs_memory), int(c.lbfgs_linesearch_steps)))
 
 

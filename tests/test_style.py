@@ -16,7 +16,7 @@ from PIL import Image
 from configs.style import get_config
 from conftest import SHARED, load_script
 from infra import checkpoints
-from style_jax import images, losses, optimize
+from style_jax import cost, images, losses, optimize
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 RNG = np.random.default_rng(0)
@@ -157,13 +157,13 @@ def test_presets():
   c = get_config("course")
   assert (c.content_loss, c.content_weight, c.style_weight, c.optimizer, c.learning_rate,
           c.init) == ("normalized", 10.0, 40.0, "adam", 2.0, "content_noise")
-  o = optimize.objective_from_config(c)
+  o = cost.objective_from_config(c)
   assert dict(o.style_layers) == {f"conv{b}_1": 0.2 for b in range(1, 6)}
   assert os.path.isabs(g.weights) and g.weights.endswith("vgg19_notop_imagenet_8bit_f16.h5")
   with pytest.raises(ValueError, match="unknown style config preset"):
     get_config("nope")
   for variant in ("gatys2015", "course", "tiny"):
-    optimize.check_config(get_config(variant))
+    cost.check_config(get_config(variant))
 
 
 def _tiny(tmp_path, **overrides):
@@ -188,7 +188,7 @@ def _tiny(tmp_path, **overrides):
 def test_config_errors_name_the_field(tmp_path, field, value, match):
   c = _tiny(tmp_path)
   c[field] = value
-  with pytest.raises(optimize.StyleConfigError, match=match):
+  with pytest.raises(cost.StyleConfigError, match=match):
     optimize.stylize(c, str(tmp_path / "run"))
 
 
@@ -365,16 +365,16 @@ def test_style_blend_targets_are_weighted_gram_means():
   from flax import nnx
   from infra import vgg
   graphdef, state = nnx.split(vgg.VGG(19, "avg", rngs=nnx.Rngs(0)))
-  obj = optimize.Objective(content_layers=("conv1_2",), style_layers=(("conv1_1", 0.5), ("conv2_1", 0.5)),
-                           content_loss="sum", alpha=1.0, beta=1.0, tv_weight=0.0)
-  features_fn = optimize.make_features_fn(graphdef)
+  obj = cost.Objective(content_layers=("conv1_2",), style_layers=(("conv1_1", 0.5), ("conv2_1", 0.5)),
+                       content_loss="sum", alpha=1.0, beta=1.0, tv_weight=0.0)
+  features_fn = cost.make_features_fn(graphdef)
   cx = vgg.preprocess_caffe(_content(12, 12))
   s1 = vgg.preprocess_caffe(_style(16, 16))
   s2 = vgg.preprocess_caffe(_style(8, 12)[::-1])
-  one = optimize.compute_targets(features_fn, state, obj, cx, [s1], [1.0])
-  first = optimize.compute_targets(features_fn, state, obj, cx, [s1, s2], [2.0, 0.0])
-  second = optimize.compute_targets(features_fn, state, obj, cx, [s2], [1.0])
-  mix = optimize.compute_targets(features_fn, state, obj, cx, [s1, s2], [3.0, 1.0])
+  one = cost.compute_targets(features_fn, state, obj, cx, [s1], [1.0])
+  first = cost.compute_targets(features_fn, state, obj, cx, [s1, s2], [2.0, 0.0])
+  second = cost.compute_targets(features_fn, state, obj, cx, [s2], [1.0])
+  mix = cost.compute_targets(features_fn, state, obj, cx, [s1, s2], [3.0, 1.0])
   for n in ("conv1_1", "conv2_1"):
     np.testing.assert_allclose(first["style"][n], one["style"][n], rtol=1e-6)
     np.testing.assert_allclose(mix["style"][n], 0.75 * one["style"][n] + 0.25 * second["style"][n],
@@ -396,12 +396,12 @@ def test_loss_terms_equal_numpy_costs_of_the_vgg_features(content_loss, alpha):
   beta, tv_weight = 8.0, 0.03
   content_layers, lam = ("conv1_2", "conv2_2"), {"conv1_1": 0.7, "conv2_1": 0.3}
   graphdef, state = nnx.split(vgg.VGG(19, "avg", rngs=nnx.Rngs(0)))
-  obj = optimize.Objective(content_layers=content_layers, style_layers=tuple(lam.items()),
-                           content_loss=content_loss, alpha=alpha, beta=beta, tv_weight=tv_weight)
+  obj = cost.Objective(content_layers=content_layers, style_layers=tuple(lam.items()),
+                       content_loss=content_loss, alpha=alpha, beta=beta, tv_weight=tv_weight)
   rng = np.random.default_rng(3)
   cx, sx, gx = (np.asarray(vgg.preprocess_caffe(rng.uniform(0, 255, (16, 16, 3))))
                 for _ in range(3))
-  features_fn = optimize.make_features_fn(graphdef)
+  features_fn = cost.make_features_fn(graphdef)
   layers = content_layers + tuple(lam)
   f = {name: {n: np.asarray(a, np.float64) for n, a in features_fn(state, x, layers).items()}
        for name, x in (("C", cx), ("S", sx), ("G", gx))}
@@ -428,12 +428,12 @@ def test_loss_terms_equal_numpy_costs_of_the_vgg_features(content_loss, alpha):
   targets = {"content": {n: f["C"][n].astype(np.float32) for n in content_layers},
              "style": {n: (_np_gram(f["S"][n]) / (f["S"][n].size // f["S"][n].shape[-1]))
                        .astype(np.float32) for n in lam}}   # G(S) / M_S
-  built = optimize.compute_targets(features_fn, state, obj, cx, [sx], [1.0])
+  built = cost.compute_targets(features_fn, state, obj, cx, [sx], [1.0])
   for n in lam:
     np.testing.assert_allclose(built["style"][n], targets["style"][n], rtol=1e-5, atol=1e-3)
-  terms = jax.jit(optimize.make_loss_terms(graphdef, obj))(state, targets, gx)
-  assert set(terms) == set(optimize.TERMS)
-  for k in optimize.TERMS:
+  terms = jax.jit(cost.make_loss_terms(graphdef, obj))(state, targets, gx)
+  assert set(terms) == set(cost.TERMS)
+  for k in cost.TERMS:
     np.testing.assert_allclose(float(terms[k]), want[k], rtol=2e-5, err_msg=k)
 
 

@@ -3,7 +3,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from facenet_jax import recognition, verification as V
+from facenet_jax import open_set, verification as V
 
 
 def _brute_best_threshold(d, s):
@@ -184,8 +184,8 @@ def test_summarize_saves_impostor_thresholds_for_recognition():
   m = V.summarize(d, s, 10)
   imp = np.sort(d[~s])
   assert m["impostor_pairs"] == 2000
-  for far in recognition.THRESHOLD_FARS:
-    t = m[recognition.far_key(far)]
+  for far in open_set.THRESHOLD_FARS:
+    t = m[open_set.far_key(far)]
     k = int(np.floor(far * imp.size + 1e-9))
     assert np.sum(imp <= t) == k and t < imp[k]
     assert (k == 0 and t == np.nextafter(imp[0], -np.inf)) or t == pytest.approx(0.5 * (imp[k - 1] + imp[k]))

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from conftest import SHARED
-from infra import vgg
+from infra import vgg, vgg_weights
 
 SHARED_WEIGHTS = os.path.join(SHARED, "weights", "vgg19_notop_imagenet_8bit_f16.h5")
 
@@ -32,7 +32,7 @@ def _random_params(depth, seed=0, scale=1.0):
 @pytest.fixture(scope="module")
 def vgg19_file(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("w") / "vgg19_random_notop.h5")
-  vgg.save_keras_weights(_random_params(19), path)
+  vgg_weights.save_keras_weights(_random_params(19), path)
   return path
 
 
@@ -165,31 +165,31 @@ def _write_without(path, params, drop=None, reshape=None):
   if reshape:
     k, b = p[reshape]
     p[reshape] = (k[:, :, :, : k.shape[3] // 2], b)
-  vgg.save_keras_weights(p, path)
+  vgg_weights.save_keras_weights(p, path)
   return path
 
 
 def test_loader_errors_name_the_layer(tmp_path):
   params = _random_params(16, scale=0.0)
   missing = _write_without(str(tmp_path / "missing.h5"), params, drop="block3_conv2")
-  with pytest.raises(vgg.WeightsError, match="block3_conv2.*missing"):
+  with pytest.raises(vgg_weights.WeightsError, match="block3_conv2.*missing"):
     vgg.load_vgg(missing, depth=16)
   bad = _write_without(str(tmp_path / "bad.h5"), params, reshape="block4_conv1")
-  with pytest.raises(vgg.WeightsError, match=r"block4_conv1 kernel has shape \(3, 3, 256, 256\)"):
+  with pytest.raises(vgg_weights.WeightsError, match=r"block4_conv1 kernel has shape \(3, 3, 256, 256\)"):
     vgg.load_vgg(bad, depth=16)
   ok = _write_without(str(tmp_path / "vgg16.h5"), params)
   vgg.load_vgg(ok, depth=16)
-  with pytest.raises(vgg.WeightsError, match="block3_conv4.*missing"):   # VGG16 file, VGG19 model
+  with pytest.raises(vgg_weights.WeightsError, match="block3_conv4.*missing"):   # VGG16 file, VGG19 model
     vgg.load_vgg(ok, depth=19)
   with pytest.raises(FileNotFoundError, match="nope.h5"):
     vgg.load_vgg(str(tmp_path / "nope.h5"))
   (tmp_path / "text.h5").write_text("not hdf5")
-  with pytest.raises(vgg.WeightsError, match="text.h5"):
+  with pytest.raises(vgg_weights.WeightsError, match="text.h5"):
     vgg.load_vgg(str(tmp_path / "text.h5"))
 
 
 def test_vgg19_file_into_vgg16_is_an_error(vgg19_file):
-  with pytest.raises(vgg.WeightsError, match="block3_conv4"):
+  with pytest.raises(vgg_weights.WeightsError, match="block3_conv4"):
     vgg.load_vgg(vgg19_file, depth=16)
 
 
@@ -197,24 +197,24 @@ def test_fetch_uses_md5_checked_cache_and_rejects_bad_download(tmp_path, monkeyp
   payload = b"pretend weights"
   good_md5 = hashlib.md5(payload).hexdigest()
   url = "https://example.invalid/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
-  monkeypatch.setitem(vgg.WEIGHTS_URLS, 19, (url, good_md5))
+  monkeypatch.setitem(vgg_weights.WEIGHTS_URLS, 19, (url, good_md5))
   monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no_keras"))
   calls = []
 
   def fake_urlopen(u, timeout=None):
     calls.append(u)
     return io.BytesIO(fake_urlopen.body)
-  monkeypatch.setattr(vgg.urllib.request, "urlopen", fake_urlopen)
+  monkeypatch.setattr(vgg_weights.urllib.request, "urlopen", fake_urlopen)
 
   fake_urlopen.body = b"corrupted"
   with pytest.raises(RuntimeError, match="md5"):
-    vgg.fetch_keras_weights(19, str(tmp_path / "cache"))
+    vgg_weights.fetch_keras_weights(19, str(tmp_path / "cache"))
   assert os.listdir(tmp_path / "cache") == []   # no partial file left
 
   fake_urlopen.body = payload
-  path = vgg.fetch_keras_weights(19, str(tmp_path / "cache"))
+  path = vgg_weights.fetch_keras_weights(19, str(tmp_path / "cache"))
   assert open(path, "rb").read() == payload and len(calls) == 2
-  assert vgg.fetch_keras_weights(19, str(tmp_path / "cache")) == path
+  assert vgg_weights.fetch_keras_weights(19, str(tmp_path / "cache")) == path
   assert len(calls) == 2   # second call: served from the cache, no download
 
 

@@ -1,0 +1,163 @@
+"""The cost of neural style transfer (Gatys et al. 2016) as pure functions, and its config.
+
+  J(G) = alpha * sum_l J_content^l(C, G) + beta * sum_l lambda_l J_style^l(S, G) + tv * TV(G)
+
+``Objective`` says what J is made of (layers, lambda_l, alpha, beta, the TV weight; hashable,
+so it parametrizes jitted functions); ``check_config`` refuses a config that cannot work,
+naming the field; ``compute_targets`` takes the content activations and the blended style
+Gram matrices once; ``make_loss_terms`` gives every term of J for an image. The per-layer
+costs are :mod:`style_jax.losses`; the optimization loop is :mod:`style_jax.optimize`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from infra import vgg as vgg_lib
+from infra.errors import UserError
+from style_jax import losses
+
+TERMS = ("content", "style", "tv", "total")
+
+
+class StyleConfigError(UserError, ValueError):
+  """A config value that cannot work; names the field."""
+
+
+# ------------------------------------------------------------------------- config
+
+
+def comma_list(s: str) -> list[str]:
+  """The non-empty, stripped items of a comma-separated config string."""
+  return [p.strip() for p in str(s).split(",") if p.strip()]
+
+
+def weight_list(s: str, field: str, n: int) -> list[float]:
+  """Comma-separated floats of ``field``; "" means n equal weights 1/n."""
+  parts = comma_list(s)
+  if not parts:
+    return [1.0 / n] * n
+  try:
+    vals = [float(p) for p in parts]
+  except ValueError as e:
+    raise StyleConfigError(f"{field}={s!r}: not a comma-separated list of numbers") from e
+  if len(vals) != n:
+    raise StyleConfigError(f"{field}={s!r} has {len(vals)} values, expected {n}")
+  if any(v < 0 or not math.isfinite(v) for v in vals):
+    raise StyleConfigError(f"{field}={s!r}: weights must be finite and >= 0")
+  return vals
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What the loss is made of (hashable: it parametrizes the jitted functions)."""
+  content_layers: tuple[str, ...]
+  style_layers: tuple[tuple[str, float], ...]   # (layer, lambda_l)
+  content_loss: str
+  alpha: float
+  beta: float
+  tv_weight: float
+
+  @property
+  def layers(self) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(self.content_layers + tuple(n for n, _ in self.style_layers)))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises StyleConfigError naming the first field that cannot work."""
+  def need(ok, field, msg):
+    if not ok:
+      raise StyleConfigError(f"config.{field}={config[field]!r}: {msg}")
+  need(config.depth in (16, 19), "depth", "must be 16 or 19")
+  need(config.pooling in ("max", "avg"), "pooling", "must be 'max' or 'avg'")
+  need(config.optimizer in ("lbfgs", "adam"), "optimizer", "must be 'lbfgs' or 'adam'")
+  need(config.init in ("noise", "content", "content_noise"), "init",
+       "must be noise, content or content_noise")
+  need(config.content_loss in ("sum", "normalized"), "content_loss", "must be sum or normalized")
+  need(config.num_steps >= 1, "num_steps", "must be >= 1")
+  need(config.num_scales >= 1, "num_scales", "must be >= 1")
+  need(config.num_scales == 1 or config.scale_factor > 1, "scale_factor",
+       "must be > 1 with num_scales > 1")
+  need(config.style_scale > 0, "style_scale", "must be > 0")
+  need(config.image_size >= 0, "image_size", "must be >= 0 (0: the content image's size)")
+  need(config.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+  need(config.log_every >= 1, "log_every", "must be >= 1")
+  need(config.save_every >= 0, "save_every", "must be >= 0 (0: no intermediate images)")
+  need(0.0 <= config.init_noise_ratio <= 1.0, "init_noise_ratio", "must be in [0, 1]")
+  need(config.learning_rate > 0, "learning_rate", "must be > 0")
+  need(bool(comma_list(config.style)), "style", "no style image given")
+  need(bool(comma_list(config.content_layers)), "content_layers", "no content layer given")
+  need(bool(comma_list(config.style_layers)), "style_layers", "no style layer given")
+  valid = vgg_lib.layer_names(config.depth)
+  for field in ("content_layers", "style_layers"):
+    bad = [n for n in comma_list(config[field]) if n not in valid]
+    need(not bad, field, f"unknown layer(s) {bad} for VGG{config.depth}; valid: {valid}")
+  weight_list(config.style_layer_weights, "config.style_layer_weights",
+          len(comma_list(config.style_layers)))
+  blend = weight_list(config.style_blend_weights, "config.style_blend_weights",
+                  len(comma_list(config.style)))
+  need(sum(blend) > 0, "style_blend_weights", "at least one weight must be > 0")
+  need(config.output.endswith(".png"), "output", "must be a .png file name")
+
+
+def objective_from_config(config: ml_collections.ConfigDict) -> Objective:
+  style = comma_list(config.style_layers)
+  lam = weight_list(config.style_layer_weights, "config.style_layer_weights", len(style))
+  return Objective(content_layers=tuple(comma_list(config.content_layers)),
+                   style_layers=tuple(zip(style, lam)), content_loss=config.content_loss,
+                   alpha=float(config.content_weight), beta=float(config.style_weight),
+                   tv_weight=float(config.tv_weight))
+
+
+# ------------------------------------------------------------------ pure functions
+
+
+def make_features_fn(graphdef: nnx.GraphDef) -> Callable:
+  """Jitted ``(vgg_state, x (H, W, 3), layers) -> {layer: activation}`` (layers static)."""
+  def features(vgg_state, x, layers):
+    return nnx.merge(graphdef, vgg_state).features(x, layers)
+  return jax.jit(features, static_argnums=2)
+
+
+def compute_targets(features_fn: Callable, vgg_state, objective: Objective, content_x: jax.Array,
+                    style_xs: list[jax.Array], blend: list[float]) -> dict:
+  """``{"content": {layer: a(C)}, "style": {layer: sum_i w_i G(S_i)/M_i}}`` (w normalized)."""
+  content = features_fn(vgg_state, content_x, objective.content_layers)
+  style_names = tuple(n for n, _ in objective.style_layers)
+  w = np.asarray(blend, np.float64) / np.sum(blend)
+  grams: dict[str, jax.Array] = {}
+  for wi, sx in zip(w, style_xs):
+    if wi == 0:
+      continue
+    feats = features_fn(vgg_state, sx, style_names)
+    for n in style_names:
+      g = float(wi) * losses.normalized_gram(feats[n])
+      grams[n] = g if n not in grams else grams[n] + g
+  return {"content": dict(content), "style": grams}
+
+
+def make_loss_terms(graphdef: nnx.GraphDef, objective: Objective) -> Callable:
+  """``(vgg_state, targets, x) -> {content, style, tv, total}``.
+
+  total = alpha * sum_l J_content^l + beta * sum_l lambda_l J_style^l + tv_weight * TV(x).
+  """
+  content_fn = (losses.content_cost if objective.content_loss == "sum"
+                else losses.content_cost_normalized)
+  style_w = dict(objective.style_layers)
+
+  def loss_terms(vgg_state, targets, x):
+    feats = nnx.merge(graphdef, vgg_state).features(x, objective.layers)
+    content = sum(content_fn(targets["content"][n], feats[n]) for n in objective.content_layers)
+    style = losses.style_cost(targets["style"], feats, style_w)
+    tv = losses.total_variation(x) if objective.tv_weight else jnp.zeros((), jnp.float32)
+    total = objective.alpha * content + objective.beta * style + objective.tv_weight * tv
+    return {"content": content, "style": style, "tv": tv, "total": total}
+  return loss_terms

@@ -10,7 +10,8 @@
 Each run lives in ``<workdir>/<field>=<value>`` and resumes (or is skipped when it has
 ``results.json``), so a killed cross-validation continues where it stopped. Writes
 ``<workdir>/summary.json`` (per-run and mean/std of every final metric) and, for LFW runs,
-``<workdir>/roc_lfw.png`` (each scorer's ROC over the test folds' pairs, pooled).
+``<workdir>/roc_lfw.png`` (each scorer's ROC over the test folds' pairs, pooled; only when
+``--field=data.test_fold``: runs over seeds or settings on one fold keep their own ROCs).
 """
 
 import json
@@ -39,8 +40,14 @@ def summarize(per_run: dict[str, dict[str, float]]) -> dict[str, dict[str, float
   return out
 
 
-def pooled_lfw_roc(run_dirs: list[str], path: str) -> str | None:
+def pooled_lfw_roc(run_dirs: list[str], path: str, field: str) -> str | None:
+  """Each scorer's ROC over the runs' LFW test pairs, pooled, written to ``path``; None when
+  the runs hold no LFW scores or vary another ``field`` than ``data.test_fold`` (runs over
+  seeds or settings share their test fold, and a pool would count its pairs more than once;
+  each run has its own ``roc_lfw_fold<k>.png``)."""
   from facenet_jax import evaluators, lfw_runs, verification
+  if field != "data.test_fold":
+    return None
   pooled, folds = lfw_runs.pooled_scores(run_dirs)
   if not pooled:
     return None
@@ -73,7 +80,7 @@ def main(argv):
       results = train.train_and_evaluate(config, wd)
     per_run[value] = evaluators.flatten(results["evals"])
   summary = summarize(per_run)
-  roc = pooled_lfw_roc(dirs, os.path.join(_WORKDIR.value, "roc_lfw.png"))
+  roc = pooled_lfw_roc(dirs, os.path.join(_WORKDIR.value, "roc_lfw.png"), _FIELD.value)
   write_json_atomic(os.path.join(_WORKDIR.value, "summary.json"),
                     {"field": _FIELD.value, "values": _VALUES.value, "runs": per_run,
                      "summary": summary, "roc": roc})

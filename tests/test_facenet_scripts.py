@@ -498,6 +498,25 @@ def test_pooled_lfw_scores_take_each_runs_own_test_fold(tmp_path):
     lfw_runs.pooled_scores(dirs + [str(tmp_path / "cv" / "again")])
 
 
+def test_cross_validate_pools_the_roc_only_over_distinct_test_folds(tmp_path):
+  # a seed sweep on one LFW fold: five runs of fold 0, which must not be pooled (nor crash
+  # after the last run, losing the summary)
+  cv = load_script("cross_validate")
+  root = tmp_path / "seeds"
+  _fake_lfw_cv(str(root / "a"), [0], seed=3)
+  _fake_lfw_cv(str(root / "b"), [0], seed=4)
+  dirs = [str(root / "a" / "data.test_fold=0"), str(root / "b" / "data.test_fold=0")]
+  assert cv.pooled_lfw_roc(dirs, str(tmp_path / "roc.png"), "seed") is None
+  assert not (tmp_path / "roc.png").exists()
+  with pytest.raises(ValueError, match="test fold 0 was read before"):
+    cv.pooled_lfw_roc(dirs, str(tmp_path / "roc.png"), "data.test_fold")
+  folds = str(tmp_path / "folds")
+  _fake_lfw_cv(folds, [0, 1], seed=5)
+  out = cv.pooled_lfw_roc(sorted(str(p) for p in (tmp_path / "folds").iterdir()),
+                          str(tmp_path / "roc.png"), "data.test_fold")
+  assert out and os.path.getsize(out) > 0
+
+
 def test_plot_lfw_roc_compares_runs_on_the_same_folds(tmp_path, capsys):
   from facenet_jax import verification
   plot = load_script("plot_lfw_roc")

@@ -227,7 +227,7 @@ def print_report(ours: dict, torch_: dict, B: int, size: int) -> bool:
   for name, r in (("facenet-pytorch (torch)", torch_), ("ours (JAX)", ours)):
     t = float(np.median(r["times"]))
     rows.append((name, t, B / t, flops / t / 1e9, flops / t / peak, len(r["times"]), r["loss"]))
-  print(f"| implementation | step s (median of n) | images/s | model GFLOP/s | MFU | loss |")
+  print("| implementation | step s (median of n) | images/s | model GFLOP/s | MFU | loss |")
   print("|---|---|---|---|---|---|")
   for name, t, ips, gf, mfu, n, loss in rows:
     print(f"| {name} | {t:.2f} (n={n}) | {ips:.1f} | {gf:.1f} | {100 * mfu:.1f}% | {loss:.4f} |")

@@ -65,8 +65,8 @@ def main(argv):
     raise SystemExit(f"--folds: expected fold numbers 0-9, got {','.join(_FOLDS.value)}")
   folds = [int(f) for f in _FOLDS.value] if _FOLDS.value else None
   runs = read_runs(_RUNS.value, _SCORER.value, folds)
-  print(f"| run | test folds | pairs | ROC AUC | EER | TAR@FAR=1e-2 | TAR@FAR=1e-3 |\n"
-        f"|---|---|---|---|---|---|---|")
+  print("| run | test folds | pairs | ROC AUC | EER | TAR@FAR=1e-2 | TAR@FAR=1e-3 |\n"
+        "|---|---|---|---|---|---|---|")
   curves = {}
   for label, (dist, same, got) in runs.items():
     far, tar, _ = verification.roc(dist, same)

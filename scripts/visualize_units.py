@@ -23,7 +23,6 @@ receptive field (size, jump, offset per axis), dead units, and for every unit it
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -73,7 +72,7 @@ class Net:
       self.describe = f"ImageNet VGG{depth} ({os.path.basename(weights)})"
       self.short = f"VGG{depth}"
     else:
-      from facenet_jax import models, preprocess, workdir as workdir_lib
+      from facenet_jax import preprocess, workdir as workdir_lib
       config = workdir_lib.load_config(model_flag)
       if config.model.name != "small_cnn" or config.model.spatial_dims != 2:
         raise app.UsageError(f"{model_flag}: model.name={config.model.name!r}, spatial_dims="

@@ -38,10 +38,10 @@ from configs.facenet import get_config as facenet_config
 from configs.style import get_config as style_config
 from facenet_jax import inference, recognition as R, train, vgg_features, workdir as workdir_lib
 from facenet_jax.config_checks import ConfigError, check_config
-from facenet_jax.data import images as fimages, raw, real, synthetic
+from facenet_jax.data import images as fimages, raw, synthetic
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.sampler import PKSampler
-from infra import checkpoints, files, imagefile, metric_writer, overrides, vgg, vgg_weights
+from infra import checkpoints, files, metric_writer, overrides, vgg, vgg_weights
 from style_jax import cost, images as simages, optimize
 
 RNG = np.random.default_rng(0)

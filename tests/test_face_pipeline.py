@@ -12,7 +12,7 @@ from PIL import Image
 
 from facenet_jax import align
 from facenet_jax.faces import detect, detect_and_align, pipeline
-from test_mtcnn import LFW, WEIGHTS, lfw_photos, needs_lfw
+from test_mtcnn import WEIGHTS, lfw_photos, needs_lfw
 
 
 @pytest.fixture(scope="module")

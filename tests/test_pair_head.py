@@ -124,6 +124,7 @@ def test_minibatches_are_seeded_and_weight_decay_shrinks():
   fit = lambda **kw: H.fit_pair_head("abs_diff", a, b, s, steps=50, batch_size=32, seed=7, **kw)
   (h1, l1), (h2, l2) = fit(), fit()
   np.testing.assert_array_equal(l1, l2)
+  np.testing.assert_array_equal(np.asarray(h1.linear.kernel[...]), np.asarray(h2.linear.kernel[...]))
   assert l1[-10:].mean() < l1[:10].mean()
   strong, _ = fit(weight_decay=10.0)  # decay is a traced argument: no recompile
   assert np.linalg.norm(strong.linear.kernel[...]) < 0.5 * np.linalg.norm(h1.linear.kernel[...])

@@ -4,7 +4,6 @@ a disk that fills during a save, and a checkpoint restored into another model co
 
 import concurrent.futures
 import errno
-import json
 import os
 import shutil
 import signal

@@ -70,7 +70,7 @@ def _identity_params(spec: SyntheticSpec, rng: np.random.Generator) -> dict[str,
 def _render(params: dict[str, np.ndarray], ident: np.ndarray, spec: SyntheticSpec,
             rng: np.random.Generator) -> np.ndarray:
   """Renders one image per entry of ``ident``; returns (N, H, W, C) uint8."""
-  n, s, c = ident.shape[0], spec.image_size, spec.channels
+  n, s = ident.shape[0], spec.image_size
   blobs = params["blobs"][ident]                                  # (N, M, 5)
   rot = np.deg2rad(rng.uniform(-spec.max_rotation_deg, spec.max_rotation_deg, n))
   scale = rng.uniform(*spec.scale_range, n)

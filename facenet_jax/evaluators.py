@@ -168,7 +168,7 @@ def eval_one_shot(ctx: Context) -> Metrics:
   rank1, rank5 = [], []
   for r in range(e.repeats):
     split = open_set.open_set_split(labels, multi.size, shots=1, seed=c.seed + r,
-                                       calibration_fraction=0.0)
+                                    calibration_fraction=0.0)
     g = recognition.Gallery(emb.shape[1])
     for row in split.gallery:
       g.enrol(int(labels[row]), emb[row])
@@ -185,7 +185,7 @@ def eval_one_shot(ctx: Context) -> Metrics:
   opens = []
   for r in range(e.repeats):
     split = open_set.open_set_split(labels, enrolled, shots=1, seed=c.seed + 100 + r,
-                                       calibration_fraction=0.0 if on_train else 0.5)
+                                    calibration_fraction=0.0 if on_train else 0.5)
     if split.unknown.size == 0 or (split.calibration.size == 0 and not on_train):
       break
     g = recognition.Gallery(emb.shape[1])
@@ -194,8 +194,8 @@ def eval_one_shot(ctx: Context) -> Metrics:
     _, cal_d = g.distances(ctx.train_embeddings()[0] if on_train else emb[split.calibration])
     t = open_set.calibrate_threshold(cal_d.min(axis=1), e.open_set_far)
     opens.append(open_set.open_set_report(emb[split.gallery], labels[split.gallery],
-                                             emb[split.known], labels[split.known],
-                                             emb[split.unknown], t, ranks=(1,)))
+                                          emb[split.known], labels[split.known],
+                                          emb[split.unknown], t, ranks=(1,)))
   if opens:
     for k in ("dir", "far", "unknown_rejection_rate", "threshold"):
       out[f"open_{k}"] = float(np.mean([o[k] for o in opens]))

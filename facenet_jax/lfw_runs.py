@@ -150,7 +150,8 @@ def fold_metrics(dist: np.ndarray, issame: np.ndarray, fit: np.ndarray, test: np
   _, cal_acc, acc = verification.threshold_transfer(d[fit], same[fit], d[test], same[test])
   val, far_reached = verification.val_far_transfer(d[fit], same[fit], d[test], same[test], far)
   return {"accuracy": acc, "calibration_accuracy": cal_acc, "val_at_far": val, "far": far_reached,
-          "roc_auc": verification.roc_auc(d[test], same[test]), "eer": verification.eer(d[test], same[test])}
+          "roc_auc": verification.roc_auc(d[test], same[test]),
+          "eer": verification.eer(d[test], same[test])}
 
 
 def select_per_fold(candidates: dict[str, list[str]], scorer: str = "distance",
@@ -185,7 +186,8 @@ def select_per_fold(candidates: dict[str, list[str]], scorer: str = "distance",
               and np.array_equal(fs.issame, per[first][k].issame)):
         raise ValueError(f"{fs.path}: its pairs differ from {per[first][k].path}'s")
       cal_of[label] = calibration_folds(fs)
-      test[label] = fold_metrics(fs.scores[scorer], fs.issame, np.isin(fs.folds, cal_of[label]), fs.test, far)
+      fit = np.isin(fs.folds, cal_of[label])
+      test[label] = fold_metrics(fs.scores[scorer], fs.issame, fit, fs.test, far)
       cal_acc[label] = test[label].pop("calibration_accuracy")
     if len(set(cal_of.values())) > 1:
       raise ValueError(f"test fold {k}: the candidates were calibrated on different folds {cal_of}")

@@ -521,7 +521,7 @@ def _block1_file(path):
   """A VGG16 weights file holding only block1_conv1: its first layer is where each hostile
   construct below sits, so the loader meets it before it misses block1_conv2."""
   vgg_weights.save_keras_weights({"block1_conv1": (np.zeros((3, 3, 3, 64), np.float32),
-                                           np.zeros(64, np.float32))}, str(path))
+                                                   np.zeros(64, np.float32))}, str(path))
   return str(path)
 
 

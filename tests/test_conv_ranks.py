@@ -21,7 +21,7 @@ from facenet_jax.data.volumes import VolumeSpec, make_volume_identities, rotatio
 
 def test_volume_32x32x32x16_through_32_valid_3x3x3_filters_is_30x30x30x32():
   conv = layers.he_conv(16, 32, (3, 3, 3), 1, padding="VALID", use_bias=False,
-                      dtype=np.float32, rngs=nnx.Rngs(0))
+                        dtype=np.float32, rngs=nnx.Rngs(0))
   x = np.random.default_rng(0).standard_normal((1, 32, 32, 32, 16)).astype(np.float32)
   y = np.asarray(conv(x))
   assert y.shape == (1, 30, 30, 30, 32)
@@ -113,7 +113,7 @@ def test_training_loop_and_evaluators_run_unchanged(tmp_path, variant, data):
   rank1 = []
   for rep in range(config.evaluation.one_shot.repeats):
     split = open_set.open_set_split(labels, 6, shots=1, seed=config.seed + rep,
-                                       calibration_fraction=0.0)
+                                    calibration_fraction=0.0)
     hits = [labels[split.gallery[np.argmin(np.sum((emb[split.gallery] - emb[q]) ** 2, axis=1))]]
             == labels[q] for q in split.known]
     rank1.append(np.mean(hits))

@@ -61,7 +61,7 @@ def main() -> None:
 
   from configs.facenet import get_config
   from facenet_jax import steps, train
-  from infra import mesh as mesh_lib, overrides
+  from infra import mesh as mesh_lib
 
   margins = MARGINS[:args.k]
   config = get_config(args.variant)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from configs.facenet import get_config
 from facenet_jax.config_checks import ConfigError, check_config
-from facenet_jax.data import raw, real, sources
+from facenet_jax.data import prepare, raw, real, sources
 from facenet_jax.data.images import Fit, fit_image
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -247,9 +247,9 @@ def test_image_folder_source_and_fingerprint(tmp_path):
   train, held = sources.load(c)
   assert len(train) + len(held) == 11 and train.num_identities == 3 and held.num_identities == 1
   assert train.images.shape[1:] == (12, 12, 1)
-  before = raw.folder_fingerprint(str(root))
+  before = prepare.folder_plan(str(root)).fingerprint
   Image.fromarray(_rng_image((20, 20, 3), 99)).save(root / "bob" / "new.png")
-  assert raw.folder_fingerprint(str(root)) != before   # a changed folder is prepared again
+  assert prepare.folder_plan(str(root)).fingerprint != before   # a changed folder is prepared again
   train2, held2 = sources.load(c)
   assert len(train2) + len(held2) == 12
 

@@ -266,9 +266,15 @@ _PREPARE = textwrap.dedent("""
     import sys
     from infra import distributed
     distributed.maybe_initialize()
-    from facenet_jax.data import real
+    from configs.facenet import get_config
+    from facenet_jax.data import real, streamed
+    from infra.overrides import with_overrides
     b = real.prepare("orl_faces", sys.argv[1], sys.argv[2])
     print("records", len(b.as_data_source(split="train")), flush=True)
+    c = with_overrides(get_config("tiny"), {"data.source": "folder", "data.data_dir": sys.argv[2],
+                                            "data.tfds_dir": sys.argv[1], "data.image_size": 10,
+                                            "data.prepare_workers": 1})
+    print("folder", streamed.prepared_path(c), flush=True)
 """)
 
 
@@ -285,6 +291,11 @@ def test_two_processes_on_an_unprepared_dataset_prepare_it_once(tmp_path):
   assert "records 9" in g.text(0) and "records 9" in g.text(1)
   prepared = [d for d, _, files in os.walk(tmp_path / "tfds") if "dataset_info.json" in files]
   assert len(prepared) == 1 and "incomplete" not in prepared[0]
+  # the same photos as an identity folder: process 0 reads their bytes for the content key,
+  # process 1 finds it memoized, and both name the one folder process 0 prepared
+  folders = [re.findall(r"^folder (\S+)$", g.text(i), re.M) for i in (0, 1)]
+  assert folders[0] == folders[1] and len(folders[0]) == 1, folders
+  assert "9 files of" in g.text(0) and "by content" not in g.text(1), g.text(0) + g.text(1)
 
 
 def test_a_killed_process_ends_the_other_with_a_named_error_within_a_minute(tmp_path):

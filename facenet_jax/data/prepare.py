@@ -21,17 +21,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import multiprocessing
 import os
 import shutil
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
-from facenet_jax.data import aligned, raw, records, recordio
+from facenet_jax.data import aligned, fingerprint, raw, records, recordio
 from facenet_jax.data.images import Fit, fit_image
 from infra.progress import Progress
 
@@ -59,28 +59,37 @@ class Plan:
     return len(self.items)
 
 
-def folder_plan(root: str) -> Plan:
+def folder_plan(root: str, memo_dir: str | None = None) -> Plan:
   """The plan of ``root/<identity>/<image>`` (one listing; DataError for empty folders,
-  links leading outside the root, see ``raw.list_identity_folder``)."""
+  links leading outside the root, see ``raw.list_identity_folder``). Its fingerprint is the
+  files' content key, memoized in ``memo_dir`` (``fingerprint.folder_key``)."""
   root = os.path.abspath(root)
   listing = raw.list_identity_folder(root)
   items = [f"{ident}/{n}" for ident, names in listing for n in names]
   labels = np.repeat(np.arange(len(listing), dtype=np.int32), [len(n) for _, n in listing])
   return Plan("folder", root, items, labels, [ident for ident, _ in listing],
-              raw.folder_fingerprint(root, listing))
+              fingerprint.folder_key(root, listing, memo_dir))
 
 
-def recordio_plan(rec_path: str) -> Plan:
+def recordio_plan(rec_path: str, memo_dir: str | None = None) -> Plan:
   """The plan of an insightface ``train.rec`` (+ ``train.idx`` beside it): image records
-  grouped by their label, in key order within a label (``recordio.image_records``)."""
+  grouped by their label, in key order within a label (``recordio.image_records``). Its
+  fingerprint is the ``.rec`` file's content key, memoized in ``memo_dir``."""
   rec_path = os.path.abspath(rec_path)
   offsets, labels = recordio.image_records(rec_path)
   order = np.lexsort((np.arange(labels.size), labels))
   ids, dense = np.unique(labels[order], return_inverse=True)
-  st = os.stat(rec_path)
-  fp = hashlib.sha1(f"{rec_path}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
   return Plan("recordio", rec_path, [int(o) for o in offsets[order]], dense.astype(np.int32),
-              [str(int(i)) for i in ids], fp)
+              [str(int(i)) for i in ids], fingerprint.file_key(rec_path, memo_dir))
+
+
+def shared_plan(make: Callable[[], Plan], timeout_s: float, what: str) -> Plan:
+  """``make()``, run by process 0 first while the others wait (at most ``timeout_s``): the
+  source's content key is read once and memoized, and the other processes find it in the
+  memo (on a shared filesystem) instead of reading every byte again."""
+  from infra import distributed   # lazy: shard workers import this module and need no jax
+  plan = distributed.run_on_process_zero_then_barrier(make, timeout_s, what)
+  return make() if plan is None else plan
 
 
 def prepared_name(plan: Plan, fit: Fit, encoding: str,

@@ -9,7 +9,6 @@ the LFW View 2 ``pairs.txt`` and the Omniglot one-shot answer keys. The tfds bui
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import os
 import re
@@ -127,18 +126,6 @@ def list_identity_folder(root: str, suffixes: tuple[str, ...] = ()) -> list[tupl
   if not out:
     raise DataError(f"{root}: no identity folders (expected {root}/<identity>/<image>)")
   return out
-
-
-def folder_fingerprint(root: str, listing: list[tuple[str, list[str]]] | None = None) -> str:
-  """A short hash of ``root``'s path and every file's name, size and mtime: a cache key
-  that changes when the folder's contents change. ``listing``: ``list_identity_folder(root)``
-  when the caller has it already (a million-image folder is listed once)."""
-  h = hashlib.sha1(os.path.abspath(root).encode())
-  for ident, names in listing if listing is not None else list_identity_folder(root):
-    for n in names:
-      st = os.stat(os.path.join(root, ident, n))
-      h.update(f"{ident}/{n}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-  return h.hexdigest()[:16]
 
 
 # -- LFW View 2 ---------------------------------------------------------------------------

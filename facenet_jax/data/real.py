@@ -287,8 +287,9 @@ def _lfw_aligned_rows(config: ml_collections.ConfigDict, alignment: aligned.Alig
   from facenet_jax.data.tfds_builders.lfw import images_dir   # lazy: imports tfds
   root = images_dir(manual)
   d = config.data
-  plan = prepare_shards.folder_plan(root)
   out = os.path.join(tfds_dir(config), "prepared")
+  plan = prepare_shards.shared_plan(lambda: prepare_shards.folder_plan(root, out), PREPARE_TIMEOUT_S,
+                                    f"lfw {root} fingerprinted by process 0")
   use = fit_of(config)   # names the folder even when no image is decoded
   distributed.run_on_process_zero_then_barrier(
       lambda: prepare_shards.prepare(plan, out, use, encoding=d.record_encoding,

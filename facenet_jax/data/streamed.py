@@ -46,10 +46,10 @@ def _data_dir(config: ml_collections.ConfigDict) -> str:
   return path
 
 
-def _plan(config: ml_collections.ConfigDict, root: str) -> prepare.Plan:
+def _plan(config: ml_collections.ConfigDict, root: str, out: str) -> prepare.Plan:
   if config.data.source == "recordio":
-    return prepare.recordio_plan(os.path.join(root, "train.rec"))
-  return prepare.folder_plan(root)
+    return prepare.recordio_plan(os.path.join(root, "train.rec"), out)
+  return prepare.folder_plan(root, out)
 
 
 def prepared_path(config: ml_collections.ConfigDict) -> str:
@@ -59,8 +59,9 @@ def prepared_path(config: ml_collections.ConfigDict) -> str:
   root = _data_dir(config)
   if records.is_prepared(root):
     return root
-  plan = _plan(config, root)   # every process: it names the folder
   out = os.path.join(os.path.abspath(os.path.expanduser(config.data.tfds_dir)), "prepared")
+  plan = prepare.shared_plan(lambda: _plan(config, root, out), PREPARE_TIMEOUT_S,
+                             f"dataset {root} fingerprinted by process 0")
   d = config.data
   alignment = aligned.alignment_of(config)
   run = lambda: prepare.prepare(plan, out, fit_of(config), encoding=d.record_encoding,

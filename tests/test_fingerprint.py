@@ -47,7 +47,7 @@ def _reference(root):
   for ident in sorted(os.listdir(root)):
     for n in sorted(os.listdir(os.path.join(root, ident))):
       data = open(os.path.join(root, ident, n), "rb").read()
-      h.update(f"{ident}/{n}\0{len(data)}\0".encode() + data)
+      h.update(f"{ident}/{n}\0{len(data)}\0{hashlib.sha256(data).hexdigest()}\n".encode())
   return h.hexdigest()[:16]
 
 
@@ -100,7 +100,8 @@ def test_a_single_file_key_follows_its_bytes(tmp_path):
   rec.write_bytes(bytes(range(256)) * 4096)
   memo = str(tmp_path / "memo")
   key = fingerprint.file_key(str(rec), memo)
-  want = hashlib.sha256(f"{rec}\0{4096 * 256}\0".encode() + rec.read_bytes()).hexdigest()[:16]
+  want = hashlib.sha256(f"{rec}\0{4096 * 256}\0{hashlib.sha256(rec.read_bytes()).hexdigest()}".encode()
+                       ).hexdigest()[:16]
   assert key == want
   _restage(tmp_path)
   assert fingerprint.file_key(str(rec), memo) == key

@@ -19,11 +19,10 @@ import os
 import sys
 import time
 
-from infra.files import write_json_atomic
+from infra.files import file_sha256, write_json_atomic
 from infra.progress import Progress
 
 KEY_CHARS = 16                 # hex characters of a key in a folder name
-_CHUNK = 1 << 20
 MEMO_DIR = "fingerprints"
 
 Listing = list[tuple[str, list[str]]]   # raw.list_identity_folder: (identity, file names)
@@ -40,17 +39,15 @@ def folder_stat_key(root: str, listing: Listing) -> str:
 
 
 def folder_content_key(root: str, listing: Listing) -> str:
-  """SHA-256 of ``root``'s path and, per listed file in order, its name, size and bytes
-  (the size frames the bytes, so no two listings hash alike by a shifted boundary)."""
+  """SHA-256 of ``root``'s path and, per listed file in order, its name, size and SHA-256."""
   h = hashlib.sha256(os.path.abspath(root).encode() + b"\0")
   total = sum(len(names) for _, names in listing)
   progress, last, done = _progress(total, f"files of {root}"), time.monotonic(), 0
   for ident, names in listing:
     for n in names:
-      path = os.path.join(root, ident, n)
-      with open(path, "rb") as f:
-        h.update(f"{ident}/{n}\0{os.fstat(f.fileno()).st_size}\0".encode())
-        _update(h, f)
+      with open(os.path.join(root, ident, n), "rb") as f:
+        size, digest = os.fstat(f.fileno()).st_size, hashlib.file_digest(f, "sha256").hexdigest()
+      h.update(f"{ident}/{n}\0{size}\0{digest}\n".encode())
       done += 1
       if time.monotonic() - last > 10.0:
         last = time.monotonic()
@@ -66,14 +63,11 @@ def file_stat_key(path: str) -> str:
 
 
 def file_content_key(path: str) -> str:
-  """SHA-256 of ``path``'s absolute path, size and bytes."""
-  with open(path, "rb") as f:
-    size = os.fstat(f.fileno()).st_size
-    h = hashlib.sha256(f"{os.path.abspath(path)}\0{size}\0".encode())
-    print(f"fingerprinting {path} by content ({size / 2**30:.1f} GiB)", file=sys.stderr,
-          flush=True)
-    _update(h, f)
-  return h.hexdigest()[:KEY_CHARS]
+  """SHA-256 of ``path``'s absolute path, size and SHA-256."""
+  size = os.stat(path).st_size
+  print(f"fingerprinting {path} by content ({size / 2**30:.1f} GiB)", file=sys.stderr, flush=True)
+  return hashlib.sha256(f"{os.path.abspath(path)}\0{size}\0{file_sha256(path)}".encode()
+                        ).hexdigest()[:KEY_CHARS]
 
 
 def memoized(kind: str, source: str, stat_key: str, content_key, memo_dir: str | None) -> str:
@@ -81,17 +75,18 @@ def memoized(kind: str, source: str, stat_key: str, content_key, memo_dir: str |
   a newly computed key is memoized. ``memo_dir`` None: computed every time."""
   if memo_dir is None:
     return content_key()
-  name = f"{kind}_{hashlib.sha1(os.path.abspath(source).encode()).hexdigest()[:KEY_CHARS]}.json"
+  source = os.path.abspath(source)
+  name = f"{kind}_{hashlib.sha1(source.encode()).hexdigest()[:KEY_CHARS]}.json"
   path = os.path.join(memo_dir, MEMO_DIR, name)
   try:
     with open(path, encoding="utf-8") as f:
       memo = json.load(f)
-    if memo["source"] == os.path.abspath(source) and memo["stat"] == stat_key:
+    if memo["source"] == source and memo["stat"] == stat_key:
       return str(memo["content"])
   except (OSError, ValueError, KeyError, TypeError):
     pass   # none yet, or unreadable: a cache, recomputed
   key = content_key()
-  write_json_atomic(path, {"source": os.path.abspath(source), "stat": stat_key, "content": key})
+  write_json_atomic(path, {"source": source, "stat": stat_key, "content": key})
   return key
 
 
@@ -104,11 +99,6 @@ def folder_key(root: str, listing: Listing, memo_dir: str | None) -> str:
 def file_key(path: str, memo_dir: str | None) -> str:
   """The content key of the single file ``path`` (a RecordIO ``.rec``)."""
   return memoized("file", path, file_stat_key(path), lambda: file_content_key(path), memo_dir)
-
-
-def _update(h, f) -> None:
-  while chunk := f.read(_CHUNK):
-    h.update(chunk)
 
 
 def _progress(total: int, what: str) -> Progress:

@@ -676,6 +676,58 @@ def test_select_lfw_model_script_prints_the_folds_and_the_selection(tmp_path):
   assert got["summary"]["A"]["chosen"] == 10 and len(got["folds"]) == 10
 
 
+def test_threshold_costs_against_a_plain_loop_and_a_shifted_calibration_fold(tmp_path):
+  """transfer / in-sample: brute-force cuts on the calibration / test pairs; within-fold: the
+  plain loop over seeds 0..R-1, each a permutation of the test pairs cut into folds by index
+  mod splits (kfold_accuracy's split), every part scored at the best cut of the others. A
+  calibration fold whose scores are shifted costs accuracy in transfer only."""
+  import subprocess
+  import sys
+  from facenet_jax import lfw_runs
+  root = str(tmp_path / "cv")
+  _fake_lfw_cv(root, range(3), seed=7)
+  fold = np.repeat(np.arange(10), 600)
+  for k in range(3):
+    _write_run_config(root, k)
+  path = os.path.join(root, "data.test_fold=2", "lfw_scores_fold2.npz")
+  with np.load(path) as z:
+    arrays = dict(z)
+  arrays["distance"] = arrays["distance"] + np.where(fold == 3, 2.0, 0.0)   # fold 2's calibration
+  np.savez(path, **arrays)
+  costs = lfw_runs.threshold_costs(lfw_runs.run_dirs(root), "distance", splits=5, repeats=3)
+  assert [c.fold for c in costs] == [0, 1, 2]
+  for c in costs:
+    with np.load(os.path.join(root, f"data.test_fold={c.fold}", f"lfw_scores_fold{c.fold}.npz")) as z:
+      d, s, f = z["distance"], z["issame"], z["fold"]
+    cal, test = f == (c.fold + 1) % 10, f == c.fold
+    assert c.calibration == ((c.fold + 1) % 10,)
+    cal_acc, transfer = _plain_transfer(d[cal], s[cal], d[test], s[test])
+    assert (c.calibration_in_sample, c.transfer) == pytest.approx((cal_acc, transfer))
+    assert c.in_sample == pytest.approx(_plain_transfer(d[test], s[test], d[test], s[test])[0])
+    dt, st, accs = d[test], s[test], []
+    for r in range(3):
+      part = np.random.default_rng(r).permutation(dt.size) % 5
+      accs.append(np.mean([_plain_transfer(dt[part != p], st[part != p], dt[part == p], st[part == p])[1]
+                           for p in range(5)]))
+    assert c.within_fold == pytest.approx(np.mean(accs))
+    assert c.in_sample >= c.within_fold and c.in_sample >= c.transfer
+  assert costs[2].within_fold - costs[2].transfer > 0.1        # the shifted calibration fold
+  assert abs(costs[0].within_fold - costs[0].transfer) < 0.05
+  with pytest.raises(ValueError, match=r"no scores 'head_x'"):
+    lfw_runs.threshold_costs(lfw_runs.run_dirs(root), "head_x")
+  cmd = [sys.executable, os.path.join(ROOT, "scripts", "lfw_threshold_costs.py"), f"--runs=A={root}",
+         "--repeats=2", f"--out={tmp_path / 'costs.json'}"]
+  p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr
+  assert len([l for l in p.stdout.splitlines() if re.match(r"\| \d \| \d \|", l)]) == 3
+  with open(tmp_path / "costs.json") as fh:
+    got = json.load(fh)
+  assert got["mean"]["A"]["in_sample"] == pytest.approx(np.mean([c.in_sample for c in costs]))
+  os.remove(os.path.join(root, "data.test_fold=1", "config.json"))   # no calibration folds known
+  p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 2 and re.search(r"error: \S+config.json: expected the run's config", p.stderr), p.stderr
+
+
 # ------------------------------------------------------------- SPoC + PCA whitening
 
 

@@ -48,6 +48,12 @@ class FoldScores:
   def test(self) -> np.ndarray:
     return self.folds == self.fold
 
+  def of(self, scorer: str) -> np.ndarray:
+    """The (P,) scores of ``scorer``; ValueError naming the file and the scorers it has."""
+    if scorer not in self.scores:
+      raise ValueError(f"{self.path}: no scores {scorer!r} (has {sorted(self.scores)})")
+    return self.scores[scorer]
+
 
 def parse_runs(entries: list[str], flag: str = "--runs") -> dict[str, str]:
   """``LABEL=DIR`` entries as ``{label: DIR}``; ValueError naming ``flag`` for a malformed
@@ -185,14 +191,13 @@ def select_per_fold(candidates: dict[str, list[str]], scorer: str = "distance",
     cal_acc, test, cal_of = {}, {}, {}
     for label, by_fold in per.items():
       fs = by_fold[k]
-      if scorer not in fs.scores:
-        raise ValueError(f"{fs.path}: no scores {scorer!r} (has {sorted(fs.scores)})")
+      scores = fs.of(scorer)
       if not (np.array_equal(fs.folds, per[first][k].folds)
               and np.array_equal(fs.issame, per[first][k].issame)):
         raise ValueError(f"{fs.path}: its pairs differ from {per[first][k].path}'s")
       cal_of[label] = calibration_folds(fs)
       fit = np.isin(fs.folds, cal_of[label])
-      test[label] = fold_metrics(fs.scores[scorer], fs.issame, fit, fs.test, far)
+      test[label] = fold_metrics(scores, fs.issame, fit, fs.test, far)
       cal_acc[label] = test[label].pop("calibration_accuracy")
     if len(set(cal_of.values())) > 1:
       raise ValueError(f"test fold {k}: the candidates were calibrated on different folds {cal_of}")
@@ -258,10 +263,8 @@ def threshold_costs(dirs: list[str], scorer: str = "distance", splits: int = 10,
     raise ValueError(f"no {SCORES_PREFIX}<k>.npz in the run directories {dirs}")
   out = []
   for k, fs in sorted(read.items()):
-    if scorer not in fs.scores:
-      raise ValueError(f"{fs.path}: no scores {scorer!r} (has {sorted(fs.scores)})")
+    d, same = np.asarray(fs.of(scorer), np.float64), fs.issame
     cal = calibration_folds(fs)
-    d, same = np.asarray(fs.scores[scorer], np.float64), fs.issame
     fit = np.isin(fs.folds, cal)
     _, cal_acc, transfer = verification.threshold_transfer(d[fit], same[fit], d[fs.test], same[fs.test])
     within = np.mean([verification.kfold_accuracy(d[fs.test], same[fs.test], folds=splits, seed=r)

@@ -184,6 +184,63 @@ def test_two_concurrent_preparations_make_one_dataset(tmp_path):
   assert records.open_prepared(str(out / name)).labels.size == 7
 
 
+# a worker killed mid-shard (the OOM killer, a node drain) when its shard's file name holds
+# KILL_SHARD; the script's top level runs in every spawned worker too, so the patch reaches them
+_PREPARE_KILLED = """
+import os, signal, sys
+from facenet_jax.data import prepare
+from facenet_jax.data.images import Fit
+write = prepare.write_shard
+
+def killed(task):
+  if os.environ.get("KILL_SHARD") and os.environ["KILL_SHARD"] in os.path.basename(task[6]):
+    os.kill(os.getpid(), signal.SIGKILL)
+  return write(task)
+
+prepare.write_shard = killed
+if __name__ == "__main__":
+  print(prepare.prepare(prepare.folder_plan(sys.argv[1]), sys.argv[2], Fit(10, 0, 3), workers=2,
+                        records_per_shard=2), flush=True)
+"""
+
+
+def _run_script(tmp_path, text, *args, **env):
+  script = tmp_path / "script.py"
+  script.write_text(text)
+  return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,
+                        text=True, timeout=120, env={**os.environ, "PYTHONPATH": ROOT, **env})
+
+
+def test_a_killed_worker_is_an_error_not_a_wait_and_the_rerun_resumes(tmp_path):
+  # multiprocessing.Pool replaced a dead worker and waited for its shard forever
+  root = _people(tmp_path / "people", [3, 2, 4, 1, 2])
+  whole = prepare.prepare(prepare.folder_plan(str(root)), str(tmp_path / "whole"),
+                          Fit(10, 0, 3), workers=2, records_per_shard=2)
+  assert prepare.WORKER_OF not in os.environ       # the workers' mark is this call's only
+  r = _run_script(tmp_path, _PREPARE_KILLED, root, tmp_path / "part", KILL_SHARD="00003-of")
+  assert r.returncode == 1, r.stderr
+  assert "RuntimeError: a preparation worker process died (" in r.stderr
+  assert "are kept: run again to resume" in r.stderr
+  part = os.path.join(tmp_path / "part", os.path.basename(whole))
+  assert not records.is_prepared(part) and "shard-00003-of-00006.array_record" not in os.listdir(part)
+  r = _run_script(tmp_path, _PREPARE_KILLED, root, tmp_path / "part")
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.strip() == part
+  assert _shard_bytes(part) == _shard_bytes(whole)
+  assert not [n for n in os.listdir(part) if ".tmp" in n]
+
+
+def test_an_unguarded_calling_script_is_an_error_not_a_wait(tmp_path):
+  # each spawned worker re-ran the script, met the lock its parent held and waited, the
+  # parent waited for them; nothing said why
+  root = _people(tmp_path / "people", [2, 2])
+  r = _run_script(tmp_path, _PREPARE.replace('if __name__ == "__main__":', "if True:")
+                  .replace("workers=1", "workers=2"), root, tmp_path / "out")
+  assert r.returncode == 1, r.stderr
+  assert "RuntimeError: prepare() called in one of its own worker processes" in r.stderr
+  assert "must be under `if __name__ == '__main__':`" in r.stderr.splitlines()[-1]
+
+
 def test_a_source_image_that_does_not_decode_leaves_no_dataset(tmp_path):
   root = _people(tmp_path / "people", [2, 2])
   (root / "p1" / "2.jpg").write_bytes(b"not a jpeg")

@@ -8,6 +8,8 @@ and rename it into place when it is whole, so
 * a killed preparation resumes where it stopped: finished shards of the same plan are
   kept, the rest are written again (the bytes are a function of the plan: resuming gives
   the same shards as an uninterrupted run);
+* a worker process that dies (killed, out of memory) stops the preparation with a
+  RuntimeError; the parent never waits for it;
 * two processes preparing the same dataset at once produce one dataset: an exclusive file
   lock beside the folder makes the second wait, then find it finished;
 * a source file that cannot be used is a DataError naming it, and the half-written folder
@@ -18,6 +20,7 @@ and rename it into place when it is whole, so
 
 from __future__ import annotations
 
+from concurrent import futures
 import contextlib
 import dataclasses
 import fcntl
@@ -37,6 +40,8 @@ from infra.progress import Progress
 
 PLAN = "plan.json"
 RECORDS_PER_SHARD = 4096   # a killed preparation loses at most this many images per worker
+# environment variable: the pid of the process whose preparation workers these are
+WORKER_OF = "FACENET_JAX_PREPARING_PARENT"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,19 +228,52 @@ def write_index(path: str, plan: Plan, meta: dict) -> None:
 
 
 def _run_shards(tasks: list[tuple], total: int, done: int, workers: int) -> None:
-  """Writes the shards of ``tasks`` over ``workers`` processes with a progress line."""
+  """Writes the shards of ``tasks`` over ``workers`` processes with a progress line. A worker
+  that dies (killed, out of memory, or failing as it starts) is a RuntimeError here, not a
+  wait without end; the shards already renamed into place are kept for the next run."""
   progress = Progress(total, done, unit="images", what="images", stream=sys.stderr)
   progress.mark_compiled(done)
   last = 0.0
-  # spawn, not fork: the caller may hold JAX's threads, which a fork would copy mid-state
-  ctx = multiprocessing.get_context("spawn")
-  with ctx.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
-    results = pool.imap_unordered(write_shard, tasks) if pool else map(write_shard, tasks)
-    for n in results:
-      done += n
-      if time.monotonic() - last > 2.0 or done == total:
-        last = time.monotonic()
-        progress.report(done)
+  with contextlib.ExitStack() as stack:
+    if workers > 1:
+      stack.enter_context(_workers_know_their_parent())
+      # spawn, not fork: the caller may hold JAX's threads, which a fork would copy mid-state;
+      # an executor, not multiprocessing.Pool: a Pool replaces a dead worker and waits
+      # forever for its shard, an executor breaks with BrokenProcessPool
+      pool = stack.enter_context(futures.ProcessPoolExecutor(
+          workers, mp_context=multiprocessing.get_context("spawn")))
+      jobs = [pool.submit(write_shard, t) for t in tasks]
+      stack.callback(lambda: [j.cancel() for j in jobs])   # an error: start no more shards
+      results = (j.result() for j in futures.as_completed(jobs))
+    else:
+      results = map(write_shard, tasks)
+    try:
+      for n in results:
+        done += n
+        if time.monotonic() - last > 2.0 or done == total:
+          last = time.monotonic()
+          progress.report(done)
+    except futures.BrokenExecutor:   # BrokenProcessPool
+      raise RuntimeError(
+          f"a preparation worker process died (its finished shards, at least {done} of "
+          f"{total} images, are kept: run again to resume). Killed (out of memory?), or it failed as it "
+          "started: spawned workers import the calling script, so its work must be under "
+          "`if __name__ == '__main__':`") from None
+
+
+@contextlib.contextmanager
+def _workers_know_their_parent():
+  """Marks the processes started meanwhile as this process's preparation workers, so that a
+  worker which re-runs an unguarded calling script refuses :func:`prepare` (see there)."""
+  before = os.environ.get(WORKER_OF)
+  os.environ[WORKER_OF] = str(os.getpid())
+  try:
+    yield
+  finally:
+    if before is None:
+      os.environ.pop(WORKER_OF, None)
+    else:
+      os.environ[WORKER_OF] = before
 
 
 def prepare(plan: Plan, out_dir: str, fit: Fit, *, encoding: str = "jpeg", quality: int = 95,
@@ -249,6 +287,12 @@ def prepare(plan: Plan, out_dir: str, fit: Fit, *, encoding: str = "jpeg", quali
   face of each image is warped onto the template and stored; images without a face follow
   ``alignment.no_face`` and are listed in ``no_face.json`` / ``no_face.csv`` in the folder.
   """
+  if os.environ.get(WORKER_OF) == str(os.getppid()):
+    # a spawned worker imports the calling script; unguarded, the script calls prepare again
+    # here, which would wait for the lock its own parent holds, and the parent for it
+    raise RuntimeError("prepare() called in one of its own worker processes: the calling "
+                       "script runs its work at import; put it under "
+                       "`if __name__ == '__main__':`")
   if encoding not in records.ENCODINGS:
     raise ValueError(f"encoding {encoding!r}: expected one of {records.ENCODINGS}")
   if len(plan) == 0:

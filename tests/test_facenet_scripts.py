@@ -908,3 +908,46 @@ def test_pca_whitened_spoc_run_restores_and_checks_its_config(tmp_path):
     with pytest.raises(ValueError, match=msg):
       train.train_and_evaluate(bad, str(tmp_path / "bad"), devices=jax.devices()[:1])
   assert not os.path.exists(tmp_path / "bad")
+
+
+def test_lda_head_against_a_whitened_eigenproblem_and_one_image_people():
+  import importlib.util
+  path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "lfw_head.py")
+  spec = importlib.util.spec_from_file_location("lfw_head", path)
+  lda = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(lda)
+  rng = np.random.default_rng(3)
+  # 40 people x 5 rows in 6-d: people differ along axes 0 and 1, their rows scatter elsewhere
+  labels = np.repeat(np.arange(40), 5)
+  z = (rng.normal(size=(40, 6)) * [3, 2, .1, .1, .1, .1])[labels] + rng.normal(size=(200, 6)) * [1, .5, 1, 2, 1, 1]
+  sw_ref = sum(np.outer(d, d) for c in range(40)
+               for d in z[labels == c] - z[labels == c].mean(axis=0)) / (200 - 40)
+  # three people with one image each add nothing to the within-person scatter
+  sw, dof = lda.within_class_scatter(np.concatenate([z, 10 * rng.normal(size=(3, 6))]),
+                                     np.concatenate([labels, [40, 41, 42]]))
+  assert dof == 160
+  np.testing.assert_allclose(sw, sw_ref, rtol=1e-10)
+  st = np.cov(z.T, bias=True)
+  w = lda.lda_directions(z, labels, 3)
+  np.testing.assert_allclose(w.T @ sw_ref @ w, np.eye(3), atol=1e-9)
+  lam = w.T @ st @ w
+  np.testing.assert_allclose(lam, np.diag(np.diag(lam)), atol=1e-9)
+  # reference: the ordinary eigenproblem of S_w^-1/2 S_t S_w^-1/2
+  ev, v = np.linalg.eigh(sw_ref)
+  root_inv = v @ np.diag(ev ** -0.5) @ v.T
+  e_ref, u = np.linalg.eigh(root_inv @ st @ root_inv)
+  np.testing.assert_allclose(np.diag(lam), e_ref[::-1][:3], rtol=1e-9)
+  w_ref = root_inv @ u[:, ::-1][:, :3]
+  np.testing.assert_allclose(np.abs(w.T @ sw_ref @ w_ref), np.eye(3), atol=1e-9)   # up to sign
+  assert np.all(np.diff(np.diag(lam)) < 0) and np.diag(lam)[0] > 5
+  first = w[:, 0] / np.linalg.norm(w[:, 0])
+  assert np.sum(first[:2] ** 2) > 0.9                 # where the people differ comes first
+  # fully shrunk, S_w is a multiple of I: LDA is PCA of S_t
+  p = lda.lda_directions(z, labels, 2, shrink=1.0)
+  top = np.linalg.eigh(st)[1][:, ::-1][:, :2]
+  np.testing.assert_allclose(np.abs(p.T @ top) / np.linalg.norm(p, axis=0)[:, None],
+                             np.eye(2), atol=1e-9)
+  with pytest.raises(ValueError, match=r"k=7 directions of 6-d values: expected 1\.\.6"):
+    lda.lda_directions(z, labels, 7)
+  with pytest.raises(ValueError, match="no class has two rows"):
+    lda.lda_directions(z[:10], np.arange(10), 2)

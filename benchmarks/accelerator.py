@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import train_step as train_step_bench   # noqa: E402  (make_batch)
+from benchmarks import provenance, train_step as train_step_bench   # noqa: E402  (make_batch)
 from configs.facenet import get_config   # noqa: E402
 from facenet_jax import steps, train   # noqa: E402
 from infra import mesh as mesh_lib, overrides   # noqa: E402
@@ -145,11 +144,6 @@ def input_rate(variant: str, n: int) -> float:
   return n * data.global_batch / (time.perf_counter() - t)
 
 
-def commit() -> str:
-  return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                        cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "?"
-
-
 def main(argv: list[str] | None = None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="tiny sizes: every row runs in seconds")
@@ -159,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
   # Inception-ResNet-v1 takes minutes to compile on a CPU: --quick times the small ConvNet
   variant, per_device, n = ("tiny", [4, 8], 2) if q else ("inception", [64, 256], 5)
   print(f"# {dev.platform} ({getattr(dev, 'device_kind', '')}) x {jax.device_count()}, "
-        f"jax {jax.__version__}, commit {commit()}{', --quick' if q else ''}", flush=True)
+        f"jax {jax.__version__}, commit {provenance.commit()}{', --quick' if q else ''}", flush=True)
   with jax.default_matmul_precision("bfloat16"):
     peak = matmul_peak(jnp.bfloat16, 512 if q else 8192)
     rows = throughput_rows(variant, per_device, n, peak)

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -39,6 +37,8 @@ from configs import facenet as facenet_configs
 from facenet_jax import models, vgg_features, verification, whitening
 from facenet_jax.data import real
 from infra import overrides
+
+import provenance   # noqa: E402  (this folder)
 
 
 def lfw_aligned(test_fold: int, align: str):
@@ -115,11 +115,9 @@ def main():
     rows.append({"grid": g, "values": desc.shape[1], **r})
     print(f"grid {g}x{g}: {desc.shape[1]:>6} values -> {a.dim}-d whitened: fold {a.test_fold} "
           f"accuracy {r['accuracy']:.4f}, AUC {r['auc']:.4f}", flush=True)
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=os.path.dirname(__file__)).stdout.strip()
   res = {"rows": rows, "test_fold": a.test_fold, "calibration_fold": calib, "dim": a.dim,
-         "eps": a.eps, "align": a.align, "seconds": time.time() - t0, "commit": commit,
-         "machine": f"{platform.node()} {os.cpu_count()} cpus"}
+         "eps": a.eps, "align": a.align, "seconds": time.time() - t0, "commit": provenance.commit(),
+         "machine": provenance.machine()}
   with open(os.path.join(a.out, "results.json"), "w") as f:
     json.dump(res, f, indent=1)
   print(f"{'grid':>6} {'values':>7} {'accuracy':>9} {'AUC':>7}")

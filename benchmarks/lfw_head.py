@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -42,6 +40,7 @@ from facenet_jax.data import real
 from infra import overrides
 
 import lfw_descriptor   # noqa: E402  (this folder: the fold bookkeeping and the whitened start)
+import provenance   # noqa: E402
 
 
 def within_class_scatter(z_NxD: np.ndarray, labels_N: np.ndarray) -> tuple[np.ndarray, int]:
@@ -122,11 +121,9 @@ def main():
     d = run["evals"]["lfw_view2"]
     rows.append({"head": f"+ {run['step']:,} triplet steps (the recipe's run)", "run": a.run,
                  "accuracy": d["distance/accuracy"], "auc": d["distance/roc_auc"]})
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=os.path.dirname(__file__)).stdout.strip()
   res = {"rows": rows, "test_fold": a.test_fold, "calibration_fold": calib, "dim": a.dim,
-         "shrink": a.shrink, "seconds": time.time() - t0, "commit": commit,
-         "machine": f"{platform.node()} {os.cpu_count()} cpus"}
+         "shrink": a.shrink, "seconds": time.time() - t0, "commit": provenance.commit(),
+         "machine": provenance.machine()}
   os.makedirs(a.out, exist_ok=True)
   with open(os.path.join(a.out, "results.json"), "w") as f:
     json.dump(res, f, indent=1)

@@ -35,11 +35,12 @@ import argparse
 import functools
 import os
 import platform
-import subprocess
 import time
 
 import jax
 import numpy as np
+
+import provenance   # this folder
 
 TARGET = 1.5
 MARGINS = (0.05, 0.1, 0.2, 0.5, 1.0, 0.3, 0.7, 0.02)
@@ -76,16 +77,16 @@ def main() -> None:
   singles = [jax.jit(functools.partial(train_step, margin=m), donate_argnums=0) for m in margins]
   copy = lambda t: jax.tree.map(lambda x: x.copy(), t)
 
-  def run_vmapped(steps):
+  def run_vmapped(bs):
     s = steps.stack([state] * len(margins))
-    for b in steps:
+    for b in bs:
       s, m = multi(s, b)
     jax.block_until_ready(s)
 
-  def run_sequential(steps):
+  def run_sequential(bs):
     for f in singles:
       s = copy(state)
-      for b in steps:
+      for b in bs:
         s, m = f(s, b)
       jax.block_until_ready(s)
 
@@ -108,11 +109,6 @@ def main() -> None:
     ts.append(time.perf_counter() - t)
   ratios = [s / v for s, v in zip(ts, tv)]
   ratio = float(np.median(ratios))
-  try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-  except OSError:
-    commit = "?"
   dev = jax.devices()[0]
   print(f"# K={len(margins)} margins {margins}; config {args.variant} ({config.model.name} "
         f"{tuple(config.model.widths)}, {config.model.embedding_dim}-d, batch "
@@ -120,7 +116,7 @@ def main() -> None:
         f"miner {config.miner}); {args.steps} timed steps x {args.rounds} alternating rounds after "
         f"{args.warmup} warm-up; {dev.platform} ({getattr(dev, 'device_kind', '')}), "
         f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; jax {jax.__version__}; "
-        f"{platform.processor() or platform.machine()}; commit {commit}")
+        f"{platform.processor() or platform.machine()}; commit {provenance.commit()}")
   print("| | per step, all K models (median, ms) | compile (s) |")
   print("|---|---|---|")
   print(f"| vmapped, one program | {1e3 * np.median(tv) / args.steps:.1f} | {c_v:.1f} |")

@@ -12,7 +12,6 @@ swapped out ("plain", benchmarks/plain_convs.py). Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 
 import jax
@@ -26,6 +25,7 @@ from facenet_jax import steps
 from infra import convolution, vgg as vgg_lib
 from infra.overrides import with_overrides
 from plain_convs import plain_convs
+import provenance
 from style_jax import cost, optimize
 
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -66,9 +66,7 @@ def main():
   p.add_argument("--k", type=int, default=5)
   p.add_argument("--style_size", type=int, default=256)
   args = p.parse_args()
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
-  print(f"# jax {jax.__version__}, commit {commit}, exported on {jax.devices()[0].platform}")
+  print(f"# jax {jax.__version__}, commit {provenance.commit()}, exported on {jax.devices()[0].platform}")
   print("| program | " + " | ".join(PLATFORMS) + " | plain (cuda trace) |\n|---|---|---|---|---|")
   programs = {**facenet_programs(args.variant, args.k), **style_program(args.style_size)}
   fmt = lambda c: f"{c['convolution']} conv + {c['dot_general']} dot"

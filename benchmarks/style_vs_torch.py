@@ -48,6 +48,8 @@ import time
 
 import numpy as np
 
+import provenance   # this folder
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
 DEFAULT_WEIGHTS = os.path.join(SHARED, "weights", "vgg19_notop_imagenet_8bit_f16.h5")
@@ -327,7 +329,6 @@ def time_steps(args, size: int) -> dict:
 
 def _peak_child(args) -> None:
   """Subprocess: one variant at --memory_size; prints a JSON line."""
-  import resource  # noqa: F401  (Linux only, like /proc)
   obj, config = _objective()
   size = args.memory_size
   cx, sx, x0 = _inputs(args, size)
@@ -440,14 +441,9 @@ def machine() -> dict:
   import flax
   import optax
   import torch
-  try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-  except OSError:
-    commit = "?"
   return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
           "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-          "optax": optax.__version__, "torch": torch.__version__, "commit": commit,
+          "optax": optax.__version__, "torch": torch.__version__, "commit": provenance.commit(),
           "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
           "loadavg": os.getloadavg()}
 

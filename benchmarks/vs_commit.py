@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 from configs.style import get_config as style_config
+import provenance   # this folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,9 +109,7 @@ def main():
                      os.path.abspath(args.weights)],
   }
   jobs = {j: jobs[j] for j in args.jobs.split(",")}
-  head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                        text=True).stdout.strip()
-  print(f"# base {args.base} vs this tree (HEAD {head} + working tree), {platform.processor() or platform.machine()}, "
+  print(f"# base {args.base} vs this tree (HEAD {provenance.commit()} + working tree), {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores; train step {args.p}x{args.k} at {args.size} px, style Adam at "
         f"{args.style_size} px; median s/step per round, alternating", flush=True)
   med = {(j, t): [] for j in jobs for t in trees}

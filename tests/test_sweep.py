@@ -318,3 +318,15 @@ def test_vmapped_run_resumes_from_the_latest_step_every_member_has(tmp_path):
                                state) is None
   for c in cks:
     c.close()
+
+
+def test_margin_vmap_benchmark_runs_and_prints_its_table():
+  """benchmarks/margin_vmap.py at tiny sizes: both rows and the ratio line (it once called a
+  list's .stack(), a parameter named like the steps module, and failed before its first row)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "margin_vmap.py"), "--variant=tiny",
+                      "--k=2", "--steps=1", "--rounds=1", "--warmup=1", "--run_steps=0"],
+                     env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "| vmapped, one program |" in r.stdout and "| 2 sequential runs |" in r.stdout, r.stdout
+  assert "ratio sequential / vmapped per round:" in r.stdout and "commit " in r.stdout, r.stdout

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from facenet_jax import evaluators
 from infra import files, overrides
+from infra.errors import MissingFileError
 
 INDEX = "sweep.json"
 RESULTS = "results.json"
@@ -79,7 +80,7 @@ def write_index(root: str, points: Sequence[Mapping[str, Any]], *, header: Mappi
 def read_index(root: str) -> dict:
   path = os.path.join(root, INDEX)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {root!r} a sweep root written by "
+    raise MissingFileError(f"{path} not found: is {root!r} a sweep root written by "
                             "scripts/sweep.py or a config.margins run?")
   return files.read_json(path)
 

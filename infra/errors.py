@@ -10,6 +10,11 @@ class UserError(Exception):
   bug) keeps its traceback."""
 
 
+class MissingFileError(UserError, FileNotFoundError):
+  """A file or folder named by a flag or config field is absent (or not the kind of file
+  expected); the message names the field or file. A FileNotFoundError, as callers catch."""
+
+
 class Preempted(RuntimeError):
   """A SIGTERM/SIGINT stopped a loop after it checkpointed the current step."""
 

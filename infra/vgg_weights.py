@@ -21,7 +21,7 @@ import urllib.request
 
 import numpy as np
 
-from infra.errors import UserError
+from infra.errors import MissingFileError, UserError
 
 WEIGHTS_URLS = {
     19: ("https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
@@ -159,9 +159,9 @@ def read_conv_weights(path: str | os.PathLike, shapes: Shapes,
   import h5py
   path = os.fspath(path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"VGG weights file {path} does not exist")
+    raise MissingFileError(f"VGG weights file {path} does not exist")
   if not os.path.isfile(path):   # a FIFO would block h5py, /dev/zero would never end
-    raise FileNotFoundError(f"VGG weights file {path} is not a regular file")
+    raise MissingFileError(f"VGG weights file {path} is not a regular file")
   try:
     f = h5py.File(path, "r")
   except OSError as e:

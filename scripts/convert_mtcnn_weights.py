@@ -180,9 +180,10 @@ def convert(paths: list[str]) -> dict:
   except ImportError:
     raise UserError("the mtcnn weights are LZ4 frames: `pip install lz4` to convert them "
                     "(only this script needs it)") from None
+  inputs = read_inputs(paths)   # a missing or altered file is named before JAX starts
   want = nets.expected_arrays()
   out = {}
-  for net, (where, data) in read_inputs(paths).items():
+  for net, (where, data) in inputs.items():
     try:
       raw = lz4.frame.decompress(data)
     except RuntimeError as e:

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from infra import imagefile
-from infra.errors import UserError
+from infra.errors import MissingFileError, UserError
 
 
 class ImageError(UserError, ValueError):
@@ -30,7 +30,7 @@ def load_image(path: str, field: str = "image") -> np.ndarray:
   path = os.fspath(path)
   if not os.path.isfile(path):
     what = "is a directory, not an image file" if os.path.isdir(path) else "does not exist"
-    raise FileNotFoundError(f"{field}: image file {path!r} {what}")
+    raise MissingFileError(f"{field}: image file {path!r} {what}")
   im = imagefile.decode(path, f"{field}: {path!r}", "RGB", error=ImageError)
   return np.asarray(im, np.uint8)
 

@@ -978,3 +978,32 @@ def test_settings_the_devices_or_data_cannot_take_are_one_line_user_errors():
       fn()
     line = cli.user_message(e.value)
     assert words in line and "\n" not in line, line
+
+
+def test_a_missing_input_file_is_a_one_line_user_error_and_a_file_not_found_error(tmp_path):
+  """A style image, a VGG weights file or a sweep root that is not there: one line naming the
+  field or path (infra.cli: exit 2, no traceback; they were bare FileNotFoundErrors without a
+  filename, which the scripts printed as a bug's traceback), and still FileNotFoundError."""
+  import subprocess
+  import sys
+  from facenet_jax import sweep
+  from infra import cli
+  missing = str(tmp_path / "nope.jpg")
+  cases = [(lambda: simages.load_image(missing, "config.content"), "config.content: image file"),
+           (lambda: simages.load_image(str(tmp_path), "config.style"), "is a directory"),
+           (lambda: vgg_weights.read_conv_weights(missing, {}, "VGG19"), "VGG weights file"),
+           (lambda: sweep.read_index(str(tmp_path)), "sweep.json not found")]
+  for fn, words in cases:
+    with pytest.raises(FileNotFoundError) as e:
+      fn()
+    line = cli.user_message(e.value)
+    assert line is not None and words in line and "\n" not in line, (words, line)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  work = tmp_path / "run"
+  r = subprocess.run([sys.executable, os.path.join(root, "scripts", "stylize.py"),
+                      "--config=configs/style.py:tiny", f"--workdir={work}", f"--config.content={missing}"],
+                     cwd=root, capture_output=True, text=True, timeout=120,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert r.stderr.strip() == f"error: config.content: image file {missing!r} does not exist", r.stderr
+  assert not work.exists()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -119,6 +120,13 @@ def state_digest(tree: Any) -> str | None:
   return h.hexdigest()
 
 
+def _read_only_notice(record: logging.LogRecord) -> bool:
+  """Drops orbax's "Given directory is read only=..." warning, which it logs for every
+  read-only manager: here that is the restore-only mode (evaluate, recognize), not a
+  read-only folder on disk, and the line read as one to users."""
+  return not str(record.msg).startswith("Given directory is read only")
+
+
 class Checkpointer:
   """Saves every ``every`` steps (and on request), keeps the last ``keep``.
 
@@ -148,14 +156,21 @@ class Checkpointer:
             f"read-only)")
     self.every = int(every)
     self._meta_handler = _meta_handler()
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
-            enable_async_checkpointing=False, read_only=read_only,
-            todelete_subdir=None if read_only else TRASH),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "meta": self._meta_handler})
+    absl_log = logging.getLogger("absl")
+    absl_log.addFilter(_read_only_notice)
+    try:
+      self._manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=None if read_only else keep,   # orbax warns when read_only has
+              save_interval_steps=0 if read_only else 1,   # either of these
+              create=not read_only, cleanup_tmp_directories=not read_only,
+              enable_async_checkpointing=False, read_only=read_only,
+              todelete_subdir=None if read_only else TRASH),
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "meta": self._meta_handler})
+    finally:
+      absl_log.removeFilter(_read_only_notice)
     if not read_only:
       self._empty_trash()
 

@@ -88,6 +88,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                  "trained on aligned faces its data.align_min_face, as its photos were detected; "
                  "else MTCNN's 20)")
   args = p.parse_intermixed_args(argv)   # images may come before or after the flags
+  if args.threshold is not None and not args.threshold >= 0:   # also catches NaN
+    raise SystemExit(f"--threshold={args.threshold:g}: expected a squared L2 distance >= 0 "
+                     "(below 0 no one is accepted; 4 or more accepts the nearest person always)")
   if args.min_face is not None and not args.min_face > 0:
     raise SystemExit(f"--min_face={args.min_face:g}: expected a face size in px > 0")
   if args.command in NEEDS_MODEL and not args.workdir:

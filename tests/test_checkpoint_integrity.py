@@ -156,3 +156,20 @@ def test_restoring_into_arrays_this_process_does_not_hold_whole_warns(tmp_path, 
                     match=r"ck/2: restored unverified \(this process does not hold its arrays"):
     step, _, _ = _restore(d, 2)
   assert step == 2
+
+
+def test_read_only_restore_logs_no_orbax_warnings_and_leaves_other_warnings_alone(tmp_path, caplog):
+  """Restoring read-only (evaluate, recognize) printed three orbax warnings per call, one of
+  them "Given directory is read only=...", which is about orbax's mode, not the folder."""
+  import logging
+  d = str(tmp_path / "ck")
+  _save_steps(d)
+  caplog.set_level(logging.INFO, logger="absl")
+  ck = checkpoints.Checkpointer(d, every=1, read_only=True)
+  got, state, _ = ck.restore(_STATE)
+  ck.close()
+  assert got == 4
+  np.testing.assert_array_equal(state["params"]["w"], _state_at(4)["params"]["w"])
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+  logging.getLogger("absl").warning("Given directory is read only=elsewhere")   # filter removed
+  assert "elsewhere" in caplog.text

@@ -241,9 +241,11 @@ def test_recognize_enroll_identify_verify(run, tmp_path, monkeypatch):
   r = recognize.run(["identify", paths["alice", 0], paths["bob", 0], *wd])
   assert r["threshold"] == results["metrics"]["threshold_at_far_1e-3"]
   assert r["ids"] == ["alice", "bob"] and max(r["distances"]) < 1e-6
-  # an impossible threshold rejects even that
-  r = recognize.run(["identify", paths["alice", 0], "--threshold=-1", *wd])
-  assert r["ids"] == [None]
+  # a threshold no squared distance of unit vectors can meet (or NaN) is refused, not a
+  # gallery that silently rejects everyone
+  for bad in ("-1", "nan"):
+    with pytest.raises(SystemExit, match=rf"--threshold={bad}: expected a squared L2 distance"):
+      recognize.run(["identify", paths["alice", 0], f"--threshold={bad}", *wd])
   # another image, at threshold 0: not recognized; at the loosest threshold (4 = the
   # largest squared distance of unit vectors): the nearest person, as NumPy finds it
   r = recognize.run(["identify", paths["alice", 1], "--threshold=0", *wd])

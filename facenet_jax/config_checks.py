@@ -224,6 +224,10 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   _check_optim(c.optim)
   _check_augment(c.augment, c.model.spatial_dims)
   _check_evaluation(c.evaluation, c.data)
+  try:   # a misspelt name would otherwise surface only after training
+    evaluators.names(c.evals)
+  except evaluators.EvaluatorError as e:
+    raise ConfigError(f"config.evals = {c.evals!r}: {e}") from None
   _check_data(c.data)
   _check_source_rank(c)
   if c.offline.enabled:

@@ -36,6 +36,7 @@ from facenet_jax import (clustering, episodes, lfw_runs, open_set, pair_head, re
                          verification)
 from facenet_jax.data import real
 from facenet_jax.data.dataset import IdentityDataset
+from infra.errors import UserError
 
 Metrics = dict[str, float]
 
@@ -277,6 +278,10 @@ DATASET_EVALS = {
 }
 
 
+class EvaluatorError(UserError, ValueError):
+  """An evaluator or dataset name that is not one (``config.evals``, ``--eval``)."""
+
+
 def names(spec: str) -> list[str]:
   """Evaluator names of a comma-separated spec of evaluator or dataset names."""
   out: list[str] = []
@@ -286,7 +291,7 @@ def names(spec: str) -> list[str]:
     elif part in DATASET_EVALS:
       out.extend(DATASET_EVALS[part])
     else:
-      raise ValueError(f"evaluator {part!r} is unknown; expected one of {sorted(EVALUATORS)} "
+      raise EvaluatorError(f"evaluator {part!r} is unknown; expected one of {sorted(EVALUATORS)} "
                        f"or a dataset name {sorted(DATASET_EVALS)}")
   return list(dict.fromkeys(out))
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from infra import convolution, mesh as mesh_lib
+from infra.errors import UserError
 
 BN_MOMENTUM = 0.9  # flax convention; equals torch's momentum=0.1
 
@@ -167,6 +168,10 @@ class ConvBNAct(nnx.Module):
     return nnx.relu(x) if self.act else x
 
 
+class InputTooSmallError(UserError, ValueError):
+  """An example so small that the network's pools shrink it to nothing before its head."""
+
+
 class EmbeddingHead(nnx.Module):
   """Global average pool -> linear -> (optional BatchNorm1d) -> L2 normalise.
 
@@ -181,6 +186,11 @@ class EmbeddingHead(nnx.Module):
                              rngs=rngs) if last_bn else None)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if 0 in x.shape[1:-1]:   # the mean over no positions is NaN: the first step's loss would be
+      raise InputTooSmallError(
+          f"the examples are too small for this network: its strides and pools leave a "
+          f"{'x'.join(map(str, x.shape[1:-1]))} map for the head; raise data.image_size (or the "
+          "signal / volume size) or use fewer downsampling stages (model.widths of small_cnn)")
     x = self.linear(global_avg_pool(x)).astype(jnp.float32)
     if self.bn is not None:
       x = self.bn(x, use_running_average=not train)

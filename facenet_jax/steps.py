@@ -87,6 +87,15 @@ def create_train_state(config: ml_collections.ConfigDict, in_channels: int | Non
   return graphdef, tx, state
 
 
+def check_example_fits(graphdef: Any, state: dict, example_shape: tuple[int, ...]) -> None:
+  """Traces the forward pass once on one abstract example (shapes only: no compile, no
+  arithmetic), so that a network whose strides and pools shrink the example to nothing raises
+  ``layers.InputTooSmallError`` before a run writes anything, not a NaN loss at step 0."""
+  model = nnx.merge(graphdef, state["params"], state["model_state"])
+  jax.eval_shape(lambda x: model(x, train=False),
+                 jax.ShapeDtypeStruct((1, *example_shape), jnp.float32))
+
+
 def make_objective(config: ml_collections.ConfigDict) -> Callable:
   """``(emb_BxD, batch, key, margin) -> (loss, stats)`` for online mining or offline triplets
   (an offline batch is the anchors, then the positives, then the negatives)."""

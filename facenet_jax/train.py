@@ -412,6 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   data = prepare_data(config, mesh)
   graphdef, tx, state = steps.create_train_state(config, example_shape=data.train_ds.example_shape,
                                                  fit_examples=data.train_ds.images)
+  steps.check_example_fits(graphdef, state, data.train_ds.example_shape)
   step_fn = jit_train_step(graphdef, tx, config, mesh)
   embed_fn = steps.jit_embed_fn(graphdef, config.evaluation.flip_tta, mesh)
 

@@ -152,10 +152,21 @@ def run(main: Callable[..., Any], *, absl_flags: bool = True) -> None:
   """Runs a script's ``main``: through absl's ``app.run`` (flags parsed first), or with
   ``absl_flags=False`` called with no arguments (a script that parses ``sys.argv`` itself,
   e.g. with argparse, whose own usage errors exit 2 too). Compiled programs are cached
-  between runs (see the module doc)."""
+  between runs (see the module doc). Library INFO logs (Orbax's per-save lines, JAX's probe
+  for a TPU) stay off the terminal unless ``--verbosity`` / ``-v`` asks for them."""
   use_compile_cache()
   if absl_flags:
     from absl import app
-    app.run(guarded(main), flags_parser=_parse_flags)
+    app.run(guarded(_quiet(main)), flags_parser=_parse_flags)
   else:
-    guarded(main)()
+    guarded(_quiet(main))()
+
+
+def _quiet(main: Callable[..., Any]) -> Callable[..., Any]:
+  @functools.wraps(main)
+  def wrapper(*args, **kwargs):
+    from absl import flags, logging
+    if "verbosity" not in flags.FLAGS or not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    return main(*args, **kwargs)
+  return wrapper

@@ -23,5 +23,6 @@ class Preempted(RuntimeError):
     self.signum, self.step = signum, step
 
 
-class NonFiniteLossError(FloatingPointError):
-  """A loss or gradient became NaN/Inf; no checkpoint after the last good one was written."""
+class NonFiniteLossError(UserError, FloatingPointError):
+  """A loss or gradient became NaN/Inf; no checkpoint after the last good one was written.
+  A user error (one line, exit 2): the message names the settings to change."""

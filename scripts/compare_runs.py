@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 import numpy as np
 
 from infra import cli
@@ -296,7 +296,6 @@ def compare(root: str, *, field: str = "", out: str = "", histograms: bool = Tru
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: compare_runs.py ROOT [--field=F] [--out=DIR]")
-  logging.set_verbosity(logging.WARNING)
   s = compare(argv[1], field=_FIELD.value, out=_OUT.value, histograms=_HIST.value, title=_TITLE.value,
               average=_AVERAGE.value)
   print(open(os.path.join(_OUT.value or argv[1], "compare.md")).read())

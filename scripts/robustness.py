@@ -9,7 +9,7 @@ facenet_jax/robustness.py for the degradations.
 
 import os
 
-from absl import flags, logging
+from absl import flags
 from infra import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (config.json + checkpoints).", required=True)
@@ -48,7 +48,6 @@ def plot(path: str, rows: list[dict], title: str) -> str:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   from facenet_jax import robustness
   from infra.files import write_json_atomic
   out = _OUT.value or _WORKDIR.value

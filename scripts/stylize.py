@@ -15,7 +15,7 @@ file once (needs internet); the default is the shared 8-bit VGG19 beside the rep
 
 import os
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from infra import cli
@@ -28,7 +28,6 @@ _INITIALIZE = cli.launch_flags()   # --coordinator_address, --num_processes, --p
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)   # keep Orbax's per-save INFO lines off stdout
   _INITIALIZE()
   from style_jax import optimize
   r = optimize.stylize(_CONFIG.value, _WORKDIR.value)

@@ -24,7 +24,7 @@ import sys
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from configs import sweeps as config_sweeps
@@ -71,7 +71,6 @@ def slurm_script(config_arg: str, base: dict, n: int) -> str:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
   base = config_flags.get_override_values(flags.FLAGS["config"])
   points = load_points(_SWEEP.value)

@@ -6,7 +6,7 @@
 
 import os
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from infra import cli
@@ -19,7 +19,6 @@ _INITIALIZE = cli.launch_flags()   # --coordinator_address, --num_processes, --p
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)   # keep Orbax's per-save INFO lines off stdout
   _INITIALIZE()
   from facenet_jax import train
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -1007,3 +1007,20 @@ def test_a_missing_input_file_is_a_one_line_user_error_and_a_file_not_found_erro
   assert r.returncode == 2, r.stderr[-2000:]
   assert r.stderr.strip() == f"error: config.content: image file {missing!r} does not exist", r.stderr
   assert not work.exists()
+
+
+@pytest.mark.parametrize("variant,size,shrunk", [("tiny", 3, "0x0"), ("ekg", 2, "0")])
+def test_examples_the_network_pools_to_nothing_are_refused_before_the_run_writes(tmp_path, variant,
+                                                                                 size, shrunk):
+  """small_cnn's stages halve each size (VALID pools): 3 px -> 1 -> 0, and the global mean over
+  no positions made the first loss NaN (a NonFiniteLossError traceback after the workdir was
+  written, which then refused the corrected config as "another config")."""
+  from facenet_jax import layers
+  from infra import cli
+  c = facenet_config(variant)
+  c.data.image_size = size
+  c.num_steps = 2
+  with pytest.raises(layers.InputTooSmallError, match=rf"leave a {shrunk} map for the head") as e:
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert "\n" not in cli.user_message(e.value)
+  assert _leftovers(tmp_path / "run") == []

@@ -202,3 +202,13 @@ def test_good_evaluator_settings_pass():
                        ("evaluation.one_shot.open_set_far", 0.0),
                        ("evaluation.episodes.n_way", 2), ("evaluation.one_shot.repeats", 1)):
     check_config(_with(tiny, field, value))
+
+
+def test_every_evaluator_and_dataset_name_passes_and_a_misspelt_one_fails_before_training():
+  """config.evals is checked with the rest of the config: a misspelt name used to surface as a
+  ValueError traceback only when the evaluators ran, after the whole training run."""
+  tiny = facenet.get_config("tiny")
+  for value in (*evaluators.EVALUATORS, *evaluators.DATASET_EVALS, "pairs,one_shot", ""):
+    check_config(_with(tiny, "evals", value))
+  with pytest.raises(ConfigError, match=r"config\.evals = 'pairs,bogus': evaluator 'bogus' is unknown"):
+    check_config(_with(tiny, "evals", "pairs,bogus"))

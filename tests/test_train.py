@@ -141,8 +141,10 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
 
   monkeypatch.setattr(sources, "load", poisoned)
   monkeypatch.setattr(steps, "make_train_step", make_step)
-  with pytest.raises(NonFiniteLossError, match="step 3"):
+  with pytest.raises(NonFiniteLossError, match="step 3") as e:
     train.train_and_evaluate(config, str(tmp_path))
+  from infra import cli   # a script prints it as one line (exit 2): it names what to change
+  assert "optim.learning_rate" in cli.user_message(e.value) and "\n" not in cli.user_message(e.value)
   saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
   assert saved == [2]
   assert not os.path.exists(tmp_path / "results.json")

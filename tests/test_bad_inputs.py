@@ -1024,3 +1024,22 @@ def test_examples_the_network_pools_to_nothing_are_refused_before_the_run_writes
     train.train_and_evaluate(c, str(tmp_path / "run"))
   assert "\n" not in cli.user_message(e.value)
   assert _leftovers(tmp_path / "run") == []
+
+
+def test_scripts_keep_library_info_logs_off_the_terminal_unless_verbosity_asks(tmp_path):
+  """infra.cli.run: absl INFO lines (JAX's TPU probe, Orbax's per-save lines) are not shown by
+  default, and --verbosity=0 still shows them; warnings always are."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = ("from absl import logging\nfrom infra import cli\n"
+          "def main(argv):\n  logging.info('an-info-line')\n  logging.warning('a-warning-line')\n"
+          "cli.run(main)\n")
+  script = tmp_path / "s.py"
+  script.write_text(code)
+  env = dict(os.environ, PYTHONPATH=root, FACENET_COMPILE_CACHE="off")
+  for args, info in (([], False), (["--verbosity=0"], True)):
+    r = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert ("an-info-line" in r.stderr) == info and "a-warning-line" in r.stderr, r.stderr

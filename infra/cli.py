@@ -7,7 +7,8 @@ Exit statuses, the same for every script in scripts/:
   2    a user error, as one line on stderr: ``error: <message>``, the message naming the
        flag, config field, file or workdir and what was expected. User errors are
        ``infra.errors.UserError`` (``ConfigError``, ``WorkdirError``, ``DataError``, a
-       malformed multi-process launch variable or flag: ``LaunchError``, ...),
+       malformed multi-process launch variable or flag: ``LaunchError``, a missing input
+       file: ``MissingFileError``, a NaN loss: ``NonFiniteLossError``, ...),
        flag parsing errors, ``app.UsageError``, ``SystemExit("message")`` and an OSError
        that names its file (a missing input, a folder given as a file, ...)
   128 + signal (143 SIGTERM, 130 SIGINT)

@@ -37,7 +37,7 @@ _ALIGNED = flags.DEFINE_bool("aligned", False, "Also write aligned face crops to
 _TEMPLATE = flags.DEFINE_enum("template", "arcface112", ["arcface112", "facenet160"],
                               "Alignment template for --aligned.")
 _GRID = flags.DEFINE_string("grid", None, "Write a PNG grid of the detections here.")
-_GRID_COUNT = flags.DEFINE_integer("grid_count", 12, "Images in the --grid PNG.")
+_GRID_COUNT = flags.DEFINE_integer("grid_count", 12, "Images in the --grid PNG.", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch", 16, "Images detected per batch.")
 _MIN_FACE = flags.DEFINE_float("min_face_size", 20.0, "Smallest face searched for (px).")
 _SCALE = flags.DEFINE_float("scale_factor", 0.709, "Ratio between pyramid levels.")

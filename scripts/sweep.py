@@ -77,8 +77,11 @@ def main(argv):
   from facenet_jax import sweep
   named = sweep.named_points(points)
   root = _WORKDIR.value
+  if not 0 <= _INDEX.value < len(named) and _INDEX.value != -1:
+    raise SystemExit(f"--index={_INDEX.value}: this sweep has points 0..{len(named) - 1}")
+  todo = range(len(named)) if _INDEX.value < 0 else [_INDEX.value]
   if _DRY_RUN.value:
-    for i in range(len(named)):
+    for i in todo:
       print(point_command(config_arg, base, i))
     return
   if _EMIT.value == "slurm":
@@ -96,9 +99,6 @@ def main(argv):
   lead = jax.process_index() == 0
   header = {"kind": "sweep", "config_file": config_arg, "sweep": _SWEEP.value,
             "base_overrides": base}
-  if not 0 <= _INDEX.value < len(named) and _INDEX.value != -1:
-    raise SystemExit(f"--index={_INDEX.value}: this sweep has points 0..{len(named) - 1}")
-  todo = range(len(named)) if _INDEX.value < 0 else [_INDEX.value]
   errors: dict[str, str] = {}
   if lead:
     sweep.write_index(root, points, header=header)

@@ -29,12 +29,13 @@ import numpy as np
 from infra import cli
 
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
-_LENGTH = flags.DEFINE_integer("length", 1024, "Samples of the example strip (100 Hz).")
+_LENGTH = flags.DEFINE_integer("length", 1024, "Samples of the example strip (100 Hz).",
+                               lower_bound=2)
 _PERSON_SEED = flags.DEFINE_integer("ekg_seed", 0, "Seed of the procedural EKG person and strip.")
 _WIDTHS = flags.DEFINE_list("widths", ["32", "64", "128", "128"], "small_cnn stage widths.")
 _LAYERS = flags.DEFINE_list("layers", ["conv1_1", "conv1_2", "conv2_2", "conv3_2", "conv4_2"],
                             "Layers whose Gram matrices are matched (equal weights).")
-_STEPS = flags.DEFINE_integer("steps", 300, "L-BFGS iterations.")
+_STEPS = flags.DEFINE_integer("steps", 300, "L-BFGS iterations.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random weights and of the noise start.")
 
 

@@ -36,13 +36,17 @@ _WEIGHTS = flags.DEFINE_string("weights", None, "VGG: the Keras notop HDF5 weigh
 _LAYERS = flags.DEFINE_list("layers", None, "Layer names (default: the last conv of every block).")
 _DATA = flags.DEFINE_string("data", None, "Folder of images (searched recursively).", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
-_K = flags.DEFINE_integer("k", 9, "Top activations kept per unit.")
-_UNITS = flags.DEFINE_integer("units", 8, "Units per layer drawn in the PNG (seeded random, live).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "VGG input side (px); a workdir uses its config's.")
-_TILES = flags.DEFINE_integer("tiles", 1, "Cut each (square) image into tiles x tiles inputs.")
-_MAX_IMAGES = flags.DEFINE_integer("max_images", 0, "Use a seeded subset of this many files (0: all).")
-_BATCH = flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
-_PATCH_PX = flags.DEFINE_integer("patch_px", 48, "Side of each drawn patch (px).")
+_K = flags.DEFINE_integer("k", 9, "Top activations kept per unit.", lower_bound=1)
+_UNITS = flags.DEFINE_integer("units", 8, "Units per layer drawn in the PNG (seeded random, live).",
+                              lower_bound=1)
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "VGG input side (px); a workdir uses its config's.",
+                                   lower_bound=1)
+_TILES = flags.DEFINE_integer("tiles", 1, "Cut each (square) image into tiles x tiles inputs.",
+                              lower_bound=1)
+_MAX_IMAGES = flags.DEFINE_integer("max_images", 0, "Use a seeded subset of this many files (0: all).",
+                                   lower_bound=0)
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Images per forward pass.", lower_bound=1)
+_PATCH_PX = flags.DEFINE_integer("patch_px", 48, "Side of each drawn patch (px).", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the file subset and of the drawn units.")
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff")

@@ -153,6 +153,16 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
                    "--config.weights=random"),
                 r"error: config.image_size=100000: .* needs about .* the largest image_size that "
                 r"fits is \d+"),
+      # flags out of range used to fail after the work (tracebacks) or print every point
+      "evals": (py("train_facenet.py", tiny, f"--workdir={tmp_path / 'evals'}",
+                   "--config.evals=pairs,bogus"),
+                r"error: config.evals = 'pairs,bogus': evaluator 'bogus' is unknown"),
+      "units_k": (py("visualize_units.py", f"--model={workdir}", f"--data={tmp_path}",
+                     f"--out={tmp_path / 'units'}", "--k=0"), r"error: flag --k=0: 0 is not a positive"),
+      "grid": (py("detect_faces.py", f"--out={tmp_path / 'faces'}", "--grid_count=0", str(afile)),
+               r"error: flag --grid_count=0: 0 is not a positive"),
+      "sweep_index": (py("sweep.py", tiny, "--sweep=margin", f"--workdir={tmp_path / 'sweep'}",
+                         "--dry_run", "--index=99"), r"error: --index=99: this sweep has points 0\.\.4"),
   }
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("FACENET_TRACEBACK", None)
@@ -166,6 +176,7 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
     assert "Traceback" not in err, (k, err)
   assert _tree(workdir) == before
   assert afile.read_text() == "mine" and not (tmp_path / "style").exists()
+  assert not any((tmp_path / d).exists() for d in ("evals", "units", "faces", "sweep"))
   # FACENET_TRACEBACK=1: the same error with its traceback, for a bug report
   p = subprocess.run(cases["file"][0], cwd=str(tmp_path), capture_output=True, text=True,
                      env=dict(env, FACENET_TRACEBACK="1"), timeout=300)

@@ -130,6 +130,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _fail(_flag_message(e, argv))
 
 
+def png_flag(name: str, default: str | None, help: str, *, required: bool = False) -> Any:
+  """A string flag naming a PNG to write, checked when the flags are parsed: a figure path
+  without ``.png`` used to fail in the savefig at the end, after all the work."""
+  from absl import flags
+  holder = flags.DEFINE_string(name, default, help, required=required)
+  flags.register_validator(name, lambda v: v is None or v.lower().endswith(".png"),
+                           message="expected a .png file name")
+  return holder
+
+
 def launch_flags() -> Callable[[], Any]:
   """Defines a script's multi-process flags (``--coordinator_address``, ``--num_processes``,
   ``--process_id``; defaults from ``$JAX_*``, see ``infra.distributed``) and returns the

@@ -36,7 +36,7 @@ _WEIGHTS = flags.DEFINE_string("weights", DEFAULT_WEIGHTS, "The MTCNN weights .n
 _ALIGNED = flags.DEFINE_bool("aligned", False, "Also write aligned face crops to OUT/aligned/.")
 _TEMPLATE = flags.DEFINE_enum("template", "arcface112", ["arcface112", "facenet160"],
                               "Alignment template for --aligned.")
-_GRID = flags.DEFINE_string("grid", None, "Write a PNG grid of the detections here.")
+_GRID = cli.png_flag("grid", None, "Write a PNG grid of the detections here.")
 _GRID_COUNT = flags.DEFINE_integer("grid_count", 12, "Images in the --grid PNG.", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch", 16, "Images detected per batch.")
 _MIN_FACE = flags.DEFINE_float("min_face_size", 20.0, "Smallest face searched for (px).")

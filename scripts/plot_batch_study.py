@@ -15,13 +15,13 @@ from __future__ import annotations
 import collections
 import os
 
-from absl import app, flags
+from absl import app
 import numpy as np
 
 from facenet_jax import sweep
 from infra import cli, files
 
-_OUT = flags.DEFINE_string("out", "docs/batch_size.png", "Output PNG.")
+_OUT = cli.png_flag("out", "docs/batch_size.png", "Output PNG.")
 
 
 def runs_of(root: str) -> list[dict]:

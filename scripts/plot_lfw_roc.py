@@ -19,7 +19,7 @@ import numpy as np
 from infra import cli
 
 _RUNS = flags.DEFINE_list("runs", None, "LABEL=DIR cross-validation workdirs.", required=True)
-_OUT = flags.DEFINE_string("out", None, "The PNG to write.", required=True)
+_OUT = cli.png_flag("out", None, "The PNG to write.", required=True)
 _SCORER = flags.DEFINE_string("scorer", "distance", "Which scores' ROC to plot.")
 _FOLDS = flags.DEFINE_list("folds", None,
                            "Test folds to compare on (default: all, the same in every run).")

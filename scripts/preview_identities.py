@@ -19,7 +19,7 @@ import numpy as np
 from infra import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/facenet.py", "FaceNet config file[:variant].")
-_OUT = flags.DEFINE_string("out", None, "PNG path.", required=True)
+_OUT = cli.png_flag("out", None, "PNG path.", required=True)
 _IDENTITIES = flags.DEFINE_integer("identities", 3, "Rows.", lower_bound=1)
 _EXAMPLES = flags.DEFINE_integer("examples", 3, "Columns (examples per identity).", lower_bound=1)
 

@@ -161,6 +161,8 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
                      f"--out={tmp_path / 'units'}", "--k=0"), r"error: flag --k=0: 0 is not a positive"),
       "grid": (py("detect_faces.py", f"--out={tmp_path / 'faces'}", "--grid_count=0", str(afile)),
                r"error: flag --grid_count=0: 0 is not a positive"),
+      "png": (py("plot_lfw_roc.py", f"--runs=a={workdir}", f"--out={tmp_path / 'roc.txt'}"),
+              r"error: flag --out=\S+roc.txt: expected a .png file name"),
       "sweep_index": (py("sweep.py", tiny, "--sweep=margin", f"--workdir={tmp_path / 'sweep'}",
                          "--dry_run", "--index=99"), r"error: --index=99: this sweep has points 0\.\.4"),
   }

@@ -93,6 +93,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   need(config.save_every >= 0, "save_every", "must be >= 0 (0: no intermediate images)")
   need(0.0 <= config.init_noise_ratio <= 1.0, "init_noise_ratio", "must be in [0, 1]")
   need(config.learning_rate > 0, "learning_rate", "must be > 0")
+  for field in ("content_weight", "style_weight", "tv_weight"):   # NaN fails both comparisons
+    need(0 <= config[field] < float("inf"), field, "must be a finite number >= 0 (a negative "
+         "weight maximizes its loss)")
+  need(config.optimizer != "lbfgs" or config.lbfgs_memory >= 1, "lbfgs_memory", "must be >= 1")
+  need(config.optimizer != "lbfgs" or config.lbfgs_linesearch_steps >= 1,
+       "lbfgs_linesearch_steps", "must be >= 1")
   need(bool(comma_list(config.style)), "style", "no style image given")
   need(bool(comma_list(config.content_layers)), "content_layers", "no content layer given")
   need(bool(comma_list(config.style_layers)), "style_layers", "no style layer given")

@@ -366,9 +366,11 @@ class StyleRun:
 
   def non_finite(self, where: str) -> NonFiniteLossError:
     """The error for a NaN/Inf loss found at ``where``, naming the last good checkpoint."""
-    return NonFiniteLossError(
-        f"loss became NaN/Inf by {where} ({self.logged}); no checkpoint after step "
-        f"{self.ckpt.latest_step()} was written. Lower learning_rate or the loss weights.")
+    last = self.ckpt.latest_step()
+    kept = ("no checkpoint was written" if last is None
+            else f"no checkpoint after step {last} was written")
+    return NonFiniteLossError(f"loss became NaN/Inf by {where} ({self.logged}); {kept}. Lower "
+                              "learning_rate or the loss weights.")
 
   def on_log(self, step: int, losses_before: list, progress: Progress) -> None:
     """NaN guard on the last step's loss, then TensorBoard scalars and a progress line."""

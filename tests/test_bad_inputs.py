@@ -465,6 +465,9 @@ def _style_inputs(tmp_path, **overrides):
 @pytest.mark.parametrize("overrides,error,match", [
     ({"style_blend_weights": "1,-1"}, cost.StyleConfigError, r"style_blend_weights=.*values, expected 1|finite and >= 0"),
     ({"image_size": -5}, cost.StyleConfigError, r"config.image_size=-5: must be >= 0"),
+    ({"content_weight": -1.0}, cost.StyleConfigError, r"config.content_weight=-1.0: must be a finite number >= 0"),
+    ({"style_weight": float("nan")}, cost.StyleConfigError, r"config.style_weight=nan: must be a finite"),
+    ({"optimizer": "lbfgs", "lbfgs_memory": 0}, cost.StyleConfigError, r"config.lbfgs_memory=0: must be >= 1"),
     ({"style": "{missing}"}, FileNotFoundError, r"config.style: image file .*nope.png' does not exist"),
     ({"weights": "{truncated}"}, vgg_weights.WeightsError, r"w\.h5 is not a readable HDF5 weights file"),
 ])

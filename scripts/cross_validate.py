@@ -17,7 +17,7 @@ Each run lives in ``<workdir>/<field>=<value>`` and resumes (or is skipped when 
 import json
 import os
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
@@ -57,17 +57,25 @@ def pooled_lfw_roc(run_dirs: list[str], path: str, field: str) -> str | None:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   from facenet_jax import evaluators, train
+  from facenet_jax.config_checks import check_config
   from infra.files import write_json_atomic
   from infra.overrides import OverrideError, with_overrides
-  base = _CONFIG.value
-  per_run, dirs = {}, []
-  for value in _VALUES.value:
+  base, values = _CONFIG.value, _VALUES.value
+  if not values:
+    raise SystemExit("--values is empty: give the comma-separated values of --field to run")
+  twice = sorted({v for v in values if values.count(v) > 1})
+  if twice:
+    raise SystemExit(f"--values: {', '.join(twice)} given twice (each value is one run directory)")
+  configs = {}
+  for value in values:   # every value's config is checked before the first run starts
     try:
-      config = with_overrides(base, {_FIELD.value: value})
+      configs[value] = with_overrides(base, {_FIELD.value: value})
     except OverrideError as e:
       raise SystemExit(f"--field={_FIELD.value}: {e}") from e
+    check_config(configs[value])
+  per_run, dirs = {}, []
+  for value, config in configs.items():
     wd = os.path.join(_WORKDIR.value, f"{_FIELD.value}={value}")
     dirs.append(wd)
     res_path = os.path.join(wd, "results.json")

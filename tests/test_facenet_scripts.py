@@ -163,6 +163,10 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
                r"error: flag --grid_count=0: 0 is not a positive"),
       "png": (py("plot_lfw_roc.py", f"--runs=a={workdir}", f"--out={tmp_path / 'roc.txt'}"),
               r"error: flag --out=\S+roc.txt: expected a .png file name"),
+      "cv_late": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--field=margin",
+                     "--values=0.2,-1"), r"error: config.margin = -1.0: expected a number >= 0"),
+      "cv_twice": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--field=margin",
+                      "--values=0.2,0.2"), r"error: --values: 0.2 given twice"),
       "sweep_index": (py("sweep.py", tiny, "--sweep=margin", f"--workdir={tmp_path / 'sweep'}",
                          "--dry_run", "--index=99"), r"error: --index=99: this sweep has points 0\.\.4"),
   }
@@ -178,7 +182,7 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
     assert "Traceback" not in err, (k, err)
   assert _tree(workdir) == before
   assert afile.read_text() == "mine" and not (tmp_path / "style").exists()
-  assert not any((tmp_path / d).exists() for d in ("evals", "units", "faces", "sweep"))
+  assert not any((tmp_path / d).exists() for d in ("evals", "units", "faces", "sweep", "cv"))
   # FACENET_TRACEBACK=1: the same error with its traceback, for a bug report
   p = subprocess.run(cases["file"][0], cwd=str(tmp_path), capture_output=True, text=True,
                      env=dict(env, FACENET_TRACEBACK="1"), timeout=300)

@@ -291,8 +291,8 @@ def names(spec: str) -> list[str]:
     elif part in DATASET_EVALS:
       out.extend(DATASET_EVALS[part])
     else:
-      raise EvaluatorError(f"evaluator {part!r} is unknown; expected one of {sorted(EVALUATORS)} "
-                       f"or a dataset name {sorted(DATASET_EVALS)}")
+      raise EvaluatorError(f"evaluator {part!r} is unknown; expected one of "
+                           f"{sorted(EVALUATORS)} or a dataset name {sorted(DATASET_EVALS)}")
   return list(dict.fromkeys(out))
 
 

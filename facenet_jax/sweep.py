@@ -81,7 +81,7 @@ def read_index(root: str) -> dict:
   path = os.path.join(root, INDEX)
   if not os.path.exists(path):
     raise MissingFileError(f"{path} not found: is {root!r} a sweep root written by "
-                            "scripts/sweep.py or a config.margins run?")
+                           "scripts/sweep.py or a config.margins run?")
   return files.read_json(path)
 
 

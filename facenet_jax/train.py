@@ -130,8 +130,12 @@ def prepare_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
     empty = np.zeros(0, np.int32)
     return RunData(train_ds, eval_ds, raw_train_ds, raw_eval_ds, features, global_batch,
                    sampler, eval_bs, empty, empty, empty.astype(bool), {}, loader)
-  pair_i, pair_j, issame = verification.make_pairs(eval_ds.labels, config.data.eval_pairs,
-                                                   seed=config.seed + 1)
+  try:   # before the workdir is written: say which identities are too few
+    pair_i, pair_j, issame = verification.make_pairs(eval_ds.labels, config.data.eval_pairs,
+                                                     seed=config.seed + 1)
+  except verification.PairsError as e:
+    raise DataError(f"{eval_ds.name}, the held-out identities (config.data.eval_identities = "
+                    f"{config.data.eval_identities}): {e}") from None
   pixel = verification.summarize(verification.pixel_distances(eval_ds.images, pair_i, pair_j),
                                  issame, config.data.eval_folds, prefix="pixel_")
   return RunData(train_ds, eval_ds, raw_train_ds, raw_eval_ds, features, global_batch, sampler,

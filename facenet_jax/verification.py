@@ -13,6 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from facenet_jax import open_set
+from infra.errors import UserError
+
+
+class PairsError(UserError, ValueError):
+  """Too few identities, or too few images per identity, to draw verification pairs from."""
 
 
 def make_pairs(labels: np.ndarray, num_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -26,7 +31,7 @@ def make_pairs(labels: np.ndarray, num_pairs: int, seed: int) -> tuple[np.ndarra
   ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
   multi = np.nonzero(counts >= 2)[0]
   if multi.size == 0 or ids.size < 2:
-    raise ValueError("verification pairs need >= 2 identities, one with >= 2 images; "
+    raise PairsError("verification pairs need >= 2 identities, one with >= 2 images; "
                      f"got {ids.size} identities, {multi.size} with >= 2 images")
   by_id = [np.nonzero(inverse == k)[0] for k in range(ids.size)]
   ii, jj = [], []

@@ -1046,3 +1046,18 @@ def test_scripts_keep_library_info_logs_off_the_terminal_unless_verbosity_asks(t
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert ("an-info-line" in r.stderr) == info and "a-warning-line" in r.stderr, r.stderr
+
+
+def test_one_held_out_identity_is_a_named_data_error_before_the_run_writes(tmp_path):
+  """Pairs need two held-out people: data.eval_identities=1 ended in make_pairs' ValueError
+  traceback (exit 1); now a DataError naming the field, and no workdir."""
+  from infra import cli
+  _people(tmp_path / "people")
+  c = _tiny_facenet(**{"data.source": "folder", "data.data_dir": str(tmp_path / "people"),
+                       "data.tfds_dir": str(tmp_path / "tfds"), "data.train_identities": 2,
+                       "data.eval_identities": 1, "identities_per_batch": 2})
+  with pytest.raises(raw.DataError, match=r"config.data.eval_identities = 1\): verification pairs "
+                     r"need >= 2 identities") as e:
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert "\n" not in cli.user_message(e.value)
+  assert _leftovers(tmp_path / "run") == []

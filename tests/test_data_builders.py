@@ -170,6 +170,30 @@ def test_orl_builder_records_and_identity_split(tmp_path):
   assert not any(img.tobytes() in flat for img in held.images)
 
 
+def test_a_prepared_dataset_refuses_raw_files_other_than_its_own(tmp_path):
+  """tfds prepares orl_faces once per tfds_dir and then ignores its manual dir: pointing
+  data.data_dir at another folder read the old data without a word. Now the content key of the
+  raw files is recorded when it is prepared; an identical copy elsewhere passes, other files are
+  a DataError naming both, and the prepared data is left as it was."""
+  tfds = str(tmp_path / "tfds")
+  orl = _write_orl(tmp_path / "att_faces")
+  b = real.prepare("orl_faces", tfds, str(orl))
+  record = os.path.join(b.data_dir, real.SOURCE_RECORD)
+  assert os.path.exists(record)
+  copy = shutil.copytree(orl, tmp_path / "copy")   # the same bytes at another path
+  assert len(real.prepare("orl_faces", tfds, str(copy)).as_data_source(split="train")) == 12
+  other = _write_orl(tmp_path / "other", people=2)
+  with pytest.raises(raw.DataError, match=r"config.data.data_dir = .*other'.* was prepared from other "
+                     r"files \(.*att_faces'"):
+    real.prepare("orl_faces", tfds, str(other))
+  Image.fromarray(_rng_image((112, 92), 7)).save(copy / "s1" / "1.pgm")   # one image changed
+  with pytest.raises(raw.DataError, match="was prepared from other files"):
+    real.prepare("orl_faces", tfds, str(copy))
+  assert len(real.prepare("orl_faces", tfds, str(orl)).as_data_source(split="train")) == 12
+  os.remove(record)   # prepared before records existed: not checked, and it says so
+  assert len(real.prepare("orl_faces", tfds, str(other)).as_data_source(split="train")) == 12
+
+
 def test_identity_split_sizes_and_errors():
   ids = [f"s{k}" for k in range(1, 11)]
   tr, ho = real.split_identities(ids, 7, 0, seed=0, what="x")

@@ -38,9 +38,10 @@ def folder_stat_key(root: str, listing: Listing) -> str:
   return h.hexdigest()[:KEY_CHARS]
 
 
-def folder_content_key(root: str, listing: Listing) -> str:
-  """SHA-256 of ``root``'s path and, per listed file in order, its name, size and SHA-256."""
-  h = hashlib.sha256(os.path.abspath(root).encode() + b"\0")
+def folder_content_key(root: str, listing: Listing, with_path: bool = True) -> str:
+  """SHA-256 of ``root``'s path (unless not ``with_path``) and, per listed file in order, its
+  name, size and SHA-256."""
+  h = hashlib.sha256((os.path.abspath(root) if with_path else "").encode() + b"\0")
   total = sum(len(names) for _, names in listing)
   progress, last, done = _progress(total, f"files of {root}"), time.monotonic(), 0
   for ident, names in listing:
@@ -94,6 +95,24 @@ def folder_key(root: str, listing: Listing, memo_dir: str | None) -> str:
   """The content key of the identity folder ``root`` (``listing`` its files)."""
   return memoized("folder", root, folder_stat_key(root, listing),
                   lambda: folder_content_key(root, listing), memo_dir)
+
+
+def tree_listing(root: str) -> Listing:
+  """Every file under ``root`` as (folder relative to ``root``, sorted file names), sorted."""
+  out = []
+  for d, dirs, files in os.walk(root):
+    dirs.sort()
+    if files:
+      out.append((os.path.relpath(d, root), sorted(files)))
+  return sorted(out)
+
+
+def tree_key(root: str, memo_dir: str | None) -> str:
+  """The content key of every file under ``root``, without ``root``'s own path: the same
+  files copied elsewhere give the same key (a raw-file folder a prepared dataset came from)."""
+  listing = tree_listing(root)
+  return memoized("tree", root, folder_stat_key(root, listing),
+                  lambda: folder_content_key(root, listing, with_path=False), memo_dir)
 
 
 def file_key(path: str, memo_dir: str | None) -> str:

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from facenet_jax.data import aligned, prepare as prepare_shards, raw, records
+from facenet_jax.data import aligned, fingerprint, prepare as prepare_shards, raw, records
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.data.images import Fit, fit_image
 from infra import distributed
@@ -110,13 +110,45 @@ def prepare(name: str, data_dir: str, manual_dir: str | None, builder_config=Non
 
   def build():
     builder = make()
+    fresh = not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    if manual_dir is not None:
+      check_prepared_from(builder.data_dir, manual_dir, data_dir, fresh)
     return builder
   # several processes share data_dir: process 0 prepares, the others wait and then open the
   # prepared data (two writers race on tfds's incomplete-directory rename)
   builder = distributed.run_on_process_zero_then_barrier(
       build, PREPARE_TIMEOUT_S, f"tfds dataset {name} prepared in {data_dir} by process 0")
   return builder if builder is not None else make()
+
+
+SOURCE_RECORD = "facenet_source.json"   # beside a prepared tfds dataset: the raw files it came from
+
+
+def check_prepared_from(prepared: str, manual_dir: str, memo_dir: str, fresh: bool) -> None:
+  """Raises DataError when the tfds dataset in ``prepared`` was made from other raw files than
+  those in ``manual_dir``: their content key (``fingerprint.tree_key``) is recorded beside a
+  dataset when it is prepared (``fresh``). tfds prepares a dataset once per ``data.tfds_dir``
+  and then ignores its manual dir, so another ``data.data_dir`` used to read the old data
+  without a word. A dataset prepared before this record existed cannot be checked: it says so."""
+  import sys
+  from infra.files import read_json, write_json_atomic
+  path = os.path.join(os.fspath(prepared), SOURCE_RECORD)
+  if not os.path.exists(path) and not fresh:
+    print(f"note: {os.fspath(prepared)} was prepared before the project recorded its source "
+          f"files, so it cannot be checked against config.data.data_dir = {manual_dir!r}; delete "
+          "it to prepare it again from there", file=sys.stderr, flush=True)
+    return
+  key = fingerprint.tree_key(manual_dir, memo_dir)
+  if not os.path.exists(path):
+    write_json_atomic(path, {"manual_dir": manual_dir, "content_key": key})
+    return
+  was = read_json(path)
+  if was.get("content_key") != key:
+    raise raw.DataError(
+        f"config.data.data_dir = {manual_dir!r}: {os.fspath(prepared)} was prepared from other "
+        f"files ({was.get('manual_dir')!r}, content key {was.get('content_key')}; this folder's "
+        f"is {key}). Use another config.data.tfds_dir, or delete that folder to prepare it again")
 
 
 def _text(x) -> str:

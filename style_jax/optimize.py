@@ -40,7 +40,7 @@ from infra.errors import NonFiniteLossError, Preempted  # noqa: F401 (re-exporte
 from infra.metric_writer import MetricWriter
 from infra.preemption import StopFlag, exit_if_stopped, stop_requests
 from infra.progress import Progress
-from style_jax import cost, images, lbfgs, memory
+from style_jax import cost, images, lbfgs, memory, workdir as workdir_lib
 
 State = dict[str, Any]
 
@@ -452,10 +452,15 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     objective.layers, config.depth,
                     config.lbfgs_memory if config.optimizer == "lbfgs" else 0)
   files.check_directory(workdir, "workdir")
+  changes = workdir_lib.check_continuation(config, workdir)   # a resume is the same run
   net = load_network(config, objective)
   os.makedirs(workdir, exist_ok=True)   # only once the inputs, config and weights are good
   run = StyleRun(config, objective, workdir, inputs, net)
   state, start = run.restore()
+  if run.lead:
+    workdir_lib.save_config(config, workdir)
+  if changes:
+    print(f"continuing {workdir} with changed " + "; ".join(changes), flush=True)
   print(f"stylizing {os.path.basename(inputs.content_path)} with "
         f"{', '.join(os.path.basename(p) for p in inputs.style_paths)}: scales "
         f"{[f'{w}x{h}' for h, w in inputs.sizes]}, {config.optimizer}, {config.num_steps} "

@@ -1061,3 +1061,23 @@ def test_one_held_out_identity_is_a_named_data_error_before_the_run_writes(tmp_p
     train.train_and_evaluate(c, str(tmp_path / "run"))
   assert "\n" not in cli.user_message(e.value)
   assert _leftovers(tmp_path / "run") == []
+
+
+def test_a_style_run_resumes_only_under_its_own_config(tmp_path):
+  """Style checkpoints hold the image and the optimizer state only: resuming with another style
+  image or loss weight continued the old image under the new objective (exit 0). The workdir
+  now keeps config.json; other inputs or weights are refused, naming the field, and the run is
+  untouched; more steps (one scale) and logging periods may change."""
+  work = str(tmp_path / "run")
+  c = _style_inputs(tmp_path, num_steps=2, checkpoint_every=1)
+  optimize.stylize(c, work)
+  before = _snapshot(work)
+  other = tmp_path / "s2.png"
+  Image.fromarray(_rgb(32, 32)[::-1].copy()).save(other)
+  for field, value in (("style", str(other)), ("style_weight", 5.0)):
+    bad = _style_inputs(tmp_path, num_steps=4, checkpoint_every=1, **{field: value})
+    with pytest.raises(cost.StyleConfigError, match=rf"holds a style run of another config .*{field}: "):
+      optimize.stylize(bad, work)
+    assert _snapshot(work) == before
+  out = optimize.stylize(_style_inputs(tmp_path, num_steps=4, checkpoint_every=1, log_every=2), work)
+  assert out["step"] == 4 and files.read_json(os.path.join(work, "config.json"))["num_steps"] == 4

@@ -98,6 +98,8 @@ def _check_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> 
              "() with model.head_init='pca_whiten' (PCA whitening is one linear map)")
     _require(m.whiten_eps >= 0, "model.whiten_eps", m.whiten_eps, ">= 0")
   _one_of(m.spatial_dims, models.SPATIAL_DIMS, "model.spatial_dims")
+  _require(isinstance(m.widths, (tuple, list)) and all(_pos_int(w) for w in m.widths),
+           "model.widths", m.widths, "a sequence of positive integers (channels per stage)")
   _one_of(m.dtype, models.DTYPES, "model.dtype")
 
 
@@ -173,6 +175,10 @@ def _check_data(d: ml_collections.ConfigDict) -> None:
   _require(_nonneg_int(d.center_crop), "data.center_crop", d.center_crop,
            "an integer >= 0 (0: the largest centered square)")
   _require(d.eval_folds >= 2, "data.eval_folds", d.eval_folds, ">= 2")
+  for f in ("images_per_identity", "eval_images_per_identity"):   # procedural sources' range
+    v = d[f]
+    _require(isinstance(v, (tuple, list)) and len(v) == 2 and all(_pos_int(n) for n in v)
+             and v[0] <= v[1], f"data.{f}", v, "(min, max): two integers, 1 <= min <= max")
   if d.source in ("orl", "omniglot", "folder", "recordio"):
     for f in ("train_identities", "eval_identities"):
       # 0 and 0: every person trains, none is held out

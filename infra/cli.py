@@ -26,6 +26,7 @@ turns it off (for a home directory shared by machines of different CPU types, sa
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -128,6 +129,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if os.environ.get(TRACEBACK_ENV) == "1":
       raise
     _fail(_flag_message(e, argv))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for scripts run with ``run(main, absl_flags=False)``: a usage error is one line
+  and exit 2 like every other user error (argparse prints its usage block first)."""
+
+  def error(self, message: str):
+    raise SystemExit(f"{self.prog}: {message}")
 
 
 def png_flag(name: str, default: str | None, help: str, *, required: bool = False) -> Any:

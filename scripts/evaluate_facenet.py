@@ -70,7 +70,9 @@ def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "",
   suffix = f"@{overrides.point_name(changed)}" if changed else ""
   config = overrides.with_overrides(config, changed)
   check_config(config)
-  evaluators.names(spec or config.evals)   # unknown names before any data is read
+  if not evaluators.names(spec or config.evals):   # unknown names before any data is read
+    raise SystemExit(f"--eval={spec!r} names no evaluator (the run's config.evals is "
+                     f"{config.evals!r}); give evaluator or dataset names")
   train_ds, held_out = sources.load(config)   # the data's files, before the model
   trained = inference.load(workdir, config)
   ctx = evaluators.Context(config=config, embed=trained.embed, held_out=held_out, train=train_ds,

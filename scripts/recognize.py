@@ -62,7 +62,8 @@ CHUNK = 256   # images decoded / embedded between progress lines
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  from infra import cli
+  p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("command", choices=COMMANDS)
   p.add_argument("paths", nargs="*", help="image files or folders (enroll without --name: "
                  "folders of people, <folder>/<person>/<images>)")
@@ -105,6 +106,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                      "identify and verify")
   if args.out and os.path.splitext(args.out)[1].lower() not in (".json", ".csv"):
     raise SystemExit(f"--out={args.out}: expected a .json or .csv file name")
+  if args.out and os.path.isdir(args.out):
+    raise SystemExit(f"--out={args.out}: is a folder, expected a .json or .csv file name")
   if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
     raise SystemExit(f"--out={args.out}: folder {os.path.dirname(os.path.abspath(args.out))} "
                      "does not exist")

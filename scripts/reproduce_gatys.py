@@ -14,7 +14,6 @@ settings; a larger ``--num_steps`` continues finished figures.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from infra import cli
@@ -26,7 +25,7 @@ SHARED = os.path.normpath(os.path.join(REPO, "..", "shared"))
 def parse(argv=None):
   from style_jax import gatys_figures as gf
   d = gf.Settings
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--out", default=os.path.join(REPO, "runs", "gatys"))
   p.add_argument("--content", default=os.path.join(SHARED, "data", "style_images", "content", "tubingen.jpg"))
   p.add_argument("--style", default=os.path.join(SHARED, "data", "style_images", "style", "starry_night_vangogh.jpg"))

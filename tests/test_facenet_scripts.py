@@ -176,6 +176,8 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
                  r"error: config.model.widths = \(-8, 16\): expected a sequence of positive integers"),
       "sweep_point": (py("sweep.py", tiny, "--config.num_steps=-1", f"--workdir={tmp_path / 'sweep'}",
                          "--dry_run"), r"error: sweep point margin=0.05: config.num_steps = -1"),
+      "texture": (py("texture_1d.py", f"--out={tmp_path / 'texture'}", "--steps=1", "--length=4"),
+                  r"error: --length=4: layer\(s\) \['conv4_2'\] get no samples"),
       "sweep_index": (py("sweep.py", tiny, "--sweep=margin", f"--workdir={tmp_path / 'sweep'}",
                          "--dry_run", "--index=99"), r"error: --index=99: this sweep has points 0\.\.4"),
   }
@@ -191,7 +193,7 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
     assert "Traceback" not in err, (k, err)
   assert _tree(workdir) == before
   assert afile.read_text() == "mine" and not (tmp_path / "style").exists()
-  assert not any((tmp_path / d).exists() for d in ("evals", "units", "faces", "sweep", "cv"))
+  assert not any((tmp_path / d).exists() for d in ("evals", "units", "faces", "sweep", "cv", "texture"))
   # FACENET_TRACEBACK=1: the same error with its traceback, for a bug report
   p = subprocess.run(cases["file"][0], cwd=str(tmp_path), capture_output=True, text=True,
                      env=dict(env, FACENET_TRACEBACK="1"), timeout=300)

@@ -45,6 +45,32 @@ def log_spectrum(x: np.ndarray) -> np.ndarray:
   return np.log(np.convolve(p, np.ones(5) / 5, mode="same") + 1e-8)
 
 
+def checked_widths() -> tuple[int, ...]:
+  """The stage widths; the flags a user can get wrong are refused before any model is built."""
+  if os.path.exists(_OUT.value) and not os.path.isdir(_OUT.value):
+    raise SystemExit(f"--out={_OUT.value}: is a file, expected an output folder")
+  if not _LAYERS.value:
+    raise SystemExit("--layers is empty: name the layers whose Gram matrices are matched")
+  try:
+    widths = tuple(int(w) for w in _WIDTHS.value)
+  except ValueError:
+    widths = ()
+  if not widths or min(widths) < 1:
+    raise SystemExit(f"--widths={','.join(_WIDTHS.value)}: expected positive integers, one per stage")
+  return widths
+
+
+def check_layers(names: list[str], layers: tuple[str, ...], lengths: dict | None = None) -> None:
+  """Unknown layers, and (given each layer's map ``lengths``) layers the pools shrink the strip
+  to nothing at, whose Gram matrices would be NaN."""
+  if set(layers) - set(names):
+    raise SystemExit(f"--layers: unknown {sorted(set(layers) - set(names))}; this network has {names}")
+  empty = [n for n, length in (lengths or {}).items() if length == 0]
+  if empty:
+    raise SystemExit(f"--length={_LENGTH.value}: layer(s) {empty} get no samples of so short a "
+                     "strip (each stage halves it); give a longer --length or shallower --layers")
+
+
 def main(argv):
   del argv
   import jax
@@ -58,16 +84,7 @@ def main(argv):
   from style_jax import lbfgs, losses
 
   t0 = time.time()
-  if os.path.exists(_OUT.value) and not os.path.isdir(_OUT.value):
-    raise SystemExit(f"--out={_OUT.value}: is a file, expected an output folder")
-  try:
-    widths = tuple(int(w) for w in _WIDTHS.value)
-  except ValueError:
-    widths = ()
-  if not widths or min(widths) < 1:
-    raise SystemExit(f"--widths={','.join(_WIDTHS.value)}: expected positive integers, one per stage")
-  if not _LAYERS.value:
-    raise SystemExit("--layers is empty: name the layers whose Gram matrices are matched")
+  widths = checked_widths()
   example = make_ekg_identities(EKGSpec(num_identities=2, images_per_identity=(1, 1),
                                         length=_LENGTH.value), _PERSON_SEED.value).images[0]
   cfg = ml_collections.ConfigDict(dict(name="small_cnn", spatial_dims=1, embedding_dim=8,
@@ -76,19 +93,14 @@ def main(argv):
   net = models.create_model(cfg, in_channels=1, rngs=nnx.Rngs(_SEED.value))
   graphdef, state = nnx.split(net)
   layers = tuple(_LAYERS.value)
-  if set(layers) - set(net.layer_names()):
-    raise SystemExit(f"--layers: unknown {sorted(set(layers) - set(net.layer_names()))}; this "
-                     f"network has {net.layer_names()}")
+  check_layers(net.layer_names(), layers)
   weights = {n: 1.0 / len(layers) for n in layers}
 
   def feats(state, x_L1):
     return nnx.merge(graphdef, state).features(x_L1[None], layers, train=False)
 
   maps = jax.jit(feats)(state, jnp.asarray(example))
-  empty = [n for n, a in maps.items() if a.shape[1] == 0]
-  if empty:   # the pools shrink the strip to nothing there: its Gram matrix would be NaN
-    raise SystemExit(f"--length={_LENGTH.value}: layer(s) {empty} get no samples of so short a "
-                     "strip (each stage halves it); give a longer --length or shallower --layers")
+  check_layers(net.layer_names(), layers, {n: a.shape[1] for n, a in maps.items()})
   grams_S = {n: losses.normalized_gram(a[0]) for n, a in maps.items()}
 
   def loss(x_L1):

@@ -149,6 +149,26 @@ def png_flag(name: str, default: str | None, help: str, *, required: bool = Fals
   return holder
 
 
+def folder_flag(name: str, default: str | None, help: str, *, required: bool = False) -> Any:
+  """A string flag naming an output folder (made if missing), refused at parse time when it
+  is an existing file: that used to fail at the first write, after the work."""
+  from absl import flags
+  holder = flags.DEFINE_string(name, default, help, required=required)
+  flags.register_validator(name, lambda v: v is None or not os.path.exists(v) or os.path.isdir(v),
+                           message="is a file, expected an output folder")
+  return holder
+
+
+def json_flag(name: str, default: str | None, help: str) -> Any:
+  """A string flag naming a JSON file to write, checked at parse time (not a folder, .json)."""
+  from absl import flags
+  holder = flags.DEFINE_string(name, default, help)
+  flags.register_validator(name, lambda v: not v or (v.lower().endswith(".json")
+                                                     and not os.path.isdir(v)),
+                           message="expected a .json file name (not a folder)")
+  return holder
+
+
 def launch_flags() -> Callable[[], Any]:
   """Defines a script's multi-process flags (``--coordinator_address``, ``--num_processes``,
   ``--process_id``; defaults from ``$JAX_*``, see ``infra.distributed``) and returns the

@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_WEIGHTS = os.path.normpath(os.path.join(REPO, "..", "shared", "weights", "mtcnn_weights.npz"))
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
-_OUT = flags.DEFINE_string("out", None, "Output folder for detections.json (and aligned/).")
+_OUT = cli.folder_flag("out", None, "Output folder for detections.json (and aligned/).")
 _WEIGHTS = flags.DEFINE_string("weights", DEFAULT_WEIGHTS, "The MTCNN weights .npz.")
 _ALIGNED = flags.DEFINE_bool("aligned", False, "Also write aligned face crops to OUT/aligned/.")
 _TEMPLATE = flags.DEFINE_enum("template", "arcface112", ["arcface112", "facenet160"],

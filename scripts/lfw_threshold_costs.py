@@ -27,7 +27,7 @@ _RUNS = flags.DEFINE_list("runs", None, "LABEL=DIR cross-validation workdirs.", 
 _SCORER = flags.DEFINE_string("scorer", "distance", "Which scores' threshold to study.")
 _SPLITS = flags.DEFINE_integer("splits", 10, "Folds of the cross-validation within a test fold.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Random splits averaged for the within-fold accuracy.")
-_OUT = flags.DEFINE_string("out", None, "A JSON file for the tables (optional).")
+_OUT = cli.json_flag("out", None, "A JSON file for the tables (optional).")
 
 _COLUMNS = ("calibration_in_sample", "transfer", "within_fold", "in_sample")
 

@@ -23,7 +23,7 @@ from infra import cli
 _RUNS = flags.DEFINE_list("runs", None, "LABEL=DIR cross-validation workdirs, baseline first.",
                           required=True)
 _SCORER = flags.DEFINE_string("scorer", "distance", "Which scores' threshold to choose by.")
-_OUT = flags.DEFINE_string("out", None, "A JSON file for the table (optional).")
+_OUT = cli.json_flag("out", None, "A JSON file for the table (optional).")
 
 
 def main(argv):

@@ -28,7 +28,7 @@ import numpy as np
 
 from infra import cli
 
-_OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
+_OUT = cli.folder_flag("out", None, "Output folder.", required=True)
 _LENGTH = flags.DEFINE_integer("length", 1024, "Samples of the example strip (100 Hz).",
                                lower_bound=2)
 _PERSON_SEED = flags.DEFINE_integer("ekg_seed", 0, "Seed of the procedural EKG person and strip.")
@@ -47,8 +47,6 @@ def log_spectrum(x: np.ndarray) -> np.ndarray:
 
 def checked_widths() -> tuple[int, ...]:
   """The stage widths; the flags a user can get wrong are refused before any model is built."""
-  if os.path.exists(_OUT.value) and not os.path.isdir(_OUT.value):
-    raise SystemExit(f"--out={_OUT.value}: is a file, expected an output folder")
   if not _LAYERS.value:
     raise SystemExit("--layers is empty: name the layers whose Gram matrices are matched")
   try:

@@ -35,7 +35,7 @@ _MODEL = flags.DEFINE_string("model", "vgg19", "vgg16 | vgg19 | a train_facenet.
 _WEIGHTS = flags.DEFINE_string("weights", None, "VGG: the Keras notop HDF5 weights file.")
 _LAYERS = flags.DEFINE_list("layers", None, "Layer names (default: the last conv of every block).")
 _DATA = flags.DEFINE_string("data", None, "Folder of images (searched recursively).", required=True)
-_OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
+_OUT = cli.folder_flag("out", None, "Output folder.", required=True)
 _K = flags.DEFINE_integer("k", 9, "Top activations kept per unit.", lower_bound=1)
 _UNITS = flags.DEFINE_integer("units", 8, "Units per layer drawn in the PNG (seeded random, live).",
                               lower_bound=1)

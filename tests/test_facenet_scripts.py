@@ -178,6 +178,8 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
                          "--dry_run"), r"error: sweep point margin=0.05: config.num_steps = -1"),
       "texture": (py("texture_1d.py", f"--out={tmp_path / 'texture'}", "--steps=1", "--length=4"),
                   r"error: --length=4: layer\(s\) \['conv4_2'\] get no samples"),
+      "out_file": (py("visualize_units.py", f"--model={workdir}", f"--data={tmp_path}", f"--out={afile}"),
+                   r"error: flag --out=\S+afile: is a file, expected an output folder"),
       "sweep_index": (py("sweep.py", tiny, "--sweep=margin", f"--workdir={tmp_path / 'sweep'}",
                          "--dry_run", "--index=99"), r"error: --index=99: this sweep has points 0\.\.4"),
   }

@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 
 from infra.errors import UserError
 
@@ -236,13 +237,14 @@ class Checkpointer:
   def verify(self, step: int) -> None:
     """Reads every array of ``step`` back (no target structure needed); CheckpointError if not."""
     path = os.path.join(self.directory, str(step))
+    self._check_files(step, path)
     try:
       restored = self._manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                         meta=ocp.args.JsonRestore()))
       meta = dict(restored.meta or {})
     except Exception as e:
-      raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {e})") from e
+      raise CheckpointError(f"checkpoint {path} is corrupt ({_reason(e)})") from e
     self._check_step(path, meta, step)
     self._check_digest(path, restored.state, meta, step)
 
@@ -264,17 +266,38 @@ class Checkpointer:
                                         meta=ocp.args.JsonRestore()))
     except Exception as e:
       raise CheckpointError(
-          f"checkpoint {path} could not be restored ({type(e).__name__}: {e}); it may be "
+          f"checkpoint {path} could not be restored ({_reason(e)}); it may be "
           f"corrupt: {self._earlier(step)}") from e
     meta = dict(restored.meta or {})
     self._check_step(path, meta, step)
     self._check_digest(path, restored.state, meta, step)
     return step, restored.state, meta
 
+  def _check_files(self, step: int, path: str) -> None:
+    """Every file the step's array database (OCDBT) points into exists and is long enough.
+
+    Orbax reads the arrays concurrently; a missing or cut file fails one read while the
+    others are still running, and those report "Event loop is closed" tracebacks at exit
+    after an error message that quotes a whole tensorstore spec. Reading the tree nodes
+    only (not the arrays) names the file first. Checkpoints without OCDBT are left to Orbax.
+    """
+    state = os.path.join(path, "state")
+    if not os.path.isfile(os.path.join(state, "manifest.ocdbt")):
+      return
+    try:
+      problem = _ocdbt_problem(state)
+    except (ValueError, RuntimeError) as e:   # tensorstore's errors: a node that does not decode
+      problem = f"its array index under {state} does not read ({str(e).split(':')[0]})"
+    if problem:
+      raise CheckpointError(f"checkpoint {path} is corrupt: {problem}; {self._earlier(step)}")
+
   def _earlier(self, step: int) -> str:
     """The advice every corrupt-checkpoint error ends with."""
-    return (f"delete that step directory to resume from an earlier one "
-            f"({[s for s in self.all_steps() if s != step]})")
+    earlier = [s for s in self.all_steps() if s != step]
+    if not earlier:   # nothing to fall back on: say so instead of "resume from ([])"
+      return (f"it is this run's only checkpoint: move {self.directory} away to start the run "
+              f"again (or restore the step from a copy)")
+    return f"delete that step directory to resume from an earlier one ({earlier})"
 
   def _check_step(self, path: str, meta: dict, step: int) -> None:
     """A step folder whose meta names another step holds that step's files (copied over)."""
@@ -313,11 +336,13 @@ class Checkpointer:
           f"it was saved; {self._earlier(step)}")
 
   def _check_compatible(self, step: int, abstract_state: Any, path: str) -> None:
+    self._check_files(step, path)
     try:
       meta = self._manager.item_metadata(step)
       saved = meta["state"] if meta is not None else None
     except Exception as e:
-      raise CheckpointError(f"checkpoint {path} has unreadable metadata ({e}); it may be corrupt") from e
+      raise CheckpointError(f"checkpoint {path} has unreadable metadata ({_reason(e)}); it may "
+                            f"be corrupt") from e
     if saved is None:
       raise CheckpointError(f"checkpoint {path} has no 'state' item; it may be corrupt")
     want, have = _leaf_paths(abstract_state), _leaf_paths(saved)
@@ -337,6 +362,39 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _reason(e: Exception) -> str:
+  """``Type: message`` of an Orbax / tensorstore error, without the tensorstore spec or bound
+  method dump they append (kilobytes of JSON on one line)."""
+  text = re.split(r" See full TensorStore details| \[tensorstore_spec=", str(e))[0]
+  text = " ".join(text.split())
+  return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+_LOCATION = re.compile(r"(btreenode|value):([^:\s'\"]*):([^:\s'\"]+):(\d+):(\d+)")
+
+
+def _ocdbt_problem(state_dir: str) -> str | None:
+  """The first file that the OCDBT database in ``state_dir`` points into (``kind:base:file:
+  offset:length`` locations of B-tree nodes and array values in ``tensorstore.ocdbt.dump``;
+  a process's own database of a multi-process save is the base ``ocdbt.process_<i>/``) and that
+  is missing or shorter than offset + length; None when all are there. Walks the tree from the
+  manifest, checking each node's file before reading the node; array bytes are not read."""
+  kv = ts.KvStore.open(f"file://{os.path.abspath(state_dir)}/").result()
+  todo, seen = [ts.ocdbt.dump(kv).result()], set()
+  while todo:
+    for kind, base, rel, offset, length in _LOCATION.findall(repr(todo.pop())):
+      f, end = os.path.join(state_dir, base + rel), int(offset) + int(length)
+      size = os.path.getsize(f) if os.path.isfile(f) else None
+      if size is None or size < end:
+        return (f"{f} is {'missing' if size is None else f'{size} bytes, expected >= {end}'} "
+                f"(its arrays point into it)")
+      node = f"{kind}:{base}:{rel}:{offset}:{length}"
+      if kind == "btreenode" and node not in seen:
+        seen.add(node)
+        todo.append(ts.ocdbt.dump(kv, node).result())
+  return None
 
 
 def _listed_steps(directory: str) -> list[int]:

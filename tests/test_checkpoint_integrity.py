@@ -4,7 +4,10 @@ caught. Checkpoints here are tiny pytrees in tmp_path."""
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -173,3 +176,89 @@ def test_read_only_restore_logs_no_orbax_warnings_and_leaves_other_warnings_alon
   assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
   logging.getLogger("absl").warning("Given directory is read only=elsewhere")   # filter removed
   assert "elsewhere" in caplog.text
+
+
+def _save_big(directory) -> dict:
+  """Steps 2 and 4 of a state with an array too big to sit inline in the OCDBT B-tree
+  (> 1,024 bytes), so the step has a tree-node file and a separate array-value file."""
+  big = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(64, 64)), jnp.float32),
+         "b": jnp.zeros(3)}
+  ck = checkpoints.Checkpointer(directory, every=1, keep=5)
+  for s in (2, 4):
+    ck.save(s, jax.tree.map(lambda a: a + s, big))
+  ck.close()
+  return big
+
+
+def _step_files(directory, step: int) -> dict[str, str]:
+  """The tree-node file (``state/d/``) and the value file (a process's ``ocdbt.process_0/d/``)."""
+  state = os.path.join(directory, str(step), "state")
+  node, = os.listdir(os.path.join(state, "d"))
+  values = max(os.listdir(os.path.join(state, "ocdbt.process_0", "d")),
+               key=lambda n: os.path.getsize(os.path.join(state, "ocdbt.process_0", "d", n)))
+  return {"node": os.path.join(state, "d", node),
+          "values": os.path.join(state, "ocdbt.process_0", "d", values)}
+
+
+@pytest.mark.parametrize("damage", ["missing", "cut"])
+@pytest.mark.parametrize("which", ["node", "values"])
+def test_a_missing_or_cut_array_file_is_named_before_orbax_reads(tmp_path, which, damage):
+  """Before: a NOT_FOUND / OUT_OF_RANGE error quoting a whole tensorstore spec, and the reads
+  Orbax had in flight printing "Event loop is closed" tracebacks at exit."""
+  d = str(tmp_path / "ck")
+  big = _save_big(d)
+  f = _step_files(d, 2)[which]
+  if damage == "missing":
+    os.remove(f)
+    said = "is missing"
+  else:
+    with open(f, "r+b") as fh:
+      fh.truncate(os.path.getsize(f) // 2)
+    said = rf"is {os.path.getsize(f)} bytes, expected >= \d+"
+  for read in (lambda: _restore_into(d, big, 2), lambda: _verify(d, 2)):
+    with pytest.raises(checkpoints.CheckpointError) as e:
+      read()
+    assert str(e.value).startswith(f"checkpoint {d}/2 is corrupt: {f} ")
+    assert re.search(rf"{said} \(its arrays point into it\); delete that step directory to "
+                     rf"resume from an earlier one \(\[4\]\)$", str(e.value)), str(e.value)
+    assert len(str(e.value)) < 400
+  step, state, _ = _restore_into(d, big, 4)
+  np.testing.assert_array_equal(state["w"], big["w"] + 4)
+
+
+def _restore_into(directory, abstract, step: int):
+  ck = checkpoints.Checkpointer(directory, every=1)
+  try:
+    return ck.restore(abstract, step=step)
+  finally:
+    ck.close()
+
+
+def test_a_damaged_only_checkpoint_says_the_run_starts_again(tmp_path):
+  d = str(tmp_path / "ck")
+  _save_steps(d, steps=(2,))
+  _edit_meta(d, 2, lambda m: m.pop(checkpoints.DIGEST_KEY))
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=rf"it is this run's only checkpoint: move {d} away to start the run again"):
+    _restore(d, 2)
+
+
+def test_a_script_on_a_missing_array_file_prints_one_line(tmp_path):
+  """The whole stderr of a script (through infra.cli) is its one error line: no tracebacks
+  from reads left in flight."""
+  d = str(tmp_path / "ck")
+  _save_big(d)
+  os.remove(_step_files(d, 4)["values"])
+  code = ("import jax.numpy as jnp\n"
+          "from infra import checkpoints, cli\n"
+          "def main():\n"
+          f"  ck = checkpoints.Checkpointer({d!r}, every=1)\n"
+          "  ck.restore({'w': jnp.zeros((64, 64)), 'b': jnp.zeros(3)})\n"
+          "cli.run(main, absl_flags=False)\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  p = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                     timeout=120, env={**os.environ, "PYTHONPATH": root})
+  assert p.returncode == 2, p.stderr
+  lines = p.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: checkpoint {d}/4 is corrupt: ") \
+      and "is missing" in lines[0], p.stderr

@@ -199,6 +199,11 @@ def _check_data(d: ml_collections.ConfigDict) -> None:
            d.features_grid, "an integer >= 1 (1: pooled over all positions)")
   _require(d.features_grid == 1 or d.features_pool, "data.features_grid", d.features_grid,
            "1 unless data.features_pool is 'mean' or 'max' (a grid of pooled cells)")
+  # a generated source reads no files: a data_dir given with it was meant for another source
+  # (evaluate_facenet --data_dir on a synthetic run evaluated the synthetic people again)
+  _require(not (d.source in sources.GENERATED and d.data_dir), "data.data_dir", d.data_dir,
+           f"'' with data.source={d.source!r}, which generates its data and reads no files "
+           f"(for a folder of photos set data.source='folder' too)")
   if d.source == "folder":
     _require(bool(d.data_dir), "data.data_dir", d.data_dir, "the identity folder root "
              "(data_dir/<identity>/<image>) with data.source='folder'")

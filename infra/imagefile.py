@@ -122,3 +122,11 @@ def decode(source: bytes | str | os.PathLike, where: str, mode: str = "RGB", *,
   if im.width == 0 or im.height == 0:
     raise error(f"{where}: image has no pixels ({im.width}x{im.height})")
   return im
+
+
+def check_decodes(paths, mode: str = "RGB", *, error: type[Exception] = ValueError) -> None:
+  """Decodes every file of ``paths`` once, pixels discarded, so that a long pass over all of
+  them (detection, a forward pass per image) does not stop at the first bad file after the
+  work before it; raises ``error`` naming the first file that ``decode`` refuses."""
+  for path in paths:
+    decode(path, path, mode, error=error)

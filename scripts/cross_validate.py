@@ -59,11 +59,14 @@ def main(argv):
   del argv
   from facenet_jax import evaluators, train
   from facenet_jax.config_checks import check_config
+  from facenet_jax.data import real
   from infra.files import write_json_atomic
   from infra.overrides import OverrideError, with_overrides
   base, values = _CONFIG.value, _VALUES.value
   if not values:
     raise SystemExit("--values is empty: give the comma-separated values of --field to run")
+  if not all(v.strip() for v in values):
+    raise SystemExit(f"--values={','.join(values)!r}: an empty value (a comma too many?)")
   twice = sorted({v for v in values if values.count(v) > 1})
   if twice:
     raise SystemExit(f"--values: {', '.join(twice)} given twice (each value is one run directory)")
@@ -74,6 +77,8 @@ def main(argv):
     except OverrideError as e:
       raise SystemExit(f"--field={_FIELD.value}: {e}") from e
     check_config(configs[value])
+    if configs[value].data.source == "lfw":   # a fold pairs.txt does not have, not at its turn
+      real.check_lfw_folds(configs[value])
   per_run, dirs = {}, []
   for value, config in configs.items():
     wd = os.path.join(_WORKDIR.value, f"{_FIELD.value}={value}")

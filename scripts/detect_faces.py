@@ -105,6 +105,7 @@ def main(argv):
   from infra import imagefile
   from infra import progress as progress_lib
 
+  imagefile.check_decodes(files, error=UserError)   # a bad file, before any detection
   settings = detect.Settings(min_face_size=_MIN_FACE.value, scale_factor=_SCALE.value)
   detector = detect.MTCNN(_WEIGHTS.value, settings)
   out_dir = _OUT.value

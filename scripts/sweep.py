@@ -39,6 +39,11 @@ _INDEX = flags.DEFINE_integer("index", -1, "Run only this point (0-based; -1: al
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one command per point and exit.")
 _EMIT = flags.DEFINE_enum("emit", "", ["", "slurm"], "Write ROOT/sweep.slurm (an array job) and exit.")
 _SLURM = flags.DEFINE_list("slurm_options", [], "Extra #SBATCH options, e.g. --gres=gpu:1,--time=4:00:00.")
+# an entry that is blank (a comma too many) or not an option became a '#SBATCH ' line sbatch
+# ignores or rejects, found only when the job was submitted
+flags.register_validator("slurm_options", lambda opts: all(o.strip().startswith("-") for o in opts),
+                         "every entry must be an #SBATCH option starting with '-' (e.g. "
+                         "--time=4:00:00); an empty one is a comma too many")
 
 
 def load_points(name: str) -> list[dict]:

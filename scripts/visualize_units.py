@@ -201,6 +201,8 @@ def main(argv):
     raise app.UsageError(f"--layers: unknown {bad}; the model has {net.layer_order}")
   layers = tuple(sorted(layers, key=net.layer_order.index))
   files = list_images(_DATA.value, _MAX_IMAGES.value, _SEED.value)
+  for f in files:   # every image decodes and fits before the forward passes (named if not)
+    net.load(f)
   bufs, examples = stream_topk(net, files, layers, _K.value, _BATCH.value)
   os.makedirs(_OUT.value, exist_ok=True)
   rng = np.random.default_rng(_SEED.value)

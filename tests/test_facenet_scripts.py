@@ -88,6 +88,12 @@ def test_train_writes_config_and_evals_and_evaluate_reproduces_them(run):
   # a dataset name selects that dataset's data: refused for a synthetic run unless asked
   with pytest.raises(SystemExit, match="--source=orl"):
     evaluate_facenet.evaluate(workdir, "orl")
+  # --data_dir without --source on a synthetic run: refused (it evaluated the synthetic people)
+  with pytest.raises(ConfigError, match=r"config.data.data_dir = '/photos': expected '' with "
+                                        r"data.source='synthetic', which generates its data"):
+    evaluate_facenet.evaluate(workdir, "pairs", data_dir="/photos")
+  assert sorted(f for f in os.listdir(workdir) if f.startswith("eval_")) == sorted(
+      f"eval_{n}.json" for n in EVALS)
 
 
 def test_flip_tta_embeds_an_image_and_its_mirror_alike(run, tmp_path):
@@ -140,6 +146,16 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
   afile.write_text("mine")
   py = lambda script, *args: [sys.executable, os.path.join(ROOT, "scripts", script), *args]
   tiny = "--config=" + os.path.join(ROOT, "configs", "facenet.py") + ":tiny"
+  photos = tmp_path / "photos" / "p"   # two photos, then one cut short: found before the work
+  os.makedirs(photos)
+  for k in range(2):
+    Image.fromarray(np.full((40, 40, 3), 60 * k, np.uint8)).save(photos / f"a{k}.jpg")
+  (photos / "zz.jpg").write_bytes((photos / "a1.jpg").read_bytes()[:200])
+  cut = r"error: \S+/photos/p/zz.jpg: not an image PIL can read: corrupt or truncated"
+  lfw = "--config=" + os.path.join(ROOT, "configs", "facenet.py") + ":lfw"
+  lfw_dir = tmp_path / "lfw"   # cross_validate reads the fold count from pairs.txt's header
+  os.makedirs(lfw_dir)
+  (lfw_dir / "pairs.txt").write_text("10\t300\n")
   cases = {
       "margin": (py("train_facenet.py", tiny, f"--workdir={workdir}", "--config.margin=0.5"),
                  r"error: workdir \S+ holds a run of another config .*margin: 0.2 in the run, 0.5 now"),
@@ -165,6 +181,11 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
               r"error: flag --out=\S+roc.txt: expected a .png file name"),
       "cv_late": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--field=margin",
                      "--values=0.2,-1"), r"error: config.margin = -1.0: expected a number >= 0"),
+      "cv_blank": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--field=margin",
+                      "--values=0.2,,"), r"error: --values='0.2,,': an empty value"),
+      "cv_fold": (py("cross_validate.py", lfw, f"--config.data.data_dir={lfw_dir}",
+                     f"--workdir={tmp_path / 'cv'}", "--field=data.test_fold", "--values=0,12"),
+                  r"error: config.data.test_fold = 12: expected 0..9"),
       "cv_twice": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--field=margin",
                       "--values=0.2,0.2"), r"error: --values: 0.2 given twice"),
       "argparse": (py("recognize.py", "identify", f"--workdir={workdir}", "--gallery=g.npz",
@@ -182,6 +203,16 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
                    r"error: flag --out=\S+afile: is a file, expected an output folder"),
       "sweep_index": (py("sweep.py", tiny, "--sweep=margin", f"--workdir={tmp_path / 'sweep'}",
                          "--dry_run", "--index=99"), r"error: --index=99: this sweep has points 0\.\.4"),
+      "slurm_blank": (py("sweep.py", tiny, "--sweep=margin", f"--workdir={tmp_path / 'sweep'}",
+                         "--emit=slurm", "--slurm_options=--time=4:00:00,,"),
+                      r"error: flag --slurm_options=\['--time=4:00:00', '', ''\]: every entry must be "
+                      r"an #SBATCH option starting with '-'"),
+      # a bad photo last in the folder: refused before the detector (which made out/aligned and
+      # detected the photos before it) or the forward passes run; afile stands in for weights
+      "detect_cut": (py("detect_faces.py", f"--out={tmp_path / 'faces_cut'}", "--aligned",
+                        "--batch=1", f"--weights={afile}", str(photos.parent)), cut),
+      "units_cut": (py("visualize_units.py", f"--model={workdir}", f"--data={photos.parent}",
+                       f"--out={tmp_path / 'units_cut'}"), cut),
   }
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("FACENET_TRACEBACK", None)
@@ -195,7 +226,8 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
     assert "Traceback" not in err, (k, err)
   assert _tree(workdir) == before
   assert afile.read_text() == "mine" and not (tmp_path / "style").exists()
-  assert not any((tmp_path / d).exists() for d in ("evals", "units", "faces", "sweep", "cv", "texture"))
+  assert not any((tmp_path / d).exists() for d in ("evals", "units", "faces", "sweep", "cv", "texture",
+                                                   "faces_cut", "units_cut"))
   # FACENET_TRACEBACK=1: the same error with its traceback, for a bug report
   p = subprocess.run(cases["file"][0], cwd=str(tmp_path), capture_output=True, text=True,
                      env=dict(env, FACENET_TRACEBACK="1"), timeout=300)

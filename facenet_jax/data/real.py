@@ -359,6 +359,20 @@ def lfw_calibration_folds(config: ml_collections.ConfigDict, num_folds: int) -> 
   return tuple((test + 1 + i) % num_folds for i in range(k))
 
 
+def check_lfw_folds(config: ml_collections.ConfigDict) -> None:
+  """``data.test_fold`` and ``data.calibration_folds`` against the fold count in the header
+  of ``data_dir/pairs.txt`` (its first line only), so that a run over several folds refuses a
+  bad one before the first trains. Nothing to check when the file is not there (a download:
+  the full checks run when the data is read)."""
+  path = os.path.join(config.data.data_dir, "pairs.txt") if config.data.data_dir else ""
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    head = f.readline().split()
+  if len(head) == 2 and head[0].isdigit() and int(head[0]) > 0:   # else: parse_lfw_pairs says
+    lfw_calibration_folds(config, int(head[0]))
+
+
 def load_lfw(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
   """train: every image of the people of the View 2 folds other than
   ``config.data.test_fold`` and the calibration folds (``lfw_calibration_folds``);

@@ -79,6 +79,9 @@ SOURCES = {"synthetic": _synthetic, "ekg": _ekg, "volume": _volume, "orl": real.
            "recordio": streamed.load}
 
 
+# sources made by a generator from config.seed (no files: data.data_dir must stay "")
+GENERATED = ("synthetic", "ekg", "volume")
+
 # sources whose preparation can detect and align faces (data.align="mtcnn")
 ALIGNABLE = ("lfw", "folder", "recordio")
 

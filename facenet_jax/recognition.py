@@ -25,7 +25,10 @@ from infra.errors import UserError
 Identity = Union[str, int]
 UNKNOWN = None  # the id ``identify`` returns for a probe it does not recognize
 # 2: the gallery records the fingerprint of the model that made its embeddings
-_FORMAT_VERSION = 2
+# 3: and how its photos were made into the model's inputs (face_fit)
+_FORMAT_VERSION = 3
+_RECORDS = {1: (), 2: ("model_fingerprint", "model_source"),
+            3: ("model_fingerprint", "model_source", "face_fit")}   # str scalars per format
 
 
 class GalleryError(UserError, ValueError):
@@ -100,14 +103,19 @@ class Gallery:
   ``model_fingerprint`` names the model whose embeddings these are
   (``inference.model_fingerprint``; "" when not bound to one) and ``model_source`` says
   where that model came from, for messages: embeddings of two models are not comparable
-  even at the same dimension, so ``check_model`` refuses another model.
+  even at the same dimension, so ``check_model`` refuses another model. ``face_fit`` says
+  how the enrolled photos were made into the model's inputs (``scripts/recognize.py``:
+  "none", each photo fitted whole, or "mtcnn", the detected face; "" when not recorded):
+  ``check_face_fit`` refuses probes fitted another way.
   """
 
-  def __init__(self, dim: int, model_fingerprint: str = "", model_source: str = ""):
+  def __init__(self, dim: int, model_fingerprint: str = "", model_source: str = "",
+               face_fit: str = ""):
     if int(dim) <= 0:
       raise GalleryError(f"embedding dimension must be positive, got {dim}")
     self.dim = int(dim)
     self.model_fingerprint, self.model_source = str(model_fingerprint), str(model_source)
+    self.face_fit = str(face_fit)
     self._emb = np.zeros((0, self.dim), np.float32)
     self._ids: list[Identity] = []
 
@@ -159,6 +167,19 @@ class Gallery:
                          f"{fingerprint[:12]}): their embeddings cannot be compared; use that "
                          f"model's --workdir or enrol the people again")
 
+  def check_face_fit(self, face_fit: str, path: str = "the gallery", override: str = "") -> None:
+    """Raises ``GalleryError`` when this gallery records a ``face_fit`` other than ``face_fit``:
+    a face cut out by a detector and the same face fitted whole as a photo embed far apart,
+    so every probe would be rejected (or matched by chance). Galleries that record none
+    (formats 1 and 2) are not checked. ``override`` names the flag that allows it anyway."""
+    if self.face_fit and self.face_fit != face_fit:
+      raise GalleryError(f"{path} was enrolled from photos read with --detect={self.face_fit}, "
+                         f"these are read with --detect={face_fit}: the model's inputs are "
+                         f"fitted differently and their distances do not compare; use "
+                         f"--detect={self.face_fit}, enrol again"
+                         + (f", or pass {override} if the enrolled photos already were face "
+                            f"crops fitted as these will be" if override else ""))
+
   def enrol(self, identity: Identity, emb: np.ndarray) -> None:
     """Adds one (D,) or several (M, D) embeddings of ``identity`` (new or already enrolled)."""
     identity = _check_identity(identity)
@@ -198,7 +219,7 @@ class Gallery:
       with os.fdopen(fd, "wb") as f:
         np.savez(f, emb_NxD=self._emb, ids=ids, format_version=np.int64(_FORMAT_VERSION),
                  model_fingerprint=np.str_(self.model_fingerprint),
-                 model_source=np.str_(self.model_source))
+                 model_source=np.str_(self.model_source), face_fit=np.str_(self.face_fit))
         f.flush()
         os.fsync(f.fileno())
       os.replace(tmp, path)
@@ -230,11 +251,12 @@ class Gallery:
     except Exception as e:  # zip, header and read errors all mean the same to a caller
       raise GalleryError(f"gallery file {path!r} is not a readable gallery "
                          f"({type(e).__name__}: {e})") from e
-    if version not in (1, _FORMAT_VERSION) or (version == 1) != ("model_fingerprint" not in arrays):
+    records = sorted(k for k in arrays if k in _RECORDS[_FORMAT_VERSION])
+    if version not in _RECORDS or records != sorted(_RECORDS[version]):
       raise GalleryError(f"gallery file {path!r} has format version {version} with arrays "
-                         f"{sorted(arrays)}, expected version 1 or {_FORMAT_VERSION}")
-    g = cls(emb.shape[1], str(arrays.get("model_fingerprint", "")),
-            str(arrays.get("model_source", "")))
+                         f"{sorted(arrays)}, expected a version of {sorted(_RECORDS)} with "
+                         f"its arrays")
+    g = cls(emb.shape[1], *(str(arrays.get(k, "")) for k in _RECORDS[_FORMAT_VERSION]))
     g._emb = check_embeddings(emb, g.dim, f"gallery file {path!r}")
     g._ids = ids.tolist()
     return g
@@ -269,18 +291,19 @@ def _gallery_members(zf: zipfile.ZipFile, path: str, dim: int | None,
                      limit: int) -> dict[str, zipfile.ZipInfo]:
   """The members of a gallery, each header checked against the expected layout:
   ``emb_NxD`` float (N, D), ``ids`` int or str (N,), ``format_version`` an int scalar, and
-  (format 2) ``model_fingerprint`` and ``model_source`` str scalars; together at most
+  (format 2) ``model_fingerprint`` and ``model_source`` and (format 3) ``face_fit`` str
+  scalars; together at most
   ``limit`` bytes and each within what its zip member really holds."""
   infos = {i.filename: i for i in zf.infolist()}
   members, heads = {}, {}
-  for key in ("emb_NxD", "ids", "format_version", "model_fingerprint", "model_source"):
+  for key in ("emb_NxD", "ids", "format_version", *_RECORDS[_FORMAT_VERSION]):
     info = infos.get(key + ".npy")
-    if info is None and key.startswith("model_"):
+    if info is None and key in _RECORDS[_FORMAT_VERSION]:   # which a format has: in load
       continue
     if info is None:
       raise GalleryError(f"gallery file {path!r} is not a readable gallery (no array {key!r})")
     members[key], heads[key] = info, _npy_header(zf, info)
-  for key in ("model_fingerprint", "model_source"):
+  for key in _RECORDS[_FORMAT_VERSION]:
     if key in heads and (heads[key][0] != () or heads[key][1].kind != "U"):
       raise GalleryError(f"gallery file {path!r}: {key} is {heads[key][0]} of dtype "
                          f"{heads[key][1]}, expected a str scalar")

@@ -24,7 +24,10 @@ Photos in the wild (``--detect=mtcnn``): each photo's face is found by MTCNN
 run's training images were (``facenet_jax.faces.inputs``: the alignment template of the run's
 input size for a run trained on aligned faces, else a square around the face fitted like its
 training photos; the output says which). A photo without a face is refused at enroll (before
-the gallery is touched) and reported as "no face found" by identify and verify.
+the gallery is touched) and reported as "no face found" by identify and verify. The gallery
+records which ``--detect`` enrolled it; photos read the other way are refused (a face cut out
+and a whole photo of it embed far apart) unless ``--allow_other_fit`` says the enrolled photos
+already were face crops.
 
 Threshold (squared L2 distance; accept when distance <= threshold): by default the one the
 run saved for a false-accept rate of 1e-3 per comparison (one probe against one enrolled
@@ -88,6 +91,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                  help="--detect=mtcnn: the smallest face searched for, in px (default: for a run "
                  "trained on aligned faces its data.align_min_face, as its photos were detected; "
                  "else MTCNN's 20)")
+  p.add_argument("--allow_other_fit", action="store_true",
+                 help="identify / verify / enroll into a gallery enrolled with the other --detect "
+                 "(refused by default: e.g. photos enrolled whole, probes detected)")
   args = p.parse_intermixed_args(argv)   # images may come before or after the flags
   if args.threshold is not None and not args.threshold >= 0:   # also catches NaN
     raise SystemExit(f"--threshold={args.threshold:g}: expected a squared L2 distance >= 0 "
@@ -279,10 +285,11 @@ def list_or_remove(args: argparse.Namespace) -> dict:
     return {"removed": args.name, "people": len(g)}
   counts = g.counts()
   print(f"{args.gallery}: {len(g)} people, {g.num_embeddings} embeddings of {g.dim} dimensions, "
-        f"model {g.model_source or 'not recorded'} (fingerprint {g.model_fingerprint[:12] or '-'})")
+        f"model {g.model_source or 'not recorded'} (fingerprint {g.model_fingerprint[:12] or '-'}), "
+        f"photos read with --detect={g.face_fit or '(not recorded)'}")
   for person, n in counts.items():
     print(f"  {person}: {n}")
-  return {"people": counts, "model_source": g.model_source}
+  return {"people": counts, "model_source": g.model_source, "face_fit": g.face_fit}
 
 
 def progress_for(n: int, what: str):
@@ -297,7 +304,8 @@ def progress_for(n: int, what: str):
 def enroll(args, trained, gallery, people, images) -> dict:
   rows = np.cumsum([0] + [len(p) for _, p in people])
   emb = embed(trained, images, progress_for(images.shape[0], "embedding"))
-  g = gallery or recognition.Gallery(emb.shape[1], trained.fingerprint, trained.source)
+  g = gallery or recognition.Gallery(emb.shape[1], trained.fingerprint, trained.source,
+                                     args.detect)
   for k, (person, _) in enumerate(people):
     g.enrol(person, emb[rows[k]:rows[k + 1]])
   g.save(args.gallery)
@@ -385,6 +393,8 @@ def run(argv: list[str] | None = None) -> dict:
     if args.command == "verify" and args.name not in gallery:
       raise recognition.GalleryError(f"{args.gallery}: claimed identity {args.name!r} is not "
                                      f"enrolled ({len(gallery)} people enrolled)")
+  if gallery is not None and not args.allow_other_fit:
+    gallery.check_face_fit(args.detect, args.gallery, "--allow_other_fit")
   check_detector(args)
   from facenet_jax import inference, workdir as workdir_lib
   config = workdir_lib.load_config(args.workdir)

@@ -252,6 +252,35 @@ def test_gallery_records_its_model_and_refuses_another(tmp_path):
     R.Gallery.load(old).check_model("a" * 64, "runs/a step 800", old)
 
 
+def test_gallery_records_how_its_photos_were_fitted_and_refuses_another_way(tmp_path):
+  path = str(tmp_path / "g.npz")
+  g = R.Gallery(2, "a" * 64, "runs/a step 800", face_fit="none")
+  g.enrol("alice", np.array([[0, 1]], np.float32))
+  g.save(path)
+  back = R.Gallery.load(path)
+  assert back.face_fit == "none"
+  back.check_face_fit("none", path)
+  with pytest.raises(R.GalleryError, match=r"g\.npz was enrolled from photos read with "
+                     r"--detect=none, these are read with --detect=mtcnn: .* use --detect=none, "
+                     r"enrol again, or pass --allow_other_fit if"):
+    back.check_face_fit("mtcnn", path, "--allow_other_fit")
+  # format 2 (before the record): loads, records nothing, is not checked
+  v2 = str(tmp_path / "v2.npz")
+  np.savez(v2, emb_NxD=np.zeros((1, 2), np.float32), ids=np.array(["x"]),
+           format_version=np.int64(2), model_fingerprint=np.str_("a"), model_source=np.str_(""))
+  old = R.Gallery.load(v2)
+  assert old.face_fit == "" and old.model_fingerprint == "a"
+  old.check_face_fit("mtcnn", v2)
+  # a format that does not hold its records: refused, named
+  for version, extra in ((3, {}), (2, {"face_fit": np.str_("none")})):
+    bad = str(tmp_path / f"bad{version}.npz")
+    np.savez(bad, emb_NxD=np.zeros((1, 2), np.float32), ids=np.array(["x"]),
+             format_version=np.int64(version), model_fingerprint=np.str_("a"),
+             model_source=np.str_(""), **extra)
+    with pytest.raises(R.GalleryError, match=rf"bad{version}\.npz' has format version {version}"):
+      R.Gallery.load(bad)
+
+
 @pytest.mark.parametrize("content", ["random", "zip_magic", "pickled"])
 def test_corrupt_gallery_is_named_without_an_unsafe_hint(tmp_path, content):
   """Random bytes (also behind a zip signature) and a pickled object array: one GalleryError
@@ -434,6 +463,28 @@ def test_gallery_of_another_model_is_refused(rec):
                        r"\(fingerprint 000000000000\)"):
       recognize.run([*command, *_args(wd, gallery)])
   assert open(gallery, "rb").read() == before
+
+
+def test_probes_read_another_way_than_the_gallery_are_refused_before_the_model(rec, capsys):
+  """Before: photos enrolled whole and probes detected with MTCNN (or the reverse) were
+  compared, and the distances between a face crop and a whole photo rejected everyone."""
+  recognize, wd, tmp, fake = rec
+  gallery = str(tmp / "people.npz")
+  recognize.run(["enroll", str(tmp / "faces"), *_args(wd, gallery)])
+  assert recognize.run(["list", f"--gallery={gallery}"])["face_fit"] == "none"
+  assert "photos read with --detect=none" in capsys.readouterr().out
+  fake.loads = 0
+  before = open(gallery, "rb").read()
+  probe = str(tmp / "probes" / "ann.png")
+  detect = ["--detect=mtcnn", f"--mtcnn_weights={tmp}/nope.npz"]
+  for command in (["identify", probe], ["verify", "--name=ann", probe], ["enroll", "--name=dan", probe]):
+    with pytest.raises(R.GalleryError, match=r"people\.npz was enrolled from photos read with "
+                       r"--detect=none, these are read with --detect=mtcnn"):
+      recognize.run([*command, *detect, *_args(wd, gallery)])
+    # --allow_other_fit passes that check (and stops at the missing detector file here)
+    with pytest.raises(Exception, match=r"--mtcnn_weights=.*nope\.npz: no such file"):
+      recognize.run([*command, *detect, "--allow_other_fit", *_args(wd, gallery)])
+  assert fake.loads == 0 and open(gallery, "rb").read() == before
 
 
 def test_bad_inputs_are_refused_before_the_model_is_loaded(rec):

@@ -170,6 +170,23 @@ def test_orl_builder_records_and_identity_split(tmp_path):
   assert not any(img.tobytes() in flat for img in held.images)
 
 
+def test_builders_leave_no_temporary_folders(tmp_path, monkeypatch):
+  """tfds made a tempfile.mkdtemp("tfds") folder, never removed, for every builder of an
+  unprepared dataset (its GCS lookup of the dataset's info); these builders skip the lookup."""
+  import tempfile
+
+  from facenet_jax.data import tfds_builders
+  made, mkdtemp = [], tempfile.mkdtemp
+  monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append((a, k)) or mkdtemp(*a, **k))
+  for name, builder in tfds_builders.BUILDERS.items():
+    for config in builder.BUILDER_CONFIGS or [None]:
+      b = builder(data_dir=str(tmp_path / "tfds"), config=config, file_format="array_record")
+      assert not os.path.exists(b.data_dir) and b.info.full_name.startswith(name), name
+  assert made == []
+  orl = _write_orl(tmp_path / "att_faces")   # and a dataset still prepares and reads
+  assert len(real.prepare("orl_faces", str(tmp_path / "tfds"), str(orl)).as_data_source("train")) == 12
+
+
 def test_a_prepared_dataset_refuses_raw_files_other_than_its_own(tmp_path):
   """tfds prepares orl_faces once per tfds_dir and then ignores its manual dir: pointing
   data.data_dir at another folder read the old data without a word. Now the content key of the

@@ -8,6 +8,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 
+class LocalInfo(tfds.core.DatasetInfo):
+  """The DatasetInfo of a builder that exists only here: tfds looks up every unprepared
+  dataset's info in its GCS bucket (``initialize_from_bucket``), and on the way makes a
+  ``tempfile.mkdtemp("tfds")`` folder it never removes, one per builder made (about 1,500
+  empty ``/tmp/tmp*tfds`` folders on a machine that ran the tests for a while). These
+  datasets are not in that bucket, so there is nothing to look up."""
+
+  def initialize_from_bucket(self) -> None:
+    return None
+
+
 def identity_features(image_shape: tuple, encoding_format: str | None) -> tfds.features.FeaturesDict:
   """image (uint8 H x W x C), label (int32 identity index in the builder's sorted identity
   list), identity (its name) and file_name (the path relative to the dataset root)."""

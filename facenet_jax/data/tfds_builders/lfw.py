@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 from facenet_jax.data import raw
 from facenet_jax.data.tfds_builders import archives
-from facenet_jax.data.tfds_builders._common import identity_features, manual_root
+from facenet_jax.data.tfds_builders._common import LocalInfo, identity_features, manual_root
 
 _URLS = {"images": "http://vis-www.cs.umass.edu/lfw/lfw.tgz",
          "pairs": "http://vis-www.cs.umass.edu/lfw/pairs.txt"}
@@ -59,7 +59,7 @@ class Lfw(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           "name_b": tfds.features.Text(), "file_b": tfds.features.Text(),
       })
       keys = None
-    return tfds.core.DatasetInfo(
+    return LocalInfo(
         builder=self, description="Labeled Faces in the Wild (Huang et al. 2007).",
         features=features, supervised_keys=keys, homepage="http://vis-www.cs.umass.edu/lfw/")
 

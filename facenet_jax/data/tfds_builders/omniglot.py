@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 
 from facenet_jax.data import raw
 from facenet_jax.data.tfds_builders import archives
-from facenet_jax.data.tfds_builders._common import manual_root
+from facenet_jax.data.tfds_builders._common import LocalInfo, manual_root
 
 _GITHUB = "https://github.com/brendenlake/omniglot/raw/master/python/"
 _ZIPS = {"small1": "images_background_small1.zip", "small2": "images_background_small2.zip",
@@ -78,7 +78,7 @@ class Omniglot(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       extra = {"run": tfds.features.Scalar(dtype=np.int32), "role": tfds.features.Text(),
                "item": tfds.features.Scalar(dtype=np.int32),
                "class_id": tfds.features.Scalar(dtype=np.int32)}
-    return tfds.core.DatasetInfo(
+    return LocalInfo(
         builder=self, description="Omniglot (Lake, Salakhutdinov & Tenenbaum 2015).",
         features=tfds.features.FeaturesDict({**common, **extra}),
         homepage="https://github.com/brendenlake/omniglot")

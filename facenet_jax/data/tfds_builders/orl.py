@@ -7,7 +7,7 @@ import os
 import tensorflow_datasets as tfds
 
 from facenet_jax.data import raw
-from facenet_jax.data.tfds_builders._common import identity_features, manual_root
+from facenet_jax.data.tfds_builders._common import LocalInfo, identity_features, manual_root
 
 HEIGHT, WIDTH = 112, 92
 
@@ -21,7 +21,7 @@ class OrlFaces(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       "manual_dir is the att_faces folder: one folder per person (s1 ... s40) of K.pgm files.")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return LocalInfo(
         builder=self,
         description="AT&T/ORL faces: 40 people x 10 images, 112x92 8-bit grey.",
         features=identity_features((HEIGHT, WIDTH, 1), "png"),

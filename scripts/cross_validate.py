@@ -59,7 +59,7 @@ def main(argv):
   del argv
   from facenet_jax import evaluators, train
   from facenet_jax.config_checks import check_config
-  from facenet_jax.data import real
+  from facenet_jax.data import real, sources
   from infra.files import write_json_atomic
   from infra.overrides import OverrideError, with_overrides
   base, values = _CONFIG.value, _VALUES.value
@@ -70,6 +70,7 @@ def main(argv):
   twice = sorted({v for v in values if values.count(v) > 1})
   if twice:
     raise SystemExit(f"--values: {', '.join(twice)} given twice (each value is one run directory)")
+  sources.check_split_field(base.data.source, _FIELD.value)
   configs = {}
   for value in values:   # every value's config is checked before the first run starts
     try:

@@ -207,8 +207,14 @@ def test_a_prepared_dataset_refuses_raw_files_other_than_its_own(tmp_path):
   with pytest.raises(raw.DataError, match="was prepared from other files"):
     real.prepare("orl_faces", tfds, str(copy))
   assert len(real.prepare("orl_faces", tfds, str(orl)).as_data_source(split="train")) == 12
-  os.remove(record)   # prepared before records existed: not checked, and it says so
-  assert len(real.prepare("orl_faces", tfds, str(other)).as_data_source(split="train")) == 12
+  os.remove(record)   # prepared before records existed: cannot be checked, so refused
+  for folder in (other, orl):   # (it read the old data for any folder, with a note)
+    with pytest.raises(raw.DataError, match=rf"data_dir = .*{folder.name}'.* was prepared before the "
+                       rf"project recorded .* delete {b.data_dir} to prepare it again"):
+      real.prepare("orl_faces", tfds, str(folder))
+  shutil.rmtree(b.data_dir)   # what the message says: prepared again, recorded
+  assert len(real.prepare("orl_faces", tfds, str(orl)).as_data_source(split="train")) == 12
+  assert os.path.exists(record)
 
 
 def test_identity_split_sizes_and_errors():
@@ -293,6 +299,18 @@ def test_image_folder_source_and_fingerprint(tmp_path):
   assert prepare.folder_plan(str(root)).fingerprint != before   # a changed folder is prepared again
   train2, held2 = sources.load(c)
   assert len(train2) + len(held2) == 12
+
+
+@pytest.mark.parametrize("source", ["orl", "lfw", "omniglot"])
+def test_an_empty_data_dir_of_a_tfds_source_is_named(tmp_path, source):
+  """tfds took an empty manual dir for "no manual dir": ORL said it has no download, LFW and
+  Omniglot started downloading instead of reading the folder the user named."""
+  os.makedirs(tmp_path / "empty")
+  c = _config(tmp_path, source=source, data_dir=str(tmp_path / "empty"))
+  with pytest.raises(raw.DataError, match=rf"config.data.data_dir = '\S+/empty': the folder is "
+                                          rf"empty, expected the raw files of data.source='{source}'"):
+    sources.load(c)
+  assert not os.path.exists(tmp_path / "tfds")
 
 
 def test_empty_identity_folder_and_empty_root_are_named(tmp_path):

@@ -186,6 +186,9 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
       "cv_fold": (py("cross_validate.py", lfw, f"--config.data.data_dir={lfw_dir}",
                      f"--workdir={tmp_path / 'cv'}", "--field=data.test_fold", "--values=0,12"),
                   r"error: config.data.test_fold = 12: expected 0..9"),
+      "cv_field": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--values=0,1"),
+                   r"error: --field=data.test_fold: data.source='synthetic' does not use it, so "
+                   r"every value would train and test the same split; its split is chosen by seed"),
       "cv_twice": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--field=margin",
                       "--values=0.2,0.2"), r"error: --values: 0.2 given twice"),
       "argparse": (py("recognize.py", "identify", f"--workdir={workdir}", "--gallery=g.npz",

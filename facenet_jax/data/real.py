@@ -93,6 +93,9 @@ def _manual_dir(config: ml_collections.ConfigDict, required: bool) -> str | None
   d = os.path.abspath(os.path.expanduser(d))
   if not os.path.isdir(d):
     raise raw.DataError(f"config.data.data_dir = {config.data.data_dir!r}: no such folder")
+  if not any(not n.startswith(".") for n in os.listdir(d)):   # tfds would take it for "download"
+    raise raw.DataError(f"config.data.data_dir = {config.data.data_dir!r}: the folder is empty, "
+                        f"expected the raw files of data.source={config.data.source!r}")
   return d
 
 
@@ -130,15 +133,17 @@ def check_prepared_from(prepared: str, manual_dir: str, memo_dir: str, fresh: bo
   those in ``manual_dir``: their content key (``fingerprint.tree_key``) is recorded beside a
   dataset when it is prepared (``fresh``). tfds prepares a dataset once per ``data.tfds_dir``
   and then ignores its manual dir, so another ``data.data_dir`` used to read the old data
-  without a word. A dataset prepared before this record existed cannot be checked: it says so."""
-  import sys
+  without a word. A dataset prepared before this record existed cannot be checked, so it is
+  refused too (it was read with a note, and an empty or unrelated data_dir then trained and
+  evaluated on the old data, exit 0); deleting it prepares it again, with the record."""
   from infra.files import read_json, write_json_atomic
   path = os.path.join(os.fspath(prepared), SOURCE_RECORD)
   if not os.path.exists(path) and not fresh:
-    print(f"note: {os.fspath(prepared)} was prepared before the project recorded its source "
-          f"files, so it cannot be checked against config.data.data_dir = {manual_dir!r}; delete "
-          "it to prepare it again from there", file=sys.stderr, flush=True)
-    return
+    raise raw.DataError(
+        f"config.data.data_dir = {manual_dir!r}: {os.fspath(prepared)} was prepared before the "
+        f"project recorded the files a dataset comes from, so it cannot be checked against this "
+        f"folder; delete {os.fspath(prepared)} to prepare it again from there (seconds for ORL, "
+        f"a few minutes for LFW)")
   key = fingerprint.tree_key(manual_dir, memo_dir)
   if not os.path.exists(path):
     write_json_atomic(path, {"manual_dir": manual_dir, "content_key": key})

@@ -28,6 +28,7 @@ from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.data.ekg import EKGSpec, make_ekg_identities
 from facenet_jax.data.volumes import VolumeSpec, make_volume_identities
 from facenet_jax.data.synthetic import SyntheticSpec, make_synthetic_identities
+from infra.errors import UserError
 
 
 # people a generated source makes when data.train_identities / eval_identities are 0
@@ -81,6 +82,29 @@ SOURCES = {"synthetic": _synthetic, "ekg": _ekg, "volume": _volume, "orl": real.
 
 # sources made by a generator from config.seed (no files: data.data_dir must stay "")
 GENERATED = ("synthetic", "ekg", "volume")
+
+# the data fields that choose which people train and which are held out, per source (a
+# generated source makes other people from config.seed); a run over another source's field
+# trains the same split again
+SPLIT_FIELDS = {"lfw": ("data.test_fold", "data.calibration_folds"),
+                **{s: ("data.split_seed",) for s in ("orl", "omniglot", "folder", "recordio")},
+                **{s: ("seed",) for s in GENERATED}}
+
+
+def check_split_field(source: str, field: str) -> None:
+  """``SplitFieldError`` when ``field`` chooses the split of some source but not of ``source``
+  (cross-validating ORL over data.test_fold, the default field, trained one split ten times
+  and reported a std of 0)."""
+  others = {f for fs in SPLIT_FIELDS.values() for f in fs if f.startswith("data.")}
+  if field in others and field not in SPLIT_FIELDS.get(source, ()):
+    raise SplitFieldError(f"--field={field}: data.source={source!r} does not use it, so every "
+                          f"value would train and test the same split; its split is chosen by "
+                          f"{' / '.join(SPLIT_FIELDS[source])}")
+
+
+class SplitFieldError(UserError, ValueError):
+  """A field varied over runs that does not change the data split of the source."""
+
 
 # sources whose preparation can detect and align faces (data.align="mtcnn")
 ALIGNABLE = ("lfw", "folder", "recordio")

@@ -236,9 +236,13 @@ def check_config(c: ml_collections.ConfigDict) -> None:
   _check_augment(c.augment, c.model.spatial_dims)
   _check_evaluation(c.evaluation, c.data)
   try:   # a misspelt name would otherwise surface only after training
-    evaluators.names(c.evals)
+    named = evaluators.names(c.evals)
   except evaluators.EvaluatorError as e:
     raise ConfigError(f"config.evals = {c.evals!r}: {e}") from None
+  for n in named:   # LFW's pairs on an ORL run: a tfds error about LFW's cache, after training
+    _require(evaluators.SOURCE_OF.get(n, c.data.source) == c.data.source, "evals", c.evals,
+             f"evaluators of this run's data.source={c.data.source!r} ({n!r} is for "
+             f"data.source={evaluators.SOURCE_OF.get(n)!r})")
   _check_data(c.data)
   _check_source_rank(c)
   if c.offline.enabled:

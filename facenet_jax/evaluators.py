@@ -268,6 +268,9 @@ EVALUATORS: dict[str, Callable[[Context], Metrics]] = {
     "clustering": eval_clustering,
 }
 
+# evaluators that score a dataset's own protocol, so only a run on that data.source has it
+SOURCE_OF = {"lfw_view2": "lfw", "omniglot_runs": "omniglot"}
+
 # what ``scripts/evaluate_facenet.py --eval=NAME`` runs for a dataset name
 DATASET_EVALS = {
     "lfw": ("lfw_view2",),

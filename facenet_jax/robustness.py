@@ -20,8 +20,13 @@ import io
 import numpy as np
 from PIL import Image
 
-from facenet_jax import inference, verification
+from facenet_jax import inference, verification, workdir as workdir_lib
 from facenet_jax.data import sources
+from infra.errors import UserError
+
+
+class RobustnessError(UserError, ValueError):
+  """Degradation settings that do not fit the run (named, before the model loads)."""
 
 
 def _pil(img_HxWxC: np.ndarray) -> Image.Image:
@@ -67,6 +72,11 @@ def degrade(images_NxHxWxC: np.ndarray, *, resolution: int = 0, jpeg_quality: in
 def evaluate(workdir: str, *, resolutions=(), jpeg_qualities=()) -> list[dict]:
   """One row per setting: ``{kind, value, <verification metrics>}``; the first row is
   the undegraded images (kind ``original``)."""
+  size = int(workdir_lib.load_config(workdir).data.image_size)   # before the model and data
+  larger = [r for r in resolutions if int(r) >= size]
+  if larger:   # up and back down is not a degradation: a row that looked like robustness
+    raise RobustnessError(f"--resolutions {larger}: expected sizes below the run's image size "
+                          f"{size} px ({workdir})")
   trained = inference.load(workdir)
   config = trained.config
   _, held_out = sources.load(config)

@@ -16,7 +16,7 @@ import ml_collections
 
 from configs import facenet as facenet_configs
 from facenet_jax import steps, vgg_features
-from infra import checkpoints, files
+from infra import checkpoints, files, outdirs
 from infra.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -139,6 +139,7 @@ def check_continuation(config: ml_collections.ConfigDict, workdir: str) -> list[
   config (every differing field listed with both values); files.WriteError: it is a file.
   """
   files.check_directory(workdir, "workdir")
+  outdirs.claim(workdir, "facenet", "workdir")   # another script's run: not ours to continue
   if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     if os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
       raise WorkdirError(f"workdir {workdir} holds {CHECKPOINTS}/ but no {CONFIG_FILE}: not a run "
@@ -239,6 +240,11 @@ def restore(workdir: str, config: ml_collections.ConfigDict,
   graphdef, _, state = steps.create_train_state(config, example_shape=model_shape)
   directory = os.path.join(workdir, CHECKPOINTS)
   if not os.path.isdir(directory):
+    members = sorted(n for n in os.listdir(workdir) if n.startswith("margin=")
+                     and os.path.isdir(os.path.join(workdir, n, CHECKPOINTS)))
+    if members:   # a K-margin run's root: its models are one folder down
+      raise WorkdirError(f"{workdir} is a K-margin run (config.margins): it holds one model per "
+                         f"margin, in {', '.join(members)}; give one of those as the workdir")
     raise WorkdirError(f"{workdir}/checkpoints holds no finished checkpoint (no such folder)")
   # read-only: a finished run on storage this process cannot write to is still usable
   ckpt = checkpoints.Checkpointer(directory, every=1, read_only=True)

@@ -159,6 +159,19 @@ def folder_flag(name: str, default: str | None, help: str, *, required: bool = F
   return holder
 
 
+def int_list_flag(name: str, default: list[str], help: str, lo: int, hi: int | None = None) -> Any:
+  """A comma-separated list flag of integers in ``lo..hi``, checked when the flags are parsed
+  (a value like 'abc' or 500 used to be a traceback after the model and data had loaded).
+  The values stay strings, as ``DEFINE_list`` gives them; ``int()`` each."""
+  from absl import flags
+  holder = flags.DEFINE_list(name, default, help)
+  ok = lambda v: v.strip().lstrip("-").isdigit() and lo <= int(v) and (hi is None or int(v) <= hi)
+  flags.register_validator(name, lambda vs: bool(vs) and all(ok(v) for v in vs),
+                           message=f"expected integers {lo}..{'' if hi is None else hi}, "
+                                   f"comma-separated")
+  return holder
+
+
 def json_flag(name: str, default: str | None, help: str) -> Any:
   """A string flag naming a JSON file to write, checked at parse time (not a folder, .json)."""
   from absl import flags

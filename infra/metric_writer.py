@@ -17,6 +17,8 @@ from typing import Mapping
 
 import numpy as np
 
+from infra.errors import UserError
+
 
 class MetricWriter:
   """Writes to ``<logdir>/events.out.tfevents.*`` and ``<logdir>/metrics.jsonl``."""
@@ -118,9 +120,29 @@ def _drop_partial_last_line(path: str) -> None:
 
 
 def read_metrics(logdir: str) -> list[dict]:
-  """The rows of ``<logdir>/metrics.jsonl`` (empty if absent)."""
+  """The rows of ``<logdir>/metrics.jsonl`` (empty if absent). A last row without its newline
+  (the writer was killed inside it; a resumed run trims it) is left out; any other line that
+  is not a JSON object is a MetricsFileError naming the file and line (it was a JSONDecodeError
+  traceback in compare_runs)."""
   path = os.path.join(logdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split("\n")   # the last item: "" when the file ends in a newline
+  rows = []
+  for k, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:
+      row = None
+    if isinstance(row, dict):
+      rows.append(row)
+    elif k < len(lines):   # a whole line, yet not a row
+      raise MetricsFileError(f"{path}: line {k} is not a JSON object of metrics: {line[:80]!r}")
+  return rows
+
+
+class MetricsFileError(UserError, ValueError):
+  """A metrics.jsonl line that does not read (named with its line number)."""

@@ -59,16 +59,18 @@ def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "",
   settings = dict(settings or {})
   workdir_lib.check_evaluation_settings(settings)
   for n in [p.strip() for p in spec.split(",") if p.strip()]:   # a dataset name selects its source
-    if n in DATASET_SOURCES and not source and config.data.source != DATASET_SOURCES[n] \
-        and settings.get("data.source") != DATASET_SOURCES[n]:
+    need = DATASET_SOURCES.get(n) or evaluators.SOURCE_OF.get(n)   # lfw_view2: LFW's own pairs
+    if need and not source and config.data.source != need and settings.get("data.source") != need:
       raise SystemExit(f"--eval={n} but the run was trained on data.source="
-                       f"{config.data.source!r}; pass --source={DATASET_SOURCES[n]} to evaluate "
-                       "it on that data anyway")
+                       f"{config.data.source!r}; pass --source={need} to evaluate it on that "
+                       "data anyway")
   given = {k: v for k, v in {"data.source": source, "data.data_dir": data_dir}.items() if v}
   changed = {**given, **settings}
   # the run's own evaluation (eval_<name>.json) is kept: other settings or data get their own file
   suffix = f"@{overrides.point_name(changed)}" if changed else ""
   config = overrides.with_overrides(config, changed)
+  if spec.strip(",").strip():   # checked as the run's evaluators would be (names, data.source)
+    config = overrides.with_overrides(config, {"evals": spec})
   check_config(config)
   if not evaluators.names(spec or config.evals):   # unknown names before any data is read
     raise SystemExit(f"--eval={spec!r} names no evaluator (the run's config.evals is "

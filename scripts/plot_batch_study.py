@@ -33,6 +33,10 @@ def runs_of(root: str) -> list[dict]:
       continue
     r = files.read_json(path)
     ov = run.overrides
+    missing = [k for k in ("identities_per_batch", "images_per_identity", "num_steps") if k not in ov]
+    if missing:   # a sweep over something else (seed, margin, ...): a KeyError traceback before
+      raise app.UsageError(f"{root}: run {run.workdir} does not set {', '.join(missing)}; "
+                           f"expected a batch_size sweep root (configs/sweeps.py)")
     batch = ov["identities_per_batch"] * ov["images_per_identity"]
     rows.append({"batch": batch, "shape": f"{ov['identities_per_batch']}x{ov['images_per_identity']}",
                  "chunk": ov.get("batch_chunk", 0), "steps": ov["num_steps"],

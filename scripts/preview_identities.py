@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 import numpy as np
 
@@ -44,6 +44,11 @@ def main(argv):
   config = _CONFIG.value
   train, _ = sources.load(config)
   people = [p for p in np.unique(train.labels) if np.sum(train.labels == p) >= _EXAMPLES.value]
+  if len(people) < _IDENTITIES.value:   # 0 was a matplotlib traceback, fewer a smaller figure
+    most = int(np.bincount(train.labels).max())
+    raise app.UsageError(f"--identities={_IDENTITIES.value} --examples={_EXAMPLES.value}: "
+                         f"{train.name} has {len(people)} identities with {_EXAMPLES.value} or "
+                         f"more examples (at most {most} per identity)")
   people = people[:_IDENTITIES.value]
   rank = train.images.ndim - 2
   n, k = len(people), _EXAMPLES.value

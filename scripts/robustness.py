@@ -13,9 +13,11 @@ from absl import flags
 from infra import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (config.json + checkpoints).", required=True)
-_RES = flags.DEFINE_list("resolutions", ["8", "12", "16", "24", "32"], "Test-time sizes r (r x r, upscaled back).")
-_JPEG = flags.DEFINE_list("jpeg_qualities", ["5", "10", "20", "30", "50", "70", "90"], "JPEG qualities.")
-_OUT = flags.DEFINE_string("out", "", "Output directory ('': the workdir).")
+_RES = cli.int_list_flag("resolutions", ["8", "12", "16", "24", "32"],
+                         "Test-time sizes r (r x r, upscaled back), below the run's image size.", 1)
+_JPEG = cli.int_list_flag("jpeg_qualities", ["5", "10", "20", "30", "50", "70", "90"],
+                          "JPEG qualities.", 1, 100)
+_OUT = cli.folder_flag("out", "", "Output directory ('': the workdir).")
 _TITLE = flags.DEFINE_string("title", "", "Figure title prefix.")
 
 
@@ -51,9 +53,9 @@ def main(argv):
   from facenet_jax import robustness
   from infra.files import write_json_atomic
   out = _OUT.value or _WORKDIR.value
-  os.makedirs(out, exist_ok=True)
   rows = robustness.evaluate(_WORKDIR.value, resolutions=[int(r) for r in _RES.value],
                              jpeg_qualities=[int(q) for q in _JPEG.value])
+  os.makedirs(out, exist_ok=True)
   lines = ["| degradation | value | verification acc. | VAL@FAR=1e-3 | AUC |", "|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['kind']} | {r['value'] or '-'} | {r['verification_accuracy']:.4f} +- "

@@ -80,6 +80,11 @@ def main(argv):
   base = config_flags.get_override_values(flags.FLAGS["config"])
   points = load_points(_SWEEP.value)
   from facenet_jax import sweep
+  both = sorted({k for p in points for k in p} & set(base))
+  if both:   # the point's value won: every run ignored the flag, exit 0
+    raise SystemExit(f"--config.{both[0]}={base[both[0]]}: the sweep {_SWEEP.value!r} sets "
+                     f"{', '.join(both)} at every point, so the flag would be ignored; drop it, "
+                     f"or sweep another field")
   named = sweep.named_points(points)
   root = _WORKDIR.value
   if not 0 <= _INDEX.value < len(named) and _INDEX.value != -1:

@@ -78,10 +78,11 @@ def main(argv):
 
   from facenet_jax import models
   from facenet_jax.data.ekg import EKGSpec, make_ekg_identities
-  from infra import files
+  from infra import files, outdirs
   from style_jax import lbfgs, losses
 
   t0 = time.time()
+  outdirs.claim(_OUT.value, outdirs.TEXTURE_KIND, "--out")   # not another run's results.json
   widths = checked_widths()
   example = make_ekg_identities(EKGSpec(num_identities=2, images_per_identity=(1, 1),
                                         length=_LENGTH.value), _PERSON_SEED.value).images[0]
@@ -121,7 +122,7 @@ def main(argv):
   out = np.asarray(x)[:, 0]
   spec_ex = log_spectrum(example[:, 0])
   corr = lambda s: float(np.corrcoef(spec_ex, log_spectrum(s))[0, 1])
-  result = {"gram_loss_start": first, "gram_loss_final": final, "reduction": first / final,
+  result = {"kind": outdirs.TEXTURE_KIND, "gram_loss_start": first, "gram_loss_final": final, "reduction": first / final,
             "log_spectrum_corr_result": corr(out), "log_spectrum_corr_noise_start": corr(start[:, 0]),
             "layers": list(layers), "widths": list(cfg.widths), "steps": _STEPS.value,
             "length": _LENGTH.value, "history": history, "wall_seconds": time.time() - t0}

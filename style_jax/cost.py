@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 from typing import Callable
 
 import jax
@@ -112,6 +114,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                   len(comma_list(config.style)))
   need(sum(blend) > 0, "style_blend_weights", "at least one weight must be > 0")
   need(config.output.endswith(".png"), "output", "must be a .png file name")
+  # a file name in the workdir: '../other/final.png' replaced another run's image, and
+  # iter_NNNNNN.png is the name of an intermediate image, written over at that step
+  need(os.path.basename(config.output) == config.output and config.output not in (".png", "..png"),
+       "output", "must be a file name in the workdir, without a folder")
+  need(not re.fullmatch(r"iter_\d{6}\.png", config.output), "output",
+       "must not be named like the intermediate images (iter_NNNNNN.png)")
 
 
 def objective_from_config(config: ml_collections.ConfigDict) -> Objective:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infra import checkpoints, files, loop
+from infra import checkpoints, files, loop, outdirs
 from infra import vgg as vgg_lib
 from infra.errors import NonFiniteLossError, UserError
 from infra.progress import Progress
@@ -355,6 +355,7 @@ def open_run(settings: Settings, out: str) -> dict:
   out = os.path.abspath(out)
   if os.path.exists(out) and not os.path.isdir(out):
     raise GatysSettingsError(f"--out {out} is a file, not a directory")
+  outdirs.claim(out, "gatys", "--out")
   path = os.path.join(out, SETTINGS_FILE)
   if os.path.exists(path):
     check_resumable(settings, files.read_json(path), path)
@@ -427,6 +428,10 @@ def combine_fig3(runs: list[str], out: str, log: Callable[[str], None] = print, 
   ``panel_inches`` / ``dpi``: the grid's size (default: the first run's)."""
   if not runs:
     raise GatysSettingsError("--combine: expected one or more run directories")
+  if os.path.abspath(out) in {os.path.abspath(r) for r in runs}:
+    raise GatysSettingsError(f"--combine: --out {out} is one of the runs combined; its own "
+                             f"results would be replaced by the combined figure's")
+  outdirs.claim(out, "gatys_combined", "--out")   # a finished run is not a place to combine into
   loaded = [_finished_fig3(r) for r in runs]
   base = {k: v for k, v in loaded[0][0].to_json().items() if k not in ("ratios", "figures")}
   for run, (s, _, _) in zip(runs[1:], loaded[1:]):

@@ -13,7 +13,7 @@ import sys
 
 import ml_collections
 
-from infra import files
+from infra import files, outdirs
 from style_jax.cost import StyleConfigError
 
 CONFIG_FILE = "config.json"
@@ -30,6 +30,7 @@ def _plain(config: ml_collections.ConfigDict) -> dict:
 def check_continuation(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """The fields ``config`` changes from the run saved in ``workdir`` (for the log), or [] for a
   new run. Raises StyleConfigError listing every field a resume may not change."""
+  outdirs.claim(workdir, "style", "workdir")   # another script's run: not ours to continue
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     if os.path.isdir(os.path.join(workdir, "checkpoints")):

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import shutil
+import re
 import struct
 import zipfile
 import zlib
@@ -756,6 +757,19 @@ def test_metrics_jsonl_cut_mid_line_is_repaired_on_resume(tmp_path):
                                                        {"step": 2, "loss": 0.25}]
 
 
+def test_metrics_jsonl_readers_skip_a_cut_last_row_and_name_a_bad_line(tmp_path):
+  """compare_runs on a run killed inside a row (or with a damaged line) ended in a
+  JSONDecodeError traceback."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')   # killed inside row 2
+  assert metric_writer.read_metrics(str(tmp_path)) == [{"step": 1, "loss": 0.5}]
+  for bad in ('{"step": 2, "lo\n{"step": 3}\n', '[1, 2]\n', '{"step": 1}\n{"step": 2, "lo\n'):
+    path.write_text(bad)
+    with pytest.raises(metric_writer.MetricsFileError, match=r"metrics.jsonl: line \d is not a "
+                                                           r"JSON object of metrics"):
+      metric_writer.read_metrics(str(tmp_path))
+
+
 def test_results_json_that_cannot_be_written_is_named_and_the_old_one_kept(tmp_path, monkeypatch):
   path = tmp_path / "results.json"
   files.write_json_atomic(str(path), {"v": 1})
@@ -1081,3 +1095,50 @@ def test_a_style_run_resumes_only_under_its_own_config(tmp_path):
     assert _snapshot(work) == before
   out = optimize.stylize(_style_inputs(tmp_path, num_steps=4, checkpoint_every=1, log_every=2), work)
   assert out["step"] == 4 and files.read_json(os.path.join(work, "config.json"))["num_steps"] == 4
+
+
+def test_output_folders_are_told_apart_by_the_files_each_kind_writes(tmp_path):
+  """infra.outdirs: train_facenet / stylize / reproduce_gatys / texture_1d each refuse a folder
+  holding another kind's results.json (each used to replace it, exit 0)."""
+  from infra import outdirs
+
+  def folder(name, **files):
+    d = tmp_path / name
+    d.mkdir()
+    for f, content in files.items():
+      (d / f.replace("_json", ".json").replace("_png", ".png")).write_text(
+          content if isinstance(content, str) else json.dumps(content))
+    return str(d)
+  cases = {
+      "facenet": folder("f", config_json={"model": {"name": "small_cnn"}, "data": {}}, results_json={}),
+      "style": folder("s", config_json={"content": "a.jpg", "style": "b.jpg"}),
+      "gatys": folder("g", settings_json={}, results_json={"figures": {}}),
+      "gatys_combined": folder("c", results_json={"figures": {"fig3": {"runs": {}}}}),
+      "texture_1d": folder("t", results_json={"kind": "texture_1d"}),
+      "unknown": folder("u", results_json={"accuracy": 1}),
+  }
+  assert outdirs.kind_of(str(tmp_path / "nope")) is None
+  assert outdirs.kind_of(folder("notes", notes_txt="mine")) is None   # no run's files: free
+  assert outdirs.kind_of(folder("old_texture", results_json={}, texture_1d_png="")) == "texture_1d"
+  assert outdirs.kind_of(folder("bad", config_json="{not json")) == "unknown"
+  for kind, path in cases.items():
+    assert outdirs.kind_of(path) == kind
+    outdirs.claim(path, kind, "--out")   # its own kind: left to the script's resume checks
+    for other in set(cases) - {kind}:
+      with pytest.raises(outdirs.OutputFolderError,
+                         match=rf"--out {re.escape(path)} holds {re.escape(outdirs.KINDS[kind])}; "
+                               rf"writing .* there would replace its results.json"):
+        outdirs.claim(path, other, "--out")
+
+
+@pytest.mark.parametrize("output, why", [
+    ("../other/final.png", "must be a file name in the workdir"),
+    ("sub/final.png", "must be a file name in the workdir"),
+    ("iter_000004.png", "must not be named like the intermediate images"),
+])
+def test_a_style_output_outside_the_workdir_or_named_like_an_iteration_is_refused(output, why):
+  from style_jax import cost
+  c = style_config("tiny")
+  c.output = output
+  with pytest.raises(cost.StyleConfigError, match=rf"output.*{why}"):
+    cost.check_config(c)

@@ -208,7 +208,17 @@ def test_every_evaluator_and_dataset_name_passes_and_a_misspelt_one_fails_before
   """config.evals is checked with the rest of the config: a misspelt name used to surface as a
   ValueError traceback only when the evaluators ran, after the whole training run."""
   tiny = facenet.get_config("tiny")
-  for value in (*evaluators.EVALUATORS, *evaluators.DATASET_EVALS, "pairs,one_shot", ""):
+  own = [n for n in (*evaluators.EVALUATORS, *evaluators.DATASET_EVALS)
+         if not set(evaluators.names(n)) & set(evaluators.SOURCE_OF)]
+  for value in (*own, "pairs,one_shot", ""):
     check_config(_with(tiny, "evals", value))
   with pytest.raises(ConfigError, match=r"config\.evals = 'pairs,bogus': evaluator 'bogus' is unknown"):
     check_config(_with(tiny, "evals", "pairs,bogus"))
+  # a dataset's own protocol on another source: it failed after training, naming LFW's cache
+  for name, source in evaluators.SOURCE_OF.items():
+    with pytest.raises(ConfigError, match=rf"config\.evals = 'pairs,{name}': expected evaluators of "
+                                          rf"this run's data.source='synthetic' \('{name}' is for "
+                                          rf"data.source='{source}'\)"):
+      check_config(_with(tiny, "evals", f"pairs,{name}"))
+    variant = facenet.get_config({"lfw": "lfw", "omniglot": "omniglot"}[source])
+    check_config(_with(variant, "evals", name))

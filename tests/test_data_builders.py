@@ -313,6 +313,17 @@ def test_an_empty_data_dir_of_a_tfds_source_is_named(tmp_path, source):
   assert not os.path.exists(tmp_path / "tfds")
 
 
+def test_a_folder_split_that_cannot_be_made_is_refused_before_preparing(tmp_path, monkeypatch):
+  """4 people cannot give 5 training ones: refused from the plan, not after every image was
+  decoded into shards (minutes on a large folder)."""
+  root = _write_folder(tmp_path / "people")
+  monkeypatch.setattr(prepare, "prepare", lambda *a, **k: pytest.fail("prepared before the check"))
+  c = _config(tmp_path, source="folder", data_dir=str(root), train_identities=5, eval_identities=1)
+  with pytest.raises(raw.DataError, match=r"folder:people: 4 identities cannot give "
+                                          r"config.data.train_identities = 5"):
+    sources.load(c)
+
+
 def test_empty_identity_folder_and_empty_root_are_named(tmp_path):
   root = _write_folder(tmp_path / "people")
   os.makedirs(root / "zoe")

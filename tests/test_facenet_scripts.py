@@ -152,6 +152,10 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
     Image.fromarray(np.full((40, 40, 3), 60 * k, np.uint8)).save(photos / f"a{k}.jpg")
   (photos / "zz.jpg").write_bytes((photos / "a1.jpg").read_bytes()[:200])
   cut = r"error: \S+/photos/p/zz.jpg: not an image PIL can read: corrupt or truncated"
+  gatys = tmp_path / "gatys"   # what reproduce_gatys.py leaves: its settings and results
+  os.makedirs(gatys)
+  (gatys / "settings.json").write_text('{"num_steps": 2}')
+  (gatys / "results.json").write_text('{"figures": {}}')
   lfw = "--config=" + os.path.join(ROOT, "configs", "facenet.py") + ":lfw"
   lfw_dir = tmp_path / "lfw"   # cross_validate reads the fold count from pairs.txt's header
   os.makedirs(lfw_dir)
@@ -210,6 +214,36 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
                          "--emit=slurm", "--slurm_options=--time=4:00:00,,"),
                       r"error: flag --slurm_options=\['--time=4:00:00', '', ''\]: every entry must be "
                       r"an #SBATCH option starting with '-'"),
+      "preview_many": (py("preview_identities.py", tiny, f"--out={tmp_path / 'prev.png'}",
+                          "--examples=50"),
+                       r"error: --identities=3 --examples=50: \S+ has 0 identities with 50 or more "
+                       r"examples \(at most \d+ per identity\)"),
+      "sweep_both": (py("sweep.py", tiny, "--sweep=seed", f"--workdir={tmp_path / 'sweep'}",
+                        "--config.seed=5", "--dry_run"),
+                     r"error: --config.seed=5: the sweep 'seed' sets seed at every point, so the "
+                     r"flag would be ignored"),
+      "robust_flag": (py("robustness.py", f"--workdir={workdir}", "--jpeg_qualities=50,500"),
+                      r"error: flag --jpeg_qualities=\['50', '500'\]: expected integers 1..100"),
+      "robust_size": (py("robustness.py", f"--workdir={workdir}", "--resolutions=8,16",
+                         f"--out={tmp_path / 'robust'}"),
+                      r"error: --resolutions \[16\]: expected sizes below the run's image size 16 px"),
+      # a folder of another kind of run: its results.json used to be replaced, exit 0
+      "gatys_out": (py("reproduce_gatys.py", "--weights", "random", "--image_size", "32",
+                       "--num_steps", "2", "--figures", "fig3", "--ratios", "1e-3",
+                       "--style_layers", "conv1_1,conv2_1", "--out", str(workdir)),
+                    r"error: --out \S+ holds a FaceNet training run \(config.json with a model\); "
+                    r"writing a reproduce_gatys.py run \(settings.json\) there would replace its "
+                    r"results.json: use another folder"),
+      "texture_out": (py("texture_1d.py", f"--out={workdir}", "--steps=1"),
+                      r"error: --out \S+ holds a FaceNet training run"),
+      "train_gatys": (py("train_facenet.py", tiny, f"--workdir={gatys}"),
+                      r"error: workdir \S+ holds a reproduce_gatys.py run \(settings.json\); "
+                      r"writing a FaceNet training run"),
+      "combine_self": (py("reproduce_gatys.py", "--combine", str(gatys), "--out", str(gatys)),
+                       r"error: --combine: --out \S+ is one of the runs combined"),
+      "style_output": (py("stylize.py", "--config=" + os.path.join(ROOT, "configs", "style.py") + ":tiny",
+                          f"--workdir={tmp_path / 'style'}", "--config.output=../final.png"),
+                       r"error: .*output.*must be a file name in the workdir, without a folder"),
       # a bad photo last in the folder: refused before the detector (which made out/aligned and
       # detected the photos before it) or the forward passes run; afile stands in for weights
       "detect_cut": (py("detect_faces.py", f"--out={tmp_path / 'faces_cut'}", "--aligned",
@@ -229,8 +263,10 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
     assert "Traceback" not in err, (k, err)
   assert _tree(workdir) == before
   assert afile.read_text() == "mine" and not (tmp_path / "style").exists()
+  assert sorted(os.listdir(gatys)) == ["results.json", "settings.json"]
+  assert (gatys / "results.json").read_text() == '{"figures": {}}'
   assert not any((tmp_path / d).exists() for d in ("evals", "units", "faces", "sweep", "cv", "texture",
-                                                   "faces_cut", "units_cut"))
+                                                   "faces_cut", "units_cut", "robust", "prev.png"))
   # FACENET_TRACEBACK=1: the same error with its traceback, for a bug report
   p = subprocess.run(cases["file"][0], cwd=str(tmp_path), capture_output=True, text=True,
                      env=dict(env, FACENET_TRACEBACK="1"), timeout=300)

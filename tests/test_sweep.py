@@ -238,6 +238,25 @@ def test_compare_runs_table_json_and_figures(swept, tmp_path):
     cr.compare(root, field="seed", histograms=False)
 
 
+def test_a_k_margin_run_root_given_as_a_model_names_its_margin_folders(swept):
+  """It said '<root>/checkpoints holds no finished checkpoint (no such folder)'."""
+  from facenet_jax import inference
+  from facenet_jax.workdir import WorkdirError
+  _, vm, _, _ = swept
+  with pytest.raises(WorkdirError, match=rf"{vm} is a K-margin run \(config.margins\): it holds "
+                                         rf"one model per margin, in margin=0.05, .*give one of those"):
+    inference.load(vm)
+
+
+def test_plot_batch_study_names_a_root_that_is_not_a_batch_sweep(swept):
+  """A margin sweep root: a KeyError traceback before; now the root and what it lacks."""
+  from absl import app
+  root, _, _, _ = swept
+  with pytest.raises(app.UsageError, match=rf"{root}: run .* does not set identities_per_batch, "
+                                           rf"images_per_identity, num_steps; expected a batch_size sweep"):
+    load_script("plot_batch_study").runs_of(root)
+
+
 def test_compare_runs_average_over_seeds_matches_numpy(swept, tmp_path):
   cr = load_script("compare_runs")
   rng = np.random.default_rng(0)

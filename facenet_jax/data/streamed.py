@@ -18,6 +18,7 @@ holds none out. Asking for more people than the data holds is an error naming bo
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import ml_collections
 import numpy as np
@@ -52,10 +53,12 @@ def _plan(config: ml_collections.ConfigDict, root: str, out: str) -> prepare.Pla
   return prepare.folder_plan(root, out)
 
 
-def prepared_path(config: ml_collections.ConfigDict) -> str:
+def prepared_path(config: ml_collections.ConfigDict,
+                  check_plan: Callable[[prepare.Plan], None] | None = None) -> str:
   """The prepared dataset of ``config`` (preparing it first when needed, on process 0 of a
   multi-process run while the others wait; on one machine, a file lock makes concurrent
-  runs prepare it once)."""
+  runs prepare it once). ``check_plan`` sees the source's plan (its identities and files)
+  before any image is decoded."""
   root = _data_dir(config)
   if records.is_prepared(root):
     return root
@@ -63,6 +66,8 @@ def prepared_path(config: ml_collections.ConfigDict) -> str:
   plan = prepare.shared_plan(lambda: _plan(config, root, out), PREPARE_TIMEOUT_S,
                              f"dataset {root} fingerprinted by process 0")
   d = config.data
+  if check_plan is not None:
+    check_plan(plan)
   alignment = aligned.alignment_of(config)
   run = lambda: prepare.prepare(plan, out, fit_of(config), encoding=d.record_encoding,
                                 workers=int(d.prepare_workers), alignment=alignment)
@@ -116,7 +121,18 @@ def split(prepared: records.PreparedDataset, config: ml_collections.ConfigDict,
 def load(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
   """``source=folder`` / ``recordio``: (train, held-out) IdentityDatasets over the
   prepared shards (images decoded on demand)."""
-  prepared = records.open_prepared(prepared_path(config))
+  def check_split(plan: prepare.Plan) -> None:
+    # a split that cannot be made, refused before every image is decoded (it was found after
+    # the preparation: minutes on a large folder)
+    from facenet_jax.data.real import split_identities   # lazy, as in split()
+    d = config.data
+    split_identities([str(k) for k in range(len(plan.identities))], int(d.train_identities),
+                     int(d.eval_identities), int(d.split_seed), _what(config))
+  prepared = records.open_prepared(prepared_path(config, check_split))
   _check_fit(prepared, config)
-  what = f"{config.data.source}:{os.path.basename(os.path.normpath(config.data.data_dir))}"
-  return split(prepared, config, what)
+  return split(prepared, config, _what(config))
+
+
+def _what(config: ml_collections.ConfigDict) -> str:
+  """How messages name the source: ``folder:<folder name>``."""
+  return f"{config.data.source}:{os.path.basename(os.path.normpath(config.data.data_dir))}"

@@ -64,6 +64,9 @@ def main(argv):
   if _FOLDS.value and not all(f.isdigit() for f in _FOLDS.value):
     raise SystemExit(f"--folds: expected fold numbers 0-9, got {','.join(_FOLDS.value)}")
   folds = [int(f) for f in _FOLDS.value] if _FOLDS.value else None
+  if folds and len(set(folds)) < len(folds):   # it said a run "has only" the folds it has
+    twice = sorted({f for f in folds if folds.count(f) > 1})
+    raise SystemExit(f"--folds={','.join(_FOLDS.value)}: fold(s) {twice} given twice")
   runs = read_runs(_RUNS.value, _SCORER.value, folds)
   print("| run | test folds | pairs | ROC AUC | EER | TAR@FAR=1e-2 | TAR@FAR=1e-3 |\n"
         "|---|---|---|---|---|---|---|")

@@ -183,6 +183,8 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
                r"error: flag --grid_count=0: 0 is not a positive"),
       "png": (py("plot_lfw_roc.py", f"--runs=a={workdir}", f"--out={tmp_path / 'roc.txt'}"),
               r"error: flag --out=\S+roc.txt: expected a .png file name"),
+      "roc_folds": (py("plot_lfw_roc.py", f"--runs=a={workdir}", f"--out={tmp_path / 'roc.png'}",
+                       "--folds=1,1"), r"error: --folds=1,1: fold\(s\) \[1\] given twice"),
       "cv_late": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--field=margin",
                      "--values=0.2,-1"), r"error: config.margin = -1.0: expected a number >= 0"),
       "cv_blank": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--field=margin",

@@ -375,6 +375,20 @@ def _reason(e: Exception) -> str:
 _LOCATION = re.compile(r"(btreenode|value):([^:\s'\"]*):([^:\s'\"]+):(\d+):(\d+)")
 
 
+def _location_strings(tree: Any):
+  """The str leaves of a ``tensorstore.ocdbt.dump`` result, without the keys and inline values
+  (array bytes and zarr metadata, which are data, not locations)."""
+  if isinstance(tree, str):
+    yield tree
+  elif isinstance(tree, dict):
+    for k, v in tree.items():
+      if k not in ("key", "inline_value"):
+        yield from _location_strings(v)
+  elif isinstance(tree, (list, tuple)):
+    for v in tree:
+      yield from _location_strings(v)
+
+
 def _ocdbt_problem(state_dir: str) -> str | None:
   """The first file that the OCDBT database in ``state_dir`` points into (``kind:base:file:
   offset:length`` locations of B-tree nodes and array values in ``tensorstore.ocdbt.dump``;
@@ -384,7 +398,8 @@ def _ocdbt_problem(state_dir: str) -> str | None:
   kv = ts.KvStore.open(f"file://{os.path.abspath(state_dir)}/").result()
   todo, seen = [ts.ocdbt.dump(kv).result()], set()
   while todo:
-    for kind, base, rel, offset, length in _LOCATION.findall(repr(todo.pop())):
+    found = (_LOCATION.fullmatch(t) for t in _location_strings(todo.pop()))
+    for kind, base, rel, offset, length in (m.groups() for m in found if m):
       f, end = os.path.join(state_dir, base + rel), int(offset) + int(length)
       size = os.path.getsize(f) if os.path.isfile(f) else None
       if size is None or size < end:

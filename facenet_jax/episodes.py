@@ -18,6 +18,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from infra.errors import UserError
+
+
+class EpisodeError(UserError, ValueError):
+  """Episode settings the data cannot give (a one-line error; evaluate --set is how they come)."""
+
+
 METHODS = ("nearest", "prototype")
 _CHUNK = 256  # episodes scored per vectorised block, bounding memory at O(chunk N Q N K)
 
@@ -84,7 +91,7 @@ def sample_episodes(labels: np.ndarray, n_way: int, k_shot: int, n_query: int, n
   ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
   eligible = np.nonzero(counts >= per_class)[0]
   if n_way > eligible.size:
-    raise ValueError(f"{n_way}-way {k_shot}-shot episodes with {n_query} queries need {n_way} classes "
+    raise EpisodeError(f"{n_way}-way {k_shot}-shot episodes with {n_query} queries need {n_way} classes "
                      f"with >= {per_class} images each; only {eligible.size} of {ids.size} classes have that many")
   by_class = [np.nonzero(inverse == k)[0] for k in range(ids.size)]
   rng = np.random.default_rng(seed)

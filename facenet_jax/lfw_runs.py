@@ -55,6 +55,18 @@ class FoldScores:
     return self.scores[scorer]
 
 
+def check_out_of_runs(out: str | None, roots: dict[str, str]) -> None:
+  """ValueError when the table file ``out`` would land inside one of the runs it reads (it
+  replaced a fold's results.json or the cross-validation's summary.json, exit 0)."""
+  if not out:
+    return
+  path = os.path.realpath(out)
+  for label, root in roots.items():
+    if os.path.commonpath([path, os.path.realpath(root)]) == os.path.realpath(root):
+      raise ValueError(f"--out={out}: inside the run {label}={root} that it reads; write the "
+                       f"table elsewhere")
+
+
 def parse_runs(entries: list[str], flag: str = "--runs") -> dict[str, str]:
   """``LABEL=DIR`` entries as ``{label: DIR}``; ValueError naming ``flag`` for a malformed
   entry, a repeated label or a missing directory."""

@@ -25,6 +25,11 @@ from typing import NamedTuple
 import numpy as np
 
 from facenet_jax import recognition
+from infra.errors import UserError
+
+
+class OpenSetError(UserError, ValueError):
+  """An open-set split the data cannot give (a one-line error; evaluate --set is how it comes)."""
 
 
 def _true_columns(identities_K: np.ndarray, probe_ids_Q: np.ndarray) -> np.ndarray:
@@ -201,7 +206,7 @@ def open_set_split(labels: np.ndarray, num_enrolled: int, shots: int = 1, seed: 
   ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
   eligible = np.nonzero(counts >= shots + 1)[0]
   if num_enrolled > eligible.size or num_enrolled < 1:
-    raise ValueError(f"cannot enrol {num_enrolled} people with {shots} shot(s) and a probe each: "
+    raise OpenSetError(f"cannot enrol {num_enrolled} people with {shots} shot(s) and a probe each: "
                      f"{eligible.size} of {ids.size} people have >= {shots + 1} images")
   enrolled = rng.choice(eligible, num_enrolled, replace=False)
   rest = rng.permutation(np.setdiff1d(np.arange(ids.size), enrolled))

@@ -86,6 +86,9 @@ def launch_settings(environ: Mapping[str, str] | None = None, *, coordinator_add
                    env.get("JAX_HEARTBEAT_TIMEOUT_S") or str(HEARTBEAT_TIMEOUT_S))
   if heartbeat <= 0:
     raise LaunchError(f"JAX_HEARTBEAT_TIMEOUT_S={heartbeat}: expected a positive number of seconds")
+  if n is not None and n < 1:   # before "missing": --num_processes=0 alone said the others were
+    raise LaunchError(f"{'--num_processes' if num_processes is not None else EXPLICIT[1]}={n}: "
+                      f"expected a positive number of processes")
   if address or n is not None or pid is not None:
     missing = [name for name, v in zip(EXPLICIT, (address, n, pid)) if v in ("", None)]
     if missing:
@@ -96,8 +99,11 @@ def launch_settings(environ: Mapping[str, str] | None = None, *, coordinator_add
     addr_name = "--coordinator_address" if coordinator_address else EXPLICIT[0]
     n_name = "--num_processes" if num_processes is not None else EXPLICIT[1]
     pid_name = "--process_id" if process_id is not None else EXPLICIT[2]
-    if ":" not in address:
-      raise LaunchError(f"{addr_name}={address!r}: expected host:port of process 0")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      # a bad port crashed JAX's RPC setup (a segfault, or a hang for 99999)
+      raise LaunchError(f"{addr_name}={address!r}: expected host:port of process 0, the port "
+                        f"1..65535")
     if n < 1:
       raise LaunchError(f"{n_name}={n}: expected a positive number of processes")
     if not 0 <= pid < n:

@@ -201,8 +201,12 @@ def convert(paths: list[str]) -> dict:
 
 def main(argv):
   import numpy as np
-  arrays = convert(argv[1:])
   out = _OUT.value
+  if not out.endswith(".npz") or os.path.isdir(out):   # np.savez adds .npz to other names
+    raise UserError(f"--out={out}: expected a .npz file name (not a folder)")
+  if os.path.exists(out):   # a weights file (or anything else) is not replaced
+    raise UserError(f"--out={out}: exists; remove it first, or give a new name")
+  arrays = convert(argv[1:])
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   tmp = out + ".tmp.npz"
   np.savez(tmp, **arrays)

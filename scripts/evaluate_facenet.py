@@ -72,7 +72,13 @@ def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "",
   if spec.strip(",").strip():   # checked as the run's evaluators would be (names, data.source)
     config = overrides.with_overrides(config, {"evals": spec})
   check_config(config)
-  if not evaluators.names(spec or config.evals):   # unknown names before any data is read
+  running = evaluators.names(spec or config.evals)
+  unused = [k for k in settings if k.count(".") == 2 and k.split(".")[0] == "evaluation"
+            and k.split(".")[1] in evaluators.EVALUATORS and k.split(".")[1] not in running]
+  if unused:   # it had no effect, yet named the results file it wrote
+    raise SystemExit(f"--set={unused[0]}: evaluator {unused[0].split('.')[1]!r} is not run "
+                     f"(--eval={spec or config.evals!r} runs {running})")
+  if not running:   # unknown names before any data is read
     raise SystemExit(f"--eval={spec!r} names no evaluator (the run's config.evals is "
                      f"{config.evals!r}); give evaluator or dataset names")
   train_ds, held_out = sources.load(config)   # the data's files, before the model

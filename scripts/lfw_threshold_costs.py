@@ -38,6 +38,7 @@ def main(argv):
   from infra.files import write_json_atomic
   try:
     roots = lfw_runs.parse_runs(_RUNS.value)
+    lfw_runs.check_out_of_runs(_OUT.value, roots)
     costs = {label: lfw_runs.threshold_costs(lfw_runs.run_dirs(root), _SCORER.value, _SPLITS.value,
                                              _REPEATS.value) for label, root in roots.items()}
   except ValueError as e:

@@ -110,6 +110,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
   if args.command == "enroll" and args.faces == "all":
     raise SystemExit("enroll takes one face per photo (--faces=largest); --faces=all is for "
                      "identify and verify")
+  _check_ignored_flags(args)
+  if args.out and os.path.exists(args.out):   # it replaced any file, a run's results.json too
+    raise SystemExit(f"--out={args.out}: exists; recognize does not write over a file (remove "
+                     "it, or give a new name)")
   if args.out and os.path.splitext(args.out)[1].lower() not in (".json", ".csv"):
     raise SystemExit(f"--out={args.out}: expected a .json or .csv file name")
   if args.out and os.path.isdir(args.out):
@@ -118,6 +122,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     raise SystemExit(f"--out={args.out}: folder {os.path.dirname(os.path.abspath(args.out))} "
                      "does not exist")
   return args
+
+
+def _check_ignored_flags(args: argparse.Namespace) -> None:
+  """Flags that the command would ignore, exit 0, are refused (the user meant something)."""
+  given = lambda flag: getattr(args, flag) not in (None, "", False)
+  ignored = {"faces": args.detect == "none" and args.faces != "largest",
+             "min_face": args.detect == "none" and given("min_face"),
+             "out": args.command in ("enroll", "list", "remove") and given("out"),
+             "far": given("threshold") and given("far"),
+             "workdir": args.command in ("list", "remove") and given("workdir")}
+  for flag, bad in ignored.items():
+    if bad:
+      raise SystemExit(f"--{flag} has no effect " + (
+          "without --detect=mtcnn" if flag in ("faces", "min_face") else
+          "with --threshold (it sets the threshold directly)" if flag == "far" else
+          f"on {args.command}"))
+  if args.command in ("list", "remove") and args.paths:
+    raise SystemExit(f"{args.command} takes no image paths (remove takes out every embedding "
+                     f"of --name)")
+  if args.name and (not args.name.strip() or not args.name.isprintable()):
+    raise SystemExit(f"--name={args.name!r}: expected a printable, non-blank name")
 
 
 def image_files(paths: list[str]) -> list[str]:

@@ -32,6 +32,7 @@ def main(argv):
   from infra.files import write_json_atomic
   try:
     roots = lfw_runs.parse_runs(_RUNS.value)
+    lfw_runs.check_out_of_runs(_OUT.value, roots)
     choices = lfw_runs.select_per_fold(
         {label: lfw_runs.run_dirs(root) for label, root in roots.items()}, _SCORER.value)
   except ValueError as e:

@@ -194,6 +194,9 @@ def main(argv):
   del argv
   from infra import files as files_lib, units
   t0 = time.time()
+  if os.path.exists(os.path.join(_OUT.value, "units.json")):   # a rerun mixed two results' PNGs
+    raise app.UsageError(f"--out={_OUT.value} holds the result of an earlier run (units.json); "
+                         "give a new folder, or remove that one first")
   net = Net(_MODEL.value, _WEIGHTS.value, _IMAGE_SIZE.value, _TILES.value)
   layers = tuple(_LAYERS.value or net.default_layers)
   bad = [n for n in layers if n not in net.rf]

@@ -80,6 +80,8 @@ class Settings:
         raise GatysSettingsError(f"--{name}: expected a positive integer, got {getattr(self, name)}")
     if not self.ratios or any(not r > 0 for r in self.ratios):
       raise GatysSettingsError(f"--ratios: expected positive alpha/beta values, got {list(self.ratios)}")
+    if len(set(self.ratios)) != len(self.ratios):   # the same column optimized twice
+      raise GatysSettingsError(f"--ratios: {list(self.ratios)} repeats a value")
     unknown = sorted(set(self.figures) - set(FIGURES))
     if unknown or not self.figures:
       raise GatysSettingsError(f"--figures: unknown {unknown or 'empty list'}; expected among "
@@ -359,6 +361,12 @@ def open_run(settings: Settings, out: str) -> dict:
   path = os.path.join(out, SETTINGS_FILE)
   if os.path.exists(path):
     check_resumable(settings, files.read_json(path), path)
+  for name in settings.figures:   # before settings.json is rewritten (it was, then refused)
+    ck = os.path.join(out, name, "checkpoints")
+    held = [int(n) for n in os.listdir(ck) if n.isdigit()] if os.path.isdir(ck) else []
+    if held and max(held) > settings.num_steps:
+      raise GatysSettingsError(f"{ck} holds iteration {max(held)}, beyond --num_steps "
+                               f"{settings.num_steps}; use a new --out or --num_steps >= {max(held)}")
   results = os.path.join(out, RESULTS_FILE)
   return files.read_json(results).get("figures", {}) if os.path.exists(results) else {}
 

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from configs.facenet import get_config
 from facenet_jax import align
-from facenet_jax.data import aligned, prepare, real, records, sources
+from facenet_jax.data import aligned, prepare, raw, real, records, sources
 from facenet_jax.data.images import Fit, fit_image
 from facenet_jax.faces import detect
 
@@ -192,6 +192,23 @@ def test_aligned_folder_preparation_report_and_center_crop_policy(tmp_path, stan
   # the same settings again: the finished folder, no detection
   assert prepare.prepare(plan, str(tmp_path / "out"), fit, encoding="png", workers=1, alignment=a) == path
   assert stand_in.calls == 5
+
+
+def test_a_folder_where_no_face_is_found_is_refused_not_trained_unaligned(tmp_path, stand_in):
+  """Every image without a face (flat images here; a data.align_min_face above every face in
+  the probe) fell back to the central crop and trained, exit 0, as an unaligned run."""
+  root = tmp_path / "flat"
+  for rel in ("a/1.png", "b/1.png"):
+    os.makedirs(root / os.path.dirname(rel), exist_ok=True)
+    Image.fromarray(np.full((60, 60, 3), 90, np.uint8)).save(root / rel)
+  plan = prepare.folder_plan(str(root))
+  a = _alignment(tmp_path, min_face_size=5000.0)
+  with pytest.raises(raw.DataError, match=r"MTCNN found no face in any of the 2 images of \S+flat "
+                                          r"\(data.align_min_face=5000 px\); the run would train on "
+                                          r"unaligned crops"):
+    prepare.prepare(plan, str(tmp_path / "out"), Fit(32, 40, 3), encoding="png", workers=1, alignment=a)
+  out = tmp_path / "out"   # no prepared dataset left for a later run to read
+  assert not out.exists() or not any(records.is_prepared(str(p)) for p in out.iterdir())
 
 
 def test_drop_policy_and_detections_reused_across_settings(tmp_path, stand_in):

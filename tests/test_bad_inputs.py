@@ -1142,3 +1142,25 @@ def test_a_style_output_outside_the_workdir_or_named_like_an_iteration_is_refuse
   c.output = output
   with pytest.raises(cost.StyleConfigError, match=rf"output.*{why}"):
     cost.check_config(c)
+
+
+def test_gatys_ratios_repeating_a_value_are_refused():
+  """The same fig3 column was optimized twice (and --combine refused such runs later)."""
+  from style_jax import gatys_figures as gf
+  with pytest.raises(gf.GatysSettingsError, match=r"--ratios: \[0.001, 0.01, 0.001\] repeats a value"):
+    gf.Settings(content="c.jpg", style="s.jpg", weights="random", ratios=(1e-3, 1e-2, 1e-3))
+
+
+def test_gatys_run_refused_for_fewer_steps_keeps_its_settings(tmp_path):
+  """A rerun with --num_steps below a figure's checkpoint was refused only after settings.json
+  had been rewritten with the new count (results.json and fig3.png still from the old one)."""
+  from style_jax import gatys_figures as gf
+  kw = dict(content="c.jpg", style="s.jpg", weights="random", figures=("fig3",))
+  out = tmp_path / "g"
+  os.makedirs(out / "fig3" / "checkpoints" / "2")
+  saved = gf.Settings(num_steps=2, **kw).to_json()
+  (out / gf.SETTINGS_FILE).write_text(json.dumps(saved))
+  with pytest.raises(gf.GatysSettingsError, match=r"fig3/checkpoints holds iteration 2, beyond "
+                                                  r"--num_steps 1; use a new --out"):
+    gf.open_run(gf.Settings(num_steps=1, **kw), str(out))
+  assert json.loads((out / gf.SETTINGS_FILE).read_text()) == saved

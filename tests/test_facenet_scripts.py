@@ -152,6 +152,8 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
     Image.fromarray(np.full((40, 40, 3), 60 * k, np.uint8)).save(photos / f"a{k}.jpg")
   (photos / "zz.jpg").write_bytes((photos / "a1.jpg").read_bytes()[:200])
   cut = r"error: \S+/photos/p/zz.jpg: not an image PIL can read: corrupt or truncated"
+  weights = tmp_path / "w.npz"   # a file convert_mtcnn_weights.py used to replace
+  weights.write_bytes(b"mine")
   gatys = tmp_path / "gatys"   # what reproduce_gatys.py leaves: its settings and results
   os.makedirs(gatys)
   (gatys / "settings.json").write_text('{"num_steps": 2}')
@@ -183,6 +185,17 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
                r"error: flag --grid_count=0: 0 is not a positive"),
       "png": (py("plot_lfw_roc.py", f"--runs=a={workdir}", f"--out={tmp_path / 'roc.txt'}"),
               r"error: flag --out=\S+roc.txt: expected a .png file name"),
+      "episodes_big": (py("evaluate_facenet.py", f"--workdir={workdir}", "--eval=episodes",
+                          "--set=evaluation.episodes.n_way=500"),
+                       r"error: 500-way 1-shot episodes with \d+ queries need 500 classes"),
+      "set_unused": (py("evaluate_facenet.py", f"--workdir={workdir}", "--eval=pairs",
+                        "--set=evaluation.one_shot.repeats=20"),
+                     r"error: --set=evaluation.one_shot.repeats: evaluator 'one_shot' is not run"),
+      "select_out": (py("select_lfw_model.py", f"--runs=a={workdir},b={tmp_path}",
+                        f"--out={workdir}/table.json"),
+                     r"error: --out=\S+/table.json: inside the run a=\S+ that it reads"),
+      "convert_out": (py("convert_mtcnn_weights.py", f"--out={weights}", str(afile)),
+                      r"error: --out=\S+/w.npz: exists; remove it first"),
       "roc_folds": (py("plot_lfw_roc.py", f"--runs=a={workdir}", f"--out={tmp_path / 'roc.png'}",
                        "--folds=1,1"), r"error: --folds=1,1: fold\(s\) \[1\] given twice"),
       "cv_late": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--field=margin",
@@ -266,6 +279,7 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
   assert _tree(workdir) == before
   assert afile.read_text() == "mine" and not (tmp_path / "style").exists()
   assert sorted(os.listdir(gatys)) == ["results.json", "settings.json"]
+  assert weights.read_bytes() == b"mine"
   assert (gatys / "results.json").read_text() == '{"figures": {}}'
   assert not any((tmp_path / d).exists() for d in ("evals", "units", "faces", "sweep", "cv", "texture",
                                                    "faces_cut", "units_cut", "robust", "prev.png"))

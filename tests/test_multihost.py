@@ -65,6 +65,13 @@ def test_launch_settings_from_env_flags_slurm_and_named_errors():
     distributed.launch_settings(dict(env, JAX_NUM_PROCESSES="two"))
   with pytest.raises(distributed.LaunchError, match="expected host:port"):
     distributed.launch_settings(dict(env, JAX_COORDINATOR_ADDRESS="10.0.0.1"))
+  # a port JAX cannot use: it segfaulted (abc) or hung (99999) inside jax.distributed
+  for address in ("badhost:abc", "10.0.0.1:99999", "10.0.0.1:0", ":1234"):
+    with pytest.raises(distributed.LaunchError, match=r"expected host:port of process 0, the port 1..65535"):
+      distributed.launch_settings(dict(env, JAX_COORDINATOR_ADDRESS=address))
+  # --num_processes=0 alone: named as such, not as the other two missing
+  with pytest.raises(distributed.LaunchError, match=r"--num_processes=0: expected a positive number"):
+    distributed.launch_settings({}, num_processes=0)
   slurm = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_PROCID": "1"}
   assert distributed.launch_settings(slurm).source == "slurm"
   assert distributed.launch_settings(dict(slurm, SLURM_NTASKS="1")).source == "single"

@@ -511,6 +511,14 @@ def test_bad_inputs_are_refused_before_the_model_is_loaded(rec):
       (["enroll", "--name=dan", good, str(tmp / "broken.png"), *_args(wd, gallery)], raw.DataError, r"broken\.png"),
       (["identify", good, "--out=who.txt", *_args(wd, gallery)], SystemExit, r"--out=who\.txt: expected a \.json or \.csv"),
       (["verify", "--name=zed", good, *_args(wd, gallery)], R.GalleryError, r"claimed identity 'zed' is not enrolled"),
+      # flags the command would have ignored, exit 0; an --out that replaced the run's files
+      (["identify", good, "--faces=all", *_args(wd, gallery)], SystemExit, r"--faces has no effect without --detect=mtcnn"),
+      (["identify", good, "--threshold=1", "--far=1e-3", *_args(wd, gallery)], SystemExit, r"--far has no effect with --threshold"),
+      (["enroll", "--name=dan", good, "--out=x.csv", *_args(wd, gallery)], SystemExit, r"--out has no effect on enroll"),
+      (["identify", good, f"--out={wd}/results.json", *_args(wd, gallery)], SystemExit,
+       r"results\.json: exists; recognize does not write over a file"),
+      (["enroll", "--name= ", good, *_args(wd, gallery)], SystemExit, r"--name=' ': expected a printable, non-blank name"),
+      (["remove", "--name=bo", good, f"--gallery={gallery}"], SystemExit, r"remove takes no image paths"),
   ]
   for argv, error, message in cases:
     with pytest.raises(error, match=message):

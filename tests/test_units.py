@@ -171,3 +171,12 @@ def test_visualize_units_script_writes_pngs_and_index(tmp_path):
   for name in ("conv1_2", "conv2_1"):
     assert os.path.getsize(out / f"units_{name}.png") > 1000
   assert re.search(r"conv2_1\s+10x10\s+2\s+128", r.stdout), r.stdout
+  # a rerun into the same folder (other data or layers) mixed two results' PNGs: refused
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "visualize_units.py"),
+                      "--model=vgg19", "--weights=random", f"--data={tmp_path / 'data'}",
+                      f"--out={out}", "--layers=conv1_2"], capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+      f"error: --out={out} holds the result of an earlier run (units.json)"), r.stderr
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -357,6 +357,11 @@ def prepare(plan: Plan, out_dir: str, fit: Fit, *, encoding: str = "jpeg", quali
 def _say_no_face(plan: Plan, located: aligned.Located, alignment: aligned.Alignment,
                  path: str) -> None:
   st = located.stats
+  if st["images"] and not st["with_face"]:   # every image fell back: an unaligned dataset, exit 0
+    raise raw.DataError(
+        f"data.align='mtcnn': MTCNN found no face in any of the {st['images']} images of "
+        f"{plan.root} (data.align_min_face={alignment.min_face_size:g} px); the run would train "
+        f"on unaligned crops: lower data.align_min_face, check the photos, or use data.align='none'")
   what = ("fitted as the central crop instead (data.no_face='center_crop')"
           if alignment.no_face == "center_crop" else "dropped (data.no_face='drop')")
   print(f"aligned: a face in {st['with_face']} of {st['images']} images of {plan.root} "

@@ -31,8 +31,9 @@ _IR = struct.Struct("<IfQQ")
 
 def read_index(idx_path: str, rec_size: int) -> tuple[np.ndarray, np.ndarray]:
   """``(keys, offsets)`` int64 of ``train.idx``; DataError naming the line for a malformed
-  line or an offset at or past the end of the ``.rec`` (``rec_size`` bytes)."""
-  keys, offsets = [], []
+  line, an offset at or past the end of the ``.rec`` (``rec_size`` bytes), or a key or offset
+  listed twice (it was accepted, and the doubled records made identical pairs)."""
+  keys, offsets, seen_at, key_at = [], [], {}, {}
   with open(idx_path, encoding="ascii", errors="replace") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
@@ -44,6 +45,12 @@ def read_index(idx_path: str, rec_size: int) -> tuple[np.ndarray, np.ndarray]:
       if off + _HEAD.size > rec_size:
         raise DataError(f"{idx_path}: line {lineno}: offset {off} points past the end of the "
                         f".rec file ({rec_size} bytes); index and record file do not match")
+      if off in seen_at or int(parts[0]) in key_at:   # one record twice: identical pairs
+        was = seen_at.get(off) or key_at[int(parts[0])]
+        what = f"offset {off}" if off in seen_at else f"key {parts[0]}"
+        raise DataError(f"{idx_path}: line {lineno}: {what} is already on line {was}; each "
+                        f"record must be listed once (a doubled image makes identical pairs)")
+      seen_at[off], key_at[int(parts[0])] = lineno, lineno
       keys.append(int(parts[0]))
       offsets.append(off)
   if not keys:

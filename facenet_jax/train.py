@@ -28,7 +28,7 @@ import numpy as np
 from facenet_jax import evaluators, offline, steps, sweep, verification, vgg_features
 from facenet_jax import workdir as workdir_lib
 from facenet_jax.config_checks import ConfigError, check_config
-from facenet_jax.data import batches as batches_lib, sources
+from facenet_jax.data import batches as batches_lib, sources, streamed
 from facenet_jax.data.raw import DataError
 from facenet_jax.data.batches import TrainBatches, input_workers
 from facenet_jax.sampler import PKSampler
@@ -201,6 +201,8 @@ def make_results(config: ml_collections.ConfigDict, step: int, pairs: dict, eval
       "evals": evals,
       "train_metrics": last_train,
       "pixel_baseline": data.pixel,
+      # the prepared shards read (folder / recordio): evaluate refuses other files later
+      **({"prepared_data": name} if (name := streamed.prepared_name(data.raw_train_ds)) else {}),
       # records that did not decode, masked out of training (data.skip_corrupt)
       **({"skipped_records": data.loader.skipped} if config.data.skip_corrupt else {}),
       "devices": mesh.devices.size,

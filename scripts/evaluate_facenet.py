@@ -43,6 +43,22 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
+def check_same_data(workdir: str, train_ds, given: dict) -> None:
+  """SystemExit when the run's own data (no --source / --data_dir given) is not the data it
+  trained on: the files under a folder / RecordIO data_dir changed in place since (it was
+  prepared again and evaluated, exit 0, under the run's own eval file names)."""
+  from facenet_jax.data import streamed
+  from infra import files as files_lib
+  path = os.path.join(workdir, "results.json")
+  if given or not os.path.exists(path):
+    return
+  was, now = files_lib.read_json(path).get("prepared_data"), streamed.prepared_name(train_ds)
+  if was and now and was != now:
+    raise SystemExit(f"{workdir} trained on {was} (results.json: prepared_data), but its "
+                     f"data_dir now prepares as {now}: the files changed since; pass --data_dir "
+                     "to evaluate on them as other data (its own eval file)")
+
+
 def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "",
              settings: dict[str, str] | None = None) -> dict:
   """Evaluates the run in ``workdir`` with the evaluators of ``spec`` (default: its
@@ -82,6 +98,7 @@ def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "",
     raise SystemExit(f"--eval={spec!r} names no evaluator (the run's config.evals is "
                      f"{config.evals!r}); give evaluator or dataset names")
   train_ds, held_out = sources.load(config)   # the data's files, before the model
+  check_same_data(workdir, train_ds, given)
   trained = inference.load(workdir, config)
   ctx = evaluators.Context(config=config, embed=trained.embed, held_out=held_out, train=train_ds,
                            workdir=workdir)

@@ -532,3 +532,22 @@ def test_a_folder_under_the_default_config_trains_every_person(tmp_path):
   assert (train_ds.num_identities, len(train_ds), len(held)) == (5, 10, 0)
   gen_train, gen_held = sources.load(get_config())
   assert (gen_train.num_identities, gen_held.num_identities) == (400, 100)
+
+
+def test_evaluating_a_run_whose_folder_changed_since_training_is_refused(tmp_path):
+  """The files under data_dir changed in place (a relabelled train.rec in the probe): evaluate
+  prepared them again and scored them under the run's own eval file names, exit 0."""
+  from conftest import load_script
+  root = _people(tmp_path / "people", [3, 4, 2, 5, 3, 4, 2, 3, 2])
+  c = with_overrides(_config(tmp_path, root), {"num_steps": 2, "evals": "pairs"})
+  wd = str(tmp_path / "run")
+  res = train.train_and_evaluate(c, wd)
+  assert res["prepared_data"].startswith("folder_")
+  evaluate = load_script("evaluate_facenet").evaluate
+  assert evaluate(wd, "pairs")["results"]["pairs"] == res["evals"]["pairs"]   # unchanged: same
+  Image.fromarray(np.zeros((24, 20, 3), np.uint8)).save(root / "p0" / "0.png")   # one image edited
+  with pytest.raises(SystemExit, match=rf"{wd} trained on folder_\S+ \(results.json: prepared_data\), "
+                                       r"but its data_dir now prepares as folder_\S+: the files changed"):
+    evaluate(wd, "pairs")
+  out = evaluate(wd, "pairs", data_dir=str(root))   # asked for: other data, its own file
+  assert out["step"] == 2 and any(n.startswith("eval_pairs@data.data_dir=") for n in os.listdir(wd))

@@ -133,6 +133,14 @@ def load(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDa
   return split(prepared, config, _what(config))
 
 
+def prepared_name(ds: IdentityDataset) -> str | None:
+  """The prepared dataset ``ds`` reads (its folder's name: kind, the source files' content
+  fingerprint, size, fit), or None for data held in memory. A run records it, so that reading
+  its data again can tell when the files under data_dir changed since it trained."""
+  prepared = getattr(ds.images, "prepared", None)
+  return os.path.basename(os.path.normpath(prepared.path)) if prepared is not None else None
+
+
 def _what(config: ml_collections.ConfigDict) -> str:
   """How messages name the source: ``folder:<folder name>``."""
   return f"{config.data.source}:{os.path.basename(os.path.normpath(config.data.data_dir))}"

@@ -30,6 +30,8 @@ import time
 
 import numpy as np
 
+import provenance   # this folder
+
 
 def _setup(variant: str, p: int, k: int, chunk: int, size: int):
   """(config, graphdef, tx, state, host batch) for a P x K batch of random images."""
@@ -109,9 +111,9 @@ def _child(fn: str, *args) -> dict:
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--big", default="56x32", help="P x K of the FaceNet-sized batch")
+  ap.add_argument("--big", type=provenance.batch_shape, default=(56, 32), help="P x K of the FaceNet-sized batch")
   ap.add_argument("--chunks", default="16,32,64")
-  ap.add_argument("--time_batch", default="16x8", help="P x K of the timing batch")
+  ap.add_argument("--time_batch", type=provenance.batch_shape, default=(16, 8), help="P x K of the timing batch")
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--real_size", type=int, default=96)
   ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
@@ -122,8 +124,8 @@ def main():
     print("RESULT " + json.dumps(globals()[fn](*fargs), default=str))
     return
   if args.quick:
-    args.big, args.chunks, args.time_batch, args.steps, args.real_size = "8x4", "8,16", "4x4", 2, 80
-  p, k = map(int, args.big.split("x"))
+    args.big, args.chunks, args.time_batch, args.steps, args.real_size = (8, 4), "8,16", (4, 4), 2, 80
+  p, k = args.big
   chunks = [int(c) for c in args.chunks.split(",")]
   size = 80 if args.quick else 160
   print(f"# {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
@@ -131,7 +133,7 @@ def main():
   print(f"\n| chunk | compiled temp MiB at {size} px |\n|---|---|")
   for c in [0] + chunks:
     print(f"| {c or 'none'} | {_child('temp_mib', 'inception', p, k, c, size):.0f} |", flush=True)
-  tp, tk = map(int, args.time_batch.split("x"))
+  tp, tk = args.time_batch
   tc = chunks[1] if len(chunks) > 1 else chunks[0]
   t = _child("time_per_image", "inception", tp, tk, tc, size, args.steps)
   plain, chunked = t["0"], t[str(tc)]

@@ -87,7 +87,7 @@ def fold_accuracy(emb_NxD: np.ndarray, pairs, test: int, calib: int) -> dict:
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--out", required=True, help="folder for the conv4_4 map cache and results.json")
-  ap.add_argument("--test_fold", type=int, default=0)
+  ap.add_argument("--test_fold", type=int, choices=range(10), default=0)
   ap.add_argument("--align", default="mtcnn")
   ap.add_argument("--grids", default="1,2,3,4,7")
   ap.add_argument("--dim", type=int, default=512)

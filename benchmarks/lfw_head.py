@@ -86,7 +86,7 @@ def lda_directions(z_NxD: np.ndarray, labels_N: np.ndarray, k: int,
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--out", required=True, help="folder for results.json")
-  ap.add_argument("--test_fold", type=int, default=0)
+  ap.add_argument("--test_fold", type=int, choices=range(10), default=0)
   ap.add_argument("--dim", type=int, default=512, help="PCA-whitened values (the recipe's 512)")
   ap.add_argument("--lda_k", default="128,256,512")
   ap.add_argument("--shrink", type=float, default=0.0)

@@ -26,6 +26,8 @@ from PIL import Image
 
 from facenet_jax.faces import detect
 
+import provenance   # this folder
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.normpath(os.path.join(REPO, "..", "shared"))
 
@@ -34,9 +36,12 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--lfw", default=os.path.join(SHARED, "data", "lfw", "images"))
   ap.add_argument("--weights", default=os.path.join(SHARED, "weights", "mtcnn_weights.npz"))
-  ap.add_argument("--n", type=int, default=64)
-  ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--n", type=provenance.positive_int, default=64)
+  ap.add_argument("--batch", type=provenance.positive_int, default=16)
   a = ap.parse_args()
+  for flag, path in (("--lfw", a.lfw), ("--weights", a.weights)):   # tracebacks before
+    if not os.path.exists(path):
+      ap.error(f"{flag}={path}: no such file or folder")
   people = sorted(os.listdir(a.lfw))
   people = people[::max(1, len(people) // a.n)][:a.n]
   paths = [sorted(glob.glob(os.path.join(a.lfw, p, "*.jpg")))[0] for p in people]

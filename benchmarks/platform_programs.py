@@ -62,9 +62,9 @@ def style_program(size: int) -> dict:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--variant", default="inception")
-  p.add_argument("--k", type=int, default=5)
-  p.add_argument("--style_size", type=int, default=256)
+  p.add_argument("--variant", type=provenance.facenet_variant, default="inception")
+  p.add_argument("--k", type=provenance.positive_int, default=5)
+  p.add_argument("--style_size", type=provenance.positive_int, default=256)
   args = p.parse_args()
   print(f"# jax {jax.__version__}, commit {provenance.commit()}, exported on {jax.devices()[0].platform}")
   print("| program | " + " | ".join(PLATFORMS) + " | plain (cuda trace) |\n|---|---|---|---|---|")

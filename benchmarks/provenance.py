@@ -6,6 +6,7 @@ benchmarks/RESULTS.md asks every table to name both; the scripts here take them 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import subprocess
@@ -20,6 +21,49 @@ def commit(rev: str = "HEAD") -> str:
                           text=True).stdout.strip() or "?"
   except OSError:   # no git on the machine
     return "?"
+
+
+INSTALL = (".venv/bin/pip install -r benchmarks/requirements.txt && .venv/bin/pip install "
+           "--no-deps facenet-pytorch")
+
+
+def require(modules: tuple[str, ...], peer: str) -> None:
+  """Exits with one line naming the missing benchmark-only ``modules`` and the install
+  command, before any work (a benchmark without its peer ended in a ModuleNotFoundError
+  traceback, some after timing ours). ``peer``: what the benchmark compares against."""
+  missing = [m for m in modules if importlib.util.find_spec(m) is None]
+  if missing:
+    raise SystemExit(f"{', '.join(missing)} not installed: this benchmark compares against "
+                     f"{peer} ({INSTALL})")
+
+
+def positive_int(text: str) -> int:
+  """An argparse ``type``: an integer >= 1 (0 or -5 failed inside the benchmark, a traceback)."""
+  import argparse
+  if not text.strip().isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+  return int(text)
+
+
+def batch_shape(text: str) -> tuple[int, int]:
+  """An argparse ``type``: ``PxK`` of two integers >= 1 (e.g. 56x32)."""
+  import argparse
+  p, x, k = text.partition("x")
+  if not x or not p.isdigit() or not k.isdigit() or int(p) < 1 or int(k) < 1:
+    raise argparse.ArgumentTypeError(f"expected PxK, two integers >= 1 (e.g. 56x32), got {text!r}")
+  return int(p), int(k)
+
+
+def facenet_variant(text: str) -> str:
+  """An argparse ``type``: a variant of configs/facenet.py (an unknown one was a traceback)."""
+  import argparse
+  import sys
+  sys.path.insert(0, ROOT)
+  from configs import facenet
+  if text not in facenet.VARIANTS:
+    raise argparse.ArgumentTypeError(f"expected a configs/facenet.py variant {sorted(facenet.VARIANTS)}, "
+                                     f"got {text!r}")
+  return text
 
 
 def machine() -> str:

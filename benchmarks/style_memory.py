@@ -16,6 +16,7 @@ from flax import nnx
 
 from infra import vgg as vgg_lib
 from plain_convs import plain_convs
+import provenance   # this folder
 from style_jax import losses
 
 LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1")
@@ -36,7 +37,7 @@ def temp_mib(size: int, winograd: bool, remat: bool) -> float:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--size", type=int, default=512)
+  p.add_argument("--size", type=provenance.positive_int, default=512)
   args = p.parse_args()
   print(f"# {args.size}x{args.size}, jax {jax.__version__}, {jax.devices()[0].platform}")
   print("| convolutions | remat=False | remat=True |\n|---|---|---|")

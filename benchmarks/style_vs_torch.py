@@ -471,6 +471,7 @@ def main():
     args.sizes, args.steps, args.warmup, args.memory_size = "64,96", 2, 1, 96
   if not os.path.exists(args.weights):
     sys.exit(f"VGG19 weights {args.weights} not found; pass --weights PATH (Keras notop HDF5)")
+  provenance.require(("torch",), "PyTorch's VGG19")
   import torch
   torch.set_num_threads(args.threads)
   if args.child:

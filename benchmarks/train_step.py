@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+import provenance   # this folder
+
 MARGIN = 0.2
 TARGET_RATIO = 1.0   # ours at least as fast as facenet-pytorch
 
@@ -269,12 +271,7 @@ def main() -> None:
     print("RESULT " + json.dumps(res))
     return
 
-  import importlib.util
-  missing = [m for m in ("torch", "facenet_pytorch") if importlib.util.find_spec(m) is None]
-  if missing:   # checked before the minutes of compiling ours, not after
-    raise SystemExit(f"{', '.join(missing)} not installed: this benchmark compares against facenet-pytorch "
-                     "(.venv/bin/pip install -r benchmarks/requirements.txt && .venv/bin/pip install "
-                     "--no-deps facenet-pytorch)")
+  provenance.require(("torch", "facenet_pytorch"), "facenet-pytorch")   # before compiling ours
   B = args.p * args.k
   load = lambda: " ".join(f"{x:.2f}" for x in os.getloadavg())
   print(f"# Inception-ResNet-v1 train step, {B} images ({args.p} x {args.k}) at "

@@ -68,8 +68,11 @@ print("RESULT " + json.dumps({"times": times, "loss": float(v)}))
 
 def worktree(base: str) -> str:
   """A checkout of ``base`` under /tmp (made once)."""
-  sha = subprocess.run(["git", "rev-parse", "--short", base], cwd=ROOT, capture_output=True,
-                       text=True, check=True).stdout.strip()
+  got = subprocess.run(["git", "rev-parse", "--short", "--verify", f"{base}^{{commit}}"], cwd=ROOT,
+                       capture_output=True, text=True)
+  if got.returncode:   # a CalledProcessError traceback before
+    raise SystemExit(f"--base={base}: not a commit of this checkout")
+  sha = got.stdout.strip()
   path = f"/tmp/facenet_style_jax_{sha}"
   if not os.path.isdir(path):
     subprocess.run(["git", "worktree", "add", "--detach", path, sha], cwd=ROOT, check=True,
@@ -100,6 +103,9 @@ def main():
   p.add_argument("--weights", default=style_config().weights, help="VGG19 Keras HDF5 weights")
   p.add_argument("--jobs", default="train_step,style_adam", help="which programs to time")
   args = p.parse_args()
+  unknown = sorted(set(args.jobs.split(",")) - {"train_step", "style_adam"})
+  if unknown:   # before the worktree is made (a KeyError after it, before)
+    p.error(f"--jobs: unknown {unknown}; expected train_step, style_adam")
   trees = {"base": worktree(args.base), "this": ROOT}
   jobs = {
       "train_step": ["benchmarks/train_step.py", "--worker", "ours", "--p", str(args.p), "--k",

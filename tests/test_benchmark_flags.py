@@ -1,0 +1,49 @@
+"""Benchmarks refuse bad flags and a missing peer package in one line, before any work (each
+of these was a traceback, some after timing ours; found by a probe helper). Subprocesses,
+started together."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmarks_refuse_bad_flags_in_one_line(tmp_path):
+  bench = lambda name, *args: [sys.executable, os.path.join(ROOT, "benchmarks", name), *args]
+  cases = {
+      "mtcnn_n": (bench("mtcnn.py", "--n=0"), "argument --n: expected an integer >= 1, got '0'"),
+      "mtcnn_weights": (bench("mtcnn.py", f"--weights={tmp_path}/none.npz"),
+                        f"--weights={tmp_path}/none.npz: no such file or folder"),
+      "style_memory": (bench("style_memory.py", "--size=-5"), "argument --size: expected an integer >= 1"),
+      "variant": (bench("platform_programs.py", "--variant=nope"),
+                  "argument --variant: expected a configs/facenet.py variant"),
+      "margin_vmap": (bench("margin_vmap.py", "--variant=nope"),
+                      "argument --variant: expected a configs/facenet.py variant"),
+      "big_batch": (bench("big_batch.py", "--big=abc"), "argument --big: expected PxK"),
+      "vs_commit_base": (bench("vs_commit.py", "--base=nosuchrev"),
+                         "--base=nosuchrev: not a commit of this checkout"),
+      "vs_commit_jobs": (bench("vs_commit.py", "--base=HEAD", "--jobs=bogus"),
+                         "--jobs: unknown ['bogus']"),
+      "lfw_head": (bench("lfw_head.py", f"--out={tmp_path}/h", "--test_fold=12"),
+                   "argument --test_fold: invalid choice: 12"),
+  }
+  if importlib.util.find_spec("torch") is None:   # the peers are benchmark-only installs
+    cases["mining"] = (bench("mining.py", "--quick"), "torch, pytorch_metric_learning not installed")
+    cases["style_vs_torch"] = (bench("style_vs_torch.py", "--quick", f"--weights={__file__}"),
+                               "torch not installed")
+  worktrees = lambda: subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True,
+                                     text=True).stdout
+  before = worktrees()
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  procs = {k: subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for k, (cmd, _) in cases.items()}
+  for k, p in procs.items():
+    _, err = p.communicate(timeout=300)
+    lines = [l for l in err.splitlines() if l.strip() and not l.startswith("usage:")
+             and not l.startswith(" ")]
+    assert p.returncode in (1, 2) and "Traceback" not in err, (k, err)
+    assert len(lines) == 1 and cases[k][1] in lines[0], (k, err)
+  assert not os.path.exists(tmp_path / "h")
+  assert worktrees() == before   # vs_commit checked --jobs before making its checkout

@@ -48,9 +48,9 @@ class PKSampler:
     ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     eligible = np.nonzero(counts >= 2)[0]
     if eligible.size < self.P:
-      raise DataError(
-          f"identities_per_batch (P) = {self.P} but only {eligible.size} of {ids.size} "
-          f"identities have >= 2 images")
+      raise DataError(   # named as the config field, as the other config errors are
+          f"config.identities_per_batch (P) = {self.P} but only {eligible.size} of {ids.size} "
+          f"identities have >= 2 images: lower it, or train on more people")
     # every identity's rows as one slice of one array (CSR): two flat arrays, not one array
     # object per identity, so millions of labels cost 16 bytes each and pickle cheaply to
     # the input pipeline's worker processes

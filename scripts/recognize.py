@@ -168,7 +168,14 @@ def people_to_enrol(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
   """``[(person, [image path, ...])]``: ``--name`` and its images, or every
   ``<folder>/<person>/<images>`` of each folder given."""
   if args.name:
-    return [(args.name, image_files(args.paths))]
+    paths = image_files(args.paths)
+    seen: dict[str, str] = {}
+    for p in paths:   # one photo enrolled twice weighs the person toward it, unseen
+      if os.path.realpath(p) in seen:
+        raise raw.DataError(f"{p}: given twice (also as {seen[os.path.realpath(p)]}); enrol each "
+                            f"photo once")
+      seen[os.path.realpath(p)] = p
+    return [(args.name, paths)]
   people: dict[str, list[str]] = {}
   for root in args.paths:
     if not os.path.isdir(root):

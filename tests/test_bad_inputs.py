@@ -315,7 +315,7 @@ def test_an_identity_folder_linking_outside_prepares_nothing(tmp_path):
 
 
 def test_one_identity_has_no_negatives_and_single_images_have_no_positives():
-  with pytest.raises(ValueError, match=r"identities_per_batch \(P\) = 2 but only 1 of 1 identities"):
+  with pytest.raises(ValueError, match=r"config\.identities_per_batch \(P\) = 2 but only 1 of 1 identities .*: lower it"):
     PKSampler(np.zeros(5, np.int32), 2, 2, seed=0)
   with pytest.raises(ValueError, match=r"only 0 of 6 identities have >= 2 images"):
     PKSampler(np.arange(6, dtype=np.int32), 2, 2, seed=0)

@@ -519,6 +519,7 @@ def test_bad_inputs_are_refused_before_the_model_is_loaded(rec):
        r"results\.json: exists; recognize does not write over a file"),
       (["enroll", "--name= ", good, *_args(wd, gallery)], SystemExit, r"--name=' ': expected a printable, non-blank name"),
       (["remove", "--name=bo", good, f"--gallery={gallery}"], SystemExit, r"remove takes no image paths"),
+      (["enroll", "--name=dan", good, good, *_args(wd, gallery)], raw.DataError, r"0\.png: given twice"),
   ]
   for argv, error, message in cases:
     with pytest.raises(error, match=message):

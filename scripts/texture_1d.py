@@ -122,7 +122,8 @@ def main(argv):
   out = np.asarray(x)[:, 0]
   spec_ex = log_spectrum(example[:, 0])
   corr = lambda s: float(np.corrcoef(spec_ex, log_spectrum(s))[0, 1])
-  result = {"kind": outdirs.TEXTURE_KIND, "gram_loss_start": first, "gram_loss_final": final, "reduction": first / final,
+  result = {"kind": outdirs.TEXTURE_KIND,
+            "gram_loss_start": first, "gram_loss_final": final, "reduction": first / final,
             "log_spectrum_corr_result": corr(out), "log_spectrum_corr_noise_start": corr(start[:, 0]),
             "layers": list(layers), "widths": list(cfg.widths), "steps": _STEPS.value,
             "length": _LENGTH.value, "history": history, "wall_seconds": time.time() - t0}

@@ -116,7 +116,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   need(config.output.endswith(".png"), "output", "must be a .png file name")
   # a file name in the workdir: '../other/final.png' replaced another run's image, and
   # iter_NNNNNN.png is the name of an intermediate image, written over at that step
-  need(os.path.basename(config.output) == config.output and config.output not in (".png", "..png"),
+  need(os.path.basename(config.output) == config.output and config.output != ".png",
        "output", "must be a file name in the workdir, without a folder")
   need(not re.fullmatch(r"iter_\d{6}\.png", config.output), "output",
        "must not be named like the intermediate images (iter_NNNNNN.png)")

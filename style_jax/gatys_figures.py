@@ -240,11 +240,7 @@ def run_figure(name: str, fig: dict, settings: Settings, inputs: Inputs, out: st
   args = (inputs.vgg_state, targets, w)
   ckpt = checkpoints.Checkpointer(os.path.join(out, name, "checkpoints"),
                                   every=settings.checkpoint_every, keep=2)
-  start = ckpt.latest_step() or 0
-  if start > settings.num_steps:
-    ckpt.close()
-    raise GatysSettingsError(f"{ckpt.directory} holds iteration {start}, beyond --num_steps "
-                             f"{settings.num_steps}: ask for at least {start}")
+  start = ckpt.latest_step() or 0   # <= num_steps: open_run checked every figure's checkpoints
   t0 = time.perf_counter()
   if start:
     _, state, meta = ckpt.restore(jax.eval_shape(init, x0, *args))

@@ -29,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -54,14 +55,20 @@ def matmul_peak(dtype, n: int) -> float:
   return 2 * n**3 / timed(lambda: f(a).block_until_ready(), 2, 5)
 
 
-def step_flops(compiled) -> float | None:
-  cost = compiled.cost_analysis()
+def step_flops(lowered) -> float | None:
+  """XLA's FLOP count of the step as written (the lowered program, before optimization).
+
+  Not the compiled program's count: on a GPU the convolutions compile to cuDNN custom calls,
+  which XLA's cost analysis does not count (on the H200 it gave an MFU of 0.0-0.1% for a step
+  that runs at about 8%). The lowered count is the model's FLOPs on every platform (Inception
+  at 160 px: 8.35 GFLOP per image per train step on CPU and GPU alike)."""
+  cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"]) if cost and "flops" in cost else None
+  return float(cost["flops"]) if cost and cost.get("flops") else None
 
 
 def throughput_rows(variant: str, per_device: list[int], n: int, peak: float) -> list[tuple]:
-  """(name, images/s, MFU, step s) of the Inception step at each per-device batch (call it
+  """(name, images/s, MFU, step s, FLOPs per image) of the Inception step at each per-device batch (call it
   under the matmul precision to measure)."""
   config = get_config(variant)
   size = config.data.image_size
@@ -73,16 +80,18 @@ def throughput_rows(variant: str, per_device: list[int], n: int, peak: float) ->
     B = b * mesh.devices.size
     K = config.images_per_identity
     batch = mesh_lib.shard_batch(train_step_bench.make_batch(B // K, K, size), mesh)
-    compiled = fn.lower(state, batch).compile()
+    lowered = fn.lower(state, batch)
+    compiled = lowered.compile()
     box = {"s": jax.tree.map(lambda x: x.copy(), state)}
 
     def one():
       box["s"], m = compiled(box["s"], batch)
       jax.block_until_ready(m)
     dt = timed(one, 1, n)
-    flops = step_flops(compiled)
+    flops = step_flops(lowered)
     mfu = flops / dt / peak if flops else float("nan")
-    rows.append((f"{config.model.name} {size} px, bf16 matmuls, {b}/device", B / dt, mfu, dt))
+    rows.append((f"{config.model.name} {size} px, bf16 matmuls, {b}/device", B / dt, mfu, dt,
+                 flops / B if flops else float("nan")))
   return rows
 
 
@@ -103,9 +112,11 @@ def margin_ratio(k: int, n: int) -> tuple[float, float]:
   return tv, ts
 
 
-def style_seconds(quick: bool) -> tuple[str, float]:
-  """(what, wall seconds) of one style run: 512 px, 500 L-BFGS iterations with the shared VGG19
-  (quick: the tiny preset's random VGG at 32 px, 5 iterations), compilation included."""
+def style_seconds(quick: bool) -> tuple[str, float, float]:
+  """(what, wall seconds, seconds per iteration) of one style run: 512 px, 500 L-BFGS iterations
+  with the shared VGG19 (quick: the tiny preset's random VGG at 32 px, 5 iterations). The wall
+  time includes loading the weights and compiling; the per-iteration time is the run's own
+  ``seconds_per_step`` (timed steps after compilation)."""
   from PIL import Image
 
   from configs.style import get_config as style_config
@@ -124,9 +135,9 @@ def style_seconds(quick: bool) -> tuple[str, float]:
       config = overrides.with_overrides(style_config("gatys2015"), {
           "image_size": 512, "num_steps": 500, "save_every": 0, "checkpoint_every": 1000})
     t = time.perf_counter()
-    optimize.stylize(config, os.path.join(tmp, "run"))
+    results = optimize.stylize(config, os.path.join(tmp, "run"))
     return (f"style transfer {config.image_size} px, {config.num_steps} L-BFGS iterations",
-            time.perf_counter() - t)
+            time.perf_counter() - t, results["seconds_per_step"] or float("nan"))
 
 
 def input_rate(variant: str, n: int) -> float:
@@ -144,35 +155,83 @@ def input_rate(variant: str, n: int) -> float:
   return n * data.global_batch / (time.perf_counter() - t)
 
 
-def main(argv: list[str] | None = None) -> None:
+def guarded(what: str, fn, failures: list):
+  """``fn()``, or None after printing a one-line failure (the traceback to stderr): each row
+  is its own measurement, so one that breaks (a missing package, an out-of-memory) does not
+  take the rows after it down in a run of minutes on a lent machine; main exits 1 at the end."""
+  try:
+    return fn()
+  except Exception as e:   # noqa: BLE001  reported, counted, re-signalled by the exit code
+    traceback.print_exc()
+    failures.append(what)
+    print(f"| {what} | FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} |",
+          flush=True)
+    return None
+
+
+ROWS = ("train", "margins", "style", "input")
+
+
+def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="tiny sizes: every row runs in seconds")
+  ap.add_argument("--rows", type=row_list, default=ROWS,
+                  help=f"comma-separated rows to measure, of {','.join(ROWS)} (default: all); "
+                       "'input' compares with the train row's rate when both run")
   args = ap.parse_args(argv)
-  q = args.quick
+  q, rows = args.quick, args.rows
   dev = jax.devices()[0]
   # Inception-ResNet-v1 takes minutes to compile on a CPU: --quick times the small ConvNet
   variant, per_device, n = ("tiny", [4, 8], 2) if q else ("inception", [64, 256], 5)
   print(f"# {dev.platform} ({getattr(dev, 'device_kind', '')}) x {jax.device_count()}, "
         f"jax {jax.__version__}, commit {provenance.commit()}{', --quick' if q else ''}", flush=True)
+  failures: list[str] = []
+  # each row is printed when it is measured, so a run stopped at its time limit keeps its rows
+  consumed = None
   with jax.default_matmul_precision("bfloat16"):
     peak = matmul_peak(jnp.bfloat16, 512 if q else 8192)
-    rows = throughput_rows(variant, per_device, n, peak)
+    print(f"measured bfloat16 matmul peak: {peak / 1e12:.3g} TFLOP/s", flush=True)
+    print("| what | result |\n|---|---|", flush=True)
+    for b in per_device if "train" in rows else []:
+      row = guarded(f"{variant} step, {b}/device",
+                    lambda b=b: throughput_rows(variant, [b], n, peak)[0], failures)
+      if row:
+        name, ips, mfu, dt, flops = row
+        consumed = consumed or ips
+        print(f"| {name} | {ips:.1f} images/s, {dt * 1e3:.1f} ms/step, {flops / 1e9:.3g} "
+              f"GFLOP/image, MFU {100 * mfu:.1f}% |", flush=True)
   k = 3 if q else 8   # --quick: 3 margins (4 compiles instead of 9), the same vmapped path
-  tv, ts = margin_ratio(k, n)
-  style_what, style_s = style_seconds(q)
-  consumed = rows[0][1]
-  produced = input_rate("tiny" if q else "inception", 3 if q else 10)
-  print(f"measured bfloat16 matmul peak: {peak / 1e12:.3g} TFLOP/s")
-  print("| what | result |")
-  print("|---|---|")
-  for name, ips, mfu, dt in rows:
-    print(f"| {name} | {ips:.1f} images/s, {dt * 1e3:.1f} ms/step, MFU {100 * mfu:.1f}% |")
-  print(f"| K={k} margins, one vmapped program vs {k} sequential steps (small ConvNet) | "
-        f"{tv * 1e3:.1f} vs {ts * 1e3:.1f} ms/step: {ts / tv:.2f}x |")
-  print(f"| {style_what} | {style_s:.1f} s wall (compilation included) |")
-  print(f"| input pipeline vs train step ({per_device[0]}/device) | {produced:.0f} images/s "
-        f"built vs {consumed:.0f} consumed: {produced / consumed:.1f}x |")
+  what = f"K={k} margins, one vmapped program vs {k} sequential steps (small ConvNet)"
+  times = guarded(what, lambda: margin_ratio(k, n), failures) if "margins" in rows else None
+  if times:
+    tv, ts = times
+    print(f"| {what} | {tv * 1e3:.1f} vs {ts * 1e3:.1f} ms/step: {ts / tv:.2f}x |", flush=True)
+  style = guarded("style transfer", lambda: style_seconds(q), failures) if "style" in rows else None
+  if style:
+    print(f"| {style[0]} | {style[1]:.1f} s wall (weights, compilation included), "
+          f"{style[2] * 1e3:.2f} ms/iteration compiled |", flush=True)
+  what = f"input pipeline vs train step ({per_device[0]}/device)"
+  produced = (guarded(what, lambda: input_rate("tiny" if q else "inception", 3 if q else 10),
+                      failures) if "input" in rows else None)
+  if produced and consumed:
+    print(f"| {what} | {produced:.0f} images/s built vs {consumed:.0f} consumed: "
+          f"{produced / consumed:.1f}x |", flush=True)
+  elif produced:
+    print(f"| {what} | {produced:.0f} images/s built (no train row to compare) |", flush=True)
+  if failures:
+    print(f"{len(failures)} row(s) failed: {'; '.join(failures)}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def row_list(text: str) -> tuple[str, ...]:
+  """--rows: a comma-separated, non-empty subset of ROWS, each once."""
+  names = tuple(t.strip() for t in text.split(","))
+  bad = [t for t in names if t not in ROWS]
+  if bad or not names or len(set(names)) != len(names):
+    raise argparse.ArgumentTypeError(f"expected distinct names of {','.join(ROWS)}, got {text!r}")
+  return names
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

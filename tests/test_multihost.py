@@ -334,4 +334,5 @@ def test_accelerator_benchmark_quick_runs_every_row_on_cpu():
   for row in ("small_cnn 16 px, bf16 matmuls, 4/device", "small_cnn 16 px, bf16 matmuls, 8/device",
               "K=3 margins", "style transfer 32 px, 5 L-BFGS iterations", "input pipeline"):
     assert row in r.stdout, r.stdout
+  assert "FAILED" not in r.stdout, r.stdout
   assert re.search(r"MFU \d+\.\d%", r.stdout) and re.search(r": \d+\.\d\dx \|", r.stdout)

@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import provenance, train_step as train_step_bench   # noqa: E402  (make_batch)
+from benchmarks.plain_convs import plain_convs   # noqa: E402
 from configs.facenet import get_config   # noqa: E402
 from facenet_jax import steps, train   # noqa: E402
 from infra import mesh as mesh_lib, overrides   # noqa: E402
@@ -55,13 +56,18 @@ def matmul_peak(dtype, n: int) -> float:
   return 2 * n**3 / timed(lambda: f(a).block_until_ready(), 2, 5)
 
 
-def step_flops(lowered) -> float | None:
-  """XLA's FLOP count of the step as written (the lowered program, before optimization).
-
-  Not the compiled program's count: on a GPU the convolutions compile to cuDNN custom calls,
-  which XLA's cost analysis does not count (on the H200 it gave an MFU of 0.0-0.1% for a step
-  that runs at about 8%). The lowered count is the model's FLOPs on every platform (Inception
-  at 160 px: 8.35 GFLOP per image per train step on CPU and GPU alike)."""
+def step_flops(graphdef, tx, config, state, batch: dict) -> float | None:
+  """XLA's FLOP count of one train step as an accelerator runs it (plain convolutions), counted
+  by the CPU client from the step lowered for the CPU with the CPU kernels swapped out: the same
+  count on every host. Not the device's own count: on a GPU the compiled program's cost
+  analysis leaves out the cuDNN convolutions (the H200 run printed MFU 0.0-0.1% for a step at
+  about 7-8%), and the lowered program's has no FLOPs there. Inception at 160 px, 64 per
+  or 256 per batch: 8.24 GFLOP per image."""
+  cpu = jax.devices("cpu")[0]
+  step = steps.make_train_step(graphdef, tx, config)
+  with plain_convs():
+    lowered = jax.jit(lambda s, b: step(s, b, config.margin)).lower(
+        *jax.device_put((state, batch), cpu))
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"]) if cost and cost.get("flops") else None
@@ -79,16 +85,16 @@ def throughput_rows(variant: str, per_device: list[int], n: int, peak: float) ->
   for b in per_device:
     B = b * mesh.devices.size
     K = config.images_per_identity
-    batch = mesh_lib.shard_batch(train_step_bench.make_batch(B // K, K, size), mesh)
-    lowered = fn.lower(state, batch)
-    compiled = lowered.compile()
+    host_batch = train_step_bench.make_batch(B // K, K, size)
+    batch = mesh_lib.shard_batch(host_batch, mesh)
+    compiled = fn.lower(state, batch).compile()
     box = {"s": jax.tree.map(lambda x: x.copy(), state)}
 
     def one():
       box["s"], m = compiled(box["s"], batch)
       jax.block_until_ready(m)
     dt = timed(one, 1, n)
-    flops = step_flops(lowered)
+    flops = step_flops(graphdef, tx, config, state, host_batch)
     mfu = flops / dt / peak if flops else float("nan")
     rows.append((f"{config.model.name} {size} px, bf16 matmuls, {b}/device", B / dt, mfu, dt,
                  flops / B if flops else float("nan")))

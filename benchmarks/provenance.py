@@ -15,10 +15,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def commit(rev: str = "HEAD") -> str:
-  """The short hash of ``rev`` in this checkout, or "?" outside a git checkout (a copied tree)."""
+  """The short hash of ``rev`` in this checkout, or "?" outside a git checkout (a copied tree).
+
+  For HEAD, " + uncommitted changes" is added when a tracked file differs from it: a number
+  measured on such a tree is not that commit's (a tree copied to another machine can carry an
+  older .git beside newer files; the H200 runs of RESULTS.md section 9 did)."""
   try:
-    return subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip() or "?"
+    run = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+    short = run("rev-parse", "--short", rev).stdout.strip()
+    if not short:
+      return "?"
+    if rev == "HEAD" and run("status", "--porcelain", "--untracked-files=no").stdout.strip():
+      short += " + uncommitted changes"
+    return short
   except OSError:   # no git on the machine
     return "?"
 

@@ -115,7 +115,7 @@ def main():
                      os.path.abspath(args.weights)],
   }
   jobs = {j: jobs[j] for j in args.jobs.split(",")}
-  print(f"# base {args.base} vs this tree (HEAD {provenance.commit()} + working tree), {platform.processor() or platform.machine()}, "
+  print(f"# base {args.base} vs this tree (HEAD {provenance.commit()}), {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores; train step {args.p}x{args.k} at {args.size} px, style Adam at "
         f"{args.style_size} px; median s/step per round, alternating", flush=True)
   med = {(j, t): [] for j in jobs for t in trees}

@@ -13,6 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_benchmarks_refuse_bad_flags_in_one_line(tmp_path):
   bench = lambda name, *args: [sys.executable, os.path.join(ROOT, "benchmarks", name), *args]
   cases = {
+      "accelerator_rows": (bench("accelerator.py", "--rows=train,nope"),
+                           "argument --rows: expected distinct names of train,margins,style,input"),
       "mtcnn_n": (bench("mtcnn.py", "--n=0"), "argument --n: expected an integer >= 1, got '0'"),
       "mtcnn_weights": (bench("mtcnn.py", f"--weights={tmp_path}/none.npz"),
                         f"--weights={tmp_path}/none.npz: no such file or folder"),
@@ -47,3 +49,24 @@ def test_benchmarks_refuse_bad_flags_in_one_line(tmp_path):
     assert len(lines) == 1 and cases[k][1] in lines[0], (k, err)
   assert not os.path.exists(tmp_path / "h")
   assert worktrees() == before   # vs_commit checked --jobs before making its checkout
+
+
+def test_provenance_names_a_tree_that_is_not_its_commit(tmp_path, monkeypatch):
+  """A result measured on changed files must not carry the bare commit hash (the H200 copy of
+  this tree had an older .git: its header named a commit whose code had not run)."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import provenance
+  git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a],
+                                  cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+  monkeypatch.setattr(provenance, "ROOT", str(tmp_path))
+  assert provenance.commit() == "?"   # not a checkout
+  git("init", "-q")
+  (tmp_path / "a.py").write_text("x = 1\n")
+  git("add", "a.py")
+  git("commit", "-qm", "a")
+  head = git("rev-parse", "--short", "HEAD").strip()
+  (tmp_path / "notes.txt").write_text("untracked files are not the measured code\n")
+  assert provenance.commit() == head
+  (tmp_path / "a.py").write_text("x = 2\n")
+  assert provenance.commit() == head + " + uncommitted changes"
+  assert provenance.commit("HEAD~0") == head   # a named base revision is that commit

@@ -9,7 +9,9 @@ Writes ``OUT/detections.json``: ``{"settings": {...}, "images": [{"image": path,
 ...}}, ...]}, ...]}`` (an empty ``faces`` list where none was found, with a ``note`` when the
 image is smaller than the minimum face size). ``--aligned`` also writes each face warped onto
 the template as ``OUT/aligned/<image stem>_<k>.png``. ``--grid`` draws the detections of the
-first ``--grid_count`` images on one PNG (boxes green, landmarks red).
+first ``--grid_count`` images on one PNG (boxes green, landmarks red). An OUT that holds an
+earlier run's detections.json or aligned/ is refused, as are two photos with one file stem
+under ``--aligned`` (their crops would share names).
 
 Weights: the MTCNN ``.npz`` of ``scripts/convert_mtcnn_weights.py``; the default is the
 shared copy beside the repository (``<repo>/../shared/weights/mtcnn_weights.npz``).
@@ -61,6 +63,19 @@ def list_images(paths: list[str]) -> list[str]:
   return out
 
 
+def check_distinct_stems(files: list[str]) -> None:
+  """Aligned crops are named ``<stem>_<k>.png``: two photos with one stem (a/x.jpg, b/x.png)
+  would write the same crops, the second replacing the first."""
+  seen: dict[str, str] = {}
+  for f in files:
+    stem = os.path.splitext(os.path.basename(f))[0]
+    if stem in seen:
+      from infra.errors import UserError
+      raise UserError(f"--aligned: {seen[stem]} and {f} would both write aligned/{stem}_K.png: "
+                      f"rename one or detect them in separate runs")
+    seen[stem] = f
+
+
 def draw_grid(images, results, path: str, tile: int = 200, cols: int = 4) -> None:
   """Each image scaled to ``tile`` px (long side) with its boxes and landmarks, on a grid."""
   from PIL import Image, ImageDraw
@@ -90,9 +105,17 @@ def main(argv):
     raise UserError("--out=DIR (detections.json) or --grid=PNG is required")
   if _BATCH.value < 1:
     raise UserError(f"--batch must be >= 1, got {_BATCH.value}")
+  if _ALIGNED.value and not _OUT.value:
+    raise UserError("--aligned writes OUT/aligned/: give --out=DIR too")
+  for name in ("detections.json", "aligned") if _OUT.value else ():
+    if os.path.exists(os.path.join(_OUT.value, name)):   # a rerun would mix old crops with new
+      raise UserError(f"--out={_OUT.value} already holds {name} from an earlier run: give "
+                      f"another folder or remove it")
   files = list_images(paths)
   if _GRID.value and not _OUT.value:
     files = files[:_GRID_COUNT.value]
+  if _ALIGNED.value:
+    check_distinct_stems(files)
   if not os.path.isfile(_WEIGHTS.value):
     raise UserError(f"--weights={_WEIGHTS.value}: no such file (make it with "
                     f"scripts/convert_mtcnn_weights.py)")

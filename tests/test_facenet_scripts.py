@@ -152,6 +152,10 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
     Image.fromarray(np.full((40, 40, 3), 60 * k, np.uint8)).save(photos / f"a{k}.jpg")
   (photos / "zz.jpg").write_bytes((photos / "a1.jpg").read_bytes()[:200])
   cut = r"error: \S+/photos/p/zz.jpg: not an image PIL can read: corrupt or truncated"
+  again = tmp_path / "faces_again"
+  os.makedirs(again)
+  (again / "detections.json").write_text('{"images": []}')
+  (tmp_path / "a1.jpg").write_bytes((photos / "a1.jpg").read_bytes())
   weights = tmp_path / "w.npz"   # a file convert_mtcnn_weights.py used to replace
   weights.write_bytes(b"mine")
   gatys = tmp_path / "gatys"   # what reproduce_gatys.py leaves: its settings and results
@@ -263,6 +267,13 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
       # detected the photos before it) or the forward passes run; afile stands in for weights
       "detect_cut": (py("detect_faces.py", f"--out={tmp_path / 'faces_cut'}", "--aligned",
                         "--batch=1", f"--weights={afile}", str(photos.parent)), cut),
+      # a rerun replaced detections.json and mixed its crops with the last run's; two photos
+      # with one stem wrote the same aligned crop names (the second replaced the first)
+      "detect_again": (py("detect_faces.py", f"--out={again}", str(photos / "a1.jpg")),
+                       r"error: --out=\S+/faces_again already holds detections.json from an earlier run"),
+      "detect_stems": (py("detect_faces.py", f"--out={tmp_path / 'faces_stems'}", "--aligned",
+                          str(photos / "a1.jpg"), str(tmp_path / "a1.jpg")),
+                       r"error: --aligned: \S+/p/a1.jpg and \S+/a1.jpg would both write aligned/a1_K.png"),
       "units_cut": (py("visualize_units.py", f"--model={workdir}", f"--data={photos.parent}",
                        f"--out={tmp_path / 'units_cut'}"), cut),
   }
@@ -281,8 +292,11 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
   assert sorted(os.listdir(gatys)) == ["results.json", "settings.json"]
   assert weights.read_bytes() == b"mine"
   assert (gatys / "results.json").read_text() == '{"figures": {}}'
+  assert os.listdir(again) == ["detections.json"]
+  assert (again / "detections.json").read_text() == '{"images": []}'
   assert not any((tmp_path / d).exists() for d in ("evals", "units", "faces", "sweep", "cv", "texture",
-                                                   "faces_cut", "units_cut", "robust", "prev.png"))
+                                                   "faces_cut", "units_cut", "robust", "prev.png",
+                                                   "faces_stems"))
   # FACENET_TRACEBACK=1: the same error with its traceback, for a bug report
   p = subprocess.run(cases["file"][0], cwd=str(tmp_path), capture_output=True, text=True,
                      env=dict(env, FACENET_TRACEBACK="1"), timeout=300)

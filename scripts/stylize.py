@@ -32,7 +32,11 @@ def main(argv):
   from style_jax import optimize
   r = optimize.stylize(_CONFIG.value, _WORKDIR.value)
   fmt = lambda d: ", ".join(f"{k}={v:.4g}" for k, v in d.items())
-  print(f"initial: {fmt(r['initial'])}\nfinal:   {fmt(r['final'])}")
+  # the terms are sums over the image: with coarse-to-fine scales the two lines are at different
+  # sizes and do not compare, so each names its size
+  at = lambda hw: f" (at {hw[1]}x{hw[0]})" if len(r["sizes"]) > 1 else ""
+  print(f"initial{at(r['sizes'][0])}: {fmt(r['initial'])}\nfinal{at(r['sizes'][-1])}:   "
+        f"{fmt(r['final'])}")
   if r["seconds_per_step"]:
     print(f"{r['seconds_per_step']:.3f} s per iteration")
   print(f"wrote {r['output']} and {os.path.join(_WORKDIR.value, 'results.json')}")

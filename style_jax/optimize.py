@@ -434,7 +434,8 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ``save_every`` steps, TensorBoard events and ``metrics.jsonl``, ``checkpoints/`` and
   ``results.json`` = ``{config, step, sizes, initial: {content, style, tv, total},
   final: {...}, output, seconds_per_step, wall_seconds, ...}`` (initial: at step 0, on the
-  first scale; final: the saved image). Returns the same dict.
+  first scale, ``sizes[0]``; final: the saved image, ``sizes[-1]``; with ``num_scales`` > 1
+  the two are sums over images of different sizes and do not compare). Returns the same dict.
 
   Raises:
     FileNotFoundError / images.ImageError: unreadable or too small inputs (naming the field).

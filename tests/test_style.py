@@ -527,3 +527,24 @@ def test_reproduce_gatys_combines_columns_run_apart_into_one_figure(tmp_path, ca
   with pytest.raises(SystemExit):
     gatys.main([f"--combine={tmp_path / 'hi'},{tmp_path / 'nothing'}", f"--out={tmp_path / 'x'}"])
   assert "settings.json is missing" in capsys.readouterr().err
+
+
+def test_stylize_script_names_the_sizes_of_initial_and_final_loss_across_scales(tmp_path):
+  """With num_scales=2 the initial terms are sums over the coarse image and the final ones over
+  the full-size image: printed bare side by side they looked like one loss at two times."""
+  import re
+  c = _tiny(tmp_path)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, os.path.join(root, "scripts", "stylize.py"),
+                      "--config=configs/style.py:tiny", f"--workdir={tmp_path / 'run'}",
+                      f"--config.content={c.content}", f"--config.style={c.style}",
+                      "--config.num_scales=2", "--config.num_steps=2"],
+                     cwd=root, capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 0, r.stderr[-2000:]
+  m = re.search(r"^initial \(at (\d+)x(\d+)\): content=.*\nfinal \(at (\d+)x(\d+)\): +content=",
+                r.stdout, re.M)
+  assert m, r.stdout
+  w0, h0, w1, h1 = map(int, m.groups())
+  sizes = json.load(open(tmp_path / "run" / "results.json"))["sizes"]
+  assert [[h0, w0], [h1, w1]] == sizes and w0 < w1

@@ -109,24 +109,35 @@ def _child(fn: str, *args) -> dict:
   return json.loads(lines[-1][7:])
 
 
+def chunk_list(text: str) -> list[int]:
+  """--chunks: comma-separated integers >= 1 ("16,,x" was a traceback after the first rows)."""
+  return [provenance.positive_int(t) for t in text.split(",")]
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--big", type=provenance.batch_shape, default=(56, 32), help="P x K of the FaceNet-sized batch")
-  ap.add_argument("--chunks", default="16,32,64")
-  ap.add_argument("--time_batch", type=provenance.batch_shape, default=(16, 8), help="P x K of the timing batch")
-  ap.add_argument("--steps", type=int, default=3)
-  ap.add_argument("--real_size", type=int, default=96)
-  ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+  sizes = {"big": (56, 32), "chunks": [16, 32, 64], "time_batch": (16, 8), "steps": 3, "real_size": 96}
+  quick = {"big": (8, 4), "chunks": [8, 16], "time_batch": (4, 4), "steps": 2, "real_size": 80}
+  ap.add_argument("--big", type=provenance.batch_shape, help="P x K of the FaceNet-sized batch (56x32)")
+  ap.add_argument("--chunks", type=chunk_list, help="batch_chunk values, comma-separated (16,32,64)")
+  ap.add_argument("--time_batch", type=provenance.batch_shape, help="P x K of the timing batch (16x8)")
+  ap.add_argument("--steps", type=provenance.positive_int, help="timed steps (3)")
+  ap.add_argument("--real_size", type=provenance.positive_int, help="px of the real-step row (96)")
+  ap.add_argument("--quick", action="store_true", help=f"tiny sizes, a smoke run: {quick}")
   ap.add_argument("--child", default="", help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.child:
     fn, fargs = json.loads(args.child)
     print("RESULT " + json.dumps(globals()[fn](*fargs), default=str))
     return
-  if args.quick:
-    args.big, args.chunks, args.time_batch, args.steps, args.real_size = (8, 4), "8,16", (4, 4), 2, 80
+  given = [f"--{k}" for k in sizes if getattr(args, k) is not None]
+  if args.quick and given:   # --quick used to replace them without a word
+    ap.error(f"--quick sets its own sizes; {', '.join(given)} would be ignored: give one or the other")
+  for k, v in (quick if args.quick else sizes).items():
+    if getattr(args, k) is None:
+      setattr(args, k, v)
   p, k = args.big
-  chunks = [int(c) for c in args.chunks.split(",")]
+  chunks = args.chunks
   size = 80 if args.quick else 160
   print(f"# {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
         f"Inception-ResNet-v1, global batch {p * k} ({p} x {k})")

@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 import psutil
-from absl import app, flags
+from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -43,15 +43,21 @@ sys.path.insert(0, REPO)
 from facenet_jax.data import batches, prepare, records   # noqa: E402
 from facenet_jax.data.images import Fit   # noqa: E402
 from facenet_jax.sampler import PKSampler   # noqa: E402
+from infra import cli   # noqa: E402
 
 _WORK = flags.DEFINE_string("work", "/tmp/facenet_input_bench", "generated data and runs")
-_FOLDER = flags.DEFINE_integer("folder_images", 50_000, "images of the procedural folder (0: skip)")
+_FOLDER = flags.DEFINE_integer("folder_images", 50_000, "images of the procedural folder (0: skip)",
+                               lower_bound=0)
 _SHARDS = flags.DEFINE_list("shard_images", ["50000", "500000"], "sizes written directly as shards")
-_PREP_WORKERS = flags.DEFINE_integer("prepare_workers", 0, "0: every core")
-_STEPS = flags.DEFINE_integer("throughput_steps", 40, "batches timed per throughput point")
-_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 10, "steps of each training run")
+_PREP_WORKERS = flags.DEFINE_integer("prepare_workers", 0, "0: every core", lower_bound=0)
+_STEPS = flags.DEFINE_integer("throughput_steps", 40, "batches timed per throughput point",
+                              lower_bound=1)
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 10, "steps of each training run", lower_bound=1)
 _LONG_STEPS = flags.DEFINE_integer("long_steps", 0, "then one run of this many steps on the largest "
-                                   "size: peak RSS per quarter of its steps (0: skip)")
+                                   "size: peak RSS per quarter of its steps (0: skip)", lower_bound=0)
+# checked when the flags are parsed: a bad size failed after the folder had been prepared
+flags.register_validator("shard_images", lambda v: bool(v) and all(
+    t.strip().isdigit() and int(t) >= 1 for t in v), message="expected positive integers, e.g. 50000,500000")
 
 
 def face(person: int, k: int, size: int) -> np.ndarray:
@@ -260,4 +266,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -118,6 +118,9 @@ def _flag_message(e: Exception, argv: list[str]) -> str:
   return f"{flag}: the config has no such field" + (f" ({hint})" if hint else "")
 
 
+HELP_FLAGS = ("help", "h", "?", "helpfull", "helpshort", "helpxml")
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing whose errors (unknown or mistyped flags, a missing required flag, a
   bad ``--config.FIELD``, an unknown config variant) are one line and exit status 2 (absl
@@ -125,6 +128,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
   from absl import flags
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:
+    # absl prints the usage asked for with --help / -h / --helpfull and exits 1, which reads as
+    # a failure to a shell or a launcher; asking for help succeeded
+    if e.code == 1 and any(a.split("=")[0].lstrip("-") in HELP_FLAGS for a in argv[1:]):
+      raise SystemExit(0) from None
+    raise
   except (flags.Error, AttributeError, KeyError) as e:
     if os.environ.get(TRACEBACK_ENV) == "1":
       raise

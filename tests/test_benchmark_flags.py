@@ -15,6 +15,13 @@ def test_benchmarks_refuse_bad_flags_in_one_line(tmp_path):
   cases = {
       "accelerator_rows": (bench("accelerator.py", "--rows=train,nope"),
                            "argument --rows: expected distinct names of train,margins,style,input"),
+      "big_batch_quick": (bench("big_batch.py", "--quick", "--big=8x8"),
+                          "--quick sets its own sizes; --big would be ignored"),
+      "big_batch_chunks": (bench("big_batch.py", "--chunks=16,,x"), "argument --chunks: expected an integer >= 1"),
+      "input_shards": (bench("input_pipeline.py", f"--work={tmp_path}/ip", "--shard_images=5,abc"),
+                       "flag --shard_images=['5', 'abc']: expected positive integers"),
+      "input_steps": (bench("input_pipeline.py", f"--work={tmp_path}/ip", "--train_steps=0"),
+                      "flag --train_steps=0: 0 is not a positive integer"),
       "mtcnn_n": (bench("mtcnn.py", "--n=0"), "argument --n: expected an integer >= 1, got '0'"),
       "mtcnn_weights": (bench("mtcnn.py", f"--weights={tmp_path}/none.npz"),
                         f"--weights={tmp_path}/none.npz: no such file or folder"),
@@ -47,7 +54,7 @@ def test_benchmarks_refuse_bad_flags_in_one_line(tmp_path):
              and not l.startswith(" ")]
     assert p.returncode in (1, 2) and "Traceback" not in err, (k, err)
     assert len(lines) == 1 and cases[k][1] in lines[0], (k, err)
-  assert not os.path.exists(tmp_path / "h")
+  assert not os.path.exists(tmp_path / "h") and not os.path.exists(tmp_path / "ip")
   assert worktrees() == before   # vs_commit checked --jobs before making its checkout
 
 
@@ -70,3 +77,15 @@ def test_provenance_names_a_tree_that_is_not_its_commit(tmp_path, monkeypatch):
   (tmp_path / "a.py").write_text("x = 2\n")
   assert provenance.commit() == head + " + uncommitted changes"
   assert provenance.commit("HEAD~0") == head   # a named base revision is that commit
+
+
+def test_help_exits_0():
+  """absl scripts printed --help and exited 1, a failure to a shell or a launcher."""
+  for script in ("benchmarks/input_pipeline.py", "scripts/detect_faces.py"):
+    for flag in ("--help", "--helpfull"):
+      r = subprocess.run([sys.executable, os.path.join(ROOT, script), flag], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+      assert r.returncode == 0 and "--" in r.stdout + r.stderr, (script, flag, r.stderr[-2000:])
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "detect_faces.py"), "--bogus"],
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2   # other flag errors still fail

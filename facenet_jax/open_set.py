@@ -82,7 +82,14 @@ def calibrate_threshold(impostor_distances: np.ndarray, far: float) -> float:
     return float(d[-1])
   cut = d[m]
   below = d[d < cut]
-  return float(0.5 * (below[-1] + cut)) if below.size else float(np.nextafter(cut, -np.inf))
+  return threshold_between(below[-1], cut) if below.size else float(np.nextafter(cut, -np.inf))
+
+
+def threshold_between(lo: float, hi: float) -> float:
+  """A threshold t with lo <= t < hi for an accept rule ``d <= t``: the midpoint, or ``lo``
+  when the midpoint of two adjacent floats rounds up onto ``hi`` (it would accept ``hi``)."""
+  t = 0.5 * (float(lo) + float(hi))
+  return t if t < hi else float(lo)
 
 
 # false-accept rates per comparison at which a run saves an impostor-calibrated threshold

@@ -47,13 +47,28 @@ def make_pairs(labels: np.ndarray, num_pairs: int, seed: int) -> tuple[np.ndarra
   return np.asarray(ii), np.asarray(jj), issame
 
 
+class NonFiniteDistancesError(UserError, ValueError):
+  """Pair distances with NaN or Inf (an embedding that is not finite)."""
+
+
+def finite_distances(dist, what: str = "pair distances") -> np.ndarray:
+  """``dist`` as float64, or NonFiniteDistancesError: a NaN fails every ``d <= t`` and sorts
+  last, so it was scored as a rejected pair and every metric came out quietly wrong."""
+  dist = np.asarray(dist, np.float64)
+  bad = int(np.size(dist) - np.count_nonzero(np.isfinite(dist)))
+  if bad:
+    raise NonFiniteDistancesError(f"{what}: {bad} of {dist.size} are NaN or Inf (embeddings "
+                                  "that are not finite?)")
+  return dist
+
+
 def best_threshold(dist: np.ndarray, issame: np.ndarray) -> tuple[float, float]:
   """The threshold maximizing accuracy of ``dist <= t`` on these pairs, and that accuracy.
 
   Candidates are midpoints between consecutive sorted distances (and both ends); ties in
-  accuracy go to the smallest threshold.
+  accuracy go to the smallest threshold. NonFiniteDistancesError for NaN or Inf.
   """
-  dist = np.asarray(dist, np.float64)
+  dist = finite_distances(dist)
   issame = np.asarray(issame, bool)
   order = np.argsort(dist, kind="stable")
   d, s = dist[order], issame[order]
@@ -71,7 +86,7 @@ def best_threshold(dist: np.ndarray, issame: np.ndarray) -> tuple[float, float]:
   elif k == n:
     t = d[-1] + 1.0
   else:
-    t = 0.5 * (d[k - 1] + d[k])
+    t = open_set.threshold_between(d[k - 1], d[k])
   return float(t), float(acc[k])
 
 
@@ -85,7 +100,7 @@ def threshold_transfer(dist_fit: np.ndarray, issame_fit: np.ndarray, dist_test: 
   one to report.
   """
   t, fit_acc = best_threshold(dist_fit, issame_fit)
-  test_acc = np.mean((np.asarray(dist_test, np.float64) <= t) == np.asarray(issame_test, bool))
+  test_acc = np.mean((finite_distances(dist_test) <= t) == np.asarray(issame_test, bool))
   return t, fit_acc, float(test_acc)
 
 
@@ -112,8 +127,7 @@ def kfold_accuracy(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray | int
   issame = np.asarray(issame, bool)
   if dist.shape != issame.shape or dist.ndim != 1:
     raise ValueError(f"dist and issame must be equal 1-D shapes, got {dist.shape}, {issame.shape}")
-  if not np.all(np.isfinite(dist)):
-    raise ValueError("pair distances contain NaN or Inf")
+  finite_distances(dist)
   if np.isscalar(folds):
     k = int(folds)
     fold_id = np.random.default_rng(seed).permutation(dist.size) % k
@@ -137,7 +151,7 @@ def kfold_accuracy(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray | int
 def _roc_counts(dist: np.ndarray, issame: np.ndarray):
   """Integer ROC counts of ``dist <= t``: ``(fp, tp, n_neg, n_pos, thresholds)``, one entry
   per distinct distance after a leading t = -inf (nothing accepted)."""
-  dist = np.asarray(dist, np.float64)
+  dist = finite_distances(dist)
   issame = np.asarray(issame, bool)
   order = np.argsort(dist, kind="stable")
   d, s = dist[order], issame[order]
@@ -147,13 +161,20 @@ def _roc_counts(dist: np.ndarray, issame: np.ndarray):
   return fp, tp, int((~s).sum()), int(s.sum()), np.r_[-np.inf, d[last]]
 
 
+def _rate(count: np.ndarray, total: int) -> np.ndarray:
+  """count / total, NaN throughout when total is 0 (a rate over no pairs is undefined)."""
+  return count / total if total else np.full(count.shape, np.nan)
+
+
 def roc(dist: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """ROC of ``dist <= t`` over all thresholds: (far, tar, thresholds), far ascending."""
+  """ROC of ``dist <= t`` over all thresholds: (far, tar, thresholds), far ascending; far
+  (tar) is NaN throughout when there are no different (same) pairs."""
   fp, tp, n_neg, n_pos, thresholds = _roc_counts(dist, issame)
-  return fp / max(n_neg, 1), tp / max(n_pos, 1), thresholds
+  return _rate(fp, n_neg), _rate(tp, n_pos), thresholds
 
 
 def roc_auc(dist: np.ndarray, issame: np.ndarray) -> float:
+  """Area under the ROC; NaN when the pairs hold one class only (it gave 0.0)."""
   far, tar, _ = roc(dist, issame)
   return float(np.trapezoid(tar, far))
 
@@ -167,7 +188,8 @@ def eer(dist: np.ndarray, issame: np.ndarray) -> float:
   gaps are compared as integers, so such ties are found exactly, not left to rounding.
   """
   fp, tp, n_neg, n_pos, _ = _roc_counts(dist, issame)
-  n_neg, n_pos = max(n_neg, 1), max(n_pos, 1)
+  if not n_neg or not n_pos:   # one class only: undefined (it gave 0.0 or 1.0)
+    return float("nan")
   fn = n_pos - tp
   gap = np.abs(fp * n_pos - fn * n_neg)        # n_pos n_neg |FAR - FRR|, exact
   best = np.flatnonzero(gap == gap.min())      # one point, or two on either side of the crossing
@@ -176,8 +198,11 @@ def eer(dist: np.ndarray, issame: np.ndarray) -> float:
 
 def val_at_far(dist: np.ndarray, issame: np.ndarray, far_target: float = 1e-3) -> float:
   """FaceNet's VAL(d) at the largest threshold whose FAR on these same pairs is <=
-  ``far_target``: in-sample, so optimistic; reports use ``kfold_accuracy``'s ``val``."""
+  ``far_target``: in-sample, so optimistic; reports use ``kfold_accuracy``'s ``val``. NaN
+  when the pairs hold one class only."""
   far, tar, _ = roc(dist, issame)
+  if np.isnan(far[0]) or np.isnan(tar[0]):
+    return float("nan")
   ok = far <= far_target
   return float(tar[ok].max()) if ok.any() else 0.0
 
@@ -188,11 +213,13 @@ def val_far_transfer(dist_fit: np.ndarray, issame_fit: np.ndarray, dist_test: np
 
   The threshold is the largest one whose FAR on the fitting pairs is <= ``far_target``;
   returns ``(VAL, FAR)`` of ``dist_test <= threshold``: the FAR reached on the test pairs
-  is reported because it can exceed the target.
+  is reported because it can exceed the target. Fitting pairs with no different pairs
+  accept every pair (FAR is 0 at every threshold there).
   """
-  far, _, thresholds = roc(dist_fit, issame_fit)
+  fp, _, n_neg, _, thresholds = _roc_counts(dist_fit, issame_fit)
+  far = fp / n_neg if n_neg else np.zeros(fp.shape)
   t = float(thresholds[np.nonzero(far <= far_target)[0].max()])
-  dist_test = np.asarray(dist_test, np.float64)
+  dist_test = finite_distances(dist_test)
   issame_test = np.asarray(issame_test, bool)
   accept = dist_test <= t
   val = accept[issame_test].mean() if issame_test.any() else float("nan")

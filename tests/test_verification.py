@@ -189,3 +189,47 @@ def test_summarize_saves_impostor_thresholds_for_recognition():
     k = int(np.floor(far * imp.size + 1e-9))
     assert np.sum(imp <= t) == k and t < imp[k]
     assert (k == 0 and t == np.nextafter(imp[0], -np.inf)) or t == pytest.approx(0.5 * (imp[k - 1] + imp[k]))
+
+
+def test_nan_distances_are_refused_on_every_lfw_path():
+  """A NaN fails every d <= t and sorts last: fold_metrics (lfw_view2, select_per_fold,
+  threshold costs) scored it as a rejected pair and printed accuracy 0.485 instead of 0.73,
+  AUC 0.44 instead of 0.87, with no word; kfold_accuracy alone refused it."""
+  from facenet_jax import lfw_runs
+  rng = np.random.default_rng(0)
+  s = np.r_[np.ones(600, bool), np.zeros(600, bool)]
+  d = rng.random(1200) + (~s) * 0.5
+  fold = np.arange(1200) % 2
+  lfw_runs.fold_metrics(d, s, fold == 0, fold == 1, 1e-3)   # finite: fine
+  for where in (fold == 0, fold == 1):   # a NaN among the fitting or the test pairs
+    bad = d.copy()
+    bad[np.flatnonzero(s & where)[:150]] = np.nan
+    with pytest.raises(V.NonFiniteDistancesError, match=r"pair distances: 150 of 600 are NaN or Inf"):
+      lfw_runs.fold_metrics(bad, s, fold == 0, fold == 1, 1e-3)
+  for fn in (V.roc_auc, V.eer, V.val_at_far, V.best_threshold):
+    with pytest.raises(V.NonFiniteDistancesError):
+      fn(np.array([0.1, np.inf, 0.3]), np.array([True, False, False]))
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_one_class_pairs_have_no_auc_eer_or_val(same):
+  """AUC, EER and VAL over pairs of one class are undefined: they were 0.0 (AUC), 0.0 or
+  1.0 (EER) and 0.0 (VAL), numbers that look measured."""
+  d = np.random.default_rng(1).random(50)
+  s = np.full(50, same)
+  assert np.isnan(V.roc_auc(d, s)) and np.isnan(V.eer(d, s)) and np.isnan(V.val_at_far(d, s))
+  far, tar, _ = V.roc(d, s)
+  assert np.isnan(far if same else tar).all() and not np.isnan(tar if same else far).any()
+
+
+def test_thresholds_between_adjacent_floats_keep_the_accuracy_they_report():
+  """The midpoint of two adjacent float64 distances rounds onto the upper one: the threshold
+  then accepted the pair it was to reject (reported accuracy 1.0, realized 0.5)."""
+  lo = 1.0 + 2.0 ** -52
+  d = np.array([lo, np.nextafter(lo, 2.0)])
+  s = np.array([True, False])
+  t, acc = V.best_threshold(d, s)
+  assert acc == 1.0 and np.mean((d <= t) == s) == 1.0
+  imp = np.array([lo, d[1], 3.0])   # open set: 1 of 3 impostors allowed, the cut at d[1]
+  t = open_set.calibrate_threshold(imp, 1 / 3)
+  assert np.sum(imp <= t) == 1

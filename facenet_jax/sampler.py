@@ -27,6 +27,18 @@ class Batch:
   mask: np.ndarray     # bool, False for padding rows
 
 
+def check_enough_identities(counts: np.ndarray, identities_per_batch: int) -> np.ndarray:
+  """The identities (indices into ``counts``, images per identity) a P x K batch can draw:
+  those with >= 2 images; DataError when fewer than P. Also checked on a source's plan
+  before its images are prepared (data/streamed.py)."""
+  eligible = np.nonzero(np.asarray(counts) >= 2)[0]
+  if eligible.size < identities_per_batch:
+    raise DataError(   # named as the config field, as the other config errors are
+        f"config.identities_per_batch (P) = {identities_per_batch} but only {eligible.size} of "
+        f"{len(counts)} identities have >= 2 images: lower it, or train on more people")
+  return eligible
+
+
 class PKSampler:
   """Draws P identities (each with >= 2 images) x K images per step.
 
@@ -46,11 +58,7 @@ class PKSampler:
     if self.K < 2:
       raise ValueError(f"images_per_identity (K) must be >= 2 to have positives, got {self.K}")
     ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    eligible = np.nonzero(counts >= 2)[0]
-    if eligible.size < self.P:
-      raise DataError(   # named as the config field, as the other config errors are
-          f"config.identities_per_batch (P) = {self.P} but only {eligible.size} of {ids.size} "
-          f"identities have >= 2 images: lower it, or train on more people")
+    eligible = check_enough_identities(counts, self.P)
     # every identity's rows as one slice of one array (CSR): two flat arrays, not one array
     # object per identity, so millions of labels cost 16 bytes each and pickle cheaply to
     # the input pipeline's worker processes

@@ -111,7 +111,7 @@ def prepare_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
   """Checks the batch against the devices, then loads and checks the datasets of ``config``
   and builds its sampler and held-out pairs."""
   global_batch = check_batch(config, mesh)   # before any data is read
-  train_ds, eval_ds = sources.load(config)
+  train_ds, eval_ds = sources.load(config, int(config.identities_per_batch))
   raw_train_ds, raw_eval_ds = train_ds, eval_ds
   features = vgg_features.transform_for(config)
   if features is not None:   # frozen backbone: train the head on cached activations

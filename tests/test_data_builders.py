@@ -324,6 +324,17 @@ def test_a_folder_split_that_cannot_be_made_is_refused_before_preparing(tmp_path
     sources.load(c)
 
 
+def test_too_few_training_people_for_the_batch_are_refused_before_preparing(tmp_path, monkeypatch):
+  """3 training people cannot give P = 4 per batch: refused from the plan's labels (the
+  sampler found it after every image had been prepared)."""
+  root = _write_folder(tmp_path / "people")
+  monkeypatch.setattr(prepare, "prepare", lambda *a, **k: pytest.fail("prepared before the check"))
+  c = _config(tmp_path, source="folder", data_dir=str(root), train_identities=3, eval_identities=1)
+  with pytest.raises(raw.DataError, match=r"config.identities_per_batch \(P\) = 4 but only 3 of 3 "
+                                          r"identities have >= 2 images"):
+    sources.load(c, c.identities_per_batch)
+
+
 def test_empty_identity_folder_and_empty_root_are_named(tmp_path):
   root = _write_folder(tmp_path / "people")
   os.makedirs(root / "zoe")

@@ -108,9 +108,15 @@ class SplitFieldError(UserError, ValueError):
 
 # sources whose preparation can detect and align faces (data.align="mtcnn")
 ALIGNABLE = ("lfw", "folder", "recordio")
+PREPARED = ("folder", "recordio")   # streamed.load: prepared once, read from shards
 
 
-def load(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
+def load(config: ml_collections.ConfigDict, identities_per_batch: int | None = None
+         ) -> tuple[IdentityDataset, IdentityDataset]:
+  """(train, held-out) of ``config.data``. ``identities_per_batch``: the P of a P x K sampler
+  that will draw from the training side (training passes it): a prepared source (folder,
+  recordio) checks it on its plan, before its images are prepared; the sampler checks it
+  again on the loaded labels."""
   source = config.data.source
   if source not in SOURCES:
     raise ValueError(f"config.data.source = {source!r}: expected one of {sorted(SOURCES)}")
@@ -119,4 +125,6 @@ def load(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDa
     raise aligned.AlignConfigError(
         f"config.data.align = {config.data.align!r}: data.source={source!r} cannot be aligned "
         f"(alignment is for photos of faces: data.source one of {ALIGNABLE})")
+  if source in PREPARED:
+    return streamed.load(config, identities_per_batch)
   return SOURCES[source](config)

@@ -118,16 +118,23 @@ def split(prepared: records.PreparedDataset, config: ml_collections.ConfigDict,
           _subset(prepared, to_ids(ho), f"{what}-held-out({seed})"))
 
 
-def load(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
+def load(config: ml_collections.ConfigDict, identities_per_batch: int | None = None
+         ) -> tuple[IdentityDataset, IdentityDataset]:
   """``source=folder`` / ``recordio``: (train, held-out) IdentityDatasets over the
-  prepared shards (images decoded on demand)."""
+  prepared shards (images decoded on demand). ``identities_per_batch``: the P x K sampler's
+  P, checked on the training people of the plan (sources.load)."""
   def check_split(plan: prepare.Plan) -> None:
     # a split that cannot be made, refused before every image is decoded (it was found after
     # the preparation: minutes on a large folder)
     from facenet_jax.data.real import split_identities   # lazy, as in split()
+    from facenet_jax.sampler import check_enough_identities
     d = config.data
-    split_identities([str(k) for k in range(len(plan.identities))], int(d.train_identities),
-                     int(d.eval_identities), int(d.split_seed), _what(config))
+    train, _ = split_identities([str(k) for k in range(len(plan.identities))],
+                                int(d.train_identities), int(d.eval_identities),
+                                int(d.split_seed), _what(config))
+    if identities_per_batch is not None:   # the sampler found it after the preparation
+      counts = np.bincount(plan.labels, minlength=len(plan.identities))
+      check_enough_identities(counts[[int(k) for k in train]], identities_per_batch)
   prepared = records.open_prepared(prepared_path(config, check_split))
   _check_fit(prepared, config)
   return split(prepared, config, _what(config))

@@ -14,7 +14,6 @@ Each run lives in ``<workdir>/<field>=<value>`` and resumes (or is skipped when 
 ``--field=data.test_fold``: runs over seeds or settings on one fold keep their own ROCs).
 """
 
-import json
 import os
 
 from absl import flags
@@ -81,14 +80,16 @@ def main(argv):
     if configs[value].data.source == "lfw":   # a fold pairs.txt does not have, not at its turn
       real.check_lfw_folds(configs[value])
   per_run, dirs = {}, []
+  wd_of = lambda value: os.path.join(_WORKDIR.value, f"{_FIELD.value}={value}")
+  # every value's folder before one trains: a run there of another config (other flags, or
+  # an older version of this cross-validation) is refused; its old results were read as new
+  finished = {value: train.finished_results(config, wd_of(value)) for value, config in configs.items()}
   for value, config in configs.items():
-    wd = os.path.join(_WORKDIR.value, f"{_FIELD.value}={value}")
+    wd = wd_of(value)
     dirs.append(wd)
-    res_path = os.path.join(wd, "results.json")
-    if os.path.exists(res_path):
-      with open(res_path) as f:
-        results = json.load(f)
-      print(f"{wd}: done before, read {res_path}", flush=True)
+    results = finished[value]
+    if results is not None:
+      print(f"{wd}: done before, read {os.path.join(wd, 'results.json')}", flush=True)
     else:
       print(f"=== {_FIELD.value}={value} -> {wd}", flush=True)
       results = train.train_and_evaluate(config, wd)

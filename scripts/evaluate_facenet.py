@@ -84,7 +84,8 @@ def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "",
   changed = {**given, **settings}
   # the run's own evaluation (eval_<name>.json) is kept: other settings or data get their own file
   suffix = f"@{overrides.point_name(changed)}" if changed else ""
-  config = overrides.with_overrides(config, changed)
+  run_config, config = config, overrides.with_overrides(config, changed)
+  workdir_lib.check_held_out_people(run_config, config)
   if spec.strip(",").strip():   # checked as the run's evaluators would be (names, data.source)
     config = overrides.with_overrides(config, {"evals": spec})
   check_config(config)

@@ -90,6 +90,7 @@ def main(argv):
   if not 0 <= _INDEX.value < len(named) and _INDEX.value != -1:
     raise SystemExit(f"--index={_INDEX.value}: this sweep has points 0..{len(named) - 1}")
   todo = range(len(named)) if _INDEX.value < 0 else [_INDEX.value]
+  from facenet_jax import workdir as workdir_lib
   from facenet_jax.config_checks import ConfigError, check_config
   from infra.overrides import with_overrides
   for i in todo:   # every point's config before one runs, is printed or goes into a job
@@ -98,6 +99,9 @@ def main(argv):
       check_config(with_overrides(_CONFIG.value, point))
     except ConfigError as e:
       raise SystemExit(f"sweep point {name}: {e}") from None
+    # a point folder holding a run of another config (another base flag, a changed sweep):
+    # refused before any point runs (its old results were reported as this sweep's)
+    workdir_lib.check_continuation(with_overrides(_CONFIG.value, point), os.path.join(root, name))
   if _DRY_RUN.value:
     for i in todo:
       print(point_command(config_arg, base, i))

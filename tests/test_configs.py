@@ -222,3 +222,30 @@ def test_every_evaluator_and_dataset_name_passes_and_a_misspelt_one_fails_before
       check_config(_with(tiny, "evals", f"pairs,{name}"))
     variant = facenet.get_config({"lfw": "lfw", "omniglot": "omniglot"}[source])
     check_config(_with(variant, "evals", name))
+
+
+def test_evaluating_another_split_of_the_run_s_own_people_is_refused():
+  """evaluate_facenet --set=data.split_seed=1 on an ORL run scored 6 of its 10 "held-out"
+  people from training (accuracy 0.978 for 0.891), and --set=data.test_fold=5 on an LFW run
+  scored a fold it trained on, exit 0 (a numerical audit)."""
+  from facenet_jax import workdir as workdir_lib
+  from infra.overrides import with_overrides
+  check = workdir_lib.check_held_out_people
+  orl = facenet.get_config("orl")
+  for bad in ({"data.split_seed": 1}, {"data.train_identities": orl.data.train_identities - 1}):
+    with pytest.raises(workdir_lib.WorkdirError, match=rf"--set={next(iter(bad))}=.*people it "
+                                                       r"trained on as held-out"):
+      check(orl, with_overrides(orl, bad))
+  # more or fewer held-out people after the same training ones, or other data: unseen people
+  for ok in ({"data.eval_identities": 5}, {"data.source": "folder", "data.data_dir": "/photos",
+                                            "data.split_seed": 3}, {"data.data_dir": "/other"}):
+    check(orl, with_overrides(orl, ok))
+  every = with_overrides(orl, {"data.train_identities": 0, "data.eval_identities": 10})
+  with pytest.raises(workdir_lib.WorkdirError, match="data.eval_identities"):   # 0: all the rest
+    check(every, with_overrides(every, {"data.eval_identities": 5}))
+  lfw = facenet.get_config("lfw")
+  for bad in ({"data.test_fold": 5}, {"data.calibration_folds": 2}):
+    with pytest.raises(workdir_lib.WorkdirError, match=rf"--set={next(iter(bad))}=5|=2"):
+      check(lfw, with_overrides(lfw, bad))
+  tiny = facenet.get_config("tiny")   # generated people: held out by generator seed
+  check(tiny, with_overrides(tiny, {"data.train_identities": 3}))

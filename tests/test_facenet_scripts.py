@@ -152,6 +152,10 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
     Image.fromarray(np.full((40, 40, 3), 60 * k, np.uint8)).save(photos / f"a{k}.jpg")
   (photos / "zz.jpg").write_bytes((photos / "a1.jpg").read_bytes()[:200])
   cut = r"error: \S+/photos/p/zz.jpg: not an image PIL can read: corrupt or truncated"
+  cv_old = tmp_path / "cv_old"
+  os.makedirs(cv_old / "margin=0.2")
+  for name in ("config.json", "results.json"):
+    shutil.copy(os.path.join(workdir, name), cv_old / "margin=0.2" / name)
   again = tmp_path / "faces_again"
   os.makedirs(again)
   (again / "detections.json").write_text('{"images": []}')
@@ -212,6 +216,12 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
       "cv_field": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--values=0,1"),
                    r"error: --field=data.test_fold: data.source='synthetic' does not use it, so "
                    r"every value would train and test the same split; its split is chosen by seed"),
+      # a folder holding a finished run of another config: its old results were summarized as
+      # this config's, exit 0 (sweep.py the same: tests/test_sweep.py)
+      "cv_stale": (py("cross_validate.py", tiny, f"--workdir={cv_old}", "--field=margin",
+                      "--values=0.2,0.3", "--config.model.embedding_dim=32"),
+                   r"error: workdir \S+/cv_old/margin=0.2 holds a run of another config .*"
+                   r"model.embedding_dim: \d+ in the run, 32 now"),
       "cv_twice": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--field=margin",
                       "--values=0.2,0.2"), r"error: --values: 0.2 given twice"),
       "argparse": (py("recognize.py", "identify", f"--workdir={workdir}", "--gallery=g.npz",
@@ -293,6 +303,7 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
   assert weights.read_bytes() == b"mine"
   assert (gatys / "results.json").read_text() == '{"figures": {}}'
   assert os.listdir(again) == ["detections.json"]
+  assert os.listdir(cv_old) == ["margin=0.2"]
   assert (again / "detections.json").read_text() == '{"images": []}'
   assert not any((tmp_path / d).exists() for d in ("evals", "units", "faces", "sweep", "cv", "texture",
                                                    "faces_cut", "units_cut", "robust", "prev.png",

@@ -179,6 +179,21 @@ def test_sweep_skips_done_points_and_resumes_partial_ones(swept):
   assert sweep.point_status(wd)["status"] == "done"
 
 
+def test_a_done_point_of_another_config_is_refused_and_more_steps_continue(swept, tmp_path):
+  """A point folder's results.json was taken as done whatever config made it: a sweep rerun
+  with other base flags reported the old runs' numbers as its own, exit 0."""
+  from facenet_jax.workdir import WorkdirError
+  root, _, points, _ = swept
+  name = "margin=0.05"
+  shutil.copytree(os.path.join(root, name), tmp_path / name)
+  with pytest.raises(WorkdirError, match=r"holds a run of another config .*model.embedding_dim: 16 in "
+                                         r"the run, 32 now"):
+    train.run_sweep_point(_tiny(**{"model.embedding_dim": 32}), points[0], str(tmp_path))
+  assert files.read_json(str(tmp_path / name / "results.json"))["step"] == 4   # untouched
+  assert train.run_sweep_point(_tiny(num_steps=6), points[0], str(tmp_path)) == "done"
+  assert files.read_json(str(tmp_path / name / "results.json"))["step"] == 6   # continued
+
+
 def test_sweep_script_dry_run_and_slurm(tmp_path):
   root = str(tmp_path / "s")
   cmd = [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--config=configs/facenet.py:tiny",

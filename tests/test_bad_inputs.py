@@ -260,7 +260,7 @@ def test_a_text_file_in_an_identity_folder_fails_preparation_and_leaves_nothing(
   (root / "bob" / "notes.jpg").write_text("not a photo")
   c = _tiny_facenet(**{"data.source": "folder", "data.data_dir": str(root),
                        "data.tfds_dir": str(tmp_path / "tfds"), "data.train_identities": 2,
-                       "data.eval_identities": 1})
+                       "data.eval_identities": 1, "identities_per_batch": 2})
   work = tmp_path / "run"
   with pytest.raises(raw.DataError, match=r"people/bob/notes\.jpg: not an image PIL can read: not an image file"):
     train.train_and_evaluate(c, str(work))

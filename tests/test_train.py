@@ -120,8 +120,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
   config = _tiny(log_every=1)
   real_load = sources.load
 
-  def poisoned(cfg):
-    train_ds, eval_ds = real_load(cfg)
+  def poisoned(cfg, *args):
+    train_ds, eval_ds = real_load(cfg, *args)
     imgs = train_ds.images.astype(np.float32) / 127.5 - 1
     return IdentityDataset(imgs, train_ds.labels, "poisoned"), eval_ds
 
@@ -155,8 +155,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
 def test_nan_in_input_data_is_named(tmp_path, monkeypatch):
   real_load = sources.load
 
-  def nan_data(cfg):
-    train_ds, eval_ds = real_load(cfg)
+  def nan_data(cfg, *args):
+    train_ds, eval_ds = real_load(cfg, *args)
     imgs = train_ds.images.astype(np.float32)
     imgs[5, 0, 0, 0] = np.nan
     return IdentityDataset(imgs, train_ds.labels, "nan-data"), eval_ds

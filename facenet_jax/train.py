@@ -32,7 +32,7 @@ from facenet_jax.data import batches as batches_lib, sources, streamed
 from facenet_jax.data.raw import DataError
 from facenet_jax.data.batches import TrainBatches, input_workers
 from facenet_jax.sampler import PKSampler
-from infra import checkpoints, distributed, files, loop, mesh as mesh_lib, overrides
+from infra import checkpoints, distributed, loop, mesh as mesh_lib, overrides
 from infra.metric_writer import MetricWriter
 from infra.progress import Progress
 
@@ -475,26 +475,14 @@ def describe(config: ml_collections.ConfigDict, data: RunData, mesh: jax.shardin
               if data.pixel else evaluators.NO_HELD_OUT))
 
 
-def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
-  """The results.json of a finished run of exactly ``config`` in ``workdir``, or None when
-  the run is still to train, or to continue (a CONTINUABLE change: more ``num_steps``, other
-  evaluations). Raises WorkdirError for a run of another config (``check_continuation``):
-  sweeps and cross-validations reported such a run's old results as the new config's."""
-  changes = workdir_lib.check_continuation(config, workdir)
-  path = os.path.join(workdir, sweep.RESULTS)
-  if changes or not os.path.exists(path):
-    return None
-  return files.read_json(path)
-
-
 def run_sweep_point(config: ml_collections.ConfigDict, point: Mapping[str, Any], root: str) -> str:
   """Trains one sweep point into ``root/<name>`` unless it holds the finished run of this
-  point's config (:func:`finished_results`); returns the status before (``done``: skipped)."""
+  point's config (``workdir.finished_results``); returns the status before (``done``: skipped)."""
   name = overrides.point_name(point)
   wd = os.path.join(root, name)
   point_config = overrides.with_overrides(config, point)
   before = sweep.point_status(wd)
-  if before["status"] == "done" and finished_results(point_config, wd) is not None:
+  if before["status"] == "done" and workdir_lib.finished_results(point_config, wd) is not None:
     print(f"{name}: done before (step {before['step']}), skipped", flush=True)
     return "done"
   what = (f"resuming from step {before['step']}" if before["status"] == "partial" else

@@ -280,3 +280,15 @@ def restore(workdir: str, config: ml_collections.ConfigDict,
     raise WorkdirError(f"{workdir}/checkpoints holds no finished checkpoint")
   step, state, _ = restored
   return int(step), graphdef, state
+
+
+def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """The results.json of a finished run of exactly ``config`` in ``workdir``, or None when
+  the run is still to train, or to continue (a CONTINUABLE change: more ``num_steps``, other
+  evaluations). Raises WorkdirError for a run of another config (``check_continuation``):
+  sweeps and cross-validations reported such a run's old results as the new config's."""
+  changes = check_continuation(config, workdir)
+  path = os.path.join(workdir, RESULTS_FILE)
+  if changes or not os.path.exists(path):
+    return None
+  return files.read_json(path)

@@ -56,7 +56,7 @@ def pooled_lfw_roc(run_dirs: list[str], path: str, field: str) -> str | None:
 
 def main(argv):
   del argv
-  from facenet_jax import evaluators, train
+  from facenet_jax import evaluators, train, workdir as workdir_lib
   from facenet_jax.config_checks import check_config
   from facenet_jax.data import real, sources
   from infra.files import write_json_atomic
@@ -83,7 +83,7 @@ def main(argv):
   wd_of = lambda value: os.path.join(_WORKDIR.value, f"{_FIELD.value}={value}")
   # every value's folder before one trains: a run there of another config (other flags, or
   # an older version of this cross-validation) is refused; its old results were read as new
-  finished = {value: train.finished_results(config, wd_of(value)) for value, config in configs.items()}
+  finished = {value: workdir_lib.finished_results(config, wd_of(value)) for value, config in configs.items()}
   for value, config in configs.items():
     wd = wd_of(value)
     dirs.append(wd)

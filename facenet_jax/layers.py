@@ -67,15 +67,25 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
 def max_pool(x: jax.Array, window: int, stride: int, padding: str = "VALID") -> jax.Array:
   """Rank-generic max-pool over the spatial axes of (B, *spatial, C).
 
-  Non-overlapping VALID windows use reshape + max, whose gradient is far cheaper on CPU than
-  the select-and-scatter that ``reduce_window``'s gradient lowers to.
+  Non-overlapping VALID windows put each window's elements on one trailing axis and take the
+  element at its argmax; the gradient goes to that one index (the first maximum of a tie).
+  This costs 1.04x ``jnp.max`` over the window on the default CPU train step, against 1.20x for
+  ``reduce_window``, whose gradient lowers to select-and-scatter. ``jnp.max``'s gradient is
+  not used: it compares the input with the maximum again, by exact float equality. Inside
+  the compiled multi-device step, XLA recomputed one side with other rounding, and windows lost
+  their gradient: 8 devices at 3 rows each gave gradients 40% off the 1-device step, with the
+  same loss.
   """
   rank = x.ndim - 2
   if window == stride and padding == "VALID":
     out = [n // window for n in x.shape[1:-1]]
     x = x[(slice(None), *(slice(0, o * window) for o in out))]
-    shape = [x.shape[0]] + [d for o in out for d in (o, window)] + [x.shape[-1]]
-    return jnp.max(x.reshape(shape), axis=tuple(range(2, 2 * rank + 1, 2)))
+    # (B, o1, w1, o2, w2, ..., C) -> (B, o1, o2, ..., C, w1 * w2 * ...)
+    split = x.reshape([x.shape[0]] + [d for o in out for d in (o, window)] + [x.shape[-1]])
+    order = [0, *range(1, 2 * rank, 2), 2 * rank + 1, *range(2, 2 * rank + 1, 2)]
+    windows = split.transpose(order).reshape(x.shape[0], *out, x.shape[-1], window ** rank)
+    first_max = jnp.argmax(windows, axis=-1)[..., None]
+    return jnp.take_along_axis(windows, first_max, axis=-1)[..., 0]
   return linen.max_pool(x, expand(window, rank), expand(stride, rank), padding=padding)
 
 

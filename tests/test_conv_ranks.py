@@ -148,3 +148,29 @@ def test_texture_1d_script_lowers_the_gram_loss(tmp_path):
   res = json.load(open(tmp_path / "results.json"))
   assert res["gram_loss_final"] < 0.5 * res["gram_loss_start"]
   assert os.path.getsize(tmp_path / "texture_1d.png") > 1000
+
+
+@pytest.mark.parametrize("shape,window", [((2, 9, 3), 3), ((2, 9, 8, 3), 2), ((1, 5, 4, 6, 2), 2)])
+def test_max_pool_and_its_gradient_match_a_loop_reference(shape, window):
+  """Non-overlapping VALID max-pool in 1, 2 and 3 spatial dims (sizes that do not divide:
+  the remainder is cut), against a loop over windows; the gradient goes to each window's first
+  maximum, ties included (a quarter of the entries are set equal)."""
+  import itertools
+  import jax.numpy as jnp
+  from facenet_jax.layers import max_pool
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=shape).astype(np.float32)
+  x[rng.random(shape) < 0.25] = 0.5   # ties inside windows
+  out_sp = [n // window for n in shape[1:-1]]
+  ref, grad = np.zeros((shape[0], *out_sp, shape[-1]), np.float32), np.zeros_like(x)
+  cot = rng.normal(size=ref.shape).astype(np.float32)
+  for b, c in itertools.product(range(shape[0]), range(shape[-1])):
+    for o in itertools.product(*map(range, out_sp)):
+      cells = list(itertools.product(*[range(k * window, (k + 1) * window) for k in o]))
+      vals = [x[(b, *p, c)] for p in cells]
+      first = int(np.argmax(vals))   # numpy's argmax: the first maximum
+      ref[(b, *o, c)] = vals[first]
+      grad[(b, *cells[first], c)] += cot[(b, *o, c)]
+  np.testing.assert_array_equal(np.asarray(max_pool(jnp.asarray(x), window, window)), ref)
+  g = jax.grad(lambda v: jnp.sum(max_pool(v, window, window) * cot))(jnp.asarray(x))
+  np.testing.assert_array_equal(np.asarray(g), grad)

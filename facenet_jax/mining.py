@@ -203,8 +203,13 @@ def batch_hard(dist_BxB: Array, labels_B: Array, mask_B: Array, margin: float | 
   """
   del key, fallback
   pos, neg = pair_masks(labels_B, mask_B)
-  d_ap_B = jnp.max(jnp.where(pos, dist_BxB, -jnp.inf), axis=1)
-  d_an_B = jnp.min(jnp.where(neg, dist_BxB, jnp.inf), axis=1)
+  # the chosen pairs by index, then their distances: the gradient reaches them through the
+  # index, not through jnp.max's re-comparison of each row with its maximum by float equality
+  # (the failure of the max-pool gradient in the multi-device step, layers.max_pool)
+  dist = lax.stop_gradient(dist_BxB)
+  rows = jnp.arange(dist_BxB.shape[0])
+  d_ap_B = dist_BxB[rows, jnp.argmax(jnp.where(pos, dist, -jnp.inf), axis=1)]
+  d_an_B = dist_BxB[rows, jnp.argmin(jnp.where(neg, dist, jnp.inf), axis=1)]
   valid_B = pos.any(axis=1) & neg.any(axis=1)
   return _reduce(d_ap_B, d_an_B, valid_B, margin, loss)
 

@@ -48,6 +48,13 @@ def projected_step(value_fn: Callable[..., jax.Array], tx: optax.GradientTransfo
   iteration (``optax.value_and_grad_from_state``). When the clip moved a coordinate they
   belong to the unclipped point, so they are invalidated and recomputed at the clipped one
   (the projected L-BFGS heuristic).
+
+  The line search never sees the clip, so once bounds are active a step can raise the loss,
+  and the last iterate is what is kept. An audit measured this on a strictly convex 200-d
+  quadratic with box bounds (float64, memory 10): 472 of the first 1,000 steps rose, and after
+  3,000 it stood at -74.94, where scipy's L-BFGS-B reaches -75.55. In the style runs checked
+  (tiny, 40 steps) the loss never rose. A bounded line search, or a check of the clipped point
+  with a memory reset, would fix it (open work).
   """
   lo, hi = bounds
 

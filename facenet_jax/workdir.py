@@ -16,6 +16,7 @@ import ml_collections
 
 from configs import facenet as facenet_configs
 from facenet_jax import steps, vgg_features
+from facenet_jax.data import sources
 from infra import checkpoints, files, outdirs
 from infra.errors import UserError
 
@@ -123,11 +124,11 @@ def check_held_out_people(run: ml_collections.ConfigDict, now: ml_collections.Co
   r, n = run.data, now.data
   same = r.source == n.source and os.path.abspath(os.path.expanduser(r.data_dir or ".")) == \
       os.path.abspath(os.path.expanduser(n.data_dir or "."))
-  if not same or r.source in ("synthetic", "ekg", "volume"):
+  if not same or r.source in sources.GENERATED:
     return
-  fields = ("test_fold", "calibration_folds") if r.source == "lfw" else (
-      ("split_seed", "train_identities")
-      + (("eval_identities",) if not int(r.train_identities) else ()))   # 0: all the rest
+  fields = [f.removeprefix("data.") for f in sources.SPLIT_FIELDS[r.source]]
+  if r.source != "lfw":   # split by name: the training count too, and held-out counts after 0
+    fields += ["train_identities"] + (["eval_identities"] if not int(r.train_identities) else [])
   value = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
   for f in fields:
     if value(r[f]) != value(n[f]):

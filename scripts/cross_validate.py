@@ -83,7 +83,8 @@ def main(argv):
   wd_of = lambda value: os.path.join(_WORKDIR.value, f"{_FIELD.value}={value}")
   # every value's folder before one trains: a run there of another config (other flags, or
   # an older version of this cross-validation) is refused; its old results were read as new
-  finished = {value: workdir_lib.finished_results(config, wd_of(value)) for value, config in configs.items()}
+  finished = {value: workdir_lib.finished_results(config, wd_of(value))
+              for value, config in configs.items()}
   for value, config in configs.items():
     wd = wd_of(value)
     dirs.append(wd)

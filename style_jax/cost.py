@@ -106,8 +106,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   need(bool(comma_list(config.style_layers)), "style_layers", "no style layer given")
   valid = vgg_lib.layer_names(config.depth)
   for field in ("content_layers", "style_layers"):
-    bad = [n for n in comma_list(config[field]) if n not in valid]
+    names = comma_list(config[field])
+    bad = [n for n in names if n not in valid]
     need(not bad, field, f"unknown layer(s) {bad} for VGG{config.depth}; valid: {valid}")
+    # a repeated style layer summed its Gram target twice (the target became 2 G(S)) while its
+    # lambda was the last one given; give each layer once, with its weight
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    need(not repeated, field, f"layer(s) {repeated} listed more than once; list each layer once "
+         f"(style: set its weight in style_layer_weights)")
   weight_list(config.style_layer_weights, "config.style_layer_weights",
           len(comma_list(config.style_layers)))
   blend = weight_list(config.style_blend_weights, "config.style_blend_weights",

@@ -469,6 +469,11 @@ def _style_inputs(tmp_path, **overrides):
     ({"content_weight": -1.0}, cost.StyleConfigError, r"config.content_weight=-1.0: must be a finite number >= 0"),
     ({"style_weight": float("nan")}, cost.StyleConfigError, r"config.style_weight=nan: must be a finite"),
     ({"optimizer": "lbfgs", "lbfgs_memory": 0}, cost.StyleConfigError, r"config.lbfgs_memory=0: must be >= 1"),
+    # a repeated layer summed its style target twice under the last lambda (no error before)
+    ({"style_layers": "conv1_1,conv2_1,conv1_1", "style_layer_weights": "1,2,3"}, cost.StyleConfigError,
+     r"config.style_layers=.*\['conv1_1'\] listed more than once"),
+    ({"content_layers": "conv4_2, conv4_2"}, cost.StyleConfigError,
+     r"config.content_layers=.*\['conv4_2'\] listed more than once"),
     ({"style": "{missing}"}, FileNotFoundError, r"config.style: image file .*nope.png' does not exist"),
     ({"weights": "{truncated}"}, vgg_weights.WeightsError, r"w\.h5 is not a readable HDF5 weights file"),
 ])

@@ -77,16 +77,23 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
+def stat_signature(st: os.stat_result) -> str:
+  """What says a file was not touched since it was last read: size, modification time, and
+  inode and status-change time. The last two because a file replaced with the old size and
+  mtime kept (``cp -p``, ``rsync -a``, ``touch -r``) still gets a new ctime (no call sets
+  it) and mostly a new inode; size and mtime alone kept the old file's hash."""
+  return f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}"
+
+
 def file_sha256(path: str) -> str:
   """SHA-256 hex digest of a file's bytes, read in 4 MiB blocks; hashed once per process
-  while its path, size and mtime stay the same (a rewritten file is hashed again)."""
-  st = os.stat(path)
-  return _sha256_of(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+  while its path and :func:`stat_signature` stay the same (a rewritten file is hashed again)."""
+  return _sha256_of(os.path.abspath(path), stat_signature(os.stat(path)))
 
 
 @functools.lru_cache(maxsize=64)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-  del size, mtime_ns   # the cache key only
+def _sha256_of(path: str, signature: str) -> str:
+  del signature   # the cache key only
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 22), b""):

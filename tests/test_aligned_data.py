@@ -422,3 +422,22 @@ def test_recordio_source_aligns_through_the_same_path(tmp_path, stand_in):
                 center_crop=40, train_identities=0, eval_identities=0)
   with pytest.raises(real.raw.DataError, match=r"holds images aligned \(arcface112, no_face=drop.*asks for unaligned"):
     sources.load(g)
+
+
+def test_a_torn_detections_json_is_a_cache_miss_not_an_error(tmp_path, stand_in):
+  """It was rewritten in place on every call; a kill during that write left a cut-off file
+  that every later run failed to parse (JSONDecodeError) until deleted by hand."""
+  images = [_photo(k) for k in range(3)]
+  folder = str(tmp_path / "det")
+  a = _alignment(tmp_path)
+  first = aligned.detect_all(3, lambda k: images[k], a, folder)
+  info = os.path.join(folder, "detections.json")
+  made = os.stat(info).st_mtime_ns
+  aligned.detect_all(3, lambda k: images[k], a, folder)
+  assert os.stat(info).st_mtime_ns == made and stand_in.calls == 3   # reused, not rewritten
+  text = open(info).read()
+  open(info, "w").write(text[: len(text) // 2])
+  again = aligned.detect_all(3, lambda k: images[k], a, folder)
+  assert stand_in.calls == 6   # detected again: a torn header cannot vouch for its chunks
+  np.testing.assert_array_equal(again.landmarks, first.landmarks)
+  assert json.load(open(info))["num_images"] == 3

@@ -129,3 +129,73 @@ def test_a_restaged_folder_reuses_its_prepared_dataset(tmp_path, capsys):
   changed = streamed.prepared_path(c)
   assert changed != path and records.is_prepared(changed)
   assert prepare.folder_plan(str(root)).fingerprint in os.path.basename(changed)
+
+
+def _replace_keeping_size_and_mtime(path, data):
+  """What ``cp -p``, ``rsync -a`` or ``tar x`` of an edited file do: other bytes of the same
+  length, the old modification time."""
+  st = os.stat(path)
+  assert len(data) == st.st_size
+  os.remove(path)                     # a new file, as a copy tool makes (a new inode)
+  with open(path, "wb") as f:
+    f.write(data)
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_file_replaced_with_its_size_and_mtime_kept_is_read_again(tmp_path):
+  """The memo and the per-process SHA-256 were keyed on size and mtime only, so such a file
+  kept its old key and its stale prepared dataset, detections and VGG features."""
+  from infra.files import file_sha256
+  root = _people(tmp_path / "people")
+  listing = raw.list_identity_folder(str(root))
+  memo = str(tmp_path / "memo")
+  key = fingerprint.folder_key(str(root), listing, memo)
+  target = root / "p0" / "1.png"
+  sha = file_sha256(str(target))
+  b = bytearray(target.read_bytes())
+  b[-30] ^= 1
+  _replace_keeping_size_and_mtime(target, bytes(b))
+  assert file_sha256(str(target)) == hashlib.sha256(bytes(b)).hexdigest() != sha
+  assert fingerprint.folder_key(str(root), listing, memo) == _reference(root) != key
+  rec = tmp_path / "train.rec"
+  rec.write_bytes(bytes(range(256)) * 64)
+  file_key = fingerprint.file_key(str(rec), memo)
+  _replace_keeping_size_and_mtime(rec, bytes(reversed(range(256))) * 64)
+  assert fingerprint.file_key(str(rec), memo) != file_key
+
+
+def test_a_recordio_plan_changes_with_its_index(tmp_path):
+  """The .idx chooses the records and their order; the key hashed only the .rec, so a cut or
+  reordered index reused the old prepared dataset and detections."""
+  from facenet_jax.data import recordio
+  rec = str(tmp_path / "train.rec")
+  recordio.write_rec(rec, [recordio.pack(lab, bytes([k]) * 50) for k, lab in enumerate([0, 0, 1, 1, 2, 2])])
+  memo = str(tmp_path / "memo")
+  plan = prepare.recordio_plan(rec, memo)
+  assert len(plan) == 6 and plan.fingerprint == prepare.recordio_plan(rec, None).fingerprint
+  idx = recordio.index_path(rec)
+  lines = open(idx).read().splitlines()
+  open(idx, "w").write("\n".join(lines[:4]) + "\n")   # the last person's records left out
+  cut = prepare.recordio_plan(rec, memo)
+  assert len(cut) == 4 and cut.fingerprint != plan.fingerprint
+  open(idx, "w").write("\n".join(lines) + "\n")
+  assert prepare.recordio_plan(rec, memo).fingerprint == plan.fingerprint
+
+
+def test_a_tree_key_follows_a_linked_folder(tmp_path):
+  """``lfw/images -> /other/disk/...``: os.walk did not follow the link, so the key covered
+  only pairs.txt and a changed photo went unnoticed. A link back up the tree does not loop."""
+  photos = _people(tmp_path / "elsewhere")
+  root = tmp_path / "lfw"
+  os.makedirs(root)
+  (root / "pairs.txt").write_text("10\t300\n")
+  os.symlink(photos, root / "images")
+  os.symlink(root, photos / "p0" / "up")        # a loop
+  listing = fingerprint.tree_listing(str(root))
+  assert listing == [(".", ["pairs.txt"]), ("images/p0", ["0.png", "1.png", "2.png"]),
+                     ("images/p1", ["0.png"]), ("images/p2", ["0.png", "1.png"])]
+  key = fingerprint.tree_key(str(root), str(tmp_path / "memo"))
+  _flip_one_byte(photos / "p2" / "1.png")
+  st = os.stat(photos / "p2" / "1.png")
+  os.utime(photos / "p2" / "1.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  assert fingerprint.tree_key(str(root), str(tmp_path / "memo")) != key

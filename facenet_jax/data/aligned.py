@@ -46,7 +46,7 @@ from PIL import Image
 
 from facenet_jax.data.images import Fit, fit_image
 from infra.errors import UserError
-from infra.files import file_sha256
+from infra.files import file_sha256, write_json_atomic
 from infra.progress import Progress
 
 ALIGN = ("none", "mtcnn")
@@ -216,19 +216,28 @@ def detect_all(n: int, load: Callable[[int], np.ndarray], alignment: Alignment, 
             **{k: v for k, v in alignment.record().items()
                if k in ("detector", "weights_sha256", "min_face_size", "detection_key")}}
     info_path = os.path.join(folder, "detections.json")
-    if os.path.exists(info_path):
-      with open(info_path, encoding="utf-8") as f:
-        if json.load(f) != info:   # same key, other contents: never mix the two
-          for name in os.listdir(folder):
-            if name.startswith("chunk-"):
-              os.remove(os.path.join(folder, name))
-    with open(info_path, "w", encoding="utf-8") as f:
-      json.dump(info, f, indent=1)
+    if _read_info(info_path) != info:
+      # same key, other contents (or none, or a torn file): never mix the two
+      for name in os.listdir(folder):
+        if name.startswith("chunk-"):
+          os.remove(os.path.join(folder, name))
+      # written whole or not at all, and only when it changes: a kill during a plain
+      # rewrite on every call left a cut-off file that every later run failed to parse
+      write_json_atomic(info_path, info)
     todo = [k for k in range(n_chunks) if not os.path.exists(_chunk_path(folder, k))]
     done = (n_chunks - len(todo)) * CHUNK
     if todo:
       _detect_chunks(todo, n, load, alignment, folder, min(done, n), what, stream)
   return _read_chunks(folder, n_chunks, n)
+
+
+def _read_info(path: str) -> dict | None:
+  """The cache's ``detections.json``, or None when it is missing or unreadable."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
 
 
 def _detect_chunks(todo, n, load, alignment, folder, done, what, stream) -> None:

@@ -4,8 +4,9 @@ A key changes when the source's bytes change, and only then. A copy of the same 
 new modification times (a dataset staged again, ``cp`` without ``-p``, a node's local copy)
 names the same prepared dataset, so its face detection and shards are reused instead of
 made again (aligned LFW: about 3 min and 0.6 GB each time). Knowing that means reading every
-byte, so the content key is memoized under a stat key (names, sizes, modification times):
-a source whose files were not touched since its key was memoized is not read again.
+byte, so the content key is memoized under a stat key (names, sizes, modification times,
+inodes and status-change times: ``infra.files.stat_signature``): a source whose files were not
+touched since its key was memoized is not read again.
 
 The memo is a cache: ``<memo_dir>/fingerprints/<kind>_<hash of the path>.json``, written
 atomically; one that is missing, unreadable or for other stat keys is recomputed.
@@ -19,7 +20,7 @@ import os
 import sys
 import time
 
-from infra.files import file_sha256, write_json_atomic
+from infra.files import file_sha256, stat_signature, write_json_atomic
 from infra.progress import Progress
 
 KEY_CHARS = 16                 # hex characters of a key in a folder name
@@ -29,12 +30,12 @@ Listing = list[tuple[str, list[str]]]   # raw.list_identity_folder: (identity, f
 
 
 def folder_stat_key(root: str, listing: Listing) -> str:
-  """A hash of ``root``'s path and every listed file's name, size and modification time."""
+  """A hash of ``root``'s path and every listed file's name and stat signature."""
   h = hashlib.sha1(os.path.abspath(root).encode())
   for ident, names in listing:
     for n in names:
       st = os.stat(os.path.join(root, ident, n))
-      h.update(f"{ident}/{n}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+      h.update(f"{ident}/{n}\0{stat_signature(st)}\n".encode())
   return h.hexdigest()[:KEY_CHARS]
 
 
@@ -57,9 +58,8 @@ def folder_content_key(root: str, listing: Listing, with_path: bool = True) -> s
 
 
 def file_stat_key(path: str) -> str:
-  """A hash of ``path`` and its size and modification time."""
-  st = os.stat(path)
-  return hashlib.sha1(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+  """A hash of ``path`` and its stat signature."""
+  return hashlib.sha1(f"{os.path.abspath(path)}\0{stat_signature(os.stat(path))}".encode()
                       ).hexdigest()[:KEY_CHARS]
 
 
@@ -98,9 +98,17 @@ def folder_key(root: str, listing: Listing, memo_dir: str | None) -> str:
 
 
 def tree_listing(root: str) -> Listing:
-  """Every file under ``root`` as (folder relative to ``root``, sorted file names), sorted."""
-  out = []
-  for d, dirs, files in os.walk(root):
+  """Every file under ``root`` as (folder relative to ``root``, sorted file names), sorted.
+  Linked folders are followed (``lfw/images -> /other/disk/lfw``, a common layout: not
+  following it left every photo out of the key), each real folder once, so a link back up
+  the tree does not loop."""
+  out, seen = [], set()
+  for d, dirs, files in os.walk(root, followlinks=True):
+    real = os.path.realpath(d)
+    if real in seen:
+      dirs[:] = []
+      continue
+    seen.add(real)
     dirs.sort()
     if files:
       out.append((os.path.relpath(d, root), sorted(files)))
@@ -116,8 +124,13 @@ def tree_key(root: str, memo_dir: str | None) -> str:
 
 
 def file_key(path: str, memo_dir: str | None) -> str:
-  """The content key of the single file ``path`` (a RecordIO ``.rec``)."""
+  """The content key of the single file ``path`` (a RecordIO ``.rec`` or ``.idx``)."""
   return memoized("file", path, file_stat_key(path), lambda: file_content_key(path), memo_dir)
+
+
+def combined(keys: list[str]) -> str:
+  """One key of several sources' keys, in order (a RecordIO ``.rec`` and its ``.idx``)."""
+  return hashlib.sha256("\0".join(keys).encode()).hexdigest()[:KEY_CHARS]
 
 
 def _progress(total: int, what: str) -> Progress:

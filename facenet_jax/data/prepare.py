@@ -79,13 +79,16 @@ def folder_plan(root: str, memo_dir: str | None = None) -> Plan:
 def recordio_plan(rec_path: str, memo_dir: str | None = None) -> Plan:
   """The plan of an insightface ``train.rec`` (+ ``train.idx`` beside it): image records
   grouped by their label, in key order within a label (``recordio.image_records``). Its
-  fingerprint is the ``.rec`` file's content key, memoized in ``memo_dir``."""
+  fingerprint is the content key of the ``.rec`` and of the ``.idx`` together, memoized in
+  ``memo_dir``: the ``.idx`` chooses which records are read and in what order, so an edited
+  or reordered index is another dataset (its detections too) even with the ``.rec`` unchanged."""
   rec_path = os.path.abspath(rec_path)
   offsets, labels = recordio.image_records(rec_path)
   order = np.lexsort((np.arange(labels.size), labels))
   ids, dense = np.unique(labels[order], return_inverse=True)
+  keys = [fingerprint.file_key(p, memo_dir) for p in (rec_path, recordio.index_path(rec_path))]
   return Plan("recordio", rec_path, [int(o) for o in offsets[order]], dense.astype(np.int32),
-              [str(int(i)) for i in ids], fingerprint.file_key(rec_path, memo_dir))
+              [str(int(i)) for i in ids], fingerprint.combined(keys))
 
 
 def shared_plan(make: Callable[[], Plan], timeout_s: float, what: str) -> Plan:

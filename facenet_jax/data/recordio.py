@@ -109,11 +109,16 @@ def read_image(f, offset: int, where: str) -> bytes:
   return unpack(read_record(f, offset, where), where)[1]
 
 
+def index_path(rec_path: str) -> str:
+  """The ``.idx`` beside a ``.rec``: ``train.rec`` -> ``train.idx``."""
+  return os.path.splitext(rec_path)[0] + ".idx"
+
+
 def image_records(rec_path: str) -> tuple[np.ndarray, np.ndarray]:
   """``(offsets, labels)`` int64 of every record of ``rec_path`` that holds an image, in
   ``.idx`` key order (the ``.idx`` beside it: ``train.rec`` -> ``train.idx``). Reads each
   record's header, not its image."""
-  idx_path = os.path.splitext(rec_path)[0] + ".idx"
+  idx_path = index_path(rec_path)
   for p in (rec_path, idx_path):
     if not os.path.isfile(p):
       raise DataError(f"{p}: no such file (RecordIO needs train.rec and train.idx side by side)")
@@ -143,7 +148,7 @@ def write_rec(rec_path: str, payloads: list[bytes]) -> None:
   """Writes ``payloads`` as ``rec_path`` + its ``.idx`` (keys 0..n-1), each as one part
   (test data and benchmarks; a payload holding the magic number is refused)."""
   magic = MAGIC.to_bytes(4, "little")
-  with open(rec_path, "wb") as rec, open(os.path.splitext(rec_path)[0] + ".idx", "w") as idx:
+  with open(rec_path, "wb") as rec, open(index_path(rec_path), "w") as idx:
     for key, data in enumerate(payloads):
       if magic in data:
         raise ValueError(f"payload {key} holds the magic number; write_rec does not split records")

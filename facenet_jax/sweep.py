@@ -47,10 +47,19 @@ def _checkpoint_steps(workdir: str) -> list[int]:
   return sorted(int(n) for n in os.listdir(d) if n.isdigit())
 
 
+def _results_at_config_steps(workdir: str, results: dict) -> bool:
+  """Whether ``results`` are of the ``num_steps`` of the run's config.json: a continuation
+  with more steps that stopped before its end (older code left its old results in place)
+  is a partial point, not a done one."""
+  cfg = os.path.join(workdir, "config.json")
+  want = files.read_json(cfg).get("num_steps") if os.path.exists(cfg) else None
+  return want is None or results.get("step") == want
+
+
 def point_status(workdir: str) -> dict[str, Any]:
   """``{status, step, metrics}`` of one point directory (metrics: flat final metrics)."""
   res = os.path.join(workdir, RESULTS)
-  if os.path.exists(res):
+  if os.path.exists(res) and _results_at_config_steps(workdir, files.read_json(res)):
     r = files.read_json(res)
     if "evals" in r:
       metrics = evaluators.flatten(r["evals"])

@@ -221,7 +221,8 @@ def member_name(margin: float) -> str:
 @dataclasses.dataclass
 class Member:
   """One model of the margin axis: its config (``margin = alpha``, ``margins = ()``), its run
-  directory, metric writer and checkpoints, and its last logged train / eval metrics."""
+  directory, metric writer and checkpoints, its last logged train / eval metrics, and the
+  train metrics of the steps since the last log (:func:`unlogged_rows`, for its checkpoints)."""
   margin: float
   config: ml_collections.ConfigDict
   workdir: str
@@ -229,6 +230,39 @@ class Member:
   ckpt: checkpoints.Checkpointer
   last_train: dict = dataclasses.field(default_factory=dict)
   last_eval: dict = dataclasses.field(default_factory=dict)
+  unlogged: dict = dataclasses.field(default_factory=dict)
+
+
+def unlogged_rows(host: list[dict], k: int | None) -> dict:
+  """``{dtypes: {name: dtype}, steps: [{name: value}]}``: the train metrics of model ``k`` of
+  a stacked run (None: the one run) for the steps since the last log, as its checkpoint meta
+  keeps them. Each step's value, not a sum: the log that a resumed run writes then averages
+  the same numbers as the uninterrupted run's, bit for bit."""
+  if not host:
+    return {}
+  pick = (lambda v: np.asarray(v)) if k is None else (lambda v: np.asarray(v)[k])
+  return {"dtypes": {name: str(np.asarray(v).dtype) for name, v in host[0].items()},
+          "steps": [{name: pick(v).item() for name, v in h.items()} for h in host]}
+
+
+def restore_unlogged(members: list[Member], stacked: bool) -> list[dict]:
+  """The run loop's metrics of the steps since the last log (``infra.loop.run_loop``'s
+  ``unlogged``), rebuilt from each member's checkpoint meta in the form the train step
+  returned them (stacked: one value per member), so the first log after a resume averages
+  the steps the uninterrupted run averaged. Empty from a checkpoint written without them."""
+  counts = [len(m.unlogged.get("steps", ())) for m in members]
+  if len(set(counts)) > 1:
+    raise checkpoints.CheckpointError(
+        "checkpoints to resume from disagree on their meta unlogged_train: " + ", ".join(
+            f"{m.workdir} holds {n} steps" for m, n in zip(members, counts)))
+  if not counts or not counts[0]:
+    return []
+  dtypes = members[0].unlogged["dtypes"]
+
+  def value(name: str, i: int) -> np.ndarray:
+    v = [m.unlogged["steps"][i][name] for m in members]
+    return np.asarray(v if stacked else v[0], dtypes[name])
+  return [{name: value(name, i) for name in dtypes} for i in range(counts[0])]
 
 
 def member_configs(config: ml_collections.ConfigDict, workdir: str
@@ -316,6 +350,11 @@ class MemberLoop:
       t = self.members[0].last_train
       progress.report(step, {k: t[k] for k in ("loss", "frac_active", "mean_d_ap", "mean_d_an")})
 
+  def on_unlogged(self, step: int, host: list[dict]) -> None:
+    """Keeps the metrics of the steps since the last log for the checkpoint of ``step``."""
+    for k, m in enumerate(self.members):
+      m.unlogged = unlogged_rows(host, k if self.stacked else None)
+
   def on_eval(self, step: int, state: State) -> None:
     for k, m in enumerate(self.members):
       m.last_eval = self.evaluate(self.state_of(state, k), m.config)
@@ -333,9 +372,10 @@ class MemberLoop:
   def on_checkpoint(self, step: int, state: State) -> None:
     steps.check_finite(state, f"checkpoint of step {step}")
     for k, m in enumerate(self.members):
-      # the last logged train metrics: a run resumed at its final step reports them too
+      # the last logged train metrics (a run resumed at its final step reports them too) and
+      # those of the steps after that log (a run resumed here logs the uninterrupted windows)
       meta = {"config_variant": self.config.variant, "train_metrics": m.last_train,
-              **self.extra_meta()}
+              "unlogged_train": m.unlogged, **self.extra_meta()}
       m.ckpt.save(step, self.state_of(state, k), meta, force=True)
 
 
@@ -357,6 +397,7 @@ def resume(members: list[Member], state1: State, mesh: jax.sharding.Mesh, stacke
           f"resumed from {members[0].ckpt.directory}/{start}", flush=True)
   for m, meta in zip(members, metas):
     m.last_train = dict(meta.get("train_metrics", {}))
+    m.unlogged = dict(meta.get("unlogged_train", {}))
   state = steps.stack(states) if stacked else states[0]
   return start, jax.device_put(state, replicated), metas[0]
 
@@ -424,10 +465,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # nothing is written before the data, the config and the model have been checked: a bad
   # input leaves no partial workdir behind
+  data_key = streamed.data_key(data.raw_train_ds)
+  if note := workdir_lib.check_training_data(workdir, data_key,
+                                             [d for _, _, d in member_configs(config, workdir)]):
+    print(note, flush=True)
   members = open_members(config, workdir, lead)
   start, state, meta = resume(members, state, mesh, stacked)
-  if lead:
+  for m in members:   # what a killed run logged after its last checkpoint is logged again
+    m.writer.restart_at(start + 1 if start else 0)   # a fresh start rewrites its step-0 rows
+  if lead:   # results of fewer steps first: they must not sit beside the new config.json
+    for d in [m.workdir for m in members] + ([workdir] if stacked else []):
+      if aside := workdir_lib.set_aside_results(d, start, config.num_steps):
+        print(f"continuing past its results: {d}/{workdir_lib.RESULTS_FILE} kept as {aside}",
+              flush=True)
     save_configs(config, members, workdir)
+    workdir_lib.record_training_data(workdir, data_key)
   if changes:
     print(f"continuing {workdir} with changed " + "; ".join(changes), flush=True)
   rows = mesh_lib.process_slice(data.global_batch)   # this process's rows of every batch
@@ -456,6 +508,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       check=steps.check_finite, on_log=cb.on_log,
       on_eval=cb.on_eval if len(data.eval_ds) else None,
       on_checkpoint=cb.on_checkpoint, writers=[m.writer for m in members],
+      unlogged=restore_unlogged(members, stacked), on_unlogged=cb.on_unlogged,
       closeables=[m.ckpt for m in members] + [data.loader])
   data.loader.close()   # input worker processes
   return finish(config, workdir, state, cb, embed_fn, data, mesh, t_start)

@@ -22,6 +22,7 @@ from infra.errors import UserError
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
+DATA_FILE = "data.json"   # what the run trains on (check_training_data)
 CHECKPOINTS = "checkpoints"
 
 
@@ -77,7 +78,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 # other field must equal the run's config.json (a different margin or model would resume
 # the old run's checkpoints under the new config's name).
 CONTINUABLE = {
-    "num_steps": "more steps continue the run (batches are functions of (seed, step))",
+    "num_steps": "more steps continue the run (batches are functions of (seed, step); only "
+                 "under a schedule that does not depend on num_steps, see _continuable)",
     "log_every": "a logging period", "eval_every": "a logging period",
     "checkpoint_every": "a logging period", "keep_checkpoints": "a logging period",
     "eval_batch_size": "how evaluation batches the held-out images",
@@ -149,12 +151,23 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def _continuable(field: str, old, new) -> bool:
-  """Whether continuing a run may change ``field`` from ``old`` to ``new`` (CONTINUABLE;
-  ``num_steps`` only upwards)."""
+def _continuable(field: str, old, new, saved: dict) -> bool:
+  """Whether continuing a run of the flat config ``saved`` may change ``field`` from ``old``
+  to ``new`` (CONTINUABLE; ``num_steps`` only upwards, and only when the learning rate of
+  the steps already taken does not depend on it: ``steps.make_optimizer``'s cosine decays
+  to 0 at num_steps, and a warmup longer than the run is cut at num_steps. Continuing such a
+  run to 1,600 steps took the rate at step 800 from 0 back up to 1.1e-3 and wrote results
+  under num_steps=1600 that a fresh 1,600-step run does not give)."""
   if field == "num_steps":
-    return new >= old
+    return new == old or (new > old and schedule_extends(saved, old))
   return field in CONTINUABLE or field.split(".")[0] in CONTINUABLE
+
+
+def schedule_extends(saved: dict, num_steps: int) -> bool:
+  """Whether the learning rates of a run's first ``num_steps`` steps stay the same for any
+  larger num_steps: a constant schedule whose warmup ends inside them."""
+  return (saved.get("optim.schedule") == "constant"
+          and int(saved.get("optim.warmup_steps", 0)) <= max(int(num_steps) - 1, 0))
 
 
 def check_continuation(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
@@ -176,13 +189,17 @@ def check_continuation(config: ml_collections.ConfigDict, workdir: str) -> list[
   wanted = _flat(config.to_dict())
   changed = {k: (saved.get(k), wanted.get(k)) for k in sorted(set(saved) | set(wanted))
              if saved.get(k) != wanted.get(k)}
-  refused = [k for k, (old, new) in changed.items() if not _continuable(k, old, new)]
+  refused = [k for k, (old, new) in changed.items() if not _continuable(k, old, new, saved)]
   if refused:
     diffs = "; ".join(f"{k}: {changed[k][0]!r} in the run, {changed[k][1]!r} now" for k in refused)
+    if "num_steps" in refused and changed["num_steps"][1] > changed["num_steps"][0]:
+      diffs += (f" (its optim.schedule={saved.get('optim.schedule')!r} with optim.warmup_steps="
+                f"{saved.get('optim.warmup_steps')} sets the learning rate from num_steps, so the "
+                "steps already taken would not be those of the longer run)")
     raise WorkdirError(
         f"workdir {workdir} holds a run of another config ({os.path.join(workdir, CONFIG_FILE)}): "
         f"{diffs}. Use a new workdir for this config, or the run's values to continue it "
-        f"(continuing may change only num_steps, upwards, and "
+        f"(continuing may change only num_steps, upwards under a constant schedule, and "
         f"{', '.join(k + ('.*' if k == 'evaluation' else '') for k in CONTINUABLE if k != 'num_steps')})")
   return [f"{k}: {old!r} -> {new!r} ({CONTINUABLE.get(k, CONTINUABLE.get(k.split('.')[0]))})"
           for k, (old, new) in changed.items()]
@@ -292,4 +309,58 @@ def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict | 
   path = os.path.join(workdir, RESULTS_FILE)
   if changes or not os.path.exists(path):
     return None
-  return files.read_json(path)
+  results = files.read_json(path)
+  # results of fewer steps than the config: a continuation that stopped before its end
+  # (from before set_aside_results renamed them), not this config's finished run
+  return results if results.get("step") == int(config.num_steps) else None
+
+
+def check_training_data(workdir: str, key: str, run_dirs: list[str]) -> str | None:
+  """Raises WorkdirError when the run in ``workdir`` (its models in ``run_dirs``) holds
+  checkpoints trained on other data than ``key`` (``streamed.data_key``, recorded in
+  data.json by :func:`record_training_data`): files under data_dir changed since it started,
+  and a resume trained its later steps on them without a word (its config is the same).
+  Read from the folders alone, before the run opens anything there. Returns a note for a run
+  from before the record, which cannot be checked."""
+  path = os.path.join(workdir, DATA_FILE)
+  steps_done = [int(n) for d in run_dirs if os.path.isdir(c := os.path.join(d, CHECKPOINTS))
+                for n in os.listdir(c) if n.isdigit()]
+  if not steps_done:
+    return None   # nothing trained yet: the run starts on the data it reads now
+  if not os.path.exists(path):
+    return f"{path}: not written by the code this run started with; its data is recorded now"
+  try:
+    was = files.read_json(path)["train"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise WorkdirError(f"{path}: not a readable record of the run's data ({type(e).__name__}: {e}); "
+                       "expected {\"train\": ...}") from e
+  if was != key:
+    raise WorkdirError(f"{path}: the run trained up to step {max(steps_done)} on {was}, and the data "
+                       f"read now is {key}: the files under config.data.data_dir changed since it "
+                       "started. Restore them to continue the run, or train in a new workdir")
+  return None
+
+
+def record_training_data(workdir: str, key: str) -> None:
+  """Writes data.json (``{"train": key}``) before the run's first step."""
+  files.write_json_atomic(os.path.join(workdir, DATA_FILE), {"train": key})
+
+
+def set_aside_results(workdir: str, start: int, num_steps: int) -> str | None:
+  """Renames ``workdir``'s results.json to ``results.step<k>.json`` when the run is about to
+  train from ``start`` on to ``num_steps`` (a run continued with more steps): a stop before
+  the new end left the old results beside a config.json of the new num_steps, and sweeps
+  and cross-validations took them as that config's finished run. Returns the new path (None:
+  nothing to set aside); an existing file of that name is not overwritten."""
+  path = os.path.join(workdir, RESULTS_FILE)
+  if start >= num_steps or not os.path.exists(path):
+    return None
+  try:
+    step = int(files.read_json(path).get("step", start))
+  except (OSError, ValueError, TypeError, AttributeError):
+    step = start   # unreadable: kept all the same, under the step it resumes from
+  stem, n = f"results.step{step}", 0
+  while os.path.exists(new := os.path.join(workdir, f"{stem}{f'.{n}' if n else ''}.json")):
+    n += 1
+  os.replace(path, new)
+  return new

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 
@@ -35,7 +35,9 @@ def run_loop(state: Any, start: int, num_steps: int, periods: Periods, *,
              check: Callable[[Any, str], None] | None = None,
              writers: tuple | list = (), closeables: tuple | list = (),
              unit: str = "steps", progress: Progress | None = None,
-             stop: StopFlag | None = None) -> Any:
+             stop: StopFlag | None = None,
+             unlogged: Sequence = (),
+             on_unlogged: Callable[[int, list], None] | None = None) -> Any:
   """Steps ``start .. num_steps`` of ``state, metrics = step_fn(state, batch)``; returns the state.
 
   The batch of step s is ``make_batch(s, state)`` (already placed on devices). Every
@@ -53,10 +55,17 @@ def run_loop(state: Any, start: int, num_steps: int, periods: Periods, *,
   its own ``stop_requests()`` (default: the loop's own): a signal that lands in the last step
   of one loop, or between two, then still stops the run, through the caller's own
   ``exit_if_stopped`` after this loop returns.
+
+  A caller that passes ``on_unlogged`` keeps its logs those of an uninterrupted run: before
+  every ``on_checkpoint`` it gets ``on_unlogged(step, host_metrics)``, the metrics of the
+  steps since the last log (``[]`` at a log step), for the checkpoint to carry; a run resumed
+  from that checkpoint passes them back as ``unlogged``, and its first log averages the same
+  ``log_every`` steps. A stop then logs nothing between two log steps (a partial window
+  would add a row and shorten the next). Without it, a stop logs the partial window.
   """
   if progress is None:
     progress = Progress(num_steps, start, unit=unit)
-  pending: list = []
+  pending: list = list(unlogged)
   with (contextlib.nullcontext(stop) if stop is not None else stop_requests()) as stop:
     step = start
     while step < num_steps:
@@ -68,7 +77,7 @@ def run_loop(state: Any, start: int, num_steps: int, periods: Periods, *,
         progress.mark_compiled(step)
       last = step == num_steps
       stopping = stop.poll(step) is not None   # agreed by every process (infra/preemption.py)
-      if step % periods.log_every == 0 or last or stopping:
+      if step % periods.log_every == 0 or last or (stopping and on_unlogged is None):
         if check is not None:
           check(state, f"step {step}")
         host, pending = jax.device_get(pending), []
@@ -76,6 +85,9 @@ def run_loop(state: Any, start: int, num_steps: int, periods: Periods, *,
       if on_eval is not None and (step % periods.eval_every == 0 or last):
         on_eval(step, state)
       if step % periods.checkpoint_every == 0 or last or stopping:
+        if on_unlogged is not None:
+          pending = jax.device_get(pending)   # host values: fetched once, logged later
+          on_unlogged(step, pending)
         on_checkpoint(step, state)
       for w in writers:
         w.flush()

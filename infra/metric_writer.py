@@ -12,6 +12,8 @@ import io
 import json
 import math
 import os
+import stat
+import tempfile
 import time
 from typing import Mapping
 
@@ -28,9 +30,12 @@ class MetricWriter:
     self.enabled = enabled
     self._events = None
     self._jsonl = None
+    self._earlier_events: list[str] = []   # event files of earlier runs (restart_at cuts them)
     if enabled:
       from tensorboard.summary.writer.event_file_writer import EventFileWriter
       os.makedirs(logdir, exist_ok=True)
+      self._earlier_events = sorted(os.path.join(logdir, n) for n in os.listdir(logdir)
+                                    if n.startswith("events.out.tfevents"))
       self._events = EventFileWriter(logdir)
       path = os.path.join(logdir, "metrics.jsonl")
       _drop_partial_last_line(path)
@@ -40,6 +45,25 @@ class MetricWriter:
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.compat.proto.summary_pb2 import Summary
     self._events.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
+
+  def restart_at(self, step: int) -> None:
+    """Forgets what earlier runs of this directory logged from ``step`` on: the first step a
+    resumed run logs (its checkpoint's step + 1; 0 for a run that starts over). A run killed
+    between two checkpoints logged steps it now runs again; without this, they appear twice.
+    ``metrics.jsonl`` and the earlier event files lose those rows and summaries (each rewritten
+    atomically, only if it has any), so every reader sees the uninterrupted run's. This run's
+    event file also starts with a ``SessionLog.START`` at ``step``, TensorBoard's own mark of
+    a restart (it drops the events of steps >= ``step`` read before it)."""
+    if not self.enabled:
+      return
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+    self._jsonl.close()
+    _drop_rows_from(os.path.join(self.logdir, "metrics.jsonl"), step)
+    self._jsonl = open(os.path.join(self.logdir, "metrics.jsonl"), "a")
+    for path in self._earlier_events:
+      _drop_events_from(path, step)
+    self._events.add_event(Event(wall_time=time.time(), step=int(step),
+                                 session_log=SessionLog(status=SessionLog.START)))
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -117,6 +141,60 @@ def _drop_partial_last_line(path: str) -> None:
         break
       pos -= n
     f.truncate(keep)
+
+
+def _drop_rows_from(path: str, step: int) -> None:
+  """Rewrites the JSON lines ``path`` without its rows of steps >= ``step`` (a line that is
+  not such a row stays); untouched when none goes."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = [line for line in lines if not _row_at_or_after(line, step)]
+  if len(keep) < len(lines):
+    _replace(path, "".join(keep).encode())
+
+
+def _row_at_or_after(line: str, step: int) -> bool:
+  try:
+    row = json.loads(line)
+  except ValueError:
+    return False
+  return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] >= step
+
+
+def _drop_events_from(path: str, step: int) -> None:
+  """Rewrites the event file ``path`` without its summaries of steps >= ``step`` (its other
+  records, such as the file version, stay); untouched when none goes."""
+  from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+  from tensorboard.compat.proto.event_pb2 import Event
+  from tensorboard.summary.writer.record_writer import RecordWriter
+  records = list(RawEventFileLoader(path).Load())   # a record cut by a kill is left out
+  keep = [r for r in records
+          if not ((e := Event.FromString(r)).HasField("summary") and e.step >= step)]
+  if len(keep) == len(records):
+    return
+  buf = io.BytesIO()
+  for r in keep:
+    RecordWriter(buf).write(r)
+  _replace(path, buf.getvalue())
+
+
+def _replace(path: str, data: bytes) -> None:
+  """Writes ``data`` to ``path`` via a temporary file and an atomic rename: a kill during the
+  rewrite leaves the old file whole (and a hidden temporary one, which no reader takes for
+  an event file: TensorBoard reads every name containing "tfevents")."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".rewrite-", suffix=".tmp")
+  try:
+    os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))   # mkstemp's are 0600
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def read_metrics(logdir: str) -> list[dict]:

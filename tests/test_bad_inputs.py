@@ -809,10 +809,35 @@ def _snapshot(path):
 def finished(tmp_path_factory):
   """A finished tiny run (2 steps, one checkpoint) and its config."""
   work = str(tmp_path_factory.mktemp("finished") / "run")
+  # a constant schedule: under the default cosine more num_steps is refused (next test)
   c = _tiny_facenet(num_steps=2, checkpoint_every=2, evals="pairs,one_shot",
-                    **{"evaluation.one_shot.repeats": 1})
+                    **{"evaluation.one_shot.repeats": 1, "optim.schedule": "constant",
+                       "optim.warmup_steps": 0})
   train.train_and_evaluate(c, work)
   return work, c
+
+
+@pytest.mark.parametrize("schedule,warmup,allowed", [
+    ("cosine", 0, False), ("constant", 100, False), ("constant", 1, True), ("constant", 0, True)])
+def test_more_num_steps_continue_only_a_schedule_that_does_not_depend_on_them(
+    tmp_path, schedule, warmup, allowed):
+  """The cosine decays to 0 at num_steps (and a warmup longer than the run is cut there), so
+  continuing 800 -> 1600 steps took the rate at step 800 from 0 back up and wrote results
+  under num_steps=1600 that a fresh 1,600-step run does not give; it was allowed."""
+  c = _tiny_facenet(num_steps=2, **{"optim.schedule": schedule, "optim.warmup_steps": warmup})
+  work = str(tmp_path / "run")
+  os.makedirs(work)
+  workdir_lib.save_config(c, work)
+  more = overrides.with_overrides(c, {"num_steps": 4})
+  if allowed:
+    assert workdir_lib.check_continuation(more, work) == [
+        f"num_steps: 2 -> 4 ({workdir_lib.CONTINUABLE['num_steps']})"]
+  else:
+    with pytest.raises(workdir_lib.WorkdirError, match=rf"num_steps: 2 in the run, 4 now \(its "
+                       rf"optim.schedule='{schedule}' with optim.warmup_steps={warmup} sets the "
+                       r"learning rate from num_steps"):
+      workdir_lib.check_continuation(more, work)
+  assert workdir_lib.check_continuation(c, work) == []
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -842,6 +867,69 @@ def test_continuing_a_run_may_change_steps_evaluation_and_periods(finished, tmp_
   assert "evaluation.one_shot.repeats: 1 -> 2 (evaluation settings" in log
   assert r["step"] == 4 and list(r["evals"]) == ["pairs"]
   assert workdir_lib.load_config(work).to_dict() == more.to_dict()   # config.json follows the run
+
+
+def test_a_continuation_stopped_before_its_end_leaves_no_results_that_look_final(
+    finished, tmp_path, monkeypatch):
+  """A finished run continued with more steps and stopped before the new end kept its old
+  results.json beside a config.json of the new num_steps: sweeps and cross-validations took
+  the old step's numbers as the new config's finished run and never trained it further."""
+  from facenet_jax import sweep
+  src, c = finished
+  work = str(tmp_path / "run")
+  shutil.copytree(src, work)
+  old = open(os.path.join(work, "results.json")).read()
+  more = overrides.with_overrides(c, {"num_steps": 4})
+
+  def stopped(*a, **k):
+    raise KeyboardInterrupt   # the stop comes after the steps, before results are written
+  monkeypatch.setattr(train, "finish", stopped)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(more, work)
+  assert not os.path.exists(os.path.join(work, "results.json"))
+  assert open(os.path.join(work, "results.step2.json")).read() == old   # kept, not lost
+  assert workdir_lib.finished_results(more, work) is None
+  assert sweep.point_status(work)["status"] == "partial"
+  monkeypatch.undo()
+  assert train.train_and_evaluate(more, work)["step"] == 4
+  assert workdir_lib.finished_results(more, work)["step"] == 4
+  assert open(os.path.join(work, "results.step2.json")).read() == old
+  # a run left that way by older code: its results of 2 steps are not this config's
+  workdir_lib.save_config(overrides.with_overrides(c, {"num_steps": 6}), work)
+  assert workdir_lib.finished_results(overrides.with_overrides(c, {"num_steps": 6}), work) is None
+  assert sweep.point_status(work)["status"] == "partial"
+
+
+def test_resuming_on_changed_training_files_is_refused(tmp_path):
+  """The config names the folder, not its bytes: a run resumed after files under data_dir
+  changed trained its later steps on a new prepared dataset without a word (audit: params
+  0.010 off the uninterrupted run, accuracy 0.795 against 0.815)."""
+  rng = np.random.default_rng(0)
+  root = tmp_path / "people"
+  for k in range(8):
+    os.makedirs(root / f"p{k}")
+    for i in range(4):
+      Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"p{k}" / f"{i}.png")
+  c = _tiny_facenet(num_steps=2, checkpoint_every=1, evals="pairs", **{
+      "data.source": "folder", "data.data_dir": str(root), "data.tfds_dir": str(tmp_path / "tfds"),
+      "data.image_size": 12, "data.prepare_workers": 1, "data.record_encoding": "png",
+      "data.train_identities": 6, "data.eval_identities": 2, "optim.schedule": "constant",
+      "optim.warmup_steps": 0})
+  work = str(tmp_path / "run")
+  train.train_and_evaluate(c, work)
+  key = json.load(open(os.path.join(work, workdir_lib.DATA_FILE)))["train"]
+  assert key.startswith("folder_")
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "p1" / "2.png")   # one photo changed
+  before = _snapshot(work)
+  more = overrides.with_overrides(c, {"num_steps": 4})
+  with pytest.raises(workdir_lib.WorkdirError, match=rf"data.json: the run trained up to step 2 on "
+                                                     rf"{key}, and the data read now is folder_"):
+    train.train_and_evaluate(more, work)
+  assert _snapshot(work) == before
+  Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / "p1" / "2.png")
+  os.remove(os.path.join(work, workdir_lib.DATA_FILE))   # a run from before the record: noted, continued
+  assert train.train_and_evaluate(more, work)["step"] == 4
+  assert json.load(open(os.path.join(work, workdir_lib.DATA_FILE)))["train"] != key
 
 
 def test_a_workdir_that_is_a_file_is_named_and_left_alone(tmp_path):

@@ -181,7 +181,8 @@ def test_sweep_skips_done_points_and_resumes_partial_ones(swept):
 
 def test_a_done_point_of_another_config_is_refused_and_more_steps_continue(swept, tmp_path):
   """A point folder's results.json was taken as done whatever config made it: a sweep rerun
-  with other base flags reported the old runs' numbers as its own, exit 0."""
+  with other base flags reported the old runs' numbers as its own, exit 0. More steps
+  continue a point only under a constant schedule (the tiny config's cosine is refused)."""
   from facenet_jax.workdir import WorkdirError
   root, _, points, _ = swept
   name = "margin=0.05"
@@ -190,8 +191,9 @@ def test_a_done_point_of_another_config_is_refused_and_more_steps_continue(swept
                                          r"the run, 32 now"):
     train.run_sweep_point(_tiny(**{"model.embedding_dim": 32}), points[0], str(tmp_path))
   assert files.read_json(str(tmp_path / name / "results.json"))["step"] == 4   # untouched
-  assert train.run_sweep_point(_tiny(num_steps=6), points[0], str(tmp_path)) == "done"
-  assert files.read_json(str(tmp_path / name / "results.json"))["step"] == 6   # continued
+  with pytest.raises(WorkdirError, match=r"num_steps: 4 in the run, 6 now \(its optim.schedule='cosine'"):
+    train.run_sweep_point(_tiny(num_steps=6), points[0], str(tmp_path))
+  assert files.read_json(str(tmp_path / name / "results.json"))["step"] == 4   # untouched
 
 
 def test_sweep_script_dry_run_and_slurm(tmp_path):

@@ -17,6 +17,7 @@ holds none out. Asking for more people than the data holds is an error naming bo
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Callable
 
@@ -146,6 +147,21 @@ def prepared_name(ds: IdentityDataset) -> str | None:
   its data again can tell when the files under data_dir changed since it trained."""
   prepared = getattr(ds.images, "prepared", None)
   return os.path.basename(os.path.normpath(prepared.path)) if prepared is not None else None
+
+
+def data_key(ds: IdentityDataset) -> str:
+  """What a run trains on, in a line: the prepared dataset's name for streamed data (its
+  source files' content fingerprint and the fit), else ``sha256:<hex>`` of the in-memory
+  images and labels (generated data, tfds sources: hashing them takes well under a second)."""
+  name = prepared_name(ds)
+  if name:
+    return name
+  h = hashlib.sha256()
+  for a in (ds.labels, ds.images):
+    a = np.ascontiguousarray(a)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+  return f"sha256:{h.hexdigest()[:16]}"
 
 
 def _what(config: ml_collections.ConfigDict) -> str:

@@ -26,15 +26,13 @@ import ml_collections
 import numpy as np
 
 from facenet_jax import evaluators, offline, steps, sweep, verification, vgg_features
-from facenet_jax import workdir as workdir_lib
+from facenet_jax import members as members_lib, workdir as workdir_lib
 from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.data import batches as batches_lib, sources, streamed
 from facenet_jax.data.raw import DataError
 from facenet_jax.data.batches import TrainBatches, input_workers
 from facenet_jax.sampler import PKSampler
-from infra import checkpoints, distributed, loop, mesh as mesh_lib, overrides
-from infra.metric_writer import MetricWriter
-from infra.progress import Progress
+from infra import distributed, loop, mesh as mesh_lib, overrides
 
 State = steps.State
 
@@ -211,101 +209,6 @@ def make_results(config: ml_collections.ConfigDict, step: int, pairs: dict, eval
   }
 
 
-# ------------------------------------------------------------------------ the margin axis
-
-def member_name(margin: float) -> str:
-  """``margin=0.2``: a K-margin run's directory of one member (and its sweep point name)."""
-  return overrides.point_name({"margin": float(margin)})
-
-
-@dataclasses.dataclass
-class Member:
-  """One model of the margin axis: its config (``margin = alpha``, ``margins = ()``), its run
-  directory, metric writer and checkpoints, its last logged train / eval metrics, and the
-  train metrics of the steps since the last log (:func:`unlogged_rows`, for its checkpoints)."""
-  margin: float
-  config: ml_collections.ConfigDict
-  workdir: str
-  writer: MetricWriter
-  ckpt: checkpoints.Checkpointer
-  last_train: dict = dataclasses.field(default_factory=dict)
-  last_eval: dict = dataclasses.field(default_factory=dict)
-  unlogged: dict = dataclasses.field(default_factory=dict)
-
-
-def unlogged_rows(host: list[dict], k: int | None) -> dict:
-  """``{dtypes: {name: dtype}, steps: [{name: value}]}``: the train metrics of model ``k`` of
-  a stacked run (None: the one run) for the steps since the last log, as its checkpoint meta
-  keeps them. Each step's value, not a sum: the log that a resumed run writes then averages
-  the same numbers as the uninterrupted run's, bit for bit."""
-  if not host:
-    return {}
-  pick = (lambda v: np.asarray(v)) if k is None else (lambda v: np.asarray(v)[k])
-  return {"dtypes": {name: str(np.asarray(v).dtype) for name, v in host[0].items()},
-          "steps": [{name: pick(v).item() for name, v in h.items()} for h in host]}
-
-
-def restore_unlogged(members: list[Member], stacked: bool) -> list[dict]:
-  """The run loop's metrics of the steps since the last log (``infra.loop.run_loop``'s
-  ``unlogged``), rebuilt from each member's checkpoint meta in the form the train step
-  returned them (stacked: one value per member), so the first log after a resume averages
-  the steps the uninterrupted run averaged. Empty from a checkpoint written without them."""
-  counts = [len(m.unlogged.get("steps", ())) for m in members]
-  if len(set(counts)) > 1:
-    raise checkpoints.CheckpointError(
-        "checkpoints to resume from disagree on their meta unlogged_train: " + ", ".join(
-            f"{m.workdir} holds {n} steps" for m, n in zip(members, counts)))
-  if not counts or not counts[0]:
-    return []
-  dtypes = members[0].unlogged["dtypes"]
-
-  def value(name: str, i: int) -> np.ndarray:
-    v = [m.unlogged["steps"][i][name] for m in members]
-    return np.asarray(v if stacked else v[0], dtypes[name])
-  return [{name: value(name, i) for name in dtypes} for i in range(counts[0])]
-
-
-def member_configs(config: ml_collections.ConfigDict, workdir: str
-                   ) -> list[tuple[float, ml_collections.ConfigDict, str]]:
-  """``[(alpha, config, directory)]``: the run itself, or one per ``config.margins`` entry."""
-  if not tuple(config.margins):
-    return [(float(config.margin), config, workdir)]
-  return [(float(m), overrides.with_overrides(config, {"margin": float(m), "margins": ()}),
-           os.path.join(workdir, member_name(m))) for m in config.margins]
-
-
-def open_members(config: ml_collections.ConfigDict, workdir: str, lead: bool) -> list[Member]:
-  """Creates the run directories and opens their writers and checkpoints."""
-  members = []
-  for alpha, c, d in member_configs(config, workdir):
-    os.makedirs(d, exist_ok=True)
-    members.append(Member(alpha, c, d, MetricWriter(d, enabled=lead),
-                          workdir_lib.checkpointer(d, config)))
-  return members
-
-
-def save_configs(config: ml_collections.ConfigDict, members: list[Member], workdir: str) -> None:
-  """Writes each run directory's ``config.json`` (and a K-margin run's own), once the
-  checkpoints restored under this config (before any step: scripts/evaluate_facenet.py
-  rebuilds the model from it)."""
-  for m in members:
-    workdir_lib.save_config(m.config, m.workdir)
-  if tuple(config.margins):   # the K-margin run's own config, beside its members
-    workdir_lib.save_config(config, workdir)
-
-
-def restore_members(ckpts: list[checkpoints.Checkpointer], abstract: Any
-                    ) -> tuple[int, list[Any], list[dict]] | None:
-  """``(step, [state_k], [meta_k])`` at the latest step every member has checkpointed, or
-  None (a killed K-margin run resumes from there)."""
-  common = set.intersection(*(set(c.all_steps()) for c in ckpts))
-  if not common:
-    return None
-  step = max(common)
-  restored = [c.restore(abstract, step=step) for c in ckpts]
-  return step, [r[1] for r in restored], [r[2] for r in restored]
-
-
 def jit_train_step(graphdef, tx, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
                    ) -> Callable:
   """The jitted step of the margin axis: ``(state, batch) -> (state, metrics)`` of one model
@@ -323,86 +226,7 @@ def jit_train_step(graphdef, tx, config: ml_collections.ConfigDict, mesh: jax.sh
   return distributed.CompiledTogether(jitted, "the train step")
 
 
-class MemberLoop:
-  """The loop callbacks of the margin axis: logs, evaluations and checkpoints of every member
-  (``stacked``: the state has a leading member axis; else it is the one run's state)."""
-
-  def __init__(self, config: ml_collections.ConfigDict, members: list[Member], stacked: bool,
-               evaluate: Callable[[State, ml_collections.ConfigDict], dict],
-               extra_meta: Callable[[], dict]):
-    self.config, self.members, self.stacked = config, members, stacked
-    self.evaluate, self.extra_meta = evaluate, extra_meta
-
-  def state_of(self, state: State, k: int) -> State:
-    return steps.unstack(state, k) if self.stacked else state
-
-  def on_log(self, step: int, host: list[dict], progress: Progress) -> None:
-    rate = progress.rate(step)
-    for k, m in enumerate(self.members):
-      m.last_train = {key: float(np.mean([h[key][k] if self.stacked else h[key] for h in host]))
-                      for key in host[0]}
-      m.last_train["steps_per_sec"] = rate
-      m.writer.write_scalars(step, {f"train/{n}": v for n, v in m.last_train.items()})
-    if self.stacked:
-      progress.report(step, {f"active@{overrides.format_value(m.margin)}": m.last_train["frac_active"]
-                             for m in self.members})
-    else:
-      t = self.members[0].last_train
-      progress.report(step, {k: t[k] for k in ("loss", "frac_active", "mean_d_ap", "mean_d_an")})
-
-  def on_unlogged(self, step: int, host: list[dict]) -> None:
-    """Keeps the metrics of the steps since the last log for the checkpoint of ``step``."""
-    for k, m in enumerate(self.members):
-      m.unlogged = unlogged_rows(host, k if self.stacked else None)
-
-  def on_eval(self, step: int, state: State) -> None:
-    for k, m in enumerate(self.members):
-      m.last_eval = self.evaluate(self.state_of(state, k), m.config)
-      m.writer.write_scalars(step, {f"eval/{n}": v for n, v in m.last_eval.items()})
-    if self.stacked:
-      print(f"  eval step {step}: verification_accuracy " + ", ".join(
-          f"{member_name(m.margin)}: {m.last_eval['verification_accuracy']:.4f}"
-          for m in self.members), flush=True)
-    else:
-      e = self.members[0].last_eval
-      print(f"  eval step {step}: verification_accuracy={e['verification_accuracy']:.4f} "
-            f"(+-{e['verification_accuracy_std']:.4f}), val@far1e-3={e['val_at_far_1e-3']:.4f}, "
-            f"auc={e['roc_auc']:.4f}", flush=True)
-
-  def on_checkpoint(self, step: int, state: State) -> None:
-    steps.check_finite(state, f"checkpoint of step {step}")
-    for k, m in enumerate(self.members):
-      # the last logged train metrics (a run resumed at its final step reports them too) and
-      # those of the steps after that log (a run resumed here logs the uninterrupted windows)
-      meta = {"config_variant": self.config.variant, "train_metrics": m.last_train,
-              "unlogged_train": m.unlogged, **self.extra_meta()}
-      m.ckpt.save(step, self.state_of(state, k), meta, force=True)
-
-
-def resume(members: list[Member], state1: State, mesh: jax.sharding.Mesh, stacked: bool
-           ) -> tuple[int, State, dict]:
-  """``(start, state, meta)``: the latest step every member checkpointed (0 and ``state1`` for
-  each when none), the state replicated over ``mesh`` (stacked for K members) and the first
-  member's checkpoint meta."""
-  # restored straight into the replicated sharding: a checkpoint restored onto the devices it
-  # was saved from would sit on process 0's device, which no other process can read from
-  replicated = mesh_lib.replicated(mesh)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          state1)
-  restored = restore_members([m.ckpt for m in members], abstract)
-  start, states, metas = 0, [state1] * len(members), [{}] * len(members)
-  if restored is not None:
-    start, states, metas = restored
-    print(f"resumed {len(members)} margins from step {start}" if stacked else
-          f"resumed from {members[0].ckpt.directory}/{start}", flush=True)
-  for m, meta in zip(members, metas):
-    m.last_train = dict(meta.get("train_metrics", {}))
-    m.unlogged = dict(meta.get("unlogged_train", {}))
-  state = steps.stack(states) if stacked else states[0]
-  return start, jax.device_put(state, replicated), metas[0]
-
-
-def finish(config: ml_collections.ConfigDict, workdir: str, state: State, cb: MemberLoop,
+def finish(config: ml_collections.ConfigDict, workdir: str, state: State, cb: members_lib.MemberLoop,
            embed_fn: Callable, data: RunData, mesh: jax.sharding.Mesh, t_start: float) -> dict:
   """Runs the evaluators of every member, writes each ``results.json`` (and a K-margin run's
   own ``results.json`` and ``sweep.json``); returns the one run's results, or
@@ -425,7 +249,7 @@ def finish(config: ml_collections.ConfigDict, workdir: str, state: State, cb: Me
       results["trained_with"] = {"margins": summary["margins"], "workdir": workdir}
     if lead:
       workdir_lib.write_results(m.workdir, results)
-    summary["members"][member_name(m.margin)] = results["metrics"]
+    summary["members"][members_lib.member_name(m.margin)] = results["metrics"]
     m.writer.close()
     m.ckpt.close()
   if not cb.stacked:
@@ -467,10 +291,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # input leaves no partial workdir behind
   data_key = streamed.data_key(data.raw_train_ds)
   if note := workdir_lib.check_training_data(workdir, data_key,
-                                             [d for _, _, d in member_configs(config, workdir)]):
+                                             [d for _, _, d in members_lib.member_configs(config, workdir)]):
     print(note, flush=True)
-  members = open_members(config, workdir, lead)
-  start, state, meta = resume(members, state, mesh, stacked)
+  members = members_lib.open_members(config, workdir, lead)
+  start, state, meta = members_lib.resume(members, state, mesh, stacked)
   for m in members:   # what a killed run logged after its last checkpoint is logged again
     m.writer.restart_at(start + 1 if start else 0)   # a fresh start rewrites its step-0 rows
   if lead:   # results of fewer steps first: they must not sit beside the new config.json
@@ -478,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if aside := workdir_lib.set_aside_results(d, start, config.num_steps):
         print(f"continuing past its results: {d}/{workdir_lib.RESULTS_FILE} kept as {aside}",
               flush=True)
-    save_configs(config, members, workdir)
+    members_lib.save_configs(config, members, workdir)
     workdir_lib.record_training_data(workdir, data_key)
   if changes:
     print(f"continuing {workdir} with changed " + "; ".join(changes), flush=True)
@@ -499,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     for m in members:
       m.writer.write_scalars(0, data.pixel)
   evaluate = lambda st, c: pair_metrics(embed_fn, st, data, mesh, c)
-  cb = MemberLoop(config, members, stacked, evaluate, extra_meta)
+  cb = members_lib.MemberLoop(config, members, stacked, evaluate, extra_meta)
   print(describe(config, data, mesh), flush=True)
   periods = loop.Periods(config.log_every, config.eval_every, config.checkpoint_every)
   state = loop.run_loop(
@@ -508,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       check=steps.check_finite, on_log=cb.on_log,
       on_eval=cb.on_eval if len(data.eval_ds) else None,
       on_checkpoint=cb.on_checkpoint, writers=[m.writer for m in members],
-      unlogged=restore_unlogged(members, stacked), on_unlogged=cb.on_unlogged,
+      unlogged=members_lib.restore_unlogged(members, stacked), on_unlogged=cb.on_unlogged,
       closeables=[m.ckpt for m in members] + [data.loader])
   data.loader.close()   # input worker processes
   return finish(config, workdir, state, cb, embed_fn, data, mesh, t_start)

@@ -37,7 +37,7 @@ from PIL import Image
 
 from configs.facenet import get_config as facenet_config
 from configs.style import get_config as style_config
-from facenet_jax import inference, recognition as R, train, vgg_features, workdir as workdir_lib
+from facenet_jax import inference, members as members_lib, recognition as R, train, vgg_features, workdir as workdir_lib
 from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.data import fingerprint, images as fimages, raw, synthetic
 from facenet_jax.data.dataset import IdentityDataset
@@ -1029,7 +1029,7 @@ def test_training_on_every_identity_skips_the_held_out_evaluators_and_says_so(tm
   k = train.train_and_evaluate(_folder_run(tmp_path, root, **{
       "data.train_identities": 6, "data.eval_identities": 0, "margins": (0.1, 0.3)}),
       str(tmp_path / "runk"))
-  assert k["members"] == {train.member_name(0.1): {}, train.member_name(0.3): {}}
+  assert k["members"] == {members_lib.member_name(0.1): {}, members_lib.member_name(0.3): {}}
   # the same split with more people asked for than there are is still an error naming it
   with pytest.raises(raw.DataError, match=r"6 identities cannot give config.data.train_identities "
                                           r"= 7 training and config.data.eval_identities = 0"):

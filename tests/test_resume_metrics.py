@@ -14,7 +14,7 @@ import jax
 import pytest
 
 from configs.facenet import get_config
-from facenet_jax import train
+from facenet_jax import members as members_lib, train
 from infra import metric_writer
 from infra.errors import Preempted
 from infra.overrides import with_overrides
@@ -171,7 +171,7 @@ def test_margin_axis_carries_each_members_unlogged_steps(tmp_path):
   with pytest.raises(Preempted, match="after checkpointing step 5"):
     _train(tmp_path / "run", 5, **margins)
   _train(tmp_path / "run", **margins)
-  members = [train.member_name(m) for m in margins["margins"]]
+  members = [members_lib.member_name(m) for m in margins["margins"]]
   for name in members:
     assert _rows(tmp_path / "run" / name) == _rows(tmp_path / "ref" / name)
     assert _train_metrics(tmp_path / "run" / name) == _train_metrics(tmp_path / "ref" / name)

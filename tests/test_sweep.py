@@ -14,7 +14,7 @@ import pytest
 from configs import facenet as facenet_configs
 from configs import sweeps as config_sweeps
 from conftest import load_script
-from facenet_jax import robustness, steps, sweep, train
+from facenet_jax import members as members_lib, robustness, steps, sweep, train
 from facenet_jax.config_checks import ConfigError, check_config
 from infra import checkpoints, files, mesh as mesh_lib, overrides
 
@@ -346,11 +346,11 @@ def test_vmapped_run_resumes_from_the_latest_step_every_member_has(tmp_path):
   cks[0].save(2, state)
   cks[0].save(4, {"w": state["w"] + 1})
   cks[1].save(2, {"w": state["w"] * 2})
-  step, members, _ = train.restore_members(cks, state)
+  step, members, _ = members_lib.restore_members(cks, state)
   assert step == 2
   np.testing.assert_array_equal(members[0]["w"], state["w"])
   np.testing.assert_array_equal(members[1]["w"], state["w"] * 2)
-  assert train.restore_members([cks[0], checkpoints.Checkpointer(str(tmp_path / "c"), every=1)],
+  assert members_lib.restore_members([cks[0], checkpoints.Checkpointer(str(tmp_path / "c"), every=1)],
                                state) is None
   for c in cks:
     c.close()

@@ -21,10 +21,11 @@ import ml_collections
 import numpy as np
 
 from facenet_jax import steps, vgg_features, workdir as workdir_lib
-from infra import checkpoints, mesh as mesh_lib
+from infra import checkpoints, files, mesh as mesh_lib
 
 # config fields that decide what an image's embedding is, besides the weights: the model
-# (all of config.model but the VGG weights' path, whose file may move), how images are fitted
+# (all of config.model but the VGG weights' path, whose file may move: model_fingerprint adds
+# the frozen backbone's content, frozen_backbone), how images are fitted
 # and the frozen-backbone features (but not where they are cached), and flip TTA
 _EMBEDDING_DATA_FIELDS = ("image_size", "center_crop", "channels", "features", "features_pool",
                           "features_power", "features_flip")
@@ -52,12 +53,38 @@ def embedding_config(config: ml_collections.ConfigDict) -> dict:
   return {"model": model, "data": data, "flip_tta": bool(config.evaluation.flip_tta)}
 
 
+# model.vgg_weights values that name no file (facenet_jax/workdir.py): seeded random weights,
+# and the md5-checked Keras download ("" reads as "download"); each is one fixed set of weights
+_WEIGHTS_KEYWORDS = {"random": "random", "download": "download", "": "download"}
+
+
+def frozen_backbone(config: ml_collections.ConfigDict) -> str | None:
+  """What the frozen backbone of a ``data.features`` run is: the SHA-256 of its weights file's
+  bytes (``infra.files.file_sha256``: a moved or re-staged copy is the same backbone, another
+  file at the same path is not), or the weights keyword. None without ``data.features``: the
+  model then has no frozen backbone (a vgg16/vgg19 model's backbone is in its restored
+  params), so ``model.vgg_weights`` does not decide its embeddings."""
+  if not config.data.get("features"):
+    return None
+  weights = str(config.model.vgg_weights)
+  if weights in _WEIGHTS_KEYWORDS:
+    return _WEIGHTS_KEYWORDS[weights]
+  return "sha256:" + files.file_sha256(os.path.expanduser(weights))
+
+
 def model_fingerprint(config: ml_collections.ConfigDict, weights) -> str:
-  """SHA-256 (hex) of ``embedding_config(config)`` as sorted JSON, then of every weight
-  array (``checkpoints.state_digest``: path, dtype, shape, bytes) of ``weights`` (the
-  restored ``params`` and ``model_state``). Equal fingerprints: the same embedding function
-  (up to the frozen backbone's weights file, named in the config only by its path)."""
-  h = hashlib.sha256(json.dumps(embedding_config(config), sort_keys=True, default=list).encode())
+  """SHA-256 (hex) of ``embedding_config(config)`` (with ``frozen_backbone`` added for a
+  ``data.features`` run) as sorted JSON, then of every weight array
+  (``checkpoints.state_digest``: path, dtype, shape, bytes) of ``weights`` (the restored
+  ``params`` and ``model_state``). Equal fingerprints: the same embedding function. Runs
+  without ``data.features`` keep the fingerprint they had before the backbone was added
+  (their galleries still match); galleries of ``data.features`` runs enrolled before it
+  are refused once, as by another model (enrol again)."""
+  ident = embedding_config(config)
+  backbone = frozen_backbone(config)
+  if backbone is not None:   # the frozen weights make the features the head embeds
+    ident = dict(ident, frozen_backbone=backbone)
+  h = hashlib.sha256(json.dumps(ident, sort_keys=True, default=list).encode())
   digest = checkpoints.state_digest(weights)
   if digest is None:   # load() holds the restored arrays whole; a sharded state is a bug here
     raise ValueError("model_fingerprint needs weights held whole by this process")

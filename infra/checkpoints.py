@@ -15,6 +15,15 @@ is a state whose arrays no process holds whole (sharded across hosts): its meta 
 ``UNVERIFIED`` instead, and restoring it (or restoring any checkpoint into arrays this process
 does not hold whole) warns with ``UnverifiedCheckpointWarning``; it is never skipped silently.
 
+The meta decides what a resumed run does (offline mining restores its triplets from it), so it
+records ``meta_sha256`` too (``meta_digest``: the SHA-256 of its canonical JSON, every entry
+but that one, ``state_sha256`` and ``step`` included): an edited or cut meta is a CheckpointError
+naming the step, like a changed array byte. Checkpoints saved before metas were digested have
+no ``meta_sha256`` and still restore, with an ``UnverifiedCheckpointWarning`` that says their
+meta was not checked when the run continues from it (so deleting that entry by hand does not
+pass silently either; read-only restores, which use only the arrays, do not warn); the run's
+next save records it.
+
 Fault injection (tests and ``tests/soak.py`` only; off by default): with
 ``$INFRA_CHECKPOINT_WRITE_DELAY=SECONDS`` every save prints
 ``checkpoint-write-window step=N seconds=S`` and sleeps S seconds in the middle of the
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import logging
 import os
 import re
@@ -99,6 +109,17 @@ DIGEST_KEY = "state_sha256"
 # without DIGEST_KEY at all is an error, so deleting the key cannot turn verification off
 UNVERIFIED = "unverified: arrays sharded across processes when saved"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+META_DIGEST_KEY = "meta_sha256"
+_NONE = object()   # no META_DIGEST_KEY in a meta (a JSON null there is a wrong digest)
+
+
+def meta_digest(meta: dict) -> str:
+  """SHA-256 of ``meta`` without its META_DIGEST_KEY, as canonical JSON (sorted keys, no
+  spaces) after one JSON round trip, so the dict a save hands to Orbax (tuples, int keys) and
+  the one a restore reads back from its file give the same digest."""
+  rest = json.loads(json.dumps({k: v for k, v in meta.items() if k != META_DIGEST_KEY}))
+  return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()
+                        ).hexdigest()
 
 
 def state_digest(tree: Any) -> str | None:
@@ -193,6 +214,7 @@ class Checkpointer:
     meta = dict(meta or {}, step=int(step))
     digest = state_digest(state)   # restore checks it: bit rot inside array data is caught too
     meta[DIGEST_KEY] = UNVERIFIED if digest is None else digest
+    meta[META_DIGEST_KEY] = meta_digest(meta)   # last: it covers every other entry
     try:
       saved = self._manager.save(
           step,
@@ -308,25 +330,25 @@ class Checkpointer:
           f"{step} (files copied in from another step?); {self._earlier(step)}")
 
   def _check_digest(self, path: str, state: Any, meta: dict, step: int) -> None:
-    """Compares ``state`` with the SHA-256 in ``meta`` (removed from ``meta``); a missing or
-    malformed digest is an error, a recorded UNVERIFIED one a warning (see module doc)."""
+    """Compares ``state`` with the SHA-256 in ``meta``, then ``meta`` with its own (both
+    removed from ``meta``); a missing or malformed digest is an error, a recorded UNVERIFIED
+    one or a meta saved before meta digests a warning (see module doc)."""
+    recorded_meta = meta.pop(META_DIGEST_KEY, _NONE)
     if DIGEST_KEY not in meta:
       raise CheckpointError(
           f"checkpoint {path} is corrupt: its meta (meta/metadata) has no {DIGEST_KEY}, the "
           f"SHA-256 every save records, so its arrays cannot be verified (was the file edited?): "
           f"put the recorded digest back, or {self._earlier(step)}")
-    want = meta.pop(DIGEST_KEY)
+    want = meta[DIGEST_KEY]
+    if want != UNVERIFIED and (not isinstance(want, str) or not _HEX64.fullmatch(want)):
+      raise CheckpointError(
+          f"checkpoint {path} is corrupt: its meta (meta/metadata) has {DIGEST_KEY} = "
+          f"{str(want)[:80]!r}, expected 64 hex digits or {UNVERIFIED!r}; {self._earlier(step)}")
     if want == UNVERIFIED:
       warnings.warn(f"checkpoint {path}: restored unverified (no SHA-256: its arrays were "
                     f"sharded across processes when saved)", UnverifiedCheckpointWarning,
                     stacklevel=3)
-      return
-    if not isinstance(want, str) or not _HEX64.fullmatch(want):
-      raise CheckpointError(
-          f"checkpoint {path} is corrupt: its meta (meta/metadata) has {DIGEST_KEY} = "
-          f"{str(want)[:80]!r}, expected 64 hex digits or {UNVERIFIED!r}; {self._earlier(step)}")
-    got = state_digest(state)
-    if got is None:
+    elif (got := state_digest(state)) is None:
       warnings.warn(f"checkpoint {path}: restored unverified (this process does not hold its "
                     f"arrays whole, so their SHA-256 cannot be recomputed here)",
                     UnverifiedCheckpointWarning, stacklevel=3)
@@ -334,6 +356,25 @@ class Checkpointer:
       raise CheckpointError(
           f"checkpoint {path} is corrupt: its arrays do not match the SHA-256 recorded when "
           f"it was saved; {self._earlier(step)}")
+    self._check_meta_digest(path, meta, recorded_meta, step)
+    del meta[DIGEST_KEY]
+
+  def _check_meta_digest(self, path: str, meta: dict, recorded: Any, step: int) -> None:
+    """Compares ``meta`` (without its META_DIGEST_KEY, already removed as ``recorded``) with
+    the SHA-256 recorded at save time. None recorded: a checkpoint saved before meta digests,
+    accepted; a writable checkpointer (a run about to continue from this meta) warns, a
+    read-only one (evaluate, recognize: they use the arrays, not the meta) does not, so
+    reading a finished old run does not warn on every use."""
+    if recorded is _NONE:
+      if not self.read_only:
+        warnings.warn(f"checkpoint {path}: its meta (meta/metadata) restored unverified (it has "
+                      f"no {META_DIGEST_KEY}: saved before checkpoints recorded one)",
+                      UnverifiedCheckpointWarning, stacklevel=4)
+    elif recorded != meta_digest(meta):
+      raise CheckpointError(
+          f"checkpoint {path} is corrupt: its meta (meta/metadata) does not match the "
+          f"{META_DIGEST_KEY} recorded when it was saved (was the file edited or cut?); "
+          f"{self._earlier(step)}")
 
   def _check_compatible(self, step: int, abstract_state: Any, path: str) -> None:
     self._check_files(step, path)

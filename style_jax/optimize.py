@@ -431,7 +431,8 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Optimizes the pixels of a generated image; resumes from ``workdir`` if checkpointed.
 
   Writes to ``workdir``: ``config.output`` (final PNG), ``iter_NNNNNN.png`` every
-  ``save_every`` steps, TensorBoard events and ``metrics.jsonl``, ``checkpoints/`` and
+  ``save_every`` steps, TensorBoard events and ``metrics.jsonl``, ``checkpoints/``,
+  ``config.json`` and ``inputs.json`` (what a resume must match: ``style_jax.workdir``) and
   ``results.json`` = ``{config, step, sizes, initial: {content, style, tv, total},
   final: {...}, output, seconds_per_step, wall_seconds, ...}`` (initial: at step 0, on the
   first scale, ``sizes[0]``; final: the saved image, ``sizes[-1]``; with ``num_scales`` > 1
@@ -439,7 +440,9 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Raises:
     FileNotFoundError / images.ImageError: unreadable or too small inputs (naming the field).
-    cost.StyleConfigError: an unusable config value. vgg_weights.WeightsError: a bad weights file.
+    cost.StyleConfigError: an unusable config value, or a resume whose config or input files
+      (content, style, weights: their SHA-256 in ``inputs.json``) differ from the run's.
+    vgg_weights.WeightsError: a bad weights file.
     memory.TooLargeError: the largest scale would not fit in memory (checked first).
     NonFiniteLossError: the loss became NaN/Inf. Preempted: SIGTERM/SIGINT (checkpointed).
   """
@@ -454,12 +457,15 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     config.lbfgs_memory if config.optimizer == "lbfgs" else 0)
   files.check_directory(workdir, "workdir")
   changes = workdir_lib.check_continuation(config, workdir)   # a resume is the same run
+  digests = workdir_lib.input_digests(inputs.content_path, inputs.style_paths, config.weights)
+  workdir_lib.check_inputs(digests, workdir)   # ... of the same files' bytes, not just paths
   net = load_network(config, objective)
   os.makedirs(workdir, exist_ok=True)   # only once the inputs, config and weights are good
   run = StyleRun(config, objective, workdir, inputs, net)
   state, start = run.restore()
   if run.lead:
     workdir_lib.save_config(config, workdir)
+    workdir_lib.save_inputs(digests, workdir)
   if changes:
     print(f"continuing {workdir} with changed " + "; ".join(changes), flush=True)
   print(f"stylizing {os.path.basename(inputs.content_path)} with "

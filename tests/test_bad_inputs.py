@@ -1178,6 +1178,7 @@ def test_a_style_run_resumes_only_under_its_own_config(tmp_path):
   work = str(tmp_path / "run")
   c = _style_inputs(tmp_path, num_steps=2, checkpoint_every=1)
   optimize.stylize(c, work)
+  images = {p: open(p, "rb").read() for p in (c.content, c.style)}   # the run's own files
   before = _snapshot(work)
   other = tmp_path / "s2.png"
   Image.fromarray(_rgb(32, 32)[::-1].copy()).save(other)
@@ -1186,7 +1187,13 @@ def test_a_style_run_resumes_only_under_its_own_config(tmp_path):
     with pytest.raises(cost.StyleConfigError, match=rf"holds a style run of another config .*{field}: "):
       optimize.stylize(bad, work)
     assert _snapshot(work) == before
-  out = optimize.stylize(_style_inputs(tmp_path, num_steps=4, checkpoint_every=1, log_every=2), work)
+  more = _style_inputs(tmp_path, num_steps=4, checkpoint_every=1, log_every=2)   # new pixels, same paths
+  with pytest.raises(cost.StyleConfigError, match=r"config.content: the contents of .*c\.png changed"):
+    optimize.stylize(more, work)
+  assert _snapshot(work) == before
+  for path, data in images.items():   # the run's own files back: it continues
+    open(path, "wb").write(data)
+  out = optimize.stylize(more, work)
   assert out["step"] == 4 and files.read_json(os.path.join(work, "config.json"))["num_steps"] == 4
 
 

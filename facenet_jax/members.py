@@ -74,6 +74,27 @@ def restore_unlogged(members: list[Member], stacked: bool) -> list[dict]:
   return [{name: value(name, i) for name in dtypes} for i in range(counts[0])]
 
 
+# per-triplet statistics of a step (mining._stats: over its num_valid triplets), pooled over a
+# log window by num_valid rather than averaged per step
+TRIPLET_MEANS = ("frac_active", "mean_d_ap", "mean_d_an")
+
+
+def window_means(rows: list[dict]) -> dict[str, float]:
+  """The train metrics a log reports for the steps ``rows`` (each ``{name: scalar}``): the
+  mean over steps, except TRIPLET_MEANS, which are means over the window's valid triplets,
+  ``sum_s num_valid_s * x_s / sum_s num_valid_s``. A step without a valid triplet (semi-hard
+  with ``fallback='drop'``) reports them as 0; a plain mean counted those zeros, so a window
+  with one such step in two halved mean_d_ap and turned frac_active into the share of steps
+  with a triplet. A window without any valid triplet reports them as 0, as its steps do."""
+  out = {key: float(np.mean([np.asarray(r[key], np.float64) for r in rows])) for key in rows[0]}
+  if "num_valid" in rows[0]:
+    n = np.asarray([r["num_valid"] for r in rows], np.float64)
+    for key in TRIPLET_MEANS:
+      if key in rows[0] and n.sum() > 0:
+        out[key] = float(np.sum(n * np.asarray([r[key] for r in rows], np.float64)) / n.sum())
+  return out
+
+
 def member_configs(config: ml_collections.ConfigDict, workdir: str
                    ) -> list[tuple[float, ml_collections.ConfigDict, str]]:
   """``[(alpha, config, directory)]``: the run itself, or one per ``config.margins`` entry."""
@@ -131,8 +152,8 @@ class MemberLoop:
   def on_log(self, step: int, host: list[dict], progress: Progress) -> None:
     rate = progress.rate(step)
     for k, m in enumerate(self.members):
-      m.last_train = {key: float(np.mean([h[key][k] if self.stacked else h[key] for h in host]))
-                      for key in host[0]}
+      m.last_train = window_means([{key: h[key][k] if self.stacked else h[key] for key in h}
+                                   for h in host])
       m.last_train["steps_per_sec"] = rate
       m.writer.write_scalars(step, {f"train/{n}": v for n, v in m.last_train.items()})
     if self.stacked:

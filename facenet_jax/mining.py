@@ -169,9 +169,12 @@ def semi_hard(dist_BxB: Array, labels_B: Array, mask_B: Array, margin: float | A
   For each (a, p) with the same identity the negative is the closest one farther than
   the positive, min{d(a,n) : d(a,n) > d(a,p)}, if it lies inside the margin:
   d(a,p) < d(a,n) < d(a,p) + alpha (Schroff et al. 2015, eq. (4)). When no such
-  negative exists, ``fallback`` picks: "easiest" the farthest negative (TF-Addons'
-  ``triplet_semihard_loss``), "hardest" the closest negative, "drop" no triplet.
-  The loss is averaged over the selected triplets.
+  negative exists, ``fallback`` picks: "easiest" the farthest negative, "hardest" the
+  closest negative, "drop" no triplet. The loss is averaged over the selected triplets.
+  "easiest" is close to TF-Addons' ``triplet_semihard_loss`` but not the same: where the
+  closest negative beyond d(a,p) lies outside the margin, TF-Addons keeps that one and this
+  takes the farthest. Under the hinge both triplets give 0 (same loss, same active count);
+  the reported ``mean_d_an`` is larger here, and ``loss='soft_margin'`` (never 0) differs.
 
   Implementation: an anchor has few positives (K - 1 in a P x K batch), so a
   ``lax.while_loop`` visits "the k-th positive of every anchor" and finds each anchor's

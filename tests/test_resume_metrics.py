@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from configs.facenet import get_config
@@ -176,3 +177,28 @@ def test_margin_axis_carries_each_members_unlogged_steps(tmp_path):
     assert _rows(tmp_path / "run" / name) == _rows(tmp_path / "ref" / name)
     assert _train_metrics(tmp_path / "run" / name) == _train_metrics(tmp_path / "ref" / name)
   assert _rows(tmp_path / "ref" / members[0]) != _rows(tmp_path / "ref" / members[1])
+
+
+def test_a_log_window_pools_triplet_statistics_over_its_valid_triplets():
+  """A step without a valid triplet (semi-hard, fallback 'drop') reports frac_active and the
+  mean distances as 0; a plain mean over the window counted those zeros (one such step in
+  two halved mean_d_ap). Reference: the statistics of all the window's triplets at once."""
+  rng = np.random.default_rng(0)
+  steps = []
+  triplets = []   # (d_ap, d_an, active) of every valid triplet of the window
+  for n in (3, 0, 5, 1):
+    d_ap, d_an = rng.uniform(0, 1, n), rng.uniform(0, 2, n)
+    active = (d_ap - d_an + 0.2) > 0
+    triplets += list(zip(d_ap, d_an, active))
+    denom = max(n, 1)
+    steps.append({"loss": rng.uniform(), "num_valid": np.float32(n), "num_active": np.float32(active.sum()),
+                  "frac_active": np.float32(active.sum() / denom), "mean_d_ap": np.float32(d_ap.sum() / denom),
+                  "mean_d_an": np.float32(d_an.sum() / denom)})
+  got = members_lib.window_means(steps)
+  t = np.asarray(triplets, np.float64)
+  np.testing.assert_allclose([got["frac_active"], got["mean_d_ap"], got["mean_d_an"]],
+                             [t[:, 2].mean(), t[:, 0].mean(), t[:, 1].mean()], rtol=1e-6)
+  assert got["loss"] == pytest.approx(np.mean([s["loss"] for s in steps]))   # the steps' objective
+  assert got["num_valid"] == pytest.approx(9 / 4)
+  empty = members_lib.window_means([{**steps[1]}, {**steps[1]}])
+  assert empty["mean_d_ap"] == 0.0 and empty["frac_active"] == 0.0

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from facenet_jax import evaluators, offline, steps, sweep, verification, vgg_features
+from facenet_jax import config_usage, evaluators, offline, steps, sweep, verification, vgg_features
 from facenet_jax import members as members_lib, workdir as workdir_lib
 from facenet_jax.config_checks import ConfigError, check_config
 from facenet_jax.data import batches as batches_lib, sources, streamed
@@ -277,6 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   workdir = os.path.abspath(workdir)
   # a run directory keeps its config: only CONTINUABLE fields may change (checked first)
   changes = workdir_lib.check_continuation(config, workdir)
+  for note in config_usage.check_settings_read(config, workdir):
+    print(note, flush=True)
   mesh = mesh_lib.make_data_mesh(devices)
   lead = jax.process_index() == 0
   stacked = bool(tuple(config.margins))

@@ -114,6 +114,66 @@ def check_evaluation_settings(settings: dict) -> None:
                        "(the rest define the trained model)")
 
 
+_PHOTO_SOURCES = tuple(s for s in sources.SOURCES if s not in sources.GENERATED)
+
+
+def _feature_cache_in_tfds_dir(d: ml_collections.ConfigDict) -> bool:
+  """Cached backbone features go to <tfds_dir>/features (vgg_features.cache_dir_for)."""
+  return bool(d.features) and not d.features_cache
+
+
+_SPLIT_SEED_SOURCES = tuple(s for s, fs in sources.SPLIT_FIELDS.items() if "data.split_seed" in fs)
+
+# The EVALUATION_DATA_FIELDS that some data sources (facenet_jax/data/sources.py and the loaders
+# of real.py / streamed.py) or evaluators never read: field -> (whether ``config.data`` with the
+# evaluators ``running`` reads it, what reads it). The rest (source, data_dir) choose the data.
+EVALUATION_DATA_READERS = {
+    "center_crop": (lambda d, running: d.source in _PHOTO_SOURCES,
+                    f"the photo sources {_PHOTO_SOURCES}; a generated source makes its images "
+                    "at data.image_size"),
+    "tfds_dir": (lambda d, running: d.source in _PHOTO_SOURCES or _feature_cache_in_tfds_dir(d),
+                 f"the photo sources {_PHOTO_SOURCES}, for their prepared data, and "
+                 "data.features with data.features_cache='', for its feature cache"),
+    "split_seed": (lambda d, running: d.source in _SPLIT_SEED_SOURCES,
+                   f"the sources {_SPLIT_SEED_SOURCES}; LFW splits people by data.test_fold, a "
+                   "generated source makes them from config.seed"),
+    "test_fold": (lambda d, running: d.source == "lfw", "data.source='lfw', of View 2 folds"),
+    "calibration_folds": (lambda d, running: d.source == "lfw",
+                          "data.source='lfw', of View 2 folds"),
+    "train_identities": (lambda d, running: d.source != "lfw",
+                         "every source but 'lfw', whose people are split by View 2 fold"),
+    "eval_identities": (lambda d, running: d.source != "lfw",
+                        "every source but 'lfw', whose people are split by View 2 fold"),
+    "images_per_identity": (lambda d, running: d.source in sources.GENERATED,
+                            f"the generated sources {sources.GENERATED}; photo sources hold "
+                            "the images they hold"),
+    "eval_images_per_identity": (lambda d, running: d.source in sources.GENERATED,
+                                 f"the generated sources {sources.GENERATED}; photo sources "
+                                 "hold the images they hold"),
+    "eval_pairs": (lambda d, running: "pairs" in running, "the pairs evaluator"),
+    "eval_folds": (lambda d, running: "pairs" in running, "the pairs evaluator"),
+}
+
+
+def check_evaluation_data_read(settings: dict, config: ml_collections.ConfigDict,
+                               running: list[str]) -> None:
+  """Raises WorkdirError naming a ``--set=data.FIELD`` that evaluating with ``config`` (the
+  run's config with every change applied) and the evaluators ``running`` never reads
+  (EVALUATION_DATA_READERS): ``--set=data.center_crop=8`` on a synthetic run gave the run's
+  own results, under a results file named after the setting, as if the setting had been
+  evaluated (as an evaluator's setting whose evaluator is not run is refused)."""
+  d = config.data
+  for k, v in settings.items():
+    section, _, field = k.partition(".")
+    if section != "data" or field not in EVALUATION_DATA_READERS:
+      continue
+    reads, readers = EVALUATION_DATA_READERS[field]
+    if not reads(d, running):
+      raise WorkdirError(f"--set={k}={v}: evaluating data.source={d.source!r} with {running} does "
+                         f"not read it (read only by {readers}), so the results would be those "
+                         "without it, in a file named after it; leave it out")
+
+
 def check_held_out_people(run: ml_collections.ConfigDict, now: ml_collections.ConfigDict) -> None:
   """Raises WorkdirError when evaluating with ``now`` would score people the run trained on
   as held-out people: on the run's own files (same ``data.source`` and ``data_dir``),

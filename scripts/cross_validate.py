@@ -56,7 +56,7 @@ def pooled_lfw_roc(run_dirs: list[str], path: str, field: str) -> str | None:
 
 def main(argv):
   del argv
-  from facenet_jax import evaluators, train, workdir as workdir_lib
+  from facenet_jax import config_usage, evaluators, train, workdir as workdir_lib
   from facenet_jax.config_checks import check_config
   from facenet_jax.data import real, sources
   from infra.files import write_json_atomic
@@ -83,6 +83,8 @@ def main(argv):
   wd_of = lambda value: os.path.join(_WORKDIR.value, f"{_FIELD.value}={value}")
   # every value's folder before one trains: a run there of another config (other flags, or
   # an older version of this cross-validation) is refused; its old results were read as new
+  for value, config in configs.items():   # a setting the runs would not read: before any trains
+    config_usage.check_settings_read(config, wd_of(value))
   finished = {value: workdir_lib.finished_results(config, wd_of(value))
               for value, config in configs.items()}
   for value, config in configs.items():

@@ -14,7 +14,9 @@ each image with its mirror image, for every evaluator) or
 evaluates on other data with its own split, e.g. another identity folder of 15 people:
 ``--source=folder --data_dir=/photos --set=data.train_identities=5
 --set=data.eval_identities=10`` (``facenet_jax/workdir.py`` EVALUATION_DATA_FIELDS lists
-the data fields that may change; the run's config.json is never edited). Writes
+the data fields that may change, EVALUATION_DATA_READERS which sources and evaluators read
+them: a setting nothing reads is refused, as is an evaluator's that is not run; the run's
+config.json is never edited). Writes
 ``eval_<name>.json`` (``eval_<name>@<settings>.json`` with ``--set``, ``--source`` or
 ``--data_dir``, so the run's own evaluation is not overwritten) and ROC PNGs into the workdir.
 """
@@ -98,6 +100,8 @@ def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "",
   if not running:   # unknown names before any data is read
     raise SystemExit(f"--eval={spec!r} names no evaluator (the run's config.evals is "
                      f"{config.evals!r}); give evaluator or dataset names")
+  # a data field this source and these evaluators never read: the same, for data.* settings
+  workdir_lib.check_evaluation_data_read(settings, config, running)
   train_ds, held_out = sources.load(config)   # the data's files, before the model
   check_same_data(workdir, train_ds, given)
   trained = inference.load(workdir, config)

@@ -90,13 +90,14 @@ def main(argv):
   if not 0 <= _INDEX.value < len(named) and _INDEX.value != -1:
     raise SystemExit(f"--index={_INDEX.value}: this sweep has points 0..{len(named) - 1}")
   todo = range(len(named)) if _INDEX.value < 0 else [_INDEX.value]
-  from facenet_jax import workdir as workdir_lib
+  from facenet_jax import config_usage, workdir as workdir_lib
   from facenet_jax.config_checks import ConfigError, check_config
   from infra.overrides import with_overrides
   for i in todo:   # every point's config before one runs, is printed or goes into a job
     name, point = named[i]
     try:
       check_config(with_overrides(_CONFIG.value, point))
+      config_usage.check_settings_read(with_overrides(_CONFIG.value, point), os.path.join(root, name))
     except ConfigError as e:
       raise SystemExit(f"sweep point {name}: {e}") from None
     # a point folder holding a run of another config (another base flag, a changed sweep):

@@ -4,7 +4,8 @@
 
 ``Objective`` says what J is made of (layers, lambda_l, alpha, beta, the TV weight; hashable,
 so it parametrizes jitted functions); ``check_config`` refuses a config that cannot work,
-naming the field; ``compute_targets`` takes the content activations and the blended style
+naming the field, or that sets a field its optimizer / init / scales never read
+(``unread_settings``); ``compute_targets`` takes the content activations and the blended style
 Gram matrices once; ``make_loss_terms`` gives every term of J for an image. The per-layer
 costs are :mod:`style_jax.losses`; the optimization loop is :mod:`style_jax.optimize`.
 """
@@ -23,6 +24,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from configs import style as style_configs
 from infra import vgg as vgg_lib
 from infra.errors import UserError
 from style_jax import losses
@@ -73,8 +75,57 @@ class Objective:
     return tuple(dict.fromkeys(self.content_layers + tuple(n for n, _ in self.style_layers)))
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises StyleConfigError naming the first field that cannot work."""
+# Fields only some configurations read: (fields, whether ``config`` leaves them unread, why,
+# how to use them instead). Set away from their default where unread they used to run exactly the
+# image the default runs, exit 0, while config.json and results.json recorded the value (an
+# audit: bit-identical final images for each rule below, different ones where they are read).
+UNREAD_RULES: tuple[tuple[tuple[str, ...], Callable, Callable, str], ...] = (
+    (("lbfgs_memory", "lbfgs_linesearch_steps"), lambda c: c.optimizer != "lbfgs",
+     lambda c: f"optimizer={c.optimizer!r} keeps no past steps and runs no line search",
+     "set optimizer='lbfgs' to use it"),
+    (("learning_rate",), lambda c: c.optimizer != "adam",
+     lambda c: f"optimizer={c.optimizer!r} takes the step its line search finds, not a "
+               "learning rate", "set optimizer='adam' to use it"),
+    (("init_noise_scale",), lambda c: c.init == "content",
+     lambda c: "init='content' starts from the content image, with no noise",
+     "set init='noise' or 'content_noise' to use it"),
+    (("init_noise_ratio",), lambda c: c.init != "content_noise",
+     lambda c: f"init={c.init!r} does not mix noise and content (only init='content_noise' does)",
+     "set init='content_noise' to use it"),
+    (("scale_factor",), lambda c: c.num_scales == 1,
+     lambda c: "num_scales=1 optimizes at the output's size only",
+     "set num_scales > 1 to use it"),
+)
+
+
+def defaults_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config ``config`` was built from: its preset's (``config.variant``), or the default
+  preset's for a variant configs/style.py does not know (a config file of one's own)."""
+  variant = config.get("variant")
+  return style_configs.get_config(variant if variant in style_configs.PRESETS else None)
+
+
+def unread_settings(config: ml_collections.ConfigDict) -> list[str]:
+  """One line per field set away from its preset's default in a configuration that never
+  reads it (UNREAD_RULES), naming the field, its value, why, and what to do. A default that
+  is merely unused (learning_rate under L-BFGS in gatys2015) is not reported."""
+  default = defaults_of(config)
+  out = []
+  for fields, unread, why, use in UNREAD_RULES:
+    if not unread(config):
+      continue
+    for f in fields:
+      if config[f] != default[f]:
+        out.append(f"config.{f}={config[f]!r}: {why(config)}, so it has no effect; leave it at "
+                   f"the {default.variant!r} preset's default {default[f]!r}, or {use}")
+  return out
+
+
+def check_config(config: ml_collections.ConfigDict, continuing: bool = False) -> list[str]:
+  """Raises StyleConfigError naming the first field that cannot work, then the first of
+  ``unread_settings`` (and how many more). ``continuing``: the run resumes a workdir whose
+  config.json (or checkpoints) older code wrote, possibly with such a value, and a resume
+  must keep its config: the unread settings are returned as notes instead."""
   def need(ok, field, msg):
     if not ok:
       raise StyleConfigError(f"config.{field}={config[field]!r}: {msg}")
@@ -93,8 +144,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   need(config.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
   need(config.log_every >= 1, "log_every", "must be >= 1")
   need(config.save_every >= 0, "save_every", "must be >= 0 (0: no intermediate images)")
-  need(0.0 <= config.init_noise_ratio <= 1.0, "init_noise_ratio", "must be in [0, 1]")
-  need(config.learning_rate > 0, "learning_rate", "must be > 0")
+  # validated where read; elsewhere any other value than the default is unread_settings'
+  need(config.init != "content_noise" or 0.0 <= config.init_noise_ratio <= 1.0,
+       "init_noise_ratio", "must be in [0, 1]")
+  need(config.optimizer != "adam" or config.learning_rate > 0, "learning_rate", "must be > 0")
   for field in ("content_weight", "style_weight", "tv_weight"):   # NaN fails both comparisons
     need(0 <= config[field] < float("inf"), field, "must be a finite number >= 0 (a negative "
          "weight maximizes its loss)")
@@ -126,6 +179,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
        "output", "must be a file name in the workdir, without a folder")
   need(not re.fullmatch(r"iter_\d{6}\.png", config.output), "output",
        "must not be named like the intermediate images (iter_NNNNNN.png)")
+  unread = unread_settings(config)
+  if unread and not continuing:
+    more = f" (and {len(unread) - 1} more: {'; '.join(unread[1:])})" if len(unread) > 1 else ""
+    raise StyleConfigError(unread[0] + more)
+  return unread
 
 
 def objective_from_config(config: ml_collections.ConfigDict) -> Objective:

@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -440,16 +441,21 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Raises:
     FileNotFoundError / images.ImageError: unreadable or too small inputs (naming the field).
-    cost.StyleConfigError: an unusable config value, or a resume whose config or input files
+    cost.StyleConfigError: an unusable config value, one this config never reads (a new run;
+      a resume keeps it, noted: ``cost.check_config``), or a resume whose config or input files
       (content, style, weights: their SHA-256 in ``inputs.json``) differ from the run's.
     vgg_weights.WeightsError: a bad weights file.
     memory.TooLargeError: the largest scale would not fit in memory (checked first).
     NonFiniteLossError: the loss became NaN/Inf. Preempted: SIGTERM/SIGINT (checkpointed).
   """
   t_start = time.time()
-  cost.check_config(config)
-  objective = cost.objective_from_config(config)
   workdir = os.path.abspath(workdir)
+  # a workdir with a run in it (config.json, or checkpoints from before it): a resume, whose
+  # config older code may have accepted with a setting it never reads; it keeps it, noted
+  continuing = any(os.path.exists(os.path.join(workdir, n))
+                   for n in (workdir_lib.CONFIG_FILE, "checkpoints"))
+  unread = cost.check_config(config, continuing)
+  objective = cost.objective_from_config(config)
   inputs = load_inputs(config, objective)
   # before the VGG is built and any image resized: the largest scale must fit in memory
   memory.check_fits(config.image_size, inputs.content_rgb.shape[:2], inputs.sizes[-1],
@@ -468,6 +474,9 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir_lib.save_inputs(digests, workdir)
   if changes:
     print(f"continuing {workdir} with changed " + "; ".join(changes), flush=True)
+  if unread:
+    print(f"note: continuing {workdir}, whose config sets what it never reads (kept, as a "
+          f"resume must): {'; '.join(unread)}", file=sys.stderr, flush=True)
   print(f"stylizing {os.path.basename(inputs.content_path)} with "
         f"{', '.join(os.path.basename(p) for p in inputs.style_paths)}: scales "
         f"{[f'{w}x{h}' for h, w in inputs.sizes]}, {config.optimizer}, {config.num_steps} "

@@ -187,9 +187,11 @@ def run_evaluators(config: ml_collections.ConfigDict, workdir: str | None, state
 
 
 def make_results(config: ml_collections.ConfigDict, step: int, pairs: dict, evals: dict,
-                 last_train: dict, data: RunData, mesh: jax.sharding.Mesh, t_start: float) -> dict:
+                 last_train: dict, data: RunData, mesh: jax.sharding.Mesh, t_start: float,
+                 skipped_records: int | None = None) -> dict:
   """The ``results.json`` dict of a finished run (``pairs``: its held-out pair metrics;
-  ``skipped``: ``{evaluator: reason}`` when some could not run)."""
+  ``skipped``: ``{evaluator: reason}`` when some could not run; ``skipped_records``: the
+  training rows masked out, with ``data.skip_corrupt``)."""
   skipped = evaluators.skipped(config.evals, data.raw_eval_ds)
   return {
       **({"skipped": skipped} if skipped else {}),
@@ -202,7 +204,7 @@ def make_results(config: ml_collections.ConfigDict, step: int, pairs: dict, eval
       # the prepared shards read (folder / recordio): evaluate refuses other files later
       **({"prepared_data": name} if (name := streamed.prepared_name(data.raw_train_ds)) else {}),
       # records that did not decode, masked out of training (data.skip_corrupt)
-      **({"skipped_records": data.loader.skipped} if config.data.skip_corrupt else {}),
+      **({"skipped_records": skipped_records} if skipped_records is not None else {}),
       "devices": mesh.devices.size,
       "platform": jax.devices()[0].platform,
       "wall_seconds": time.time() - t_start,
@@ -227,7 +229,8 @@ def jit_train_step(graphdef, tx, config: ml_collections.ConfigDict, mesh: jax.sh
 
 
 def finish(config: ml_collections.ConfigDict, workdir: str, state: State, cb: members_lib.MemberLoop,
-           embed_fn: Callable, data: RunData, mesh: jax.sharding.Mesh, t_start: float) -> dict:
+           embed_fn: Callable, data: RunData, mesh: jax.sharding.Mesh, t_start: float,
+           skipped_records: int | None = None) -> dict:
   """Runs the evaluators of every member, writes each ``results.json`` (and a K-margin run's
   own ``results.json`` and ``sweep.json``); returns the one run's results, or
   ``{margins, members: {name: metrics}, step, wall_seconds}`` for K margins."""
@@ -244,7 +247,7 @@ def finish(config: ml_collections.ConfigDict, workdir: str, state: State, cb: me
                            mesh, m.last_eval)
     m.writer.write_scalars(final_step, {f"final/{n}": v for n, v in evaluators.flatten(evals).items()})
     results = make_results(m.config, final_step, m.last_eval, evals, m.last_train, data, mesh,
-                           t_start)
+                           t_start, skipped_records)
     if cb.stacked:
       results["trained_with"] = {"margins": summary["margins"], "workdir": workdir}
     if lead:
@@ -279,10 +282,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   changes = workdir_lib.check_continuation(config, workdir)
   for note in config_usage.check_settings_read(config, workdir):
     print(note, flush=True)
+  # the processes of a run must agree on its config and data, checked before the first barrier
+  distributed.check_same_everywhere(
+      "the config", workdir_lib.config_json(config),
+      lambda p0, pk, k: workdir_lib.config_difference(p0, pk, "process 0", f"process {k}"))
   mesh = mesh_lib.make_data_mesh(devices)
   lead = jax.process_index() == 0
   stacked = bool(tuple(config.margins))
   data = prepare_data(config, mesh)
+  data_key = streamed.data_key(data.raw_train_ds)
+  distributed.check_same_everywhere(
+      "the data they read", f"training {data_key}, held out {streamed.data_key(data.raw_eval_ds)}")
   graphdef, tx, state = steps.create_train_state(config, example_shape=data.train_ds.example_shape,
                                                  fit_examples=data.train_ds.images)
   steps.check_example_fits(graphdef, state, data.train_ds.example_shape)
@@ -291,7 +301,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # nothing is written before the data, the config and the model have been checked: a bad
   # input leaves no partial workdir behind
-  data_key = streamed.data_key(data.raw_train_ds)
   if note := workdir_lib.check_training_data(workdir, data_key,
                                              [d for _, _, d in members_lib.member_configs(config, workdir)]):
     print(note, flush=True)
@@ -321,6 +330,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     make_batch = lambda step, st: mesh_lib.assemble_batch(
         batches.batch(step, embed_rows, st, rows), mesh, data.global_batch)
     extra_meta = batches.meta
+  skipped = None
+  if config.data.skip_corrupt:
+    # each process masks only its own rows, and counts from 0 after a resume: the run's count
+    # is the checkpoint's plus every process's since (results.json gave process 0's since)
+    before = int(meta.get("skipped_records", 0))
+    skipped = lambda: before + distributed.process_sum(data.loader.skipped)
+    batch_meta = extra_meta
+    extra_meta = lambda: {**batch_meta(), "skipped_records": skipped()}
   if start == 0:
     for m in members:
       m.writer.write_scalars(0, data.pixel)
@@ -337,7 +354,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       unlogged=members_lib.restore_unlogged(members, stacked), on_unlogged=cb.on_unlogged,
       closeables=[m.ckpt for m in members] + [data.loader])
   data.loader.close()   # input worker processes
-  return finish(config, workdir, state, cb, embed_fn, data, mesh, t_start)
+  return finish(config, workdir, state, cb, embed_fn, data, mesh, t_start,
+                skipped() if skipped else None)
 
 
 def describe(config: ml_collections.ConfigDict, data: RunData, mesh: jax.sharding.Mesh) -> str:

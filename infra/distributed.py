@@ -130,6 +130,11 @@ def initialize(launch: Launch, *, init_timeout_s: int = INIT_TIMEOUT_S) -> None:
     kwargs = dict(coordinator_address=launch.coordinator_address,
                   num_processes=launch.num_processes, process_id=launch.process_id,
                   local_device_ids=list(launch.local_device_ids) if launch.local_device_ids else None)
+  # JAX's preemption service catches SIGTERM for its own sync points, which nothing here uses:
+  # a SIGTERM outside the training loop (preparing data, compiling, at a barrier) was logged
+  # and dropped, and the process ran on. Off, the default action ends it there, and inside the
+  # loop infra.preemption's handler turns it into the agreed checkpoint-and-exit.
+  jax.config.update("jax_enable_preemption_service", False)
   try:
     jax.distributed.initialize(**kwargs, initialization_timeout=int(init_timeout_s),
                                heartbeat_timeout_seconds=int(launch.heartbeat_timeout_s))
@@ -188,6 +193,49 @@ def agreed_signal(local: int | None) -> int | None:
   got = np.asarray(multihost_utils.process_allgather(np.int32(local or 0)))
   top = int(got.max())
   return top or None
+
+
+def process_sum(n: int) -> int:
+  """The sum of ``n`` over the processes (a collective: every process calls it at the same
+  point); ``n`` itself in a one-process run."""
+  if jax.process_count() == 1:
+    return int(n)
+  from jax.experimental import multihost_utils
+  return int(np.asarray(multihost_utils.process_allgather(np.int64(n))).sum())
+
+
+class ProcessMismatchError(UserError, ValueError):
+  """The processes of one run were started with different configs or read different data."""
+
+
+def gathered_bytes(data: bytes) -> list[bytes]:
+  """``data`` of every process, in process order (a collective: every process calls it at the
+  same point). Two all-gathers: the lengths, then the bytes padded to the longest."""
+  from jax.experimental import multihost_utils
+  lengths = np.asarray(multihost_utils.process_allgather(np.int64(len(data)))).reshape(-1)
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:len(data)] = np.frombuffer(data, np.uint8)
+  rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+  return [bytes(r[:n]) for r, n in zip(rows, lengths)]
+
+
+def check_same_everywhere(what: str, value: str,
+                          describe: Callable[[str, str, int], str] | None = None) -> None:
+  """Raises ProcessMismatchError when ``value`` (a config as JSON, the name of the data read)
+  differs between the processes of the run; ``describe(process 0's, process k's, k)`` says how
+  (default: both values). Every process must call it at the same point. The processes of one run must agree:
+  a process launched with another flag trained its half of every batch under another objective,
+  one reading another copy of the data fed its rows from it, and both ended with exit 0 and
+  results of neither (and a different data_dir per process waited a day at the preparation's
+  barrier). One process: nothing to compare."""
+  if jax.process_count() == 1:
+    return
+  values = [v.decode() for v in gathered_bytes(value.encode())]
+  for k, v in enumerate(values):
+    if v != values[0]:
+      how = describe(values[0], v, k) if describe else f"{values[0]!r} on process 0, {v!r} on process {k}"
+      raise ProcessMismatchError(f"the processes of this run disagree on {what}: {how}; start "
+                                 f"every process with the same flags and data")
 
 
 class CompiledTogether:

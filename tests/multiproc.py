@@ -102,11 +102,12 @@ class Group:
     return "".join(l for l in self.lines[i] if not l.startswith("[Gloo]"))
 
 
-def launch(argv: list[str], processes: int, devices: int, heartbeat_s: int = HEARTBEAT_S
-           ) -> Group:
-  """Starts ``argv`` as ``processes`` processes of one run (1: a plain single process)."""
+def launch(argv: list[str], processes: int, devices: int, heartbeat_s: int = HEARTBEAT_S,
+           extra: dict[int, list[str]] | None = None) -> Group:
+  """Starts ``argv`` as ``processes`` processes of one run (1: a plain single process);
+  ``extra[i]``: arguments process ``i`` gets after ``argv`` (a process launched differently)."""
   port = free_port()
-  procs = [subprocess.Popen(["nice", "-n", "5", *argv],
+  procs = [subprocess.Popen(["nice", "-n", "5", *argv, *(extra or {}).get(i, [])],
                             env=env_for(i, processes, devices, port, heartbeat_s),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(processes)]

@@ -336,6 +336,99 @@ def test_two_processes_on_an_unprepared_dataset_prepare_it_once(tmp_path):
   assert "9 files of" in g.text(0) and "by content" not in g.text(1), g.text(0) + g.text(1)
 
 
+def test_processes_launched_with_different_configs_are_refused_naming_the_fields(tmp_path):
+  """Process 1 with another margin and learning rate trained its half of every batch under
+  them, exit 0 on both, results of neither model (audit: accuracy 0.6725 for 0.6875; each
+  checkpoint a blend of the two copies that failed its own SHA-256)."""
+  wd = tmp_path / "wd"
+  g = multiproc.launch(multiproc.train_argv(str(wd)), 2, 1,
+                       extra={1: ["--config.margin=0.3", "--config.optim.learning_rate=4e-3"]})
+  assert g.wait(TIMEOUT) == [2, 2], g.text(0)[-2000:] + g.text(1)[-2000:]
+  want = ("error: the processes of this run disagree on the config: margin: 0.2 on process 0, 0.3 on "
+          "process 1; optim.learning_rate: 0.002 on process 0, 0.004 on process 1; start every "
+          "process with the same flags and data")
+  assert want in g.text(0) and want in g.text(1)
+  assert not os.path.exists(wd / "config.json") and not os.path.exists(wd / "checkpoints")
+
+
+def test_check_same_everywhere_names_the_process_that_differs(monkeypatch):
+  """The data check (the prepared dataset's name, or a hash of in-memory data) with the
+  gather stubbed: every process must read the same data."""
+  monkeypatch.setattr(distributed.jax, "process_count", lambda: 3)
+  monkeypatch.setattr(distributed, "gathered_bytes", lambda b: [b, b, b"training folder_other"])
+  with pytest.raises(distributed.ProcessMismatchError,
+                     match=r"disagree on the data they read: 'training folder_a' on process 0, "
+                           r"'training folder_other' on process 2; start every process"):
+    distributed.check_same_everywhere("the data they read", "training folder_a")
+  monkeypatch.setattr(distributed, "gathered_bytes", lambda b: [b, b, b])
+  distributed.check_same_everywhere("the data they read", "training folder_a")
+
+
+_CORRUPT = textwrap.dedent("""
+    import shutil, sys
+    import numpy as np
+    from PIL import Image
+    from array_record.python import array_record_module as arm
+    from configs.facenet import get_config
+    from facenet_jax.data import sources
+    from infra.overrides import with_overrides
+    root, tfds, bad = sys.argv[1:4]
+    rng = np.random.default_rng(0)
+    import os
+    for k, n in enumerate([4, 5, 6, 4, 5, 6, 4, 5, 6, 4, 5, 6]):
+      os.makedirs(f"{root}/p{k}")
+      for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(f"{root}/p{k}/{i}.png")
+    fields = {"data.source": "folder", "data.tfds_dir": tfds, "data.train_identities": 0,
+              "data.eval_identities": 3, "data.image_size": 12, "data.eval_pairs": 20,
+              "data.prepare_workers": 1}
+    tr, _ = sources.load(with_overrides(get_config("tiny"), {**fields, "data.data_dir": root}))
+    shutil.copytree(tr.images.prepared.path, bad)   # a prepared folder is a data_dir itself
+    tr, _ = sources.load(with_overrides(get_config("tiny"), {**fields, "data.data_dir": bad}))
+    shard = tr.images.prepared.shard_paths[0]
+    r = arm.ArrayRecordReader(shard); recs = r.read_all(); r.close()
+    for p in list(tr.images.rows)[::4]:
+      recs[p] = b"\\xff\\xd8 garbage"
+    w = arm.ArrayRecordWriter(shard, "group_size:1")
+    for x in recs:
+      w.write(x)
+    w.close()
+""")
+
+
+def test_skipped_records_count_every_process_and_survive_a_resume(tmp_path):
+  """results.json's skipped_records counted only process 0's rows (9 of 19 on 2 processes)
+  and restarted at 0 on a resume (5); it is now the run's count either way."""
+  import subprocess
+  bad = tmp_path / "bad"
+  r = subprocess.run([sys.executable, "-c", _CORRUPT, str(tmp_path / "people"), str(tmp_path / "tfds"),
+                      str(bad)], cwd=multiproc.ROOT, env=multiproc.env_for(0, 1, 1, 0),
+                     capture_output=True, text=True, timeout=TIMEOUT)
+  assert r.returncode == 0, r.stdout + r.stderr
+  flags = [f"--config.data.data_dir={bad}", f"--config.data.tfds_dir={tmp_path / 'tfds'}",
+           "--config.data.source=folder", "--config.data.train_identities=0",
+           "--config.data.eval_identities=3", "--config.data.eval_pairs=20",
+           "--config.data.image_size=12", "--config.data.skip_corrupt=True", "--config.data.workers=1"]
+  counts = {}
+  for name, procs, devs in (("one", 1, 2), ("two", 2, 1)):
+    g, rcs = _run(tmp_path / name, procs, devs, *flags)
+    assert rcs == [0] * procs, g.text(0)[-3000:]
+    counts[name] = json.load(open(tmp_path / name / "results.json"))["skipped_records"]
+  assert counts["one"] == counts["two"] > 0, counts
+  wd = tmp_path / "stopped"
+  sent = []
+
+  def stop_at_step_2(i, line):   # process 1 stops the run after step 2 (checkpoint_every 2)
+    if i == 1 and not sent and line.startswith("step 2/"):
+      sent.append(1)
+      g.procs[1].send_signal(signal.SIGTERM)
+  g = multiproc.launch(multiproc.train_argv(str(wd), *flags), 2, 1)
+  assert g.wait(TIMEOUT, stop_at_step_2) == [143, 143], g.text(0)[-3000:]
+  g, rcs = _run(wd, 2, 1, *flags)
+  assert rcs == [0, 0] and "resumed from" in g.text(0), g.text(0)[-3000:]
+  assert json.load(open(wd / "results.json"))["skipped_records"] == counts["one"]
+
+
 def test_a_killed_process_ends_the_other_with_a_named_error_within_a_minute(tmp_path):
   g = multiproc.launch(multiproc.train_argv(str(tmp_path / "wd"), "--config.num_steps=2000",
                                             "--config.log_every=1", "--config.checkpoint_every=1000",

@@ -16,6 +16,7 @@ Data flows one way: config -> :func:`prepare_data` -> ``steps`` (pure, jitted) -
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable, Mapping
@@ -283,9 +284,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   for note in config_usage.check_settings_read(config, workdir):
     print(note, flush=True)
   # the processes of a run must agree on its config and data, checked before the first barrier
-  distributed.check_same_everywhere(
-      "the config", workdir_lib.config_json(config),
-      lambda p0, pk, k: workdir_lib.config_difference(p0, pk, "process 0", f"process {k}"))
+  distributed.check_same_everywhere("the config", json.dumps(config.to_dict(), sort_keys=True,
+                                                             default=str))
   mesh = mesh_lib.make_data_mesh(devices)
   lead = jax.process_index() == 0
   stacked = bool(tuple(config.margins))

@@ -211,20 +211,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def config_difference(a_json: str, b_json: str, a: str, b: str) -> str:
-  """The fields in which two configs (as JSON) differ, up to three, with both values (``a``,
-  ``b``: where each config is, as the message names them)."""
-  fa, fb = _flat(json.loads(a_json)), _flat(json.loads(b_json))
-  diff = [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
-  more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
-  return "; ".join(f"{k}: {fa.get(k)!r} on {a}, {fb.get(k)!r} on {b}" for k in diff[:3]) + more
-
-
-def config_json(config: ml_collections.ConfigDict) -> str:
-  """``config`` as canonical JSON (sorted keys): what every process of a run must share."""
-  return json.dumps(config.to_dict(), sort_keys=True, default=str)
-
-
 def _continuable(field: str, old, new, saved: dict) -> bool:
   """Whether continuing a run of the flat config ``saved`` may change ``field`` from ``old``
   to ``new`` (CONTINUABLE; ``num_steps`` only upwards, and only when the learning rate of

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 from typing import Callable, Mapping, TypeVar
 
@@ -219,11 +220,33 @@ def gathered_bytes(data: bytes) -> list[bytes]:
   return [bytes(r[:n]) for r, n in zip(rows, lengths)]
 
 
-def check_same_everywhere(what: str, value: str,
-                          describe: Callable[[str, str, int], str] | None = None) -> None:
+def _leaves(obj, prefix: str = "") -> dict:
+  """A JSON object's leaves by dotted name."""
+  if not isinstance(obj, dict):
+    return {prefix.rstrip("."): obj}
+  out = {}
+  for k, v in obj.items():
+    out.update(_leaves(v, f"{prefix}{k}."))
+  return out
+
+
+def _difference(a: str, b: str, k: int) -> str:
+  """How process ``k``'s value ``b`` differs from process 0's ``a``: the differing fields of
+  two JSON objects (up to three, both values), else both values."""
+  try:
+    fa, fb = _leaves(json.loads(a)), _leaves(json.loads(b))
+  except ValueError:
+    return f"{a!r} on process 0, {b!r} on process {k}"
+  diff = [n for n in sorted(set(fa) | set(fb)) if fa.get(n) != fb.get(n)]
+  more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+  return "; ".join(f"{n}: {fa.get(n)!r} on process 0, {fb.get(n)!r} on process {k}"
+                   for n in diff[:3]) + more
+
+
+def check_same_everywhere(what: str, value: str) -> None:
   """Raises ProcessMismatchError when ``value`` (a config as JSON, the name of the data read)
-  differs between the processes of the run; ``describe(process 0's, process k's, k)`` says how
-  (default: both values). Every process must call it at the same point. The processes of one run must agree:
+  differs between the processes of the run, naming how (the differing fields of JSON, else
+  both values). Every process must call it at the same point. The processes of one run must agree:
   a process launched with another flag trained its half of every batch under another objective,
   one reading another copy of the data fed its rows from it, and both ended with exit 0 and
   results of neither (and a different data_dir per process waited a day at the preparation's
@@ -233,9 +256,9 @@ def check_same_everywhere(what: str, value: str,
   values = [v.decode() for v in gathered_bytes(value.encode())]
   for k, v in enumerate(values):
     if v != values[0]:
-      how = describe(values[0], v, k) if describe else f"{values[0]!r} on process 0, {v!r} on process {k}"
-      raise ProcessMismatchError(f"the processes of this run disagree on {what}: {how}; start "
-                                 f"every process with the same flags and data")
+      raise ProcessMismatchError(f"the processes of this run disagree on {what}: "
+                                 f"{_difference(values[0], v, k)}; start every process with the "
+                                 "same flags and data")
 
 
 class CompiledTogether:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import sys
@@ -465,6 +466,9 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
   changes = workdir_lib.check_continuation(config, workdir)   # a resume is the same run
   digests = workdir_lib.input_digests(inputs.content_path, inputs.style_paths, config.weights)
   workdir_lib.check_inputs(digests, workdir)   # ... of the same files' bytes, not just paths
+  # every process computes the same image: they must share its config and input files
+  distributed.check_same_everywhere("the config and inputs", json.dumps(
+      {"config": config.to_dict(), "inputs": digests}, sort_keys=True, default=str))
   net = load_network(config, objective)
   os.makedirs(workdir, exist_ok=True)   # only once the inputs, config and weights are good
   run = StyleRun(config, objective, workdir, inputs, net)

@@ -209,6 +209,20 @@ class ProcessMismatchError(UserError, ValueError):
   """The processes of one run were started with different configs or read different data."""
 
 
+def check_equal_device_counts() -> None:
+  """Raises ProcessMismatchError when the processes hold different numbers of devices (read
+  from the global device list, no collective: the all-gathers below need equal counts). The
+  data mesh puts each process's devices in one row; 1 + 3 devices failed with "cannot reshape
+  array of size 4 into shape (2,1)"."""
+  import collections
+  counts = collections.Counter(d.process_index for d in jax.devices())
+  if len(set(counts.values())) > 1:
+    raise ProcessMismatchError(
+        "the processes of this run hold different numbers of devices (" + ", ".join(
+            f"process {p}: {n}" for p, n in sorted(counts.items())) + "); give every process "
+        "the same number (JAX_NUM_CPU_DEVICES, JAX_LOCAL_DEVICE_IDS or the accelerators visible)")
+
+
 def gathered_bytes(data: bytes) -> list[bytes]:
   """``data`` of every process, in process order (a collective: every process calls it at the
   same point). Two all-gathers: the lengths, then the bytes padded to the longest."""
@@ -253,6 +267,7 @@ def check_same_everywhere(what: str, value: str) -> None:
   barrier). One process: nothing to compare."""
   if jax.process_count() == 1:
     return
+  check_equal_device_counts()
   values = [v.decode() for v in gathered_bytes(value.encode())]
   for k, v in enumerate(values):
     if v != values[0]:

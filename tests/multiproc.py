@@ -103,12 +103,15 @@ class Group:
 
 
 def launch(argv: list[str], processes: int, devices: int, heartbeat_s: int = HEARTBEAT_S,
-           extra: dict[int, list[str]] | None = None) -> Group:
+           extra: dict[int, list[str]] | None = None,
+           extra_env: dict[int, dict[str, str]] | None = None) -> Group:
   """Starts ``argv`` as ``processes`` processes of one run (1: a plain single process);
-  ``extra[i]``: arguments process ``i`` gets after ``argv`` (a process launched differently)."""
+  ``extra[i]`` / ``extra_env[i]``: arguments after ``argv`` / variables for process ``i``
+  (a process launched differently)."""
   port = free_port()
   procs = [subprocess.Popen(["nice", "-n", "5", *argv, *(extra or {}).get(i, [])],
-                            env=env_for(i, processes, devices, port, heartbeat_s),
+                            env={**env_for(i, processes, devices, port, heartbeat_s),
+                                 **(extra_env or {}).get(i, {})},
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(processes)]
   return Group(procs, [[] for _ in procs], [None] * len(procs))

@@ -351,6 +351,15 @@ def test_processes_launched_with_different_configs_are_refused_naming_the_fields
   assert not os.path.exists(wd / "config.json") and not os.path.exists(wd / "checkpoints")
 
 
+def test_processes_with_different_device_counts_are_refused_in_one_line(tmp_path):
+  """1 + 3 devices failed with 'cannot reshape array of size 4 into shape (2,1)'."""
+  g = multiproc.launch(multiproc.train_argv(str(tmp_path / "wd")), 2, 1,
+                       extra_env={1: {"JAX_NUM_CPU_DEVICES": "3"}})
+  assert g.wait(TIMEOUT) == [2, 2], g.text(0)[-2000:] + g.text(1)[-2000:]
+  assert ("error: the processes of this run hold different numbers of devices (process 0: 1, "
+          "process 1: 3); give every process the same number") in g.text(0)
+
+
 def test_check_same_everywhere_names_the_process_that_differs(monkeypatch):
   """The data check (the prepared dataset's name, or a hash of in-memory data) with the
   gather stubbed: every process must read the same data."""

@@ -220,15 +220,15 @@ def select_per_fold(candidates: dict[str, list[str]], scorer: str = "distance",
 
 
 def selection_summary(choices: list[FoldChoice]) -> dict[str, dict[str, float]]:
-  """``{label or "selected": {"<metric>/mean", "<metric>/std", "n", "chosen"}}`` over the
-  test folds (std: population, as ``cross_validate`` reports; ``chosen``: how many folds
+  """``{label or "selected": {"<metric>/mean", "<metric>/std", "std_ddof", "n", "chosen"}}``
+  over the test folds (std: population, ddof 0, as ``cross_validate`` reports; ``chosen``: how many folds
   picked that label, absent for "selected")."""
   labels = list(choices[0].test)
   rows = {label: [c.test[label] for c in choices] for label in labels}
   rows["selected"] = [c.test[c.chosen] for c in choices]
   out = {}
   for k, per_fold in rows.items():
-    out[k] = {"n": len(per_fold)}
+    out[k] = {"n": len(per_fold), "std_ddof": 0}
     for m in per_fold[0]:
       v = np.asarray([f[m] for f in per_fold], np.float64)
       out[k][f"{m}/mean"], out[k][f"{m}/std"] = float(v.mean()), float(v.std())

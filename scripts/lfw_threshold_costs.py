@@ -10,7 +10,8 @@ cross-validated within the test fold (``within``: each pair scored at a threshol
 the fold's other pairs, ``--splits`` folds, mean over ``--repeats`` random splits) and the
 test pairs' own best (``in-sample``, optimistic). ``in-sample - within`` is the optimism of
 a maximum read on the pairs it was taken on; ``within - transfer`` is what taking the
-threshold from other people costs. Prints one table per run and a mean row;
+threshold from other people costs (printed as ``transfer - within``, named so: negative is a
+cost). Prints one table per run and a mean row;
 ``--out`` writes them as JSON.
 """
 
@@ -57,8 +58,10 @@ def main(argv):
     m = means[label]
     print(f"| mean of {len(rows)} | | {m['calibration_in_sample']:.4f} | {m['transfer']:.4f} | "
           f"{m['within_fold']:.4f} | {m['in_sample']:.4f} |")
-    print(f"optimism of the in-sample maximum {m['in_sample'] - m['within_fold']:+.4f}; "
-          f"threshold from other people {m['transfer'] - m['within_fold']:+.4f}")
+    # each difference named by what it subtracts: "+x" next to an optimism read as a cost
+    print(f"optimism of the in-sample maximum (in-sample - within) "
+          f"{m['in_sample'] - m['within_fold']:+.4f}; threshold from other people (transfer - "
+          f"within; negative: it costs accuracy) {m['transfer'] - m['within_fold']:+.4f}")
   if _OUT.value:
     write_json_atomic(_OUT.value, {"runs": roots, "scorer": _SCORER.value, "splits": _SPLITS.value,
                                    "repeats": _REPEATS.value, "mean": means,

@@ -49,7 +49,8 @@ def main(argv):
           f"{c.test[c.chosen]['accuracy']:.4f} |")
   summary = lfw_runs.selection_summary(choices)
   metrics = ("accuracy", "val_at_far", "roc_auc", "eer")
-  print("\nmean +- std over the test folds (VAL@FAR=1e-3 at the calibration pairs' threshold)")
+  print("\nmean +- std (population std, ddof 0) over the test folds (VAL@FAR=1e-3 at the "
+        "calibration pairs' threshold)")
   print("| model | " + " | ".join(metrics) + " | folds chosen |\n" + "|---" * (len(metrics) + 2) + "|")
   for k, s in summary.items():
     cells = " | ".join(f"{s[m + '/mean']:.4f} +- {s[m + '/std']:.4f}" for m in metrics)

@@ -403,8 +403,12 @@ class StyleRun:
   def finish(self, state: State, t_start: float) -> dict:
     """Saves the output PNG and ``results.json``, closes the writers; returns the results."""
     final_x = state["image"]
-    final = self.host_terms(final_x)
     rgb = self.rgb(final_x)
+    # "final" is the loss of the saved PNG's pixels (clipped to 0..255, rounded to 8 bits, with
+    # preserve_colors the recoloured image), as documented; it was the loss of the unclipped
+    # iterate, kept as "final_unclipped"
+    final = self.host_terms(vgg_lib.preprocess_caffe(images.to_uint8(rgb).astype(np.float32)))
+    final_unclipped = self.host_terms(final_x)
     out_path = os.path.join(self.workdir, self.config.output)
     if self.lead:
       images.save_png(out_path, rgb)
@@ -415,6 +419,7 @@ class StyleRun:
         "sizes": [list(s) for s in self.inputs.sizes],
         "initial": self.initial,
         "final": final,
+        "final_unclipped": final_unclipped,
         "output": out_path,
         "content": self.inputs.content_path,
         "style": self.inputs.style_paths,
@@ -437,7 +442,8 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ``config.json`` and ``inputs.json`` (what a resume must match: ``style_jax.workdir``) and
   ``results.json`` = ``{config, step, sizes, initial: {content, style, tv, total},
   final: {...}, output, seconds_per_step, wall_seconds, ...}`` (initial: at step 0, on the
-  first scale, ``sizes[0]``; final: the saved image, ``sizes[-1]``; with ``num_scales`` > 1
+  first scale, ``sizes[0]``; final: the saved image's pixels, ``sizes[-1]``, and
+  final_unclipped: the optimizer's last iterate before clipping and rounding; with ``num_scales`` > 1
   the two are sums over images of different sizes and do not compare). Returns the same dict.
 
   Raises:

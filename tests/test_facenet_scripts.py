@@ -602,8 +602,8 @@ def test_cross_validate_summary_against_numpy():
   assert list(s) == ["a/x", "a/y", "b"]
   for k, values in (("a/x", [0.5, 0.75, 0.25]), ("a/y", [2.0, 4.0, 3.0]), ("b", [1.0])):
     assert s[k]["mean"] == pytest.approx(np.mean(values))
-    assert s[k]["std"] == pytest.approx(np.std(values))
-    assert s[k]["n"] == len(values)
+    assert s[k]["std"] == pytest.approx(np.std(values, ddof=s[k]["std_ddof"]))
+    assert s[k]["n"] == len(values) and s[k]["std_ddof"] == 0   # said, not left to guess
   assert s["b"]["std"] == 0.0
 
 
@@ -754,7 +754,7 @@ def test_select_per_fold_chooses_on_calibration_pairs_never_the_test_fold(tmp_pa
   for m in ("accuracy", "roc_auc"):
     picked = [c.test[c.chosen][m] for c in choices]
     assert summary["selected"][f"{m}/mean"] == pytest.approx(np.mean(picked))
-    assert summary["selected"][f"{m}/std"] == pytest.approx(np.std(picked))
+    assert summary["selected"][f"{m}/std"] == pytest.approx(np.std(picked, ddof=summary["selected"]["std_ddof"]))
     assert summary["a"][f"{m}/mean"] == pytest.approx(np.mean([c.test["a"][m] for c in choices]))
   assert summary["a"]["chosen"] + summary["b"]["chosen"] == 10
 

@@ -437,6 +437,29 @@ def test_loss_terms_equal_numpy_costs_of_the_vgg_features(content_loss, alpha):
     np.testing.assert_allclose(float(terms[k]), want[k], rtol=2e-5, err_msg=k)
 
 
+def test_the_final_loss_is_that_of_the_saved_png(tmp_path):
+  """results.json's "final" was the loss of the optimizer's last iterate, before clipping to
+  0..255 and rounding to the PNG's 8 bits (1-9% below the shown image's, more at high learning
+  rates). Reference: the loss of final.png's pixels, read back from the file."""
+  from infra import vgg as vgg_lib
+  c = get_config("tiny")
+  c.unlock()
+  c.content = _write(tmp_path / "c.png", _content())
+  c.style = _write(tmp_path / "s.png", _style())
+  c.update(num_steps=3, optimizer="adam", learning_rate=40.0)   # big steps: pixels leave 0..255
+  c.lock()
+  work = str(tmp_path / "run")
+  r = optimize.stylize(c, work)
+  objective = cost.objective_from_config(c)
+  inputs, net = optimize.load_inputs(c, objective), optimize.load_network(c, objective)
+  _, targets = optimize.scale_targets(c, objective, inputs, net, len(inputs.sizes) - 1)
+  png = np.asarray(Image.open(os.path.join(work, c.output)).convert("RGB"), np.float32)
+  want = jax.device_get(net.terms_fn(net.vgg_state, targets, vgg_lib.preprocess_caffe(png)))
+  for k in ("content", "style", "total"):
+    assert r["final"][k] == pytest.approx(float(want[k]), rel=1e-5)
+  assert r["final_unclipped"]["total"] != r["final"]["total"]   # rounding alone moves it
+
+
 # ------------------------------------------------------------------- Gatys grids
 
 
@@ -457,6 +480,7 @@ def test_reproduce_gatys_writes_grids_and_lowers_every_panel(tmp_path):
     fig = r["figures"][name]
     assert len(fig["initial"]) == len(fig["final"]) == len(fig["panels"]) == n
     assert all(np.isfinite(fig["final"])) and all(f < i for f, i in zip(fig["final"], fig["initial"]))
+    assert len(fig["final_unclipped"]) == n   # the iterate's, beside the saved panels' loss
     im = Image.open(out / f"{name}.png")
     assert im.size[0] > 100 and im.size[1] > 50
   assert json.loads((out / "results.json").read_text())["figures"]["fig3"]["panels"][0] == \

@@ -11,11 +11,15 @@ Rows:
   images/s and MFU = XLA's FLOPs of the step / step time / the device's measured bfloat16
   matmul peak (a jitted 8192 x 8192 matmul). CPUs ignore the precision setting.
 * The K = 8 margin program (``steps.make_member_step``) against 8 sequential single-margin
-  steps on the same batches (small ConvNet): the step-time ratio.
+  steps on the same batches (small ConvNet): the median over interleaved rounds (one vmapped
+  step, then the 8 sequential ones) of the per-round step-time ratio.
 * Style transfer at 512 px, 500 L-BFGS iterations (``configs/style.py`` gatys2015 with the
   shared VGG19): wall time of ``style_jax.optimize.stylize``, compilation included.
-* The input pipeline: images/s of building this process's rows of a batch
-  (``RunData.batch`` + ``mesh.assemble_batch``) against the images/s the train step consumes.
+* An in-memory batch gather: images/s of building this process's rows of a batch of the
+  first train row's global batch (``RunData.batch`` + ``mesh.assemble_batch``) from the
+  variant's synthetic, in-memory source with no loader workers, against the images/s the train
+  step consumes. It is not the record pipeline (decode, augmentation, workers); for that see
+  ``benchmarks/input_pipeline.py`` and RESULTS.md section 7a.
 
 ``--quick``: the tiny config's small ConvNet in place of Inception-ResNet-v1 (whose step takes
 over 3 minutes to compile on a CPU), per-device batches 4 and 8, the tiny style preset for 5 iterations,
@@ -38,7 +42,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import provenance, train_step as train_step_bench   # noqa: E402  (make_batch)
-from benchmarks.plain_convs import plain_convs   # noqa: E402
 from configs.facenet import get_config   # noqa: E402
 from facenet_jax import steps, train   # noqa: E402
 from infra import mesh as mesh_lib, overrides   # noqa: E402
@@ -54,23 +57,6 @@ def matmul_peak(dtype, n: int) -> float:
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   f = jax.jit(lambda x: x @ x)
   return 2 * n**3 / timed(lambda: f(a).block_until_ready(), 2, 5)
-
-
-def step_flops(graphdef, tx, config, state, batch: dict) -> float | None:
-  """XLA's FLOP count of one train step as an accelerator runs it (plain convolutions), counted
-  by the CPU client from the step lowered for the CPU with the CPU kernels swapped out: the same
-  count on every host. Not the device's own count: on a GPU the compiled program's cost
-  analysis leaves out the cuDNN convolutions (the H200 run printed MFU 0.0-0.1% for a step at
-  about 7-8%), and the lowered program's has no FLOPs there. Inception at 160 px, 64 per
-  or 256 per batch: 8.24 GFLOP per image."""
-  cpu = jax.devices("cpu")[0]
-  step = steps.make_train_step(graphdef, tx, config)
-  with plain_convs():
-    lowered = jax.jit(lambda s, b: step(s, b, config.margin)).lower(
-        *jax.device_put((state, batch), cpu))
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"]) if cost and cost.get("flops") else None
 
 
 def throughput_rows(variant: str, per_device: list[int], n: int, peak: float) -> list[tuple]:
@@ -94,15 +80,18 @@ def throughput_rows(variant: str, per_device: list[int], n: int, peak: float) ->
       box["s"], m = compiled(box["s"], batch)
       jax.block_until_ready(m)
     dt = timed(one, 1, n)
-    flops = step_flops(graphdef, tx, config, state, host_batch)
+    flops = train_step_bench.step_flops(graphdef, tx, config, state, host_batch)
     mfu = flops / dt / peak if flops else float("nan")
     rows.append((f"{config.model.name} {size} px, bf16 matmuls, {b}/device", B / dt, mfu, dt,
                  flops / B if flops else float("nan")))
   return rows
 
 
-def margin_ratio(k: int, n: int) -> tuple[float, float]:
-  """(vmapped s/step, sequential s/step) of K margins on the default small ConvNet."""
+def margin_ratio(k: int, n: int) -> tuple[float, float, list[float]]:
+  """(median vmapped s/step, median sequential s/step, per-round sequential / vmapped ratios)
+  of K margins on the default small ConvNet, over ``n`` interleaved rounds (one vmapped step,
+  then the K sequential steps, side by side as in margin_vmap.py), so that a change in the
+  machine's load during the run falls on both sides of each ratio."""
   config = get_config("tiny" if n <= 2 else None)
   mesh = mesh_lib.make_data_mesh()
   data = train.prepare_data(config, mesh)
@@ -113,9 +102,14 @@ def margin_ratio(k: int, n: int) -> tuple[float, float]:
   multi = jax.jit(steps.make_member_step(step, margins))
   singles = [jax.jit(lambda s, b, m=float(m): step(s, b, m)) for m in margins]
   stacked = steps.stack([state] * k)
-  tv = timed(lambda: jax.block_until_ready(multi(stacked, batch)), 1, n)
-  ts = timed(lambda: [jax.block_until_ready(f(state, batch)) for f in singles], 1, n)
-  return tv, ts
+  run_v = lambda: jax.block_until_ready(multi(stacked, batch))
+  run_s = lambda: [jax.block_until_ready(f(state, batch)) for f in singles]
+  run_v(), run_s()   # compile and warm both sides
+  tv, ts = [], []
+  for _ in range(n):
+    tv += train_step_bench.call_times(run_v, 0, 1)
+    ts += train_step_bench.call_times(run_s, 0, 1)
+  return float(np.median(tv)), float(np.median(ts)), [s / v for s, v in zip(ts, tv)]
 
 
 def style_seconds(quick: bool) -> tuple[str, float, float]:
@@ -146,10 +140,20 @@ def style_seconds(quick: bool) -> tuple[str, float, float]:
             time.perf_counter() - t, results["seconds_per_step"] or float("nan"))
 
 
-def input_rate(variant: str, n: int) -> float:
-  """Images/s of building this process's rows of a global batch (``RunData.batch``) and
-  assembling the global array (``mesh.assemble_batch``), over ``n`` different steps."""
+def input_rate(variant: str, n: int, global_batch: int) -> float:
+  """Images/s of building this process's rows of a ``global_batch``-image batch
+  (``RunData.batch``) and assembling the global array (``mesh.assemble_batch``), over ``n``
+  different steps. The variant's data source is synthetic, held in memory, with no loader
+  workers: this times a NumPy gather from memory plus the host-to-device assembly, not the
+  record pipeline (decode, augmentation, worker processes) of a real run; that one's rate is
+  benchmarks/input_pipeline.py's (RESULTS.md section 7a)."""
   config = get_config(variant)
+  # the train row's global batch, not the variant's; P >= 2 identities (the sampler needs
+  # negatives), so a batch under 2 x K (--quick's 4 images, K = 4) takes fewer images each
+  k = min(config.images_per_identity, global_batch // 2)
+  if k < 1 or global_batch % k:
+    raise ValueError(f"global batch {global_batch} is not P x K with P >= 2")
+  config.identities_per_batch, config.images_per_identity = global_batch // k, k
   mesh = mesh_lib.make_data_mesh()
   data = train.prepare_data(config, mesh)
   rows = mesh_lib.process_slice(data.global_batch)
@@ -206,24 +210,32 @@ def main(argv: list[str] | None = None) -> int:
         consumed = consumed or ips
         print(f"| {name} | {ips:.1f} images/s, {dt * 1e3:.1f} ms/step, {flops / 1e9:.3g} "
               f"GFLOP/image, MFU {100 * mfu:.1f}% |", flush=True)
+  if "train" in rows:
+    print(f"FLOPs: {train_step_bench.FLOPS_DEFINITION}, counted on the CPU client "
+          "(train_step.step_flops, the same in train_step.py)", flush=True)
   k = 3 if q else 8   # --quick: 3 margins (4 compiles instead of 9), the same vmapped path
   what = f"K={k} margins, one vmapped program vs {k} sequential steps (small ConvNet)"
   times = guarded(what, lambda: margin_ratio(k, n), failures) if "margins" in rows else None
   if times:
-    tv, ts = times
-    print(f"| {what} | {tv * 1e3:.1f} vs {ts * 1e3:.1f} ms/step: {ts / tv:.2f}x |", flush=True)
+    tv, ts, ratios = times
+    print(f"| {what} | {tv * 1e3:.1f} vs {ts * 1e3:.1f} ms/step (medians): {np.median(ratios):.2f}x, "
+          f"median of {len(ratios)} interleaved rounds ({', '.join(f'{r:.2f}' for r in ratios)}) |",
+          flush=True)
   style = guarded("style transfer", lambda: style_seconds(q), failures) if "style" in rows else None
   if style:
     print(f"| {style[0]} | {style[1]:.1f} s wall (weights, compilation included), "
           f"{style[2] * 1e3:.2f} ms/iteration compiled |", flush=True)
-  what = f"input pipeline vs train step ({per_device[0]}/device)"
-  produced = (guarded(what, lambda: input_rate("tiny" if q else "inception", 3 if q else 10),
+  global_batch = per_device[0] * jax.device_count()   # the first train row's global batch
+  what = (f"in-memory batch gather (synthetic source, no loader workers; not the record pipeline, "
+          f"see RESULTS.md 7a) vs train step, global batch {global_batch} ({per_device[0]}/device)")
+  produced = (guarded(what, lambda: input_rate("tiny" if q else "inception", 3 if q else 10,
+                                               global_batch),
                       failures) if "input" in rows else None)
   if produced and consumed:
-    print(f"| {what} | {produced:.0f} images/s built vs {consumed:.0f} consumed: "
+    print(f"| {what} | {produced:.0f} images/s gathered vs {consumed:.0f} consumed: "
           f"{produced / consumed:.1f}x |", flush=True)
   elif produced:
-    print(f"| {what} | {produced:.0f} images/s built (no train row to compare) |", flush=True)
+    print(f"| {what} | {produced:.0f} images/s gathered (no train row to compare) |", flush=True)
   if failures:
     print(f"{len(failures)} row(s) failed: {'; '.join(failures)}", file=sys.stderr)
     return 1

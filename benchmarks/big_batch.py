@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -139,7 +138,7 @@ def main():
   p, k = args.big
   chunks = args.chunks
   size = 80 if args.quick else 160
-  print(f"# {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
+  print(f"# commit {provenance.commit()}, {provenance.machine()}, load {os.getloadavg()[0]:.2f}; "
         f"Inception-ResNet-v1, global batch {p * k} ({p} x {k})")
   print(f"\n| chunk | compiled temp MiB at {size} px |\n|---|---|")
   for c in [0] + chunks:

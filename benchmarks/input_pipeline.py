@@ -45,6 +45,8 @@ from facenet_jax.data.images import Fit   # noqa: E402
 from facenet_jax.sampler import PKSampler   # noqa: E402
 from infra import cli   # noqa: E402
 
+import provenance   # noqa: E402  (this folder)
+
 _WORK = flags.DEFINE_string("work", "/tmp/facenet_input_bench", "generated data and runs")
 _FOLDER = flags.DEFINE_integer("folder_images", 50_000, "images of the procedural folder (0: skip)",
                                lower_bound=0)
@@ -226,7 +228,8 @@ def main(argv):
   work = _WORK.value
   os.makedirs(work, exist_ok=True)
   cores = len(os.sched_getaffinity(0))
-  out = {"cores": cores, "load_before": os.getloadavg()[0]}
+  out = {"commit": provenance.commit(), "machine": provenance.machine(), "cores": cores,
+         "load_before": os.getloadavg()[0]}
   if _FOLDER.value:
     root = os.path.join(work, f"folder{_FOLDER.value}")
     write_folder(root, _FOLDER.value)
@@ -240,7 +243,8 @@ def main(argv):
     prepare.prepare(plan, os.path.join(work, f"prepared_run{time.time_ns()}"), Fit(112, 0, 3),
                     workers=workers, records_per_shard=per)
     dt = time.perf_counter() - t
-    out["prepare"] = {"images": len(plan), "workers": workers, "images_per_s": len(plan) / dt,
+    out["prepare"] = {"commit": out["commit"], "machine": out["machine"],
+                      "images": len(plan), "workers": workers, "images_per_s": len(plan) / dt,
                       "images_per_s_per_worker": len(plan) / dt / workers}
     print(json.dumps(out["prepare"]), flush=True)
   sizes = [int(s) for s in _SHARDS.value]

@@ -313,7 +313,7 @@ def main() -> None:
     provenance.require(("torch", "pytorch_metric_learning"), "pytorch-metric-learning")
   libs = [l for l in LIBS if not (l == "pml" and args.no_pml)]
   print(f"# semi-hard mining + triplet loss, forward; D={args.dim}, K={args.k}, margin={MARGIN}, "
-        f"{os.cpu_count()} CPU cores (torch threads {args.torch_threads}), median of {args.repeats} after warm-up; "
+        f"commit {provenance.commit()}, {provenance.machine()} (torch threads {args.torch_threads}), median of {args.repeats} after warm-up; "
         f"load average before: {load_average()}")
   rows: dict = {}
   for B in args.sizes:

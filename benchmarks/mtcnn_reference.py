@@ -380,9 +380,9 @@ def run_torch_worker(a):
 
 
 def run_speed(a):
-  import platform
   import subprocess
   sys.path.insert(0, REPO)
+  from benchmarks import provenance
   import jax
   from facenet_jax.faces import detect
   paths = speed_images(a.lfw, a.n or 48)
@@ -436,7 +436,7 @@ def run_speed(a):
   first = next(iter(hello.values()))
   print(f"\nSpeed, {len(rgbs)} LFW photos 250x250 (every k-th person's first), {a.rounds} rounds alternating "
         f"the detectors, median images/s; ours: JAX {jax.__version__} on {jax.devices()[0].platform}, "
-        f"facenet-pytorch 2.6.0 on torch {first['torch']}; {platform.machine()}, {os.cpu_count()} cpus, "
+        f"facenet-pytorch 2.6.0 on torch {first['torch']}; commit {provenance.commit()}, {provenance.machine()}, "
         f"load average at the end {os.getloadavg()[0]:.1f}; thresholds 0.6/0.7/0.7, min face 20 px, factor 0.709")
   for title, table in (("images per wall-clock second", results),
                        ("images per CPU second of the detector's own process (all its threads; "

@@ -20,9 +20,11 @@ P x K labels.
 Each library runs in its own subprocess. Timing: median over ``--steps`` steps after
 ``--warmup`` steps (JAX compilation excluded and reported on its own).
 
-MFU = model FLOP/s / matmul peak: the FLOPs of one step come from XLA's
-``compiled.cost_analysis()['flops']`` of our jitted step (an analytic count from forward
-hooks on the PyTorch model, x3 for forward + backward, is printed next to it); the peak is
+MFU = model FLOP/s / matmul peak: the FLOPs of one step are ``step_flops``: XLA's
+``cost_analysis()['flops']`` of our step lowered with plain lax convolutions, the same
+definition accelerator.py uses (the compiled CPU program's count, about 3% more with the CPU
+conv kernels, and an analytic count from forward hooks on the PyTorch model, x3 for
+forward + backward, are printed next to it); the peak is
 a jitted 2048 x 2048 float32 matmul on this CPU. The same FLOP count is used for both
 libraries (same architecture).
 """
@@ -71,6 +73,32 @@ def call_times(step, n_warmup: int, n_steps: int) -> list[float]:
 # ----------------------------------------------------------------------------- ours (JAX)
 
 
+FLOPS_DEFINITION = ("XLA cost_analysis of the train step lowered with plain lax convolutions "
+                    "(not the compiled CPU program)")
+
+
+def step_flops(graphdef, tx, config, state, batch: dict) -> float | None:
+  """XLA's FLOP count of one train step as an accelerator runs it (plain convolutions), counted
+  by the CPU client from the step lowered for the CPU with the CPU kernels swapped out: the same
+  count on every host. Not the device's own count: on a GPU the compiled program's cost
+  analysis leaves out the cuDNN convolutions (the H200 run printed MFU 0.0-0.1% for a step at
+  about 7-8%), and the lowered program's has no FLOPs there. Inception at 160 px, 64 per
+  or 256 per batch: 8.24 GFLOP per image. The one FLOP definition of accelerator.py and
+  train_step.py (FLOPS_DEFINITION names it in their outputs)."""
+  import jax
+  from facenet_jax import steps
+  from plain_convs import plain_convs   # this folder
+  cpu = jax.devices("cpu")[0]
+  step = steps.make_train_step(graphdef, tx, config)
+  with plain_convs():
+    lowered = jax.jit(lambda s, b: step(s, b, config.margin)).lower(
+        *jax.device_put((state, batch), cpu))
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"]) if cost and cost.get("flops") else None
+
+
+
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
   """GFLOP/s of a jitted n x n float32 matmul (median of ``repeats``)."""
   import jax
@@ -94,13 +122,15 @@ def run_ours(batch: dict, n_warmup: int, n_steps: int) -> dict:
   graphdef, tx, state = steps.create_train_state(config, in_channels=batch["images"].shape[-1])
   train_step = steps.make_train_step(graphdef, tx, config)
   step = jax.jit(lambda s, b: train_step(s, b, config.margin), donate_argnums=0)
+  res["xla_flops"] = step_flops(graphdef, tx, config, state, batch)   # MFU's numerator
   batch = jax.device_put(batch)
   t = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   res["compile_s"] = time.perf_counter() - t
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  res["xla_flops"] = float(cost["flops"]) if cost and "flops" in cost else None
+  # the compiled CPU program's count (CPU conv kernels), printed beside the MFU's, not used
+  res["compiled_flops"] = float(cost["flops"]) if cost and "flops" in cost else None
 
   box = {"state": state}
 
@@ -236,10 +266,14 @@ def print_report(ours: dict, torch_: dict, B: int, size: int) -> bool:
   ratio = rows[1][2] / rows[0][2]
   print()
   print(f"- batch {B} images of {size}x{size}x3; ours / facenet-pytorch images/s: {ratio:.2f}x")
-  print(f"- FLOPs per step: XLA cost_analysis {_g(ours['xla_flops'])} GFLOP, analytic "
+  print(f"- FLOPs per step: {FLOPS_DEFINITION} {_g(ours['xla_flops'])} GFLOP (as accelerator.py); "
+        f"compiled CPU program {_g(ours.get('compiled_flops'))} GFLOP; analytic "
         f"(conv + linear, 3 x forward) {_g(torch_['analytic_flops'])} GFLOP; MFU uses "
-        f"{'XLA' if ours['xla_flops'] else 'analytic'}")
-  print(f"- matmul peak (jitted 2048x2048 f32): {ours['matmul_gflops']:.1f} GFLOP/s")
+        f"{'the first' if ours['xla_flops'] else 'analytic'}")
+  print(f"- matmul peak (jitted 2048x2048 f32): {ours['matmul_gflops']:.1f} GFLOP/s, measured once, "
+        "at the start of ours' subprocess; facenet-pytorch ran before it in its own subprocess "
+        "(the two are not interleaved), so both MFUs divide by a peak taken later than torch's "
+        "steps, under whatever load there was then")
   print(f"- ours compile: {ours['compile_s']:.1f} s (excluded); facenet-pytorch params "
         f"{torch_['params']:,}")
   ok = ratio >= TARGET_RATIO
@@ -275,7 +309,8 @@ def main() -> None:
   B = args.p * args.k
   load = lambda: " ".join(f"{x:.2f}" for x in os.getloadavg())
   print(f"# Inception-ResNet-v1 train step, {B} images ({args.p} x {args.k}) at "
-        f"{args.size}x{args.size}, {os.cpu_count()} CPU cores, torch threads {args.threads}; "
+        f"{args.size}x{args.size}, commit {provenance.commit()}, {provenance.machine()}, "
+        f"torch threads {args.threads}; "
         f"median of {args.steps} after {args.warmup} warm-up; load average before: {load()}")
   torch_ = run_worker("torch", args)
   print(f"  facenet-pytorch: {np.median(torch_['times']):.2f} s/step", file=sys.stderr, flush=True)

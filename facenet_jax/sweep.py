@@ -56,16 +56,27 @@ def _results_at_config_steps(workdir: str, results: dict) -> bool:
   return want is None or results.get("step") == want
 
 
+def _member_name(margin: float) -> str:
+  # members.member_name, without importing the training code into every reader of a sweep
+  return overrides.point_name({"margin": float(margin)})
+
+
 def point_status(workdir: str) -> dict[str, Any]:
-  """``{status, step, metrics}`` of one point directory (metrics: flat final metrics)."""
+  """``{status, step, metrics}`` of one point directory (metrics: flat final metrics; a
+  K-margin run also gives its ``margins``, the order of its members)."""
   res = os.path.join(workdir, RESULTS)
   if os.path.exists(res) and _results_at_config_steps(workdir, files.read_json(res)):
     r = files.read_json(res)
     if "evals" in r:
-      metrics = evaluators.flatten(r["evals"])
-    else:   # a vmapped margins run: its members' pair metrics
-      metrics = {f"{n}/{k}": v for n, m in r.get("members", {}).items() for k, v in m.items()}
-    return {"status": "done", "step": r.get("step"), "metrics": metrics}
+      return {"status": "done", "step": r.get("step"), "metrics": evaluators.flatten(r["evals"])}
+    # a vmapped margins run: its members' pair metrics, in the run's margins order (results.json
+    # keeps its keys sorted: margin=0.5, margin=10, margin=2), and that order itself
+    members = r.get("members", {})
+    order = [n for n in (_member_name(m) for m in r.get("margins", ())) if n in members]
+    order += [n for n in members if n not in order]
+    metrics = {f"{n}/{k}": v for n in order for k, v in members[n].items()}
+    return {"status": "done", "step": r.get("step"), "metrics": metrics,
+            "margins": list(r.get("margins", ()))}
   steps = _checkpoint_steps(workdir)
   if steps:
     return {"status": "partial", "step": steps[-1], "metrics": {}}
@@ -96,11 +107,24 @@ def read_index(root: str) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One finished or unfinished run of a sweep (nested sweeps flattened)."""
+  """One finished or unfinished run of a sweep (nested sweeps flattened). ``step``: the
+  results' step when done, the last checkpoint's when partial or failed (None: none);
+  ``error``: why a failed run failed, as scripts/sweep.py recorded it in sweep.json."""
   name: str
   overrides: dict[str, Any]
   workdir: str
   status: str
+  step: int | None = None
+  error: str | None = None
+
+
+def _with_recorded_failure(status: dict[str, Any], entry: Mapping[str, Any]) -> tuple[str, str | None]:
+  """The status of a point from its directory, unless sweep.json records it failed and it has
+  not finished since: the disk alone makes a point that died of a NaN loss look 'partial', as
+  if it were still to be resumed, and loses the error."""
+  if status["status"] != "done" and entry.get("status") == "failed":
+    return "failed", entry.get("error")
+  return status["status"], None
 
 
 def collect_runs(root: str) -> list[Run]:
@@ -113,9 +137,13 @@ def collect_runs(root: str) -> list[Run]:
       for r in collect_runs(wd):
         merged = {k: v for k, v in p["overrides"].items() if k != "margins"}
         merged.update(r.overrides)
-        out.append(dataclasses.replace(r, name=f"{p['name']}/{r.name}", overrides=merged))
+        status, error = _with_recorded_failure({"status": r.status}, p)
+        out.append(dataclasses.replace(r, name=f"{p['name']}/{r.name}", overrides=merged,
+                                       status=status, error=error or r.error))
     else:
-      out.append(Run(p["name"], dict(p["overrides"]), wd, point_status(wd)["status"]))
+      st = point_status(wd)
+      status, error = _with_recorded_failure(st, p)
+      out.append(Run(p["name"], dict(p["overrides"]), wd, status, st["step"], error))
   return out
 
 

@@ -17,10 +17,14 @@ matched / mismatched pair distances (the same pairs as its evaluation). Writes t
                                step, one line per value
   compare_distances.png        histograms of matched and mismatched pair distances per value
 
+An unfinished run is a row with its status (``failed: <error>`` as scripts/sweep.py recorded
+it in sweep.json, or ``partial``) and its last checkpoint's step.
+
 With ``--average=seed`` (a swept field whose values are repeats), runs that differ only in
-that field are also averaged: a second table (mean +- standard deviation over the repeats,
-and their count) in compare.md / compare.json (``averaged``), and compare_metrics.png plots
-those means with the spread over repeats as error bars.
+that field are also averaged: a second table (mean +- standard deviation over the finished
+repeats, ddof=0, and their count) in compare.md / compare.json (``averaged``, with
+``std_ddof: 0``), and compare_metrics.png plots those means with that std as error bars; a
+point averaged over fewer repeats than the others is hollow and labelled with its count.
 """
 
 from __future__ import annotations
@@ -63,8 +67,11 @@ def rows_for(root: str, field: str = "") -> tuple[str, list[str], list[dict]]:
   others = [f for f in fields if f != field]
   rows = []
   for r in runs:
-    row = {"name": r.name, "workdir": r.workdir, "status": r.status,
+    # step: a partial or failed run's last checkpoint (results.json's step once done)
+    row = {"name": r.name, "workdir": r.workdir, "status": r.status, "step": r.step,
            "value": r.overrides.get(field), "others": {f: r.overrides.get(f) for f in others}}
+    if r.error:
+      row["error"] = r.error
     if r.status == "done":
       res = files.read_json(os.path.join(r.workdir, "results.json"))
       row.update(step=res["step"], wall_seconds=res.get("wall_seconds"),
@@ -103,8 +110,14 @@ def markdown(field: str, others: list[str], rows: list[dict]) -> str:
   for r in rows:
     acc = (f"{r['verification_accuracy']:.4f} +- {r['verification_accuracy_std']:.4f}"
            if r.get("verification_accuracy") is not None else "-")
-    cells = [_fmt(r["value"], "g"), *(_fmt(r["others"][o], "g") for o in others), r["status"],
-             _fmt(r.get("step"), "d"), acc, _fmt(r.get("val_at_far_1e-3")), _fmt(r.get("roc_auc")),
+    # an unfinished run says how far it got and, if it failed, why ('partial' with step '-'
+    # before: a NaN loss read as a run still to be resumed)
+    status = f"failed: {r.get('error') or '?'}" if r["status"] == "failed" else r["status"]
+    step = _fmt(r.get("step"), "d")
+    if r["status"] != "done" and r.get("step") is not None:
+      step += " (last checkpoint)"
+    cells = [_fmt(r["value"], "g"), *(_fmt(r["others"][o], "g") for o in others),
+             status.replace("|", "/"), step, acc, _fmt(r.get("val_at_far_1e-3")), _fmt(r.get("roc_auc")),
              _fmt(r.get("eer")), _fmt(r.get("final_frac_active"), ".3f"),
              _fmt(r.get("final_mean_d_ap"), ".3f"), _fmt(r.get("final_mean_d_an"), ".3f")]
     lines.append("| " + " | ".join(cells) + " |")
@@ -142,7 +155,10 @@ def averaged_markdown(field: str, over: str, avg: list[dict]) -> str:
   rest = list(avg[0]["others"]) if avg else []
   head = [field, *rest, f"{over}s", "verification acc.", "VAL@FAR=1e-3", "AUC", "EER",
           "active triplets (last log)", "d(a,p)", "d(a,n)"]
-  lines = [f"mean +- std over {over}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  # std with ddof=0 (the spread of these runs, not the estimate of the population's: ddof=1
+  # is sqrt(n / (n - 1)) times larger, 1.22x at 3 seeds), and the count per row
+  lines = [f"mean +- std over {over} (std with ddof=0; {over}s: how many finished runs each row "
+           "averages)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in avg:
     cell = lambda k, spec=".4f": (f"{r[k + '_mean']:{spec}} +- {r[k + '_std']:{spec}}"
                                   if r[k + "_mean"] is not None else "-")
@@ -159,6 +175,18 @@ def _label(field: str, r: dict) -> str:
   return ", ".join(parts)
 
 
+def averaged_suffix(over: str, avg: list[dict]) -> tuple[str, int]:
+  """``(title suffix, largest count)`` of the averaged points. The range of counts when they
+  differ ('n = 2-3 seeds'): the first point's count stood for all of them before, '3 seeds'
+  over a point whose third seed had not finished."""
+  counts = sorted({r["n"] for r in avg}) or [0]
+  lo, hi = counts[0], counts[-1]
+  if lo == hi:
+    return f" (mean +- std (ddof=0) over {hi} {over}s)", hi
+  return (f" (mean +- std (ddof=0) over n = {lo}-{hi} {over}s; hollow markers: "
+          f"n < {hi}, labelled)", hi)
+
+
 def plot_metrics(path: str, field: str, rows: list[dict], title: str,
                  averaged: tuple[str, list[dict]] | None = None) -> str:
   """Accuracy (+- its 10-fold std) and VAL against ``field``, one line per other-field group;
@@ -171,7 +199,7 @@ def plot_metrics(path: str, field: str, rows: list[dict], title: str,
     acc = lambda r: r["verification_accuracy_mean"]
     acc_err = lambda r: r["verification_accuracy_std"]
     val, val_err = lambda r: r["val_at_far_1e-3_mean"], lambda r: r["val_at_far_1e-3_std"]
-    suffix = f" (mean +- std over {len(done[0][over]) if done else 0} {over}s)"
+    suffix, n_max = averaged_suffix(over, done)
   else:
     done = [r for r in rows if r["status"] == "done"]
     acc, acc_err = lambda r: r["verification_accuracy"], lambda r: r["verification_accuracy_std"]
@@ -184,10 +212,15 @@ def plot_metrics(path: str, field: str, rows: list[dict], title: str,
   fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2))
   for name, g in groups.items():
     x = [r["value"] for r in g] if numeric else [cats.index(_fmt(r["value"], "g")) for r in g]
-    axes[0].errorbar(x, [acc(r) for r in g], yerr=[acc_err(r) for r in g], marker="o", capsize=3,
-                     label=name or None)
-    axes[1].errorbar(x, [val(r) for r in g], yerr=[val_err(r) for r in g] if val_err else None,
-                     marker="o", capsize=3, label=name or None)
+    for ax, y, err in ((axes[0], acc, acc_err), (axes[1], val, val_err)):
+      line = ax.errorbar(x, [y(r) for r in g], yerr=[err(r) for r in g] if err else None,
+                         marker="o", capsize=3, label=name or None)
+      if averaged:   # a mean over fewer repeats than the others: hollow, with its count
+        for xi, r in zip(x, g):
+          if r["n"] < n_max:
+            ax.plot([xi], [y(r)], "o", mfc="white", mec=line[0].get_color(), zorder=3)
+            ax.annotate(f"n={r['n']}", (xi, y(r)), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
   for ax, ylabel in zip(axes, ("verification accuracy (10-fold)", "VAL @ FAR = 1e-3")):
     ax.set_xlabel(field)
     ax.set_ylabel(ylabel)
@@ -287,8 +320,8 @@ def compare(root: str, *, field: str = "", out: str = "", histograms: bool = Tru
   summary = {"root": os.path.abspath(root), "field": field, "other_fields": others,
              "runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows],
              "figures": figures}
-  if avg is not None:
-    summary["averaged"] = {"over": average, "rows": avg}
+  if avg is not None:   # std_ddof: the std's divisor is n - std_ddof
+    summary["averaged"] = {"over": average, "std_ddof": 0, "rows": avg}
   write_json_atomic(os.path.join(out, "compare.json"), summary)
   return summary
 

@@ -74,6 +74,39 @@ def slurm_script(config_arg: str, base: dict, n: int) -> str:
   return "\n".join(lines)
 
 
+def _member_name(margin: float) -> str:
+  from infra.overrides import point_name
+  return point_name({"margin": float(margin)})   # a K-margin member's name (members.member_name)
+
+
+def accuracy_cell(entry: dict) -> str:
+  """A point's verification accuracies, each named by what it is of when there are several:
+  a K-margin run's members in the run's margins order (``margin=0.5: 0.7000, margin=2: ...``;
+  unnamed, in the sorted order of sweep.json's keys, they read as the wrong margins)."""
+  suffix = "verification_accuracy"
+  acc = {k[:-len(suffix)].rstrip("/"): v for k, v in entry["metrics"].items() if k.endswith(suffix)}
+  if not acc:
+    return "-"
+  if "margins" in entry:
+    order = {_member_name(m): i for i, m in enumerate(entry["margins"])}
+    acc = dict(sorted(acc.items(), key=lambda kv: order.get(kv[0].split("/")[0], len(order))))
+  elif len(acc) == 1:
+    return f"{next(iter(acc.values())):.4f}"
+  return ", ".join(f"{k}: {v:.4f}" for k, v in acc.items())
+
+
+def index_table(index: dict) -> str:
+  """The markdown table of sweep.json printed at the end: a partial or failed point's step is
+  its last checkpoint's, and a failed point's error is in its status cell."""
+  lines = ["| point | status | step | verification accuracy |", "|---|---|---|---|"]
+  for p in index["points"]:
+    status = f"failed: {p.get('error', '?')}" if p["status"] == "failed" else p["status"]
+    step = "-" if p["step"] is None else (
+        str(p["step"]) if p["status"] == "done" else f"{p['step']} (last checkpoint)")
+    lines.append(f"| {p['name']} | {status.replace('|', '/')} | {step} | {accuracy_cell(p)} |")
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
@@ -137,11 +170,7 @@ def main(argv):
   index = sweep.write_index(root, points, header=header, errors=errors) if lead else None
   if index:
     print(f"\n{os.path.join(root, sweep.INDEX)}:")
-    print("| point | status | step | verification accuracy |\n|---|---|---|---|")
-    for p in index["points"]:
-      acc = [v for k, v in p["metrics"].items() if k.endswith("verification_accuracy")]
-      acc_s = ", ".join(f"{a:.4f}" for a in acc) if acc else "-"
-      print(f"| {p['name']} | {p['status']} | {p['step']} | {acc_s} |")
+    print(index_table(index))
   if errors:
     raise SystemExit(f"{len(errors)} point(s) failed: {sorted(errors)}")
 

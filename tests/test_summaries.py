@@ -1,0 +1,219 @@
+"""Sweep summaries say what their data is (audit 13): counts per averaged point, runs left out,
+failed points and their errors, K-margin members by name, the std's ddof.
+
+Every fixture is a fake sweep written here in the formats the readers read (sweep.json,
+results.json, config.json, metrics.jsonl, checkpoints/<step>/): no training."""
+
+import json
+import os
+
+import matplotlib
+import numpy as np
+import pytest
+
+from conftest import load_script
+from configs import sweeps as config_sweeps
+from facenet_jax import sweep
+from infra import files, overrides
+
+matplotlib.use("Agg")
+
+
+def _done(wd, *, acc, step=6, val=0.02, frac_active=0.9):
+  """A finished run: results.json (pair metrics, evals, last train metrics), config.json and
+  one logged row of train statistics."""
+  os.makedirs(wd, exist_ok=True)
+  m = {"verification_accuracy": acc, "verification_accuracy_std": 0.04, "val_at_far_1e-3": val,
+       "roc_auc": acc + 0.1, "eer": 1.0 - acc}
+  files.write_json_atomic(os.path.join(wd, "results.json"), {
+      "step": step, "metrics": m, "evals": {"pairs": m}, "wall_seconds": 1.0,
+      "train_metrics": {"frac_active": frac_active, "mean_d_ap": 0.1, "mean_d_an": 0.2}})
+  files.write_json_atomic(os.path.join(wd, "config.json"), {"num_steps": step})
+  with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps({"step": step, "train/frac_active": frac_active, "train/mean_d_ap": 0.1,
+                        "train/mean_d_an": 0.2}) + "\n")
+
+
+def _unfinished(wd, checkpoints, num_steps=6):
+  os.makedirs(wd, exist_ok=True)
+  files.write_json_atomic(os.path.join(wd, "config.json"), {"num_steps": num_steps})
+  for s in checkpoints:
+    os.makedirs(os.path.join(wd, "checkpoints", str(s)))
+
+
+def _figures(monkeypatch):
+  """The figures the scripts save, in order (they close them after saving)."""
+  from matplotlib.figure import Figure
+  saved, real = [], Figure.savefig
+
+  def keep(fig, *a, **k):
+    saved.append(fig)
+    return real(fig, *a, **k)
+  monkeypatch.setattr(Figure, "savefig", keep)
+  return saved
+
+
+def _seed_sweep(root, accs, unfinished=()):
+  """margin x seed runs (``accs[(margin, seed)]``), ``unfinished`` ones with checkpoints only."""
+  points = [{"margin": m, "seed": s} for (m, s) in accs]
+  for p in points:
+    wd = os.path.join(root, overrides.point_name(p))
+    if (p["margin"], p["seed"]) in unfinished:
+      _unfinished(wd, [2, 4])
+    else:
+      _done(wd, acc=accs[(p["margin"], p["seed"])])
+  sweep.write_index(root, points)
+
+
+# -------------------------------------------------------------- 1: the count of each averaged point
+
+
+def test_averaged_figure_gives_each_points_count_when_they_differ(tmp_path, monkeypatch):
+  """One seed of margin=0.2 unfinished: compare.md averaged 2 seeds there, but the figure's
+  title said 'mean +- std over 3 seeds' for every point (the first group's count)."""
+  cr = load_script("compare_runs")
+  accs = {(m, s): 0.6 + 0.01 * s + m for m in (0.1, 0.2) for s in (0, 1, 2)}
+  root = str(tmp_path / "ms")
+  _seed_sweep(root, accs, unfinished={(0.2, 2)})
+  figs = _figures(monkeypatch)
+  s = cr.compare(root, field="margin", average="seed", histograms=False, out=str(tmp_path / "o"))
+  assert [r["n"] for r in s["averaged"]["rows"]] == [3, 2]
+  fig = next(f for f in figs if "verification against" in f._suptitle.get_text())
+  title = fig._suptitle.get_text()
+  assert "over n = 2-3 seeds" in title and "over 3 seeds" not in title, title
+  mean_2 = np.mean([accs[(0.2, 0)], accs[(0.2, 1)]])
+  acc_ax = fig.axes[0]
+  assert [t.get_text() for t in acc_ax.texts] == ["n=2"]   # only the point with fewer seeds
+  assert acc_ax.texts[0].xy == pytest.approx((0.2, mean_2))
+  hollow = [ln for ln in acc_ax.get_lines() if ln.get_markerfacecolor() == "white"]
+  assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [0.2]
+  assert [t.get_text() for t in fig.axes[1].texts] == ["n=2"]   # VAL too
+  # every point over as many seeds: one count, no marks
+  assert cr.averaged_suffix("seed", [{"n": 3}, {"n": 3}]) == (" (mean +- std (ddof=0) over 3 seeds)", 3)
+
+
+# -------------------------------------------------------------- 2: batch study, runs not done
+
+
+def _batch_sweep(root, unfinished_name=None, drop=None):
+  """The batch_size_orl sweep's 6 points as fake runs; ``unfinished_name`` has only a
+  checkpoint at 40; ``drop`` is left out of the sweep."""
+  points = [p for p in config_sweeps.sweep("batch_size_orl") if overrides.point_name(p) != drop]
+  for i, p in enumerate(points):
+    wd = os.path.join(root, overrides.point_name(p))
+    if overrides.point_name(p) == unfinished_name:
+      _unfinished(wd, [40], num_steps=p["num_steps"])
+    else:
+      _done(wd, acc=0.6 + 0.01 * i, step=p["num_steps"])
+  sweep.write_index(root, points)
+
+
+def test_batch_study_names_runs_not_done_and_substitutes_none_for_them(tmp_path, monkeypatch, capsys):
+  """The 300 (30x10) run at equal images (85 steps) unfinished: it was dropped from the table
+  without a word, and the 100-step 300 run (30,000 images) was drawn in its place on the curve
+  labelled 'equal images (~25,600)'."""
+  pbs = load_script("plot_batch_study")
+  late = next(overrides.point_name(p) for p in config_sweeps.sweep("batch_size_orl")
+              if p["identities_per_batch"] == 30 and p["num_steps"] == 85)
+  root = str(tmp_path / "bs_partial")
+  _batch_sweep(root, unfinished_name=late)
+  figs = _figures(monkeypatch)
+  pbs.plot([root], str(tmp_path / "bs.png"))
+  out = capsys.readouterr().out
+  assert out.count("| 300 (30x10) |") == 1   # the 100-step run only
+  assert "not finished, left out of the table and the figure (1 of 6 runs):" in out
+  assert f"- 300 (30x10), 85 steps: partial (last checkpoint 40)  [{late}]" in out
+  ax_val = figs[-1].axes[1]
+  curves = {ln.get_label(): list(ln.get_xdata()) for ln in ax_val.get_lines()}
+  assert curves == {"equal steps (100)": [32, 128, 300], "equal images (~25,600)": [32, 128]}
+  assert "300 (30x10), 85 steps: partial (last checkpoint 40)" in ax_val.get_xlabel()
+  # a sweep without an equal-images run of that batch: the equal-steps run still serves both
+  _batch_sweep(str(tmp_path / "bs_designed"), drop=late)
+  rows, skipped = pbs.scan(str(tmp_path / "bs_designed"))
+  assert skipped == []
+  assert [r["batch"] for r in pbs.groups(rows, skipped)["equal images (~25,600)"]] == [32, 128, 300]
+
+
+# -------------------------------------------------------------- 3: failed points keep their error
+
+
+def test_failed_point_keeps_its_status_error_and_step(tmp_path):
+  """scripts/sweep.py recorded seed=2 'failed' with its NonFiniteLossError in sweep.json;
+  collect_runs read the disk only, and compare.md said 'partial' with step '-'."""
+  cr = load_script("compare_runs")
+  root = str(tmp_path / "fail")
+  points = [{"seed": s} for s in range(4)]
+  _done(os.path.join(root, "seed=0"), acc=0.68)
+  _done(os.path.join(root, "seed=1"), acc=0.64)
+  _unfinished(os.path.join(root, "seed=2"), [2, 4, 6])
+  _unfinished(os.path.join(root, "seed=3"), [2, 4])
+  error = "NonFiniteLossError: loss became NaN at step 5"
+  sweep.write_index(root, points, errors={"seed=2": error, "seed=1": "ValueError: old, since redone"})
+  runs = {r.name: r for r in sweep.collect_runs(root)}
+  assert (runs["seed=2"].status, runs["seed=2"].error, runs["seed=2"].step) == ("failed", error, 6)
+  assert (runs["seed=3"].status, runs["seed=3"].error, runs["seed=3"].step) == ("partial", None, 4)
+  assert (runs["seed=1"].status, runs["seed=1"].error) == ("done", None)   # finished: done wins
+  s = cr.compare(root, histograms=False, out=str(tmp_path / "o"))
+  table = open(tmp_path / "o" / "compare.md").read()
+  assert f"| 2 | failed: {error} | 6 (last checkpoint) | - |" in table
+  assert "| 3 | partial | 4 (last checkpoint) | - |" in table
+  assert "| 1 | done | 6 | 0.6400 +- 0.0400 |" in table
+  got = {r["name"]: r for r in json.load(open(tmp_path / "o" / "compare.json"))["runs"]}
+  assert got["seed=2"]["status"] == "failed" and got["seed=2"]["error"] == error
+  assert got["seed=2"]["step"] == 6 and "error" not in got["seed=3"]
+  assert s["runs"][2]["error"] == error
+  # and the table scripts/sweep.py prints at the end
+  printed = load_script("sweep").index_table(sweep.read_index(root))
+  assert f"| seed=2 | failed: {error} | 6 (last checkpoint) | - |" in printed
+  assert "| seed=3 | partial | 4 (last checkpoint) | - |" in printed
+
+
+# -------------------------------------------------------------- 4: K-margin members by name, in order
+
+
+def test_k_margin_accuracies_are_named_and_in_the_runs_margins_order(tmp_path):
+  """A config.margins run's accuracies came unnamed in sweep.json's sorted key order
+  (margin=0.5, margin=10, margin=2): the 10's accuracy read as the 2's."""
+  root = str(tmp_path / "ms10")
+  wd = os.path.join(root, "seed=0")
+  os.makedirs(wd)
+  accs = {"margin=0.5": 0.61, "margin=2": 0.62, "margin=10": 0.63}
+  files.write_json_atomic(os.path.join(wd, "results.json"), {   # as train.finish writes it
+      "margins": [0.5, 2.0, 10.0], "step": 6, "wall_seconds": 1.0,
+      "members": {n: {"verification_accuracy": a, "verification_accuracy_std": 0.04}
+                  for n, a in accs.items()}})
+  _done(os.path.join(root, "seed=1"), acc=0.7)
+  index = sweep.write_index(root, [{"seed": 0}, {"seed": 1}])
+  assert [k for k in index["points"][0]["metrics"] if k.endswith("verification_accuracy")] == [
+      "margin=0.5/verification_accuracy", "margin=2/verification_accuracy",
+      "margin=10/verification_accuracy"]
+  printed = load_script("sweep").index_table(index)
+  assert "| seed=0 | done | 6 | margin=0.5: 0.6100, margin=2: 0.6200, margin=10: 0.6300 |" in printed
+  assert "| seed=1 | done | 6 | 0.7000 |" in printed   # one run: one accuracy, unnamed
+  # the order is the run's, not a sort: margins (10, 0.5)
+  entry = {"metrics": {"margin=0.5/verification_accuracy": 0.5, "margin=10/verification_accuracy": 0.1},
+           "margins": [10.0, 0.5]}
+  assert load_script("sweep").accuracy_cell(entry) == "margin=10: 0.1000, margin=0.5: 0.5000"
+
+
+# -------------------------------------------------------------- 5: the std's ddof
+
+
+def test_averaged_std_says_ddof_0(tmp_path, monkeypatch):
+  """The averaged table, its JSON and the figure's error bars use the population std
+  (ddof=0, 1.22x smaller than ddof=1 at 3 seeds) without saying so."""
+  cr = load_script("compare_runs")
+  accs = {(m, s): 0.6 + 0.02 * s + m for m in (0.1, 0.2) for s in (0, 1, 2)}
+  root = str(tmp_path / "ms")
+  _seed_sweep(root, accs)
+  figs = _figures(monkeypatch)
+  cr.compare(root, field="margin", average="seed", histograms=False, out=str(tmp_path / "o"))
+  summary = json.load(open(tmp_path / "o" / "compare.json"))
+  assert summary["averaged"]["std_ddof"] == 0
+  for r in summary["averaged"]["rows"]:   # the numbers are unchanged: ddof=0
+    vals = [accs[(r["value"], s)] for s in (0, 1, 2)]
+    assert r["verification_accuracy_std"] == pytest.approx(np.std(vals, ddof=0))
+  table = open(tmp_path / "o" / "compare.md").read()
+  assert "mean +- std over seed (std with ddof=0;" in table
+  title = next(f for f in figs if "verification against" in f._suptitle.get_text())._suptitle.get_text()
+  assert "(mean +- std (ddof=0) over 3 seeds)" in title

@@ -97,6 +97,19 @@ def write_index(root: str, points: Sequence[Mapping[str, Any]], *, header: Mappi
   return index
 
 
+def recorded_failures(root: str, skip: Sequence[str] = ()) -> dict[str, str]:
+  """``{point name: error}`` of the points ``root/sweep.json`` records as failed, but those in
+  ``skip`` (the points this process runs again). An array job's task runs one point and
+  rewrites the index: without these it erased the other tasks' failures, which then showed as
+  partial points (or nothing readable: ``{}``)."""
+  try:
+    points = files.read_json(os.path.join(root, INDEX)).get("points", [])
+  except (OSError, ValueError, AttributeError):
+    return {}
+  return {p["name"]: p.get("error", "failed") for p in points
+          if isinstance(p, dict) and p.get("status") == "failed" and p.get("name") not in skip}
+
+
 def read_index(root: str) -> dict:
   path = os.path.join(root, INDEX)
   if not os.path.exists(path):

@@ -156,8 +156,11 @@ def main(argv):
   header = {"kind": "sweep", "config_file": config_arg, "sweep": _SWEEP.value,
             "base_overrides": base}
   errors: dict[str, str] = {}
+  mine = [named[i][0] for i in todo]
+  # other points' recorded failures (other array tasks), read again before each write
+  known = lambda: {**sweep.recorded_failures(root, skip=mine), **errors}
   if lead:
-    sweep.write_index(root, points, header=header)
+    sweep.write_index(root, points, header=header, errors=known())
   for i in todo:
     name, point = named[i]
     try:
@@ -166,8 +169,8 @@ def main(argv):
       errors[name] = f"{type(e).__name__}: {e}"
       print(f"{name}: FAILED: {errors[name]}", flush=True)
     if lead:
-      sweep.write_index(root, points, header=header, errors=errors)
-  index = sweep.write_index(root, points, header=header, errors=errors) if lead else None
+      sweep.write_index(root, points, header=header, errors=known())
+  index = sweep.write_index(root, points, header=header, errors=known()) if lead else None
   if index:
     print(f"\n{os.path.join(root, sweep.INDEX)}:")
     print(index_table(index))

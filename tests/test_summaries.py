@@ -217,3 +217,17 @@ def test_averaged_std_says_ddof_0(tmp_path, monkeypatch):
   assert "mean +- std over seed (std with ddof=0;" in table
   title = next(f for f in figs if "verification against" in f._suptitle.get_text())._suptitle.get_text()
   assert "(mean +- std (ddof=0) over 3 seeds)" in title
+
+
+def test_an_array_task_keeps_the_failures_other_tasks_recorded(tmp_path):
+  """Each --index=I task rewrote sweep.json from the point folders alone, erasing the other
+  tasks' recorded failures (they then showed as partial, their errors lost)."""
+  from facenet_jax import sweep
+  root = str(tmp_path)
+  points = [{"margin": 0.1}, {"margin": 0.2}]
+  names = [n for n, _ in sweep.named_points(points)]
+  sweep.write_index(root, points, errors={names[0]: "NonFiniteLossError: loss became NaN"})
+  assert sweep.recorded_failures(root) == {names[0]: "NonFiniteLossError: loss became NaN"}
+  assert sweep.recorded_failures(root, skip=[names[0]]) == {}   # the task that runs it again
+  index = sweep.write_index(root, points, errors=sweep.recorded_failures(root, skip=[names[1]]))
+  assert index["points"][0]["status"] == "failed" and "loss became NaN" in index["points"][0]["error"]

@@ -266,6 +266,61 @@ def finish(config: ml_collections.ConfigDict, workdir: str, state: State, cb: me
   return summary
 
 
+def open_run(config: ml_collections.ConfigDict, workdir: str, state1: State,
+             mesh: jax.sharding.Mesh, data_key: str, changes: list[str]
+             ) -> tuple[list[members_lib.Member], int, State, dict]:
+  """Checks the workdir's checkpoints were trained on ``data_key``, opens the members and
+  resumes them: ``(members, start, state, meta)``. What a killed run logged past its last
+  checkpoint is dropped, results of fewer steps are set aside, the configs and data.json are
+  written (process 0)."""
+  stacked = bool(tuple(config.margins))
+  if note := workdir_lib.check_training_data(
+      workdir, data_key, [d for _, _, d in members_lib.member_configs(config, workdir)]):
+    print(note, flush=True)
+  members = members_lib.open_members(config, workdir, distributed.is_lead())
+  start, state, meta = members_lib.resume(members, state1, mesh, stacked)
+  for m in members:   # what a killed run logged after its last checkpoint is logged again
+    m.writer.restart_at(start + 1 if start else 0)   # a fresh start rewrites its step-0 rows
+  if distributed.is_lead():   # results of fewer steps first: not beside the new config.json
+    for d in [m.workdir for m in members] + ([workdir] if stacked else []):
+      if aside := workdir_lib.set_aside_results(d, start, config.num_steps):
+        print(f"continuing past its results: {d}/{workdir_lib.RESULTS_FILE} kept as {aside}",
+              flush=True)
+    members_lib.save_configs(config, members, workdir)
+    workdir_lib.record_training_data(workdir, data_key)
+  if changes:
+    print(f"continuing {workdir} with changed " + "; ".join(changes), flush=True)
+  return members, start, state, meta
+
+
+def batch_source(config: ml_collections.ConfigDict, data: RunData, embed_fn: Callable,
+                 mesh: jax.sharding.Mesh, meta: dict
+                 ) -> tuple[Callable, Callable[[], dict], Callable[[], int] | None]:
+  """``(make_batch(step, state), extra_meta(), skipped())``: this process's rows of every
+  global batch (P x K, or offline selection's triplets), what checkpoints carry for them,
+  and the run's count of masked records (None without ``data.skip_corrupt``)."""
+  rows = mesh_lib.process_slice(data.global_batch)   # this process's rows of every batch
+  make_batch = lambda step, _: mesh_lib.assemble_batch(data.batch(step, rows), mesh,
+                                                       data.global_batch)
+  extra_meta = dict
+  if config.offline.enabled:   # one model (check_config): its embeddings pick the triplets
+    # both the re-score's pool rows and each step's triplets are read by data.loader
+    batches = offline.OfflineBatches(config.offline, data.train_ds.labels, data.loader,
+                                     config.margin, config.seed, meta, config.num_steps)
+    embed_rows = lambda st, r: embed_loaded(embed_fn, st, data.loader, r, data.train_ds.labels,
+                                            data.eval_bs, mesh)
+    make_batch = lambda step, st: mesh_lib.assemble_batch(
+        batches.batch(step, embed_rows, st, rows), mesh, data.global_batch)
+    extra_meta = batches.meta
+  if not config.data.skip_corrupt:
+    return make_batch, extra_meta, None
+  # each process masks only its own rows, and counts from 0 after a resume: the run's count
+  # is the checkpoint's plus every process's since (results.json gave process 0's since)
+  before = int(meta.get("skipped_records", 0))
+  skipped = lambda: before + distributed.process_sum(data.loader.skipped)
+  return make_batch, lambda: {**extra_meta(), "skipped_records": skipped()}, skipped
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices: list | None = None) -> dict:
   """Trains every model of ``config``'s margin axis in ``workdir`` (resuming from its latest
@@ -287,7 +342,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   distributed.check_same_everywhere("the config", json.dumps(config.to_dict(), sort_keys=True,
                                                              default=str))
   mesh = mesh_lib.make_data_mesh(devices)
-  lead = jax.process_index() == 0
   stacked = bool(tuple(config.margins))
   data = prepare_data(config, mesh)
   data_key = streamed.data_key(data.raw_train_ds)
@@ -301,43 +355,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # nothing is written before the data, the config and the model have been checked: a bad
   # input leaves no partial workdir behind
-  if note := workdir_lib.check_training_data(workdir, data_key,
-                                             [d for _, _, d in members_lib.member_configs(config, workdir)]):
-    print(note, flush=True)
-  members = members_lib.open_members(config, workdir, lead)
-  start, state, meta = members_lib.resume(members, state, mesh, stacked)
-  for m in members:   # what a killed run logged after its last checkpoint is logged again
-    m.writer.restart_at(start + 1 if start else 0)   # a fresh start rewrites its step-0 rows
-  if lead:   # results of fewer steps first: they must not sit beside the new config.json
-    for d in [m.workdir for m in members] + ([workdir] if stacked else []):
-      if aside := workdir_lib.set_aside_results(d, start, config.num_steps):
-        print(f"continuing past its results: {d}/{workdir_lib.RESULTS_FILE} kept as {aside}",
-              flush=True)
-    members_lib.save_configs(config, members, workdir)
-    workdir_lib.record_training_data(workdir, data_key)
-  if changes:
-    print(f"continuing {workdir} with changed " + "; ".join(changes), flush=True)
-  rows = mesh_lib.process_slice(data.global_batch)   # this process's rows of every batch
-  make_batch = lambda step, _: mesh_lib.assemble_batch(data.batch(step, rows), mesh,
-                                                       data.global_batch)
-  extra_meta = dict
-  if config.offline.enabled:   # one model (check_config): its embeddings pick the triplets
-    # both the re-score's pool rows and each step's triplets are read by data.loader
-    batches = offline.OfflineBatches(config.offline, data.train_ds.labels, data.loader,
-                                     config.margin, config.seed, meta, config.num_steps)
-    embed_rows = lambda st, r: embed_loaded(embed_fn, st, data.loader, r, data.train_ds.labels,
-                                            data.eval_bs, mesh)
-    make_batch = lambda step, st: mesh_lib.assemble_batch(
-        batches.batch(step, embed_rows, st, rows), mesh, data.global_batch)
-    extra_meta = batches.meta
-  skipped = None
-  if config.data.skip_corrupt:
-    # each process masks only its own rows, and counts from 0 after a resume: the run's count
-    # is the checkpoint's plus every process's since (results.json gave process 0's since)
-    before = int(meta.get("skipped_records", 0))
-    skipped = lambda: before + distributed.process_sum(data.loader.skipped)
-    batch_meta = extra_meta
-    extra_meta = lambda: {**batch_meta(), "skipped_records": skipped()}
+  members, start, state, meta = open_run(config, workdir, state, mesh, data_key, changes)
+  make_batch, extra_meta, skipped = batch_source(config, data, embed_fn, mesh, meta)
   if start == 0:
     for m in members:
       m.writer.write_scalars(0, data.pixel)

@@ -78,3 +78,16 @@ def test_augment_config_errors_name_the_field():
   c.augment.contrast = 1.5
   with pytest.raises(ConfigError, match="augment.contrast"):
     check_config(c)
+
+
+def test_augmentation_keys_are_distinct_and_flip_crop_colour_keep_their_draws():
+  """The zoom/rotate key was fold_in(key, 1), which is split(key)[1], the crop key: zoom and
+  rotation were drawn from the crop offsets' bits."""
+  key = jax.random.key(7)
+  keys = preprocess.augment_keys(key)
+  data = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys]
+  assert len(set(data)) == 4   # the warp key is not the crop key any more
+  k_flip, k_crop = jax.random.split(key)   # as before: flip and crop draws unchanged
+  assert data[0] == tuple(np.asarray(jax.random.key_data(k_flip)).ravel())
+  assert data[1] == tuple(np.asarray(jax.random.key_data(k_crop)).ravel())
+  assert data[3] == tuple(np.asarray(jax.random.key_data(jax.random.fold_in(key, 2))).ravel())

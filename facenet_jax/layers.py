@@ -117,6 +117,11 @@ class BatchNorm(nnx.BatchNorm):
   variance of the *global* batch: per-device sums of x and x^2, added over the devices in
   device order (``mesh.ordered_sum``; so are their gradients), divided by the global count.
   Otherwise (the default) it is ``nnx.BatchNorm`` exactly. Same variables either way.
+
+  The models call it without a mask: rows a batch flags ``mask=False`` (P x K padding,
+  corrupt records as zeros) count in the statistics, though no triplet uses them (README
+  "Batches"). A ``mask`` here would take the per-device ``nnx.BatchNorm`` path below, not the
+  global one, so masking them needs the global sums weighted by the mask first.
   """
   device_axis: str | None = None
 

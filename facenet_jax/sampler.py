@@ -7,7 +7,8 @@ and lets each process of a multi-host run take its own rows of one global batch.
 
 An identity with fewer than K images contributes all of them, and the rest of its K
 slots are filled with repeats of its images flagged ``mask=False``: they keep shapes
-static for ``jax.jit`` and are excluded from every triplet.
+static for ``jax.jit`` and are excluded from every triplet. They still pass through the
+network, so a BatchNorm model counts them in its batch statistics (not masked there).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ trained K identical models and reported them as a margin sweep. Each rule below 
 fields, when the configuration does not read them, and why; a field is reported only when it
 differs from the default of the run's variant (``configs/facenet.py``), so a default that is
 merely unused never is, and not when it is the value that switches it off (NEUTRAL: no weight
-decay, no flip), which says what the run does. An audit showed every rule's fields leave the parameters bit-identical
-in that configuration (and change them where they are read).
+decay, no flip), which says what the run does. An audit showed every rule's fields leave the
+parameters bit-identical in that configuration (and change them where they are read).
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import SHARED
 from facenet_jax import inference, recognition

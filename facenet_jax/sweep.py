@@ -97,6 +97,22 @@ def write_index(root: str, points: Sequence[Mapping[str, Any]], *, header: Mappi
   return index
 
 
+def check_same_sweep(root: str, header: Mapping[str, Any]) -> None:
+  """Raises ValueError when ``root/sweep.json`` is the index of another
+  sweep (other ``sweep``, ``config_file`` or ``base_overrides``): writing this one's index
+  replaced it, and the other sweep's points, still on disk, were no longer listed."""
+  try:
+    was = files.read_json(os.path.join(root, INDEX))
+  except (OSError, ValueError):
+    return   # none yet (or unreadable: rewritten from the point folders)
+  keys = ("kind", "sweep", "config_file", "base_overrides")
+  diff = [k for k in keys if k in was and was.get(k) != header.get(k)]
+  if diff:
+    raise ValueError(f"{os.path.join(root, INDEX)} indexes another sweep ("
+                     + "; ".join(f"{k}: {was.get(k)!r} there, {header.get(k)!r} now" for k in diff)
+                     + "); use another --workdir for this one")
+
+
 def recorded_failures(root: str, skip: Sequence[str] = ()) -> dict[str, str]:
   """``{point name: error}`` of the points ``root/sweep.json`` records as failed, but those in
   ``skip`` (the points this process runs again). An array job's task runs one point and

@@ -81,7 +81,9 @@ CONTINUABLE = {
     "num_steps": "more steps continue the run (batches are functions of (seed, step); only "
                  "under a schedule that does not depend on num_steps, see _continuable)",
     "log_every": "a logging period", "eval_every": "a logging period",
-    "checkpoint_every": "a logging period", "keep_checkpoints": "a logging period",
+    "checkpoint_every": "a logging period",
+    "keep_checkpoints": "how many checkpoints stay (only upwards: fewer deleted the run's older "
+                        "ones at the next save, its last step too)",
     "eval_batch_size": "how evaluation batches the held-out images",
     "evals": "evaluation: the evaluators run again at the end",
     "evaluation": "evaluation settings: the evaluators run again at the end",
@@ -220,6 +222,8 @@ def _continuable(field: str, old, new, saved: dict) -> bool:
   under num_steps=1600 that a fresh 1,600-step run does not give)."""
   if field == "num_steps":
     return new == old or (new > old and schedule_extends(saved, old))
+  if field == "keep_checkpoints":
+    return new >= old
   return field in CONTINUABLE or field.split(".")[0] in CONTINUABLE
 
 
@@ -259,8 +263,9 @@ def check_continuation(config: ml_collections.ConfigDict, workdir: str) -> list[
     raise WorkdirError(
         f"workdir {workdir} holds a run of another config ({os.path.join(workdir, CONFIG_FILE)}): "
         f"{diffs}. Use a new workdir for this config, or the run's values to continue it "
-        f"(continuing may change only num_steps, upwards under a constant schedule, and "
-        f"{', '.join(k + ('.*' if k == 'evaluation' else '') for k in CONTINUABLE if k != 'num_steps')})")
+        f"(continuing may change only num_steps, upwards under a constant schedule, "
+        f"keep_checkpoints, upwards, and "
+        f"{', '.join(k + ('.*' if k == 'evaluation' else '') for k in CONTINUABLE if k not in ('num_steps', 'keep_checkpoints'))})")
   return [f"{k}: {old!r} -> {new!r} ({CONTINUABLE.get(k, CONTINUABLE.get(k.split('.')[0]))})"
           for k, (old, new) in changed.items()]
 

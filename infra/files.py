@@ -40,8 +40,14 @@ def check_directory(path: str, what: str) -> None:
 
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes ``obj`` as JSON to ``path`` via a temporary file and an atomic rename."""
+  # the text first, before touching disk: an object that cannot be written leaves no file
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_default))
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` via a temporary file and an atomic rename: a kill leaves the
+  previous file or none, never a torn one."""
   directory = os.path.dirname(os.path.abspath(path))
-  text = json.dumps(obj, indent=2, sort_keys=True, default=_default)   # before touching disk
   tmp = None
   try:
     os.makedirs(directory, exist_ok=True)

@@ -30,6 +30,7 @@ point averaged over fewer repeats than the others is hollow and labelled with it
 from __future__ import annotations
 
 import math
+import json
 import os
 
 from absl import app, flags
@@ -294,11 +295,34 @@ def plot_distances(path: str, field: str, rows: list[dict], dists: dict[str, tup
   return path
 
 
+OUTPUTS = ("compare.md", "compare.json", "compare_metrics.png", "compare_training.png",
+           "compare_distances.png")
+
+
+def check_out(out: str, root: str) -> None:
+  """Raises SystemExit when ``out`` holds a file of OUTPUTS that this comparison of ``root``
+  did not write (no compare.json, or one of another root): a user's compare.md was replaced,
+  exit 0. Comparing the same root again (a sweep that went on) rewrites its own outputs."""
+  there = [n for n in OUTPUTS if os.path.exists(os.path.join(out, n))]
+  if not there:
+    return
+  try:
+    with open(os.path.join(out, "compare.json")) as f:
+      was = json.load(f).get("root")
+  except (OSError, ValueError, AttributeError):
+    was = None
+  if was != os.path.abspath(root):
+    raise SystemExit(f"--out={out} holds {', '.join(there)}, not written by compare_runs for "
+                     f"{os.path.abspath(root)} (compare.json: {'none' if was is None else was}); "
+                     "give another --out, or move them")
+
+
 def compare(root: str, *, field: str = "", out: str = "", histograms: bool = True,
             title: str = "", average: str = "") -> dict:
   """Writes the table and figures of the sweep at ``root``; returns the JSON summary."""
-  from infra.files import write_json_atomic
+  from infra.files import write_json_atomic, write_text_atomic
   out = out or root
+  check_out(out, root)
   os.makedirs(out, exist_ok=True)
   field, others, rows = rows_for(root, field)
   avg = average_rows(field, others, rows, average) if average else None
@@ -315,8 +339,7 @@ def compare(root: str, *, field: str = "", out: str = "", histograms: bool = Tru
   table = markdown(field, others, rows)
   if avg is not None:
     table += "\n" + averaged_markdown(field, average, avg)
-  with open(os.path.join(out, "compare.md"), "w") as f:
-    f.write(table)
+  write_text_atomic(os.path.join(out, "compare.md"), table)
   summary = {"root": os.path.abspath(root), "field": field, "other_fields": others,
              "runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows],
              "figures": figures}

@@ -7,6 +7,7 @@ VAL@FAR=1e-3 against each degradation) to ``--out`` (default the workdir); see
 facenet_jax/robustness.py for the degradations.
 """
 
+import json
 import os
 
 from absl import flags
@@ -48,11 +49,36 @@ def plot(path: str, rows: list[dict], title: str) -> str:
   return path
 
 
+OUTPUTS = ("robustness.md", "robustness.json", "robustness.png")
+
+
+def check_out(out: str, record: dict) -> None:
+  """Raises SystemExit when ``out`` holds a file of OUTPUTS that a run of these settings on
+  this workdir (``record``) did not write: a user's robustness.md, or another comparison's
+  table and figure, was replaced, exit 0. The same command again rewrites its own."""
+  there = [n for n in OUTPUTS if os.path.exists(os.path.join(out, n))]
+  if not there:
+    return
+  try:
+    with open(os.path.join(out, "robustness.json")) as f:
+      was = json.load(f)
+    same = all(was.get(k) == v for k, v in record.items())
+  except (OSError, ValueError, AttributeError):
+    same = False
+  if not same:
+    raise SystemExit(f"--out={out} holds {', '.join(there)} of another workdir or other "
+                     "--resolutions / --jpeg_qualities (robustness.json); give another --out, "
+                     "or move them")
+
+
 def main(argv):
   del argv
   from facenet_jax import robustness
-  from infra.files import write_json_atomic
+  from infra.files import write_json_atomic, write_text_atomic
   out = _OUT.value or _WORKDIR.value
+  record = {"workdir": os.path.abspath(_WORKDIR.value), "resolutions": [int(r) for r in _RES.value],
+            "jpeg_qualities": [int(q) for q in _JPEG.value]}
+  check_out(out, record)   # before the model loads
   rows = robustness.evaluate(_WORKDIR.value, resolutions=[int(r) for r in _RES.value],
                              jpeg_qualities=[int(q) for q in _JPEG.value])
   os.makedirs(out, exist_ok=True)
@@ -61,11 +87,9 @@ def main(argv):
     lines.append(f"| {r['kind']} | {r['value'] or '-'} | {r['verification_accuracy']:.4f} +- "
                  f"{r['verification_accuracy_std']:.4f} | {r['val_at_far_1e-3']:.4f} | {r['roc_auc']:.4f} |")
   table = "\n".join(lines) + "\n"
-  with open(os.path.join(out, "robustness.md"), "w") as f:
-    f.write(table)
+  write_text_atomic(os.path.join(out, "robustness.md"), table)
   png = plot(os.path.join(out, "robustness.png"), rows, f"{_TITLE.value}: " if _TITLE.value else "")
-  write_json_atomic(os.path.join(out, "robustness.json"), {"workdir": os.path.abspath(_WORKDIR.value),
-                                                           "rows": rows, "figure": png})
+  write_json_atomic(os.path.join(out, "robustness.json"), {**record, "rows": rows, "figure": png})
   print(table)
   print(f"figure: {png}")
 

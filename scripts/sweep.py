@@ -155,6 +155,10 @@ def main(argv):
   lead = jax.process_index() == 0
   header = {"kind": "sweep", "config_file": config_arg, "sweep": _SWEEP.value,
             "base_overrides": base}
+  try:   # before any point trains: this root may hold another sweep's index
+    sweep.check_same_sweep(root, header)
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
   errors: dict[str, str] = {}
   mine = [named[i][0] for i in todo]
   # other points' recorded failures (other array tasks), read again before each write

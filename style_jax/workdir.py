@@ -52,14 +52,16 @@ def check_continuation(config: ml_collections.ConfigDict, workdir: str) -> list[
              if saved.get(k) != wanted.get(k)}
   upward = lambda old, new: (isinstance(old, int) and isinstance(new, int) and new >= old
                              and wanted.get("num_scales") == 1)
+  # fewer checkpoints kept would delete the run's older ones, its last step too, at the next save
   refused = [k for k, (old, new) in changed.items()
-             if k not in CONTINUABLE and not (k == "num_steps" and upward(old, new))]
+             if (k not in CONTINUABLE and not (k == "num_steps" and upward(old, new)))
+             or (k == "keep_checkpoints" and not (isinstance(old, int) and new >= old))]
   if refused:
     diffs = "; ".join(f"{k}: {changed[k][0]!r} in the run, {changed[k][1]!r} now" for k in refused)
     raise StyleConfigError(f"workdir {workdir} holds a style run of another config ({path}): "
                            f"{diffs}. Use a new workdir, or the run's values to continue it "
-                           f"(a resume may change {', '.join(CONTINUABLE)}, and num_steps upwards "
-                           "with one scale)")
+                           f"(a resume may change {', '.join(CONTINUABLE)} (keep_checkpoints only "
+                           "upwards), and num_steps upwards with one scale)")
   return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items()]
 
 

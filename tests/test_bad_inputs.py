@@ -844,6 +844,8 @@ def test_more_num_steps_continue_only_a_schedule_that_does_not_depend_on_them(
     ("margin", 0.5, r"margin: 0.2 in the run, 0.5 now"),
     ("model.embedding_dim", 128, r"model.embedding_dim: 16 in the run, 128 now"),
     ("num_steps", 1, r"num_steps: 2 in the run, 1 now"),
+    # fewer kept checkpoints deleted the run's older ones, its last step too, at the next save
+    ("keep_checkpoints", 1, r"keep_checkpoints: 3 in the run, 1 now"),
 ])
 def test_training_again_with_another_config_changes_nothing(finished, field, value, match):
   work, c = finished
@@ -1182,7 +1184,7 @@ def test_a_style_run_resumes_only_under_its_own_config(tmp_path):
   before = _snapshot(work)
   other = tmp_path / "s2.png"
   Image.fromarray(_rgb(32, 32)[::-1].copy()).save(other)
-  for field, value in (("style", str(other)), ("style_weight", 5.0)):
+  for field, value in (("style", str(other)), ("style_weight", 5.0), ("keep_checkpoints", 1)):
     bad = _style_inputs(tmp_path, num_steps=4, checkpoint_every=1, **{field: value})
     with pytest.raises(cost.StyleConfigError, match=rf"holds a style run of another config .*{field}: "):
       optimize.stylize(bad, work)

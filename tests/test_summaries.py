@@ -231,3 +231,39 @@ def test_an_array_task_keeps_the_failures_other_tasks_recorded(tmp_path):
   assert sweep.recorded_failures(root, skip=[names[0]]) == {}   # the task that runs it again
   index = sweep.write_index(root, points, errors=sweep.recorded_failures(root, skip=[names[1]]))
   assert index["points"][0]["status"] == "failed" and "loss became NaN" in index["points"][0]["error"]
+
+
+def test_a_sweep_into_a_root_of_another_sweep_is_refused(tmp_path):
+  """sweep.py --sweep=miner into the root of a --sweep=seed run replaced its sweep.json, and
+  the seed points, still on disk, were listed no more."""
+  from facenet_jax import sweep
+  header = {"kind": "sweep", "config_file": "configs/facenet.py:tiny", "sweep": "seed", "base_overrides": []}
+  sweep.write_index(str(tmp_path), [{"seed": 0}], header=header)
+  sweep.check_same_sweep(str(tmp_path), header)   # the same sweep again (an array task): fine
+  with pytest.raises(ValueError, match=r"sweep.json indexes another sweep \(sweep: 'seed' there, "
+                                       r"'miner' now\); use another --workdir"):
+    sweep.check_same_sweep(str(tmp_path), {**header, "sweep": "miner"})
+  sweep.check_same_sweep(str(tmp_path / "new"), header)   # no index yet
+
+
+def test_compare_runs_and_robustness_refuse_outputs_they_did_not_write(tmp_path):
+  """A user's compare.md / robustness.md in --out was replaced, exit 0; so was another
+  comparison's table. The same command again rewrites its own outputs."""
+  cr, rb = load_script("compare_runs"), load_script("robustness")
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "compare.md").write_text("my notes")
+  with pytest.raises(SystemExit, match=r"--out=.* holds compare.md, not written by compare_runs for "):
+    cr.check_out(str(out), str(tmp_path / "sweep"))
+  (out / "compare.json").write_text(json.dumps({"root": str(tmp_path / "sweep")}))
+  cr.check_out(str(out), str(tmp_path / "sweep"))   # its own: rewritten
+  with pytest.raises(SystemExit, match="not written by compare_runs for"):
+    cr.check_out(str(out), str(tmp_path / "other"))
+  record = {"workdir": str(tmp_path / "run"), "resolutions": [8], "jpeg_qualities": [10]}
+  (out / "robustness.md").write_text("my notes")
+  with pytest.raises(SystemExit, match=r"holds robustness.md of another workdir or other"):
+    rb.check_out(str(out), record)
+  (out / "robustness.json").write_text(json.dumps({**record, "rows": []}))
+  rb.check_out(str(out), record)
+  with pytest.raises(SystemExit, match="of another workdir or other"):
+    rb.check_out(str(out), {**record, "resolutions": [12]})

@@ -269,14 +269,10 @@ def finish(config: ml_collections.ConfigDict, workdir: str, state: State, cb: me
 def open_run(config: ml_collections.ConfigDict, workdir: str, state1: State,
              mesh: jax.sharding.Mesh, data_key: str, changes: list[str]
              ) -> tuple[list[members_lib.Member], int, State, dict]:
-  """Checks the workdir's checkpoints were trained on ``data_key``, opens the members and
-  resumes them: ``(members, start, state, meta)``. What a killed run logged past its last
+  """Opens the members and resumes them: ``(members, start, state, meta)``. What a killed run logged past its last
   checkpoint is dropped, results of fewer steps are set aside, the configs and data.json are
   written (process 0)."""
   stacked = bool(tuple(config.margins))
-  if note := workdir_lib.check_training_data(
-      workdir, data_key, [d for _, _, d in members_lib.member_configs(config, workdir)]):
-    print(note, flush=True)
   members = members_lib.open_members(config, workdir, distributed.is_lead())
   start, state, meta = members_lib.resume(members, state1, mesh, stacked)
   for m in members:   # what a killed run logged after its last checkpoint is logged again
@@ -354,7 +350,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   embed_fn = steps.jit_embed_fn(graphdef, config.evaluation.flip_tta, mesh)
 
   # nothing is written before the data, the config and the model have been checked: a bad
-  # input leaves no partial workdir behind
+  # input leaves no partial workdir behind; then one process at a time trains here
+  if note := workdir_lib.check_training_data(
+      workdir, data_key, [d for _, _, d in members_lib.member_configs(config, workdir)]):
+    print(note, flush=True)
+  lock = workdir_lib.lock_run(workdir) if distributed.is_lead() else None
+  try:
+    return _train(config, workdir, state, mesh, data, data_key, changes, step_fn, embed_fn,
+                  stacked, t_start)
+  finally:
+    if lock is not None:
+      lock.close()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, state: State,
+           mesh: jax.sharding.Mesh, data: RunData, data_key: str, changes: list[str],
+           step_fn: Callable, embed_fn: Callable, stacked: bool, t_start: float) -> dict:
+  """The run itself, once checked and locked (:func:`train_and_evaluate`)."""
   members, start, state, meta = open_run(config, workdir, state, mesh, data_key, changes)
   make_batch, extra_meta, skipped = batch_source(config, data, embed_fn, mesh, meta)
   if start == 0:

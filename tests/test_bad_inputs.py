@@ -902,6 +902,24 @@ def test_a_continuation_stopped_before_its_end_leaves_no_results_that_look_final
   assert sweep.point_status(work)["status"] == "partial"
 
 
+def test_a_second_process_on_a_workdir_in_use_is_refused(finished, tmp_path):
+  """A second run on the same workdir removed the first's checkpoint while it was being
+  written (Orbax cleans up unfinished ones when it opens them), and both appended to one
+  metrics.jsonl. The process training there holds workdir/.lock."""
+  import fcntl
+  src, c = finished
+  work = str(tmp_path / "run")
+  shutil.copytree(src, work)
+  with open(os.path.join(work, workdir_lib.LOCK_FILE), "a+") as held:   # another trainer
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    before = _snapshot(work)
+    with pytest.raises(workdir_lib.WorkdirError, match=r"workdir .*/run is in use: another process "
+                                                       r"is training there"):
+      train.train_and_evaluate(c, work)
+    assert _snapshot(work) == before
+  assert train.train_and_evaluate(c, work)["step"] == 2   # released: it runs
+
+
 def test_resuming_on_changed_training_files_is_refused(tmp_path):
   """The config names the folder, not its bytes: a run resumed after files under data_dir
   changed trained its later steps on a new prepared dataset without a word (audit: params

@@ -50,6 +50,9 @@ class Context:
   held_out: IdentityDataset
   train: IdentityDataset | None = None
   workdir: str | None = None
+  # after the names of files written into workdir: a re-evaluation with other settings or
+  # data ("@data.source=lfw"), whose files must not replace the run's own
+  suffix: str = ""
   _cache: dict = dataclasses.field(default_factory=dict)
 
   def held_out_embeddings(self) -> np.ndarray:
@@ -144,10 +147,13 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
     far_c, tar_c, _ = verification.roc(d[on_test], pairs.issame[on_test])
     curves[name] = (far_c, tar_c)
   if ctx.workdir:
-    plot_roc(os.path.join(ctx.workdir, f"roc_lfw_fold{test}.png"), curves,
+    plot_roc(os.path.join(ctx.workdir, f"roc_lfw_fold{test}{ctx.suffix}.png"), curves,
              f"LFW View 2, fold {test} (600 pairs)")
-    np.savez(os.path.join(ctx.workdir, f"{lfw_runs.SCORES_PREFIX}{test}.npz"), fold=pairs.fold,
-             issame=pairs.issame, **scores)
+    # written whole or not at all: select_lfw_model / lfw_threshold_costs read it later
+    path = os.path.join(ctx.workdir, f"{lfw_runs.SCORES_PREFIX}{test}{ctx.suffix}.npz")
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, fold=pairs.fold, issame=pairs.issame, **scores)
+    os.replace(tmp, path)
   return out
 
 

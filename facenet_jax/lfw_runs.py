@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -96,7 +97,8 @@ def fold_scores(dirs: list[str], folds: list[int] | None = None) -> dict[int, Fo
   out: dict[int, FoldScores] = {}
   for d in dirs:
     for f in sorted(os.listdir(d)):
-      if not (f.startswith(SCORES_PREFIX) and f.endswith(".npz")):
+      # the run's own scores only: a re-evaluation's carry its settings ("...fold0@x=1.npz")
+      if not re.fullmatch(re.escape(SCORES_PREFIX) + r"\d+\.npz", f):
         continue
       fold = int(f[len(SCORES_PREFIX):-4])
       if folds is not None and fold not in folds:

@@ -106,7 +106,7 @@ def evaluate(workdir: str, spec: str = "", data_dir: str = "", source: str = "",
   check_same_data(workdir, train_ds, given)
   trained = inference.load(workdir, config)
   ctx = evaluators.Context(config=config, embed=trained.embed, held_out=held_out, train=train_ds,
-                           workdir=workdir)
+                           workdir=workdir, suffix=suffix)
   skipped = evaluators.skipped(spec or config.evals, held_out)
   results = evaluators.run(spec or config.evals, ctx)
   for name, metrics in results.items():

@@ -308,6 +308,18 @@ def test_lfw_view2_oracle_on_the_test_fold(tmp_path):
   assert out["head_abs_diff/accuracy"] == np.mean((head[4:] <= t) == [True, True, False, False])
   assert out["head_abs_diff/calibration_accuracy"] == max(fit_acc)
   assert out["distance/calibration_accuracy"] == 1.0     # fold 0's distances 0, 0, 2, 2 split
+  # a re-evaluation with other settings writes its own files: it replaced the run's scores
+  # (the pair head's column lost), which select_lfw_model and lfw_threshold_costs read
+  from facenet_jax import lfw_runs
+  own = (workdir / "lfw_scores_fold1.npz").read_bytes()
+  from infra.overrides import with_overrides
+  c2 = with_overrides(c, {"evaluation.lfw_view2.pair_features": ""})
+  evaluators.eval_lfw_view2(evaluators.Context(c2, embed, held, train, str(workdir),
+                                               suffix="@evaluation.lfw_view2.pair_features="))
+  assert (workdir / "lfw_scores_fold1.npz").read_bytes() == own
+  assert os.path.exists(workdir / "lfw_scores_fold1@evaluation.lfw_view2.pair_features=.npz")
+  assert not [f for f in os.listdir(workdir) if f.endswith(".tmp.npz")]
+  assert list(lfw_runs.fold_scores([str(workdir)])) == [1]   # the run's own file only
 
 
 # ------------------------------------------------------------------------ Omniglot

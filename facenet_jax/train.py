@@ -33,7 +33,7 @@ from facenet_jax.data import batches as batches_lib, sources, streamed
 from facenet_jax.data.raw import DataError
 from facenet_jax.data.batches import TrainBatches, input_workers
 from facenet_jax.sampler import PKSampler
-from infra import distributed, loop, mesh as mesh_lib, overrides
+from infra import distributed, files, loop, mesh as mesh_lib, overrides
 
 State = steps.State
 
@@ -354,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if note := workdir_lib.check_training_data(
       workdir, data_key, [d for _, _, d in members_lib.member_configs(config, workdir)]):
     print(note, flush=True)
-  lock = workdir_lib.lock_run(workdir) if distributed.is_lead() else None
+  lock = files.hold_lock(workdir, "workdir") if distributed.is_lead() else None
   try:
     return _train(config, workdir, state, mesh, data, data_key, changes, step_fn, embed_fn,
                   stacked, t_start)

@@ -406,28 +406,6 @@ def check_training_data(workdir: str, key: str, run_dirs: list[str]) -> str | No
   return None
 
 
-LOCK_FILE = ".lock"
-
-
-def lock_run(workdir: str):
-  """An open file holding an exclusive lock on ``workdir/.lock`` for as long as it stays open
-  (the process's death releases it): the process that trains there. Raises WorkdirError when
-  another process holds it: a second run on the same workdir removed the first's checkpoint
-  while it was being written (Orbax cleans up unfinished checkpoints when it opens them), and
-  both appended to one metrics.jsonl."""
-  import fcntl
-  os.makedirs(workdir, exist_ok=True)
-  f = open(os.path.join(workdir, LOCK_FILE), "a+")
-  try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    f.close()
-    raise WorkdirError(f"workdir {workdir} is in use: another process is training there "
-                       f"(it holds {os.path.join(workdir, LOCK_FILE)}); wait for it to end, or "
-                       "use another workdir") from None
-  return f
-
-
 def record_training_data(workdir: str, key: str) -> None:
   """Writes data.json (``{"train": key}``) before the run's first step."""
   files.write_json_atomic(os.path.join(workdir, DATA_FILE), {"train": key})

@@ -14,6 +14,32 @@ from typing import Any
 from infra.errors import UserError
 
 
+class InUseError(UserError, OSError):
+  """A run directory another process is working in (:func:`hold_lock`)."""
+
+
+def hold_lock(directory: str, what: str):
+  """An open file holding an exclusive lock on ``directory/.lock`` for as long as it stays
+  open (the process's death releases it). Raises InUseError naming ``what`` when another
+  process holds it: two runs in one directory removed each other's checkpoints while they
+  were being written (Orbax cleans up unfinished checkpoints when it opens them), and both
+  appended to one log."""
+  import fcntl
+  os.makedirs(directory, exist_ok=True)
+  f = open(os.path.join(directory, LOCK_FILE), "a+")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.close()
+    raise InUseError(errno.EBUSY, f"{what} {directory} is in use: another process is running "
+                     f"there (it holds {os.path.join(directory, LOCK_FILE)}); wait for it to end, "
+                     "or use another one") from None
+  return f
+
+
+LOCK_FILE = ".lock"
+
+
 class WriteError(UserError, OSError):
   """A result file that could not be written (names the file; the old version is kept)."""
 

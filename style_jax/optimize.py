@@ -476,7 +476,19 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
   distributed.check_same_everywhere("the config and inputs", json.dumps(
       {"config": config.to_dict(), "inputs": digests}, sort_keys=True, default=str))
   net = load_network(config, objective)
-  os.makedirs(workdir, exist_ok=True)   # only once the inputs, config and weights are good
+  # only once the inputs, config and weights are good; then one process at a time runs here
+  lock = files.hold_lock(workdir, "workdir") if distributed.is_lead() else None
+  try:
+    return _run(config, objective, workdir, inputs, net, digests, changes, unread, t_start)
+  finally:
+    if lock is not None:
+      lock.close()
+
+
+def _run(config: ml_collections.ConfigDict, objective: cost.Objective, workdir: str,
+         inputs: Inputs, net: Network, digests: dict, changes: list[str], unread: list[str],
+         t_start: float) -> dict:
+  """The run itself, once checked and locked (:func:`stylize`)."""
   run = StyleRun(config, objective, workdir, inputs, net)
   state, start = run.restore()
   if run.lead:

@@ -910,11 +910,11 @@ def test_a_second_process_on_a_workdir_in_use_is_refused(finished, tmp_path):
   src, c = finished
   work = str(tmp_path / "run")
   shutil.copytree(src, work)
-  with open(os.path.join(work, workdir_lib.LOCK_FILE), "a+") as held:   # another trainer
+  with open(os.path.join(work, files.LOCK_FILE), "a+") as held:   # another trainer
     fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
     before = _snapshot(work)
-    with pytest.raises(workdir_lib.WorkdirError, match=r"workdir .*/run is in use: another process "
-                                                       r"is training there"):
+    with pytest.raises(files.InUseError, match=r"workdir .*/run is in use: another process "
+                                               r"is running there"):
       train.train_and_evaluate(c, work)
     assert _snapshot(work) == before
   assert train.train_and_evaluate(c, work)["step"] == 2   # released: it runs
@@ -1215,6 +1215,21 @@ def test_a_style_run_resumes_only_under_its_own_config(tmp_path):
     open(path, "wb").write(data)
   out = optimize.stylize(more, work)
   assert out["step"] == 4 and files.read_json(os.path.join(work, "config.json"))["num_steps"] == 4
+
+
+def test_a_style_workdir_in_use_is_refused(tmp_path):
+  """As for training: a second stylize on a workdir in use would remove the first's checkpoint
+  while it is being written."""
+  import fcntl
+  work = str(tmp_path / "run")
+  c = _style_inputs(tmp_path, num_steps=2, checkpoint_every=1)
+  os.makedirs(work)
+  with open(os.path.join(work, files.LOCK_FILE), "a+") as held:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(files.InUseError, match=r"workdir .*/run is in use"):
+      optimize.stylize(c, work)
+    assert sorted(os.listdir(work)) == [files.LOCK_FILE]
+  assert optimize.stylize(c, work)["step"] == 2
 
 
 def test_output_folders_are_told_apart_by_the_files_each_kind_writes(tmp_path):

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from facenet_jax import steps, vgg_features, workdir as workdir_lib
-from infra import checkpoints, files, mesh as mesh_lib
+from infra import checkpoints, files, mesh as mesh_lib, vgg as vgg_lib
 
 # config fields that decide what an image's embedding is, besides the weights: the model
 # (all of config.model but the VGG weights' path, whose file may move: model_fingerprint adds
@@ -53,11 +53,6 @@ def embedding_config(config: ml_collections.ConfigDict) -> dict:
   return {"model": model, "data": data, "flip_tta": bool(config.evaluation.flip_tta)}
 
 
-# model.vgg_weights values that name no file (facenet_jax/workdir.py): seeded random weights,
-# and the md5-checked Keras download ("" reads as "download"); each is one fixed set of weights
-_WEIGHTS_KEYWORDS = {"random": "random", "download": "download", "": "download"}
-
-
 def frozen_backbone(config: ml_collections.ConfigDict) -> str | None:
   """What the frozen backbone of a ``data.features`` run is: the SHA-256 of its weights file's
   bytes (``infra.files.file_sha256``: a moved or re-staged copy is the same backbone, another
@@ -67,9 +62,8 @@ def frozen_backbone(config: ml_collections.ConfigDict) -> str | None:
   if not config.data.get("features"):
     return None
   weights = str(config.model.vgg_weights)
-  if weights in _WEIGHTS_KEYWORDS:
-    return _WEIGHTS_KEYWORDS[weights]
-  return "sha256:" + files.file_sha256(os.path.expanduser(weights))
+  keyword = vgg_lib.weights_keyword(weights)
+  return keyword or "sha256:" + files.file_sha256(os.path.expanduser(weights))
 
 
 def model_fingerprint(config: ml_collections.ConfigDict, weights) -> str:

@@ -354,39 +354,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if note := workdir_lib.check_training_data(
       workdir, data_key, [d for _, _, d in members_lib.member_configs(config, workdir)]):
     print(note, flush=True)
-  lock = files.hold_lock(workdir, "workdir") if distributed.is_lead() else None
-  try:
-    return _train(config, workdir, state, mesh, data, data_key, changes, step_fn, embed_fn,
-                  stacked, t_start)
-  finally:
-    if lock is not None:
-      lock.close()
-
-
-def _train(config: ml_collections.ConfigDict, workdir: str, state: State,
-           mesh: jax.sharding.Mesh, data: RunData, data_key: str, changes: list[str],
-           step_fn: Callable, embed_fn: Callable, stacked: bool, t_start: float) -> dict:
-  """The run itself, once checked and locked (:func:`train_and_evaluate`)."""
-  members, start, state, meta = open_run(config, workdir, state, mesh, data_key, changes)
-  make_batch, extra_meta, skipped = batch_source(config, data, embed_fn, mesh, meta)
-  if start == 0:
-    for m in members:
-      m.writer.write_scalars(0, data.pixel)
-  evaluate = lambda st, c: pair_metrics(embed_fn, st, data, mesh, c)
-  cb = members_lib.MemberLoop(config, members, stacked, evaluate, extra_meta)
-  print(describe(config, data, mesh), flush=True)
-  periods = loop.Periods(config.log_every, config.eval_every, config.checkpoint_every)
-  state = loop.run_loop(
-      state, start, config.num_steps, periods, step_fn=step_fn,
-      make_batch=make_batch,
-      check=steps.check_finite, on_log=cb.on_log,
-      on_eval=cb.on_eval if len(data.eval_ds) else None,
-      on_checkpoint=cb.on_checkpoint, writers=[m.writer for m in members],
-      unlogged=members_lib.restore_unlogged(members, stacked), on_unlogged=cb.on_unlogged,
-      closeables=[m.ckpt for m in members] + [data.loader])
-  data.loader.close()   # input worker processes
-  return finish(config, workdir, state, cb, embed_fn, data, mesh, t_start,
-                skipped() if skipped else None)
+  with files.hold_lock(workdir, "workdir", enabled=distributed.is_lead()):
+    members, start, state, meta = open_run(config, workdir, state, mesh, data_key, changes)
+    make_batch, extra_meta, skipped = batch_source(config, data, embed_fn, mesh, meta)
+    if start == 0:
+      for m in members:
+        m.writer.write_scalars(0, data.pixel)
+    evaluate = lambda st, c: pair_metrics(embed_fn, st, data, mesh, c)
+    cb = members_lib.MemberLoop(config, members, stacked, evaluate, extra_meta)
+    print(describe(config, data, mesh), flush=True)
+    periods = loop.Periods(config.log_every, config.eval_every, config.checkpoint_every)
+    state = loop.run_loop(
+        state, start, config.num_steps, periods, step_fn=step_fn,
+        make_batch=make_batch,
+        check=steps.check_finite, on_log=cb.on_log,
+        on_eval=cb.on_eval if len(data.eval_ds) else None,
+        on_checkpoint=cb.on_checkpoint, writers=[m.writer for m in members],
+        unlogged=members_lib.restore_unlogged(members, stacked), on_unlogged=cb.on_unlogged,
+        closeables=[m.ckpt for m in members] + [data.loader])
+    data.loader.close()   # input worker processes
+    return finish(config, workdir, state, cb, embed_fn, data, mesh, t_start,
+                  skipped() if skipped else None)
 
 
 def describe(config: ml_collections.ConfigDict, data: RunData, mesh: jax.sharding.Mesh) -> str:

@@ -46,9 +46,7 @@ def _row_keys(images: np.ndarray) -> np.ndarray:
 def _weights_tag(weights: str) -> str:
   """The weights' part of a cache name: their content's hash, so the same weights copied to
   another path or re-staged with a new mtime (a job's node-local copy) reuse their features."""
-  if weights in ("random", "download", ""):   # "": download, as load_vgg reads it
-    return weights or "download"
-  return files.file_sha256(weights)[:12]
+  return vgg_lib.weights_keyword(weights) or files.file_sha256(weights)[:12]
 
 
 def _cache_name(weights: str, layer: str, depth: int, pool: str, power: float, flip: bool,

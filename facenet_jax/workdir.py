@@ -17,7 +17,7 @@ import ml_collections
 from configs import facenet as facenet_configs
 from facenet_jax import steps, vgg_features
 from facenet_jax.data import sources
-from infra import checkpoints, files, outdirs
+from infra import checkpoints, files, outdirs, vgg as vgg_lib
 from infra.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -270,10 +270,6 @@ def check_continuation(config: ml_collections.ConfigDict, workdir: str) -> list[
           for k, (old, new) in changed.items()]
 
 
-# model.vgg_weights values that name no file: seeded random weights, or the md5-checked
-# Keras download into the VGG weights cache (infra/vgg.py fetch_keras_weights)
-_WEIGHTS_KEYWORDS = ("random", "download", "")
-
 
 def _resolved(path: str) -> str:
   return os.path.realpath(os.path.expanduser(path))
@@ -313,7 +309,7 @@ def check_paths(workdir: str, config: ml_collections.ConfigDict) -> str | None:
 def _check_weights(where: str, weights: str) -> None:
   """``model.vgg_weights`` is a keyword or an existing regular file."""
   path = os.path.expanduser(weights)
-  if weights in _WEIGHTS_KEYWORDS or os.path.isfile(path):
+  if vgg_lib.weights_keyword(weights) or os.path.isfile(path):
     return
   what = "is not a regular file" if os.path.exists(path) else "does not exist"
   raise WorkdirError(f"{where}: config.model.vgg_weights = {weights!r} {what}; expected a "

@@ -3,13 +3,14 @@ files' content hashes."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Iterator
 
 from infra.errors import UserError
 
@@ -18,23 +19,26 @@ class InUseError(UserError, OSError):
   """A run directory another process is working in (:func:`hold_lock`)."""
 
 
-def hold_lock(directory: str, what: str):
-  """An open file holding an exclusive lock on ``directory/.lock`` for as long as it stays
-  open (the process's death releases it). Raises InUseError naming ``what`` when another
-  process holds it: two runs in one directory removed each other's checkpoints while they
-  were being written (Orbax cleans up unfinished checkpoints when it opens them), and both
-  appended to one log."""
+@contextlib.contextmanager
+def hold_lock(directory: str, what: str, enabled: bool = True) -> Iterator[None]:
+  """Holds an exclusive lock on ``directory/.lock`` inside the ``with`` (the process's death
+  releases it too; ``enabled`` False: nothing, for the processes of a run that do not write).
+  Raises InUseError naming ``what`` when another process holds it: two runs in one directory
+  removed each other's checkpoints while they were being written (Orbax cleans up unfinished
+  checkpoints when it opens them), and both appended to one log."""
+  if not enabled:
+    yield
+    return
   import fcntl
   os.makedirs(directory, exist_ok=True)
-  f = open(os.path.join(directory, LOCK_FILE), "a+")
-  try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    f.close()
-    raise InUseError(errno.EBUSY, f"{what} {directory} is in use: another process is running "
-                     f"there (it holds {os.path.join(directory, LOCK_FILE)}); wait for it to end, "
-                     "or use another one") from None
-  return f
+  with open(os.path.join(directory, LOCK_FILE), "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise InUseError(errno.EBUSY, f"{what} {directory} is in use: another process is running "
+                       f"there (it holds {os.path.join(directory, LOCK_FILE)}); wait for it to "
+                       "end, or use another one") from None
+    yield
 
 
 LOCK_FILE = ".lock"

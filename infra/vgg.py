@@ -279,6 +279,14 @@ def load_keras_weights(model: VGG, path: str | os.PathLike) -> VGG:
   return model
 
 
+def weights_keyword(path: str | os.PathLike | None) -> str | None:
+  """"random" or "download" when ``path`` names one of :func:`load_vgg`'s fixed weight sets
+  rather than a file (None and "" read as "download"); None for a file path. Everything that
+  keys on the weights (caches, fingerprints, input records) reads them through this."""
+  p = "" if path is None else os.fspath(path)
+  return {"random": "random", "download": "download", "": "download"}.get(p)
+
+
 def load_vgg(path: str | os.PathLike | None = None, depth: int = 19, pooling: str = "max", *,
              cache_dir: str | None = None, remat: bool = False, dtype=jnp.float32,
              seed: int = 0) -> VGG:
@@ -290,9 +298,9 @@ def load_vgg(path: str | os.PathLike | None = None, depth: int = 19, pooling: st
       seeded He-normal initialization (tests, baselines).
     depth, pooling, remat, dtype: as for :class:`VGG`.
   """
-  if path is not None and os.fspath(path) == "random":
+  if weights_keyword(path) == "random":
     return VGG(depth, pooling, remat=remat, dtype=dtype, rngs=nnx.Rngs(seed))
   model = VGG(depth, pooling, remat=remat, dtype=dtype, rngs=None)
-  if path is None or os.fspath(path) in ("", "download"):
+  if weights_keyword(path) == "download":
     path = vgg_weights.fetch_keras_weights(depth, cache_dir)
   return load_keras_weights(model, path)

@@ -476,32 +476,22 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
   distributed.check_same_everywhere("the config and inputs", json.dumps(
       {"config": config.to_dict(), "inputs": digests}, sort_keys=True, default=str))
   net = load_network(config, objective)
-  # only once the inputs, config and weights are good; then one process at a time runs here
-  lock = files.hold_lock(workdir, "workdir") if distributed.is_lead() else None
-  try:
-    return _run(config, objective, workdir, inputs, net, digests, changes, unread, t_start)
-  finally:
-    if lock is not None:
-      lock.close()
-
-
-def _run(config: ml_collections.ConfigDict, objective: cost.Objective, workdir: str,
-         inputs: Inputs, net: Network, digests: dict, changes: list[str], unread: list[str],
-         t_start: float) -> dict:
-  """The run itself, once checked and locked (:func:`stylize`)."""
-  run = StyleRun(config, objective, workdir, inputs, net)
-  state, start = run.restore()
-  if run.lead:
-    workdir_lib.save_config(config, workdir)
-    workdir_lib.save_inputs(digests, workdir)
-  if changes:
-    print(f"continuing {workdir} with changed " + "; ".join(changes), flush=True)
-  if unread:
-    print(f"note: continuing {workdir}, whose config sets what it never reads (kept, as a "
-          f"resume must): {'; '.join(unread)}", file=sys.stderr, flush=True)
-  print(f"stylizing {os.path.basename(inputs.content_path)} with "
-        f"{', '.join(os.path.basename(p) for p in inputs.style_paths)}: scales "
-        f"{[f'{w}x{h}' for h, w in inputs.sizes]}, {config.optimizer}, {config.num_steps} "
-        f"steps per scale, VGG{config.depth} ({config.pooling} pooling) from {config.weights}",
-        flush=True)
-  return run.finish(run.optimize(state, start), t_start)
+  os.makedirs(workdir, exist_ok=True)   # only once the inputs, config and weights are good
+  # and one process at a time runs here
+  with files.hold_lock(workdir, "workdir", enabled=distributed.is_lead()):
+    run = StyleRun(config, objective, workdir, inputs, net)
+    state, start = run.restore()
+    if run.lead:
+      workdir_lib.save_config(config, workdir)
+      workdir_lib.save_inputs(digests, workdir)
+    if changes:
+      print(f"continuing {workdir} with changed " + "; ".join(changes), flush=True)
+    if unread:
+      print(f"note: continuing {workdir}, whose config sets what it never reads (kept, as a "
+            f"resume must): {'; '.join(unread)}", file=sys.stderr, flush=True)
+    print(f"stylizing {os.path.basename(inputs.content_path)} with "
+          f"{', '.join(os.path.basename(p) for p in inputs.style_paths)}: scales "
+          f"{[f'{w}x{h}' for h, w in inputs.sizes]}, {config.optimizer}, {config.num_steps} "
+          f"steps per scale, VGG{config.depth} ({config.pooling} pooling) from {config.weights}",
+          flush=True)
+    return run.finish(run.optimize(state, start), t_start)

@@ -19,13 +19,11 @@ import sys
 
 import ml_collections
 
-from infra import files, outdirs
+from infra import files, outdirs, vgg as vgg_lib
 from style_jax.cost import StyleConfigError
 
 CONFIG_FILE = "config.json"
 INPUTS_FILE = "inputs.json"
-# config.weights values that name no file: a seeded random VGG, or the md5-checked download
-_WEIGHTS_KEYWORDS = ("random", "download", "")
 # how often a run logs, saves and checkpoints, and where its final image goes: a resumed run
 # may change these; num_steps only upwards and with one scale (it sets the scales' boundaries)
 CONTINUABLE = ("log_every", "save_every", "checkpoint_every", "keep_checkpoints", "output",
@@ -75,7 +73,7 @@ def input_digests(content: str, styles: list[str], weights: str) -> dict[str, li
   None for a weights keyword, or a path that is not a file: loading it names that)."""
   sha = lambda path: files.file_sha256(path) if os.path.isfile(path) else None
   weights = str(weights or "")
-  weights_sha = None if weights in _WEIGHTS_KEYWORDS else sha(os.path.expanduser(weights))
+  weights_sha = None if vgg_lib.weights_keyword(weights) else sha(os.path.expanduser(weights))
   return {"content": [[content, sha(content)]], "style": [[p, sha(p)] for p in styles],
           "weights": [[weights, weights_sha]]}
 

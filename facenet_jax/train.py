@@ -246,6 +246,7 @@ def finish(config: ml_collections.ConfigDict, workdir: str, state: State, cb: me
       print(f"margin {m.margin:g}:", flush=True)
     evals = run_evaluators(m.config, m.workdir if lead else None, member_state, embed_fn, data,
                            mesh, m.last_eval)
+    m.writer.forget(final_step, "final/")   # a finished run run again: one copy, this one's
     m.writer.write_scalars(final_step, {f"final/{n}": v for n, v in evaluators.flatten(evals).items()})
     results = make_results(m.config, final_step, m.last_eval, evals, m.last_train, data, mesh,
                            t_start, skipped_records)

@@ -65,6 +65,19 @@ class MetricWriter:
     self._events.add_event(Event(wall_time=time.time(), step=int(step),
                                  session_log=SessionLog(status=SessionLog.START)))
 
+  def forget(self, step: int, prefix: str) -> None:
+    """Forgets the scalars named ``prefix...`` that earlier runs of this directory logged at
+    steps >= ``step`` (their other values stay). A finished run run again logs its end-of-run
+    summaries (``final/...``) at the step it had logged them at; without this, each rerun
+    added a second copy to ``metrics.jsonl`` and to TensorBoard."""
+    if not self.enabled:
+      return
+    self._jsonl.close()
+    _drop_rows_from(os.path.join(self.logdir, "metrics.jsonl"), step, prefix)
+    self._jsonl = open(os.path.join(self.logdir, "metrics.jsonl"), "a")
+    for path in self._earlier_events:
+      _drop_events_from(path, step, prefix)
+
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
@@ -143,36 +156,56 @@ def _drop_partial_last_line(path: str) -> None:
     f.truncate(keep)
 
 
-def _drop_rows_from(path: str, step: int) -> None:
-  """Rewrites the JSON lines ``path`` without its rows of steps >= ``step`` (a line that is
-  not such a row stays); untouched when none goes."""
+def _drop_rows_from(path: str, step: int, prefix: str = "") -> None:
+  """Rewrites the JSON lines ``path`` without the values named ``prefix...`` of its rows of
+  steps >= ``step`` (a row left with none goes; a line that is not such a row stays);
+  untouched when nothing goes."""
   if not os.path.exists(path):
     return
   with open(path) as f:
     lines = f.readlines()
-  keep = [line for line in lines if not _row_at_or_after(line, step)]
-  if len(keep) < len(lines):
+  keep = [kept for line in lines if (kept := _row_without(line, step, prefix))]
+  if keep != lines:
     _replace(path, "".join(keep).encode())
 
 
-def _row_at_or_after(line: str, step: int) -> bool:
+def _row_without(line: str, step: int, prefix: str) -> str:
+  """``line`` without its values named ``prefix...`` if it is a row of a step >= ``step``;
+  "" when no value is left."""
   try:
     row = json.loads(line)
   except ValueError:
-    return False
-  return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] >= step
+    return line
+  if not (isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] >= step):
+    return line
+  kept = {k: v for k, v in row.items() if k == "step" or not k.startswith(prefix)}
+  if len(kept) == len(row):
+    return line
+  return json.dumps(kept) + "\n" if len(kept) > 1 else ""
 
 
-def _drop_events_from(path: str, step: int) -> None:
-  """Rewrites the event file ``path`` without its summaries of steps >= ``step`` (its other
-  records, such as the file version, stay); untouched when none goes."""
+def _drop_events_from(path: str, step: int, prefix: str = "") -> None:
+  """Rewrites the event file ``path`` without the summary values tagged ``prefix...`` of its
+  steps >= ``step`` (a summary left with none goes; its other records, such as the file
+  version, stay); untouched when nothing goes."""
   from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
   from tensorboard.compat.proto.event_pb2 import Event
   from tensorboard.summary.writer.record_writer import RecordWriter
   records = list(RawEventFileLoader(path).Load())   # a record cut by a kill is left out
-  keep = [r for r in records
-          if not ((e := Event.FromString(r)).HasField("summary") and e.step >= step)]
-  if len(keep) == len(records):
+  keep = []
+  for r in records:
+    e = Event.FromString(r)
+    if not (e.HasField("summary") and e.step >= step):
+      keep.append(r)
+      continue
+    values = [v for v in e.summary.value if not v.tag.startswith(prefix)]
+    if len(values) == len(e.summary.value):
+      keep.append(r)
+    elif values:
+      del e.summary.value[:]
+      e.summary.value.extend(values)
+      keep.append(e.SerializeToString())
+  if keep == records:
     return
   buf = io.BytesIO()
   for r in keep:

@@ -202,3 +202,31 @@ def test_a_log_window_pools_triplet_statistics_over_its_valid_triplets():
   assert got["num_valid"] == pytest.approx(9 / 4)
   empty = members_lib.window_means([{**steps[1]}, {**steps[1]}])
   assert empty["mean_d_ap"] == 0.0 and empty["frac_active"] == 0.0
+
+
+def test_finished_run_run_again_logs_its_final_rows_once(reference, tmp_path):
+  """A finished run started again with the same command evaluates again and logs its
+  ``final/...`` rows at the last step: one copy of each (a second was appended before), the
+  logs otherwise the uninterrupted run's."""
+  work = tmp_path / "run"
+  _train(work)
+  _train(work)
+  _assert_same_logs(work, reference)
+  tags = [t for s, t in _raw_summaries(work) if t.startswith("final/")]
+  assert tags and len(tags) == len(set(tags))
+
+
+def test_forget_drops_only_the_prefix(tmp_path):
+  """``MetricWriter.forget(s, prefix)``: values tagged ``prefix...`` at steps >= s go from
+  metrics.jsonl and the earlier event files; other values of the same rows stay."""
+  first = metric_writer.MetricWriter(str(tmp_path))
+  first.write_scalars(2, {"train/loss": 0.2, "final/acc": 0.9})
+  first.write_scalars(3, {"final/acc": 0.8})
+  first.write_scalars(1, {"final/acc": 0.7})
+  first.close()
+  again = metric_writer.MetricWriter(str(tmp_path))
+  again.forget(2, "final/")
+  again.close()
+  assert metric_writer.read_metrics(str(tmp_path)) == [
+      {"step": 2, "train/loss": 0.2}, {"step": 1, "final/acc": 0.7}]
+  assert _raw_summaries(tmp_path) == [(1, "final/acc"), (2, "train/loss")]

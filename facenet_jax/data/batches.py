@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import gc
 import os
 from typing import Any, Callable
 
@@ -189,4 +190,5 @@ class TrainBatches:
     if hasattr(it, "close"):
       it.close()
     del it            # the batches buffered ahead go with it...
+    gc.collect()      # (an iterator read to its end keeps its last batch in a reference cycle)
     wait_for_shm_unlinks()   # ...and their blocks are unlinked before we return

@@ -12,7 +12,6 @@ open-set metrics (rank-k, DIR, FNIR, FAR) are in :mod:`facenet_jax.open_set`.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from typing import Union
@@ -20,6 +19,7 @@ from typing import Union
 import numpy as np
 from numpy.lib import format as npy_format
 
+from infra import files
 from infra.errors import UserError
 
 Identity = Union[str, int]
@@ -214,7 +214,7 @@ class Gallery:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     ids = np.asarray(self._ids) if self._ids else np.zeros((0,), np.str_)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-gallery-", suffix=".npz")
+    fd, tmp = files.temp_beside(path, prefix=".tmp-gallery-", suffix=".npz")
     try:
       with os.fdopen(fd, "wb") as f:
         np.savez(f, emb_NxD=self._emb, ids=ids, format_version=np.int64(_FORMAT_VERSION),

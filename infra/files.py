@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from typing import Any, Iterator
 
@@ -68,6 +69,29 @@ def check_directory(path: str, what: str) -> None:
                        f"in it was changed") from e
 
 
+def temp_beside(path: str, prefix: str = ".tmp-", suffix: str = "") -> tuple[int, str]:
+  """``(fd, name)`` of a new temporary file in ``path``'s folder, to be renamed onto ``path``,
+  with the permissions ``path`` has, or for a new file those of ``open()`` (0o666 less the
+  umask). mkstemp's own 0600 made results.json, config.json, galleries and the weights cache
+  unreadable to the other users of a shared run or cache folder, unlike every other file."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=prefix,
+                             suffix=suffix)
+  try:
+    os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path)
+             else 0o666 & ~_umask())
+  except BaseException:
+    os.close(fd)
+    os.remove(tmp)
+    raise
+  return fd, tmp
+
+
+def _umask() -> int:
+  mask = os.umask(0o022)   # the only way to read it is to set it
+  os.umask(mask)
+  return mask
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes ``obj`` as JSON to ``path`` via a temporary file and an atomic rename."""
   # the text first, before touching disk: an object that cannot be written leaves no file
@@ -81,7 +105,7 @@ def write_text_atomic(path: str, text: str) -> None:
   tmp = None
   try:
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    fd, tmp = temp_beside(path, suffix=".json")
     with os.fdopen(fd, "w") as f:
       f.write(text)
       f.flush()

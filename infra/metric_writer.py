@@ -12,13 +12,12 @@ import io
 import json
 import math
 import os
-import stat
-import tempfile
 import time
 from typing import Mapping
 
 import numpy as np
 
+from infra import files
 from infra.errors import UserError
 
 
@@ -217,9 +216,8 @@ def _replace(path: str, data: bytes) -> None:
   """Writes ``data`` to ``path`` via a temporary file and an atomic rename: a kill during the
   rewrite leaves the old file whole (and a hidden temporary one, which no reader takes for
   an event file: TensorBoard reads every name containing "tfevents")."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".rewrite-", suffix=".tmp")
+  fd, tmp = files.temp_beside(path, prefix=".rewrite-", suffix=".tmp")
   try:
-    os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))   # mkstemp's are 0600
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()

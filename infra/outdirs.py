@@ -5,7 +5,9 @@ each write a ``results.json`` into their folder. Given a folder of another kind,
 replace that file, exit 0 (a FaceNet run then lost the metrics recognize takes its threshold
 from; a Gatys run's results no longer matched its settings.json). ``kind_of`` tells the kinds
 apart by the files each writes; ``claim`` refuses a folder of another kind before anything is
-written. Folders of the same kind are left to each script's own resume checks.
+written. Folders of the same kind are left to each script's own resume checks. A folder with
+another program's logs (metrics.jsonl rows, TensorBoard summaries) but no config.json is a
+kind too: a training run started there dropped them (its logs restart at step 0).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 
+from infra import metric_writer
 from infra.errors import UserError
 
 # kind -> what it is, for messages
@@ -23,6 +26,7 @@ KINDS = {
     "gatys_combined": "a figure combined by reproduce_gatys.py --combine",
     "texture_1d": "a texture_1d.py result",
     "unknown": "a results.json of an unknown kind of run",
+    "logs": "logged metrics (metrics.jsonl rows or TensorBoard summaries) but no run's config.json",
 }
 TEXTURE_KIND = "texture_1d"   # the "kind" texture_1d.py writes into its results.json
 
@@ -54,7 +58,13 @@ def kind_of(folder: str) -> str | None:
   if has("settings.json"):
     return "gatys"
   if not has("results.json"):
-    return None
+    # another program's logs: a run started here would rewrite them (a fresh training run
+    # drops every earlier row and summary of steps >= 0) or mix its rows into them
+    # (with a checkpoints/ folder it is left to the scripts: training refuses it, a style
+    # run from before config.json was kept continues)
+    if os.path.isdir(os.path.join(folder, "checkpoints")):
+      return None
+    return "logs" if _has_logged_values(folder) else None
   results = _json(os.path.join(folder, "results.json")) or {}
   if results.get("kind") == TEXTURE_KIND or has("texture_1d.png"):
     return "texture_1d"
@@ -70,5 +80,23 @@ def claim(folder: str, kind: str, what: str) -> None:
     raise ValueError(f"kind {kind!r}: expected one of {sorted(KINDS)}")
   found = kind_of(folder)
   if found is not None and found != kind:
+    harm = "rewrite those logs" if found == "logs" else "replace its results.json"
     raise OutputFolderError(f"{what} {folder} holds {KINDS[found]}; writing {KINDS[kind]} there "
-                            f"would replace its results.json: use another folder")
+                            f"would {harm}: use another folder")
+
+
+def _has_logged_values(folder: str) -> bool:
+  """Whether ``folder`` holds a metrics.jsonl with a row or an event file with a summary
+  (what a run of this codebase writes only after its config.json)."""
+  try:
+    if metric_writer.read_metrics(folder):
+      return True
+  except (UserError, OSError, ValueError):
+    return True   # a metrics.jsonl that is not ours to read: not ours to rewrite
+  from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+  from tensorboard.compat.proto.event_pb2 import Event
+  for name in os.listdir(folder):
+    if "tfevents" in name and os.path.isfile(path := os.path.join(folder, name)):
+      if any(Event.FromString(r).HasField("summary") for r in RawEventFileLoader(path).Load()):
+        return True
+  return False

@@ -16,11 +16,11 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import urllib.request
 
 import numpy as np
 
+from infra import files
 from infra.errors import MissingFileError, UserError
 
 WEIGHTS_URLS = {
@@ -213,7 +213,7 @@ def fetch_keras_weights(depth: int = 19, cache_dir: str | None = None) -> str:
       return candidate
   os.makedirs(cache_dir, exist_ok=True)
   dest = os.path.join(cache_dir, fname)
-  fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".h5")
+  fd, tmp = files.temp_beside(dest, suffix=".h5")
   try:
     with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
       shutil.copyfileobj(resp, out)

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import re
+import stat
 import struct
 import zipfile
 import zlib
@@ -792,6 +793,29 @@ def test_results_json_that_cannot_be_written_is_named_and_the_old_one_kept(tmp_p
   assert json.loads(path.read_text()) == {"v": 1}
 
 
+def test_atomic_writes_give_the_permissions_of_open_or_of_the_file_replaced(tmp_path):
+  """results.json, config.json, galleries and the weights cache were written 0600 (mkstemp's
+  mode) beside 0644 logs: other users of a shared run folder could not read them. New files
+  now get 0o666 less the umask, as open() gives, and a replaced file keeps its mode."""
+  old = os.umask(0o027)
+  try:
+    files.write_json_atomic(str(tmp_path / "results.json"), {"v": 1})
+    g = R.Gallery(2, model_fingerprint="m")
+    g.enrol("a", np.ones((1, 2), np.float32) / np.sqrt(2))
+    g.save(str(tmp_path / "gallery.npz"))
+    with open(tmp_path / "plain.txt", "w"):
+      pass
+    (tmp_path / "kept.json").write_text("{}")
+    os.chmod(tmp_path / "kept.json", 0o604)
+    files.write_json_atomic(str(tmp_path / "kept.json"), {"v": 2})
+  finally:
+    os.umask(old)
+  mode = lambda n: stat.S_IMODE(os.stat(tmp_path / n).st_mode)
+  assert mode("plain.txt") == 0o640
+  assert mode("results.json") == mode("gallery.npz") == 0o640
+  assert mode("kept.json") == 0o604
+
+
 # ------------------------------------------------- runs, splits and sizes (issue 18, part A)
 
 
@@ -1241,7 +1265,7 @@ def test_output_folders_are_told_apart_by_the_files_each_kind_writes(tmp_path):
     d = tmp_path / name
     d.mkdir()
     for f, content in files.items():
-      (d / f.replace("_json", ".json").replace("_png", ".png")).write_text(
+      (d / f.replace("_jsonl", ".jsonl").replace("_json", ".json").replace("_png", ".png")).write_text(
           content if isinstance(content, str) else json.dumps(content))
     return str(d)
   cases = {
@@ -1256,6 +1280,8 @@ def test_output_folders_are_told_apart_by_the_files_each_kind_writes(tmp_path):
   assert outdirs.kind_of(folder("notes", notes_txt="mine")) is None   # no run's files: free
   assert outdirs.kind_of(folder("old_texture", results_json={}, texture_1d_png="")) == "texture_1d"
   assert outdirs.kind_of(folder("bad", config_json="{not json")) == "unknown"
+  assert outdirs.kind_of(folder("rows", metrics_jsonl='{"step": 0, "x": 1}\n')) == "logs"
+  assert outdirs.kind_of(folder("empty_log", metrics_jsonl="")) is None
   for kind, path in cases.items():
     assert outdirs.kind_of(path) == kind
     outdirs.claim(path, kind, "--out")   # its own kind: left to the script's resume checks
@@ -1264,6 +1290,29 @@ def test_output_folders_are_told_apart_by_the_files_each_kind_writes(tmp_path):
                          match=rf"--out {re.escape(path)} holds {re.escape(outdirs.KINDS[kind])}; "
                                rf"writing .* there would replace its results.json"):
         outdirs.claim(path, other, "--out")
+
+
+def test_a_run_started_in_another_programs_log_folder_is_refused(tmp_path):
+  """A folder with TensorBoard summaries and metrics.jsonl rows but no config.json (another
+  program's logs): training there dropped every earlier row and summary (its logs restart at
+  step 0), exit 0; stylize mixed its rows in. Both are refused, the folder untouched."""
+  from infra import metric_writer
+  from style_jax import workdir as style_workdir
+  for only in ("events", "metrics.jsonl"):
+    d = tmp_path / only
+    w = metric_writer.MetricWriter(str(d))
+    w.write_scalars(5, {"other/accuracy": 0.5})
+    w.close()
+    (d / ("metrics.jsonl" if only == "events" else next(
+        n for n in os.listdir(d) if "tfevents" in n))).unlink()
+    before = _snapshot(d)
+    with pytest.raises(workdir_lib.outdirs.OutputFolderError,
+                       match=rf"workdir {re.escape(str(d))} holds logged metrics .* but no run's "
+                             r"config.json; .* would rewrite those logs"):
+      workdir_lib.check_continuation(facenet_config("tiny"), str(d))
+    with pytest.raises(workdir_lib.outdirs.OutputFolderError, match="would rewrite those logs"):
+      style_workdir.check_continuation(style_config(), str(d))
+    assert _snapshot(d) == before
 
 
 @pytest.mark.parametrize("output, why", [

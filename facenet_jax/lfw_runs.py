@@ -113,7 +113,23 @@ def fold_scores(dirs: list[str], folds: list[int] | None = None) -> dict[int, Fo
         out[fold] = FoldScores(path, fold, scores, arrays["fold"], arrays["issame"].astype(bool))
       except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: not a readable LFW score file ({type(e).__name__}: {e})") from e
+      check_fold_scores(out[fold])
   return out
+
+
+def check_fold_scores(fs: FoldScores) -> None:
+  """ValueError naming the file when its arrays are not one (P,) entry per pair each (the
+  scorers, ``fold``, ``issame``), or a score is NaN/Inf: a short array was an IndexError
+  traceback, a NaN an error naming neither file nor scorer."""
+  shapes = {name: a.shape for name, a in {**fs.scores, "fold": fs.folds, "issame": fs.issame}.items()}
+  if len(set(shapes.values())) != 1 or len(shapes["fold"]) != 1:
+    raise ValueError(f"{fs.path}: expected one value per pair in every array, got shapes "
+                     + ", ".join(f"{k} {v}" for k, v in shapes.items()))
+  for name, a in fs.scores.items():
+    if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
+      bad = "not numbers" if not np.issubdtype(a.dtype, np.number) else \
+          f"{int(np.sum(~np.isfinite(a)))} of {a.size} NaN or Inf"
+      raise ValueError(f"{fs.path}: scores {name!r}: {bad}")
 
 
 def pooled_scores(dirs: list[str], folds: list[int] | None = None

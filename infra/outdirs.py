@@ -100,3 +100,15 @@ def _has_logged_values(folder: str) -> bool:
       if any(Event.FromString(r).HasField("summary") for r in RawEventFileLoader(path).Load()):
         return True
   return False
+
+
+def check_own_file(path: str | None, flag: str, kind: str) -> None:
+  """Raises OutputFolderError when the JSON output file ``path`` (given as ``flag``) exists and
+  is not one that the writer ``kind`` wrote (a JSON object with ``"kind": kind``): a table
+  written to the path of a run's results.json or a user's file replaced it, exit 0."""
+  if not path or not os.path.lexists(path):
+    return
+  found = _json(path) if os.path.isfile(path) else None
+  if (found or {}).get("kind") != kind:
+    raise OutputFolderError(f"{flag}={path} exists and is not a {kind} output; writing there "
+                            f"would replace it: remove it or choose another path")

@@ -14,6 +14,7 @@ Each run lives in ``<workdir>/<field>=<value>`` and resumes (or is skipped when 
 ``--field=data.test_fold``: runs over seeds or settings on one fold keep their own ROCs).
 """
 
+import functools
 import os
 
 from absl import flags
@@ -39,6 +40,35 @@ def summarize(per_run: dict[str, dict[str, float]]) -> dict[str, dict[str, float
     v = np.asarray([m[k] for m in per_run.values() if k in m], np.float64)
     out[k] = {"mean": float(v.mean()), "std": float(v.std()), "std_ddof": 0, "n": int(v.size)}
   return out
+
+
+def check_summary(path: str, field: str, values: list[str]) -> None:
+  """SystemExit when ``path`` (the workdir's summary.json) would lose what it holds: it is not a
+  cross-validation summary, or one over another field, or over values this call leaves out
+  (``--values=0`` replaced a ten-fold summary with a one-fold one, exit 0). A call over the
+  same or more values rewrites it."""
+  if not os.path.exists(path):
+    return
+  from infra import files
+  try:
+    old = files.read_json(path)
+  except (OSError, ValueError):
+    old = None
+  if not (isinstance(old, dict) and isinstance(old.get("values"), list) and "field" in old):
+    raise SystemExit(f"{path} is not a cross_validate.py summary; this call would replace it: "
+                     f"use another --workdir")
+  if old["field"] != field:
+    raise SystemExit(f"{path} summarizes --field={old['field']} (--values={','.join(old['values'])}); "
+                     f"--field={field} would replace it: use another --workdir")
+  dropped = [v for v in old["values"] if v not in values]
+  if dropped:
+    raise SystemExit(f"{path} summarizes --values={','.join(old['values'])}; this call would drop "
+                     f"{','.join(dropped)} from it: give those values too, or another --workdir")
+
+
+def field_value(config, field: str):
+  """The value of the dotted ``field`` in ``config``."""
+  return functools.reduce(lambda c, k: c[k], field.split("."), config)
 
 
 def pooled_lfw_roc(run_dirs: list[str], path: str, field: str) -> str | None:
@@ -81,6 +111,16 @@ def main(argv):
     check_config(configs[value])
     if configs[value].data.source == "lfw":   # a fold pairs.txt does not have, not at its turn
       real.check_lfw_folds(configs[value])
+  # two spellings of one value (0.1 and 0.10, 0 and 00) trained the same run twice and counted
+  # it as two in the mean and std
+  seen = {}
+  for value, config in configs.items():
+    parsed = repr(field_value(config, _FIELD.value))
+    if parsed in seen:
+      raise SystemExit(f"--values: {seen[parsed]} and {value} are the same value of "
+                       f"{_FIELD.value} ({parsed}); each value is one run")
+    seen[parsed] = value
+  check_summary(os.path.join(_WORKDIR.value, "summary.json"), _FIELD.value, values)
   per_run, dirs = {}, []
   wd_of = lambda value: os.path.join(_WORKDIR.value, f"{_FIELD.value}={value}")
   # every value's folder before one trains: a run there of another config (other flags, or

@@ -32,14 +32,18 @@ _OUT = cli.json_flag("out", None, "A JSON file for the tables (optional).")
 
 _COLUMNS = ("calibration_in_sample", "transfer", "within_fold", "in_sample")
 
+KIND = "lfw_threshold_costs"   # in the --out file: a rerun may replace its own table, nothing else
+
 
 def main(argv):
   del argv
   from facenet_jax import lfw_runs
+  from infra import outdirs
   from infra.files import write_json_atomic
   try:
     roots = lfw_runs.parse_runs(_RUNS.value)
     lfw_runs.check_out_of_runs(_OUT.value, roots)
+    outdirs.check_own_file(_OUT.value, "--out", KIND)   # nothing else is replaced
     costs = {label: lfw_runs.threshold_costs(lfw_runs.run_dirs(root), _SCORER.value, _SPLITS.value,
                                              _REPEATS.value) for label, root in roots.items()}
   except ValueError as e:
@@ -63,7 +67,7 @@ def main(argv):
           f"{m['in_sample'] - m['within_fold']:+.4f}; threshold from other people (transfer - "
           f"within; negative: it costs accuracy) {m['transfer'] - m['within_fold']:+.4f}")
   if _OUT.value:
-    write_json_atomic(_OUT.value, {"runs": roots, "scorer": _SCORER.value, "splits": _SPLITS.value,
+    write_json_atomic(_OUT.value, {"kind": KIND, "runs": roots, "scorer": _SCORER.value, "splits": _SPLITS.value,
                                    "repeats": _REPEATS.value, "mean": means,
                                    "folds": {label: [dataclasses.asdict(c) for c in rows]
                                              for label, rows in costs.items()}})

@@ -25,14 +25,18 @@ _RUNS = flags.DEFINE_list("runs", None, "LABEL=DIR cross-validation workdirs, ba
 _SCORER = flags.DEFINE_string("scorer", "distance", "Which scores' threshold to choose by.")
 _OUT = cli.json_flag("out", None, "A JSON file for the table (optional).")
 
+KIND = "select_lfw_model"   # in the --out file: a rerun may replace its own table, nothing else
+
 
 def main(argv):
   del argv
   from facenet_jax import lfw_runs
+  from infra import outdirs
   from infra.files import write_json_atomic
   try:
     roots = lfw_runs.parse_runs(_RUNS.value)
     lfw_runs.check_out_of_runs(_OUT.value, roots)
+    outdirs.check_own_file(_OUT.value, "--out", KIND)   # nothing else is replaced
     choices = lfw_runs.select_per_fold(
         {label: lfw_runs.run_dirs(root) for label, root in roots.items()}, _SCORER.value)
   except ValueError as e:
@@ -56,7 +60,7 @@ def main(argv):
     cells = " | ".join(f"{s[m + '/mean']:.4f} +- {s[m + '/std']:.4f}" for m in metrics)
     print(f"| {k} | {cells} | {s.get('chosen', '')} |")
   if _OUT.value:
-    write_json_atomic(_OUT.value, {"runs": roots, "scorer": _SCORER.value, "summary": summary,
+    write_json_atomic(_OUT.value, {"kind": KIND, "runs": roots, "scorer": _SCORER.value, "summary": summary,
                                    "folds": [dataclasses.asdict(c) for c in choices]})
     print(f"wrote {_OUT.value}")
 

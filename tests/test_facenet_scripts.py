@@ -156,6 +156,10 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
   os.makedirs(cv_old / "margin=0.2")
   for name in ("config.json", "results.json"):
     shutil.copy(os.path.join(workdir, name), cv_old / "margin=0.2" / name)
+  cv_sum = tmp_path / "cv_sum"   # a cross-validation's summary over two values
+  os.makedirs(cv_sum)
+  (cv_sum / "summary.json").write_text('{"field": "margin", "values": ["0.2", "0.3"], "runs": {}}')
+  (tmp_path / "mine.json").write_text('{"mine": 1}')   # a user's file, not a table of ours
   again = tmp_path / "faces_again"
   os.makedirs(again)
   (again / "detections.json").write_text('{"images": []}')
@@ -224,6 +228,20 @@ def test_scripts_report_user_errors_in_one_line_with_status_2_and_change_nothing
                    r"model.embedding_dim: \d+ in the run, 32 now"),
       "cv_twice": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--field=margin",
                       "--values=0.2,0.2"), r"error: --values: 0.2 given twice"),
+      # one value spelled twice trained one run twice, counted as n=2 with std 0
+      "cv_same": (py("cross_validate.py", tiny, f"--workdir={tmp_path / 'cv'}", "--field=margin",
+                     "--values=0.2,0.20"),
+                  r"error: --values: 0.2 and 0.20 are the same value of margin \(0.2\)"),
+      # a summary over other values or another field was replaced, exit 0
+      "cv_fewer": (py("cross_validate.py", tiny, f"--workdir={cv_sum}", "--field=margin",
+                      "--values=0.2"), r"error: \S+/cv_sum/summary.json summarizes --values=0.2,0.3; "
+                                       r"this call would drop 0.3 from it"),
+      "cv_other_field": (py("cross_validate.py", tiny, f"--workdir={cv_sum}", "--field=seed",
+                            "--values=1"), r"error: \S+/cv_sum/summary.json summarizes --field=margin"),
+      "select_mine": (py("select_lfw_model.py", f"--runs=a={workdir}", f"--out={tmp_path / 'mine.json'}"),
+                      r"error: --out=\S+/mine.json exists and is not a select_lfw_model output"),
+      "costs_mine": (py("lfw_threshold_costs.py", f"--runs=a={workdir}", f"--out={tmp_path / 'mine.json'}"),
+                     r"error: --out=\S+/mine.json exists and is not a lfw_threshold_costs output"),
       "argparse": (py("recognize.py", "identify", f"--workdir={workdir}", "--gallery=g.npz",
                       "--threshold=abc", "x.png"),
                    r"error: recognize.py: argument --threshold: invalid float value: 'abc'"),
@@ -640,6 +658,26 @@ def test_pooled_lfw_scores_take_each_runs_own_test_fold(tmp_path):
   shutil.copytree(dirs[0], str(tmp_path / "cv" / "again"))   # fold 0 twice: an error, not 1,200 pairs
   with pytest.raises(ValueError, match=r"lfw_scores_fold0.npz: test fold 0 was read before from"):
     lfw_runs.pooled_scores(dirs + [str(tmp_path / "cv" / "again")])
+
+
+def test_a_score_file_of_unequal_lengths_or_nan_is_named(tmp_path):
+  """A score file whose arrays differ in length was an IndexError traceback in
+  select_lfw_model, lfw_threshold_costs and plot_lfw_roc; a NaN score an error naming
+  neither the file nor the scorer."""
+  from facenet_jax import lfw_runs
+  d = tmp_path / "r"
+  os.makedirs(d)
+  fold, issame = np.repeat(np.arange(10), 600), np.arange(6000) % 2 == 0
+  np.savez(d / "lfw_scores_fold0.npz", fold=fold, issame=issame, distance=np.zeros(5999))
+  with pytest.raises(ValueError, match=r"lfw_scores_fold0.npz: expected one value per pair in "
+                                       r"every array, got shapes distance \(5999,\), fold \(6000,\)"):
+    lfw_runs.pooled_scores([str(d)])
+  nan = np.zeros(6000)
+  nan[7] = np.nan
+  np.savez(d / "lfw_scores_fold0.npz", fold=fold, issame=issame, distance=np.zeros(6000),
+           head_chi2=nan)
+  with pytest.raises(ValueError, match=r"lfw_scores_fold0.npz: scores 'head_chi2': 1 of 6000 NaN or Inf"):
+    lfw_runs.pooled_scores([str(d)])
 
 
 def test_cross_validate_pools_the_roc_only_over_distinct_test_folds(tmp_path):

@@ -294,6 +294,9 @@ def threshold_costs(dirs: list[str], scorer: str = "distance", splits: int = 10,
   out = []
   for k, fs in sorted(read.items()):
     d, same = np.asarray(fs.of(scorer), np.float64), fs.issame
+    if splits > int(fs.test.sum()):   # more splits than pairs were printed as that many
+      raise ValueError(f"splits={splits}: {fs.path} has {int(fs.test.sum())} test pairs; expected "
+                       f"at most that many splits")
     cal = calibration_folds(fs)
     fit = np.isin(fs.folds, cal)
     _, cal_acc, transfer = verification.threshold_transfer(d[fit], same[fit], d[fs.test], same[fs.test])

@@ -252,7 +252,10 @@ def main(argv):
     print(f"{name:>8} {size:>8} {rf.jump[0]:>5} {len(entries):>6} {len(entries) - live.size:>5} "
           f"{float(np.mean(b['value'][:, 0])):>11.4g}")
   files_lib.write_json_atomic(os.path.join(_OUT.value, "units.json"), index)
-  print(f"wrote {len(layers)} PNGs and units.json to {_OUT.value} in {time.time() - t0:.0f} s")
+  drawn = [n for n, v in index["layers"].items() if v["png"]]   # a layer of dead units has none
+  print(f"wrote {len(drawn)} PNGs and units.json to {_OUT.value} in {time.time() - t0:.0f} s"
+        + (f"; no live unit in {', '.join(n for n in index['layers'] if n not in drawn)}, no PNG"
+           if len(drawn) < len(index["layers"]) else ""))
 
 
 if __name__ == "__main__":

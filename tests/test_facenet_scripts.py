@@ -672,6 +672,9 @@ def test_a_score_file_of_unequal_lengths_or_nan_is_named(tmp_path):
   with pytest.raises(ValueError, match=r"lfw_scores_fold0.npz: expected one value per pair in "
                                        r"every array, got shapes distance \(5999,\), fold \(6000,\)"):
     lfw_runs.pooled_scores([str(d)])
+  np.savez(d / "lfw_scores_fold0.npz", fold=fold, issame=issame, distance=np.zeros(6000))
+  with pytest.raises(ValueError, match=r"splits=601: \S+lfw_scores_fold0.npz has 600 test pairs"):
+    lfw_runs.threshold_costs([str(d)], splits=601)   # printed as 601 splits, really 600
   nan = np.zeros(6000)
   nan[7] = np.nan
   np.savez(d / "lfw_scores_fold0.npz", fold=fold, issame=issame, distance=np.zeros(6000),

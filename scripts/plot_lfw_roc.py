@@ -68,6 +68,9 @@ def main(argv):
     twice = sorted({f for f in folds if folds.count(f) > 1})
     raise SystemExit(f"--folds={','.join(_FOLDS.value)}: fold(s) {twice} given twice")
   runs = read_runs(_RUNS.value, _SCORER.value, folds)
+  # points of the pooled curve: the thresholds are read off the pairs themselves, unlike the
+  # VAL@FAR of results.json (threshold from calibration pairs), so say which these are
+  print("TAR@FAR: in-sample, at the pooled pairs' own thresholds (the ROC curve's points)")
   print("| run | test folds | pairs | ROC AUC | EER | TAR@FAR=1e-2 | TAR@FAR=1e-3 |\n"
         "|---|---|---|---|---|---|---|")
   curves = {}

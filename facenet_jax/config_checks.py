@@ -8,9 +8,11 @@ added in one place.
 from __future__ import annotations
 
 import ml_collections
+import numpy as np
 
 from facenet_jax import clustering, evaluators, losses, mining, models, pair_head, steps, vgg_features
 from facenet_jax.data import sources
+from infra import overrides
 from infra.errors import UserError
 
 # config.optim.name / .schedule: the optimizers and learning-rate schedules that
@@ -65,6 +67,13 @@ def _check_objective(c: ml_collections.ConfigDict) -> None:
   _require(all(_number(m) and m >= 0 for m in margins) and len(set(margins)) == len(margins),
            "margins", c.margins,
            "distinct numbers >= 0 (one model per alpha), or () for one run at config.margin")
+  if len(set(margins)) == len(margins) and all(_number(m) for m in margins):
+    # each member trains at its float32 margin in a directory named by it (margin=0.1): two
+    # that share either trained one model twice, or wrote two into one folder before failing
+    names = [overrides.point_name({"margin": float(m)}) for m in margins]
+    _require(len(set(names)) == len(names) and len(set(np.float32(margins).tolist())) == len(margins),
+             "margins", c.margins, "margins that differ as float32 and in their directory "
+             f"names (these give {names})")
   _require(not (margins and c.offline.enabled), "margins", c.margins,
            "() with offline.enabled (offline selection uses one model's embeddings)")
   _one_of(c.semi_hard_fallback, mining.FALLBACKS, "semi_hard_fallback")

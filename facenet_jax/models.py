@@ -157,7 +157,7 @@ class VGGEmbedding(nnx.Module):
 
   def __init__(self, depth: int, layer: str, weights: str, hidden: Sequence[int],
                embedding_dim: int, image_size: int, *, dtype: Any, rngs: nnx.Rngs):
-    self.backbone = vgg_lib.load_vgg(weights, depth, "max", seed=0)
+    self.backbone = vgg_lib.load_vgg(weights, depth, "max", dtype=dtype, seed=0)
     self.layer = layer
     side = image_size
     for name in vgg_lib.layer_names(depth)[:vgg_lib.layer_names(depth).index(layer) + 1]:

@@ -195,6 +195,16 @@ def test_bad_evaluator_settings_are_named_in_one_line(field, value):
   assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("margins", [(0.1, 0.1000001), (0.2, 0.2000000001)])
+def test_margins_sharing_a_directory_name_or_a_float32_are_refused(margins):
+  """(0.1, 0.1000001) trained both members into one margin=0.1 folder (logs and checkpoints
+  mixed) and failed only after the run; (0.2, 0.2000000001) trained one model twice."""
+  with pytest.raises(ConfigError, match=r"^config\.margins = .*: expected margins that differ as "
+                                        r"float32 and in their directory names"):
+    check_config(_with(facenet.get_config("tiny"), "margins", margins))
+  check_config(_with(facenet.get_config("tiny"), "margins", (0.1, 0.2)))
+
+
 def test_good_evaluator_settings_pass():
   tiny = facenet.get_config("tiny")
   for field, value in (("evaluation.lfw_view2.pair_features", ""),

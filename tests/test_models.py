@@ -222,3 +222,16 @@ def test_factorized_kernels():
     assert models._factorized(7, 2) == [(1, 7), (7, 1)]
     assert models._factorized(7, 1) == [(7,)]
     assert models._factorized(3, 3) == [(1, 1, 3), (1, 3, 1), (3, 1, 1)]
+
+
+def test_bfloat16_reaches_the_vgg_backbone():
+    """``model.dtype=bfloat16`` with ``vgg16``/``vgg19`` ran the backbone's convs in float32
+    (only the head's matmul was bf16): a bf16 fine-tune got none of the memory or speed. The
+    backbone now computes in bf16, with float32 parameters and a float32 unit embedding."""
+    cfg = _cfg(name="vgg16", dtype="bfloat16", vgg_weights="random", vgg_layer="pool2",
+               widths=(), embedding_dim=8)
+    model = models.create_model(cfg, in_channels=3, rngs=nnx.Rngs(0), example_shape=(16, 16, 3))
+    assert model.backbone.dtype == jnp.bfloat16
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
+    y = model(_randn(2, 16, 16, 3), train=True)
+    assert y.dtype == jnp.float32 and np.allclose(np.linalg.norm(np.asarray(y), axis=1), 1, atol=1e-3)

@@ -17,15 +17,21 @@ vmapped ``margins`` run writes its own sweep.json) is expanded by :func:`collect
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Mapping, Sequence
 
 from facenet_jax import evaluators
 from infra import files, overrides
-from infra.errors import MissingFileError
+from infra.errors import MissingFileError, UserError
 
 INDEX = "sweep.json"
 RESULTS = "results.json"
+
+
+class SweepError(UserError, ValueError):
+  """A sweep that cannot run as asked: its root indexes another sweep, flags that contradict
+  each other, a job script that would replace another one (the message names which)."""
 
 
 def named_points(points: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -98,19 +104,41 @@ def write_index(root: str, points: Sequence[Mapping[str, Any]], *, header: Mappi
 
 
 def check_same_sweep(root: str, header: Mapping[str, Any]) -> None:
-  """Raises ValueError when ``root/sweep.json`` is the index of another
+  """Raises SweepError (a ValueError) when ``root/sweep.json`` is the index of another
   sweep (other ``sweep``, ``config_file`` or ``base_overrides``): writing this one's index
   replaced it, and the other sweep's points, still on disk, were no longer listed."""
   try:
     was = files.read_json(os.path.join(root, INDEX))
   except (OSError, ValueError):
     return   # none yet (or unreadable: rewritten from the point folders)
+  if not isinstance(was, dict):
+    return
   keys = ("kind", "sweep", "config_file", "base_overrides")
-  diff = [k for k in keys if k in was and was.get(k) != header.get(k)]
+  diff = [k for k in keys if k in was and _comparable(k, was.get(k)) != _comparable(k, header.get(k))]
   if diff:
-    raise ValueError(f"{os.path.join(root, INDEX)} indexes another sweep ("
+    raise SweepError(f"{os.path.join(root, INDEX)} indexes another sweep ("
                      + "; ".join(f"{k}: {was.get(k)!r} there, {header.get(k)!r} now" for k in diff)
                      + "); use another --workdir for this one")
+
+
+def config_file_arg(config_arg: str) -> str:
+  """``--config``'s value with its file made absolute (against the current directory):
+  ``configs/facenet.py:tiny`` -> ``/repo/configs/facenet.py:tiny``. ml_collections splits
+  the variant off at the first colon, so this does too."""
+  path, colon, variant = config_arg.partition(":")
+  return os.path.abspath(path) + colon + variant   # as ml_collections opens it: no ~ expansion
+
+
+def _comparable(key: str, value: Any) -> Any:
+  """``value`` of a sweep.json header field as it compares: as JSON (base overrides of a tuple
+  field, ``model.widths=(4, 8)``, came back from the file as a list, and every later run and
+  array task of that sweep was refused as "another sweep"), and a config file by the file it
+  names (an older index recorded ``--config`` as given, relative to the directory sweep.py
+  ran from; the array tasks run from that directory too, with the path made absolute)."""
+  if key == "config_file" and isinstance(value, str):
+    path, colon, variant = config_file_arg(value).partition(":")
+    return os.path.realpath(path) + colon + variant
+  return json.loads(json.dumps(value, sort_keys=True, default=str))   # tuples -> lists
 
 
 def recorded_failures(root: str, skip: Sequence[str] = ()) -> dict[str, str]:

@@ -3,7 +3,7 @@
   # all points, one after another (skips finished points, resumes half-finished ones)
   python scripts/sweep.py --config=configs/facenet.py:orl --sweep=margin --workdir=runs/orl_margin \
       --config.num_steps=300
-  # one command per point, for any scheduler; or a SLURM array-job script
+  # one command per point, for any scheduler; or a SLURM array-job script (ROOT/sweep.slurm)
   python scripts/sweep.py --config=configs/facenet.py:orl --sweep=margin --workdir=ROOT --dry_run
   python scripts/sweep.py --config=configs/facenet.py:orl --sweep=margin --workdir=ROOT --emit=slurm
   # what one of those commands runs: point 3 only
@@ -16,13 +16,19 @@ its status (done / partial / pending / failed) and final metrics, rewritten afte
 point. Under ``srun`` with several tasks, or with ``JAX_COORDINATOR_ADDRESS`` set, each
 point runs multi-host through ``jax.distributed`` (infra/distributed.py); only process 0
 writes files.
+
+``--dry_run`` and ``--emit=slurm`` run every check a point's run makes before it trains (the
+config, the point folders, a ``sweep.json`` of another sweep) and write nothing when one
+fails. Their commands run from the directory sweep.py was run from (``cd DIR && ...``; the
+job script ``cd``s there), with the script, ``--config`` file and ``--workdir`` absolute:
+relative paths, in ``--config.x=y`` flags or in the config file, mean what they meant here
+(a flag's value is kept as given: it is recorded in each point's config.json, which a
+resumed point must match).
 """
 
 import os
 import shlex
 import sys
-
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 from absl import flags
 from ml_collections import config_flags
@@ -35,10 +41,16 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/facenet.py", "Confi
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root: one directory per point, sweep.json.",
                                required=True)
 _SWEEP = flags.DEFINE_string("sweep", "margin", "A sweep of configs/sweeps.py (SWEEPS).")
-_INDEX = flags.DEFINE_integer("index", -1, "Run only this point (0-based; -1: all).")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one command per point and exit.")
-_EMIT = flags.DEFINE_enum("emit", "", ["", "slurm"], "Write ROOT/sweep.slurm (an array job) and exit.")
-_SLURM = flags.DEFINE_list("slurm_options", [], "Extra #SBATCH options, e.g. --gres=gpu:1,--time=4:00:00.")
+_INDEX = flags.DEFINE_integer("index", -1, "Run only this point (0-based; -1: all); with "
+                               "--dry_run, print only its command. Not with --emit.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print one command per point (run from any "
+                             "directory) and exit. Not with --emit.")
+_EMIT = flags.DEFINE_enum("emit", "", ["", "slurm"], "Write ROOT/sweep.slurm (an array job, "
+                          "one task per point) and exit. An existing sweep.slurm is left as it "
+                          "is: the same script again is not rewritten, another one (edited, or "
+                          "of other flags) is refused; remove or rename it to write a new one.")
+_SLURM = flags.DEFINE_list("slurm_options", [], "Extra #SBATCH options, e.g. "
+                           "--gres=gpu:1,--time=4:00:00 (with --emit=slurm).")
 # an entry that is blank (a comma too many) or not an option became a '#SBATCH ' line sbatch
 # ignores or rejects, found only when the job was submitted
 flags.register_validator("slurm_options", lambda opts: all(o.strip().startswith("-") for o in opts),
@@ -54,24 +66,67 @@ def load_points(name: str) -> list[dict]:
     raise SystemExit(f"--sweep={name}: {e}") from e
 
 
-def point_command(config_arg: str, base: dict, index: int) -> str:
-  """The shell command that runs point ``index`` of this sweep (with the same overrides)."""
+def check_modes() -> None:
+  """Refuses flags that would be ignored: ``--emit`` writes a job of every point (an
+  ``--index`` was dropped) and ``--dry_run`` printed commands in place of the job script."""
+  from facenet_jax.sweep import SweepError
+  if _EMIT.value and _DRY_RUN.value:
+    raise SweepError(f"--dry_run --emit={_EMIT.value}: give one of them (--dry_run prints the "
+                     "commands, --emit writes the job script)")
+  if _EMIT.value and _INDEX.value != -1:
+    raise SweepError(f"--index={_INDEX.value} --emit={_EMIT.value}: the job script runs every "
+                     "point, one array task each; drop --index (or use --dry_run --index=N for "
+                     "one point's command)")
+  if _SLURM.value and _EMIT.value != "slurm":
+    raise SweepError(f"--slurm_options={','.join(_SLURM.value)}: only used with --emit=slurm")
+
+
+def _point_args(config_arg: str, base: dict) -> list[str]:
+  """The command of a point but its ``--index``, every path in it absolute (``--config``'s
+  relative file failed in the job script, which cd's elsewhere: No such file or directory)."""
+  from facenet_jax.sweep import config_file_arg
   from infra.overrides import to_flags
-  args = [sys.executable, os.path.join("scripts", "sweep.py"), f"--config={config_arg}",
+  return [sys.executable, os.path.abspath(__file__), f"--config={config_file_arg(config_arg)}",
           f"--sweep={_SWEEP.value}", f"--workdir={os.path.abspath(_WORKDIR.value)}",
-          f"--index={index}", *to_flags(base)]
-  return " ".join(shlex.quote(a) for a in args)
+          *to_flags(base)]
+
+
+def point_command(config_arg: str, base: dict, index: int) -> str:
+  """The shell command that runs point ``index`` of this sweep (with the same overrides),
+  from any directory: it cd's to this one, where relative paths in the overrides and the
+  config file mean what they meant here."""
+  args = _point_args(config_arg, base) + [f"--index={index}"]
+  return f"cd {shlex.quote(os.getcwd())} && " + " ".join(shlex.quote(a) for a in args)
 
 
 def slurm_script(config_arg: str, base: dict, n: int) -> str:
-  """An array job: task ``$SLURM_ARRAY_TASK_ID`` runs that point."""
+  """An array job: task ``$SLURM_ARRAY_TASK_ID`` runs that point, from this directory."""
   root = os.path.abspath(_WORKDIR.value)
-  cmd = point_command(config_arg, base, 0).replace("--index=0", "--index=$SLURM_ARRAY_TASK_ID")
+  # the task id unquoted, for the shell to expand (a str.replace on the quoted command also
+  # rewrote an override value holding "--index=0")
+  cmd = " ".join(shlex.quote(a) for a in _point_args(config_arg, base))
   lines = ["#!/bin/bash", f"#SBATCH --job-name=sweep-{_SWEEP.value}", f"#SBATCH --array=0-{n - 1}",
            f"#SBATCH --output={root}/slurm-%A_%a.out"]
   lines += [f"#SBATCH {o}" for o in _SLURM.value]
-  lines += [f"cd {shlex.quote(os.path.abspath(REPO))}", f"srun {cmd}", ""]
+  lines += [f"cd {shlex.quote(os.getcwd())}", f"srun {cmd} --index=$SLURM_ARRAY_TASK_ID", ""]
   return "\n".join(lines)
+
+
+def check_slurm_file(path: str, text: str) -> bool:
+  """Whether ``path`` must be written: False when it holds ``text`` already. Raises
+  SweepError when it holds something else (a user's edits, a job of other flags: it was
+  overwritten, exit 0)."""
+  from facenet_jax.sweep import SweepError
+  if not os.path.lexists(path):
+    return True
+  if not os.path.isfile(path):
+    raise SweepError(f"--emit=slurm: {path} exists and is not a file; remove or rename it")
+  with open(path) as f:
+    if f.read() == text:
+      return False
+  raise SweepError(f"--emit=slurm: {path} exists and differs from the job script this command "
+                   "writes (edited, or written for other flags); remove or rename it to write "
+                   "this one, or submit it as it is")
 
 
 def _member_name(margin: float) -> str:
@@ -109,6 +164,7 @@ def index_table(index: dict) -> str:
 
 def main(argv):
   del argv
+  check_modes()
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
   base = config_flags.get_override_values(flags.FLAGS["config"])
   points = load_points(_SWEEP.value)
@@ -136,16 +192,28 @@ def main(argv):
     # a point folder holding a run of another config (another base flag, a changed sweep):
     # refused before any point runs (its old results were reported as this sweep's)
     workdir_lib.check_continuation(with_overrides(_CONFIG.value, point), os.path.join(root, name))
+  # the config file as the array tasks and printed commands give it (absolute), so their
+  # headers equal this one
+  header = {"kind": "sweep", "config_file": sweep.config_file_arg(config_arg),
+            "sweep": _SWEEP.value, "base_overrides": base}
+  # before any point trains, a command is printed or a job written (each of its tasks was
+  # refused on the cluster): this root may hold another sweep's index
+  sweep.check_same_sweep(root, header)
   if _DRY_RUN.value:
     for i in todo:
       print(point_command(config_arg, base, i))
     return
   if _EMIT.value == "slurm":
+    from infra import files
     path = os.path.join(root, "sweep.slurm")
-    os.makedirs(root, exist_ok=True)
-    with open(path, "w") as f:
-      f.write(slurm_script(config_arg, base, len(named)))
-    print(f"wrote {path}: sbatch {path}  ({len(named)} array tasks)")
+    files.check_directory(root, "--workdir")
+    text = slurm_script(config_arg, base, len(named))
+    if check_slurm_file(path, text):
+      files.write_text_atomic(path, text)
+      print(f"wrote {path}: sbatch {shlex.quote(path)}  ({len(named)} array tasks)")
+    else:
+      print(f"{path} is this job script already (unchanged): sbatch {shlex.quote(path)}  "
+            f"({len(named)} array tasks)")
     return
 
   maybe_initialize()
@@ -153,12 +221,6 @@ def main(argv):
   from facenet_jax import train
   from infra.errors import NonFiniteLossError
   lead = jax.process_index() == 0
-  header = {"kind": "sweep", "config_file": config_arg, "sweep": _SWEEP.value,
-            "base_overrides": base}
-  try:   # before any point trains: this root may hold another sweep's index
-    sweep.check_same_sweep(root, header)
-  except ValueError as e:
-    raise SystemExit(str(e)) from None
   errors: dict[str, str] = {}
   mine = [named[i][0] for i in todo]
   # other points' recorded failures (other array tasks), read again before each write

@@ -214,19 +214,10 @@ class Gallery:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     ids = np.asarray(self._ids) if self._ids else np.zeros((0,), np.str_)
-    fd, tmp = files.temp_beside(path, prefix=".tmp-gallery-", suffix=".npz")
-    try:
-      with os.fdopen(fd, "wb") as f:
-        np.savez(f, emb_NxD=self._emb, ids=ids, format_version=np.int64(_FORMAT_VERSION),
-                 model_fingerprint=np.str_(self.model_fingerprint),
-                 model_source=np.str_(self.model_source), face_fit=np.str_(self.face_fit))
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
+    with files.replacing(path, ".npz") as tmp:
+      np.savez(tmp, emb_NxD=self._emb, ids=ids, format_version=np.int64(_FORMAT_VERSION),
+               model_fingerprint=np.str_(self.model_fingerprint),
+               model_source=np.str_(self.model_source), face_fit=np.str_(self.face_fit))
 
   @classmethod
   def load(cls, path: str, dim: int | None = None) -> "Gallery":

@@ -86,6 +86,24 @@ def temp_beside(path: str, prefix: str = ".tmp-", suffix: str = "") -> tuple[int
   return fd, tmp
 
 
+@contextlib.contextmanager
+def replacing(path: str, suffix: str = "") -> Iterator[str]:
+  """``with replacing(path, ".npz") as tmp:`` write the file ``tmp`` (beside ``path``, with
+  :func:`temp_beside`'s permissions); on leaving the block it is synced and renamed onto
+  ``path`` in one step, so a kill leaves the previous file or none, never a torn one. On an
+  error ``tmp`` is removed and ``path`` left as it was."""
+  fd, tmp = temp_beside(path, suffix=suffix)
+  os.close(fd)
+  try:
+    yield tmp
+    with open(tmp, "rb+") as f:
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 def _umask() -> int:
   mask = os.umask(0o022)   # the only way to read it is to set it
   os.umask(mask)

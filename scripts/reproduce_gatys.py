@@ -35,7 +35,8 @@ def parse(argv=None):
   p.add_argument("--num_steps", type=int, default=d.num_steps, help="L-BFGS iterations per figure")
   p.add_argument("--figures", default=",".join(gf.FIGURES))
   p.add_argument("--content_layers", default=",".join(gf.CONTENT_RECON_LAYERS),
-                 help="layers of the content reconstructions (fig2_content), one panel each")
+                 help="layers of the content reconstructions (fig2_content), one panel each; "
+                      "VGG19 names: conv1_1 .. conv5_4, pool1 .. pool5")
   p.add_argument("--style_layers", default=",".join(gf.STYLE_LAYERS),
                  help="style layers; the panels of fig2_style and the rows of fig3 use the first "
                       "1, 2, ... of them with equal weights")
@@ -50,14 +51,20 @@ def parse(argv=None):
   p.add_argument("--seed", type=int, default=d.seed)
   p.add_argument("--log_every", type=int, default=d.log_every)
   p.add_argument("--checkpoint_every", type=int, default=d.checkpoint_every)
-  p.add_argument("--panel_inches", type=float, default=d.panel_inches)
-  p.add_argument("--dpi", type=int, default=d.dpi)
+  p.add_argument("--panel_inches", type=float, default=d.panel_inches,
+                 help="size of one panel in the PNG grids (inches, > 0)")
+  p.add_argument("--dpi", type=int, default=d.dpi, help="resolution of the PNG grids (>= 1)")
   p.add_argument("--combine", default="",
                  help="comma-separated finished fig3 runs (each some --ratios): write their "
-                      "columns side by side into --out; nothing is optimized")
+                      "columns side by side into --out; nothing is optimized. An --out that "
+                      "holds a figure combined from other runs or settings is refused; the "
+                      "same combine again rewrites the same panels and losses and redraws "
+                      "fig3.png (--panel_inches / --dpi may differ)")
   a = vars(p.parse_args(argv))
   out, combine = a.pop("out"), a.pop("combine")
   if combine:
+    # here, not at the end: matplotlib refused them with a traceback after the work
+    gf.check_figure_size(a["panel_inches"], a["dpi"])
     return [r for r in combine.split(",") if r], out, a["panel_inches"], a["dpi"]
   for k in ("figures", "content_layers", "style_layers"):
     a[k] = tuple(s for s in a[k].split(",") if s)
@@ -75,7 +82,8 @@ def main(argv=None):
   log = lambda s: print(s, flush=True)
   if len(parsed) == 4:   # --combine: the finished runs, --out and the grid's size
     runs, out, inches, dpi = parsed
-    return gf.combine_fig3(runs, out, log=log, panel_inches=inches, dpi=dpi)
+    from style_jax import gatys_combine
+    return gatys_combine.combine_fig3(runs, out, log=log, panel_inches=inches, dpi=dpi)
   settings, out = parsed
   return gf.reproduce(settings, out, log=log)
 

@@ -14,7 +14,15 @@ example's mean and standard deviation, the signal is optimized by L-BFGS (the op
 
 Writes ``<out>/texture_1d.png`` (example, start, result) and ``<out>/results.json``
 (Gram loss at the start and the end, and the correlation of the result's log power
-spectrum with the example's, next to the noise start's).
+spectrum with the example's, next to the noise start's; ``history``: the Gram loss of the
+signal after each of the steps ``history_steps``, 0 = the noise start). Both files are
+written atomically.
+
+Rerunning into the same ``--out``: with the same settings (--length, --ekg_seed, --widths,
+--layers, --steps, --seed) the result is computed again and replaces the old one (the same
+numbers on the same machine); with other settings, or over a result that does not record
+them (written before they were saved), the run is refused before any work, and the old
+result stays: give another ``--out``.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ import numpy as np
 
 from infra import cli
 
-_OUT = cli.folder_flag("out", None, "Output folder.", required=True)
+_OUT = cli.folder_flag("out", None, "Output folder. One holding a texture_1d result of other "
+                       "settings is refused; the same settings again recompute and replace it.",
+                       required=True)
 _LENGTH = flags.DEFINE_integer("length", 1024, "Samples of the example strip (100 Hz).",
                                lower_bound=2)
 _PERSON_SEED = flags.DEFINE_integer("ekg_seed", 0, "Seed of the procedural EKG person and strip.")
@@ -37,6 +47,10 @@ _LAYERS = flags.DEFINE_list("layers", ["conv1_1", "conv1_2", "conv2_2", "conv3_2
                             "Layers whose Gram matrices are matched (equal weights).")
 _STEPS = flags.DEFINE_integer("steps", 300, "L-BFGS iterations.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random weights and of the noise start.")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Print (and keep in history) the Gram loss "
+                                  "after every this many steps.", lower_bound=1)
+# what a result depends on: a rerun into an --out holding another result of these is refused
+SETTINGS = ("length", "ekg_seed", "widths", "layers", "steps", "seed")
 
 
 def log_spectrum(x: np.ndarray) -> np.ndarray:
@@ -69,6 +83,66 @@ def check_layers(names: list[str], layers: tuple[str, ...], lengths: dict | None
                      "strip (each stage halves it); give a longer --length or shallower --layers")
 
 
+def settings(widths: tuple[int, ...]) -> dict:
+  """The flags a result depends on, as results.json records them."""
+  return {"length": _LENGTH.value, "ekg_seed": _PERSON_SEED.value, "widths": list(widths),
+          "layers": list(_LAYERS.value), "steps": _STEPS.value, "seed": _SEED.value}
+
+
+def check_rerun(folder: str, now: dict) -> None:
+  """Raises outdirs.OutputFolderError when ``folder`` holds a texture_1d result of settings
+  other than ``now`` (or of settings it does not record): a rerun replaced its results.json
+  and texture_1d.png without a word. The same settings again may replace it (the same result)."""
+  from infra import outdirs
+  if outdirs.kind_of(folder) != outdirs.TEXTURE_KIND:
+    return   # empty or new (claim refused any other kind)
+  path = os.path.join(folder, "results.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    saved = None
+  if not isinstance(saved, dict):
+    raise outdirs.OutputFolderError(f"--out {folder} holds a texture_1d result whose {path} does "
+                                    "not read, so its settings are unknown; a run there would "
+                                    "replace it: use another --out")
+  diff = [f"{k}: {saved[k]!r} there, {v!r} now" for k, v in now.items()
+          if k in saved and saved[k] != v]
+  missing = [k for k in now if k not in saved]
+  if diff or missing:
+    why = "; ".join(diff + ([f"it records no {', '.join(missing)}"] if missing else []))
+    raise outdirs.OutputFolderError(
+        f"--out {folder} holds a texture_1d result of other settings ({why}); a run there would "
+        f"replace its results.json and texture_1d.png: use another --out (the same settings "
+        f"again recompute it)")
+
+
+def plot(png: str, example, start, out, layers, first: float, final: float, hz: float) -> None:
+  """The example strip, the noise start and the synthesized signal, one above the other, as
+  ``png`` (written atomically: a kill leaves the old figure or the new one)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from infra import files
+  t = np.arange(len(example)) / hz
+  fig, axes = plt.subplots(3, 1, figsize=(9, 4.2), sharex=True)
+  for ax, sig, name in zip(axes, (example, start, out),
+                           ("example: procedural EKG strip (mV)",
+                            f"start: white noise (Gram loss {first:.3g})",
+                            f"synthesized: Gram matrices of {', '.join(layers)} matched "
+                            f"(loss {final:.3g}, {first / final:.0f}x lower)")):
+    ax.plot(t, sig, lw=0.7, color="k")
+    ax.set_title(name, fontsize=8, loc="left")
+    ax.tick_params(labelsize=7)
+  axes[-1].set_xlabel("s", fontsize=7)
+  fig.tight_layout()
+  try:
+    with files.replacing(png, ".png") as tmp:
+      fig.savefig(tmp, dpi=80)
+  finally:
+    plt.close(fig)
+
+
 def main(argv):
   del argv
   import jax
@@ -84,6 +158,7 @@ def main(argv):
   t0 = time.time()
   outdirs.claim(_OUT.value, outdirs.TEXTURE_KIND, "--out")   # not another run's results.json
   widths = checked_widths()
+  check_rerun(_OUT.value, settings(widths))   # before any work, and before anything is written
   example = make_ekg_identities(EKGSpec(num_identities=2, images_per_identity=(1, 1),
                                         length=_LENGTH.value), _PERSON_SEED.value).images[0]
   cfg = ml_collections.ConfigDict(dict(name="small_cnn", spatial_dims=1, embedding_dim=8,
@@ -111,41 +186,31 @@ def main(argv):
   rng = np.random.default_rng(_SEED.value)
   start = (example.mean() + example.std() * rng.standard_normal(example.shape)).astype(np.float32)
   x, opt_state = jnp.asarray(start), tx.init(jnp.asarray(start))
-  first = float(jax.jit(loss)(x))
-  history = [first]
+  loss_at = jax.jit(loss)
+  first = float(loss_at(x))
+  history, history_steps = [first], [0]
   for i in range(_STEPS.value):
-    x, opt_state, value = step(x, opt_state)
-    if (i + 1) % 50 == 0:
-      history.append(float(value))
-      print(f"step {i + 1}/{_STEPS.value}: gram loss {float(value):.4g}", flush=True)
-  final = float(jax.jit(loss)(x))
+    # the value step() returns is the loss at the point it started from (before this step):
+    # printed as "step 50/50" it was the loss after 49 steps, and history lagged one step
+    # behind its labels; the loss of the signal this step produced is measured instead
+    x, opt_state, _ = step(x, opt_state)
+    if (i + 1) % _LOG_EVERY.value == 0:
+      history.append(float(loss_at(x)))
+      history_steps.append(i + 1)
+      print(f"step {i + 1}/{_STEPS.value}: gram loss {history[-1]:.4g}", flush=True)
+  final = history[-1] if history_steps[-1] == _STEPS.value else float(loss_at(x))
   out = np.asarray(x)[:, 0]
   spec_ex = log_spectrum(example[:, 0])
   corr = lambda s: float(np.corrcoef(spec_ex, log_spectrum(s))[0, 1])
   result = {"kind": outdirs.TEXTURE_KIND,
             "gram_loss_start": first, "gram_loss_final": final, "reduction": first / final,
             "log_spectrum_corr_result": corr(out), "log_spectrum_corr_noise_start": corr(start[:, 0]),
-            "layers": list(layers), "widths": list(cfg.widths), "steps": _STEPS.value,
-            "length": _LENGTH.value, "history": history, "wall_seconds": time.time() - t0}
+            **settings(widths), "history": history, "history_steps": history_steps,
+            "wall_seconds": time.time() - t0}
 
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   os.makedirs(_OUT.value, exist_ok=True)
-  t = np.arange(_LENGTH.value) / EKGSpec.sampling_hz
-  fig, axes = plt.subplots(3, 1, figsize=(9, 4.2), sharex=True)
-  for ax, sig, name in zip(axes, (example[:, 0], start[:, 0], out),
-                           ("example: procedural EKG strip (mV)",
-                            f"start: white noise (Gram loss {first:.3g})",
-                            f"synthesized: Gram matrices of {', '.join(layers)} matched "
-                            f"(loss {final:.3g}, {first / final:.0f}x lower)")):
-    ax.plot(t, sig, lw=0.7, color="k")
-    ax.set_title(name, fontsize=8, loc="left")
-    ax.tick_params(labelsize=7)
-  axes[-1].set_xlabel("s", fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(_OUT.value, "texture_1d.png"), dpi=80)
-  plt.close(fig)
+  plot(os.path.join(_OUT.value, "texture_1d.png"), example[:, 0], start[:, 0], out, layers,
+       first, final, EKGSpec.sampling_hz)
   files.write_json_atomic(os.path.join(_OUT.value, "results.json"), result)
   print(json.dumps({k: v for k, v in result.items() if k != "history"}))
 

@@ -19,6 +19,7 @@ rerun with the same settings (or more ``num_steps``) resumes bit-identically.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from typing import Any, Callable
@@ -41,6 +42,9 @@ RATIOS = (1e-5, 1e-4, 1e-3, 1e-2)
 FIGURES = ("fig2_style", "fig2_content", "fig3")
 SETTINGS_FILE = "settings.json"
 RESULTS_FILE = "results.json"
+VGG_LAYERS = vgg_lib.layer_names(19)   # what features() takes: conv1_1 .. conv5_4, pool1 .. pool5
+# matplotlib's Agg renderer refuses a figure of 2**16 px or more per side (after the optimization)
+MAX_FIGURE_PX = 2 ** 16
 
 
 class GatysSettingsError(UserError, ValueError):
@@ -86,9 +90,51 @@ class Settings:
     if unknown or not self.figures:
       raise GatysSettingsError(f"--figures: unknown {unknown or 'empty list'}; expected among "
                                f"{list(FIGURES)}")
+    # here, not at VGG's features(): that raised a traceback after the network had loaded and
+    # settings.json (which then refused the corrected rerun) had been written, and a deep
+    # unknown name (conv9_1) was first reported as too small an --image_size
+    for flag, names in (("content_layers", self.content_layers),
+                        ("style_layers", self.style_layers),
+                        ("fig3_content_layer", (self.fig3_content_layer,))):
+      unknown = [n for n in names if n not in VGG_LAYERS]
+      if unknown or not names:
+        what = f"unknown layer(s) {unknown}" if unknown else "empty"
+        raise GatysSettingsError(f"--{flag}: {what}; expected comma-separated VGG19 layers "
+                                 f"among {list(VGG_LAYERS)}")
+      repeated = sorted({n for n in names if names.count(n) > 1})
+      if repeated:   # one panel twice (content), or a style layer weighted twice
+        raise GatysSettingsError(f"--{flag}: {repeated} listed more than once")
+    check_figure_size(self.panel_inches, self.dpi, self._largest_grid())
+
+  def _largest_grid(self) -> tuple[int, int]:
+    """(rows, columns + 1 for the references) of the largest grid among the run's figures."""
+    n, m = len(self.style_layers), len(self.content_layers)
+    grids = {"fig2_style": (1, n + 1), "fig2_content": (1, m + 1),
+             "fig3": (n, len(self.ratios) + 1)}
+    return max((grids[f] for f in self.figures), key=lambda g: max(g))
 
   def to_json(self) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def check_figure_size(panel_inches: Any, dpi: Any, grid: tuple[int, int] | None = None) -> None:
+  """Raises GatysSettingsError for a --panel_inches that is not a positive finite number or a
+  --dpi below 1, and (given the largest ``grid``'s rows and columns) for a grid of
+  MAX_FIGURE_PX or more per side. Checked before any optimization: matplotlib refused them
+  only in save_grid, after the figure's whole optimization, with a traceback."""
+  if isinstance(panel_inches, bool) or not isinstance(panel_inches, (int, float)) \
+      or not math.isfinite(panel_inches) or panel_inches <= 0:
+    raise GatysSettingsError(f"--panel_inches: expected a positive number of inches per panel, "
+                             f"got {panel_inches}")
+  if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
+    raise GatysSettingsError(f"--dpi: expected a positive integer, got {dpi}")
+  if grid is not None:
+    rows, cols = grid   # the figure size of save_grid with square panels (its largest)
+    side = max(panel_inches * cols + 0.8, panel_inches * rows + 1.0) * dpi
+    if side >= MAX_FIGURE_PX:
+      raise GatysSettingsError(f"--panel_inches {panel_inches:g} at --dpi {dpi} makes a {rows}x"
+                               f"{cols} grid about {side:.0f} px wide; matplotlib draws less "
+                               f"than {MAX_FIGURE_PX} px per side: lower one of them")
 
 
 def check_resumable(settings: Settings, saved: dict, path: str) -> None:
@@ -102,9 +148,16 @@ def check_resumable(settings: Settings, saved: dict, path: str) -> None:
   diff = [f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in now
           if k not in Settings.RESUMABLE and saved.get(k) != now[k]]
   if diff:
+    # a settings.json naming a layer VGG19 lacks was left by a run that failed on it (before
+    # layer names were checked, settings.json was written first): say so, nothing is removed
+    bad = sorted({n for k in ("content_layers", "style_layers", "fig3_content_layer")
+                  for n in ([saved.get(k)] if isinstance(saved.get(k), str) else saved.get(k) or [])
+                  if n not in VGG_LAYERS})
+    hint = (f"; it names layer(s) {bad} that VGG19 lacks, so it was left by a run that failed "
+            f"on them: delete it if nothing else in that folder is wanted" if bad else "")
     raise GatysSettingsError(f"{path} belongs to a run with other settings ({'; '.join(diff)}); "
                              f"use a new --out or the same settings (only "
-                             f"{', '.join(Settings.RESUMABLE)} may change)")
+                             f"{', '.join(Settings.RESUMABLE)} may change){hint}")
 
 
 def _layer_set_label(style_layers, k: int) -> str:
@@ -302,9 +355,22 @@ def run_figure(name: str, fig: dict, settings: Settings, inputs: Inputs, out: st
           "panels": [f"{row} | {col}" for row in fig["rows"] for col in fig["cols"]]}
 
 
+def save_panels(path: str, panels: np.ndarray) -> None:
+  """``panels`` (uint8) as ``path`` (an .npz), atomically (--combine reads these)."""
+  with files.replacing(path, ".npz") as tmp:
+    np.savez_compressed(tmp, panels=panels)
+
+
 def save_grid(path: str, fig: dict, rgb: np.ndarray, content_rgb, style_rgb,
               settings: Settings) -> None:
-  """One PNG: the panels in a rows x cols grid, with the content and style images on the left."""
+  """One PNG: the panels in a rows x cols grid, with the content and style images on the left,
+  written atomically."""
+  with files.replacing(path, ".png") as tmp:
+    _draw_grid(tmp, fig, rgb, content_rgb, style_rgb, settings)
+
+
+def _draw_grid(path: str, fig: dict, rgb: np.ndarray, content_rgb, style_rgb,
+               settings: Settings) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -393,7 +459,7 @@ def reproduce(settings: Settings, out: str, log: Callable[[str], None] = print) 
     log(f"{name}: {len(fig['alpha'])} images in one batch")
     r = run_figure(name, fig, settings, inputs, out, log)
     rgb = r.pop("images")
-    np.savez_compressed(os.path.join(out, f"{name}_panels.npz"), panels=rgb.round().astype(np.uint8))
+    save_panels(os.path.join(out, f"{name}_panels.npz"), rgb.round().astype(np.uint8))
     path = os.path.join(out, f"{name}.png")
     save_grid(path, fig, rgb, inputs.content_rgb, inputs.style_rgb, settings)
     done[name] = r
@@ -405,78 +471,4 @@ def reproduce(settings: Settings, out: str, log: Callable[[str], None] = print) 
              "seconds": time.perf_counter() - t_all}
   files.write_json_atomic(os.path.join(out, RESULTS_FILE), results)
   log(f"done in {results['seconds']:.0f} s")
-  return results
-
-
-def _finished_fig3(run: str) -> tuple[Settings, dict, np.ndarray]:
-  """A finished fig3 run in directory ``run``: its settings, results and uint8 panels."""
-  paths = [os.path.join(run, f) for f in (SETTINGS_FILE, RESULTS_FILE, "fig3_panels.npz")]
-  for path in paths:
-    if not os.path.isfile(path):
-      raise GatysSettingsError(f"--combine: {path} is missing (run {run} has no finished fig3)")
-  saved = files.read_json(paths[0])
-  fields = {f.name for f in dataclasses.fields(Settings)}
-  settings = Settings(**{k: tuple(v) if isinstance(v, list) else v
-                         for k, v in saved.items() if k in fields})
-  result = files.read_json(paths[1]).get("figures", {}).get("fig3")
-  if result is None or result["iterations"] != settings.num_steps:
-    raise GatysSettingsError(f"--combine: {paths[1]} has no fig3 finished at "
-                             f"{settings.num_steps} iterations")
-  with np.load(paths[2], allow_pickle=False) as z:
-    return settings, result, z["panels"]
-
-
-def combine_fig3(runs: list[str], out: str, log: Callable[[str], None] = print, *,
-                 panel_inches: float | None = None, dpi: int | None = None) -> dict:
-  """Figure 3 from runs that each optimized some of its columns (``--ratios``): their panels
-  side by side, columns in increasing alpha/beta, into ``out/fig3.png``, ``fig3_panels.npz``
-  and ``results.json`` (per-panel losses and each run's wall time). The runs must agree on
-  every setting but the columns; each panel's optimization depends only on its own weights
-  (its own L-BFGS memory and step size, the same seeded noise start), so a column comes out
-  the same whichever run it was part of, up to float rounding of a different batch size.
-  ``panel_inches`` / ``dpi``: the grid's size (default: the first run's)."""
-  if not runs:
-    raise GatysSettingsError("--combine: expected one or more run directories")
-  if os.path.abspath(out) in {os.path.abspath(r) for r in runs}:
-    raise GatysSettingsError(f"--combine: --out {out} is one of the runs combined; its own "
-                             f"results would be replaced by the combined figure's")
-  outdirs.claim(out, "gatys_combined", "--out")   # a finished run is not a place to combine into
-  loaded = [_finished_fig3(r) for r in runs]
-  base = {k: v for k, v in loaded[0][0].to_json().items() if k not in ("ratios", "figures")}
-  for run, (s, _, _) in zip(runs[1:], loaded[1:]):
-    diff = [k for k, v in s.to_json().items() if k not in ("ratios", "figures", "panel_inches",
-                                                           "dpi", "log_every") and base[k] != v]
-    if diff:
-      raise GatysSettingsError(f"--combine: {run} differs from {runs[0]} in {', '.join(diff)}")
-  columns = sorted((ratio, i, c) for i, (s, _, _) in enumerate(loaded)
-                   for c, ratio in enumerate(s.ratios))
-  ratios = [r for r, _, _ in columns]
-  if len(set(ratios)) != len(ratios):
-    raise GatysSettingsError(f"--combine: alpha/beta {ratios} appear in more than one run")
-  settings = dataclasses.replace(loaded[0][0], ratios=tuple(ratios), figures=("fig3",))
-  settings = dataclasses.replace(settings, panel_inches=panel_inches or settings.panel_inches,
-                                 dpi=dpi or settings.dpi)
-  nrows = len(settings.style_layers)
-  grid, final, initial = [], [], []
-  for row in range(nrows):
-    for _, i, c in columns:
-      s, res, pan = loaded[i]
-      k = row * len(s.ratios) + c
-      grid.append(pan[k])
-      final.append(res["final"][k])
-      initial.append(res["initial"][k])
-  rgb = np.stack(grid).astype(np.float32)
-  fig = panels(settings)["fig3"]
-  content_rgb, style_rgb = reference_images(settings)
-  os.makedirs(out, exist_ok=True)
-  np.savez_compressed(os.path.join(out, "fig3_panels.npz"), panels=rgb.astype(np.uint8))
-  save_grid(os.path.join(out, "fig3.png"), fig, rgb, content_rgb, style_rgb, settings)
-  result = {"initial": initial, "final": final, "iterations": settings.num_steps,
-            "panels": [f"{r} | {c}" for r in fig["rows"] for c in fig["cols"]],
-            "runs": {os.path.abspath(r): {"ratios": list(s.ratios), "seconds": res["seconds"],
-                                          "s_per_iteration": res.get("s_per_iteration")}
-                     for r, (s, res, _) in zip(runs, loaded)}}
-  results = {"settings": settings.to_json(), "figures": {"fig3": result}}
-  files.write_json_atomic(os.path.join(out, RESULTS_FILE), results)
-  log(f"fig3: {len(ratios)} columns from {len(runs)} run(s) -> {os.path.join(out, 'fig3.png')}")
   return results

@@ -103,6 +103,18 @@ def write_index(root: str, points: Sequence[Mapping[str, Any]], *, header: Mappi
   return index
 
 
+def update_index(root: str, points: Sequence[Mapping[str, Any]], *, header: Mapping[str, Any],
+                 errors: Mapping[str, str], runs_here: Sequence[str]) -> dict:
+  """:func:`write_index` with this process's ``errors`` and the failures other processes (the
+  other tasks of an array job) recorded for points not in ``runs_here``, read and written under
+  one lock (``root/.sweep.lock``): a failure another task wrote between this one's read and
+  its write was lost."""
+  os.makedirs(root, exist_ok=True)
+  with files.waiting_lock(os.path.join(root, ".sweep.lock")):
+    known = {**recorded_failures(root, skip=runs_here), **errors}
+    return write_index(root, points, header=header, errors=known)
+
+
 def check_same_sweep(root: str, header: Mapping[str, Any]) -> None:
   """Raises SweepError (a ValueError) when ``root/sweep.json`` is the index of another
   sweep (other ``sweep``, ``config_file`` or ``base_overrides``): writing this one's index

@@ -45,6 +45,21 @@ def hold_lock(directory: str, what: str, enabled: bool = True) -> Iterator[None]
 LOCK_FILE = ".lock"
 
 
+@contextlib.contextmanager
+def waiting_lock(path: str) -> Iterator[None]:
+  """Holds an exclusive lock on the file ``path`` inside the ``with``, waiting for any other
+  holder (processes that read, change and write one shared file take turns). A file system
+  without locks (ENOLCK, EOPNOTSUPP) runs the block unlocked, as before locks were taken."""
+  import fcntl
+  with open(path, "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError as e:
+      if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+        raise
+    yield
+
+
 class WriteError(UserError, OSError):
   """A result file that could not be written (names the file; the old version is kept)."""
 

@@ -223,10 +223,10 @@ def main(argv):
   lead = jax.process_index() == 0
   errors: dict[str, str] = {}
   mine = [named[i][0] for i in todo]
-  # other points' recorded failures (other array tasks), read again before each write
-  known = lambda: {**sweep.recorded_failures(root, skip=mine), **errors}
+  # with other points' recorded failures (other array tasks), read again at each write
+  update = lambda: sweep.update_index(root, points, header=header, errors=errors, runs_here=mine)
   if lead:
-    sweep.write_index(root, points, header=header, errors=known())
+    update()
   for i in todo:
     name, point = named[i]
     try:
@@ -235,8 +235,8 @@ def main(argv):
       errors[name] = f"{type(e).__name__}: {e}"
       print(f"{name}: FAILED: {errors[name]}", flush=True)
     if lead:
-      sweep.write_index(root, points, header=header, errors=known())
-  index = sweep.write_index(root, points, header=header, errors=known()) if lead else None
+      update()
+  index = update() if lead else None
   if index:
     print(f"\n{os.path.join(root, sweep.INDEX)}:")
     print(index_table(index))

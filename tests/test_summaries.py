@@ -233,6 +233,48 @@ def test_an_array_task_keeps_the_failures_other_tasks_recorded(tmp_path):
   assert index["points"][0]["status"] == "failed" and "loss became NaN" in index["points"][0]["error"]
 
 
+_OTHER_TASK = """
+import sys, time
+from facenet_jax import sweep
+root, marker = sys.argv[1], sys.argv[2]
+points = [{"margin": 0.1}, {"margin": 0.2}]
+name = sweep.named_points(points)[1][0]
+real = sweep.recorded_failures
+def slow(*a, **k):   # this task has read the index; the other one writes meanwhile
+  out = real(*a, **k)
+  open(marker, "w").close()
+  time.sleep(1.5)
+  return out
+sweep.recorded_failures = slow
+sweep.update_index(root, points, header={}, errors={name: "ValueError: b"}, runs_here=[name])
+"""
+
+
+def test_two_array_tasks_recording_failures_at_once_keep_both(tmp_path):
+  """Two tasks failing at once: each read sweep.json, then wrote it with its own failure, and
+  the later write lost the earlier one's (the point then showed as pending). The read and the
+  write are now one turn under root/.sweep.lock."""
+  import subprocess
+  import sys
+  import time
+  root, marker = str(tmp_path / "root"), str(tmp_path / "marker")
+  points = [{"margin": 0.1}, {"margin": 0.2}]
+  names = [n for n, _ in sweep.named_points(points)]
+  other = subprocess.Popen([sys.executable, "-c", _OTHER_TASK, root, marker],
+                           env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                               os.path.abspath(__file__)))))
+  deadline = time.time() + 120
+  while not os.path.exists(marker):   # the other task is between its read and its write
+    assert other.poll() is None and time.time() < deadline
+    time.sleep(0.05)
+  sweep.update_index(root, points, header={}, errors={names[0]: "ValueError: a"},
+                     runs_here=[names[0]])
+  assert other.wait(timeout=120) == 0
+  failed = {p["name"]: p["error"] for p in files.read_json(os.path.join(root, sweep.INDEX))["points"]
+            if p["status"] == "failed"}
+  assert failed == {names[0]: "ValueError: a", names[1]: "ValueError: b"}
+
+
 def test_a_sweep_into_a_root_of_another_sweep_is_refused(tmp_path):
   """sweep.py --sweep=miner into the root of a --sweep=seed run replaced its sweep.json, and
   the seed points, still on disk, were listed no more."""

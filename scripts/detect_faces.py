@@ -31,7 +31,6 @@ from infra import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_WEIGHTS = os.path.normpath(os.path.join(REPO, "..", "shared", "weights", "mtcnn_weights.npz"))
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 _OUT = cli.folder_flag("out", None, "Output folder for detections.json (and aligned/).")
 _WEIGHTS = flags.DEFINE_string("weights", DEFAULT_WEIGHTS, "The MTCNN weights .npz.")
@@ -47,14 +46,14 @@ _SCALE = flags.DEFINE_float("scale_factor", 0.709, "Ratio between pyramid levels
 
 def list_images(paths: list[str]) -> list[str]:
   """Files as given, folders searched recursively for image files (sorted)."""
+  from infra import imagefile
   from infra.errors import UserError
   out = []
   for p in paths:
     if os.path.isdir(p):
-      found = sorted(os.path.join(d, f) for d, _, fs in os.walk(p) for f in fs
-                     if f.lower().endswith(IMAGE_EXTS))
+      found = imagefile.walk_images(p)   # hidden files (macOS ._*) and folders skipped
       if not found:
-        raise UserError(f"{p}: folder holds no image files ({', '.join(IMAGE_EXTS)})")
+        raise UserError(f"{p}: folder holds no image files ({', '.join(imagefile.IMAGE_SUFFIXES)})")
       out += found
     elif os.path.isfile(p):
       out.append(p)

@@ -49,7 +49,7 @@ import numpy as np
 
 from facenet_jax import open_set, recognition
 from facenet_jax.data import raw
-from infra import files
+from infra import files, imagefile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MTCNN_WEIGHTS = os.path.normpath(os.path.join(REPO, "..", "shared", "weights",
@@ -59,8 +59,6 @@ NO_FACE = "no face found"
 
 COMMANDS = ("enroll", "identify", "verify", "list", "remove")
 NEEDS_MODEL = ("enroll", "identify", "verify")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".gif", ".tif", ".tiff",
-                  ".webp")
 CHUNK = 256   # images decoded / embedded between progress lines
 
 
@@ -151,11 +149,10 @@ def image_files(paths: list[str]) -> list[str]:
   out = []
   for p in paths:
     if os.path.isdir(p):
-      names = sorted((n for n in os.listdir(p) if not n.startswith(".")
-                      and n.lower().endswith(IMAGE_SUFFIXES)
+      names = sorted((n for n in os.listdir(p) if imagefile.is_image_name(n)
                       and os.path.isfile(os.path.join(p, n))), key=raw.natural_key)
       if not names:
-        raise raw.DataError(f"{p}: folder holds no image files ({'/'.join(IMAGE_SUFFIXES)})")
+        raise raw.DataError(f"{p}: folder holds no image files ({'/'.join(imagefile.IMAGE_SUFFIXES)})")
       out += [os.path.join(p, n) for n in names]
     elif os.path.exists(p):
       out.append(p)
@@ -181,7 +178,7 @@ def people_to_enrol(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     if not os.path.isdir(root):
       raise raw.DataError(f"{root}: enroll without --name takes folders of people "
                           f"(<folder>/<person>/<images>); for images of one person pass --name")
-    for person, names in raw.list_identity_folder(root, IMAGE_SUFFIXES):
+    for person, names in raw.list_identity_folder(root, imagefile.IMAGE_SUFFIXES):
       people.setdefault(person, []).extend(os.path.join(root, person, n) for n in names)
   return list(people.items())
 

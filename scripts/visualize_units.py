@@ -49,7 +49,6 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per forward pass.", lowe
 _PATCH_PX = flags.DEFINE_integer("patch_px", 48, "Side of each drawn patch (px).", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the file subset and of the drawn units.")
 
-SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff")
 
 
 class Net:
@@ -125,10 +124,10 @@ class Net:
 def list_images(root: str, max_images: int, seed: int) -> list[str]:
   if not os.path.isdir(root):
     raise app.UsageError(f"--data={root} is not a directory")
-  files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
-                 if f.lower().endswith(SUFFIXES) and not f.startswith("."))
+  from infra import imagefile
+  files = imagefile.walk_images(root)   # hidden files and folders skipped
   if not files:
-    raise app.UsageError(f"--data={root} holds no images ({', '.join(SUFFIXES)})")
+    raise app.UsageError(f"--data={root} holds no images ({', '.join(imagefile.IMAGE_SUFFIXES)})")
   if max_images and len(files) > max_images:
     keep = np.random.default_rng(seed).choice(len(files), max_images, replace=False)
     files = [files[i] for i in sorted(keep)]

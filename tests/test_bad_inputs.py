@@ -142,8 +142,8 @@ def test_broken_image_files_are_named(tmp_path, loader, name, data, match):
 def test_image_larger_than_allowed_is_refused_from_its_header(tmp_path, loader, monkeypatch):
   load, error = LOADERS[loader]
   # 10,000 x 8,000 px claimed by a 60-byte file: refused before any pixel is allocated
-  with pytest.raises(error, match=r"big\.png.*10000x8000 px .*larger than the 67\.1 Mpx.*"
-                                  r"IMAGE_MAX_PIXELS"):
+  with pytest.raises(error, match=r"big\.png.*10000x8000 px \(80,000,000 px\) is more than the "
+                                  r"67,108,864 px .*IMAGE_MAX_PIXELS"):
     load(_png_header_only(10000, 8000), tmp_path, "big.png")
   # a decompression bomb past PIL's own limit: still this loader's error, naming the file
   with pytest.raises(error, match=r"bomb\.png"):
@@ -170,6 +170,30 @@ def test_16_bit_grey_png_and_pgm_are_scaled_to_8_bits(tmp_path):
     rgb = _style_load(data, tmp_path, name)
     assert rgb.shape == (6, 5, 3) and rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb[..., 1], a8, err_msg=name)
+
+
+def test_16_bit_grey_is_scaled_by_its_range_and_float_grey_refused(tmp_path):
+  """The range was guessed from the pixels: a dark 16-bit PNG (every value <= 255) came out
+  257x too bright, a float TIFF in [0, 1] black, both exit 0. 16-bit grey is scaled by
+  0..65535 whatever its pixels; float and 32-bit integer grey is refused, named."""
+  dark = RNG.integers(0, 256, (6, 5)).astype(np.uint16)   # a dark 16-bit photo
+  want = np.clip(dark / 65535 * 255 + 0.5, 0, 255).astype(np.uint8)   # all 0 or 1
+  np.testing.assert_array_equal(_face_load(_encode(Image.fromarray(dark), "PNG"), tmp_path,
+                                           "dark16.png", "L"), want)
+  for name, im in (("f.tiff", Image.fromarray(RNG.random((6, 5), dtype=np.float32))),
+                   ("i.tiff", Image.fromarray(RNG.integers(0, 70000, (6, 5)).astype(np.int32)))):
+    for load, error in LOADERS.values():
+      with pytest.raises(error, match=r": 32-bit (float|integer) grey pixels .* have no "
+                                      r"stated range .* save the image as 8- or 16-bit"):
+        load(_encode(im, "TIFF"), tmp_path, name)
+
+
+def test_a_pixel_limit_above_pils_own_is_honoured(tmp_path, monkeypatch):
+  """$IMAGE_MAX_PIXELS above PIL's limit was still refused by PIL ("could be decompression
+  bomb"), while the message said to raise $IMAGE_MAX_PIXELS."""
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)   # PIL's limit, small for a small file
+  monkeypatch.setenv("IMAGE_MAX_PIXELS", "1000")
+  assert _face_load(_encode(_rgb(20, 24), "PNG"), tmp_path, "ok.png").shape[:2] == (20, 24)
 
 
 def test_rgba_drops_alpha_palette_and_cmyk_become_rgb(tmp_path):
@@ -293,9 +317,35 @@ def test_links_leading_outside_the_identity_root_are_refused(tmp_path):
     raw.list_identity_folder(str(root))
   os.remove(root / "carl")
   # documented: links that stay under the root are followed, and the root may be a link
-  (root / "ann" / "2.png").symlink_to(root / "bob" / "1.png")
+  os.makedirs(root / ".store")
+  (root / ".store" / "x.png").write_bytes(_encode(_rgb(12, 12), "PNG"))
+  (root / "ann" / "2.png").symlink_to(root / ".store" / "x.png")
   (tmp_path / "alias").symlink_to(root)
   assert raw.list_identity_folder(str(tmp_path / "alias"))[0] == ("ann", ["0.png", "1.png", "2.png"])
+
+
+def test_one_file_twice_through_links_is_refused_and_subfolders_noted(tmp_path, capsys):
+  """A photo linked into another identity, or a whole identity folder linked under a second
+  name, made one person's photos two labels, exit 0; folders inside an identity folder were
+  left out without a word; s1 and s01 took the file system's listing order."""
+  root = tmp_path / "people"
+  _people(root)
+  (root / "ann" / "2.png").symlink_to(root / "bob" / "1.png")
+  with pytest.raises(raw.DataError, match=r"people/bob/1\.png and \S+people/ann/2\.png are the same "
+                                          r"file .*through a symbolic link"):
+    raw.list_identity_folder(str(root))
+  os.remove(root / "ann" / "2.png")
+  (root / "ann_alias").symlink_to(root / "ann")
+  with pytest.raises(raw.DataError, match=r"ann_alias/0\.png and \S+/ann/0\.png are the same file"):
+    raw.list_identity_folder(str(root))
+  os.remove(root / "ann_alias")
+  os.makedirs(root / "bob" / "2019")
+  (root / "bob" / "Thumbs.db").write_bytes(b"junk")   # what Windows leaves: skipped
+  assert [i for i, _ in raw.list_identity_folder(str(root))] == ["ann", "bob", "cid"]
+  assert "1 folder(s) inside identity folders are not read (e.g. " in capsys.readouterr().err
+  assert sorted(["s1", "s01", "s2"], key=raw.natural_key) == ["s01", "s1", "s2"]
+  assert sorted(["s01", "s1", "s2"], key=raw.natural_key) == ["s01", "s1", "s2"]
+  assert sorted(["x²", "x1"], key=raw.natural_key) == ["x1", "x²"]   # was ValueError in int()
 
 
 def test_an_identity_folder_linking_outside_prepares_nothing(tmp_path):
@@ -1348,3 +1398,20 @@ def test_gatys_run_refused_for_fewer_steps_keeps_its_settings(tmp_path):
                                                   r"--num_steps 1; use a new --out"):
     gf.open_run(gf.Settings(num_steps=1, **kw), str(out))
   assert json.loads((out / gf.SETTINGS_FILE).read_text()) == saved
+
+
+def test_same_bytes_under_two_identities_are_noted_and_mac_metadata_skipped(tmp_path, capsys):
+  """The same photo copied under two people is label noise no error shows: the fingerprint,
+  which hashes every file anyway, says so. detect_faces read macOS's ._photo.jpg metadata
+  files (and hidden folders) as photos and stopped on them; every lister now skips them."""
+  from conftest import load_script
+  root = tmp_path / "people"
+  _people(root)
+  (root / "cid" / "9.png").write_bytes((root / "ann" / "0.png").read_bytes())
+  fingerprint.folder_content_key(str(root), raw.list_identity_folder(str(root)))
+  assert "1 file(s) of" in capsys.readouterr().err
+  (root / "ann" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+  os.makedirs(root / ".Trash")
+  (root / ".Trash" / "x.png").write_bytes(_encode(_rgb(12, 12), "PNG"))
+  found = load_script("detect_faces").list_images([str(root)])
+  assert len(found) == 7 and not any("/." in f for f in found)

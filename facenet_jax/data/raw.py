@@ -12,6 +12,7 @@ import dataclasses
 import io
 import os
 import re
+import sys
 import zipfile
 from PIL import Image
 
@@ -24,9 +25,12 @@ class DataError(UserError, ValueError):
   """Input data that cannot be used; the message names the file (and line) at fault."""
 
 
-def natural_key(s: str) -> list:
-  """Sort key that orders embedded numbers numerically: s2 < s10, 2.pgm < 10.pgm."""
-  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+def natural_key(s: str) -> tuple:
+  """Sort key that orders embedded numbers numerically: s2 < s10, 2.pgm < 10.pgm. Names it
+  ranks equal (s1 and s01) are ordered by the name itself: they took the file system's listing
+  order, so one folder could give other labels (and another held-out split) on another disk.
+  ASCII digits only ("²" passed isdigit() and then failed int())."""
+  return [int(t) if t.isascii() and t.isdigit() else t for t in re.split(r"([0-9]+)", s)], s
 
 
 # -- images -------------------------------------------------------------------------------
@@ -98,8 +102,12 @@ def _check_inside(path: str, real_root: str, root: str) -> None:
 def list_identity_folder(root: str, suffixes: tuple[str, ...] = ()) -> list[tuple[str, list[str]]]:
   """``root/<identity>/<file>`` -> [(identity, [file, ...]), ...], both naturally sorted.
 
-  Hidden entries (".*") and files directly in ``root`` (a README) are ignored; with
-  ``suffixes``, so are files of other types inside identity folders. Symbolic links are
+  Hidden entries (".*"), the files systems leave (``OS_JUNK``: Thumbs.db, desktop.ini, @eaDir)
+  and files directly in ``root`` (a README) are ignored; with ``suffixes``, so are files of
+  other types inside identity folders. Folders inside an identity folder are not read (a note
+  on stderr says so). Identity order: natural, ties by name (never the listing's order). A
+  file reached twice through symbolic links is refused, and so is a name that is not UTF-8.
+  Symbolic links are
   followed only while they stay under ``root`` (``root`` itself may be one): an identity
   folder or image that resolves outside it is refused, so a folder cannot pull files from
   elsewhere on the machine into a dataset. Raises DataError for a missing root, a root
@@ -108,15 +116,26 @@ def list_identity_folder(root: str, suffixes: tuple[str, ...] = ()) -> list[tupl
   if not os.path.isdir(root):
     raise DataError(f"{root}: identity root folder does not exist")
   real_root = os.path.realpath(root)
-  out = []
+  out, seen, subfolders = [], {}, []
   for ident in sorted(os.listdir(root), key=natural_key):
     d = os.path.join(root, ident)
-    if ident.startswith(".") or not os.path.isdir(d):
+    if ident.startswith(".") or ident in OS_JUNK or not os.path.isdir(d):
       continue
+    _check_utf8(d, ident)
     _check_inside(d, real_root, root)
-    names = sorted((f for f in os.listdir(d)
-                    if not f.startswith(".") and os.path.isfile(os.path.join(d, f))
+    entries = [f for f in os.listdir(d) if not f.startswith(".") and f not in OS_JUNK]
+    subfolders += [os.path.join(d, f) for f in entries if os.path.isdir(os.path.join(d, f))]
+    names = sorted((f for f in entries if os.path.isfile(os.path.join(d, f))
                     and (not suffixes or f.lower().endswith(suffixes))), key=natural_key)
+    for n in names:
+      _check_utf8(os.path.join(d, n), n)
+      # one file under two names (a linked file or identity folder): its photos were one
+      # person's in two labels, or counted twice in one
+      real = os.path.realpath(os.path.join(d, n))
+      if real in seen:
+        raise DataError(f"{os.path.join(d, n)} and {seen[real]} are the same file ({real}, "
+                        f"through a symbolic link); expected each photo once under the root")
+      seen[real] = os.path.join(d, n)
     if not names:
       want = f" (no {'/'.join(suffixes)} files)" if suffixes else ""
       raise DataError(f"{d}: identity folder holds no images{want}")
@@ -125,7 +144,25 @@ def list_identity_folder(root: str, suffixes: tuple[str, ...] = ()) -> list[tupl
     out.append((ident, names))
   if not out:
     raise DataError(f"{root}: no identity folders (expected {root}/<identity>/<image>)")
+  if subfolders:   # they were left out without a word
+    print(f"note: {len(subfolders)} folder(s) inside identity folders are not read (e.g. "
+          f"{subfolders[0]}): images are read from {root}/<identity>/ only", file=sys.stderr,
+          flush=True)
   return out
+
+
+# files operating systems leave in photo folders (hidden ones, .DS_Store / ._*, are skipped too)
+OS_JUNK = frozenset({"Thumbs.db", "desktop.ini", "ehthumbs.db", "@eaDir"})
+
+
+def _check_utf8(path: str, name: str) -> None:
+  """DataError for a name that is not UTF-8 (Latin-1 "Jos\xe9"): it failed as a traceback
+  deep in the fingerprint, and cannot be written to the prepared data's JSON."""
+  try:
+    name.encode("utf-8")
+  except UnicodeEncodeError:
+    raise DataError(f"{os.fsencode(path)!r}: the name is not valid UTF-8; rename it (e.g. "
+                    f"convmv -f latin1 -t utf8)") from None
 
 
 # -- LFW View 2 ---------------------------------------------------------------------------

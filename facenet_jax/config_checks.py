@@ -117,6 +117,13 @@ def _check_optim(o: ml_collections.ConfigDict) -> None:
   _one_of(o.name, steps.OPTIMIZERS, "optim.name")
   _one_of(o.schedule, steps.SCHEDULES, "optim.schedule")
   _require(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "> 0")
+  # optax takes a negative clip norm and flips every gradient: the run climbed the loss, exit 0
+  _require(_number(o.grad_clip_norm) and o.grad_clip_norm >= 0, "optim.grad_clip_norm",
+           o.grad_clip_norm, "a number >= 0 (0: no clipping)")
+  _require(_number(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay,
+           "a number >= 0")
+  _require(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, "optim.warmup_steps",
+           o.warmup_steps, "an integer >= 0")
 
 
 def _check_augment(a: ml_collections.ConfigDict, spatial_dims: int) -> None:

@@ -50,6 +50,8 @@ RULES: tuple[tuple[tuple[str, ...], Callable[[Config], bool], Callable[[Config],
     (("margin", "margins"), _no_margin,
      lambda c: f"loss='soft_margin' with miner={c.miner!r} has no margin (every margin would "
                "train the same model)"),
+    (("margin",), lambda c: bool(tuple(c.margins)),
+     lambda c: f"config.margins={tuple(c.margins)} trains one model per margin in it"),
     (("model.depth",), lambda c: c.model.name != "resnet",
      lambda c: f"only model.name='resnet' has a depth (model.name={c.model.name!r})"),
     (("model.widths",), lambda c: c.model.name == "inception_resnet_v1",
@@ -87,7 +89,9 @@ def _get(c: Config, field: str):
 def unused_settings(c: Config) -> list[str]:
   """One line per field of ``c`` set away from its variant's default in a configuration that
   does not read it (RULES), each naming the field, its value, why, and the default."""
-  default = facenet_configs.get_config(c.variant)
+  # a config file of one's own names its own variant: compare with the generic defaults
+  default = (facenet_configs.get_config(c.variant) if c.variant in facenet_configs.VARIANTS
+             else facenet_configs.default_config(c.variant))
   out, seen = [], set()
   for fields, unread, why in RULES:
     if not unread(c):

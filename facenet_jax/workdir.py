@@ -57,7 +57,10 @@ def _merge(dst: ml_collections.ConfigDict, src: dict, prefix: str, path: str) ->
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config, with fields added to ``configs/facenet.py`` since it was written
-  taking their defaults (so old runs stay loadable)."""
+  taking their generic defaults, the values that do what code did before the field existed
+  (features_flip False, calibration_folds 0, ...). The variant's values took their place: an
+  lfw_vgg run from before data.features_flip was then evaluated on mirrored features, and an
+  old LFW run as if it had held out a calibration fold, without a word."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise WorkdirError(f"{path} not found: is {workdir!r} a workdir written by "
@@ -68,8 +71,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   except (OSError, ValueError) as e:
     raise WorkdirError(f"{path}: not a readable JSON config ({e})") from e
   saved = facenet_configs.upgrade(saved)   # older runs' layout -> today's field names
-  config = facenet_configs.get_config(saved.get("variant"))
-  config.unlock()
+  config = facenet_configs.default_config(saved.get("variant") or "synthetic")
   _merge(config, saved, "config.", path)
   return config
 
@@ -87,6 +89,10 @@ CONTINUABLE = {
     "eval_batch_size": "how evaluation batches the held-out images",
     "evals": "evaluation: the evaluators run again at the end",
     "evaluation": "evaluation settings: the evaluators run again at the end",
+    "data.workers": "how batches are read (a step's batch is a function of (seed, step))",
+    "data.prefetch": "how batches are read (a step's batch is a function of (seed, step))",
+    "data.prepare_workers": "how a source is prepared (the same shards, byte for byte)",
+    "data.tfds_dir": "where prepared data is kept (data.json refuses other training data)",
 }
 
 
@@ -224,6 +230,8 @@ def _continuable(field: str, old, new, saved: dict) -> bool:
     return new == old or (new > old and schedule_extends(saved, old))
   if field == "keep_checkpoints":
     return new >= old
+  if field == "evaluation.flip_tta" and saved.get("offline.enabled"):
+    return False   # offline selection scores its triplets with the evaluation embedding
   return field in CONTINUABLE or field.split(".")[0] in CONTINUABLE
 
 

@@ -148,6 +148,9 @@ def check_config(config: ml_collections.ConfigDict, continuing: bool = False) ->
   need(config.init != "content_noise" or 0.0 <= config.init_noise_ratio <= 1.0,
        "init_noise_ratio", "must be in [0, 1]")
   need(config.optimizer != "adam" or config.learning_rate > 0, "learning_rate", "must be > 0")
+  # NaN and huge values failed inside NumPy's uniform(), a traceback
+  need(config.init == "content" or 0 <= config.init_noise_scale <= 1e6, "init_noise_scale",
+       "must be a number in [0, 1e6] (the noise amplitude in pixel values)")
   for field in ("content_weight", "style_weight", "tv_weight"):   # NaN fails both comparisons
     need(0 <= config[field] < float("inf"), field, "must be a finite number >= 0 (a negative "
          "weight maximizes its loss)")
@@ -167,8 +170,10 @@ def check_config(config: ml_collections.ConfigDict, continuing: bool = False) ->
     repeated = sorted({n for n in names if names.count(n) > 1})
     need(not repeated, field, f"layer(s) {repeated} listed more than once; list each layer once "
          f"(style: set its weight in style_layer_weights)")
-  weight_list(config.style_layer_weights, "config.style_layer_weights",
-          len(comma_list(config.style_layers)))
+  layer_weights = weight_list(config.style_layer_weights, "config.style_layer_weights",
+                              len(comma_list(config.style_layers)))
+  # all zeros dropped the style term without a word (the blend weights had this check)
+  need(sum(layer_weights) > 0, "style_layer_weights", "at least one weight must be > 0")
   blend = weight_list(config.style_blend_weights, "config.style_blend_weights",
                   len(comma_list(config.style)))
   need(sum(blend) > 0, "style_blend_weights", "at least one weight must be > 0")

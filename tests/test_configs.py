@@ -259,3 +259,55 @@ def test_evaluating_another_split_of_the_run_s_own_people_is_refused():
       check(lfw, with_overrides(lfw, bad))
   tiny = facenet.get_config("tiny")   # generated people: held out by generator seed
   check(tiny, with_overrides(tiny, {"data.train_identities": 3}))
+
+
+def test_a_field_missing_from_an_old_config_takes_its_generic_default(tmp_path):
+  """A run's config.json from before a field existed reloaded with today's *variant* value:
+  an orl_vgg run from before data.features_flip was evaluated on mirrored features, an lfw run
+  from before data.calibration_folds as if fold 1 were held out. The generic default is the
+  value that does what code did then."""
+  import json
+  from facenet_jax import workdir as workdir_lib
+  for variant, field, old in (("orl_vgg", "features_flip", False), ("lfw", "calibration_folds", 0)):
+    saved = facenet.get_config(variant).to_dict()
+    del saved["data"][field]
+    d = tmp_path / variant
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(saved))
+    assert workdir_lib.load_config(str(d)).data[field] == old
+  mine = facenet.default_config("mine").to_dict()   # a config file of one's own
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "config.json").write_text(json.dumps(mine))
+  assert workdir_lib.load_config(str(tmp_path / "mine")).variant == "mine"
+
+
+@pytest.mark.parametrize("field,value", [("optim.grad_clip_norm", -10.0),
+                                         ("optim.weight_decay", -1e-4),
+                                         ("optim.warmup_steps", -5)])
+def test_negative_optimizer_settings_are_refused(field, value):
+  """A negative grad_clip_norm flipped every gradient (optax): the loss rose, exit 0."""
+  with pytest.raises(ConfigError, match=rf"^config\.{field} = {value!r}: expected "):
+    check_config(_with(facenet.get_config("tiny"), field, value))
+
+
+def test_margin_beside_margins_is_an_unread_setting():
+  """With margins set, margin is not read: a margin sweep over a K-margin config trained the
+  same K models at every point, each labelled with a margin it never used."""
+  from facenet_jax import config_usage
+  c = _with(_with(facenet.get_config("tiny"), "margins", (0.1, 0.3)), "margin", 0.5)
+  assert any(line.startswith("config.margin = 0.5: config.margins=(0.1, 0.3) trains one model")
+             for line in config_usage.unused_settings(c))
+
+
+def test_continuing_may_change_how_batches_are_read_not_what_offline_mining_embeds(tmp_path):
+  from facenet_jax import workdir as workdir_lib
+  from infra import files
+  base = facenet.get_config("tiny")
+  d = tmp_path / "run"
+  d.mkdir()
+  files.write_json_atomic(str(d / "config.json"), base.to_dict())
+  assert workdir_lib.check_continuation(_with(base, "data.workers", 2), str(d))
+  offline = _with(base, "offline.enabled", True)
+  files.write_json_atomic(str(d / "config.json"), offline.to_dict())
+  with pytest.raises(workdir_lib.WorkdirError, match=r"evaluation.flip_tta: False in the run, True now"):
+    workdir_lib.check_continuation(_with(offline, "evaluation.flip_tta", True), str(d))

@@ -572,3 +572,20 @@ def test_stylize_script_names_the_sizes_of_initial_and_final_loss_across_scales(
   w0, h0, w1, h1 = map(int, m.groups())
   sizes = json.load(open(tmp_path / "run" / "results.json"))["sizes"]
   assert [[h0, w0], [h1, w1]] == sizes and w0 < w1
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("style_layer_weights", "0,0,0,0,0", r"at least one weight must be > 0"),
+    ("init_noise_scale", float("nan"), r"must be a number in \[0, 1e6\]"),
+    ("init_noise_scale", -1e9, r"must be a number in \[0, 1e6\]"),
+])
+def test_style_settings_that_drop_a_term_or_crash_numpy_are_refused(field, value, match):
+  """All-zero style layer weights gave style=0 without a word; a NaN or huge noise scale was
+  a NumPy traceback."""
+  from configs.style import get_config
+  from style_jax import cost
+  c = get_config()
+  c.unlock()
+  c[field] = value
+  with pytest.raises(cost.StyleConfigError, match=match):
+    cost.check_config(c)

@@ -3,7 +3,7 @@
   python scripts/train_facenet.py --config=configs/facenet.py[:VARIANT] --workdir=DIR \
       --config.margin=0.3 --config.miner=batch_hard
 
-Variants: "synthetic" (default: procedural identities, no downloads, about 3 minutes on
+Variants: "synthetic" (default: procedural identities, no downloads, under a minute on
 2 CPU cores), "tiny" (seconds; tests), "inception" (Inception-ResNet-v1 at 160x160 on
 the synthetic identities), and real data: "orl" (AT&T/ORL faces, 30 people train, 10
 held out; "orl_vgg": frozen ImageNet-VGG19 SPoC descriptors + a PCA-whitened, triplet-trained

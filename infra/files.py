@@ -19,6 +19,9 @@ from infra.errors import UserError
 class InUseError(UserError, OSError):
   """A run directory another process is working in (:func:`hold_lock`)."""
 
+  def __str__(self) -> str:   # the message, without OSError's "[Errno 16] " before it
+    return self.strerror
+
 
 @contextlib.contextmanager
 def hold_lock(directory: str, what: str, enabled: bool = True) -> Iterator[None]:

@@ -497,6 +497,28 @@ def test_lfw_one_centred_face_per_photo(detector):
 
 
 @needs_lfw
+def test_a_large_photo_is_not_batched_with_small_ones(detector, monkeypatch):
+  """The crop networks' batch is padded to its largest photo: one large photo among small ones
+  made every photo that large (16 x 8000 x 6000 floats, 9 GB). Photos are grouped by padded
+  shape, and each photo's faces are those it gets alone."""
+  small = [np.asarray(Image.open(p).convert("RGB")) for p in lfw_photos(2)]
+  large = np.asarray(Image.fromarray(small[0]).resize((700, 700)))
+  seen = []
+  real = detect.MTCNN._cascade
+
+  def spy(self, rgbs, out):
+    seen.append({(detect.bucket(r.shape[0]), detect.bucket(r.shape[1])) for r in rgbs})
+    return real(self, rgbs, out)
+  monkeypatch.setattr(detect.MTCNN, "_cascade", spy)
+  together = detector.detect([small[0], large, small[1]])
+  assert seen and all(len(shapes) == 1 for shapes in seen)
+  for img, faces in zip([small[0], large, small[1]], together):
+    alone = detector(img)
+    assert len(alone) == len(faces) >= 1
+    np.testing.assert_allclose(faces.boxes_Nx4, alone.boxes_Nx4, atol=1e-3)
+
+
+@needs_lfw
 @pytest.mark.parametrize("workers", [2, 3])
 def test_worker_threads_find_what_one_thread_finds(workers):
   """Splitting a batch between threads (parts of 2 and 1 photos for 3 threads and 5 photos,

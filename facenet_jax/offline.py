@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 
 from facenet_jax.sampler import Batch
@@ -119,6 +120,13 @@ class OfflineBatches:
     full[rows] = emb
     self.selected = violating(self.pool, full, self.margin)
     self.rows = None
+    if jax.process_index() == 0:   # what the next steps train on, said where it is decided
+      n, k = self.pool.shape[0], self.selected.shape[0]
+      fed = ("the whole pool: none violates" if not k else
+             f"drawn with repeats: fewer than {self.cfg.triplets_per_batch} a step"
+             if k < self.cfg.triplets_per_batch else "those")
+      print(f"offline re-score at step {step}: {k} of {n} pool triplets violate the margin "
+            f"{self.margin:g} (eval-mode embeddings); fed: {fed}", flush=True)
 
   def period(self, step: int, embed_rows, state) -> tuple[TripletRows, int]:
     """``(rows-provider, stop)``: the triplet rows of steps ``step``..``stop``-1, the rest of

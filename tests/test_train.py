@@ -66,9 +66,16 @@ def _final_state(workdir, config):
 
 
 @pytest.mark.parametrize("offline", [False, True])
-def test_resumed_run_equals_uninterrupted_run(tmp_path, offline):
+def test_resumed_run_equals_uninterrupted_run(tmp_path, offline, capsys):
   config = _tiny(**{"offline.enabled": offline})
   full = train.train_and_evaluate(config, str(tmp_path / "full"))
+  if offline:   # each re-score says how many triplets violate and what is fed (none said it)
+    import re
+    lines = re.findall(r"offline re-score at step (\d+): (\d+) of (\d+) pool triplets violate "
+                       r"the margin [\d.]+ \(eval-mode embeddings\); fed: ", capsys.readouterr().out)
+    assert lines and [int(s) for s, _, _ in lines] == list(
+        range(0, config.num_steps, config.offline.rescore_every))
+    assert all(0 <= int(k) <= int(n) == config.offline.pool_size for _, k, n in lines)
   # the same run, "killed" after its step-2 checkpoint: later checkpoints and results gone
   part = tmp_path / "part"
   train.train_and_evaluate(config, str(part))

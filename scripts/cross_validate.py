@@ -30,11 +30,17 @@ _VALUES = flags.DEFINE_list("values", ["0", "1", "2", "3", "4", "5", "6", "7", "
                             "Values of --field, one run each.")
 
 
+RUN_SETTINGS = ("test_fold", "calibration_folds")   # evaluator outputs that are settings
+
+
 def summarize(per_run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
   """``{metric: {mean, std, std_ddof, n}}`` over runs (a metric missing from a run is
   skipped). The std is the population std (ddof 0, as the published tables use), said so in
-  ``std_ddof`` and in the printed header: over 10 folds it is ~5% below the sample std."""
-  names = sorted({k for m in per_run.values() for k in m})
+  ``std_ddof`` and in the printed header: over 10 folds it is ~5% below the sample std.
+  Settings an evaluator reports (RUN_SETTINGS) stay in each run's values, not averaged."""
+  # what a run was asked for, not what it measured: a "mean test_fold 4.5" read as a metric
+  names = sorted({k for m in per_run.values() for k in m
+                  if k.rsplit("/", 1)[-1] not in RUN_SETTINGS})
   out = {}
   for k in names:
     v = np.asarray([m[k] for m in per_run.values() if k in m], np.float64)

@@ -623,6 +623,10 @@ def test_cross_validate_summary_against_numpy():
     assert s[k]["std"] == pytest.approx(np.std(values, ddof=s[k]["std_ddof"]))
     assert s[k]["n"] == len(values) and s[k]["std_ddof"] == 0   # said, not left to guess
   assert s["b"]["std"] == 0.0
+  # an evaluator's settings are not averaged as if measured ("mean test_fold 4.5")
+  assert list(cv.summarize({"0": {"lfw_view2/test_fold": 0.0, "lfw_view2/accuracy": 0.9},
+                            "1": {"lfw_view2/test_fold": 1.0, "lfw_view2/accuracy": 0.8}})) == [
+      "lfw_view2/accuracy"]
 
 
 def _fake_lfw_cv(root, folds, seed, scorers=("distance", "head_chi2")):

@@ -56,6 +56,7 @@ DEFAULT_MTCNN_WEIGHTS = os.path.normpath(os.path.join(REPO, "..", "shared", "wei
                                                       "mtcnn_weights.npz"))
 DETECT_BATCH = 16   # photos per MTCNN call
 NO_FACE = "no face found"
+MIXED_FIT = "mixed"   # a gallery enrolled with --detect=none and mtcnn (--allow_other_fit)
 
 COMMANDS = ("enroll", "identify", "verify", "list", "remove")
 NEEDS_MODEL = ("enroll", "identify", "verify")
@@ -82,9 +83,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                  help="find the face(s) in each photo first (photos in the wild)")
   p.add_argument("--mtcnn_weights", default=DEFAULT_MTCNN_WEIGHTS,
                  help="--detect=mtcnn: the MTCNN .npz (scripts/convert_mtcnn_weights.py)")
-  p.add_argument("--faces", choices=("largest", "all"), default="largest",
-                 help="--detect=mtcnn: the largest face of each photo, or every face "
-                 "(identify / verify)")
+  p.add_argument("--faces", choices=("largest", "central", "all"), default=None,
+                 help="--detect=mtcnn: the largest face of each photo (its area inside the photo), "
+                 "the one nearest its centre, or every face (identify / verify); default: a run "
+                 "trained on aligned faces picks as its training photos were (data.align_pick), "
+                 "others the largest")
   p.add_argument("--min_face", type=float, default=None,
                  help="--detect=mtcnn: the smallest face searched for, in px (default: for a run "
                  "trained on aligned faces its data.align_min_face, as its photos were detected; "
@@ -106,8 +109,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     raise SystemExit(f"{args.command} needs --name (the person "
                      f"{'claimed' if args.command == 'verify' else 'to remove'})")
   if args.command == "enroll" and args.faces == "all":
-    raise SystemExit("enroll takes one face per photo (--faces=largest); --faces=all is for "
-                     "identify and verify")
+    raise SystemExit("enroll takes one face per photo (--faces=largest or central); --faces=all "
+                     "is for identify and verify")
   _check_ignored_flags(args)
   if args.out and os.path.exists(args.out):   # it replaced any file, a run's results.json too
     raise SystemExit(f"--out={args.out}: exists; recognize does not write over a file (remove "
@@ -125,7 +128,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def _check_ignored_flags(args: argparse.Namespace) -> None:
   """Flags that the command would ignore, exit 0, are refused (the user meant something)."""
   given = lambda flag: getattr(args, flag) not in (None, "", False)
-  ignored = {"faces": args.detect == "none" and args.faces != "largest",
+  ignored = {"faces": args.detect == "none" and given("faces"),
              "min_face": args.detect == "none" and given("min_face"),
              "out": args.command in ("enroll", "list", "remove") and given("out"),
              "far": given("threshold") and given("far"),
@@ -225,12 +228,16 @@ def check_detector(args: argparse.Namespace) -> None:
                         f"scripts/convert_mtcnn_weights.py from the mtcnn 1.0.0 wheel)")
 
 
-def load_faces(paths: list[str], config, weights: str, which: str, progress=None,
+def load_faces(paths: list[str], config, weights: str, which: str | None, progress=None,
                min_face: float | None = None) -> tuple[np.ndarray, list[Probe], str]:
   """Photos -> faces found by MTCNN, each fitted as the run's training images were.
 
   ``min_face``: MTCNN's smallest face (px); None: the run's ``data.align_min_face`` when it
   was trained on aligned faces (the detector its photos were prepared with), else 20.
+  ``which``: "largest" | "central" | "all"; None: a run trained on aligned faces picks as its
+  training photos were picked (``data.align_pick``), else "largest". A photo of several faces
+  of which one is kept gets a line saying which (it enrolled a cut-off face at the photo's
+  corner, exit 0, before the pick counted only a box's area inside the photo).
 
   Returns (M, S, S, C) uint8 model inputs, one ``Probe`` per face (or per photo without
   one, ``found=False``; the images hold only found faces, in probe order) and the line
@@ -238,10 +245,12 @@ def load_faces(paths: list[str], config, weights: str, which: str, progress=None
   """
   from facenet_jax.faces import detect, inputs, pipeline
   fit = inputs.face_input(config)   # a run no face can be fitted for fails before detection
+  aligned_run = config.data.get("align", "none") != "none"
   if min_face is None:
-    aligned_run = config.data.get("align", "none") != "none"
     min_face = (float(config.data.get("align_min_face", 20.0)) if aligned_run
                 else detect.Settings().min_face_size)
+  if which is None:
+    which = str(config.data.get("align_pick", "central")) if aligned_run else "largest"
   detector = detect.MTCNN(weights, detect.Settings(min_face_size=min_face))
   probes, out = [], []
   if progress is not None:
@@ -250,8 +259,14 @@ def load_faces(paths: list[str], config, weights: str, which: str, progress=None
     batch = paths[start:start + DETECT_BATCH]
     photos = [raw.decode_image(raw.read_file(p), p, "RGB") for p in batch]
     found = pipeline.detect_and_align([np.asarray(im) for im in photos], detector, fit.template,
-                                      which)
-    for path, photo, faces in zip(batch, photos, found):
+                                      "all")
+    for path, photo, every in zip(batch, photos, found):
+      faces = every
+      if which != "all" and len(every) > 1:
+        k = pipeline.pick(np.stack([f.box_4 for f in every]), photo.width, photo.height, which)
+        faces = [every[k]]
+        print(f"{path}: {len(every)} faces, kept the {which} one at "
+              f"{[round(float(v)) for v in every[k].box_4]} (--faces=all lists them)", flush=True)
       if not faces:
         probes.append(Probe(path, found=False))
       for k, face in enumerate(faces, 1):
@@ -262,7 +277,7 @@ def load_faces(paths: list[str], config, weights: str, which: str, progress=None
   shape = (0, fit.size, fit.size, fit.channels)
   images = np.stack(out) if out else np.zeros(shape, np.uint8)
   return images, probes, (f"faces: MTCNN ({weights}, min face {min_face:g} px), "
-                  f"{'the largest face of each photo' if which == 'largest' else 'every face'}, "
+                  f"{'every face' if which == 'all' else f'the {which} face of each photo'}, "
                   f"{fit.description}")
 
 
@@ -279,8 +294,13 @@ def threshold(args: argparse.Namespace) -> tuple[float, str]:
   far = open_set.DEFAULT_FAR if args.far is None else args.far
   t = open_set.saved_threshold(metrics, far, path)
   n = int(metrics.get("impostor_pairs", 0))
+  # n pairs resolve rates down to 1/n: below it the threshold accepts none of them, and the
+  # label promised a rate it could not measure (ORL's 500 pairs: 1e-4 and 1e-3 gave one
+  # threshold, which accepted 0.0013 of 4,500 other impostor pairs)
+  unresolved = (f" (below the 1/{n} = {1 / n:.2g} these pairs resolve: it accepts none of "
+                f"them, and on other pairs the rate can be higher)") if n and far * n < 1 else ""
   return t, (f"threshold {t:.4g}: false-accept rate {far:g} per comparison, calibrated on "
-             f"{n} impostor pairs of the run's held-out people ({path})")
+             f"{n} impostor pairs of the run's held-out people ({path}){unresolved}")
 
 
 def open_gallery(args: argparse.Namespace) -> recognition.Gallery | None:
@@ -315,7 +335,8 @@ def list_or_remove(args: argparse.Namespace) -> dict:
   counts = g.counts()
   print(f"{args.gallery}: {len(g)} people, {g.num_embeddings} embeddings of {g.dim} dimensions, "
         f"model {g.model_source or 'not recorded'} (fingerprint {g.model_fingerprint[:12] or '-'}), "
-        f"photos read with --detect={g.face_fit or '(not recorded)'}")
+        + ("photos read both with --detect=none and mtcnn (--allow_other_fit)" if g.face_fit == MIXED_FIT
+           else f"photos read with --detect={g.face_fit or '(not recorded)'}"))
   for person, n in counts.items():
     print(f"  {person}: {n}")
   return {"people": counts, "model_source": g.model_source, "face_fit": g.face_fit}
@@ -335,6 +356,8 @@ def enroll(args, trained, gallery, people, images) -> dict:
   emb = embed(trained, images, progress_for(images.shape[0], "embedding"))
   g = gallery or recognition.Gallery(emb.shape[1], trained.fingerprint, trained.source,
                                      args.detect)
+  if g.face_fit and g.face_fit != args.detect:   # --allow_other_fit: both kinds from now on
+    g.face_fit = MIXED_FIT
   for k, (person, _) in enumerate(people):
     g.enrol(person, emb[rows[k]:rows[k + 1]])
   g.save(args.gallery)

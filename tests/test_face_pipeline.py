@@ -30,14 +30,21 @@ def no_face_image():
   return (0.5 * smooth + 0.5 * blocks).astype(np.uint8)
 
 
-def test_select_largest_is_by_area_not_score():
+def test_select_largest_is_by_area_inside_the_photo_not_score():
   faces = detect.Faces(np.array([[0, 0, 10, 10], [50, 50, 90, 100], [0, 0, 30, 30]], np.float32),
                        np.array([0.99, 0.8, 0.7], np.float32), np.zeros((3, 5, 2), np.float32))
-  assert pipeline.select(faces, "largest").tolist() == [1]
-  assert pipeline.select(faces, "all").tolist() == [0, 1, 2]
-  assert pipeline.select(detect.Faces.empty(), "largest").tolist() == []
+  assert pipeline.select(faces, "largest", 200, 200).tolist() == [1]
+  assert pipeline.select(faces, "all", 200, 200).tolist() == [0, 1, 2]
+  assert pipeline.select(faces, "central", 200, 200).tolist() == [1]
+  assert pipeline.select(detect.Faces.empty(), "largest", 200, 200).tolist() == []
   with pytest.raises(detect.FaceInputError, match="which must be one of"):
-    pipeline.select(faces, "biggest")
+    pipeline.select(faces, "biggest", 200, 200)
+  # a face cut off at the corner (audit 23: Colin Powell beside Condoleezza Rice) has a box
+  # reaching outside the photo; counted whole it won over the subject, exit 0
+  cut = detect.Faces(np.array([[-13, -9, 65, 108], [100, 72, 182, 175]], np.float32),
+                     np.array([0.99, 0.99], np.float32), np.zeros((2, 5, 2), np.float32))
+  assert pipeline.select(cut, "largest", 250, 250).tolist() == [1]
+  assert pipeline.select(cut, "central", 250, 250).tolist() == [1]
 
 
 @needs_lfw

@@ -93,8 +93,11 @@ class Alignment:
 
   def key(self) -> str:
     """The prepared folder's alignment tag: the detection key plus template, pick, policy."""
+    # "largest" counts a box's area inside the image since a cut-off face won by its outside
+    # part: a folder picked the old way is cropped again (the detections are reused)
+    pick = "largest-inside" if self.pick == "largest" else self.pick
     blob = json.dumps({"detection": self.detection_key(), "template": self.template,
-                       "pick": self.pick, "no_face": self.no_face}, sort_keys=True)
+                       "pick": pick, "no_face": self.no_face}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
   def record(self) -> dict:
@@ -170,16 +173,11 @@ class Detections:
 
 
 def pick_face(boxes_Mx4: np.ndarray, width: int, height: int, pick: str) -> int | None:
-  """Index of the face ``pick`` keeps among one image's boxes, or None when there is none.
-  ``central``: box centre nearest the image centre; ``largest``: largest box area (ties: the
-  first, i.e. the higher score)."""
-  if len(boxes_Mx4) == 0:
-    return None
-  b = np.asarray(boxes_Mx4, np.float64)
-  if pick == "largest":
-    return int(np.argmax((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
-  c = (b[:, :2] + b[:, 2:]) / 2 - np.array([width / 2, height / 2])
-  return int(np.argmin(np.hypot(c[:, 0], c[:, 1])))
+  """Index of the face ``pick`` keeps among one image's boxes, or None when there is none:
+  ``faces.pipeline.pick`` (``central``: box centre nearest the image centre; ``largest``:
+  largest box area inside the image), the one rule recognize.py uses too."""
+  from facenet_jax.faces import pipeline
+  return pipeline.pick(boxes_Mx4, width, height, pick)
 
 
 def _chunk_path(folder: str, k: int) -> str:

@@ -8,9 +8,12 @@
 
 This is glue only: detection is ``detect.MTCNN.detect`` (one batch through the cascade for
 the whole list) and alignment ``align.align_faces``; nothing here re-implements either.
-``which="largest"`` keeps the face with the largest box per photo (the subject of a
-portrait, where a higher-scoring face in the background would be the wrong person);
-``"all"`` keeps every face, highest score first, as the detector orders them.
+``which="largest"`` keeps the face with the largest box per photo, counting only the part of
+the box inside the photo (the subject of a portrait, where a higher-scoring face in the
+background would be the wrong person; a face cut off at the photo's edge has a box that
+reaches outside it and counted whole, it won over the subject); ``"central"`` the face whose
+box centre is nearest the photo's centre (how LFW's labelled person is found: its photos are
+centred on them); ``"all"`` keeps every face, highest score first, as the detector orders them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 from facenet_jax import align
 from facenet_jax.faces import detect
 
-WHICH = ("largest", "all")
+WHICH = ("largest", "central", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,14 +49,28 @@ class Face:
     return one.to_json()[0]
 
 
-def select(faces: detect.Faces, which: str) -> np.ndarray:
-  """Indices into ``faces`` that ``which`` keeps (see the module docstring)."""
+def pick(boxes_Mx4: np.ndarray, width: int, height: int, which: str) -> int | None:
+  """Index of the one face ``which`` ("largest" | "central") keeps among a ``width`` x
+  ``height`` photo's boxes, or None when there is none (ties: the first, the higher score)."""
+  if len(boxes_Mx4) == 0:
+    return None
+  b = np.asarray(boxes_Mx4, np.float64)
+  if which == "largest":   # the area inside the photo
+    w = np.clip(b[:, 2], 0, width) - np.clip(b[:, 0], 0, width)
+    h = np.clip(b[:, 3], 0, height) - np.clip(b[:, 1], 0, height)
+    return int(np.argmax(w * h))
+  c = (b[:, :2] + b[:, 2:]) / 2 - np.array([width / 2, height / 2])
+  return int(np.argmin(np.hypot(c[:, 0], c[:, 1])))
+
+
+def select(faces: detect.Faces, which: str, width: int, height: int) -> np.ndarray:
+  """Indices into ``faces`` (of a ``width`` x ``height`` photo) that ``which`` keeps (see the
+  module docstring)."""
   if which not in WHICH:
     raise detect.FaceInputError(f"which must be one of {WHICH}, got {which!r}")
   if len(faces) == 0 or which == "all":
     return np.arange(len(faces))
-  wh = faces.boxes_Nx4[:, 2:] - faces.boxes_Nx4[:, :2]
-  return np.array([int(np.argmax(wh[:, 0] * wh[:, 1]))])   # ties: the higher score (first)
+  return np.array([pick(faces.boxes_Nx4, width, height, which)])
 
 
 def faces_of(rgb_HxWx3, faces: detect.Faces, template: str | None,
@@ -63,9 +80,10 @@ def faces_of(rgb_HxWx3, faces: detect.Faces, template: str | None,
   if template is not None and template not in align.TEMPLATES:
     raise detect.FaceInputError(f"template must be one of {sorted(align.TEMPLATES)} or None, "
                                 f"got {template!r}")
-  keep = select(faces, which)
+  rgb = detect.to_rgb(rgb_HxWx3)
+  keep = select(faces, which, rgb.shape[1], rgb.shape[0])
   lms = faces.landmarks_Nx5x2[keep]
-  crops = (align.align_faces(detect.to_rgb(rgb_HxWx3), lms, template) if template and len(keep)
+  crops = (align.align_faces(rgb, lms, template) if template and len(keep)
            else [None] * len(keep))
   return [Face(faces.boxes_Nx4[k].copy(), float(faces.scores_N[k]), lms[j].copy(), crop)
           for j, (k, crop) in enumerate(zip(keep, crops))]
@@ -80,7 +98,7 @@ def detect_and_align(rgb_list: Sequence, detector: detect.MTCNN, template: str |
       PIL images), detected in one batch.
     detector: a ``detect.MTCNN``.
     template: ``"arcface112"``, ``"facenet160"`` or None (boxes and landmarks only).
-    which: ``"largest"`` (at most one face per photo) or ``"all"``.
+    which: ``"largest"`` or ``"central"`` (at most one face per photo) or ``"all"``.
   """
   if which not in WHICH:   # checked before the (slow) detection
     raise detect.FaceInputError(f"which must be one of {WHICH}, got {which!r}")

@@ -173,10 +173,12 @@ class Gallery:
     so every probe would be rejected (or matched by chance). Galleries that record none
     (formats 1 and 2) are not checked. ``override`` names the flag that allows it anyway."""
     if self.face_fit and self.face_fit != face_fit:
-      raise GalleryError(f"{path} was enrolled from photos read with --detect={self.face_fit}, "
-                         f"these are read with --detect={face_fit}: the model's inputs are "
-                         f"fitted differently and their distances do not compare; use "
-                         f"--detect={self.face_fit}, enrol again"
+      same_flag = self.face_fit.split("-")[0] == face_fit.split("-")[0]
+      advice = ("the face square of --detect=mtcnn changed since it was enrolled: enrol again"
+                if same_flag else f"use --detect={self.face_fit.split('-')[0]}, enrol again")
+      raise GalleryError(f"{path} was enrolled from photos read as {self.face_fit!r}, these are "
+                         f"read as {face_fit!r}: the model's inputs are fitted differently and "
+                         f"their distances do not compare; {advice}"
                          + (f", or pass {override} if the enrolled photos already were face "
                             f"crops fitted as these will be" if override else ""))
 

@@ -228,6 +228,17 @@ def check_detector(args: argparse.Namespace) -> None:
                         f"scripts/convert_mtcnn_weights.py from the mtcnn 1.0.0 wheel)")
 
 
+def face_fit(detect: str, config) -> str:
+  """What a gallery records of how its photos became model inputs: "none" (whole photos),
+  "mtcnn" (a run trained on aligned faces: its template crops) or "mtcnn-square<scale>" (the
+  centred square of ``faces.inputs.CENTRED_SCALE`` x the box: galleries enrolled with the
+  1.25 square, recorded as "mtcnn", are refused, not compared with 1.05 squares)."""
+  if detect == "none":
+    return "none"
+  from facenet_jax.faces import inputs
+  return "mtcnn" if inputs.face_input(config).template else f"mtcnn-square{inputs.CENTRED_SCALE:g}"
+
+
 def load_faces(paths: list[str], config, weights: str, which: str | None, progress=None,
                min_face: float | None = None) -> tuple[np.ndarray, list[Probe], str]:
   """Photos -> faces found by MTCNN, each fitted as the run's training images were.
@@ -354,9 +365,8 @@ def progress_for(n: int, what: str):
 def enroll(args, trained, gallery, people, images) -> dict:
   rows = np.cumsum([0] + [len(p) for _, p in people])
   emb = embed(trained, images, progress_for(images.shape[0], "embedding"))
-  g = gallery or recognition.Gallery(emb.shape[1], trained.fingerprint, trained.source,
-                                     args.detect)
-  if g.face_fit and g.face_fit != args.detect:   # --allow_other_fit: both kinds from now on
+  g = gallery or recognition.Gallery(emb.shape[1], trained.fingerprint, trained.source, args.fit)
+  if g.face_fit and g.face_fit != args.fit:   # --allow_other_fit: both kinds from now on
     g.face_fit = MIXED_FIT
   for k, (person, _) in enumerate(people):
     g.enrol(person, emb[rows[k]:rows[k + 1]])
@@ -445,11 +455,12 @@ def run(argv: list[str] | None = None) -> dict:
     if args.command == "verify" and args.name not in gallery:
       raise recognition.GalleryError(f"{args.gallery}: claimed identity {args.name!r} is not "
                                      f"enrolled ({len(gallery)} people enrolled)")
-  if gallery is not None and not args.allow_other_fit:
-    gallery.check_face_fit(args.detect, args.gallery, "--allow_other_fit")
-  check_detector(args)
   from facenet_jax import inference, workdir as workdir_lib
   config = workdir_lib.load_config(args.workdir)
+  args.fit = face_fit(args.detect, config)
+  if gallery is not None and not args.allow_other_fit:
+    gallery.check_face_fit(args.fit, args.gallery, "--allow_other_fit")
+  check_detector(args)
   if gallery is not None and gallery.dim != int(config.model.embedding_dim):
     raise recognition.GalleryError(f"gallery file {args.gallery!r} holds {gallery.dim}-D "
                                    f"embeddings, the model of {args.workdir} gives "

@@ -260,10 +260,15 @@ def test_gallery_records_how_its_photos_were_fitted_and_refuses_another_way(tmp_
   back = R.Gallery.load(path)
   assert back.face_fit == "none"
   back.check_face_fit("none", path)
-  with pytest.raises(R.GalleryError, match=r"g\.npz was enrolled from photos read with "
-                     r"--detect=none, these are read with --detect=mtcnn: .* use --detect=none, "
+  with pytest.raises(R.GalleryError, match=r"g\.npz was enrolled from photos read as 'none', "
+                     r"these are read as 'mtcnn': .* use --detect=none, "
                      r"enrol again, or pass --allow_other_fit if"):
     back.check_face_fit("mtcnn", path, "--allow_other_fit")
+  # a gallery enrolled with the 1.25 square (recorded "mtcnn") against today's 1.05 square
+  old = R.Gallery(2, "a" * 64, "runs/a step 800", face_fit="mtcnn")
+  with pytest.raises(R.GalleryError, match=r"read as 'mtcnn', these are read as 'mtcnn-square1.05'"
+                     r".* the face square of --detect=mtcnn changed since it was enrolled"):
+    old.check_face_fit("mtcnn-square1.05", path)
   # format 2 (before the record): loads, records nothing, is not checked
   v2 = str(tmp_path / "v2.npz")
   np.savez(v2, emb_NxD=np.zeros((1, 2), np.float32), ids=np.array(["x"]),
@@ -478,8 +483,8 @@ def test_probes_read_another_way_than_the_gallery_are_refused_before_the_model(r
   probe = str(tmp / "probes" / "ann.png")
   detect = ["--detect=mtcnn", f"--mtcnn_weights={tmp}/nope.npz"]
   for command in (["identify", probe], ["verify", "--name=ann", probe], ["enroll", "--name=dan", probe]):
-    with pytest.raises(R.GalleryError, match=r"people\.npz was enrolled from photos read with "
-                       r"--detect=none, these are read with --detect=mtcnn"):
+    with pytest.raises(R.GalleryError, match=r"people\.npz was enrolled from photos read as "
+                       r"'none', these are read as 'mtcnn-square1.05'"):
       recognize.run([*command, *detect, *_args(wd, gallery)])
     # --allow_other_fit passes that check (and stops at the missing detector file here)
     with pytest.raises(Exception, match=r"--mtcnn_weights=.*nope\.npz: no such file"):

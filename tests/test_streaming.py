@@ -553,3 +553,52 @@ def test_evaluating_a_run_whose_folder_changed_since_training_is_refused(tmp_pat
     evaluate(wd, "pairs")
   out = evaluate(wd, "pairs", data_dir=str(root))   # asked for: other data, its own file
   assert out["step"] == 2 and any(n.startswith("eval_pairs@data.data_dir=") for n in os.listdir(wd))
+
+
+_KILLED_PARENT = """
+import sys
+from facenet_jax.data import prepare
+from facenet_jax.data.images import Fit
+if __name__ == "__main__":
+  prepare.prepare(prepare.folder_plan(sys.argv[1]), sys.argv[2], Fit(96, 0, 3), workers=2,
+                  records_per_shard=2)
+"""
+
+
+def _workers_of(parent: int) -> list[int]:
+  """PIDs of the processes that are preparation workers of ``parent`` (by their environment)."""
+  out = []
+  for d in os.listdir("/proc"):
+    try:
+      with open(f"/proc/{d}/environ", "rb") as f:
+        env = f.read().split(b"\0")
+    except OSError:
+      continue
+    if f"{prepare.WORKER_OF}={parent}".encode() in env:
+      out.append(int(d))
+  return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the workers")
+def test_preparation_workers_end_with_a_killed_parent(tmp_path):
+  """A parent killed outright (kill -9, the OOM killer) left its spawned workers blocked for
+  ever, still writing queued shards into the folder a resumed run prepared."""
+  import signal
+  import time
+  root = _people(tmp_path / "people", [8] * 12, size=(400, 400))
+  script = tmp_path / "prep.py"
+  script.write_text(_KILLED_PARENT)
+  p = subprocess.Popen([sys.executable, str(script), str(root), str(tmp_path / "out")],
+                       env={**os.environ, "PYTHONPATH": ROOT}, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while len(_workers_of(p.pid)) < 2:
+    assert p.poll() is None and time.time() < deadline, "the workers did not start"
+    time.sleep(0.1)
+  workers = _workers_of(p.pid)
+  os.kill(p.pid, signal.SIGKILL)
+  p.wait()
+  deadline = time.time() + 30
+  while [w for w in workers if os.path.exists(f"/proc/{w}") and
+         open(f"/proc/{w}/stat").read().split()[2] != "Z"]:
+    assert time.time() < deadline, "preparation workers outlived their killed parent"
+    time.sleep(0.2)

@@ -36,8 +36,10 @@ def fit_image(im: Image.Image, fit: Fit, where: str = "image") -> np.ndarray:
   w, h = im.size
   side = fit.crop or min(w, h)
   if side > min(w, h):
-    raise ValueError(f"{where}: center crop {side} px is larger than the image ({w}x{h}); "
-                     "lower config.data.center_crop")
+    # a DataError (one line, and preparation removes its partial folder), not a ValueError
+    from facenet_jax.data.raw import DataError
+    raise DataError(f"{where}: center crop {side} px is larger than the image ({w}x{h}); "
+                    "lower config.data.center_crop")
   left, top = (w - side) // 2, (h - side) // 2
   im = im.crop((left, top, left + side, top + side))
   im = im.convert("L" if fit.channels == 1 or im.mode == "L" else "RGB")

@@ -244,7 +244,8 @@ def _run_shards(tasks: list[tuple], total: int, done: int, workers: int) -> None
       # an executor, not multiprocessing.Pool: a Pool replaces a dead worker and waits
       # forever for its shard, an executor breaks with BrokenProcessPool
       pool = stack.enter_context(futures.ProcessPoolExecutor(
-          workers, mp_context=multiprocessing.get_context("spawn")))
+          workers, mp_context=multiprocessing.get_context("spawn"),
+          initializer=_exit_with_parent, initargs=(os.getpid(),)))
       jobs = [pool.submit(write_shard, t) for t in tasks]
       stack.callback(lambda: [j.cancel() for j in jobs])   # an error: start no more shards
       results = (j.result() for j in futures.as_completed(jobs))
@@ -262,6 +263,19 @@ def _run_shards(tasks: list[tuple], total: int, done: int, workers: int) -> None
           f"{total} images, are kept: run again to resume). Killed (out of memory?), or it failed as it "
           "started: spawned workers import the calling script, so its work must be under "
           "`if __name__ == '__main__':`") from None
+
+
+def _exit_with_parent(parent: int) -> None:
+  """A preparation worker's start: a thread that ends the worker once ``parent`` is gone. A
+  parent killed outright (the OOM killer, kill -9) left its workers blocked for ever, and
+  still writing queued shards into the folder a resumed run was preparing."""
+  import threading
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(1)
+  threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 @contextlib.contextmanager

@@ -180,8 +180,11 @@ class RecordImages:
         out[k] = decode(data, fit)
       except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         if not skip_bad:
-          raise DataError(f"{self.where(int(row))}: cannot decode ({e}); set "
-                          "config.data.skip_corrupt=True to skip such records") from e
+          # evaluation reads with skip_bad False whatever the config: the message said to set
+          # skip_corrupt=True to a run that had it
+          raise DataError(f"{self.where(int(row))}: cannot decode ({e}); training skips such "
+                          "records with config.data.skip_corrupt=True, evaluation never does "
+                          "(it would change the held-out pairs): replace or remove the file") from e
         ok[k] = False
     return out, ok
 

@@ -300,6 +300,9 @@ class StyleRun:
       raise cost.StyleConfigError(f"{self.ckpt.directory} holds step {start}, beyond this config's "
                                   f"{self.total_steps} steps (num_steps x num_scales): use a new "
                                   f"workdir")
+    # what a killed run logged after its last checkpoint is logged again by this one: rows of
+    # steps 6-8 appeared twice after a kill -9 at step 8 and a checkpoint at 5
+    self.writer.restart_at(start + 1 if start else 0)
     if not start:
       return None, 0
     self.scale = (start - 1) // self.config.num_steps
@@ -404,9 +407,10 @@ class StyleRun:
     """Saves the output PNG and ``results.json``, closes the writers; returns the results."""
     final_x = state["image"]
     rgb = self.rgb(final_x)
-    # "final" is the loss of the saved PNG's pixels (clipped to 0..255, rounded to 8 bits, with
-    # preserve_colors the recoloured image), as documented; it was the loss of the unclipped
-    # iterate, kept as "final_unclipped"
+    # "final" is the loss of the saved PNG's pixels (rounded to 8 bits, with preserve_colors
+    # the recoloured image), as documented; "final_unclipped" is the optimizer's last iterate
+    # (kept in the pixel box by every step, so only unrounded and not recoloured: with
+    # preserve_colors it can be well below "final")
     final = self.host_terms(vgg_lib.preprocess_caffe(images.to_uint8(rgb).astype(np.float32)))
     final_unclipped = self.host_terms(final_x)
     out_path = os.path.join(self.workdir, self.config.output)
@@ -443,7 +447,8 @@ def stylize(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ``results.json`` = ``{config, step, sizes, initial: {content, style, tv, total},
   final: {...}, output, seconds_per_step, wall_seconds, ...}`` (initial: at step 0, on the
   first scale, ``sizes[0]``; final: the saved image's pixels, ``sizes[-1]``, and
-  final_unclipped: the optimizer's last iterate before clipping and rounding; with ``num_scales`` > 1
+  final_unclipped: the optimizer's last iterate, before rounding and ``preserve_colors``' recolouring
+  (every step keeps it in the pixel box; the name is historical); with ``num_scales`` > 1
   the two are sums over images of different sizes and do not compare). Returns the same dict.
 
   Raises:

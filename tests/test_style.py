@@ -296,6 +296,29 @@ def test_lbfgs_multiscale_resume_is_bit_identical(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_run_killed_after_logging_past_its_checkpoint_logs_each_step_once(tmp_path):
+  """kill -9 at step 5 of 6 with a checkpoint at 2: the resumed run logged steps 3-5 again
+  beside the killed run's rows (metrics.jsonl and TensorBoard). TV is measured at weight 0
+  too (it was reported as 0)."""
+  from infra import metric_writer
+  config = _tiny(tmp_path, optimizer="lbfgs", num_steps=6, checkpoint_every=2, keep_checkpoints=10,
+                 log_every=1, tv_weight=0.0)
+  full = optimize.stylize(config, str(tmp_path / "full"))
+  assert full["final"]["tv"] > 0
+  part = tmp_path / "part"   # the killed run: its logs up to step 5, its checkpoint at 2
+  shutil.copytree(tmp_path / "full", part)
+  for name in ("results.json", "final.png"):
+    os.remove(part / name)
+  for step in ("4", "6"):
+    shutil.rmtree(part / "checkpoints" / step)
+  rows = metric_writer.read_metrics(str(part))
+  with open(part / "metrics.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= 5)
+  optimize.stylize(config, str(part))
+  steps = [r["step"] for r in metric_writer.read_metrics(str(part))]
+  assert steps == sorted(set(steps)) == [r["step"] for r in metric_writer.read_metrics(str(tmp_path / "full"))]
+
+
 def test_stop_in_the_last_step_of_a_scale_stops_the_run(tmp_path, monkeypatch, capsys):
   """SIGTERM during scale 0's last step: that step's checkpoint is the last one and the run
   raises Preempted before scale 1 (each scale is its own infra.loop.run_loop, under one stop

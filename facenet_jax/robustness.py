@@ -72,7 +72,12 @@ def degrade(images_NxHxWxC: np.ndarray, *, resolution: int = 0, jpeg_quality: in
 def evaluate(workdir: str, *, resolutions=(), jpeg_qualities=()) -> list[dict]:
   """One row per setting: ``{kind, value, <verification metrics>}``; the first row is
   the undegraded images (kind ``original``)."""
-  size = int(workdir_lib.load_config(workdir).data.image_size)   # before the model and data
+  config = workdir_lib.load_config(workdir)   # before the model and data
+  if int(config.model.spatial_dims) != 2:   # a traceback after the model and data had loaded
+    raise RobustnessError(f"{workdir} is a {config.model.spatial_dims}-D run "
+                          f"(data.source={config.data.source!r}): the degradations (resolution, "
+                          f"JPEG quality) are of 2-D images")
+  size = int(config.data.image_size)
   larger = [r for r in resolutions if int(r) >= size]
   if larger:   # up and back down is not a degradation: a row that looked like robustness
     raise RobustnessError(f"--resolutions {larger}: expected sizes below the run's image size "

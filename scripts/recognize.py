@@ -457,6 +457,10 @@ def run(argv: list[str] | None = None) -> dict:
                                      f"enrolled ({len(gallery)} people enrolled)")
   from facenet_jax import inference, workdir as workdir_lib
   config = workdir_lib.load_config(args.workdir)
+  if int(config.model.spatial_dims) != 2:   # photos fitted to (S, S, C): a traceback after loading
+    raise recognition.GalleryError(f"{args.workdir} is a {config.model.spatial_dims}-D run "
+                                   f"(data.source={config.data.source!r}); recognize.py reads "
+                                   f"photos, for 2-D runs")
   args.fit = face_fit(args.detect, config)
   if gallery is not None and not args.allow_other_fit:
     gallery.check_face_fit(args.fit, args.gallery, "--allow_other_fit")

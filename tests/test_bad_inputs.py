@@ -1415,3 +1415,23 @@ def test_same_bytes_under_two_identities_are_noted_and_mac_metadata_skipped(tmp_
   (root / ".Trash" / "x.png").write_bytes(_encode(_rgb(12, 12), "PNG"))
   found = load_script("detect_faces").list_images([str(root)])
   assert len(found) == 7 and not any("/." in f for f in found)
+
+
+def test_image_only_tools_refuse_a_1d_or_3d_run_before_loading_it(tmp_path):
+  """robustness.py and recognize.py on an ekg / volume run failed with a shape traceback after
+  the model (and for robustness the held-out data) had loaded."""
+  from conftest import load_script
+  from facenet_jax import robustness
+  for variant in ("ekg", "volume"):
+    d = tmp_path / variant
+    d.mkdir()
+    files.write_json_atomic(str(d / "config.json"), facenet_config(variant).to_dict())
+    with pytest.raises(robustness.RobustnessError, match=r"-D run \(data.source='.*'\): the "
+                                                         r"degradations .* are of 2-D images"):
+      robustness.evaluate(str(d), resolutions=(4,))
+    photo = tmp_path / "p.png"
+    photo.write_bytes(_encode(_rgb(12, 12), "PNG"))
+    with pytest.raises(R.GalleryError, match=r"recognize.py reads photos, for 2-D runs"):
+      load_script("recognize").run(["enroll", "--name=a", str(photo), f"--workdir={d}",
+                                    f"--gallery={tmp_path / 'g.npz'}"])
+    assert not (tmp_path / "g.npz").exists()

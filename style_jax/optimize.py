@@ -300,9 +300,7 @@ class StyleRun:
       raise cost.StyleConfigError(f"{self.ckpt.directory} holds step {start}, beyond this config's "
                                   f"{self.total_steps} steps (num_steps x num_scales): use a new "
                                   f"workdir")
-    # what a killed run logged after its last checkpoint is logged again by this one: rows of
-    # steps 6-8 appeared twice after a kill -9 at step 8 and a checkpoint at 5
-    self.writer.restart_at(start + 1 if start else 0)
+    self.writer.restart_at(start + 1 if start else 0)   # a killed run's rows past it: logged again
     if not start:
       return None, 0
     self.scale = (start - 1) // self.config.num_steps
@@ -407,10 +405,8 @@ class StyleRun:
     """Saves the output PNG and ``results.json``, closes the writers; returns the results."""
     final_x = state["image"]
     rgb = self.rgb(final_x)
-    # "final" is the loss of the saved PNG's pixels (rounded to 8 bits, with preserve_colors
-    # the recoloured image), as documented; "final_unclipped" is the optimizer's last iterate
-    # (kept in the pixel box by every step, so only unrounded and not recoloured: with
-    # preserve_colors it can be well below "final")
+    # "final": the saved PNG's pixels (8-bit, recoloured with preserve_colors); "final_unclipped":
+    # the last iterate (in the pixel box, unrounded, not recoloured)
     final = self.host_terms(vgg_lib.preprocess_caffe(images.to_uint8(rgb).astype(np.float32)))
     final_unclipped = self.host_terms(final_x)
     out_path = os.path.join(self.workdir, self.config.output)

@@ -105,12 +105,12 @@ def temp_beside(path: str, prefix: str = ".tmp-", suffix: str = "") -> tuple[int
 
 
 @contextlib.contextmanager
-def replacing(path: str, suffix: str = "") -> Iterator[str]:
+def replacing(path: str, suffix: str = "", prefix: str = ".tmp-") -> Iterator[str]:
   """``with replacing(path, ".npz") as tmp:`` write the file ``tmp`` (beside ``path``, with
   :func:`temp_beside`'s permissions); on leaving the block it is synced and renamed onto
   ``path`` in one step, so a kill leaves the previous file or none, never a torn one. On an
   error ``tmp`` is removed and ``path`` left as it was."""
-  fd, tmp = temp_beside(path, suffix=suffix)
+  fd, tmp = temp_beside(path, prefix=prefix, suffix=suffix)
   os.close(fd)
   try:
     yield tmp
@@ -138,23 +138,14 @@ def write_text_atomic(path: str, text: str) -> None:
   """Writes ``text`` to ``path`` via a temporary file and an atomic rename: a kill leaves the
   previous file or none, never a torn one."""
   directory = os.path.dirname(os.path.abspath(path))
-  tmp = None
   try:
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = temp_beside(path, suffix=".json")
-    with os.fdopen(fd, "w") as f:
+    with replacing(path, ".json") as tmp, open(tmp, "w") as f:
       f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException as e:
-    if tmp is not None and os.path.exists(tmp):
-      os.remove(tmp)
-    if isinstance(e, OSError):
-      kept = "the previous version is unchanged" if os.path.exists(path) else "nothing was written"
-      raise WriteError(e.errno, f"cannot write {path}: {e.strerror or e} ({kept}); is "
-                       f"{directory} writable and the disk not full?") from e
-    raise
+  except OSError as e:
+    kept = "the previous version is unchanged" if os.path.exists(path) else "nothing was written"
+    raise WriteError(e.errno, f"cannot write {path}: {e.strerror or e} ({kept}); is "
+                     f"{directory} writable and the disk not full?") from e
 
 
 def _default(x):

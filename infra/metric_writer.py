@@ -216,16 +216,8 @@ def _replace(path: str, data: bytes) -> None:
   """Writes ``data`` to ``path`` via a temporary file and an atomic rename: a kill during the
   rewrite leaves the old file whole (and a hidden temporary one, which no reader takes for
   an event file: TensorBoard reads every name containing "tfevents")."""
-  fd, tmp = files.temp_beside(path, prefix=".rewrite-", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with files.replacing(path, ".tmp", prefix=".rewrite-") as tmp, open(tmp, "wb") as f:
+    f.write(data)
 
 
 def read_metrics(logdir: str) -> list[dict]:

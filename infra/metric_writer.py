@@ -35,6 +35,7 @@ class MetricWriter:
       os.makedirs(logdir, exist_ok=True)
       self._earlier_events = sorted(os.path.join(logdir, n) for n in os.listdir(logdir)
                                     if n.startswith("events.out.tfevents"))
+      _after_earlier_files(self._earlier_events)
       self._events = EventFileWriter(logdir)
       path = os.path.join(logdir, "metrics.jsonl")
       _drop_partial_last_line(path)
@@ -127,6 +128,22 @@ class MetricWriter:
       self._events.close()
       self._jsonl.close()
       self.enabled = False
+
+
+def _after_earlier_files(paths: list[str]) -> None:
+  """Waits (under a second) until a new event file's name sorts after ``paths``. TensorBoard
+  reads a folder's event files in name order, and the name is events.out.tfevents.<second>.
+  <host>.<pid>: a run resumed in the second its killed run started could sort first (by pid
+  as text), and TensorBoard then applied the restart to the wrong file (a test saw it)."""
+  seconds = []
+  for p in paths:
+    try:
+      seconds.append(int(os.path.basename(p).split(".")[3]))
+    except (IndexError, ValueError):
+      pass
+  wait = max(seconds, default=0) + 1 - time.time()
+  if 0 < wait <= 2:
+    time.sleep(wait)
 
 
 def _drop_partial_last_line(path: str) -> None:

@@ -230,3 +230,15 @@ def test_forget_drops_only_the_prefix(tmp_path):
   assert metric_writer.read_metrics(str(tmp_path)) == [
       {"step": 2, "train/loss": 0.2}, {"step": 1, "final/acc": 0.7}]
   assert _raw_summaries(tmp_path) == [(1, "final/acc"), (2, "train/loss")]
+
+
+def test_a_writer_started_in_the_second_of_an_earlier_one_sorts_after_it(tmp_path):
+  """TensorBoard reads event files in name order (events.out.tfevents.<second>.<host>.<pid>):
+  a run resumed within the second its killed run started could sort first, by pid as text."""
+  import time
+  fake = tmp_path / f"events.out.tfevents.{int(time.time()):010d}.host.99999.0"
+  fake.write_bytes(b"")
+  w = metric_writer.MetricWriter(str(tmp_path))
+  w.close()
+  names = sorted(n for n in os.listdir(tmp_path) if n.startswith("events"))
+  assert names[0] == fake.name and len(names) == 2

@@ -236,7 +236,7 @@ def test_a_writer_started_in_the_second_of_an_earlier_one_sorts_after_it(tmp_pat
   """TensorBoard reads event files in name order (events.out.tfevents.<second>.<host>.<pid>):
   a run resumed within the second its killed run started could sort first, by pid as text."""
   import time
-  fake = tmp_path / f"events.out.tfevents.{int(time.time()):010d}.host.99999.0"
+  fake = tmp_path / f"events.out.tfevents.{int(time.time()):010d}.zzzz.99999.0"   # sorts last
   fake.write_bytes(b"")
   w = metric_writer.MetricWriter(str(tmp_path))
   w.close()

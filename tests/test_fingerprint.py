@@ -199,3 +199,17 @@ def test_a_tree_key_follows_a_linked_folder(tmp_path):
   st = os.stat(photos / "p2" / "1.png")
   os.utime(photos / "p2" / "1.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
   assert fingerprint.tree_key(str(root), str(tmp_path / "memo")) != key
+
+
+def test_the_shared_bytes_note_names_only_files_of_two_identities(tmp_path, capsys):
+  """A tree's folders are paths (``images/p0``): the note compared the first path part with the
+  whole, so every file of LFW was "the same bytes as a file of another identity": itself."""
+  root = tmp_path / "lfw"
+  _people(root / "images")
+  fingerprint.tree_key(str(root), None)
+  assert "same bytes" not in capsys.readouterr().err
+  (root / "images" / "p2" / "9.png").write_bytes((root / "images" / "p0" / "1.png").read_bytes())
+  (root / "images" / "p0" / "8.png").write_bytes((root / "images" / "p0" / "2.png").read_bytes())
+  fingerprint.tree_key(str(root), None)
+  err = capsys.readouterr().err   # p0's own copy is not another identity's
+  assert "note: 1 file(s) of" in err and "(e.g. images/p2/9.png = images/p0/1.png)" in err

@@ -53,7 +53,7 @@ def folder_content_key(root: str, listing: Listing, with_path: bool = True) -> s
         size, digest = os.fstat(f.fileno()).st_size, hashlib.file_digest(f, "sha256").hexdigest()
       h.update(f"{ident}/{n}\0{size}\0{digest}\n".encode())
       other = first.setdefault(digest, f"{ident}/{n}")
-      if other.split("/", 1)[0] != ident:
+      if other.rsplit("/", 1)[0] != ident:   # ident may be a path (tree_listing: images/Ann)
         shared.append((f"{ident}/{n}", other))
       done += 1
       if time.monotonic() - last > 10.0:

@@ -114,6 +114,11 @@ def _data_defaults() -> config_dict.ConfigDict:
       # choose the thresholds (0: the nine training folds do, scored by a model that
       # trained on their people, whose distances are smaller than a new person's)
       calibration_folds=0,
+      # lfw: 2 (View 2's ten folds, for reporting) or 1 (the development view, for choosing
+      # a model: trains on everyone in no pairsDevTest.txt pair, thresholds from
+      # pairsDevTrain.txt, scores pairsDevTest.txt; with evals="lfw_view1")
+      lfw_view=2,
+      lfw_dev_dir="",           # lfw_view=1: the folder of the two View 1 files ("": data_dir)
       images_per_identity=(4, 16),
       eval_images_per_identity=(10, 10),
       eval_pairs=3000,          # matched and as many mismatched

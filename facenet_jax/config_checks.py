@@ -213,6 +213,12 @@ def _check_data(d: ml_collections.ConfigDict) -> None:
              "a View 2 fold, an integer >= 0 (0..9 for the official pairs.txt)")
     _require(_nonneg_int(d.calibration_folds), "data.calibration_folds", d.calibration_folds,
              "an integer >= 0 (View 2 folds held out of training to choose thresholds)")
+  _require(d.lfw_view in (1, 2), "data.lfw_view", d.lfw_view, "1 (View 1, for choosing a "
+           "model) or 2 (View 2's ten folds, for reporting it)")
+  # View 1 keeps only pairs whose photos are there; a dropped no-face photo would leave
+  # its pairs out unseen among them
+  _require(not (d.lfw_view == 1 and d.no_face == "drop"), "data.no_face", d.no_face,
+           "'center_crop' with data.lfw_view=1 (every pair's photos stay, as in View 2)")
   _require(d.features_pool in vgg_features.POOLS, "data.features_pool", d.features_pool,
            f"one of {vgg_features.POOLS} ('' keeps the activation map)")
   _require(isinstance(d.features_power, (int, float)) and d.features_power > 0,
@@ -251,6 +257,17 @@ def _check_source_rank(c: ml_collections.ConfigDict) -> None:
            "1 with data.source='ekg' (a single-lead strip)")
 
 
+def _check_lfw_view(c: ml_collections.ConfigDict, named: list[str]) -> None:
+  """The LFW evaluator must score the view the run's split was made for: View 1's split
+  trains on View 2's test people, View 2's on View 1's DevTest people."""
+  if c.data.source != "lfw":
+    return
+  want, other = ("lfw_view1", "lfw_view2") if c.data.lfw_view == 1 else ("lfw_view2", "lfw_view1")
+  _require(other not in named, "evals", c.evals,
+           f"{want!r}, not {other!r}, with data.lfw_view={c.data.lfw_view} (the split is made "
+           f"for View {c.data.lfw_view})")
+
+
 def check_config(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first invalid field."""
   _check_objective(c)
@@ -270,6 +287,7 @@ def check_config(c: ml_collections.ConfigDict) -> None:
              f"evaluators of this run's data.source={c.data.source!r} ({n!r} is for "
              f"data.source={evaluators.SOURCE_OF.get(n)!r})")
   _check_data(c.data)
+  _check_lfw_view(c, named)
   _check_source_rank(c)
   if c.offline.enabled:
     _require(c.loss != "contrastive", "loss", c.loss, "a triplet loss with offline.enabled")

@@ -66,6 +66,13 @@ RULES: tuple[tuple[tuple[str, ...], Callable[[Config], bool], Callable[[Config],
       "data.features_cache"), lambda c: not c.data.features,
      lambda c: "data.features is '' (the model reads the images); these shape cached backbone "
                "features"),
+    (("data.test_fold", "data.calibration_folds"), lambda c: c.data.lfw_view == 1,
+     lambda c: "data.lfw_view=1 scores View 1's DevTest pairs with thresholds from its "
+               "DevTrain pairs, not View 2's folds"),
+    (("data.lfw_view", "data.lfw_dev_dir"), lambda c: c.data.source != "lfw",
+     lambda c: f"only data.source='lfw' has LFW's views (data.source={c.data.source!r})"),
+    (("data.lfw_dev_dir",), lambda c: c.data.lfw_view != 1,
+     lambda c: "only data.lfw_view=1 reads the View 1 files"),
     (("data.images_per_identity", "data.eval_images_per_identity"),
      lambda c: c.data.source not in sources.GENERATED,
      lambda c: f"only the generated sources {sources.GENERATED} draw a number of images per "

@@ -9,6 +9,9 @@ they are scored on:
   lfw_view2      LFW View 2 pairs of ``data.test_fold`` (thresholds from the calibration
                  folds' pairs, or the other nine folds'), distance and DeepFace pair
                  heads in one table, ROC PNG
+  lfw_view1      the same on LFW View 1 (``data.lfw_view=1``): DevTest pairs scored,
+                 thresholds from the DevTrain pairs; for choosing a model before View 2
+                 (settings: ``evaluation.lfw_view2``, shared)
   one_shot       a gallery of held-out people enrolled from one image each: closed-set
                  rank-1/rank-5 over their other images (rank-5 with 5 or more people),
                  averaged over seeded repeats;
@@ -113,6 +116,13 @@ def eval_pairs(ctx: Context) -> Metrics:
 # ----------------------------------------------------------------------------- LFW
 
 
+def eval_lfw_view1(ctx: Context) -> Metrics:
+  """LFW View 1 (``data.lfw_view=1``, ``data/lfw_view1.py``): the DevTest pairs whose photos
+  the data holds, thresholds from the DevTrain pairs, as ``eval_lfw_view2`` scores a fold;
+  writes ``lfw_view1_scores.npz`` and ``roc_lfw_view1.png``. Settings: ``evaluation.lfw_view2``."""
+  return eval_lfw_view2(ctx)
+
+
 def eval_lfw_view2(ctx: Context) -> Metrics:
   """The held-out fold's 600 official pairs. Thresholds (accuracy and VAL@FAR) come from
   the pairs of ``data.calibration_folds`` folds whose people the model never saw, or with
@@ -123,7 +133,7 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
   heads are fitted on random pairs of training people (frozen embeddings). Settings:
   ``config.evaluation.lfw_view2`` (``far``, ``pair_features``, ``pair_head_*``)."""
   c = ctx.config
-  test = int(c.data.test_fold)
+  test, view = real.lfw_test_fold(c), int(c.data.lfw_view)
   images, pairs = real.lfw_view2(c)
   emb = ctx.embed(images.images)
   ea, eb = emb[pairs.i], emb[pairs.j]
@@ -137,7 +147,9 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
                                         seed=c.seed, weight_decay=e.pair_head_weight_decay)
       scores[f"head_{feat}"] = -pair_head.pair_scores(head, feat, ea, eb)   # as a distance
   calibration = real.lfw_calibration_folds(c, int(pairs.fold.max()) + 1)
-  out: Metrics = {"test_fold": float(test), "calibration_folds": float(len(calibration))}
+  out: Metrics = ({"test_pairs": float(np.sum(pairs.fold == test)),
+                   "calibration_pairs": float(np.sum(pairs.fold != test))} if view == 1 else
+                  {"test_fold": float(test), "calibration_folds": float(len(calibration))})
   curves = {}
   on_test = pairs.fold == test
   fit = np.isin(pairs.fold, calibration) if calibration else ~on_test
@@ -147,10 +159,15 @@ def eval_lfw_view2(ctx: Context) -> Metrics:
     far_c, tar_c, _ = verification.roc(d[on_test], pairs.issame[on_test])
     curves[name] = (far_c, tar_c)
   if ctx.workdir:
-    plot_roc(os.path.join(ctx.workdir, f"roc_lfw_fold{test}{ctx.suffix}.png"), curves,
-             f"LFW View 2, fold {test} (600 pairs)")
-    # written whole or not at all: select_lfw_model / lfw_threshold_costs read it later
-    path = os.path.join(ctx.workdir, f"{lfw_runs.SCORES_PREFIX}{test}{ctx.suffix}.npz")
+    n = int(np.sum(on_test))
+    roc, title, scores_file = ((f"roc_lfw_view1{ctx.suffix}.png", f"LFW View 1, DevTest ({n} pairs)",
+                                f"lfw_view1_scores{ctx.suffix}.npz") if view == 1 else
+                               (f"roc_lfw_fold{test}{ctx.suffix}.png", f"LFW View 2, fold {test} ({n} pairs)",
+                                f"{lfw_runs.SCORES_PREFIX}{test}{ctx.suffix}.npz"))
+    plot_roc(os.path.join(ctx.workdir, roc), curves, title)
+    # written whole or not at all: select_lfw_model / lfw_threshold_costs read it later (View 2;
+    # View 1's file has another name, so they never take it for a fold)
+    path = os.path.join(ctx.workdir, scores_file)
     tmp = path + ".tmp.npz"
     np.savez(tmp, fold=pairs.fold, issame=pairs.issame, **scores)
     os.replace(tmp, path)
@@ -272,6 +289,7 @@ def eval_clustering(ctx: Context) -> Metrics:
 EVALUATORS: dict[str, Callable[[Context], Metrics]] = {
     "pairs": eval_pairs,
     "lfw_view2": eval_lfw_view2,
+    "lfw_view1": eval_lfw_view1,
     "one_shot": eval_one_shot,
     "omniglot_runs": eval_omniglot_runs,
     "episodes": eval_episodes,
@@ -279,7 +297,7 @@ EVALUATORS: dict[str, Callable[[Context], Metrics]] = {
 }
 
 # evaluators that score a dataset's own protocol, so only a run on that data.source has it
-SOURCE_OF = {"lfw_view2": "lfw", "omniglot_runs": "omniglot"}
+SOURCE_OF = {"lfw_view2": "lfw", "lfw_view1": "lfw", "omniglot_runs": "omniglot"}
 
 # what ``scripts/evaluate_facenet.py --eval=NAME`` runs for a dataset name
 DATASET_EVALS = {

@@ -145,9 +145,10 @@ EVALUATION_DATA_READERS = {
     "split_seed": (lambda d, running: d.source in _SPLIT_SEED_SOURCES,
                    f"the sources {_SPLIT_SEED_SOURCES}; LFW splits people by data.test_fold, a "
                    "generated source makes them from config.seed"),
-    "test_fold": (lambda d, running: d.source == "lfw", "data.source='lfw', of View 2 folds"),
-    "calibration_folds": (lambda d, running: d.source == "lfw",
-                          "data.source='lfw', of View 2 folds"),
+    "test_fold": (lambda d, running: d.source == "lfw" and d.lfw_view == 2,
+                  "data.source='lfw' with data.lfw_view=2, of View 2 folds"),
+    "calibration_folds": (lambda d, running: d.source == "lfw" and d.lfw_view == 2,
+                          "data.source='lfw' with data.lfw_view=2, of View 2 folds"),
     "train_identities": (lambda d, running: d.source != "lfw",
                          "every source but 'lfw', whose people are split by View 2 fold"),
     "eval_identities": (lambda d, running: d.source != "lfw",

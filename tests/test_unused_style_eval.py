@@ -188,8 +188,9 @@ EVAL_CASES = [   # (--eval, --set, what reads it), on a synthetic run
     ("pairs", {"data.center_crop": "8"},
      "the photo sources ('orl', 'lfw', 'omniglot', 'folder', 'recordio'); a generated source "
      "makes its images at data.image_size"),
-    ("pairs", {"data.test_fold": "3"}, "data.source='lfw', of View 2 folds"),
-    ("pairs", {"data.calibration_folds": "2"}, "data.source='lfw', of View 2 folds"),
+    ("pairs", {"data.test_fold": "3"}, "data.source='lfw' with data.lfw_view=2, of View 2 folds"),
+    ("pairs", {"data.calibration_folds": "2"},
+     "data.source='lfw' with data.lfw_view=2, of View 2 folds"),
     ("pairs", {"data.split_seed": "5"},
      "the sources ('orl', 'omniglot', 'folder', 'recordio'); LFW splits people by data.test_fold, "
      "a generated source makes them from config.seed"),

@@ -229,6 +229,20 @@ def parse_lfw_pairs(text: str, where: str) -> list[LfwPair]:
   return pairs
 
 
+def parse_lfw_dev_pairs(text: str, where: str) -> list[LfwPair]:
+  """Parses an LFW View 1 file (``pairsDevTrain.txt``, ``pairsDevTest.txt``): a header ``N``,
+  then N matched lines ``name i j`` and N mismatched lines ``name1 i name2 j``; every pair is
+  in fold 0. Raises DataError naming ``where`` and the line (as ``parse_lfw_pairs``)."""
+  lines = text.splitlines()
+  head = lines[0].split() if lines else []
+  if len(head) != 1 or not head[0].isdigit() or int(head[0]) == 0:
+    got = lines[0] if lines else ""
+    raise DataError(f"{where}: line 1: expected the View 1 header 'PAIRS_PER_HALF' (e.g. "
+                    f"'1100'), got {got!r}")
+  # one fold of N + N pairs is View 2's layout with the header '1 N'; line numbers are kept
+  return parse_lfw_pairs("\n".join([f"1\t{head[0]}"] + lines[1:]), where)
+
+
 def lfw_fold_of_person(pairs: list[LfwPair], where: str) -> dict[str, int]:
   """name -> fold. View 2 folds hold disjoint people; a person in two folds is an error."""
   fold: dict[str, int] = {}

@@ -17,7 +17,8 @@ identity, then by file name, so row order is a function of the data and the conf
 
 Evaluators: ``lfw_pairs`` (the View 2 pairs of the test fold, as indices into the
 held-out dataset), ``lfw_view2`` (every View 2 image and all 6,000 pairs with their
-folds) and ``omniglot_runs`` (the 20 official one-shot runs as arrays).
+folds; with ``data.lfw_view=1`` View 1's pairs instead, ``lfw_view1.py``) and
+``omniglot_runs`` (the 20 official one-shot runs as arrays).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from facenet_jax.data import aligned, fingerprint, prepare as prepare_shards, raw, records
+from facenet_jax.data import aligned, fingerprint, lfw_view1, prepare as prepare_shards, raw, records
 from facenet_jax.data.dataset import IdentityDataset
 from facenet_jax.data.images import Fit, fit_image
 from infra import distributed
@@ -298,18 +299,37 @@ def _index_pairs(rows: _Rows, pairs: list[dict]) -> VerificationPairs:
 
 
 def _lfw_rows(config: ml_collections.ConfigDict, fit: Fit | None):
+  """(rows, pairs, person -> fold, test fold) of the protocol ``data.lfw_view`` names: View 2's
+  pairs.txt, or View 1's two files (``lfw_view1``: only pairs whose photos the rows hold)."""
   alignment = aligned.alignment_of(config)
   images_b, pairs_b = _lfw_builders(config, images=alignment is None)
-  pairs, fold_of = _lfw_pair_meta(pairs_b)
-  num_folds = max(fold_of.values()) + 1
-  test = _check_fold(config, num_folds)
-  # people in no View 2 pair (the full LFW has ~1,500) are left out of both sides
-  keep = lambda m: m["identity"] in fold_of
+  if _view(config) == 1:
+    pairs = lfw_view1.read_pairs(config)
+    fold_of, test = lfw_view1.fold_of_person(pairs), lfw_view1.TEST_FOLD
+    keep = lambda m: True   # everyone outside DevTest trains, people in no pair too
+  else:
+    pairs, fold_of = _lfw_pair_meta(pairs_b)
+    test = _check_fold(config, max(fold_of.values()) + 1)
+    # people in no View 2 pair (the full LFW has ~1,500) are left out of both sides
+    keep = lambda m: m["identity"] in fold_of
   if alignment is None:
     rows = _read(images_b, "train", fit, keep=keep)
   else:
-    rows = _lfw_aligned_rows(config, alignment, fit, keep, pairs)
+    rows = _lfw_aligned_rows(config, alignment, fit, keep, pairs if _view(config) == 2 else [])
+  if _view(config) == 1:
+    pairs = lfw_view1.present(pairs, {m["file_name"] for m in rows.meta},
+                              _manual_dir(config, required=False) or "the downloaded LFW")
   return rows, pairs, fold_of, test
+
+
+def _view(config: ml_collections.ConfigDict) -> int:
+  return int(config.data.lfw_view)
+
+
+def lfw_test_fold(config: ml_collections.ConfigDict) -> int:
+  """The fold whose pairs ``lfw_view2`` scores: ``data.test_fold`` of View 2, or View 1's
+  DevTest pairs (``lfw_view1.TEST_FOLD``)."""
+  return lfw_view1.TEST_FOLD if _view(config) == 1 else int(config.data.test_fold)
 
 
 def _lfw_aligned_rows(config: ml_collections.ConfigDict, alignment: aligned.Alignment,
@@ -357,6 +377,8 @@ def _lfw_aligned_rows(config: ml_collections.ConfigDict, alignment: aligned.Alig
 def lfw_calibration_folds(config: ml_collections.ConfigDict, num_folds: int) -> tuple[int, ...]:
   """The ``data.calibration_folds`` View 2 folds after the test fold (cyclically): held
   out of training, their pairs choose the verification thresholds."""
+  if _view(config) == 1:   # View 1: the DevTrain pairs
+    return (lfw_view1.CALIBRATION_FOLD,)
   test, k = _check_fold(config, num_folds), int(config.data.calibration_folds)
   if not 0 <= k <= num_folds - 2:
     raise raw.DataError(f"config.data.calibration_folds = {k}: expected 0..{num_folds - 2} "
@@ -370,7 +392,7 @@ def check_lfw_folds(config: ml_collections.ConfigDict) -> None:
   bad one before the first trains. Nothing to check when the file is not there (a download:
   the full checks run when the data is read)."""
   path = os.path.join(config.data.data_dir, "pairs.txt") if config.data.data_dir else ""
-  if not os.path.isfile(path):
+  if _view(config) == 1 or not os.path.isfile(path):
     return
   with open(path) as f:
     head = f.readline().split()
@@ -381,25 +403,33 @@ def check_lfw_folds(config: ml_collections.ConfigDict) -> None:
 def load_lfw(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, IdentityDataset]:
   """train: every image of the people of the View 2 folds other than
   ``config.data.test_fold`` and the calibration folds (``lfw_calibration_folds``);
-  held-out: every image of the test fold's people."""
+  held-out: every image of the test fold's people. View 1 (``data.lfw_view=1``): train on
+  everyone in no DevTest pair, hold out the DevTest people."""
   rows, _, fold_of, test = _lfw_rows(config, fit_of(config))
-  out = set(lfw_calibration_folds(config, max(fold_of.values()) + 1)) | {test}
-  return (_dataset(_subset(rows, lambda m: fold_of[m["identity"]] not in out), f"lfw-train(test_fold={test})"),
-          _dataset(_subset(rows, lambda m: fold_of[m["identity"]] == test), f"lfw-held-out(fold={test})"))
+  if _view(config) == 1:
+    out, what = {test}, "view1"
+  else:
+    out = set(lfw_calibration_folds(config, max(fold_of.values()) + 1)) | {test}
+    what = f"test_fold={test}"
+  return (_dataset(_subset(rows, lambda m: fold_of.get(m["identity"], -1) not in out), f"lfw-train({what})"),
+          _dataset(_subset(rows, lambda m: fold_of.get(m["identity"], -1) == test), f"lfw-held-out({what})"))
 
 
 def lfw_pairs(config: ml_collections.ConfigDict) -> VerificationPairs:
   """The 600 View 2 pairs of ``config.data.test_fold`` (300 matched, then 300 mismatched,
-  in pairs.txt order) as row indices into ``load_lfw(config)[1]``. Decodes no image."""
+  in pairs.txt order; View 1: the DevTest pairs) as row indices into ``load_lfw(config)[1]``.
+  Decodes no image."""
   rows, pairs, fold_of, test = _lfw_rows(config, None)
-  held = _subset(rows, lambda m: fold_of[m["identity"]] == test)
+  held = _subset(rows, lambda m: fold_of.get(m["identity"], -1) == test)
   return _index_pairs(held, [p for p in pairs if p["fold"] == test])
 
 
 def lfw_view2(config: ml_collections.ConfigDict) -> tuple[IdentityDataset, VerificationPairs]:
   """Every image of every View 2 person (7,701 for the official file) and all pairs
   (6,000) with their folds, as row indices into it: the official 10-fold protocol for a
-  model trained on other data (choose the threshold on nine folds, test on the tenth)."""
+  model trained on other data (choose the threshold on nine folds, test on the tenth).
+  View 1 (``data.lfw_view=1``): every image, and the DevTest (fold 0) and DevTrain (fold 1)
+  pairs whose photos it holds."""
   rows, pairs, _, _ = _lfw_rows(config, fit_of(config))
   return _dataset(rows, "lfw-view2"), _index_pairs(rows, pairs)
 

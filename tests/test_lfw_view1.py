@@ -84,6 +84,8 @@ def test_view1_evaluator_takes_thresholds_from_devtrain(tmp_path):
   t, cal = verification.best_threshold(d[dev_train], pairs.issame[dev_train])
   assert out["distance/calibration_accuracy"] == pytest.approx(cal)
   assert out["distance/accuracy"] == pytest.approx(np.mean((d[dev_test] <= t) == pairs.issame[dev_test]))
+  kf = verification.kfold_accuracy(d[dev_test], pairs.issame[dev_test], 10, seed=0)
+  assert out["distance/kfold_accuracy"] == pytest.approx(kf["accuracy"])
   assert out["test_pairs"] == 3 and out["calibration_pairs"] == 4 and "test_fold" not in out
   assert sorted(os.listdir(workdir)) == ["lfw_view1_scores.npz", "roc_lfw_view1.png"]
   from facenet_jax import lfw_runs   # View 2's tools never take it for a fold

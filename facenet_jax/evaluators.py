@@ -13,7 +13,7 @@ they are scored on:
                  thresholds from the DevTrain pairs; for choosing a model before View 2
                  (settings: ``evaluation.lfw_view2``, shared)
   one_shot       a gallery of held-out people enrolled from one image each: closed-set
-                 rank-1/rank-5 over their other images (rank-5 with 5 or more people),
+                 rank-1/rank-5 over their other images (rank-5 with more than 5 people),
                  averaged over seeded repeats;
                  open set: half the people enrolled, a threshold calibrated on a
                  disjoint group of people for ``evaluation.one_shot.open_set_far``,
@@ -209,7 +209,7 @@ def eval_one_shot(ctx: Context) -> Metrics:
       g.enrol(int(labels[row]), emb[row])
     ids, dist = g.distances(emb[split.known])
     rank1.append(open_set.rank_k_accuracy(dist, ids, labels[split.known], 1))
-    if len(ids) >= 5:   # rank-5 among fewer people is 1 by construction (open_set_report too)
+    if len(ids) > 5:   # rank-5 among 5 people or fewer is 1 by construction (open_set_report too)
       rank5.append(open_set.rank_k_accuracy(dist, ids, labels[split.known], 5))
   out = {"people": float(multi.size), "rank1": float(np.mean(rank1)),
          "rank1_std": float(np.std(rank1))}

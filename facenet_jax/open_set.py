@@ -155,7 +155,7 @@ def open_set_report(gallery_emb: np.ndarray, gallery_ids: np.ndarray, known_prob
                     known_probe_ids: np.ndarray, unknown_probe_emb: np.ndarray | None,
                     threshold: float, ranks: Sequence[int] = (1, 5)) -> dict[str, float]:
   """Flat ``{name: float}``: closed-set ``rank{k}_accuracy`` of the known probes (for each k in
-  ``ranks`` that is <= the number of people), the ``open_set_rates`` at ``threshold``, the
+  ``ranks`` below the number of people), the ``open_set_rates`` at ``threshold``, the
   threshold and the set sizes. Distances are squared L2, min over each person's rows.
 
   Choose ``threshold`` without the unknown probes scored here (e.g. ``calibrate_threshold``
@@ -180,7 +180,7 @@ def open_set_report(gallery_emb: np.ndarray, gallery_ids: np.ndarray, known_prob
   if known.shape[0]:
     r = true_rank(dist_known, identities, known_probe_ids)
     for k in ranks:
-      if k <= identities.size:
+      if k < identities.size:   # rank-k among k people is 1 for any embedding
         out[f"rank{k}_accuracy"] = float(np.mean(r <= k))
   out.update(open_set_rates(dist_known, identities, known_probe_ids, dist_unknown, threshold))
   out.update(threshold=float(threshold), num_identities=float(identities.size),

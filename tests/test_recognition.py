@@ -55,7 +55,8 @@ def test_hand_worked_identify():
 def test_hand_worked_open_set_report():
   g = _gallery()
   r = open_set.open_set_report(g.emb_NxD, g.ids, KNOWN, KNOWN_IDS, UNKNOWN, T, ranks=(1, 2, 3))
-  expect = dict(rank1_accuracy=0.75, rank2_accuracy=0.75, rank3_accuracy=1.0, dir=0.5, fnir=0.5,
+  # no rank3_accuracy: among 3 people every probe is within rank 3, whatever the embedding
+  expect = dict(rank1_accuracy=0.75, rank2_accuracy=0.75, dir=0.5, fnir=0.5,
                 known_rejection_rate=0.25, misidentification_rate=0.25, far=0.5,
                 unknown_rejection_rate=0.5, threshold=1.5, num_identities=3.0,
                 num_gallery_embeddings=4.0, num_known_probes=4.0, num_unknown_probes=2.0)

@@ -135,6 +135,25 @@ def test_pairs_are_balanced_and_correct():
   assert np.all(i[s] != j[s])
 
 
+@pytest.mark.parametrize("people,per,asked,expect", [
+    (10, 10, 3000, 450),   # ORL's held-out people: 450 matched pairs exist, so 450 of each
+    (10, 10, 300, 300),    # more than half of them: chosen from every pair
+    (100, 10, 3000, 3000), # the demo's: drawn and redrawn
+    (10, 2, 50, 10),       # 10 matched exist
+])
+def test_pairs_are_distinct_and_capped_at_what_exists(people, per, asked, expect):
+  """Drawn with replacement, copies of a pair fell in both the scored fold and the folds that
+  chose its threshold (an audit: 10 people of 2 images, random embeddings, accuracy 0.58)."""
+  labels = np.repeat(np.arange(people), per)
+  i, j, s = V.make_pairs(labels, asked, seed=1)
+  assert s.sum() == expect and (~s).sum() == expect
+  np.testing.assert_array_equal(labels[i] == labels[j], s)
+  keys = {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist())}
+  assert len(keys) == 2 * expect and np.all(i != j)
+  again = V.make_pairs(labels, asked, seed=1)
+  assert all(np.array_equal(x, y) for x, y in zip((i, j, s), again))
+
+
 def test_bad_inputs():
   with pytest.raises(ValueError, match="NaN"):
     V.kfold_accuracy(np.array([0.1, np.nan]), np.array([True, False]), 2)

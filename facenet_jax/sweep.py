@@ -53,6 +53,27 @@ def _checkpoint_steps(workdir: str) -> list[int]:
   return sorted(int(n) for n in os.listdir(d) if n.isdigit())
 
 
+def _margins_of(workdir: str, point: Mapping[str, Any] | None = None) -> list[float]:
+  """The margins of a K-margin run in ``workdir``: its point's ``margins`` override, else its
+  config.json's (a run not started yet, or a single model: [])."""
+  margins = list((point or {}).get("margins") or ())
+  cfg = os.path.join(workdir, "config.json")
+  if not margins and os.path.exists(cfg):
+    margins = list(files.read_json(cfg).get("margins") or ())
+  return margins
+
+
+def _member_steps(workdir: str) -> list[int]:
+  """The steps every member of the K-margin run in ``workdir`` has checkpointed (its members
+  keep them in ``margin=<a>/checkpoints``; it resumes from the latest of these)."""
+  margins = _margins_of(workdir)
+  if not margins:
+    return []
+  common = set.intersection(*(set(_checkpoint_steps(os.path.join(workdir, _member_name(m))))
+                              for m in margins))
+  return sorted(common)
+
+
 def _results_at_config_steps(workdir: str, results: dict) -> bool:
   """Whether ``results`` are of the ``num_steps`` of the run's config.json: a continuation
   with more steps that stopped before its end (older code left its old results in place)
@@ -83,7 +104,8 @@ def point_status(workdir: str) -> dict[str, Any]:
     metrics = {f"{n}/{k}": v for n in order for k, v in members[n].items()}
     return {"status": "done", "step": r.get("step"), "metrics": metrics,
             "margins": list(r.get("margins", ()))}
-  steps = _checkpoint_steps(workdir)
+  # a K-margin run's checkpoints are its members' (it was "pending", with no step, until done)
+  steps = _checkpoint_steps(workdir) or _member_steps(workdir)
   if steps:
     return {"status": "partial", "step": steps[-1], "metrics": {}}
   return {"status": "pending", "step": None, "metrics": {}}
@@ -209,6 +231,14 @@ def collect_runs(root: str) -> list[Run]:
         status, error = _with_recorded_failure({"status": r.status}, p)
         out.append(dataclasses.replace(r, name=f"{p['name']}/{r.name}", overrides=merged,
                                        status=status, error=error or r.error))
+    elif _margins_of(wd, p["overrides"]):   # an unfinished K-margin run: a row per member
+      rest = {k: v for k, v in p["overrides"].items() if k != "margins"}
+      for m in _margins_of(wd, p["overrides"]):
+        name, mwd = _member_name(m), os.path.join(wd, _member_name(m))
+        st = point_status(mwd)
+        status, error = _with_recorded_failure(st, p)
+        out.append(Run(f"{p['name']}/{name}", {**rest, "margin": float(m)}, mwd, status,
+                       st["step"], error))
     else:
       st = point_status(wd)
       status, error = _with_recorded_failure(st, p)

@@ -168,6 +168,35 @@ def test_failed_point_keeps_its_status_error_and_step(tmp_path):
   assert "| seed=3 | partial | 4 (last checkpoint) | - |" in printed
 
 
+def test_an_unfinished_k_margin_point_shows_its_members_last_checkpoints(tmp_path):
+  """A killed K-margin point (members checkpoint in margin=<a>/checkpoints) was 'pending' with no
+  step in sweep.json and compare.md, sweep.py said 'starting' before resuming it, and its
+  'margins' override became a column of the seeds' table (an audit)."""
+  cr = load_script("compare_runs")
+  root = str(tmp_path / "ms")
+  margins = [0.1, 0.2]
+  points = [{"seed": 0, "margins": margins}, {"seed": 1, "margins": margins}]
+  done, wd = (os.path.join(root, overrides.point_name(p)) for p in points)
+  for m, acc in zip(margins, (0.6, 0.7)):   # seed 0 finished: its own index of members
+    _done(os.path.join(done, f"margin={m:g}"), acc=acc)
+  sweep.write_index(done, [{"margin": m} for m in margins])
+  _unfinished(wd, [], num_steps=40)
+  files.write_json_atomic(os.path.join(wd, "config.json"), {"num_steps": 40, "margins": margins})
+  _unfinished(os.path.join(wd, "margin=0.1"), [8, 12, 13], num_steps=40)
+  _unfinished(os.path.join(wd, "margin=0.2"), [8, 12], num_steps=40)
+  assert sweep.point_status(wd) == {"status": "partial", "step": 12, "metrics": {}}   # resumes at 12
+  sweep.write_index(root, points)
+  runs = {r.name: r for r in sweep.collect_runs(root)}
+  k = os.path.basename(wd)
+  assert sorted(runs) == sorted(f"{os.path.basename(d)}/margin={m:g}" for d in (done, wd) for m in margins)
+  assert (runs[f"{k}/margin=0.1"].status, runs[f"{k}/margin=0.1"].step) == ("partial", 13)
+  assert runs[f"{k}/margin=0.2"].overrides == {"seed": 1, "margin": 0.2}
+  cr.compare(root, histograms=False, out=str(tmp_path / "o"))
+  table = open(tmp_path / "o" / "compare.md").read()
+  assert table.splitlines()[0].startswith("| seed | margin | status |")   # no 'margins' column
+  assert "| 1 | 0.2 | partial | 12 (last checkpoint) | - |" in table
+
+
 # -------------------------------------------------------------- 4: K-margin members by name, in order
 
 

@@ -21,10 +21,12 @@ An unfinished run is a row with its status (``failed: <error>`` as scripts/sweep
 it in sweep.json, or ``partial``) and its last checkpoint's step.
 
 With ``--average=seed`` (a swept field whose values are repeats), runs that differ only in
-that field are also averaged: a second table (mean +- standard deviation over the finished
-repeats, ddof=0, and their count) in compare.md / compare.json (``averaged``, with
-``std_ddof: 0``), and compare_metrics.png plots those means with that std as error bars; a
-point averaged over fewer repeats than the others is hollow and labelled with its count.
+that field are also averaged: a second table (mean +- standard deviation, ddof=0, over the
+repeats every value finished, their count, and the paired difference of accuracy from the
+first value at the same repeats) in compare.md / compare.json (``averaged``, with
+``std_ddof: 0`` and the finished runs ``left_out`` for lack of a common repeat), and
+compare_metrics.png plots those means with that std as error bars; a point averaged over fewer
+repeats than another of other settings is hollow and labelled with its count.
 """
 
 from __future__ import annotations
@@ -129,43 +131,85 @@ AVERAGED_KEYS = ("verification_accuracy", "val_at_far_1e-3", "roc_auc", "eer", "
                  "final_mean_d_ap", "final_mean_d_an")
 
 
-def average_rows(field: str, others: list[str], rows: list[dict], over: str) -> list[dict]:
-  """Rows of finished runs that differ only in ``over`` merged: ``{value, others, n,
-  <key>_mean, <key>_std}`` (std over the repeats, ddof=0) for each key of AVERAGED_KEYS."""
+def average_rows(field: str, others: list[str], rows: list[dict], over: str) -> tuple[list[dict], list[str]]:
+  """``(averaged rows, names of finished runs left out)``. Finished runs that differ only in
+  ``over`` merged: ``{value, others, n, <over>: [...], <key>_mean, <key>_std}`` (std over the
+  repeats, ddof=0) for each key of AVERAGED_KEYS, over the repeats that *every* value of the
+  same other fields finished (a value averaged over other seeds than the rest is not compared
+  with them: an audit saw margin 0.2 'best' over seeds {0, 1} against 0.5 over {0, 1, 2}, and
+  last over {0, 1} alike). The first value is the reference: each row's
+  ``verification_accuracy_diff_mean`` / ``_std`` is the per-repeat (paired) difference from it,
+  since the values share each repeat's seed, data and evaluation pairs."""
   if over not in others:
     raise SystemExit(f"--average={over}: not a swept field besides {field!r} (those are {others})")
-  groups: dict[tuple, list[dict]] = {}
+  contexts: dict[str, dict[str, dict[str, dict]]] = {}
   for r in rows:
     if r["status"] == "done":
       rest = {k: v for k, v in r["others"].items() if k != over}
-      groups.setdefault((repr(r["value"]), repr(rest)), []).append(r)
-  out = []
-  for g in groups.values():
-    row = {"value": g[0]["value"], "others": {k: v for k, v in g[0]["others"].items() if k != over},
-           "n": len(g), over: [r["others"][over] for r in g]}
-    for k in AVERAGED_KEYS:
-      vals = [r[k] for r in g if r.get(k) is not None]
-      row[f"{k}_mean"] = float(np.mean(vals)) if vals else None
-      row[f"{k}_std"] = float(np.std(vals)) if vals else None
-    out.append(row)
+      contexts.setdefault(repr(rest), {}).setdefault(repr(r["value"]), {})[repr(r["others"][over])] = r
+  out, left_out = [], []
+  for by_value in contexts.values():
+    common = set.intersection(*(set(runs) for runs in by_value.values()))
+    ref = None
+    for runs in by_value.values():
+      left_out += [r["name"] for k, r in runs.items() if k not in common]
+      g = sorted((runs[k] for k in common), key=lambda r: _sort_key(r["others"][over]))
+      if not g:
+        continue
+      row = {"value": g[0]["value"], "others": {k: v for k, v in g[0]["others"].items() if k != over},
+             "n": len(g), over: [r["others"][over] for r in g]}
+      for k in AVERAGED_KEYS:
+        vals = [r[k] for r in g if r.get(k) is not None]
+        row[f"{k}_mean"] = float(np.mean(vals)) if vals else None
+        row[f"{k}_std"] = float(np.std(vals)) if vals else None
+      out.append(row)
   out.sort(key=lambda r: (tuple(_sort_key(v) for v in r["others"].values()), _sort_key(r["value"])))
-  return out
+  _paired_differences(out, rows, over)
+  return out, sorted(left_out)
 
 
-def averaged_markdown(field: str, over: str, avg: list[dict]) -> str:
+def _paired_differences(avg: list[dict], rows: list[dict], over: str) -> None:
+  """Adds to each averaged row the mean and std (ddof=0) over its repeats of its accuracy minus
+  the accuracy of the first row of the same other fields (the reference) at the same repeat."""
+  fields = lambda d: repr(sorted((k, repr(v)) for k, v in d.items()))   # not in insertion order
+  acc = {(repr(r["value"]), fields(r["others"])): r.get("verification_accuracy")
+         for r in rows if r["status"] == "done"}
+  ref: dict[str, dict] = {}
+  for row in avg:
+    base = ref.setdefault(fields(row["others"]), row)
+    diffs = []
+    for rep in row[over]:
+      key = lambda r: (repr(r["value"]), fields({**r["others"], over: rep}))
+      a, b = acc.get(key(row)), acc.get(key(base))
+      if a is not None and b is not None:
+        diffs.append(a - b)
+    row["reference"] = base["value"]
+    row["verification_accuracy_diff_mean"] = float(np.mean(diffs)) if diffs else None
+    row["verification_accuracy_diff_std"] = float(np.std(diffs)) if diffs else None
+
+
+def averaged_markdown(field: str, over: str, avg: list[dict], left_out: list[str] = ()) -> str:
   rest = list(avg[0]["others"]) if avg else []
-  head = [field, *rest, f"{over}s", "verification acc.", "VAL@FAR=1e-3", "AUC", "EER",
-          "active triplets (last log)", "d(a,p)", "d(a,n)"]
+  head = [field, *rest, f"{over}s", "verification acc.", f"acc. - reference {field} (paired)",
+          "VAL@FAR=1e-3", "AUC", "EER", "active triplets (last log)", "d(a,p)", "d(a,n)"]
   # std with ddof=0 (the spread of these runs, not the estimate of the population's: ddof=1
   # is sqrt(n / (n - 1)) times larger, 1.22x at 3 seeds), and the count per row
   lines = [f"mean +- std over {over} (std with ddof=0; {over}s: how many finished runs each row "
-           "averages)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+           f"averages, the {over}s every {field} finished; paired: the mean +- std over those "
+           f"{over}s of the accuracy minus the reference's at the same {over})", ""]
+  if left_out:
+    lines += [f"left out, finished at a {over} that another {field} has not finished: "
+              f"{', '.join(left_out)}", ""]
+  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in avg:
     cell = lambda k, spec=".4f": (f"{r[k + '_mean']:{spec}} +- {r[k + '_std']:{spec}}"
                                   if r[k + "_mean"] is not None else "-")
+    paired = (f"reference" if r["value"] == r["reference"] else
+              f"{r['verification_accuracy_diff_mean']:+.4f} +- {r['verification_accuracy_diff_std']:.4f}"
+              if r["verification_accuracy_diff_mean"] is not None else "-")
     lines.append("| " + " | ".join([
         _fmt(r["value"], "g"), *(_fmt(r["others"][o], "g") for o in rest), str(r["n"]),
-        cell("verification_accuracy"), cell("val_at_far_1e-3", ".3f"), cell("roc_auc"),
+        cell("verification_accuracy"), paired, cell("val_at_far_1e-3", ".3f"), cell("roc_auc"),
         cell("eer", ".3f"), cell("final_frac_active", ".3f"), cell("final_mean_d_ap", ".3f"),
         cell("final_mean_d_an", ".3f")]) + " |")
   return "\n".join(lines) + "\n"
@@ -325,26 +369,34 @@ def compare(root: str, *, field: str = "", out: str = "", histograms: bool = Tru
   check_out(out, root)
   os.makedirs(out, exist_ok=True)
   field, others, rows = rows_for(root, field)
-  avg = average_rows(field, others, rows, average) if average else None
+  avg, left_out = average_rows(field, others, rows, average) if average else (None, [])
   title = f"{title}: " if title else ""
   figures = {}
-  if any(r["status"] == "done" for r in rows):
+  done = any(r["status"] == "done" for r in rows)
+  # every run restored before anything is written: a run that fails to restore left new
+  # figures beside the tables of the comparison before
+  dists = ({r["name"]: pair_distances(r["workdir"]) for r in rows if r["status"] == "done"}
+           if done and histograms else None)
+  if done:
     figures["metrics"] = plot_metrics(os.path.join(out, "compare_metrics.png"), field, rows, title,
                                       (average, avg) if avg else None)
     figures["training"] = plot_training(os.path.join(out, "compare_training.png"), field, rows, title)
-    if histograms:
-      dists = {r["name"]: pair_distances(r["workdir"]) for r in rows if r["status"] == "done"}
+    if dists is not None:
       figures["distances"] = plot_distances(os.path.join(out, "compare_distances.png"), field,
                                             rows, dists, title)
+  for name, png in (("metrics", "compare_metrics.png"), ("training", "compare_training.png"),
+                    ("distances", "compare_distances.png")):
+    if name not in figures and os.path.exists(os.path.join(out, png)):   # an earlier comparison's
+      os.remove(os.path.join(out, png))
   table = markdown(field, others, rows)
   if avg is not None:
-    table += "\n" + averaged_markdown(field, average, avg)
+    table += "\n" + averaged_markdown(field, average, avg, left_out)
   write_text_atomic(os.path.join(out, "compare.md"), table)
   summary = {"root": os.path.abspath(root), "field": field, "other_fields": others,
              "runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows],
              "figures": figures}
   if avg is not None:   # std_ddof: the std's divisor is n - std_ddof
-    summary["averaged"] = {"over": average, "std_ddof": 0, "rows": avg}
+    summary["averaged"] = {"over": average, "std_ddof": 0, "rows": avg, "left_out": left_out}
   write_json_atomic(os.path.join(out, "compare.json"), summary)
   return summary
 

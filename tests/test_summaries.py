@@ -68,28 +68,32 @@ def _seed_sweep(root, accs, unfinished=()):
 # -------------------------------------------------------------- 1: the count of each averaged point
 
 
-def test_averaged_figure_gives_each_points_count_when_they_differ(tmp_path, monkeypatch):
-  """One seed of margin=0.2 unfinished: compare.md averaged 2 seeds there, but the figure's
-  title said 'mean +- std over 3 seeds' for every point (the first group's count)."""
+def test_averaged_means_are_over_the_seeds_every_value_finished(tmp_path, monkeypatch):
+  """One seed of margin=0.2 unfinished: margin 0.1 was averaged over seeds {0, 1, 2} and 0.2 over
+  {0, 1}, which can reverse a ranking (an audit); now both over {0, 1}, margin 0.1's seed 2 named
+  as left out, with the paired differences. The figure's title says the count; a point over
+  fewer seeds than another (other settings) is hollow and labelled."""
   cr = load_script("compare_runs")
   accs = {(m, s): 0.6 + 0.01 * s + m for m in (0.1, 0.2) for s in (0, 1, 2)}
   root = str(tmp_path / "ms")
   _seed_sweep(root, accs, unfinished={(0.2, 2)})
   figs = _figures(monkeypatch)
   s = cr.compare(root, field="margin", average="seed", histograms=False, out=str(tmp_path / "o"))
-  assert [r["n"] for r in s["averaged"]["rows"]] == [3, 2]
+  rows = s["averaged"]["rows"]
+  assert [r["n"] for r in rows] == [2, 2] and [r["seed"] for r in rows] == [[0, 1], [0, 1]]
+  assert rows[0]["verification_accuracy_mean"] == pytest.approx(np.mean([accs[(0.1, 0)], accs[(0.1, 1)]]))
+  assert s["averaged"]["left_out"] == [overrides.point_name({"margin": 0.1, "seed": 2})]
+  assert rows[1]["verification_accuracy_diff_mean"] == pytest.approx(0.1)   # 0.2 - 0.1 at each seed
+  assert rows[1]["verification_accuracy_diff_std"] == pytest.approx(0.0, abs=1e-12)
+  table = open(tmp_path / "o" / "compare.md").read()
+  assert "left out, finished at a seed that another margin has not finished: margin=0.1,seed=2" in table
+  assert "| 0.2 | 2 | 0.8050 +- 0.0050 | +0.1000 +- 0.0000 |" in table
+  assert "| 0.1 | 2 | 0.7050 +- 0.0050 | reference |" in table
   fig = next(f for f in figs if "verification against" in f._suptitle.get_text())
-  title = fig._suptitle.get_text()
-  assert "over n = 2-3 seeds" in title and "over 3 seeds" not in title, title
-  mean_2 = np.mean([accs[(0.2, 0)], accs[(0.2, 1)]])
-  acc_ax = fig.axes[0]
-  assert [t.get_text() for t in acc_ax.texts] == ["n=2"]   # only the point with fewer seeds
-  assert acc_ax.texts[0].xy == pytest.approx((0.2, mean_2))
-  hollow = [ln for ln in acc_ax.get_lines() if ln.get_markerfacecolor() == "white"]
-  assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [0.2]
-  assert [t.get_text() for t in fig.axes[1].texts] == ["n=2"]   # VAL too
-  # every point over as many seeds: one count, no marks
-  assert cr.averaged_suffix("seed", [{"n": 3}, {"n": 3}]) == (" (mean +- std (ddof=0) over 3 seeds)", 3)
+  assert "over 2 seeds" in fig._suptitle.get_text()
+  assert not fig.axes[0].texts   # every point over as many seeds: no marks
+  assert cr.averaged_suffix("seed", [{"n": 3}, {"n": 2}]) == (
+      " (mean +- std (ddof=0) over n = 2-3 seeds; hollow markers: n < 3, labelled)", 3)
 
 
 # -------------------------------------------------------------- 2: batch study, runs not done
@@ -338,3 +342,26 @@ def test_compare_runs_and_robustness_refuse_outputs_they_did_not_write(tmp_path)
   rb.check_out(str(out), record)
   with pytest.raises(SystemExit, match="of another workdir or other"):
     rb.check_out(str(out), {**record, "resolutions": [12]})
+
+
+def test_a_comparison_that_fails_writes_nothing_and_leaves_no_stale_figure(tmp_path, monkeypatch):
+  """compare_runs wrote its PNGs, then restored every run for the histograms: a run that failed to
+  restore left new figures beside the old tables; and with --nohistograms an earlier
+  compare_distances.png stayed beside tables that no longer listed it (an audit)."""
+  cr = load_script("compare_runs")
+  root, out = str(tmp_path / "ms"), str(tmp_path / "o")
+  _seed_sweep(root, {(m, s): 0.6 + m for m in (0.1, 0.2) for s in (0, 1)})
+  d = (np.array([0.1, 2.0, 0.2, 1.5]), np.array([True, False, True, False]))
+  monkeypatch.setattr(cr, "pair_distances", lambda workdir: d)
+  cr.compare(root, field="margin", out=out)
+  before = {n: open(os.path.join(out, n), "rb").read() for n in cr.OUTPUTS}
+
+  def broken(workdir):
+    raise SystemExit(f"{workdir}: holds no finished checkpoint")
+  monkeypatch.setattr(cr, "pair_distances", broken)
+  with pytest.raises(SystemExit, match="no finished checkpoint"):
+    cr.compare(root, field="margin", out=out, title="again")
+  assert {n: open(os.path.join(out, n), "rb").read() for n in cr.OUTPUTS} == before
+  cr.compare(root, field="margin", out=out, histograms=False)
+  assert not os.path.exists(os.path.join(out, "compare_distances.png"))
+  assert "distances" not in json.load(open(os.path.join(out, "compare.json")))["figures"]

@@ -284,14 +284,21 @@ def test_compare_runs_average_over_seeds_matches_numpy(swept, tmp_path):
         rows.append({"status": "done", "value": m, "others": {"seed": seed, "miner": miner},
                      **{k: float(rng.uniform()) for k in cr.AVERAGED_KEYS}})
   rows.append({"status": "failed", "value": 0.1, "others": {"seed": 3, "miner": "semi_hard"}})
-  avg = cr.average_rows("margin", ["seed", "miner"], rows, "seed")
-  assert len(avg) == 4 and all(r["n"] == 3 and r["seed"] == [0, 1, 2] for r in avg)
+  avg, left_out = cr.average_rows("margin", ["seed", "miner"], rows, "seed")
+  assert len(avg) == 4 and all(r["n"] == 3 and r["seed"] == [0, 1, 2] for r in avg) and left_out == []
   for r in avg:
     same = [x for x in rows if x["status"] == "done" and x["value"] == r["value"]
             and x["others"]["miner"] == r["others"]["miner"]]
     for k in cr.AVERAGED_KEYS:
       np.testing.assert_allclose(r[f"{k}_mean"], np.mean([x[k] for x in same]))
       np.testing.assert_allclose(r[f"{k}_std"], np.std([x[k] for x in same]))
+    # paired: this margin's accuracy minus margin 0.1's at the same seed and miner
+    acc = lambda m, seed: next(x["verification_accuracy"] for x in rows if x["status"] == "done"
+                               and x["value"] == m and x["others"] == {"seed": seed, "miner": r["others"]["miner"]})
+    d = [acc(r["value"], seed) - acc(0.1, seed) for seed in (0, 1, 2)]
+    assert r["reference"] == 0.1
+    np.testing.assert_allclose(r["verification_accuracy_diff_mean"], np.mean(d), atol=1e-12)
+    np.testing.assert_allclose(r["verification_accuracy_diff_std"], np.std(d), atol=1e-12)
   with pytest.raises(SystemExit, match="--average=seed"):
     cr.average_rows("margin", ["miner"], rows, "seed")
   # end to end: two "seeds" of the vmapped run (the same run twice: std 0)

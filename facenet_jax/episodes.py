@@ -124,12 +124,16 @@ def episode_accuracies(emb_MxD: np.ndarray, episodes: Episodes, method: str = "n
 
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
-  """Mean and the half-width of its normal-approximation 95% interval, ``1.96 s / sqrt(n)``
-  with ``s`` the sample standard deviation (ddof=1); NaN half-width for a single value."""
+  """Mean and the half-width of its Student-t 95% interval, ``t(0.975, n - 1) s / sqrt(n)``
+  with ``s`` the sample standard deviation (ddof=1); NaN half-width for a single value. (The
+  normal 1.96 made Omniglot's 20 runs' interval 6.5% too narrow: t = 2.093 at n = 20; at
+  1,000 episodes the two agree within 0.2%.) It measures which episodes or runs were drawn,
+  not which people or characters were held out."""
+  from scipy import stats
   v = np.asarray(values, np.float64)
   if v.size == 0:
     raise ValueError("mean_ci95 needs at least one value")
-  half = 1.96 * v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else float("nan")
+  half = stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else float("nan")
   return float(v.mean()), float(half)
 
 

@@ -78,9 +78,16 @@ def test_score_episodes_against_per_episode_loop():
     np.testing.assert_allclose(E.episode_accuracies(emb, ep, method), ref)  # spans two chunks
     r = E.score_episodes(emb, ep, method, prefix="5w_")
     assert r["5w_accuracy"] == pytest.approx(ref.mean())
-    assert r["5w_ci95"] == pytest.approx(1.96 * ref.std(ddof=1) / np.sqrt(300))
+    assert r["5w_ci95"] == pytest.approx(1.9679 * ref.std(ddof=1) / np.sqrt(300), rel=1e-4)   # t(0.975, 299)
     assert r["5w_num_episodes"] == 300.0
   assert 0.5 < r["5w_accuracy"] < 1.0
+
+
+def test_mean_ci95_is_the_student_t_interval():
+  """Omniglot's 20 runs: t(0.975, 19) = 2.0930, not the normal 1.96 (6.5% too narrow)."""
+  v = np.random.default_rng(0).uniform(0.7, 1.0, 20)
+  m, h = E.mean_ci95(v)
+  assert m == pytest.approx(v.mean()) and h == pytest.approx(2.0930241 * v.std(ddof=1) / np.sqrt(20))
 
 
 def test_mean_ci95_edge_cases():

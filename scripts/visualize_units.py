@@ -18,7 +18,8 @@ sees is cut from the input image there.
 Writes ``<out>/units_<layer>.png`` (``--units`` seeded-random live units x top-k
 patches, each resized to ``--patch_px``) and ``<out>/units.json``: per layer the
 receptive field (size, jump, offset per axis), dead units, and for every unit its top-k
-(image file, tile, position, activation, input box).
+(image file, tile, position, activation, whether it fired (> 0), input box). A top-k slot
+where the unit never fired is left empty in the PNG.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the file subset and of the draw
 
 
 
+MAX_SIDE = 4096   # px per side of the image the tiles are cut from
+
+
 class Net:
   """A conv network as the visualizer needs it: ``features(uint8 (B, H, W, C)) -> {layer:
   (B, h, w, C_l)}`` (jitted), per-layer receptive fields, and ``load(path) -> uint8 image``
@@ -66,6 +70,10 @@ class Net:
       if not weights:
         raise app.UsageError(f"--model={model_flag} needs --weights=PATH (a Keras notop HDF5 file)")
       depth = int(model_flag[3:])
+      if image_size * tiles > MAX_SIDE:   # decoded per image before any check failed: 4.8 GB at 40,000
+        raise app.UsageError(f"--image_size={image_size} x --tiles={tiles} = {image_size * tiles} px "
+                             f"per side; at most {MAX_SIDE}")
+      self.min_size = vgg.min_input_size
       self.model = vgg.load_vgg(weights, depth, "max")
       geometry = vgg.layer_geometry(depth)
       order = vgg.layer_names(depth)   # default: the last conv of every block
@@ -83,6 +91,11 @@ class Net:
                              "2-D small_cnn models (other nets: extend layer_geometry)")
       if tiles != 1:
         raise app.UsageError("--tiles must be 1 for a face network (it sees whole faces)")
+      if str(config.data.get("align", "none")) != "none":   # it would rank units on unaligned crops
+        raise app.UsageError(f"{model_flag}: config.data.align={config.data.align!r}: the network "
+                             "was trained on aligned face crops, and the visualizer feeds it the "
+                             "central crop of each photo; give it a run trained with align='none'")
+      self.min_size = None
       step, graphdef, state = workdir_lib.restore(model_flag, config, workdir_lib.input_shape(config))
       self.model = nnx.merge(graphdef, state["params"], state["model_state"])
       geometry = self.model.layer_geometry()
@@ -201,7 +214,10 @@ def main(argv):
   bad = [n for n in layers if n not in net.rf]
   if bad:
     raise app.UsageError(f"--layers: unknown {bad}; the model has {net.layer_order}")
-  layers = tuple(sorted(layers, key=net.layer_order.index))
+  layers = tuple(sorted(set(layers), key=net.layer_order.index))   # a layer named twice: once
+  if net.min_size is not None and net.size < net.min_size(layers):
+    raise app.UsageError(f"--image_size={net.size}: the layers {list(layers)} need at least "
+                         f"{net.min_size(layers)} px per side (one halving per pooling)")
   files = list_images(_DATA.value, _MAX_IMAGES.value, _SEED.value)
   for f in files:   # every image decodes and fits before the forward passes (named if not)
     net.load(f)
@@ -227,20 +243,25 @@ def main(argv):
           continue
         f, tile = examples[img]
         start, stop = rf.box(b["position"][c, r])
+        # fired: False where the unit is 0 over the whole input (its position is argmax's (0, 0))
         top.append({"image": files[f], "tile": list(tile), "position": b["position"][c, r].tolist(),
-                    "activation": float(b["value"][c, r]), "box": [start.tolist(), stop.tolist()]})
+                    "activation": float(b["value"][c, r]), "fired": bool(b["value"][c, r] > 0),
+                    "box": [start.tolist(), stop.tolist()]})
       entries.append({"unit": c, "top": top})
     shown = sorted(rng.choice(live, min(_UNITS.value, live.size), replace=False).tolist())
     rows = []
     for c in shown:
       patches = []
       for t in entries[c]["top"]:
+        if not t["fired"]:   # no patch to show: drawn as an empty cell, not as the top-left corner
+          continue
         img = net.example(cache, t["image"], tuple(t["tile"]))
         patches.append(_resize(units.crop_box(img, *t["box"], fill=128), _PATCH_PX.value))
-      rows.append((c, patches, [t["activation"] for t in entries[c]["top"]]))
+      rows.append((c, patches, [t["activation"] for t in entries[c]["top"] if t["fired"]]))
     size = "x".join(str(v) for v in rf.size)
     title = (f"{net.short} {name}: receptive field {size} px, stride {rf.jump[0]}\n"
-             f"per unit (row): its top {_K.value} of {len(examples)} inputs")
+             f"per unit (row): its top {_K.value} of {len(examples)} inputs (empty: the unit is 0 "
+             "on every other input)")
     png = os.path.join(_OUT.value, f"units_{name}.png")
     if rows:
       draw_layer(png, title, rows)

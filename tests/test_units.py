@@ -165,6 +165,9 @@ def test_visualize_units_script_writes_pngs_and_index(tmp_path):
   assert layer["receptive_field"] == [10, 10] and layer["channels"] == 128
   top = layer["units"][layer["shown_units"][0]]["top"]
   assert len(top) == 3 and top[0]["activation"] >= top[1]["activation"] >= top[2]["activation"]
+  # a slot where the unit is 0 over the whole input is marked (argmax put it at (0, 0)) and not drawn
+  every = [t for lay in index["layers"].values() for u in lay["units"] for t in u["top"]]
+  assert all(t["fired"] == (t["activation"] > 0) for t in every)
   start, stop = np.array(top[0]["box"])
   assert (stop - start).tolist() == [10, 10]
   assert np.all(start == np.array(top[0]["position"]) * 2 - 4)
@@ -180,3 +183,35 @@ def test_visualize_units_script_writes_pngs_and_index(tmp_path):
   assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
       f"error: --out={out} holds the result of an earlier run (units.json)"), r.stderr
   assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def _visualize(*args, timeout=120):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "visualize_units.py"), *args],
+                        capture_output=True, text=True, timeout=timeout,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_visualize_units_refuses_sizes_and_aligned_runs_before_the_forward_pass(tmp_path):
+  """An --image_size below what the layers need was a traceback after every image was decoded,
+  one of 40,000 px a 4.8 GB allocation per image, and a face run trained on aligned crops was
+  ranked on central crops, exit 0 (an audit)."""
+  data = tmp_path / "data"
+  data.mkdir()
+  Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(data / "a.png")
+  common = ["--model=vgg19", "--weights=random", f"--data={data}"]
+  r = _visualize(*common, f"--out={tmp_path / 'o1'}", "--layers=conv5_4,conv5_4", "--image_size=8")
+  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+      "error: --image_size=8: the layers ['conv5_4'] need at least 16 px per side (one halving "
+      "per pooling)"), r.stderr[-2000:]
+  r = _visualize(*common, f"--out={tmp_path / 'o2'}", "--image_size=40000")
+  assert r.returncode == 2 and "--image_size=40000 x --tiles=1 = 40000 px per side; at most 4096" in r.stderr
+  from configs.facenet import get_config
+  from infra.overrides import with_overrides
+  run = tmp_path / "run"
+  run.mkdir()
+  c = with_overrides(get_config("tiny"), {"data.align": "mtcnn"})
+  (run / "config.json").write_text(json.dumps(c.to_dict()))
+  r = _visualize(f"--model={run}", f"--data={data}", f"--out={tmp_path / 'o3'}")
+  assert r.returncode == 2 and "config.data.align='mtcnn': the network was trained on aligned" in r.stderr, \
+      r.stderr[-2000:]
+  assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))

@@ -150,7 +150,6 @@ def average_rows(field: str, others: list[str], rows: list[dict], over: str) -> 
   out, left_out = [], []
   for by_value in contexts.values():
     common = set.intersection(*(set(runs) for runs in by_value.values()))
-    ref = None
     for runs in by_value.values():
       left_out += [r["name"] for k, r in runs.items() if k not in common]
       g = sorted((runs[k] for k in common), key=lambda r: _sort_key(r["others"][over]))
@@ -204,7 +203,7 @@ def averaged_markdown(field: str, over: str, avg: list[dict], left_out: list[str
   for r in avg:
     cell = lambda k, spec=".4f": (f"{r[k + '_mean']:{spec}} +- {r[k + '_std']:{spec}}"
                                   if r[k + "_mean"] is not None else "-")
-    paired = (f"reference" if r["value"] == r["reference"] else
+    paired = ("reference" if r["value"] == r["reference"] else
               f"{r['verification_accuracy_diff_mean']:+.4f} +- {r['verification_accuracy_diff_std']:.4f}"
               if r["verification_accuracy_diff_mean"] is not None else "-")
     lines.append("| " + " | ".join([

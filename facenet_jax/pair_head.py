@@ -231,8 +231,9 @@ def pair_scores(head: PairHead, feature_name: str, emb_a: np.ndarray, emb_b: np.
 
 def training_pairs(emb_NxD: np.ndarray, labels: np.ndarray, num_pairs: int,
                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """``(emb_a, emb_b, issame)``: ``num_pairs`` matched and ``num_pairs`` mismatched pairs of
-  training identities' embeddings, drawn by ``verification.make_pairs``."""
+  """``(emb_a, emb_b, issame)``: ``num_pairs`` matched and as many mismatched pairs of
+  training identities' embeddings (fewer when fewer distinct ones exist), drawn by
+  ``verification.make_pairs``."""
   emb = np.asarray(emb_NxD)
   if emb.shape[0] != np.shape(labels)[0]:
     raise ValueError(f"need one label per embedding: {np.shape(labels)[0]} for {emb.shape[0]}")

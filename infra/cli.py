@@ -168,14 +168,16 @@ def folder_flag(name: str, default: str | None, help: str, *, required: bool = F
   return holder
 
 
-def int_list_flag(name: str, default: list[str], help: str, lo: int, hi: int | None = None) -> Any:
+def int_list_flag(name: str, default: list[str], help: str, lo: int, hi: int | None = None,
+                  allow_empty: bool = False) -> Any:
   """A comma-separated list flag of integers in ``lo..hi``, checked when the flags are parsed
   (a value like 'abc' or 500 used to be a traceback after the model and data had loaded).
-  The values stay strings, as ``DEFINE_list`` gives them; ``int()`` each."""
+  The values stay strings, as ``DEFINE_list`` gives them; ``int()`` each. ``allow_empty``:
+  the empty list is a value too (the caller's automatic choice)."""
   from absl import flags
   holder = flags.DEFINE_list(name, default, help)
   ok = lambda v: v.strip().lstrip("-").isdigit() and lo <= int(v) and (hi is None or int(v) <= hi)
-  flags.register_validator(name, lambda vs: bool(vs) and all(ok(v) for v in vs),
+  flags.register_validator(name, lambda vs: (allow_empty or bool(vs)) and all(ok(v) for v in vs),
                            message=f"expected integers {lo}..{'' if hi is None else hi}, "
                                    f"comma-separated")
   return holder

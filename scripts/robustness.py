@@ -14,8 +14,9 @@ from absl import flags
 from infra import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (config.json + checkpoints).", required=True)
-_RES = cli.int_list_flag("resolutions", ["8", "12", "16", "24", "32"],
-                         "Test-time sizes r (r x r, upscaled back), below the run's image size.", 1)
+_RES = cli.int_list_flag("resolutions", [], "Test-time sizes r (r x r, upscaled back), below the "
+                         "run's image size (default: those of 8, 12, 16, 24, 32, 48, 64, 96, 128, "
+                         "160 below it).", 1, allow_empty=True)
 _JPEG = cli.int_list_flag("jpeg_qualities", ["5", "10", "20", "30", "50", "70", "90"],
                           "JPEG qualities.", 1, 100)
 _OUT = cli.folder_flag("out", "", "Output directory ('': the workdir).")
@@ -52,10 +53,18 @@ def plot(path: str, rows: list[dict], title: str) -> str:
 OUTPUTS = ("robustness.md", "robustness.json", "robustness.png")
 
 
+def latest_step(workdir: str) -> int | None:
+  """The run's last checkpoint step (what ``inference.load`` restores), read from the folder."""
+  d = os.path.join(workdir, "checkpoints")
+  steps = [int(n) for n in os.listdir(d) if n.isdigit()] if os.path.isdir(d) else []
+  return max(steps) if steps else None
+
+
 def check_out(out: str, record: dict) -> None:
   """Raises SystemExit when ``out`` holds a file of OUTPUTS that a run of these settings on
-  this workdir (``record``) did not write: a user's robustness.md, or another comparison's
-  table and figure, was replaced, exit 0. The same command again rewrites its own."""
+  this workdir at this checkpoint step (``record``) did not write: a user's robustness.md,
+  another comparison's table and figure, or the results of an earlier checkpoint, was
+  replaced, exit 0. The same command again rewrites its own."""
   there = [n for n in OUTPUTS if os.path.exists(os.path.join(out, n))]
   if not there:
     return
@@ -66,9 +75,9 @@ def check_out(out: str, record: dict) -> None:
   except (OSError, ValueError, AttributeError):
     same = False
   if not same:
-    raise SystemExit(f"--out={out} holds {', '.join(there)} of another workdir or other "
-                     "--resolutions / --jpeg_qualities (robustness.json); give another --out, "
-                     "or move them")
+    raise SystemExit(f"--out={out} holds {', '.join(there)} of another workdir, other "
+                     "--resolutions / --jpeg_qualities or another checkpoint step "
+                     "(robustness.json); give another --out, or move them")
 
 
 def main(argv):
@@ -76,20 +85,31 @@ def main(argv):
   from facenet_jax import robustness
   from infra.files import write_json_atomic, write_text_atomic
   out = _OUT.value or _WORKDIR.value
-  record = {"workdir": os.path.abspath(_WORKDIR.value), "resolutions": [int(r) for r in _RES.value],
-            "jpeg_qualities": [int(q) for q in _JPEG.value]}
+  resolutions = robustness.resolutions_for(_WORKDIR.value, [int(r) for r in _RES.value])
+  record = {"workdir": os.path.abspath(_WORKDIR.value), "resolutions": resolutions,
+            "jpeg_qualities": sorted({int(q) for q in _JPEG.value}), "step": latest_step(_WORKDIR.value)}
   check_out(out, record)   # before the model loads
-  rows = robustness.evaluate(_WORKDIR.value, resolutions=[int(r) for r in _RES.value],
-                             jpeg_qualities=[int(q) for q in _JPEG.value])
+  result = robustness.evaluate(_WORKDIR.value, resolutions=resolutions,
+                               jpeg_qualities=record["jpeg_qualities"])
+  rows = result["rows"]
   os.makedirs(out, exist_ok=True)
-  lines = ["| degradation | value | verification acc. | VAL@FAR=1e-3 | AUC |", "|---|---|---|---|---|"]
+  lines = [f"{_WORKDIR.value}, step {result['step']}, {result['pairs']} held-out pairs", "",
+           "| degradation | value | verification acc. | VAL@FAR=1e-3 | AUC |", "|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['kind']} | {r['value'] or '-'} | {r['verification_accuracy']:.4f} +- "
                  f"{r['verification_accuracy_std']:.4f} | {r['val_at_far_1e-3']:.4f} | {r['roc_auc']:.4f} |")
   table = "\n".join(lines) + "\n"
+  # the earlier outputs (this command's own, check_out said) go first and robustness.json, which
+  # check_out reads, comes last: an interrupted run leaves fewer files, never two runs' mixed
+  for name in OUTPUTS:
+    if os.path.exists(os.path.join(out, name)):
+      os.remove(os.path.join(out, name))
+  png = plot(os.path.join(out, "robustness.png"), rows,
+             f"{_TITLE.value + ': ' if _TITLE.value else ''}step {result['step']}: ")
   write_text_atomic(os.path.join(out, "robustness.md"), table)
-  png = plot(os.path.join(out, "robustness.png"), rows, f"{_TITLE.value}: " if _TITLE.value else "")
-  write_json_atomic(os.path.join(out, "robustness.json"), {**record, "rows": rows, "figure": png})
+  write_json_atomic(os.path.join(out, "robustness.json"),
+                    {**record, "step": result["step"], "fingerprint": result["fingerprint"],
+                     "pairs": result["pairs"], "rows": rows, "figure": png})
   print(table)
   print(f"figure: {png}")
 

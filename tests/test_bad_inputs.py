@@ -1118,6 +1118,16 @@ def test_training_on_every_identity_skips_the_held_out_evaluators_and_says_so(tm
   assert r["metrics"] == {} and r["evals"] == {} and r["step"] == 2
   assert json.loads((tmp_path / "run" / "results.json").read_text())["skipped"] == r["skipped"]
   assert f"one_shot: skipped, {reason}" in capsys.readouterr().out
+  # robustness on it: named, before the model is restored (make_pairs' message came after it)
+  from facenet_jax import inference, robustness
+  real_load = inference.load
+  inference.load = lambda *a, **k: pytest.fail("restored the model before the check")
+  try:
+    with pytest.raises(robustness.RobustnessError, match=r"holds out 0 identities \(config.data."
+                                                         r"eval_identities = 0\)"):
+      robustness.evaluate(str(tmp_path / "run"), resolutions=(4,))
+  finally:
+    inference.load = real_load
   # K margins in one program, every person trained: each member is trained and its evaluators
   # skipped, none crashes on the missing metrics
   k = train.train_and_evaluate(_folder_run(tmp_path, root, **{

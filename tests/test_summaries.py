@@ -334,14 +334,17 @@ def test_compare_runs_and_robustness_refuse_outputs_they_did_not_write(tmp_path)
   cr.check_out(str(out), str(tmp_path / "sweep"))   # its own: rewritten
   with pytest.raises(SystemExit, match="not written by compare_runs for"):
     cr.check_out(str(out), str(tmp_path / "other"))
-  record = {"workdir": str(tmp_path / "run"), "resolutions": [8], "jpeg_qualities": [10]}
+  record = {"workdir": str(tmp_path / "run"), "resolutions": [8], "jpeg_qualities": [10], "step": 40}
   (out / "robustness.md").write_text("my notes")
-  with pytest.raises(SystemExit, match=r"holds robustness.md of another workdir or other"):
+  with pytest.raises(SystemExit, match=r"holds robustness.md of another workdir, other"):
     rb.check_out(str(out), record)
   (out / "robustness.json").write_text(json.dumps({**record, "rows": []}))
   rb.check_out(str(out), record)
-  with pytest.raises(SystemExit, match="of another workdir or other"):
+  with pytest.raises(SystemExit, match="of another workdir, other"):
     rb.check_out(str(out), {**record, "resolutions": [12]})
+  # the run trained on since: its earlier results were replaced, exit 0 (an audit)
+  with pytest.raises(SystemExit, match="or another checkpoint step"):
+    rb.check_out(str(out), {**record, "step": 80})
 
 
 def test_a_comparison_that_fails_writes_nothing_and_leaves_no_stale_figure(tmp_path, monkeypatch):

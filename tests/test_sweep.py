@@ -341,10 +341,15 @@ def test_degrade():
 def test_robustness_evaluate_matches_training_evaluation(swept):
   root, _, _, _ = swept
   wd = os.path.join(root, f"margin={MARGINS[-1]:g}")
-  rows = robustness.evaluate(wd, resolutions=[4], jpeg_qualities=[10])
-  assert [r["kind"] for r in rows] == ["original", "resolution", "jpeg_quality"]
+  out = robustness.evaluate(wd, resolutions=[8, 4], jpeg_qualities=[50, 10, 50])
+  rows = out["rows"]   # levels sorted (given out of order, the figure's lines zigzagged)
+  assert [(r["kind"], r["value"]) for r in rows] == [("original", 0), ("resolution", 4), ("resolution", 8),
+                                                     ("jpeg_quality", 10), ("jpeg_quality", 50)]
   res = files.read_json(os.path.join(wd, "results.json"))
   np.testing.assert_allclose(rows[0]["roc_auc"], res["metrics"]["roc_auc"], atol=1e-6)
+  assert out["step"] == res["step"] and len(out["fingerprint"]) == 64 and out["pairs"] > 0
+  # the default levels are the run's smaller sizes (a fixed 8..32 refused the default 32 px run)
+  assert robustness.resolutions_for(wd) == [r for r in robustness.DEFAULT_RESOLUTIONS if r < 16]
 
 
 def test_vmapped_run_resumes_from_the_latest_step_every_member_has(tmp_path):

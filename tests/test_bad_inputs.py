@@ -398,7 +398,7 @@ def test_inf_in_float_inputs_is_named():
 
 
 @pytest.mark.parametrize("variant", ["synthetic", "tiny", "inception", "orl", "orl_vgg", "lfw",
-                                     "lfw_vgg", "lfw_vgg_aligned", "omniglot", "ekg",
+                                     "lfw_vgg", "lfw_vgg_aligned", "lfw_vgg_aligned224", "omniglot", "ekg",
                                      "volume"])
 def test_every_facenet_variant_passes_its_own_checks(variant):
   check_config(facenet_config(variant))

@@ -17,7 +17,7 @@ from facenet_jax.steps import OPTIMIZERS, SCHEDULES
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 VARIANTS = ("synthetic", "tiny", "inception", "orl", "orl_vgg", "lfw", "lfw_vgg",
-            "lfw_vgg_aligned", "omniglot", "ekg", "volume")
+            "lfw_vgg_aligned", "lfw_vgg_aligned224", "omniglot", "ekg", "volume")
 
 # config.evaluation as configs/facenet.py wrote it before the settings were grouped by
 # evaluator (the layout of older runs' config.json)
@@ -80,6 +80,9 @@ def test_aligned_lfw_variant_is_lfw_vgg_with_alignment_and_a_grid():
   a["data"].update(align="mtcnn", features_grid=7)
   a["variant"] = "lfw_vgg_aligned"
   assert a == b
+  c = facenet.get_config("lfw_vgg_aligned224").to_dict()
+  b["data"]["image_size"], b["variant"] = 224, "lfw_vgg_aligned224"
+  assert c == b
 
 
 def test_command_line_variant_and_nested_evaluation_overrides():

@@ -46,7 +46,8 @@ def named_points(points: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[st
   return out
 
 
-def _checkpoint_steps(workdir: str) -> list[int]:
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of ``workdir/checkpoints``, sorted (read from the folder names)."""
   d = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(d):
     return []
@@ -69,7 +70,7 @@ def _member_steps(workdir: str) -> list[int]:
   margins = _margins_of(workdir)
   if not margins:
     return []
-  common = set.intersection(*(set(_checkpoint_steps(os.path.join(workdir, _member_name(m))))
+  common = set.intersection(*(set(checkpoint_steps(os.path.join(workdir, _member_name(m))))
                               for m in margins))
   return sorted(common)
 
@@ -105,7 +106,7 @@ def point_status(workdir: str) -> dict[str, Any]:
     return {"status": "done", "step": r.get("step"), "metrics": metrics,
             "margins": list(r.get("margins", ()))}
   # a K-margin run's checkpoints are its members' (it was "pending", with no step, until done)
-  steps = _checkpoint_steps(workdir) or _member_steps(workdir)
+  steps = checkpoint_steps(workdir) or _member_steps(workdir)
   if steps:
     return {"status": "partial", "step": steps[-1], "metrics": {}}
   return {"status": "pending", "step": None, "metrics": {}}

@@ -55,9 +55,9 @@ OUTPUTS = ("robustness.md", "robustness.json", "robustness.png")
 
 def latest_step(workdir: str) -> int | None:
   """The run's last checkpoint step (what ``inference.load`` restores), read from the folder."""
-  d = os.path.join(workdir, "checkpoints")
-  steps = [int(n) for n in os.listdir(d) if n.isdigit()] if os.path.isdir(d) else []
-  return max(steps) if steps else None
+  from facenet_jax import sweep
+  steps = sweep.checkpoint_steps(workdir)
+  return steps[-1] if steps else None
 
 
 def check_out(out: str, record: dict) -> None:
